@@ -1,0 +1,120 @@
+//! The gateway as its own process, on embedded defaults.
+//!
+//! ```sh
+//! cargo run --release --example gateway
+//! ```
+//!
+//! Environment (all optional):
+//! - `GATEWAY_ADDR`: where to listen (default `127.0.0.1:8080`).
+//! - `GATEWAY_DATA_DIR`: where stored data lives (default `./gateway-data`).
+//! - `GATEWAY_API_KEYS`: `user:key,user:key`. When unset, one demo user `demo` gets a freshly
+//!   generated `pk_live_...` key, printed on start.
+//! - `GATEWAY_PRICE_PER_IMAGE`: price of one returned image, an integer (default 0).
+//! - `GATEWAY_DEMO_BALANCE`: opening balance of each configured user, an integer
+//!   (default 0).
+//! - `RUST_LOG`: log filter (default `info`).
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use image_gateway::auth::StaticKeys;
+use image_gateway::catalog::ModelSpec;
+use image_gateway::gateway::DEFAULT_MODEL;
+use image_gateway::server::{serve, ServeOptions};
+use image_gateway::Gateway;
+use rand::distributions::{Alphanumeric, DistString};
+use tokio::net::TcpListener;
+
+/// The largest `n` the example's model accepts.
+const MAX_IMAGES: u32 = 10;
+
+struct Config {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    api_keys: Option<String>,
+    price_per_image: u64,
+}
+
+impl Config {
+    fn from_env() -> Result<Config, Box<dyn Error>> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let integer = |name: &str| -> Result<u64, Box<dyn Error>> {
+            match var(name) {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name} must be a non-negative integer").into()),
+                None => Ok(0),
+            }
+        };
+        Ok(Config {
+            addr: var("GATEWAY_ADDR")
+                .unwrap_or_else(|| "127.0.0.1:8080".into())
+                .parse()
+                .map_err(|_| "GATEWAY_ADDR must be host:port, e.g. 127.0.0.1:8080")?,
+            data_dir: var("GATEWAY_DATA_DIR")
+                .unwrap_or_else(|| "./gateway-data".into())
+                .into(),
+            api_keys: var("GATEWAY_API_KEYS"),
+            price_per_image: integer("GATEWAY_PRICE_PER_IMAGE")?,
+        })
+    }
+}
+
+/// The configured keys, or a demo user with a fresh key (returned so it can be printed).
+fn keys(config: &Config) -> Result<(StaticKeys, Option<String>), Box<dyn Error>> {
+    let Some(list) = &config.api_keys else {
+        let key = format!(
+            "pk_live_{}",
+            Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+        );
+        return Ok((StaticKeys::new().with_key("demo", &key)?, Some(key)));
+    };
+    let mut keys = StaticKeys::new();
+    for entry in list.split(',') {
+        let (user, key) = entry
+            .trim()
+            .split_once(':')
+            .ok_or("GATEWAY_API_KEYS must be user:key,user:key")?;
+        keys = keys.with_key(user, key)?;
+    }
+    Ok((keys, None))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config::from_env()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let (keys, demo_key) = keys(&config)?;
+
+    let gateway = Gateway::builder()
+        .keys(keys)
+        .model(
+            DEFAULT_MODEL,
+            ModelSpec::new(MAX_IMAGES, config.price_per_image),
+        )
+        .build();
+
+    let listener = TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    println!("image-gateway listening on http://{addr}");
+    println!("data dir: {}", config.data_dir.display());
+    if let Some(key) = &demo_key {
+        println!("demo API key (user `demo`): {key}");
+        println!(
+            "try: curl http://{addr}/v1/images/edits -H \"Authorization: Bearer {key}\" \
+             -F image=@photo.png -F model={DEFAULT_MODEL} -F prompt=\"make it blue\" -F n=1"
+        );
+    }
+    serve(listener, gateway, ServeOptions::default(), async {
+        let _ = tokio::signal::ctrl_c().await;
+        println!("shutting down");
+    })
+    .await?;
+    Ok(())
+}

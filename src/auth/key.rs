@@ -1,0 +1,162 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::{header, HeaderMap};
+
+/// The longest key accepted, so a hostile header cannot make hashing expensive.
+const MAX_KEY_LEN: usize = 256;
+
+/// An API key as presented by a client. `Debug` prints no part of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Accepts 1 to 256 visible ASCII characters; anything else is not a key.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_KEY_LEN
+            && raw.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| ApiKey(raw.to_owned()))
+    }
+
+    /// Reads the key from `Authorization: Bearer <key>`, or else from `x-api-key`.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let value = value.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            return if scheme.eq_ignore_ascii_case("bearer") {
+                ApiKey::parse(token.trim_matches(' '))
+            } else {
+                None
+            };
+        }
+        let value = headers.get("x-api-key")?.to_str().ok()?;
+        ApiKey::parse(value.trim_matches(' '))
+    }
+
+    /// The secret itself; call only to hash or to forward it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// A user id: 1 to 64 characters of `A-Z a-z 0-9 _ -`.
+///
+/// The alphabet is narrow because the id is a segment of every file key
+/// (`files/{user_id}/...`), so it must never carry a separator or a dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+/// The error of [`UserId::new`] for an id outside the alphabet or length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidUserId(());
+
+impl fmt::Display for InvalidUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a user id is 1 to 64 characters of A-Z a-z 0-9 _ -")
+    }
+}
+
+impl std::error::Error for InvalidUserId {}
+
+impl UserId {
+    /// Checks the alphabet and length.
+    pub fn new(id: &str) -> Result<Self, InvalidUserId> {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(UserId(Arc::from(id)))
+        } else {
+            Err(InvalidUserId(()))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who is calling: put into the request extensions by the auth layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Principal {
+    /// The account that owns files and generations and pays for edits.
+    pub user_id: UserId,
+}
+
+impl Principal {
+    /// A principal for the given user.
+    pub fn new(user_id: UserId) -> Self {
+        Principal { user_id }
+    }
+
+    /// The caller's user id.
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_and_x_api_key() {
+        let k = ApiKey::from_headers(&headers(&[("authorization", "Bearer pk_1")])).unwrap();
+        assert_eq!(k.expose(), "pk_1");
+        let k = ApiKey::from_headers(&headers(&[("authorization", "bearer  pk_2")])).unwrap();
+        assert_eq!(k.expose(), "pk_2");
+        let k = ApiKey::from_headers(&headers(&[("x-api-key", "pk_3")])).unwrap();
+        assert_eq!(k.expose(), "pk_3");
+    }
+
+    #[test]
+    fn malformed_headers_give_no_key() {
+        assert!(ApiKey::from_headers(&headers(&[])).is_none());
+        assert!(ApiKey::from_headers(&headers(&[("authorization", "Basic abc")])).is_none());
+        assert!(ApiKey::from_headers(&headers(&[("authorization", "Bearer")])).is_none());
+        assert!(ApiKey::from_headers(&headers(&[("authorization", "Bearer a b")])).is_none());
+        assert!(ApiKey::from_headers(&headers(&[("x-api-key", "")])).is_none());
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        assert!(ApiKey::from_headers(&headers(&[("x-api-key", &long)])).is_none());
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let key = ApiKey::parse("pk_live_supersecret").unwrap();
+        assert!(!format!("{key:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn user_id_alphabet() {
+        assert!(UserId::new("alice_01-x").is_ok());
+        for bad in ["", "a/b", "..", "a.b", "ü", &"a".repeat(65)] {
+            assert!(UserId::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::{ApiKey, KeyStore};
+use crate::future::ResponseFuture;
+use crate::GatewayError;
+
+/// Resolves the caller's key to a [`Principal`](super::Principal) or answers 401.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    keys: Arc<dyn KeyStore>,
+}
+
+impl<S> Auth<S> {
+    pub(crate) fn new(inner: S, keys: Arc<dyn KeyStore>) -> Self {
+        Auth { inner, keys }
+    }
+}
+
+impl<S> std::fmt::Debug for Auth<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The ready service goes into the future; a fresh clone waits for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let keys = self.keys.clone();
+        ResponseFuture::new(async move {
+            let Some(key) = ApiKey::from_headers(req.headers()) else {
+                return Ok(GatewayError::InvalidApiKey.into_response());
+            };
+            match keys.principal(&key).await {
+                Ok(Some(principal)) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Ok(None) => Ok(GatewayError::InvalidApiKey.into_response()),
+                Err(error) => {
+                    tracing::error!(%error, "key store failed");
+                    Ok(GatewayError::Internal.into_response())
+                }
+            }
+        })
+    }
+}

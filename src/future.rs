@@ -1,0 +1,37 @@
+//! The boxed response future shared by the layers whose work is `async`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// Response future of a layer that awaits trait objects (key stores, ledgers, backends).
+///
+/// It is boxed because those calls are `async fn`s of `dyn` traits; the states stay private.
+pub struct ResponseFuture<T, E> {
+    inner: Boxed<T, E>,
+}
+
+impl<T, E> ResponseFuture<T, E> {
+    pub(crate) fn new(future: impl Future<Output = Result<T, E>> + Send + 'static) -> Self {
+        ResponseFuture {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl<T, E> Future for ResponseFuture<T, E> {
+    type Output = Result<T, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<T, E> fmt::Debug for ResponseFuture<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

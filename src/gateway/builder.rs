@@ -1,0 +1,118 @@
+use std::sync::Arc;
+
+use super::{EditService, Gateway, Routes};
+use crate::auth::{Auth, KeyStore, StaticKeys};
+use crate::backend::ImageBackend;
+use crate::catalog::{Catalog, ModelSpec};
+use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::request::{MultipartLimits, Normalize};
+use crate::source::ResolveSource;
+
+/// The model served when the builder is given none.
+pub const DEFAULT_MODEL: &str = "gpt-image-2";
+
+/// Assembles a [`Gateway`]. Every setter states its default.
+pub struct GatewayBuilder {
+    keys: Option<Arc<dyn KeyStore>>,
+    backend: Option<Arc<dyn ImageBackend>>,
+    models: Vec<(String, ModelSpec)>,
+    body_limit: u64,
+    multipart: MultipartLimits,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        GatewayBuilder {
+            keys: None,
+            backend: None,
+            models: Vec::new(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            multipart: MultipartLimits::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("models", &self.models)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// The store that resolves API keys. Default: an empty [`StaticKeys`], which refuses
+    /// every request with 401, so a gateway is never open by accident.
+    pub fn keys(mut self, keys: impl KeyStore) -> Self {
+        self.keys = Some(Arc::new(keys));
+        self
+    }
+
+    /// The image backend. Default: [`ReferenceBackend`](crate::backend::ReferenceBackend)
+    /// when the `reference-backend` feature is on (it is by default).
+    pub fn backend(mut self, backend: impl ImageBackend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Serves `name` with `spec`; call once per model. Default when no model is added:
+    /// `gpt-image-2` with [`ModelSpec::default`].
+    pub fn model(mut self, name: impl Into<String>, spec: ModelSpec) -> Self {
+        self.models.push((name.into(), spec));
+        self
+    }
+
+    /// The limit on a whole request body, in bytes. Default: 26 MiB.
+    pub fn body_limit(mut self, bytes: u64) -> Self {
+        self.body_limit = bytes;
+        self.multipart.whole_body = bytes;
+        self
+    }
+
+    /// Limits on multipart bodies (per image, per text field, part count). Default:
+    /// [`MultipartLimits::default`]; its whole-body limit follows [`Self::body_limit`].
+    pub fn multipart_limits(mut self, limits: MultipartLimits) -> Self {
+        self.multipart = MultipartLimits {
+            whole_body: self.body_limit,
+            ..limits
+        };
+        self
+    }
+
+    /// Builds the gateway.
+    ///
+    /// # Panics
+    /// When no backend was set and the `reference-backend` feature is off.
+    pub fn build(self) -> Gateway {
+        let backend = self.backend.unwrap_or_else(default_backend);
+        let keys = self
+            .keys
+            .unwrap_or_else(|| Arc::new(StaticKeys::new()) as Arc<dyn KeyStore>);
+        let models = if self.models.is_empty() {
+            vec![(DEFAULT_MODEL.to_owned(), ModelSpec::default())]
+        } else {
+            self.models
+        };
+        let catalog = Catalog::new(models);
+        let edits = Normalize::new(
+            ResolveSource::new(EditService::new(backend)),
+            catalog,
+            self.multipart,
+        );
+        let routes = Routes { edits };
+        Gateway {
+            inner: Auth::new(BodyLimit::new(routes, self.body_limit), keys),
+        }
+    }
+}
+
+#[cfg(feature = "reference-backend")]
+fn default_backend() -> Arc<dyn ImageBackend> {
+    Arc::new(crate::backend::ReferenceBackend::new())
+}
+
+#[cfg(not(feature = "reference-backend"))]
+fn default_backend() -> Arc<dyn ImageBackend> {
+    panic!("GatewayBuilder::build: set a backend, or enable the `reference-backend` feature")
+}

@@ -1,0 +1,89 @@
+//! The assembled gateway: every layer in the spec's order, as one `tower::Service`.
+//!
+//! [`Gateway::builder`] stacks, outermost first:
+//!
+//! ```text
+//! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> ResolveSource -> EditService
+//! ```
+//!
+//! The result is a `Service<http::Request<B>>` for any body `B` with `Bytes` data, whose
+//! error type is [`Infallible`]: every failure is answered with a response in the spec's
+//! envelope, so hyper never closes a connection without a reply. It mounts in plain hyper
+//! (through `hyper_util::service::TowerToHyperService`) or in axum
+//! (`Router::route_service`). Every layer is also usable alone; see their modules.
+//!
+//! # Example
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, StatusCode};
+//! //! use image_gateway::auth::StaticKeys;
+//! use image_gateway::Gateway;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let keys = StaticKeys::new().with_key("alice", "pk_live_alice").unwrap();
+//! let gateway = Gateway::builder().keys(keys).build();
+//!
+//! let req = Request::post("/v1/images/edits")
+//!     .header("authorization", "Bearer pk_live_alice")
+//!     .header("content-type", "application/json")
+//!     .body(Full::from(r#"{"model":"gpt-image-2","prompt":"p","generation_id":"nope"}"#))
+//!     .unwrap();
+//! let res = gateway.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::BAD_REQUEST); // invalid_generation_id
+//! # }
+//! ```
+
+mod builder;
+mod edit;
+mod outcome;
+mod routes;
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+pub use builder::{GatewayBuilder, DEFAULT_MODEL};
+pub use edit::EditService;
+pub use outcome::{EditOutcome, GeneratedImage};
+
+use crate::auth::Auth;
+use crate::future::ResponseFuture;
+use crate::limit::BodyLimit;
+use crate::{BoxError, ResponseBody};
+use routes::Routes;
+
+/// The whole gateway as one cloneable service. Build it with [`Gateway::builder`].
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    inner: Auth<BodyLimit<Routes>>,
+}
+
+impl Gateway {
+    /// A builder with every default; see [`GatewayBuilder`].
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Response<ResponseBody>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<B>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.inner.call(req)
+    }
+}

@@ -1,0 +1,114 @@
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+
+use crate::backend::Image;
+use crate::source::GenerationId;
+
+/// The result of one successful edit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EditOutcome {
+    /// Unix seconds at which the edit finished.
+    pub created: u64,
+    /// The images, each with the id a later edit can chain from.
+    pub images: Vec<GeneratedImage>,
+}
+
+/// One produced image and its generation id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GeneratedImage {
+    /// The id listed in `picklyone_generation_ids`.
+    pub id: GenerationId,
+    /// The encoded image.
+    pub image: Image,
+}
+
+impl GeneratedImage {
+    /// Pairs an image with its id.
+    pub fn new(id: GenerationId, image: Image) -> Self {
+        GeneratedImage { id, image }
+    }
+}
+
+impl EditOutcome {
+    /// An outcome created at `created` (Unix seconds).
+    pub fn new(created: u64, images: Vec<GeneratedImage>) -> Self {
+        EditOutcome { created, images }
+    }
+
+    /// The spec's response body:
+    /// `{"created": .., "data": [{"b64_json": ..}], "picklyone_generation_ids": [..]}`.
+    ///
+    /// Written by hand so each image is base64-encoded straight into the body, once; base64
+    /// and UUID text never need JSON escaping.
+    pub fn to_json(&self) -> Bytes {
+        let encoded: usize = self
+            .images
+            .iter()
+            .map(|g| base64::encoded_len(g.image.bytes.len(), true).unwrap_or(0) + 16)
+            .sum();
+        let mut out = String::with_capacity(64 + encoded + 40 * self.images.len());
+        out.push_str("{\"created\":");
+        out.push_str(&self.created.to_string());
+        out.push_str(",\"data\":[");
+        for (i, generated) in self.images.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"b64_json\":\"");
+            STANDARD.encode_string(&generated.image.bytes, &mut out);
+            out.push_str("\"}");
+        }
+        out.push_str("],\"picklyone_generation_ids\":[");
+        for (i, generated) in self.images.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(&generated.id.to_string());
+            out.push('"');
+        }
+        out.push_str("]}");
+        Bytes::from(out)
+    }
+
+    /// The outcome as a `200 OK` JSON response.
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let mut response = Response::new(B::from(self.to_json()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::OutputFormat;
+
+    #[test]
+    fn body_is_the_spec_shape() {
+        let id = GenerationId::new();
+        let outcome = EditOutcome::new(
+            1_776_864_985,
+            vec![GeneratedImage::new(
+                id,
+                Image::new(Bytes::from_static(b"\x89PNG"), OutputFormat::Png),
+            )],
+        );
+        let value: serde_json::Value = serde_json::from_slice(&outcome.to_json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "created": 1_776_864_985u64,
+                "data": [{"b64_json": "iVBORw=="}],
+                "picklyone_generation_ids": [id.to_string()],
+            })
+        );
+    }
+}

@@ -1,0 +1,44 @@
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::EditService;
+use crate::future::ResponseFuture;
+use crate::request::Normalize;
+use crate::source::ResolveSource;
+use crate::{BoxError, GatewayError, ResponseBody};
+
+pub(crate) const EDITS_PATH: &str = "/v1/images/edits";
+
+/// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
+#[derive(Clone, Debug)]
+pub(crate) struct Routes {
+    pub(crate) edits: Normalize<ResolveSource<EditService>>,
+}
+
+impl<B> Service<Request<B>> for Routes
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Response<ResponseBody>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let rejection = match (req.uri().path(), req.method()) {
+            (EDITS_PATH, &Method::POST) => return self.edits.call(req),
+            (EDITS_PATH, _) => GatewayError::MethodNotAllowed,
+            _ => GatewayError::RouteNotFound,
+        };
+        ResponseFuture::new(async move { Ok(rejection.into_response()) })
+    }
+}

@@ -1,0 +1,126 @@
+//! The fields of a request as text, from either body format, and their validation.
+
+use super::fields::{parse_n, parse_prompt};
+use super::{EditParams, EditRequest, ResponseFormat, Source, SourceImage};
+use crate::auth::Principal;
+use crate::catalog::Catalog;
+use crate::source::GenerationId;
+use crate::store::FileKey;
+use crate::GatewayError;
+
+/// The fields the gateway reads, as the client sent them.
+#[derive(Debug, Default)]
+pub(crate) struct RawFields {
+    pub(crate) model: Option<String>,
+    pub(crate) prompt: Option<String>,
+    pub(crate) image_key: Option<String>,
+    pub(crate) generation_id: Option<String>,
+    pub(crate) n: Option<String>,
+    pub(crate) size: Option<String>,
+    pub(crate) quality: Option<String>,
+    pub(crate) background: Option<String>,
+    pub(crate) output_format: Option<String>,
+    pub(crate) response_format: Option<String>,
+    pub(crate) images: Vec<SourceImage>,
+}
+
+/// The text fields the gateway reads, by name. Everything else is ignored.
+pub(crate) const TEXT_FIELDS: [&str; 10] = [
+    "model",
+    "prompt",
+    "image_key",
+    "generation_id",
+    "n",
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "response_format",
+];
+
+impl RawFields {
+    /// The slot of a known text field; `None` for a field the gateway ignores.
+    pub(crate) fn slot(&mut self, name: &str) -> Option<(&'static str, &mut Option<String>)> {
+        let slot = match name {
+            "model" => &mut self.model,
+            "prompt" => &mut self.prompt,
+            "image_key" => &mut self.image_key,
+            "generation_id" => &mut self.generation_id,
+            "n" => &mut self.n,
+            "size" => &mut self.size,
+            "quality" => &mut self.quality,
+            "background" => &mut self.background,
+            "output_format" => &mut self.output_format,
+            "response_format" => &mut self.response_format,
+            _ => return None,
+        };
+        let name = TEXT_FIELDS.iter().find(|f| **f == name)?;
+        Some((name, slot))
+    }
+
+    /// Checks every field, in the order a client fixes them: model, prompt, source, then
+    /// the optional fields.
+    pub(crate) fn validate(
+        self,
+        principal: Principal,
+        catalog: &Catalog,
+    ) -> Result<EditRequest, GatewayError> {
+        let model = self
+            .model
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| GatewayError::invalid_request("model is required", Some("model")))?;
+        let spec = catalog.get(&model)?;
+        let prompt = self
+            .prompt
+            .ok_or_else(|| GatewayError::invalid_request("prompt is required", Some("prompt")))?;
+        let prompt = parse_prompt(prompt)?;
+
+        let source = match (self.image_key, self.generation_id, self.images.is_empty()) {
+            (Some(key), None, true) => {
+                Source::ImageKey(FileKey::parse_owned(&key, principal.user_id())?)
+            }
+            (None, Some(id), true) => Source::Generation(GenerationId::parse(&id)?),
+            (None, None, false) => Source::Upload(self.images),
+            (None, None, true) => {
+                return Err(GatewayError::invalid_request(
+                    "a source is required: image_key or generation_id (JSON), \
+                     or an image file (multipart)",
+                    Some("image_key"),
+                ))
+            }
+            _ => {
+                return Err(GatewayError::invalid_request(
+                    "image_key, generation_id and an image file are mutually exclusive; \
+                     send exactly one",
+                    Some("image_key"),
+                ))
+            }
+        };
+
+        let mut params = EditParams::new(model, prompt);
+        if let Some(n) = self.n {
+            params.n = parse_n(&n, spec.max_images())?;
+        }
+        if let Some(size) = self.size {
+            params.size = size.parse()?;
+        }
+        if let Some(quality) = self.quality {
+            params.quality = quality.parse()?;
+        }
+        if let Some(background) = self.background {
+            params.background = background.parse()?;
+        }
+        if let Some(format) = self.output_format {
+            params.output_format = format.parse()?;
+        }
+        if let Some(format) = self.response_format {
+            // Validated so a typo is reported; the answer is always b64_json.
+            format.parse::<ResponseFormat>()?;
+        }
+        Ok(EditRequest {
+            principal,
+            source,
+            params,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! Normalization: JSON and multipart bodies become one typed, validated [`EditRequest`].
+//!
+//! [`NormalizeLayer`] is where HTTP ends. It reads the body as `application/json` or
+//! `multipart/form-data`, validates every field, and calls the inner service with an
+//! [`EditRequest`]; the inner service answers with an
+//! [`EditOutcome`](crate::gateway::EditOutcome) or a [`GatewayError`](crate::GatewayError),
+//! which it renders as the spec's JSON. So everything inside (source resolution, billing,
+//! backends) is tested and written without HTTP.
+//!
+//! # Guarantees
+//! - Any byte string in gives an `EditRequest` or a [`GatewayError`](crate::GatewayError)
+//!   out, never a panic.
+//! - Memory is bounded while streaming: each image part is cut off at the per-image limit
+//!   (`400 IMAGE_TOO_LARGE`), each text part at its own small limit, a JSON body at 1 MiB,
+//!   a multipart body at the whole-body limit (`413`), and at most 64 parts are read.
+//! - The image type is decided by the bytes (JPEG, PNG, GIF, WebP) as soon as the first
+//!   12 bytes of a part arrive; the client's `Content-Type` and file name are ignored.
+//! - Multipart parts may come in any order; one file may be sent as `image` and several as
+//!   repeated `image` or `image[]` parts, as the OpenAI SDKs do. Fields the gateway does not
+//!   use (`mask`, `input_fidelity`, `output_compression`, `user`, ...) are read past and
+//!   ignored.
+//!
+//! # Errors
+//! Bad JSON, a missing field, both or neither of `image_key` / `generation_id`, an empty
+//! prompt: `400 invalid_request` with `param` naming the field. A `generation_id` that is
+//! not a UUID: `400 invalid_generation_id`; a malformed or foreign `image_key`:
+//! `400 invalid_image_key`; an unknown model: `404 model_not_found`.
+
+mod fields;
+mod form;
+mod json;
+mod layer;
+mod multipart;
+mod service;
+mod sniff;
+
+use bytes::Bytes;
+
+pub use fields::{
+    parse_n, parse_prompt, Background, OutputFormat, Quality, ResponseFormat, Size,
+    MAX_PROMPT_CHARS,
+};
+pub use json::parse_json;
+pub use layer::NormalizeLayer;
+pub use multipart::{parse_multipart, MultipartLimits};
+pub use service::Normalize;
+pub use sniff::{ImageKind, SNIFF_LEN};
+
+use crate::auth::Principal;
+use crate::source::GenerationId;
+use crate::store::FileKey;
+
+/// One image edit, as the client asked for it, validated.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EditRequest {
+    /// Who asked (and pays).
+    pub principal: Principal,
+    /// Where the source image comes from.
+    pub source: Source,
+    /// Everything else the client chose.
+    pub params: EditParams,
+}
+
+/// The parameters of an edit, shared by [`EditRequest`] and the backend's
+/// [`EditJob`](crate::backend::EditJob).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EditParams {
+    /// A model of the gateway's catalog.
+    pub model: String,
+    /// The edit instruction: not blank, at most 32,000 characters.
+    pub prompt: String,
+    /// How many images to return: `1..=` the model's maximum.
+    pub n: u32,
+    /// Output dimensions.
+    pub size: Size,
+    /// Rendering quality.
+    pub quality: Quality,
+    /// Background handling.
+    pub background: Background,
+    /// Encoding of the returned images.
+    pub output_format: OutputFormat,
+}
+
+impl EditParams {
+    /// Parameters for `model` and `prompt` with every optional field at its default.
+    pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+        EditParams {
+            model: model.into(),
+            prompt: prompt.into(),
+            n: 1,
+            size: Size::Auto,
+            quality: Quality::Auto,
+            background: Background::Auto,
+            output_format: OutputFormat::Png,
+        }
+    }
+}
+
+/// The one source an edit starts from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file the caller uploaded before (JSON method).
+    ImageKey(FileKey),
+    /// An image a previous call produced (chained edits).
+    Generation(GenerationId),
+    /// Image files sent in the request itself (multipart method), in the order received.
+    Upload(Vec<SourceImage>),
+}
+
+/// Image bytes whose type was checked by their magic number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceImage {
+    /// The whole file.
+    pub bytes: Bytes,
+    /// The type the bytes show.
+    pub kind: ImageKind,
+    /// The file name the client gave, if any (informational only).
+    pub filename: Option<String>,
+}

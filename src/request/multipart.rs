@@ -1,0 +1,185 @@
+//! The multipart method: the OpenAI SDKs' `image` / `image[]` files plus text fields.
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body_util::LengthLimitError;
+use multer::{Constraints, Field, Multipart, SizeLimit};
+
+use super::form::RawFields;
+use super::{EditRequest, ImageKind, SourceImage, SNIFF_LEN};
+use crate::auth::Principal;
+use crate::catalog::Catalog;
+use crate::{BoxError, GatewayError};
+
+/// Bounds on what one multipart body may make the gateway read and hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MultipartLimits {
+    /// The whole body, in bytes (default 26 MiB): over it is `413`.
+    pub whole_body: u64,
+    /// One image part, in bytes (default 25 MiB): over it is `400 IMAGE_TOO_LARGE`.
+    pub image: u64,
+    /// The prompt part, in bytes (default 128,000: 32,000 characters of up to 4 bytes).
+    pub prompt: usize,
+    /// Any other text part, in bytes (default 4 KiB).
+    pub text: usize,
+    /// Parts of any kind (default 64).
+    pub parts: usize,
+}
+
+impl Default for MultipartLimits {
+    fn default() -> Self {
+        MultipartLimits {
+            whole_body: crate::limit::DEFAULT_BODY_LIMIT,
+            image: 25 * 1024 * 1024,
+            prompt: 4 * super::MAX_PROMPT_CHARS,
+            text: 4 * 1024,
+            parts: 64,
+        }
+    }
+}
+
+/// Reads a multipart edit body to its end and validates it.
+///
+/// Image parts are `image` or `image[]`, in any number and any order among the text parts.
+/// Each is checked by its magic number as soon as 12 bytes have arrived, and cut off at
+/// [`MultipartLimits::image`]. A text field given twice is an error rather than a silent
+/// choice between the two.
+pub async fn parse_multipart<S, E>(
+    body: S,
+    boundary: String,
+    principal: Principal,
+    catalog: &Catalog,
+    limits: MultipartLimits,
+) -> Result<EditRequest, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let constraints =
+        Constraints::new().size_limit(SizeLimit::new().whole_stream(limits.whole_body));
+    let mut multipart = Multipart::with_constraints(body, boundary, constraints);
+    let mut raw = RawFields::default();
+    let mut parts = 0usize;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        parts += 1;
+        if parts > limits.parts {
+            return Err(GatewayError::invalid_request(
+                format!("a multipart body may have at most {} parts", limits.parts),
+                None,
+            ));
+        }
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "image" || name == "image[]" {
+            let image = read_image(&mut field, limits.image).await?;
+            raw.images.push(image);
+            continue;
+        }
+        let cap = if name == "prompt" {
+            limits.prompt
+        } else {
+            limits.text
+        };
+        match raw.slot(&name) {
+            Some((param, slot)) => {
+                if slot.is_some() {
+                    return Err(GatewayError::invalid_request(
+                        format!("{param} was sent more than once"),
+                        Some(param),
+                    ));
+                }
+                *slot = Some(read_text(&mut field, param, cap).await?);
+            }
+            // Unused fields (mask, user, ...) are read past; the whole-body limit bounds them.
+            None => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    raw.validate(principal, catalog)
+}
+
+async fn read_image(field: &mut Field<'_>, limit: u64) -> Result<SourceImage, GatewayError> {
+    let filename = field.file_name().map(|n| n.chars().take(255).collect());
+    let too_large = GatewayError::ImageTooLarge {
+        limit,
+        param: "image",
+    };
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    let mut head = [0u8; SNIFF_LEN];
+    let mut kind = None;
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if kind.is_none() {
+            let start = total as usize;
+            let take = (SNIFF_LEN - start).min(chunk.len());
+            head[start..start + take].copy_from_slice(&chunk[..take]);
+            if start + take == SNIFF_LEN {
+                kind = Some(sniffed(&head)?);
+            }
+        }
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(too_large);
+        }
+        chunks.push(chunk);
+    }
+    let kind = match kind {
+        Some(kind) => kind,
+        None => sniffed(&head[..total as usize])?,
+    };
+    Ok(SourceImage {
+        bytes: concat(chunks, total as usize),
+        kind,
+        filename,
+    })
+}
+
+fn sniffed(head: &[u8]) -> Result<ImageKind, GatewayError> {
+    ImageKind::sniff(head).ok_or(GatewayError::ImageTypeUnsupported { param: "image" })
+}
+
+/// Joins the chunks of one part with a single copy (none when there is one chunk).
+fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut joined = Vec::with_capacity(total);
+    for chunk in &chunks {
+        joined.extend_from_slice(chunk);
+    }
+    Bytes::from(joined)
+}
+
+async fn read_text(
+    field: &mut Field<'_>,
+    param: &'static str,
+    cap: usize,
+) -> Result<String, GatewayError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if text.len() + chunk.len() > cap {
+            return Err(GatewayError::invalid_request(
+                format!("{param} is longer than {cap} bytes"),
+                Some(param),
+            ));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text)
+        .map_err(|_| GatewayError::invalid_request(format!("{param} is not UTF-8"), Some(param)))
+}
+
+fn multipart_error(error: multer::Error) -> GatewayError {
+    match error {
+        multer::Error::StreamSizeExceeded { .. } => GatewayError::PayloadTooLarge,
+        multer::Error::StreamReadFailed(cause) if cause.is::<LengthLimitError>() => {
+            GatewayError::PayloadTooLarge
+        }
+        multer::Error::StreamReadFailed(_) => {
+            GatewayError::invalid_request("the request body could not be read", None)
+        }
+        other => {
+            // multer's messages name fields but never echo their contents.
+            GatewayError::invalid_request(format!("malformed multipart body: {other}"), None)
+        }
+    }
+}

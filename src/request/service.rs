@@ -1,0 +1,136 @@
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyDataStream, BodyExt, LengthLimitError, Limited};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::{parse_json, parse_multipart, EditRequest, MultipartLimits};
+use crate::auth::Principal;
+use crate::catalog::Catalog;
+use crate::future::ResponseFuture;
+use crate::gateway::EditOutcome;
+use crate::{BoxError, GatewayError, ResponseBody};
+
+/// The largest JSON body read: a 32,000-character prompt fully `\u` escaped fits.
+const MAX_JSON_BYTES: usize = 1024 * 1024;
+
+/// Turns an HTTP request into an [`EditRequest`] for the inner service and renders its
+/// answer (or any error on the way) as the spec's JSON.
+///
+/// Expects a [`Principal`] in the request extensions (put there by
+/// [`AuthLayer`](crate::auth::AuthLayer)); without one it answers `401`.
+#[derive(Clone, Debug)]
+pub struct Normalize<S> {
+    inner: S,
+    catalog: Catalog,
+    limits: MultipartLimits,
+}
+
+impl<S> Normalize<S> {
+    pub(crate) fn new(inner: S, catalog: Catalog, limits: MultipartLimits) -> Self {
+        Normalize {
+            inner,
+            catalog,
+            limits,
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Normalize<S>
+where
+    S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Response<ResponseBody>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of the inner service is awaited per call by `oneshot`, so a rejection
+        // never waits for capacity it will not use.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let catalog = self.catalog.clone();
+        let limits = self.limits;
+        ResponseFuture::new(async move {
+            let answer = async {
+                let edit = read_edit(req, &catalog, limits).await?;
+                inner.oneshot(edit).await
+            };
+            Ok(match answer.await {
+                Ok(outcome) => outcome.into_response(),
+                Err(error) => error.into_response(),
+            })
+        })
+    }
+}
+
+/// Reads and validates the body as JSON or multipart, by its `Content-Type`.
+async fn read_edit<B>(
+    req: Request<B>,
+    catalog: &Catalog,
+    limits: MultipartLimits,
+) -> Result<EditRequest, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let principal = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or(GatewayError::InvalidApiKey)?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => {
+            let body = Limited::new(req.into_body(), MAX_JSON_BYTES)
+                .collect()
+                .await
+                .map_err(body_error)?
+                .to_bytes();
+            parse_json(&body, principal, catalog)
+        }
+        "multipart/form-data" => {
+            let boundary = multer::parse_boundary(&content_type).map_err(|_| {
+                GatewayError::invalid_request("multipart Content-Type needs a boundary", None)
+            })?;
+            let stream = BodyDataStream::new(req.into_body());
+            parse_multipart(stream, boundary, principal, catalog, limits).await
+        }
+        _ => Err(GatewayError::invalid_request(
+            "Content-Type must be application/json or multipart/form-data",
+            None,
+        )),
+    }
+}
+
+/// A failed body read: over a limit is 413, anything else (a client gone, a broken
+/// transfer) is a 400 nobody will likely read.
+pub(crate) fn body_error(error: impl Into<BoxError>) -> GatewayError {
+    let error = error.into();
+    if error.is::<LengthLimitError>() {
+        GatewayError::PayloadTooLarge
+    } else {
+        GatewayError::invalid_request("the request body could not be read", None)
+    }
+}

@@ -24,7 +24,7 @@
 //!     .layer(AuthLayer::new(keys))
 //!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
 //!         let who = req.extensions().get::<Principal>().unwrap().user_id().to_string();
-//!         Ok::<_, std::convert::Infallible>(Response::new(Full::from(who)))
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::from(who)))
 //!     }));
 //!
 //! let anonymous = Request::new(Full::default());

@@ -16,7 +16,8 @@
 //! ```
 //! use bytes::Bytes;
 //! use http::{Request, StatusCode};
-//! //! use image_gateway::auth::StaticKeys;
+//! use http_body_util::Full;
+//! use image_gateway::auth::StaticKeys;
 //! use image_gateway::Gateway;
 //! use tower::ServiceExt;
 //!
@@ -27,7 +28,7 @@
 //! let req = Request::post("/v1/images/edits")
 //!     .header("authorization", "Bearer pk_live_alice")
 //!     .header("content-type", "application/json")
-//!     .body(Full::from(r#"{"model":"gpt-image-2","prompt":"p","generation_id":"nope"}"#))
+//!     .body(Full::<Bytes>::from(r#"{"model":"gpt-image-2","prompt":"p","generation_id":"nope"}"#))
 //!     .unwrap();
 //! let res = gateway.oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::BAD_REQUEST); // invalid_generation_id

@@ -22,6 +22,8 @@ pub(crate) struct RawFields {
     pub(crate) output_format: Option<String>,
     pub(crate) response_format: Option<String>,
     pub(crate) images: Vec<SourceImage>,
+    /// Whether the body was multipart, where a missing source is a missing `image`.
+    pub(crate) multipart: bool,
 }
 
 /// The text fields the gateway reads, by name. Everything else is ignored.
@@ -82,11 +84,12 @@ impl RawFields {
             (None, Some(id), true) => Source::Generation(GenerationId::parse(&id)?),
             (None, None, false) => Source::Upload(self.images),
             (None, None, true) => {
+                let param = if self.multipart { "image" } else { "image_key" };
                 return Err(GatewayError::invalid_request(
                     "a source is required: image_key or generation_id (JSON), \
                      or an image file (multipart)",
-                    Some("image_key"),
-                ))
+                    Some(param),
+                ));
             }
             _ => {
                 return Err(GatewayError::invalid_request(

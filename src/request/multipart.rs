@@ -59,7 +59,10 @@ where
     let constraints =
         Constraints::new().size_limit(SizeLimit::new().whole_stream(limits.whole_body));
     let mut multipart = Multipart::with_constraints(body, boundary, constraints);
-    let mut raw = RawFields::default();
+    let mut raw = RawFields {
+        multipart: true,
+        ..RawFields::default()
+    };
     let mut parts = 0usize;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         parts += 1;

@@ -6,7 +6,8 @@
 //!
 //! Environment (all optional):
 //! - `GATEWAY_ADDR`: where to listen (default `127.0.0.1:8080`).
-//! - `GATEWAY_DATA_DIR`: where stored data lives (default `./gateway-data`).
+//! - `GATEWAY_DATA_DIR`: where stored data lives (default `./gateway-data`): uploaded and
+//!   generated images under `files/`, generation records in `generations.db`.
 //! - `GATEWAY_API_KEYS`: `user:key,user:key`. When unset, one demo user `demo` gets a freshly
 //!   generated `pk_live_...` key, printed on start.
 //! - `GATEWAY_PRICE_PER_IMAGE`: price of one returned image, an integer (default 0).
@@ -22,6 +23,7 @@ use image_gateway::auth::StaticKeys;
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::server::{serve, ServeOptions};
+use image_gateway::store::{LocalFileStore, SqliteGenerations};
 use image_gateway::Gateway;
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::net::TcpListener;
@@ -92,8 +94,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (keys, demo_key) = keys(&config)?;
 
+    let store = LocalFileStore::open(&config.data_dir)?;
+    let generations = SqliteGenerations::open(config.data_dir.join("generations.db"))?;
     let gateway = Gateway::builder()
         .keys(keys)
+        .store(store)
+        .generations(generations)
         .model(
             DEFAULT_MODEL,
             ModelSpec::new(MAX_IMAGES, config.price_per_image),

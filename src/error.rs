@@ -201,13 +201,8 @@ impl GatewayError {
     /// Renders the error as a complete HTTP response: status, envelope, and `Retry-After`
     /// where the error has one.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
-        let mut response = Response::new(B::from(self.to_json()));
-        *response.status_mut() = self.status();
+        let mut response = crate::response::json(self.status(), self.to_json());
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         if let Some(after) = self.retry_after() {
             // Whole seconds, rounded up so a client never retries too early.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);

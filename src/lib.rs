@@ -31,10 +31,12 @@ pub mod auth;
 pub mod backend;
 pub mod catalog;
 pub mod error;
+pub mod files;
 mod future;
 pub mod gateway;
 pub mod limit;
 pub mod request;
+mod response;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod source;

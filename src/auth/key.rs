@@ -110,6 +110,14 @@ impl Principal {
     pub fn user_id(&self) -> &UserId {
         &self.user_id
     }
+
+    /// The principal the auth layer put into a request's extensions; `401` without one.
+    pub fn of_request(extensions: &http::Extensions) -> Result<Principal, crate::GatewayError> {
+        extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(crate::GatewayError::InvalidApiKey)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub use reference::ReferenceBackend;
 
 use crate::auth::Principal;
 use crate::request::{EditParams, OutputFormat, Size, SourceImage};
+use crate::store::FileKey;
 use crate::GatewayError;
 
 /// Produces edited images. One required method; hold it as `Arc<dyn ImageBackend>`.
@@ -61,6 +62,8 @@ pub struct EditJob {
     pub sources: Vec<SourceImage>,
     /// The validated parameters.
     pub params: EditParams,
+    /// The keys the sources are stored under (informational; empty when not stored).
+    pub source_keys: Vec<FileKey>,
 }
 
 impl EditJob {
@@ -70,6 +73,7 @@ impl EditJob {
             principal,
             sources,
             params,
+            source_keys: Vec::new(),
         }
     }
 }

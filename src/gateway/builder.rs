@@ -1,12 +1,16 @@
 use std::sync::Arc;
 
+use tower_layer::Layer;
+
 use super::{EditService, Gateway, Routes};
 use crate::auth::{Auth, KeyStore, StaticKeys};
 use crate::backend::ImageBackend;
 use crate::catalog::{Catalog, ModelSpec};
+use crate::files::FileApi;
 use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
 use crate::request::{MultipartLimits, Normalize};
-use crate::source::ResolveSource;
+use crate::source::ResolveSourceLayer;
+use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations};
 
 /// The model served when the builder is given none.
 pub const DEFAULT_MODEL: &str = "gpt-image-2";
@@ -15,6 +19,8 @@ pub const DEFAULT_MODEL: &str = "gpt-image-2";
 pub struct GatewayBuilder {
     keys: Option<Arc<dyn KeyStore>>,
     backend: Option<Arc<dyn ImageBackend>>,
+    store: Option<Arc<dyn FileStore>>,
+    generations: Option<Arc<dyn Generations>>,
     models: Vec<(String, ModelSpec)>,
     body_limit: u64,
     multipart: MultipartLimits,
@@ -25,6 +31,8 @@ impl Default for GatewayBuilder {
         GatewayBuilder {
             keys: None,
             backend: None,
+            store: None,
+            generations: None,
             models: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
@@ -53,6 +61,21 @@ impl GatewayBuilder {
     /// when the `reference-backend` feature is on (it is by default).
     pub fn backend(mut self, backend: impl ImageBackend) -> Self {
         self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Where uploads, multipart sources and outputs are stored. Default: a
+    /// [`MemoryFileStore`] (lost on exit; use [`LocalFileStore`](crate::store::LocalFileStore)
+    /// or your own store to keep files).
+    pub fn store(mut self, store: impl FileStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Where generation records are kept. Default: [`MemoryGenerations`] (lost on exit; use
+    /// `SqliteGenerations` or your own to keep chains across restarts).
+    pub fn generations(mut self, generations: impl Generations) -> Self {
+        self.generations = Some(Arc::new(generations));
         self
     }
 
@@ -95,12 +118,17 @@ impl GatewayBuilder {
             self.models
         };
         let catalog = Catalog::new(models);
-        let edits = Normalize::new(
-            ResolveSource::new(EditService::new(backend)),
-            catalog,
-            self.multipart,
-        );
-        let routes = Routes { edits };
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryFileStore::new()) as Arc<dyn FileStore>);
+        let generations = self
+            .generations
+            .unwrap_or_else(|| Arc::new(MemoryGenerations::new()) as Arc<dyn Generations>);
+        let edit = EditService::new(backend, store.clone(), generations.clone());
+        let resolve = ResolveSourceLayer::new(store.clone(), generations).layer(edit);
+        let edits = Normalize::new(resolve, catalog, self.multipart);
+        let files = FileApi::new(store).limits(self.multipart);
+        let routes = Routes { edits, files };
         Gateway {
             inner: Auth::new(BodyLimit::new(routes, self.body_limit), keys),
         }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> ResolveSource -> EditService
+//!                             /api/v1/upload, /api/v1/files[/{key}] -> FileApi
 //! ```
 //!
 //! The result is a `Service<http::Request<B>>` for any body `B` with `Bytes` data, whose
@@ -49,8 +50,10 @@ use http_body::Body;
 use tower_service::Service;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
+pub(crate) use edit::unix_now;
 pub use edit::EditService;
 pub use outcome::{EditOutcome, GeneratedImage};
+pub use routes::EDITS_PATH;
 
 use crate::auth::Auth;
 use crate::future::ResponseFuture;

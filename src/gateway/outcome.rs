@@ -1,10 +1,11 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::{HeaderValue, Response, StatusCode};
 
 use crate::backend::Image;
 use crate::source::GenerationId;
+use crate::store::FileKey;
 
 /// The result of one successful edit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +15,8 @@ pub struct EditOutcome {
     pub created: u64,
     /// The images, each with the id a later edit can chain from.
     pub images: Vec<GeneratedImage>,
+    /// The keys the edit's sources are stored under, sent as `x-source-image-keys`.
+    pub source_keys: Vec<FileKey>,
 }
 
 /// One produced image and its generation id.
@@ -36,7 +39,11 @@ impl GeneratedImage {
 impl EditOutcome {
     /// An outcome created at `created` (Unix seconds).
     pub fn new(created: u64, images: Vec<GeneratedImage>) -> Self {
-        EditOutcome { created, images }
+        EditOutcome {
+            created,
+            images,
+            source_keys: Vec::new(),
+        }
     }
 
     /// The spec's response body:
@@ -77,11 +84,14 @@ impl EditOutcome {
 
     /// The outcome as a `200 OK` JSON response.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
-        let mut response = Response::new(B::from(self.to_json()));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut response = crate::response::json(StatusCode::OK, self.to_json());
+        let keys: Vec<&str> = self.source_keys.iter().map(FileKey::as_str).collect();
+        // Keys are ASCII without control characters, so they always make a header value.
+        if let Ok(value) = HeaderValue::from_str(&keys.join(",")) {
+            if !keys.is_empty() {
+                response.headers_mut().insert("x-source-image-keys", value);
+            }
+        }
         response
     }
 }

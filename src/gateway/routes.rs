@@ -7,17 +7,20 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::EditService;
+use crate::files::FileApi;
 use crate::future::ResponseFuture;
 use crate::request::Normalize;
 use crate::source::ResolveSource;
 use crate::{BoxError, GatewayError, ResponseBody};
 
-pub(crate) const EDITS_PATH: &str = "/v1/images/edits";
+/// Path of the edits endpoint.
+pub const EDITS_PATH: &str = "/v1/images/edits";
 
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]
 pub(crate) struct Routes {
     pub(crate) edits: Normalize<ResolveSource<EditService>>,
+    pub(crate) files: FileApi,
 }
 
 impl<B> Service<Request<B>> for Routes
@@ -34,9 +37,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let rejection = match (req.uri().path(), req.method()) {
+        let path = req.uri().path();
+        let rejection = match (path, req.method()) {
             (EDITS_PATH, &Method::POST) => return self.edits.call(req),
             (EDITS_PATH, _) => GatewayError::MethodNotAllowed,
+            _ if FileApi::serves(path) => return self.files.call(req),
             _ => GatewayError::RouteNotFound,
         };
         ResponseFuture::new(async move { Ok(rejection.into_response()) })

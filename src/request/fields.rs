@@ -158,6 +158,15 @@ word_enum!(
 );
 
 impl OutputFormat {
+    /// The usual file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "png",
+            OutputFormat::Jpeg => "jpg",
+            OutputFormat::Webp => "webp",
+        }
+    }
+
     /// The MIME type of the encoding.
     pub fn mime(self) -> &'static str {
         match self {

@@ -30,7 +30,7 @@ mod fields;
 mod form;
 mod json;
 mod layer;
-mod multipart;
+pub(crate) mod multipart;
 mod service;
 mod sniff;
 

@@ -39,6 +39,40 @@ impl Default for MultipartLimits {
     }
 }
 
+impl MultipartLimits {
+    /// Fails once a body has more than [`MultipartLimits::parts`] parts.
+    pub(crate) fn check_parts(&self, seen: usize) -> Result<(), GatewayError> {
+        if seen > self.parts {
+            return Err(GatewayError::invalid_request(
+                format!("a multipart body may have at most {} parts", self.parts),
+                None,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A multer reader over `body` that stops at the whole-body limit.
+pub(crate) fn open<S, E>(body: S, boundary: String, limits: &MultipartLimits) -> Multipart<'static>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let constraints =
+        Constraints::new().size_limit(SizeLimit::new().whole_stream(limits.whole_body));
+    Multipart::with_constraints(body, boundary, constraints)
+}
+
+/// The boundary of a `multipart/form-data` content type.
+pub(crate) fn boundary_of(content_type: &str) -> Result<String, GatewayError> {
+    multer::parse_boundary(content_type).map_err(|_| {
+        GatewayError::invalid_request(
+            "Content-Type must be multipart/form-data with a boundary",
+            None,
+        )
+    })
+}
+
 /// Reads a multipart edit body to its end and validates it.
 ///
 /// Image parts are `image` or `image[]`, in any number and any order among the text parts.
@@ -56,9 +90,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    let constraints =
-        Constraints::new().size_limit(SizeLimit::new().whole_stream(limits.whole_body));
-    let mut multipart = Multipart::with_constraints(body, boundary, constraints);
+    let mut multipart = open(body, boundary, &limits);
     let mut raw = RawFields {
         multipart: true,
         ..RawFields::default()
@@ -66,15 +98,10 @@ where
     let mut parts = 0usize;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         parts += 1;
-        if parts > limits.parts {
-            return Err(GatewayError::invalid_request(
-                format!("a multipart body may have at most {} parts", limits.parts),
-                None,
-            ));
-        }
+        limits.check_parts(parts)?;
         let name = field.name().unwrap_or_default().to_owned();
         if name == "image" || name == "image[]" {
-            let image = read_image(&mut field, limits.image).await?;
+            let image = read_image(&mut field, limits.image, "image").await?;
             raw.images.push(image);
             continue;
         }
@@ -100,12 +127,14 @@ where
     raw.validate(principal, catalog)
 }
 
-async fn read_image(field: &mut Field<'_>, limit: u64) -> Result<SourceImage, GatewayError> {
+/// Reads one image part: type checked by its first 12 bytes, cut off past `limit`.
+pub(crate) async fn read_image(
+    field: &mut Field<'_>,
+    limit: u64,
+    param: &'static str,
+) -> Result<SourceImage, GatewayError> {
     let filename = field.file_name().map(|n| n.chars().take(255).collect());
-    let too_large = GatewayError::ImageTooLarge {
-        limit,
-        param: "image",
-    };
+    let too_large = GatewayError::ImageTooLarge { limit, param };
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     let mut head = [0u8; SNIFF_LEN];
@@ -116,7 +145,7 @@ async fn read_image(field: &mut Field<'_>, limit: u64) -> Result<SourceImage, Ga
             let take = (SNIFF_LEN - start).min(chunk.len());
             head[start..start + take].copy_from_slice(&chunk[..take]);
             if start + take == SNIFF_LEN {
-                kind = Some(sniffed(&head)?);
+                kind = Some(sniffed(&head, param)?);
             }
         }
         total += chunk.len() as u64;
@@ -127,7 +156,7 @@ async fn read_image(field: &mut Field<'_>, limit: u64) -> Result<SourceImage, Ga
     }
     let kind = match kind {
         Some(kind) => kind,
-        None => sniffed(&head[..total as usize])?,
+        None => sniffed(&head[..total as usize], param)?,
     };
     Ok(SourceImage {
         bytes: concat(chunks, total as usize),
@@ -136,8 +165,8 @@ async fn read_image(field: &mut Field<'_>, limit: u64) -> Result<SourceImage, Ga
     })
 }
 
-fn sniffed(head: &[u8]) -> Result<ImageKind, GatewayError> {
-    ImageKind::sniff(head).ok_or(GatewayError::ImageTypeUnsupported { param: "image" })
+fn sniffed(head: &[u8], param: &'static str) -> Result<ImageKind, GatewayError> {
+    ImageKind::sniff(head).ok_or(GatewayError::ImageTypeUnsupported { param })
 }
 
 /// Joins the chunks of one part with a single copy (none when there is one chunk).
@@ -171,7 +200,7 @@ async fn read_text(
         .map_err(|_| GatewayError::invalid_request(format!("{param} is not UTF-8"), Some(param)))
 }
 
-fn multipart_error(error: multer::Error) -> GatewayError {
+pub(crate) fn multipart_error(error: multer::Error) -> GatewayError {
     match error {
         multer::Error::StreamSizeExceeded { .. } => GatewayError::PayloadTooLarge,
         multer::Error::StreamReadFailed(cause) if cause.is::<LengthLimitError>() => {

@@ -8,6 +8,7 @@ use http_body_util::{BodyDataStream, BodyExt, LengthLimitError, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::multipart::boundary_of;
 use super::{parse_json, parse_multipart, EditRequest, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
@@ -84,11 +85,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let principal = req
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or(GatewayError::InvalidApiKey)?;
+    let principal = Principal::of_request(req.extensions())?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -111,9 +108,7 @@ where
             parse_json(&body, principal, catalog)
         }
         "multipart/form-data" => {
-            let boundary = multer::parse_boundary(&content_type).map_err(|_| {
-                GatewayError::invalid_request("multipart Content-Type needs a boundary", None)
-            })?;
+            let boundary = boundary_of(&content_type)?;
             let stream = BodyDataStream::new(req.into_body());
             parse_multipart(stream, boundary, principal, catalog, limits).await
         }

@@ -1,17 +1,41 @@
+use std::sync::Arc;
+use std::time::Duration;
+
 use tower_layer::Layer;
 
+use super::service::Sources;
 use super::ResolveSource;
+use crate::store::{FileStore, Generations};
 
 /// Applies [`ResolveSource`] to a service of [`EditJob`](crate::backend::EditJob)s.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct ResolveSourceLayer {
-    _priv: (),
+    sources: Sources,
 }
 
 impl ResolveSourceLayer {
-    /// Resolves sources for the inner service.
-    pub fn new() -> Self {
-        Self::default()
+    /// Resolves keys against `store` and generation ids against `generations`.
+    pub fn new(store: Arc<dyn FileStore>, generations: Arc<dyn Generations>) -> Self {
+        ResolveSourceLayer {
+            sources: Sources {
+                store,
+                generations,
+                pending_timeout: Duration::from_secs(300),
+            },
+        }
+    }
+
+    /// How long a generation may stay pending before it is checked against the store
+    /// (its writer presumably died). Default: 5 minutes.
+    pub fn pending_timeout(mut self, timeout: Duration) -> Self {
+        self.sources.pending_timeout = timeout;
+        self
+    }
+}
+
+impl std::fmt::Debug for ResolveSourceLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolveSourceLayer").finish_non_exhaustive()
     }
 }
 
@@ -19,6 +43,6 @@ impl<S> Layer<S> for ResolveSourceLayer {
     type Service = ResolveSource<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ResolveSource::new(inner)
+        ResolveSource::new(inner, self.sources.clone())
     }
 }

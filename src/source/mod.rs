@@ -4,11 +4,16 @@
 //!
 //! Keys arrive here already parsed into [`FileKey`](crate::store::FileKey)s owned by the
 //! caller, and generation ids as [`GenerationId`]s, so this layer never sees raw text.
-//! Uploaded images pass through untouched.
 //!
-//! Until a file store and generation records are configured, a key is answered
-//! `404 IMAGE_NOT_FOUND` and a generation `404 generation_not_found`: both are the truthful
-//! answers for a gateway that holds no stored files.
+//! | source | answer |
+//! |---|---|
+//! | uploaded image (multipart) | stored as an upload of the caller first, then edited |
+//! | `image_key` whose file is gone | `404 IMAGE_NOT_FOUND` |
+//! | `generation_id` unknown, or another user's | `404 generation_not_found` (the same answer) |
+//! | `generation_id` whose bytes are still being stored | `409 generation_not_ready`, `Retry-After: 1` |
+//!
+//! A generation left pending by a process that died is settled on first use after the
+//! pending timeout: ready if its file is in the store, not found otherwise.
 
 mod generation;
 mod layer;

@@ -1,0 +1,96 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::{manage, upload, FILES_PATH, UPLOAD_PATH};
+use crate::auth::Principal;
+use crate::future::ResponseFuture;
+use crate::request::MultipartLimits;
+use crate::store::FileStore;
+use crate::{BoxError, GatewayError, ResponseBody};
+
+/// Serves the upload and file-management endpoints over a [`FileStore`].
+///
+/// Expects a [`Principal`] in the request extensions, as the auth layer puts it; without one
+/// every request is `401`.
+#[derive(Clone)]
+pub struct FileApi {
+    store: Arc<dyn FileStore>,
+    limits: MultipartLimits,
+}
+
+impl FileApi {
+    /// The API over `store`, with the default upload limits.
+    pub fn new(store: Arc<dyn FileStore>) -> Self {
+        FileApi {
+            store,
+            limits: MultipartLimits::default(),
+        }
+    }
+
+    /// Replaces the upload limits.
+    pub fn limits(mut self, limits: MultipartLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Whether `path` is one of this API's.
+    pub fn serves(path: &str) -> bool {
+        path == UPLOAD_PATH || path == FILES_PATH || path.starts_with("/api/v1/files/")
+    }
+}
+
+impl std::fmt::Debug for FileApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileApi")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for FileApi
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Response<ResponseBody>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (store, limits) = (self.store.clone(), self.limits);
+        ResponseFuture::new(async move {
+            let answer = async {
+                let principal = Principal::of_request(req.extensions())?;
+                let path = req.uri().path().to_owned();
+                let key = path.strip_prefix("/api/v1/files/");
+                match (req.method().clone(), path.as_str(), key) {
+                    (Method::POST, UPLOAD_PATH, _) => {
+                        upload::upload(req, &*store, &principal, limits).await
+                    }
+                    (Method::GET, FILES_PATH, _) => {
+                        manage::list(req.uri().query(), &*store, &principal).await
+                    }
+                    (Method::GET, _, Some(key)) => manage::get(key, &*store, &principal).await,
+                    (Method::DELETE, _, Some(key)) => {
+                        manage::delete(key, &*store, &principal).await
+                    }
+                    (_, UPLOAD_PATH | FILES_PATH, _) | (_, _, Some(_)) => {
+                        Err(GatewayError::MethodNotAllowed)
+                    }
+                    _ => Err(GatewayError::RouteNotFound),
+                }
+            };
+            Ok(answer.await.unwrap_or_else(GatewayError::into_response))
+        })
+    }
+}

@@ -1,0 +1,87 @@
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyDataStream;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::request::multipart::{boundary_of, multipart_error, open, read_image};
+use crate::request::MultipartLimits;
+use crate::store::{FileKey, FileStore};
+use crate::{BoxError, GatewayError, ResponseBody};
+
+#[derive(Serialize)]
+struct Uploaded {
+    key: String,
+    size: u64,
+    content_type: &'static str,
+    filename: String,
+}
+
+/// Reads every `files` part, then stores them all or none.
+pub(super) async fn upload<B>(
+    req: Request<B>,
+    store: &dyn FileStore,
+    principal: &Principal,
+    limits: MultipartLimits,
+) -> Result<Response<ResponseBody>, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let boundary = boundary_of(content_type)?;
+    let mut multipart = open(BodyDataStream::new(req.into_body()), boundary, &limits);
+
+    // The whole batch is read (and checked) before anything is written.
+    let mut images = Vec::new();
+    let mut parts = 0;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        parts += 1;
+        limits.check_parts(parts)?;
+        match field.name() {
+            Some("files" | "files[]") => {
+                images.push(read_image(&mut field, limits.image, "files").await?);
+            }
+            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    if images.is_empty() {
+        return Err(GatewayError::invalid_request(
+            "send one or more files in the multipart field `files`",
+            Some("files"),
+        ));
+    }
+
+    let mut stored: Vec<FileKey> = Vec::with_capacity(images.len());
+    let mut answer = Vec::with_capacity(images.len());
+    for image in images {
+        let filename = image
+            .filename
+            .clone()
+            .unwrap_or_else(|| format!("upload.{}", image.kind.extension()));
+        let key = FileKey::new(principal.user_id(), Uuid::new_v4(), &filename);
+        if let Err(error) = store.put(&key, image.bytes.clone()).await {
+            // All or nothing: take back what this batch already wrote.
+            for key in &stored {
+                let _ = store.delete(key).await;
+            }
+            return Err(error.into());
+        }
+        answer.push(Uploaded {
+            key: key.as_str().to_owned(),
+            size: image.bytes.len() as u64,
+            content_type: image.kind.mime(),
+            filename,
+        });
+        stored.push(key);
+    }
+    let body = serde_json::to_vec(&serde_json::json!({ "uploaded": answer }))
+        .map_err(|_| GatewayError::Internal)?;
+    Ok(crate::response::json(StatusCode::OK, Bytes::from(body)))
+}

@@ -1,0 +1,130 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{FileKey, StoreError};
+use crate::auth::UserId;
+use crate::source::GenerationId;
+
+/// Whether a generation's bytes are durable yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationStatus {
+    /// Recorded; its bytes are still being stored. Asked for now: `409 generation_not_ready`.
+    Pending,
+    /// Its bytes are in the file store.
+    Ready,
+    /// Storing its bytes failed; it will never be ready.
+    Failed,
+}
+
+impl GenerationStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GenerationStatus::Pending => "pending",
+            GenerationStatus::Ready => "ready",
+            GenerationStatus::Failed => "failed",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(GenerationStatus::Pending),
+            "ready" => Some(GenerationStatus::Ready),
+            "failed" => Some(GenerationStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The record of one produced image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Generation {
+    /// Its id, as listed in `picklyone_generation_ids`.
+    pub id: GenerationId,
+    /// The user who produced (and paid for) it.
+    pub owner: UserId,
+    /// Where its bytes are (or will be) stored.
+    pub file_key: FileKey,
+    /// Whether they are there yet.
+    pub status: GenerationStatus,
+    /// Unix seconds at which it was recorded.
+    pub created: u64,
+}
+
+impl Generation {
+    /// A record of a generation owned by its file key's owner.
+    pub fn new(
+        id: GenerationId,
+        file_key: FileKey,
+        status: GenerationStatus,
+        created: u64,
+    ) -> Self {
+        Generation {
+            id,
+            owner: file_key.owner().clone(),
+            file_key,
+            status,
+            created,
+        }
+    }
+}
+
+/// Generation id -> record. Implementations must make `insert` and `set_status` durable
+/// before they return, so a chain survives a restart.
+#[async_trait]
+pub trait Generations: Send + Sync + 'static {
+    /// Records a new generation.
+    async fn insert(&self, generation: &Generation) -> Result<(), StoreError>;
+
+    /// Moves a generation to `status`.
+    async fn set_status(
+        &self,
+        id: GenerationId,
+        status: GenerationStatus,
+    ) -> Result<(), StoreError>;
+
+    /// The record, or `None` if there is none.
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError>;
+}
+
+/// Generations in memory, for tests and embedding.
+#[derive(Debug, Default)]
+pub struct MemoryGenerations {
+    records: Mutex<HashMap<GenerationId, Generation>>,
+}
+
+impl MemoryGenerations {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<GenerationId, Generation>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Generations for MemoryGenerations {
+    async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
+        self.records().insert(generation.id, generation.clone());
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        id: GenerationId,
+        status: GenerationStatus,
+    ) -> Result<(), StoreError> {
+        if let Some(record) = self.records().get_mut(&id) {
+            record.status = status;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        Ok(self.records().get(&id).cloned())
+    }
+}

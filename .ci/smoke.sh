@@ -52,3 +52,11 @@ status=$(curl -s -o "$work/err.json" -w '%{http_code}' "http://127.0.0.1:$port/v
 [ "$status" = 401 ] && jq -e '.error.code == "invalid_api_key"' "$work/err.json" >/dev/null
 
 echo "smoke: the example gateway served the spec's curl example"
+
+# The spec's two-step cURL example (upload, then edit by key) against the same server.
+GATEWAY_URL="http://127.0.0.1:$port" GATEWAY_KEY="$key" ANCHOR_PATH="$work/anchor.png" \
+  EDITED_PATH="$work/edited2.png" bash tests/sdk/two_step_curl.sh >"$work/key.txt"
+grep -q '^files/demo/' "$work/key.txt"
+head -c 8 "$work/edited2.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'
+[ -f "$work/data/$(cat "$work/key.txt")" ]
+echo "smoke: upload + edit by key worked; the upload is in GATEWAY_DATA_DIR"

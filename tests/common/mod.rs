@@ -272,3 +272,97 @@ pub fn inspect(bytes: &[u8]) -> (image::ImageFormat, u32, u32) {
 pub async fn reference_server() -> TestServer {
     TestServer::start(Gateway::builder().keys(keys()).build()).await
 }
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("igw-{label}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A gateway that keeps files and generations in `dir`, as the example server does.
+pub fn persistent_gateway(dir: &std::path::Path) -> Gateway {
+    Gateway::builder()
+        .keys(keys())
+        .store(image_gateway::store::LocalFileStore::open(dir).unwrap())
+        .generations(
+            image_gateway::store::SqliteGenerations::open(dir.join("generations.db")).unwrap(),
+        )
+        .build()
+}
+
+impl TestServer {
+    /// Uploads `files` (name, bytes) in one batch as `key`.
+    pub async fn upload(&self, key: &str, files: &[(&str, &[u8])]) -> Reply {
+        let form = files.iter().fold(Form::new(), |form, (name, bytes)| {
+            form.file("files", name, "application/octet-stream", bytes)
+        });
+        let (content_type, body) = form.finish();
+        let req = Request::post("/api/v1/upload")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// A bodiless request with `method` to `path` as `key`.
+    pub async fn call(&self, method: http::Method, path: &str, key: &str) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// A JSON edit by generation id, retried while the generation is still being stored.
+    pub async fn edit_generation(&self, key: &str, id: &str) -> Reply {
+        let body = format!(
+            r#"{{"model":"gpt-image-2","prompt":"next step","generation_id":"{id}","n":1}}"#
+        );
+        for _ in 0..100 {
+            let reply = self.edit_json(key, &body).await;
+            if reply.status != StatusCode::CONFLICT {
+                return reply;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("generation {id} never became ready");
+    }
+}
+
+impl Reply {
+    /// The keys of an upload answer.
+    pub fn uploaded_keys(&self) -> Vec<String> {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()["uploaded"]
+            .as_array()
+            .expect("uploaded")
+            .iter()
+            .map(|u| u["key"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The generation ids of an edit answer.
+    pub fn generation_ids(&self) -> Vec<String> {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()["picklyone_generation_ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect()
+    }
+}

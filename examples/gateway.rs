@@ -11,17 +11,25 @@
 //! - `GATEWAY_API_KEYS`: `user:key,user:key`. When unset, one demo user `demo` gets a freshly
 //!   generated `pk_live_...` key, printed on start.
 //! - `GATEWAY_PRICE_PER_IMAGE`: price of one returned image, an integer (default 0).
-//! - `GATEWAY_DEMO_BALANCE`: opening balance of each configured user, an integer
+//! - `GATEWAY_DEMO_BALANCE`: opening balance of each configured user, an integer, credited
+//!   on the first start only (default 0).
+//! - `GATEWAY_ADMIN_KEY`: enables `POST /admin/v1/accounts/{user_id}/deposits` for this key.
+//! - `GATEWAY_HOLD_TTL_SECS`: how long a hold outlives a crashed process (default 600).
+//! - `GATEWAY_REFERENCE_LATENCY_MS`: simulated model latency of the reference backend
 //!   (default 0).
 //! - `RUST_LOG`: log filter (default `info`).
 
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use image_gateway::auth::StaticKeys;
+use image_gateway::backend::ReferenceBackend;
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
+use image_gateway::ledger::{Ledger, SqliteLedger};
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::store::{LocalFileStore, SqliteGenerations};
 use image_gateway::Gateway;
@@ -36,6 +44,10 @@ struct Config {
     data_dir: PathBuf,
     api_keys: Option<String>,
     price_per_image: u64,
+    demo_balance: u64,
+    admin_key: Option<String>,
+    hold_ttl: Duration,
+    latency: Duration,
 }
 
 impl Config {
@@ -59,6 +71,13 @@ impl Config {
                 .into(),
             api_keys: var("GATEWAY_API_KEYS"),
             price_per_image: integer("GATEWAY_PRICE_PER_IMAGE")?,
+            demo_balance: integer("GATEWAY_DEMO_BALANCE")?,
+            admin_key: var("GATEWAY_ADMIN_KEY"),
+            hold_ttl: Duration::from_secs(match var("GATEWAY_HOLD_TTL_SECS") {
+                Some(_) => integer("GATEWAY_HOLD_TTL_SECS")?,
+                None => 600,
+            }),
+            latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
         })
     }
 }
@@ -96,10 +115,25 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let store = LocalFileStore::open(&config.data_dir)?;
     let generations = SqliteGenerations::open(config.data_dir.join("generations.db"))?;
-    let gateway = Gateway::builder()
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(config.data_dir.join("ledger.db"))?);
+    if config.demo_balance > 0 {
+        // The reference makes the credit idempotent: a restart does not top it up again.
+        for user in keys.users() {
+            let amount = i64::try_from(config.demo_balance)?;
+            ledger.deposit(user, amount, "opening-balance").await?;
+        }
+    }
+    let mut builder = Gateway::builder()
         .keys(keys)
+        .backend(ReferenceBackend::new().latency(config.latency))
         .store(store)
         .generations(generations)
+        .shared_ledger(ledger)
+        .hold_ttl(config.hold_ttl);
+    if let Some(admin_key) = &config.admin_key {
+        builder = builder.admin_key(admin_key.clone());
+    }
+    let gateway = builder
         .model(
             DEFAULT_MODEL,
             ModelSpec::new(MAX_IMAGES, config.price_per_image),
@@ -110,6 +144,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let addr = listener.local_addr()?;
     println!("image-gateway listening on http://{addr}");
     println!("data dir: {}", config.data_dir.display());
+    if config.admin_key.is_some() {
+        println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
+    }
     if let Some(key) = &demo_key {
         println!("demo API key (user `demo`): {key}");
         println!(

@@ -29,11 +29,13 @@
 
 pub mod auth;
 pub mod backend;
+pub mod billing;
 pub mod catalog;
 pub mod error;
 pub mod files;
 mod future;
 pub mod gateway;
+pub mod ledger;
 pub mod limit;
 pub mod request;
 mod response;

@@ -433,7 +433,7 @@ async fn backend_failures_map_to_the_spec_table() {
     let gateway = Gateway::builder()
         .keys(keys())
         .backend(Scripted)
-        .model("gpt-image-2", ModelSpec::new(4, 10))
+        .model("gpt-image-2", ModelSpec::new(4, 0))
         .build();
     let server = TestServer::start(gateway).await;
     let form = |prompt: &str| {

@@ -64,6 +64,8 @@ pub struct EditJob {
     pub params: EditParams,
     /// The keys the sources are stored under (informational; empty when not stored).
     pub source_keys: Vec<FileKey>,
+    /// The id of the HTTP request this job serves, for logs and usage records.
+    pub request_id: String,
 }
 
 impl EditJob {
@@ -74,6 +76,7 @@ impl EditJob {
             sources,
             params,
             source_keys: Vec::new(),
+            request_id: String::new(),
         }
     }
 }

@@ -23,12 +23,23 @@ use crate::request::{Background, EditParams, OutputFormat, Size};
 #[derive(Clone, Copy, Debug)]
 pub struct ReferenceBackend {
     max_side: u32,
+    latency: std::time::Duration,
 }
 
 impl ReferenceBackend {
     /// A backend that produces up to 4096 x 4096 pixels.
     pub fn new() -> Self {
-        ReferenceBackend { max_side: 4096 }
+        ReferenceBackend {
+            max_side: 4096,
+            latency: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Waits `latency` before each edit, to stand in for a model's think time in demos and
+    /// load tests (default: none).
+    pub fn latency(mut self, latency: std::time::Duration) -> Self {
+        self.latency = latency;
+        self
     }
 
     /// Changes the largest side, in pixels, it decodes or produces (default 4096).
@@ -47,6 +58,9 @@ impl Default for ReferenceBackend {
 #[async_trait]
 impl ImageBackend for ReferenceBackend {
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         if let Size::Exact { width, height } = job.params.size {
             if width > self.max_side || height > self.max_side {
                 return Err(BackendError::UnsupportedSize {

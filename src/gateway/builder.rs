@@ -1,12 +1,15 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_layer::Layer;
 
 use super::{EditService, Gateway, Routes};
 use crate::auth::{Auth, KeyStore, StaticKeys};
 use crate::backend::ImageBackend;
+use crate::billing::{spawn_expiry_sweep, AccountApi, AdminApi, BillingLayer};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
+use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
 use crate::request::{MultipartLimits, Normalize};
 use crate::source::ResolveSourceLayer;
@@ -21,6 +24,9 @@ pub struct GatewayBuilder {
     backend: Option<Arc<dyn ImageBackend>>,
     store: Option<Arc<dyn FileStore>>,
     generations: Option<Arc<dyn Generations>>,
+    ledger: Option<Arc<dyn Ledger>>,
+    hold_ttl: Duration,
+    admin_key: Option<String>,
     models: Vec<(String, ModelSpec)>,
     body_limit: u64,
     multipart: MultipartLimits,
@@ -33,6 +39,9 @@ impl Default for GatewayBuilder {
             backend: None,
             store: None,
             generations: None,
+            ledger: None,
+            hold_ttl: Duration::from_secs(600),
+            admin_key: None,
             models: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
@@ -79,6 +88,32 @@ impl GatewayBuilder {
         self
     }
 
+    /// The ledger that holds and charges. Default: a [`MemoryLedger`] (empty balances: only
+    /// free models work until accounts are credited; lost on exit).
+    pub fn ledger(mut self, ledger: impl Ledger) -> Self {
+        self.ledger = Some(Arc::new(ledger));
+        self
+    }
+
+    /// Same as [`Self::ledger`] for a ledger the caller keeps a handle to (to credit accounts).
+    pub fn shared_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// How long a hold lives when nothing ends it (the process died). Default: 10 minutes.
+    pub fn hold_ttl(mut self, ttl: Duration) -> Self {
+        self.hold_ttl = ttl;
+        self
+    }
+
+    /// Enables `POST /admin/v1/accounts/{user_id}/deposits` for holders of `key`.
+    /// Default: disabled (`/admin/` paths answer 404).
+    pub fn admin_key(mut self, key: impl Into<String>) -> Self {
+        self.admin_key = Some(key.into());
+        self
+    }
+
     /// Serves `name` with `spec`; call once per model. Default when no model is added:
     /// `gpt-image-2` with [`ModelSpec::default`].
     pub fn model(mut self, name: impl Into<String>, spec: ModelSpec) -> Self {
@@ -103,7 +138,9 @@ impl GatewayBuilder {
         self
     }
 
-    /// Builds the gateway.
+    /// Builds the gateway. Inside a Tokio runtime it also starts the ledger's expiry sweep
+    /// (at once, then every `min(hold_ttl / 2, 30 s)`), which releases holds left by a
+    /// process that died.
     ///
     /// # Panics
     /// When no backend was set and the `reference-backend` feature is off.
@@ -124,12 +161,29 @@ impl GatewayBuilder {
         let generations = self
             .generations
             .unwrap_or_else(|| Arc::new(MemoryGenerations::new()) as Arc<dyn Generations>);
+        let ledger = self
+            .ledger
+            .unwrap_or_else(|| Arc::new(MemoryLedger::new()) as Arc<dyn Ledger>);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let every = (self.hold_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            spawn_expiry_sweep(ledger.clone(), every);
+        }
+
         let edit = EditService::new(backend, store.clone(), generations.clone());
-        let resolve = ResolveSourceLayer::new(store.clone(), generations).layer(edit);
+        let billed = BillingLayer::new(ledger.clone(), catalog.clone())
+            .hold_ttl(self.hold_ttl)
+            .layer(edit);
+        let resolve = ResolveSourceLayer::new(store.clone(), generations).layer(billed);
         let edits = Normalize::new(resolve, catalog, self.multipart);
         let files = FileApi::new(store).limits(self.multipart);
-        let routes = Routes { edits, files };
+        let account = AccountApi::new(ledger.clone());
+        let routes = Routes {
+            edits,
+            files,
+            account,
+        };
         Gateway {
+            admin: self.admin_key.map(|key| AdminApi::new(&key, ledger)),
             inner: Auth::new(BodyLimit::new(routes, self.body_limit), keys),
         }
     }

@@ -3,8 +3,10 @@
 //! [`Gateway::builder`] stacks, outermost first:
 //!
 //! ```text
-//! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> ResolveSource -> EditService
+//! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> ResolveSource -> Billing -> EditService
 //!                             /api/v1/upload, /api/v1/files[/{key}] -> FileApi
+//!                             /api/v1/balance, /api/v1/usage        -> AccountApi
+//! /admin/v1/... (own admin key, when configured)                     -> AdminApi
 //! ```
 //!
 //! The result is a `Service<http::Request<B>>` for any body `B` with `Bytes` data, whose
@@ -56,14 +58,16 @@ pub use outcome::{EditOutcome, GeneratedImage};
 pub use routes::EDITS_PATH;
 
 use crate::auth::Auth;
+use crate::billing::AdminApi;
 use crate::future::ResponseFuture;
 use crate::limit::BodyLimit;
-use crate::{BoxError, ResponseBody};
+use crate::{BoxError, GatewayError, ResponseBody};
 use routes::Routes;
 
 /// The whole gateway as one cloneable service. Build it with [`Gateway::builder`].
 #[derive(Clone, Debug)]
 pub struct Gateway {
+    admin: Option<AdminApi>,
     inner: Auth<BodyLimit<Routes>>,
 }
 
@@ -88,6 +92,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The admin door is outside user auth: user keys never reach it.
+        if req.uri().path().starts_with("/admin/") {
+            return match &mut self.admin {
+                Some(admin) => admin.call(req),
+                None => {
+                    ResponseFuture::new(async { Ok(GatewayError::RouteNotFound.into_response()) })
+                }
+            };
+        }
         self.inner.call(req)
     }
 }

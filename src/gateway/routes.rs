@@ -7,6 +7,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::EditService;
+use crate::billing::{AccountApi, Billing};
 use crate::files::FileApi;
 use crate::future::ResponseFuture;
 use crate::request::Normalize;
@@ -19,8 +20,9 @@ pub const EDITS_PATH: &str = "/v1/images/edits";
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]
 pub(crate) struct Routes {
-    pub(crate) edits: Normalize<ResolveSource<EditService>>,
+    pub(crate) edits: Normalize<ResolveSource<Billing<EditService>>>,
     pub(crate) files: FileApi,
+    pub(crate) account: AccountApi,
 }
 
 impl<B> Service<Request<B>> for Routes
@@ -42,6 +44,7 @@ where
             (EDITS_PATH, &Method::POST) => return self.edits.call(req),
             (EDITS_PATH, _) => GatewayError::MethodNotAllowed,
             _ if FileApi::serves(path) => return self.files.call(req),
+            _ if AccountApi::serves(path) => return self.account.call(req),
             _ => GatewayError::RouteNotFound,
         };
         ResponseFuture::new(async move { Ok(rejection.into_response()) })

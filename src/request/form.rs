@@ -124,6 +124,7 @@ impl RawFields {
             principal,
             source,
             params,
+            request_id: String::new(),
         })
     }
 }

@@ -43,6 +43,7 @@ pub use fields::{
 pub use json::parse_json;
 pub use layer::NormalizeLayer;
 pub use multipart::{parse_multipart, MultipartLimits};
+pub(crate) use service::body_error;
 pub use service::Normalize;
 pub use sniff::{ImageKind, SNIFF_LEN};
 
@@ -60,6 +61,8 @@ pub struct EditRequest {
     pub source: Source,
     /// Everything else the client chose.
     pub params: EditParams,
+    /// The request's id (`x-request-id`, honoured or generated).
+    pub request_id: String,
 }
 
 /// The parameters of an edit, shared by [`EditRequest`] and the backend's

@@ -62,17 +62,32 @@ where
         let inner = self.inner.clone();
         let catalog = self.catalog.clone();
         let limits = self.limits;
+        let request_id = request_id(req.headers());
         ResponseFuture::new(async move {
             let answer = async {
-                let edit = read_edit(req, &catalog, limits).await?;
+                let mut edit = read_edit(req, &catalog, limits).await?;
+                edit.request_id = request_id.clone();
                 inner.oneshot(edit).await
             };
-            Ok(match answer.await {
+            let mut response = match answer.await {
                 Ok(outcome) => outcome.into_response(),
                 Err(error) => error.into_response(),
-            })
+            };
+            if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            Ok(response)
         })
     }
+}
+
+/// The client's `x-request-id` when it is 1 to 64 visible ASCII characters, else a new id.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// Reads and validates the body as JSON or multipart, by its `Content-Type`.

@@ -67,6 +67,7 @@ where
             let (images, keys) = sources.resolve(&req.principal, req.source).await?;
             let mut job = EditJob::new(req.principal, images, req.params);
             job.source_keys = keys;
+            job.request_id = req.request_id;
             inner.oneshot(job).await
         })
     }

@@ -1,0 +1,124 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower_service::Service;
+
+use crate::auth::{ApiKey, UserId};
+use crate::future::ResponseFuture;
+use crate::ledger::Ledger;
+use crate::request::body_error;
+use crate::{BoxError, GatewayError, ResponseBody};
+
+/// The operators' door: `POST /admin/v1/accounts/{user_id}/deposits` with
+/// `{"amount": <integer>, "reference": "<unique per account>"}`, authorised by its own key.
+///
+/// User API keys never pass here: the admin key is checked against its own SHA-256 digest in
+/// constant time, and the user key store is not consulted. A deposit whose reference was
+/// already used on that account changes nothing and answers `"deposited": false`. A negative
+/// amount is an operator's correction (it may put the account in debt).
+#[derive(Clone)]
+pub struct AdminApi {
+    digest: [u8; 32],
+    ledger: Arc<dyn Ledger>,
+}
+
+impl AdminApi {
+    /// An admin API accepting `admin_key`, over `ledger`.
+    pub fn new(admin_key: &str, ledger: Arc<dyn Ledger>) -> Self {
+        AdminApi {
+            digest: Sha256::digest(admin_key.as_bytes()).into(),
+            ledger,
+        }
+    }
+
+    fn authorised(&self, key: Option<ApiKey>) -> bool {
+        let Some(key) = key else { return false };
+        let presented: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
+        bool::from(presented.ct_eq(&self.digest))
+    }
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for AdminApi
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<Response<ResponseBody>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let authorised = self.authorised(ApiKey::from_headers(req.headers()));
+        let ledger = self.ledger.clone();
+        ResponseFuture::new(async move {
+            let answer = async {
+                if !authorised {
+                    return Err(GatewayError::InvalidApiKey);
+                }
+                let account = req
+                    .uri()
+                    .path()
+                    .strip_prefix("/admin/v1/accounts/")
+                    .and_then(|rest| rest.strip_suffix("/deposits"))
+                    .map(UserId::new)
+                    .ok_or(GatewayError::RouteNotFound)?
+                    .map_err(|_| {
+                        GatewayError::invalid_request("user id is not valid", Some("user_id"))
+                    })?;
+                if req.method() != Method::POST {
+                    return Err(GatewayError::MethodNotAllowed);
+                }
+                let body = Limited::new(req.into_body(), 4096)
+                    .collect()
+                    .await
+                    .map_err(body_error)?
+                    .to_bytes();
+                let deposit: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+                    GatewayError::invalid_request("body must be a JSON object", None)
+                })?;
+                let amount = deposit["amount"].as_i64().ok_or_else(|| {
+                    GatewayError::invalid_request("amount must be an integer", Some("amount"))
+                })?;
+                let reference = deposit["reference"]
+                    .as_str()
+                    .filter(|r| !r.is_empty() && r.len() <= 200)
+                    .ok_or_else(|| {
+                        GatewayError::invalid_request(
+                            "reference must be a string of 1 to 200 characters",
+                            Some("reference"),
+                        )
+                    })?;
+                let deposited = ledger.deposit(&account, amount, reference).await?;
+                let balance = ledger.balance(&account).await?;
+                let body = serde_json::json!({
+                    "deposited": deposited,
+                    "account": account.as_str(),
+                    "available": balance.available,
+                    "held": balance.held,
+                });
+                Ok(crate::response::json(
+                    StatusCode::OK,
+                    Bytes::from(body.to_string()),
+                ))
+            };
+            Ok(answer.await.unwrap_or_else(GatewayError::into_response))
+        })
+    }
+}

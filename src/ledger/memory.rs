@@ -1,0 +1,216 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo};
+use crate::auth::UserId;
+use crate::gateway::unix_now;
+
+/// A ledger in memory, for tests and embedding. One lock makes every operation atomic.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: HashMap<UserId, Balance>,
+    holds: HashMap<HoldId, OpenHold>,
+    references: HashSet<(UserId, String)>,
+    journal: Vec<JournalEntry>,
+}
+
+#[derive(Debug)]
+struct OpenHold {
+    account: UserId,
+    amount: Amount,
+    expires_at: u64,
+    memo: Memo,
+}
+
+impl MemoryLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every operation checks before it mutates, so a poisoned lock holds a whole state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn record(
+        &mut self,
+        account: &UserId,
+        kind: EntryKind,
+        amount: i64,
+        hold: Option<HoldId>,
+    ) -> &mut JournalEntry {
+        let seq = self.journal.len() as u64 + 1;
+        self.journal.push(JournalEntry {
+            seq,
+            account: account.clone(),
+            kind,
+            amount,
+            hold,
+            reference: None,
+            memo: None,
+            units_returned: None,
+            at: unix_now(),
+        });
+        let last = self.journal.len() - 1;
+        &mut self.journal[last]
+    }
+
+    /// Ends an open hold with `charge`; `false` if it was not open.
+    fn end(
+        &mut self,
+        id: HoldId,
+        charge: Amount,
+        units: Option<u32>,
+        kind: EntryKind,
+    ) -> Result<bool, LedgerError> {
+        let Some(hold) = self.holds.get(&id) else {
+            return Ok(false);
+        };
+        if charge > hold.amount {
+            return Err(LedgerError::ChargeExceedsHold);
+        }
+        let Some(hold) = self.holds.remove(&id) else {
+            return Ok(false);
+        };
+        let balance = self.accounts.entry(hold.account.clone()).or_default();
+        balance.held -= hold.amount.get();
+        balance.charged += charge.get();
+        balance.available += hold.amount.signed() - charge.signed();
+        let entry = self.record(&hold.account, kind, charge.signed(), Some(id));
+        entry.memo = Some(hold.memo);
+        entry.units_returned = units;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryLedger {
+    async fn hold(
+        &self,
+        account: &UserId,
+        amount: Amount,
+        ttl: Duration,
+        memo: Memo,
+    ) -> Result<Hold, LedgerError> {
+        let mut state = self.state();
+        let balance = state.accounts.entry(account.clone()).or_default();
+        if balance.available < 0 {
+            return Err(LedgerError::OutstandingDebt);
+        }
+        if balance.available < amount.signed() {
+            return Err(LedgerError::InsufficientBalance);
+        }
+        balance.available -= amount.signed();
+        balance.held += amount.get();
+        let id = HoldId::new();
+        let expires_at = unix_now() + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        state.holds.insert(
+            id,
+            OpenHold {
+                account: account.clone(),
+                amount,
+                expires_at,
+                memo: memo.clone(),
+            },
+        );
+        state
+            .record(account, EntryKind::Hold, amount.signed(), Some(id))
+            .memo = Some(memo);
+        Ok(Hold {
+            id,
+            account: account.clone(),
+            amount,
+        })
+    }
+
+    async fn settle(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+    ) -> Result<(), LedgerError> {
+        self.state()
+            .end(hold, charge, Some(units_returned), EntryKind::Settle)
+            .map(drop)
+    }
+
+    async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
+        self.state()
+            .end(hold, Amount::ZERO, None, EntryKind::Release)
+            .map(drop)
+    }
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
+        Ok(self
+            .state()
+            .accounts
+            .get(account)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    async fn deposit(
+        &self,
+        account: &UserId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<bool, LedgerError> {
+        let mut state = self.state();
+        if !state
+            .references
+            .insert((account.clone(), reference.to_owned()))
+        {
+            return Ok(false);
+        }
+        let balance = state.accounts.entry(account.clone()).or_default();
+        balance.available += amount;
+        balance.deposited += amount;
+        state
+            .record(account, EntryKind::Deposit, amount, None)
+            .reference = Some(reference.to_owned());
+        Ok(true)
+    }
+
+    async fn expire(&self, now: u64) -> Result<usize, LedgerError> {
+        let mut state = self.state();
+        let due: Vec<HoldId> = state
+            .holds
+            .iter()
+            .filter(|(_, h)| h.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &due {
+            state.end(*id, Amount::ZERO, None, EntryKind::Expire)?;
+        }
+        Ok(due.len())
+    }
+
+    async fn journal(
+        &self,
+        account: &UserId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError> {
+        let state = self.state();
+        let start = after_seq.unwrap_or(0) as usize;
+        Ok(state
+            .journal
+            .iter()
+            .skip(start)
+            .filter(|e| &e.account == account)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}

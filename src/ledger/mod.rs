@@ -1,0 +1,302 @@
+//! Money: the [`Ledger`] contract and two shipped ledgers.
+//!
+//! # The contract
+//! - [`Ledger::hold`] reserves the whole amount or nothing: it fails with
+//!   [`LedgerError::OutstandingDebt`] when the account's available balance is negative, and
+//!   with [`LedgerError::InsufficientBalance`] when it is below the amount. The check and the
+//!   reservation are one atomic step, so two concurrent holds can never overdraw.
+//! - [`Ledger::settle`] charges at most what was held and frees the rest;
+//!   [`Ledger::release`] frees all. Both are idempotent: on a hold that already ended they
+//!   change nothing and succeed.
+//! - A hold not ended by its deadline is released by [`Ledger::expire`], which the gateway
+//!   runs at start and periodically, so money held by a process that died comes back.
+//! - Conservation: for every account, `deposits = available + held + charged` at every moment.
+//! - Amounts are integers in the smallest currency unit; nothing here is a float.
+//! - Every movement is appended to a journal; nothing in it is ever rewritten.
+//!
+//! The trait assumes no single owner of the data: every operation is one transaction keyed
+//! by account or hold id, so a PostgreSQL ledger can serve many gateway replicas at once.
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use memory::MemoryLedger;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteLedger;
+
+use crate::auth::UserId;
+use crate::BoxError;
+
+/// A non-negative amount of money in the smallest currency unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(u64);
+
+impl Amount {
+    /// Zero.
+    pub const ZERO: Amount = Amount(0);
+
+    /// `units` of the smallest currency unit. Amounts above `i64::MAX` are clamped there so
+    /// every amount also fits a signed balance column.
+    pub fn new(units: u64) -> Self {
+        Amount(units.min(i64::MAX as u64))
+    }
+
+    /// The amount in units.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// `self x count`, or `None` on overflow.
+    pub fn times(self, count: u32) -> Option<Amount> {
+        self.0
+            .checked_mul(u64::from(count))
+            .filter(|v| *v <= i64::MAX as u64)
+            .map(Amount)
+    }
+
+    pub(crate) fn signed(self) -> i64 {
+        self.0 as i64
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The id of one hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HoldId(Uuid);
+
+impl HoldId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        HoldId(Uuid::new_v4())
+    }
+
+    pub(crate) fn from_uuid(id: Uuid) -> Self {
+        HoldId(id)
+    }
+}
+
+impl Default for HoldId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for HoldId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+/// What a hold is for, kept with it and in the journal (the usage report reads it).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Memo {
+    /// The request that took the hold.
+    pub request_id: String,
+    /// The model asked for.
+    pub model: String,
+    /// How many images were asked for.
+    pub units_requested: u32,
+}
+
+impl Memo {
+    /// A memo for one request.
+    pub fn new(request_id: impl Into<String>, model: impl Into<String>, units: u32) -> Self {
+        Memo {
+            request_id: request_id.into(),
+            model: model.into(),
+            units_requested: units,
+        }
+    }
+}
+
+/// A reservation of money, returned by [`Ledger::hold`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Hold {
+    /// Its id, for settle and release.
+    pub id: HoldId,
+    /// The account it draws on.
+    pub account: UserId,
+    /// How much is reserved.
+    pub amount: Amount,
+}
+
+/// An account's money right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Balance {
+    /// Spendable; negative when the account is in debt.
+    pub available: i64,
+    /// Reserved by open holds.
+    pub held: u64,
+    /// Charged so far, in total.
+    pub charged: u64,
+    /// Deposited so far, in total (negative corrections included).
+    pub deposited: i64,
+}
+
+/// The kind of a journal entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Money added (or, negative, taken away by an operator's correction).
+    Deposit,
+    /// Money reserved.
+    Hold,
+    /// A hold ended with a charge (possibly zero) and the rest freed.
+    Settle,
+    /// A hold ended with nothing charged.
+    Release,
+    /// A hold past its deadline released by the sweep.
+    Expire,
+}
+
+impl EntryKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Deposit => "deposit",
+            EntryKind::Hold => "hold",
+            EntryKind::Settle => "settle",
+            EntryKind::Release => "release",
+            EntryKind::Expire => "expire",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [
+            EntryKind::Deposit,
+            EntryKind::Hold,
+            EntryKind::Settle,
+            EntryKind::Release,
+            EntryKind::Expire,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One movement of money, as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalEntry {
+    /// Position in the journal, increasing.
+    pub seq: u64,
+    /// The account moved.
+    pub account: UserId,
+    /// What happened.
+    pub kind: EntryKind,
+    /// Deposited, held, or charged amount (signed for deposits).
+    pub amount: i64,
+    /// The hold concerned, if any.
+    pub hold: Option<HoldId>,
+    /// The deposit reference, if any.
+    pub reference: Option<String>,
+    /// The hold's memo, if any.
+    pub memo: Option<Memo>,
+    /// Images returned (on settle).
+    pub units_returned: Option<u32>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// Why a ledger refused or failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The available balance is below the amount.
+    InsufficientBalance,
+    /// The available balance is negative.
+    OutstandingDebt,
+    /// A settle asked to charge more than was held.
+    ChargeExceedsHold,
+    /// The ledger's storage failed.
+    Storage(BoxError),
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::InsufficientBalance => f.write_str("insufficient balance"),
+            LedgerError::OutstandingDebt => f.write_str("outstanding debt"),
+            LedgerError::ChargeExceedsHold => f.write_str("charge exceeds the hold"),
+            LedgerError::Storage(e) => write!(f, "ledger storage failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl From<LedgerError> for crate::GatewayError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::InsufficientBalance => crate::GatewayError::InsufficientBalance,
+            LedgerError::OutstandingDebt => crate::GatewayError::OutstandingDebt,
+            other => {
+                tracing::error!(error = %other, "ledger failed");
+                crate::GatewayError::Internal
+            }
+        }
+    }
+}
+
+/// Holds, settles and releases money per account. See the module docs for the contract.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Reserves `amount` on `account` until settled, released, or `ttl` passes.
+    async fn hold(
+        &self,
+        account: &UserId,
+        amount: Amount,
+        ttl: Duration,
+        memo: Memo,
+    ) -> Result<Hold, LedgerError>;
+
+    /// Ends an open hold charging `charge` (at most the held amount) for `units_returned`
+    /// images, and frees the rest. On an ended hold: nothing changes, `Ok`.
+    async fn settle(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+    ) -> Result<(), LedgerError>;
+
+    /// Ends an open hold charging nothing. On an ended hold: nothing changes, `Ok`.
+    async fn release(&self, hold: HoldId) -> Result<(), LedgerError>;
+
+    /// The account's balance (all zero for an account never seen).
+    async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError>;
+
+    /// Adds `amount` (negative: an operator's correction) to `account`. `reference` makes
+    /// it idempotent: a second deposit with the same reference on the same account changes
+    /// nothing and returns `false`.
+    async fn deposit(
+        &self,
+        account: &UserId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<bool, LedgerError>;
+
+    /// Releases every open hold whose deadline is at or before `now` (Unix seconds);
+    /// returns how many.
+    async fn expire(&self, now: u64) -> Result<usize, LedgerError>;
+
+    /// Up to `limit` journal entries of `account` after `after_seq`, oldest first.
+    async fn journal(
+        &self,
+        account: &UserId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError>;
+}

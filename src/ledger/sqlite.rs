@@ -1,0 +1,399 @@
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use uuid::Uuid;
+
+use super::{Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo};
+use crate::auth::UserId;
+use crate::gateway::unix_now;
+
+/// A ledger in a SQLite file: WAL mode, every operation one `IMMEDIATE` transaction, so
+/// several processes sharing the file still never overdraw an account.
+#[derive(Clone, Debug)]
+pub struct SqliteLedger {
+    db: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA busy_timeout = 5000;
+CREATE TABLE IF NOT EXISTS accounts (
+    account   TEXT PRIMARY KEY,
+    available INTEGER NOT NULL DEFAULT 0,
+    held      INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
+    charged   INTEGER NOT NULL DEFAULT 0 CHECK (charged >= 0),
+    deposited INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS holds (
+    id         TEXT PRIMARY KEY,
+    account    TEXT NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount >= 0),
+    expires_at INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    units      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);
+CREATE TABLE IF NOT EXISTS journal (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    account        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    amount         INTEGER NOT NULL,
+    hold_id        TEXT,
+    reference      TEXT,
+    request_id     TEXT,
+    model          TEXT,
+    units          INTEGER,
+    units_returned INTEGER,
+    at             INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_account ON journal (account, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, reference)
+    WHERE kind = 'deposit';
+";
+
+impl SqliteLedger {
+    /// Opens (or creates) the ledger at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        let db = Connection::open(path).map_err(storage)?;
+        db.execute_batch(SCHEMA).map_err(storage)?;
+        Ok(SqliteLedger {
+            db: Arc::new(Mutex::new(db)),
+        })
+    }
+
+    /// Runs `work` in one IMMEDIATE transaction on the blocking pool; it commits only when
+    /// `work` returns `Ok`.
+    async fn transaction<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = db
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(storage)?;
+            let value = work(&tx)?;
+            tx.commit().map_err(storage)?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| LedgerError::Storage(e.into()))?
+    }
+}
+
+fn storage(error: rusqlite::Error) -> LedgerError {
+    LedgerError::Storage(error.into())
+}
+
+fn ensure_account(tx: &rusqlite::Transaction<'_>, account: &UserId) -> Result<(), LedgerError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO accounts (account) VALUES (?1)",
+        params![account.as_str()],
+    )
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// Ends an open hold inside `tx`; `false` when it was not open.
+fn end_hold(
+    tx: &rusqlite::Transaction<'_>,
+    id: HoldId,
+    charge: Amount,
+    units_returned: Option<u32>,
+    kind: EntryKind,
+) -> Result<bool, LedgerError> {
+    let hold = tx
+        .query_row(
+            "SELECT account, amount, request_id, model, units FROM holds WHERE id = ?1",
+            params![id.to_string()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(storage)?;
+    let Some((account, amount, request_id, model, units)) = hold else {
+        return Ok(false);
+    };
+    if charge.signed() > amount {
+        return Err(LedgerError::ChargeExceedsHold);
+    }
+    tx.execute("DELETE FROM holds WHERE id = ?1", params![id.to_string()])
+        .map_err(storage)?;
+    tx.execute(
+        "UPDATE accounts SET held = held - ?2, charged = charged + ?3,
+                available = available + ?2 - ?3 WHERE account = ?1",
+        params![account, amount, charge.signed()],
+    )
+    .map_err(storage)?;
+    tx.execute(
+        "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
+                              units_returned, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            account,
+            kind.as_str(),
+            charge.signed(),
+            id.to_string(),
+            request_id,
+            model,
+            units,
+            units_returned,
+            unix_now() as i64
+        ],
+    )
+    .map_err(storage)?;
+    Ok(true)
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn hold(
+        &self,
+        account: &UserId,
+        amount: Amount,
+        ttl: Duration,
+        memo: Memo,
+    ) -> Result<Hold, LedgerError> {
+        let account = account.clone();
+        self.transaction(move |tx| {
+            ensure_account(tx, &account)?;
+            let available: i64 = tx
+                .query_row(
+                    "SELECT available FROM accounts WHERE account = ?1",
+                    params![account.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(storage)?;
+            if available < 0 {
+                return Err(LedgerError::OutstandingDebt);
+            }
+            if available < amount.signed() {
+                return Err(LedgerError::InsufficientBalance);
+            }
+            tx.execute(
+                "UPDATE accounts SET available = available - ?2, held = held + ?2
+                 WHERE account = ?1",
+                params![account.as_str(), amount.signed()],
+            )
+            .map_err(storage)?;
+            let id = HoldId::new();
+            let now = unix_now();
+            let expires_at = now + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            tx.execute(
+                "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id.to_string(),
+                    account.as_str(),
+                    amount.signed(),
+                    expires_at as i64,
+                    memo.request_id,
+                    memo.model,
+                    memo.units_requested
+                ],
+            )
+            .map_err(storage)?;
+            tx.execute(
+                "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units, at)
+                 VALUES (?1, 'hold', ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    account.as_str(),
+                    amount.signed(),
+                    id.to_string(),
+                    memo.request_id,
+                    memo.model,
+                    memo.units_requested,
+                    now as i64
+                ],
+            )
+            .map_err(storage)?;
+            Ok(Hold {
+                id,
+                account,
+                amount,
+            })
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+    ) -> Result<(), LedgerError> {
+        self.transaction(move |tx| {
+            end_hold(tx, hold, charge, Some(units_returned), EntryKind::Settle).map(drop)
+        })
+        .await
+    }
+
+    async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
+        self.transaction(move |tx| {
+            end_hold(tx, hold, Amount::ZERO, None, EntryKind::Release).map(drop)
+        })
+        .await
+    }
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
+        let account = account.clone();
+        self.transaction(move |tx| {
+            let row = tx
+                .query_row(
+                    "SELECT available, held, charged, deposited FROM accounts WHERE account = ?1",
+                    params![account.as_str()],
+                    |r| {
+                        Ok(Balance {
+                            available: r.get(0)?,
+                            held: r.get::<_, i64>(1)?.max(0) as u64,
+                            charged: r.get::<_, i64>(2)?.max(0) as u64,
+                            deposited: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(storage)?;
+            Ok(row.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn deposit(
+        &self,
+        account: &UserId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<bool, LedgerError> {
+        let (account, reference) = (account.clone(), reference.to_owned());
+        self.transaction(move |tx| {
+            ensure_account(tx, &account)?;
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO journal (account, kind, amount, reference, at)
+                     VALUES (?1, 'deposit', ?2, ?3, ?4)",
+                    params![account.as_str(), amount, reference, unix_now() as i64],
+                )
+                .map_err(storage)?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE accounts SET available = available + ?2, deposited = deposited + ?2
+                 WHERE account = ?1",
+                params![account.as_str(), amount],
+            )
+            .map_err(storage)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn expire(&self, now: u64) -> Result<usize, LedgerError> {
+        self.transaction(move |tx| {
+            let due: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT id FROM holds WHERE expires_at <= ?1")
+                    .map_err(storage)?;
+                let rows = stmt
+                    .query_map(params![now as i64], |r| r.get::<_, String>(0))
+                    .map_err(storage)?;
+                rows.collect::<Result<_, _>>().map_err(storage)?
+            };
+            let mut ended = 0;
+            for id in due {
+                let id = Uuid::parse_str(&id).map_err(|e| LedgerError::Storage(e.into()))?;
+                if end_hold(
+                    tx,
+                    HoldId::from_uuid(id),
+                    Amount::ZERO,
+                    None,
+                    EntryKind::Expire,
+                )? {
+                    ended += 1;
+                }
+            }
+            Ok(ended)
+        })
+        .await
+    }
+
+    async fn journal(
+        &self,
+        account: &UserId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError> {
+        let owner = account.clone();
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
+                            units_returned, at
+                     FROM journal WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(
+                    params![owner.as_str(), after_seq.unwrap_or(0) as i64, limit as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, Option<i64>>(7)?,
+                            r.get::<_, Option<i64>>(8)?,
+                            r.get::<_, i64>(9)?,
+                        ))
+                    },
+                )
+                .map_err(storage)?;
+            let mut entries = Vec::new();
+            for row in rows {
+                let (seq, kind, amount, hold, reference, request_id, model, units, returned, at) =
+                    row.map_err(storage)?;
+                let corrupt = || LedgerError::Storage("corrupt journal row".into());
+                let memo = match (request_id, model, units) {
+                    (Some(request_id), Some(model), Some(units)) => Some(Memo::new(
+                        request_id,
+                        model,
+                        u32::try_from(units).map_err(|_| corrupt())?,
+                    )),
+                    _ => None,
+                };
+                entries.push(JournalEntry {
+                    seq: seq as u64,
+                    account: owner.clone(),
+                    kind: EntryKind::parse(&kind).ok_or_else(corrupt)?,
+                    amount,
+                    hold: hold
+                        .map(|h| Uuid::parse_str(&h).map(HoldId::from_uuid))
+                        .transpose()
+                        .map_err(|_| corrupt())?,
+                    reference,
+                    memo,
+                    units_returned: returned.and_then(|u| u32::try_from(u).ok()),
+                    at: at.max(0) as u64,
+                });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}

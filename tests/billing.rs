@@ -1,0 +1,343 @@
+//! Billing on the real stack: every outcome moves money exactly as the spec says.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use image_gateway::auth::UserId;
+use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::catalog::ModelSpec;
+use image_gateway::ledger::{Ledger, MemoryLedger, SqliteLedger};
+use image_gateway::Gateway;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+const PRICE: u64 = 10;
+
+/// Answers by prompt: `k of n` returns k images, others fail as named; `hang` waits forever.
+struct Scripted {
+    started: Arc<Notify>,
+}
+
+#[async_trait]
+impl ImageBackend for Scripted {
+    async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        self.started.notify_one();
+        let image = Image::new(Bytes::from(png(4, 4)), job.params.output_format);
+        let prompt = job.params.prompt.as_str();
+        match prompt {
+            "moderate" => Err(BackendError::ContentPolicy {
+                message: "no".into(),
+            }),
+            "bad size" => Err(BackendError::UnsupportedSize {
+                size: job.params.size,
+            }),
+            "crash" => Err(BackendError::upstream("boom")),
+            "hang" => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(vec![image])
+            }
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(vec![image; job.params.n as usize])
+            }
+            _ => {
+                let k = prompt
+                    .strip_prefix("return ")
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or(job.params.n);
+                Ok(vec![image; k as usize])
+            }
+        }
+    }
+}
+
+struct Billed {
+    server: TestServer,
+    ledger: Arc<dyn Ledger>,
+    started: Arc<Notify>,
+}
+
+async fn billed(ledger: Arc<dyn Ledger>) -> Billed {
+    let started = Arc::new(Notify::new());
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .backend(Scripted {
+            started: started.clone(),
+        })
+        .shared_ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE))
+        .admin_key("admin_secret_key_0123")
+        .build();
+    Billed {
+        server: TestServer::start(gateway).await,
+        ledger,
+        started,
+    }
+}
+
+fn alice() -> UserId {
+    UserId::new("alice").unwrap()
+}
+
+fn form(prompt: &str, n: u32) -> Form {
+    Form::new()
+        .file("image", "a.png", "image/png", &png(4, 4))
+        .text("model", "gpt-image-2")
+        .text("prompt", prompt)
+        .text("n", &n.to_string())
+}
+
+impl Billed {
+    async fn balance(&self) -> (i64, u64) {
+        let v = self
+            .server
+            .call(Method::GET, "/api/v1/balance", ALICE_KEY)
+            .await
+            .json();
+        (
+            v["available"].as_i64().unwrap(),
+            v["held"].as_u64().unwrap(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn each_outcome_moves_money_as_the_spec_says() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    b.ledger
+        .deposit(&alice(), 100, "test-credit")
+        .await
+        .unwrap();
+
+    // Success: n=2 returned 2 -> charged 20.
+    assert_eq!(
+        b.server
+            .edit_form(ALICE_KEY, form("ok", 2))
+            .await
+            .images()
+            .len(),
+        2
+    );
+    assert_eq!(b.balance().await, (80, 0));
+    // Fewer than n: held 30, charged 10, 20 refunded.
+    assert_eq!(
+        b.server
+            .edit_form(ALICE_KEY, form("return 1", 3))
+            .await
+            .images()
+            .len(),
+        1
+    );
+    assert_eq!(b.balance().await, (70, 0));
+    // Failures release the whole hold.
+    for (prompt, code) in [
+        ("crash", "upstream_error"),
+        ("moderate", "content_policy_violation"),
+        ("bad size", "invalid_request"),
+        ("return 0", "upstream_error"),
+    ] {
+        let reply = b.server.edit_form(ALICE_KEY, form(prompt, 2)).await;
+        assert_eq!(reply.error().1, code, "{prompt}");
+        assert_eq!(b.balance().await, (70, 0), "{prompt}");
+    }
+    // n over the model's maximum: 400, nothing held.
+    let reply = b.server.edit_form(ALICE_KEY, form("ok", 11)).await;
+    assert_eq!(
+        reply.error(),
+        (400, "invalid_request".into(), Some("n".into()))
+    );
+
+    // Usage lists the two charges with request ids, counts and amounts.
+    let usage = b
+        .server
+        .call(Method::GET, "/api/v1/usage", ALICE_KEY)
+        .await
+        .json();
+    let data = usage["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{usage}");
+    assert_eq!(
+        (
+            data[0]["n_requested"].as_u64(),
+            data[0]["n_returned"].as_u64(),
+            data[0]["amount"].as_i64()
+        ),
+        (Some(2), Some(2), Some(20))
+    );
+    assert_eq!(
+        (
+            data[1]["n_requested"].as_u64(),
+            data[1]["n_returned"].as_u64(),
+            data[1]["amount"].as_i64()
+        ),
+        (Some(3), Some(1), Some(10))
+    );
+    assert_eq!(data[0]["model"], "gpt-image-2");
+    assert!(!data[0]["request_id"].as_str().unwrap().is_empty());
+    // Bob sees none of it.
+    let bobs = b
+        .server
+        .call(Method::GET, "/api/v1/usage", BOB_KEY)
+        .await
+        .json();
+    assert_eq!(bobs["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn request_id_is_honoured_and_recorded() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    b.ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let (content_type, body) = form("ok", 1).finish();
+    let req = Request::post(EDITS)
+        .header("x-api-key", ALICE_KEY)
+        .header("x-request-id", "client-req-42")
+        .header("content-type", content_type)
+        .body(Full::new(body))
+        .unwrap();
+    let reply = b.server.send(req).await;
+    assert_eq!(reply.headers["x-request-id"], "client-req-42");
+    let usage = b
+        .server
+        .call(Method::GET, "/api/v1/usage", ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(usage["data"][0]["request_id"], "client-req-42");
+}
+
+#[tokio::test]
+async fn insufficient_balance_and_outstanding_debt_are_402() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    let reply = b.server.edit_form(ALICE_KEY, form("ok", 1)).await;
+    assert_eq!(reply.error(), (402, "insufficient_balance".into(), None));
+    b.ledger.deposit(&alice(), 15, "c").await.unwrap();
+    let reply = b.server.edit_form(ALICE_KEY, form("ok", 2)).await;
+    assert_eq!(reply.error().1, "insufficient_balance", "20 > 15");
+    b.ledger
+        .deposit(&alice(), -20, "operator correction")
+        .await
+        .unwrap();
+    let reply = b.server.edit_form(ALICE_KEY, form("ok", 1)).await;
+    assert_eq!(reply.error(), (402, "OUTSTANDING_DEBT".into(), None));
+    assert_eq!(b.balance().await, (-5, 0));
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_request_releases_the_hold() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    b.ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let (content_type, body) = form("hang", 3).finish();
+    let mut socket = tokio::net::TcpStream::connect(b.server.addr).await.unwrap();
+    let head = format!(
+        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body).await.unwrap();
+    b.started.notified().await;
+    assert_eq!(b.balance().await, (70, 30), "held while the backend runs");
+    drop(socket);
+    for _ in 0..100 {
+        if b.balance().await == (100, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "hold not released after disconnect: {:?}",
+        b.balance().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_edits_against_a_balance_for_ten() {
+    let dir = temp_dir("concurrency");
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
+    let b = billed(ledger.clone()).await;
+    ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let (content_type, body) = form("slow", 1).finish();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (addr, content_type, body) = (b.server.addr, content_type.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post(EDITS)
+                .header("x-api-key", ALICE_KEY)
+                .header("content-type", content_type)
+                .body(Full::new(body))
+                .unwrap();
+            send(addr, req).await.status.as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            200 => ok += 1,
+            402 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 10);
+    let balance = ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        (balance.available, balance.held, balance.charged),
+        (0, 0, 100)
+    );
+}
+
+#[tokio::test]
+async fn admin_deposits_need_the_admin_key() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    let deposit = |key: &str, body: &str| {
+        Request::post("/admin/v1/accounts/alice/deposits")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap()
+    };
+    let body = r#"{"amount": 250, "reference": "invoice-1"}"#;
+    let reply = b.server.send(deposit(ALICE_KEY, body)).await;
+    assert_eq!(
+        reply.error(),
+        (401, "invalid_api_key".into(), None),
+        "a user key is not an admin key"
+    );
+    let reply = b.server.send(deposit("admin_secret_key_0123", body)).await;
+    assert_eq!(reply.json()["deposited"], true);
+    let reply = b.server.send(deposit("admin_secret_key_0123", body)).await;
+    assert_eq!(
+        reply.json()["deposited"],
+        false,
+        "same reference: credited once"
+    );
+    assert_eq!(b.balance().await, (250, 0));
+    let reply = b
+        .server
+        .send(deposit(
+            "admin_secret_key_0123",
+            r#"{"amount": 1.5, "reference": "x"}"#,
+        ))
+        .await;
+    assert_eq!(
+        reply.error(),
+        (400, "invalid_request".into(), Some("amount".into()))
+    );
+    let reply = b
+        .server
+        .call(
+            Method::GET,
+            "/admin/v1/accounts/alice/deposits",
+            "admin_secret_key_0123",
+        )
+        .await;
+    assert_eq!(reply.error().1, "method_not_allowed");
+
+    // Without an admin key configured, the door does not exist.
+    let plain = reference_server().await;
+    let reply = plain.send(deposit("anything", body)).await;
+    assert_eq!(reply.error(), (404, "not_found".into(), None));
+}

@@ -119,8 +119,15 @@ impl LocalFileStore {
             let Some(key) = FileKey::parse(&format!("files/{owner}/{name}")) else {
                 continue;
             };
-            if after.is_none_or(|a| &key > a) && entry.file_type()?.is_file() {
-                keys.push((key, entry.metadata()?));
+            if after.is_some_and(|a| &key <= a) {
+                continue;
+            }
+            // A file deleted since the directory was read is simply not listed.
+            match entry.metadata() {
+                Ok(meta) if meta.is_file() => keys.push((key, meta)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         keys.sort_by(|a, b| a.0.cmp(&b.0));

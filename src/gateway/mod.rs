@@ -53,6 +53,11 @@ use tower_service::Service;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
 pub(crate) use edit::unix_now;
+
+/// The current time in Unix seconds, as the ledger and generation records count it.
+pub fn unix_time() -> u64 {
+    unix_now()
+}
 pub use edit::EditService;
 pub use outcome::{EditOutcome, GeneratedImage};
 pub use routes::EDITS_PATH;

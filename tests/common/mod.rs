@@ -47,6 +47,11 @@ impl TestServer {
         }
     }
 
+    /// A handle on a server this test did not start (the example, in another process).
+    pub fn at(addr: SocketAddr) -> TestServer {
+        TestServer { addr, stop: None }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -29,7 +29,7 @@ use image_gateway::auth::StaticKeys;
 use image_gateway::backend::ReferenceBackend;
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
-use image_gateway::ledger::{Ledger, SqliteLedger};
+use image_gateway::ledger::{Durability, Ledger, SqliteLedger};
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::store::{LocalFileStore, SqliteGenerations};
 use image_gateway::Gateway;
@@ -115,7 +115,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let store = LocalFileStore::open(&config.data_dir)?;
     let generations = SqliteGenerations::open(config.data_dir.join("generations.db"))?;
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(config.data_dir.join("ledger.db"))?);
+    // Commits survive a killed process; deposits are fsynced whatever happens (see Durability).
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(
+        config.data_dir.join("ledger.db"),
+        Durability::ProcessCrash,
+    )?);
     if config.demo_balance > 0 {
         // The reference makes the credit idempotent: a restart does not top it up again.
         for user in keys.users() {

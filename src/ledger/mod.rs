@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 pub use memory::MemoryLedger;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteLedger;
+pub use sqlite::{Durability, SqliteLedger};
 
 use crate::auth::UserId;
 use crate::BoxError;

@@ -29,6 +29,7 @@ use image_gateway::auth::StaticKeys;
 use image_gateway::backend::ReferenceBackend;
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
+use image_gateway::idempotency::SqliteIdempotency;
 use image_gateway::ledger::{Durability, Ledger, SqliteLedger};
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::store::{LocalFileStore, SqliteGenerations};
@@ -132,6 +133,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .backend(ReferenceBackend::new().latency(config.latency))
         .store(store)
         .generations(generations)
+        .idempotency(SqliteIdempotency::open(
+            config.data_dir.join("generations.db"),
+        )?)
         .shared_ledger(ledger)
         .hold_ttl(config.hold_ttl);
     if let Some(admin_key) = &config.admin_key {

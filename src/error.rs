@@ -72,6 +72,13 @@ pub enum GatewayError {
         /// Sent as `Retry-After`.
         retry_after: Duration,
     },
+    /// 409 `idempotency_key_in_use`: a request with this `Idempotency-Key` is still running.
+    IdempotencyKeyInUse {
+        /// Sent as `Retry-After`.
+        retry_after: Duration,
+    },
+    /// 409 `idempotency_key_reused`: the `Idempotency-Key` was used for a different request.
+    IdempotencyKeyReused,
     /// 413 `request_too_large`: the whole body is over the limit.
     PayloadTooLarge,
     /// 429 `rate_limit_exceeded`.
@@ -114,7 +121,9 @@ impl GatewayError {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            GenerationNotReady { .. } => StatusCode::CONFLICT,
+            GenerationNotReady { .. } | IdempotencyKeyInUse { .. } | IdempotencyKeyReused => {
+                StatusCode::CONFLICT
+            }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Upstream => StatusCode::BAD_GATEWAY,
@@ -139,6 +148,8 @@ impl GatewayError {
             GenerationNotFound => "generation_not_found",
             ImageNotFound => "IMAGE_NOT_FOUND",
             GenerationNotReady { .. } => "generation_not_ready",
+            IdempotencyKeyInUse { .. } => "idempotency_key_in_use",
+            IdempotencyKeyReused => "idempotency_key_reused",
             PayloadTooLarge => "request_too_large",
             RateLimitExceeded { .. } => "rate_limit_exceeded",
             Upstream => "upstream_error",
@@ -180,6 +191,7 @@ impl GatewayError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::GenerationNotReady { retry_after }
+            | GatewayError::IdempotencyKeyInUse { retry_after }
             | GatewayError::RateLimitExceeded { retry_after } => Some(*retry_after),
             _ => None,
         }
@@ -247,6 +259,13 @@ impl fmt::Display for GatewayError {
                 f.write_str("the generation is still being stored; retry shortly")
             }
             PayloadTooLarge => f.write_str("the request body exceeds the size limit"),
+            IdempotencyKeyInUse { .. } => {
+                f.write_str("a request with this Idempotency-Key is still running; retry shortly")
+            }
+            IdempotencyKeyReused => f.write_str(
+                "this Idempotency-Key was already used for a different request; \
+                 use a new key for a new request",
+            ),
             RateLimitExceeded { .. } => f.write_str("rate limit exceeded; retry later"),
             Upstream => f.write_str("the image service failed; the hold was released"),
             RouteNotFound => f.write_str("no such endpoint"),

@@ -35,6 +35,7 @@ pub mod error;
 pub mod files;
 mod future;
 pub mod gateway;
+pub mod idempotency;
 pub mod ledger;
 pub mod limit;
 pub mod request;

@@ -341,3 +341,88 @@ async fn admin_deposits_need_the_admin_key() {
     let reply = plain.send(deposit("anything", body)).await;
     assert_eq!(reply.error(), (404, "not_found".into(), None));
 }
+
+fn keyed(key: &str, form: Form) -> Request<Full<Bytes>> {
+    let (content_type, body) = form.finish();
+    Request::post(EDITS)
+        .header("x-api-key", ALICE_KEY)
+        .header("idempotency-key", key)
+        .header("content-type", content_type)
+        .body(Full::new(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn idempotent_retries_are_answered_once_and_charged_once() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    b.ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let first = b.server.send(keyed("retry-1", form("ok", 2))).await;
+    let ids = first.generation_ids();
+    assert_eq!(b.balance().await, (80, 0));
+
+    // The retry gets the first answer (once its outputs are stored), and pays nothing.
+    let mut again = b.server.send(keyed("retry-1", form("ok", 2))).await;
+    for _ in 0..50 {
+        if again.status.as_u16() != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        again = b.server.send(keyed("retry-1", form("ok", 2))).await;
+    }
+    assert_eq!(again.generation_ids(), ids);
+    assert_eq!(again.images(), first.images());
+    assert_eq!(again.json()["created"], first.json()["created"]);
+    assert_eq!(b.balance().await, (80, 0));
+
+    // Same key, different request: 409.
+    let reply = b
+        .server
+        .send(keyed("retry-1", form("something else", 2)))
+        .await;
+    assert_eq!(reply.error(), (409, "idempotency_key_reused".into(), None));
+    // A failure is not remembered: the retry runs again.
+    assert_eq!(
+        b.server
+            .send(keyed("fails", form("crash", 1)))
+            .await
+            .error()
+            .1,
+        "upstream_error"
+    );
+    assert_eq!(
+        b.server
+            .send(keyed("fails", form("crash", 1)))
+            .await
+            .error()
+            .1,
+        "upstream_error"
+    );
+    assert_eq!(b.balance().await, (80, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_run_once() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    b.ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = b.server.addr;
+            tokio::spawn(async move {
+                send(addr, keyed("same", form("slow", 1)))
+                    .await
+                    .status
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 409),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200));
+    assert_eq!(b.balance().await, (90, 0), "charged once: {statuses:?}");
+}

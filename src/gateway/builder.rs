@@ -9,6 +9,7 @@ use crate::backend::ImageBackend;
 use crate::billing::{spawn_expiry_sweep, AccountApi, AdminApi, BillingLayer};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
+use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
 use crate::request::{MultipartLimits, Normalize};
@@ -25,6 +26,7 @@ pub struct GatewayBuilder {
     store: Option<Arc<dyn FileStore>>,
     generations: Option<Arc<dyn Generations>>,
     ledger: Option<Arc<dyn Ledger>>,
+    idempotency: Option<Arc<dyn IdempotencyRecords>>,
     hold_ttl: Duration,
     admin_key: Option<String>,
     models: Vec<(String, ModelSpec)>,
@@ -40,6 +42,7 @@ impl Default for GatewayBuilder {
             store: None,
             generations: None,
             ledger: None,
+            idempotency: None,
             hold_ttl: Duration::from_secs(600),
             admin_key: None,
             models: Vec::new(),
@@ -98,6 +101,13 @@ impl GatewayBuilder {
     /// Same as [`Self::ledger`] for a ledger the caller keeps a handle to (to credit accounts).
     pub fn shared_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
         self.ledger = Some(ledger);
+        self
+    }
+
+    /// Where `Idempotency-Key`s are remembered. Default: [`MemoryIdempotency`] (lost on exit;
+    /// use `SqliteIdempotency` or your own to answer retries across restarts).
+    pub fn idempotency(mut self, records: impl IdempotencyRecords) -> Self {
+        self.idempotency = Some(Arc::new(records));
         self
     }
 
@@ -173,8 +183,12 @@ impl GatewayBuilder {
         let billed = BillingLayer::new(ledger.clone(), catalog.clone())
             .hold_ttl(self.hold_ttl)
             .layer(edit);
-        let resolve = ResolveSourceLayer::new(store.clone(), generations).layer(billed);
-        let edits = Normalize::new(resolve, catalog, self.multipart);
+        let resolve = ResolveSourceLayer::new(store.clone(), generations.clone()).layer(billed);
+        let records = self
+            .idempotency
+            .unwrap_or_else(|| Arc::new(MemoryIdempotency::new()) as Arc<dyn IdempotencyRecords>);
+        let once = IdempotencyLayer::new(records, store.clone(), generations).layer(resolve);
+        let edits = Normalize::new(once, catalog, self.multipart);
         let files = FileApi::new(store).limits(self.multipart);
         let account = AccountApi::new(ledger.clone());
         let routes = Routes {

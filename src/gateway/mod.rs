@@ -3,7 +3,7 @@
 //! [`Gateway::builder`] stacks, outermost first:
 //!
 //! ```text
-//! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> ResolveSource -> Billing -> EditService
+//! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> Idempotency -> ResolveSource -> Billing -> EditService
 //!                             /api/v1/upload, /api/v1/files[/{key}] -> FileApi
 //!                             /api/v1/balance, /api/v1/usage        -> AccountApi
 //! /admin/v1/... (own admin key, when configured)                     -> AdminApi

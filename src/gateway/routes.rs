@@ -10,6 +10,7 @@ use super::EditService;
 use crate::billing::{AccountApi, Billing};
 use crate::files::FileApi;
 use crate::future::ResponseFuture;
+use crate::idempotency::Idempotency;
 use crate::request::Normalize;
 use crate::source::ResolveSource;
 use crate::{BoxError, GatewayError, ResponseBody};
@@ -20,7 +21,7 @@ pub const EDITS_PATH: &str = "/v1/images/edits";
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]
 pub(crate) struct Routes {
-    pub(crate) edits: Normalize<ResolveSource<Billing<EditService>>>,
+    pub(crate) edits: Normalize<Idempotency<ResolveSource<Billing<EditService>>>>,
     pub(crate) files: FileApi,
     pub(crate) account: AccountApi,
 }

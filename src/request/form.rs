@@ -125,6 +125,7 @@ impl RawFields {
             source,
             params,
             request_id: String::new(),
+            idempotency_key: None,
         })
     }
 }

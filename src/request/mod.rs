@@ -63,6 +63,43 @@ pub struct EditRequest {
     pub params: EditParams,
     /// The request's id (`x-request-id`, honoured or generated).
     pub request_id: String,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+impl EditRequest {
+    /// A SHA-256 over everything the request asks for: parameters and the source (its key,
+    /// its generation id, or the digest of each uploaded image). Two requests with the same
+    /// fingerprint ask for the same edit.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let p = &self.params;
+        let mut hash = Sha256::new();
+        for field in [
+            p.model.as_str(),
+            p.prompt.as_str(),
+            &p.n.to_string(),
+            &p.size.to_string(),
+            p.quality.as_str(),
+            p.background.as_str(),
+            p.output_format.as_str(),
+        ] {
+            // Length-prefixed so no two field lists hash alike by shifting a boundary.
+            hash.update((field.len() as u64).to_le_bytes());
+            hash.update(field.as_bytes());
+        }
+        match &self.source {
+            Source::ImageKey(key) => hash.update(format!("key:{key}")),
+            Source::Generation(id) => hash.update(format!("generation:{id}")),
+            Source::Upload(images) => {
+                for image in images {
+                    hash.update(b"upload:");
+                    hash.update(Sha256::digest(&image.bytes));
+                }
+            }
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// The parameters of an edit, shared by [`EditRequest`] and the backend's

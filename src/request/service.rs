@@ -65,8 +65,10 @@ where
         let request_id = request_id(req.headers());
         ResponseFuture::new(async move {
             let answer = async {
+                let idempotency_key = idempotency_key(req.headers())?;
                 let mut edit = read_edit(req, &catalog, limits).await?;
                 edit.request_id = request_id.clone();
+                edit.idempotency_key = idempotency_key;
                 inner.oneshot(edit).await
             };
             let mut response = match answer.await {
@@ -88,6 +90,24 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// The `Idempotency-Key` header: absent, or 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|v| Some(v.to_owned()))
+        .ok_or_else(|| {
+            GatewayError::invalid_request(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                Some("Idempotency-Key"),
+            )
+        })
 }
 
 /// Reads and validates the body as JSON or multipart, by its `Content-Type`.

@@ -1,0 +1,173 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::{Begin, IdempotencyRecords};
+use crate::auth::UserId;
+use crate::backend::Image;
+use crate::future::ResponseFuture;
+use crate::gateway::{unix_now, EditOutcome, GeneratedImage};
+use crate::request::{EditRequest, ImageKind, OutputFormat};
+use crate::source::GenerationId;
+use crate::store::{FileStore, GenerationStatus, Generations};
+use crate::GatewayError;
+
+/// Answers a retried request with its first result; see the module docs.
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    pub(super) inner: S,
+    pub(super) records: Arc<dyn IdempotencyRecords>,
+    pub(super) store: Arc<dyn FileStore>,
+    pub(super) generations: Arc<dyn Generations>,
+}
+
+impl<S> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<EditRequest> for Idempotency<S>
+where
+    S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = EditOutcome;
+    type Error = GatewayError;
+    type Future = ResponseFuture<EditOutcome, GatewayError>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: EditRequest) -> Self::Future {
+        let this = self.clone();
+        ResponseFuture::new(async move {
+            let Some(key) = req.idempotency_key.clone() else {
+                return this.inner.oneshot(req).await;
+            };
+            let user = req.principal.user_id().clone();
+            let fingerprint = req.fingerprint();
+            match this
+                .records
+                .begin(&user, &key, &fingerprint, unix_now())
+                .await?
+            {
+                Begin::New => this.run(req, user, key).await,
+                Begin::InProgress => Err(GatewayError::IdempotencyKeyInUse {
+                    retry_after: Duration::from_secs(1),
+                }),
+                Begin::Mismatch => Err(GatewayError::IdempotencyKeyReused),
+                Begin::Done {
+                    created,
+                    generations,
+                } => {
+                    replay(
+                        &*this.generations,
+                        &*this.store,
+                        &user,
+                        created,
+                        &generations,
+                    )
+                    .await
+                }
+            }
+        })
+    }
+}
+
+impl<S> Idempotency<S>
+where
+    S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    async fn run(
+        self,
+        req: EditRequest,
+        user: UserId,
+        key: String,
+    ) -> Result<EditOutcome, GatewayError> {
+        // Dropped before an answer (client gone): forget the key so a retry runs.
+        let forget = ForgetOnDrop {
+            records: Some(self.records.clone()),
+            user: user.clone(),
+            key: key.clone(),
+        };
+        let answer = self.inner.oneshot(req).await;
+        let records = forget.disarm();
+        match &answer {
+            Ok(outcome) => {
+                let ids: Vec<GenerationId> = outcome.images.iter().map(|g| g.id).collect();
+                records.complete(&user, &key, outcome.created, &ids).await?;
+            }
+            Err(_) => records.abandon(&user, &key).await?,
+        }
+        answer
+    }
+}
+
+/// The first answer again, from the stored generations.
+async fn replay(
+    generations: &dyn Generations,
+    store: &dyn FileStore,
+    user: &UserId,
+    created: u64,
+    ids: &[GenerationId],
+) -> Result<EditOutcome, GatewayError> {
+    let mut images = Vec::with_capacity(ids.len());
+    for id in ids {
+        let generation = generations
+            .get(*id)
+            .await?
+            .filter(|g| &g.owner == user)
+            .ok_or(GatewayError::GenerationNotFound)?;
+        if generation.status == GenerationStatus::Pending {
+            return Err(GatewayError::GenerationNotReady {
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let bytes = store
+            .get(&generation.file_key)
+            .await?
+            .ok_or(GatewayError::ImageNotFound)?;
+        let format = match ImageKind::sniff(&bytes) {
+            Some(ImageKind::Jpeg) => OutputFormat::Jpeg,
+            Some(ImageKind::Webp) => OutputFormat::Webp,
+            _ => OutputFormat::Png,
+        };
+        images.push(GeneratedImage::new(*id, Image::new(bytes, format)));
+    }
+    Ok(EditOutcome::new(created, images))
+}
+
+struct ForgetOnDrop {
+    records: Option<Arc<dyn IdempotencyRecords>>,
+    user: UserId,
+    key: String,
+}
+
+impl ForgetOnDrop {
+    fn disarm(mut self) -> Arc<dyn IdempotencyRecords> {
+        match self.records.take() {
+            Some(records) => records,
+            None => unreachable!("disarmed once"),
+        }
+    }
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        let Some(records) = self.records.take() else {
+            return;
+        };
+        let (user, key) = (self.user.clone(), std::mem::take(&mut self.key));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = records.abandon(&user, &key).await;
+            });
+        }
+    }
+}

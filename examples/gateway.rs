@@ -17,6 +17,11 @@
 //! - `GATEWAY_HOLD_TTL_SECS`: how long a hold outlives a crashed process (default 600).
 //! - `GATEWAY_REFERENCE_LATENCY_MS`: simulated model latency of the reference backend
 //!   (default 0).
+//! - `GATEWAY_UPSTREAM_URL`: forward edits to this OpenAI-compatible API (e.g.
+//!   `https://api.openai.com`) instead of the reference backend.
+//! - `GATEWAY_UPSTREAM_KEY`: the upstream's API key.
+//! - `GATEWAY_UPSTREAM_MODEL`: the upstream model that serves `gpt-image-2` (default: the
+//!   same name).
 //! - `RUST_LOG`: log filter (default `info`).
 
 use std::error::Error;
@@ -26,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image_gateway::auth::StaticKeys;
-use image_gateway::backend::ReferenceBackend;
+use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::idempotency::SqliteIdempotency;
@@ -49,6 +54,7 @@ struct Config {
     admin_key: Option<String>,
     hold_ttl: Duration,
     latency: Duration,
+    upstream: Option<(String, Option<String>, Option<String>)>,
 }
 
 impl Config {
@@ -79,6 +85,13 @@ impl Config {
                 None => 600,
             }),
             latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
+            upstream: var("GATEWAY_UPSTREAM_URL").map(|url| {
+                (
+                    url,
+                    var("GATEWAY_UPSTREAM_KEY"),
+                    var("GATEWAY_UPSTREAM_MODEL"),
+                )
+            }),
         })
     }
 }
@@ -101,6 +114,22 @@ fn keys(config: &Config) -> Result<(StaticKeys, Option<String>), Box<dyn Error>>
         keys = keys.with_key(user, key)?;
     }
     Ok((keys, None))
+}
+
+/// The upstream model API when one is configured, else the model-free reference backend.
+fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
+    let Some((url, key, model)) = &config.upstream else {
+        return Ok(Arc::new(ReferenceBackend::new().latency(config.latency)));
+    };
+    let mut upstream = UpstreamBackend::builder(url.clone());
+    if let Some(key) = key {
+        upstream = upstream.api_key(key.clone());
+    }
+    if let Some(model) = model {
+        upstream = upstream.model(DEFAULT_MODEL, model.clone());
+    }
+    println!("backend: OpenAI-compatible upstream");
+    Ok(Arc::new(upstream.build()?))
 }
 
 #[tokio::main]
@@ -130,7 +159,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let mut builder = Gateway::builder()
         .keys(keys)
-        .backend(ReferenceBackend::new().latency(config.latency))
+        .shared_backend(backend(&config)?)
         .store(store)
         .generations(generations)
         .idempotency(SqliteIdempotency::open(

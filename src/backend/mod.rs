@@ -32,12 +32,16 @@
 
 #[cfg(feature = "reference-backend")]
 mod reference;
+#[cfg(feature = "upstream")]
+mod upstream;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 #[cfg(feature = "reference-backend")]
 pub use reference::ReferenceBackend;
+#[cfg(feature = "upstream")]
+pub use upstream::{UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
 use crate::auth::Principal;
 use crate::request::{EditParams, OutputFormat, Size, SourceImage};

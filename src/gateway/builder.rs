@@ -124,6 +124,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Same as [`Self::backend`] for a backend that is already shared.
+    pub fn shared_backend(mut self, backend: Arc<dyn ImageBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// Serves `name` with `spec`; call once per model. Default when no model is added:
     /// `gpt-image-2` with [`ModelSpec::default`].
     pub fn model(mut self, name: impl Into<String>, spec: ModelSpec) -> Self {

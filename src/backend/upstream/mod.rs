@@ -1,0 +1,243 @@
+//! An [`ImageBackend`] that forwards edits to any OpenAI-compatible images API.
+
+mod answer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, StatusCode, Url};
+
+use super::{BackendError, EditJob, Image, ImageBackend};
+use crate::request::{Size, SourceImage};
+
+/// The largest upstream answer read (a JSON body of base64 images, or one image by URL).
+const MAX_ANSWER_BYTES: usize = 128 * 1024 * 1024;
+/// The pause before the one retry of a request that never reached the upstream's model.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Forwards each edit as the official OpenAI SDK sends it: multipart
+/// `POST {base}/v1/images/edits` with `image` (one source) or repeated `image[]` (several),
+/// `model` (mapped), `prompt`, `n`, `size`, `quality`, `background`, `output_format`.
+///
+/// # Outcomes
+/// | upstream | backend result |
+/// |---|---|
+/// | images as `b64_json` | those images (fewer than `n` is fine: billing charges what came) |
+/// | images as `url` | each fetched (at most 128 MiB in all) and returned as bytes |
+/// | 400 with a moderation code | [`BackendError::ContentPolicy`] |
+/// | 400 blaming `size` | [`BackendError::UnsupportedSize`] (refunded) |
+/// | any other status, a timeout, a connection error, a malformed body | [`BackendError::Upstream`] |
+///
+/// A request that fails to connect, or is answered 502 or 503, is sent once more after a
+/// short pause; nothing else is retried, so an upstream never produces images twice for one
+/// edit. Upstream messages, its URL and its key never reach the client: an
+/// `Upstream` error's detail is for the operator's log only.
+///
+/// Dropping the edit future (the client went away) drops the HTTP request, which closes the
+/// connection to the upstream.
+///
+/// Upstream models named `gpt-image-*` always answer `b64_json` and refuse
+/// `response_format`, so it is only sent to other models.
+#[derive(Clone)]
+pub struct UpstreamBackend {
+    client: Client,
+    endpoint: Url,
+    api_key: Option<String>,
+    models: HashMap<String, String>,
+}
+
+impl fmt::Debug for UpstreamBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Neither the URL (it may hold credentials) nor the key is printed.
+        f.debug_struct("UpstreamBackend")
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of an [`UpstreamBackend`].
+#[derive(Debug)]
+pub struct UpstreamBuilder {
+    base: String,
+    api_key: Option<String>,
+    models: HashMap<String, String>,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+/// Why an [`UpstreamBackend`] could not be built.
+#[derive(Debug)]
+pub struct UpstreamConfigError(String);
+
+impl fmt::Display for UpstreamConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UpstreamConfigError {}
+
+impl UpstreamBuilder {
+    /// The upstream's API key, sent as `Authorization: Bearer`. Default: none.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Forwards the gateway model `gateway` as `upstream`. Models without a mapping are
+    /// forwarded under their own name.
+    pub fn model(mut self, gateway: impl Into<String>, upstream: impl Into<String>) -> Self {
+        self.models.insert(gateway.into(), upstream.into());
+        self
+    }
+
+    /// How long connecting may take. Default: 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one upstream call may take, from connect to the last byte. Default: 300 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the backend: a pooled HTTP/1.1 + HTTP/2 client with rustls and the Mozilla
+    /// root certificates.
+    pub fn build(self) -> Result<UpstreamBackend, UpstreamConfigError> {
+        let base = Url::parse(self.base.trim_end_matches('/'))
+            .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(UpstreamConfigError(
+                "upstream URL must be http or https".into(),
+            ));
+        }
+        let endpoint = Url::parse(&format!(
+            "{}/v1/images/edits",
+            base.as_str().trim_end_matches('/')
+        ))
+        .map_err(|e| UpstreamConfigError(format!("upstream URL: {e}")))?;
+        let client = Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| UpstreamConfigError(format!("HTTP client: {e}")))?;
+        Ok(UpstreamBackend {
+            client,
+            endpoint,
+            api_key: self.api_key,
+            models: self.models,
+        })
+    }
+}
+
+impl UpstreamBackend {
+    /// Settings for an upstream at `base` (e.g. `https://api.openai.com`; the path
+    /// `/v1/images/edits` is appended).
+    pub fn builder(base: impl Into<String>) -> UpstreamBuilder {
+        UpstreamBuilder {
+            base: base.into(),
+            api_key: None,
+            models: HashMap::new(),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    fn form(&self, job: &EditJob) -> Form {
+        let p = &job.params;
+        let model = self.models.get(&p.model).unwrap_or(&p.model).clone();
+        let mut form = Form::new()
+            .text("prompt", p.prompt.clone())
+            .text("n", p.n.to_string())
+            .text("quality", p.quality.as_str())
+            .text("background", p.background.as_str())
+            .text("output_format", p.output_format.as_str());
+        if !model.starts_with("gpt-image") {
+            form = form.text("response_format", "b64_json");
+        }
+        if let Size::Exact { .. } = p.size {
+            form = form.text("size", p.size.to_string());
+        } else {
+            form = form.text("size", "auto");
+        }
+        form = form.text("model", model);
+        let field = if job.sources.len() == 1 {
+            "image"
+        } else {
+            "image[]"
+        };
+        for (i, source) in job.sources.iter().enumerate() {
+            form = form.part(field, image_part(source, i));
+        }
+        form
+    }
+
+    async fn send(&self, job: &EditJob) -> Result<reqwest::Response, reqwest::Error> {
+        let mut request = self
+            .client
+            .post(self.endpoint.clone())
+            .multipart(self.form(job));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await
+    }
+}
+
+/// One source as a file part. `Bytes` is shared, not copied, into the request body.
+fn image_part(source: &SourceImage, index: usize) -> Part {
+    let name = format!("image-{index}.{}", source.kind.extension());
+    let part = Part::stream_with_length(
+        reqwest::Body::from(source.bytes.clone()),
+        source.bytes.len() as u64,
+    )
+    .file_name(name);
+    match part.mime_str(source.kind.mime()) {
+        Ok(part) => part,
+        // The MIME strings are constants that always parse; keep a part without one if not.
+        Err(_) => Part::stream(reqwest::Body::from(source.bytes.clone())),
+    }
+}
+
+#[async_trait]
+impl ImageBackend for UpstreamBackend {
+    async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        let mut retried = false;
+        let response = loop {
+            match self.send(job).await {
+                Ok(r)
+                    if matches!(
+                        r.status(),
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    ) && !retried => {}
+                Ok(r) => break r,
+                // A failed connect never reached the model: safe to send again.
+                Err(e) if e.is_connect() && !retried => {}
+                Err(e) => return Err(BackendError::upstream(describe(e))),
+            }
+            retried = true;
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        };
+        answer::images(self, job, response).await
+    }
+}
+
+/// A transport error in words, without the URL (it may carry credentials).
+fn describe(error: reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "broken body"
+    } else {
+        "request failed"
+    };
+    format!("upstream {kind}: {}", error.without_url())
+}

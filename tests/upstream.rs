@@ -1,0 +1,471 @@
+//! The upstream backend against a scripted OpenAI-compatible mock: a real HTTP server on
+//! 127.0.0.1 that records what the gateway sent and answers as told.
+
+mod common;
+#[path = "common/python.rs"]
+mod python;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use image_gateway::auth::UserId;
+use image_gateway::backend::UpstreamBackend;
+use image_gateway::catalog::ModelSpec;
+use image_gateway::ledger::{Ledger, MemoryLedger};
+use image_gateway::Gateway;
+
+const UPSTREAM_KEY: &str = "sk-upstream-secret-4242";
+
+#[derive(Clone, Copy, Debug)]
+enum Script {
+    Images(usize),
+    Moderation,
+    BadSize,
+    ServerError,
+    Unauthorized,
+    Hang,
+    Truncated,
+    InvalidJson,
+    Url,
+    Flaky503ThenImages,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Received {
+    authorization: Option<String>,
+    texts: Vec<(String, String)>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+struct Mock {
+    addr: SocketAddr,
+    script: Mutex<Script>,
+    calls: AtomicUsize,
+    received: Mutex<Vec<Received>>,
+    cancelled: AtomicBool,
+}
+
+struct CancelFlag(Arc<Mock>, bool);
+
+impl Drop for CancelFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+type MockBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<MockBody> {
+    let mut res = Response::new(
+        Full::new(body.into())
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    res
+}
+
+fn b64_png() -> String {
+    base64::engine::general_purpose::STANDARD.encode(png(6, 6))
+}
+
+async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    if req.uri().path() == "/img.png" {
+        return Ok(full(StatusCode::OK, png(6, 6)));
+    }
+    let call = mock.calls.fetch_add(1, Ordering::SeqCst);
+    let mut guard = CancelFlag(mock.clone(), false);
+    let mut received = Received {
+        authorization: req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        ..Received::default()
+    };
+    let boundary = multer::parse_boundary(req.headers()["content-type"].to_str().unwrap()).unwrap();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut form = multer::Multipart::new(
+        futures_util::stream::once(async move { Ok::<_, Infallible>(body) }),
+        boundary,
+    );
+    while let Some(field) = form.next_field().await.unwrap() {
+        let name = field.name().unwrap().to_owned();
+        if field.file_name().is_some() {
+            received
+                .files
+                .push((name, field.bytes().await.unwrap().to_vec()));
+        } else {
+            received.texts.push((name, field.text().await.unwrap()));
+        }
+    }
+    let n: usize = received
+        .texts
+        .iter()
+        .find(|(k, _)| k == "n")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(1);
+    mock.received.lock().unwrap().push(received);
+    let script = *mock.script.lock().unwrap();
+    let images = |k: usize| {
+        let data: Vec<_> = (0..k)
+            .map(|_| serde_json::json!({"b64_json": b64_png()}))
+            .collect();
+        full(
+            StatusCode::OK,
+            serde_json::json!({"created": 1, "data": data}).to_string(),
+        )
+    };
+    let answer = match script {
+        Script::Images(k) => images(k.min(n)),
+        Script::Moderation => full(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":{"code":"moderation_blocked","message":"Your request was rejected by the safety system at 10.1.2.3","type":"image_generation_user_error"}}"#,
+        ),
+        Script::BadSize => full(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":{"code":"invalid_value","param":"size","message":"Invalid value: '333x777'"}}"#,
+        ),
+        Script::ServerError => full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":{"message":"internal detail at 10.1.2.3"}}"#,
+        ),
+        Script::Unauthorized => full(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":"invalid_api_key","message":"Incorrect API key provided: sk-upstream-secret-4242"}}"#,
+        ),
+        Script::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            images(1)
+        }
+        Script::Truncated => {
+            let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from_static(
+                    b"{\"data\":[{\"b64_json\":\"iVBOR",
+                ))),
+                Err(std::io::Error::other("cut")),
+            ];
+            let mut res =
+                Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed());
+            res.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            res
+        }
+        Script::InvalidJson => full(StatusCode::OK, "{\"data\": [ not json"),
+        Script::Url => full(
+            StatusCode::OK,
+            serde_json::json!({"data": [{"url": format!("http://{}/img.png", mock.addr)}]})
+                .to_string(),
+        ),
+        Script::Flaky503ThenImages if call == 0 => full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
+        Script::Flaky503ThenImages => images(n),
+    };
+    guard.1 = true;
+    Ok(answer)
+}
+
+async fn start_mock(script: Script) -> Arc<Mock> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = Arc::new(Mock {
+        addr: listener.local_addr().unwrap(),
+        script: Mutex::new(script),
+        calls: AtomicUsize::new(0),
+        received: Mutex::new(Vec::new()),
+        cancelled: AtomicBool::new(false),
+    });
+    let served = mock.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mock = served.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handle(mock.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    mock
+}
+
+struct Setup {
+    mock: Arc<Mock>,
+    server: TestServer,
+    ledger: Arc<dyn Ledger>,
+}
+
+async fn setup(script: Script) -> Setup {
+    let mock = start_mock(script).await;
+    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
+        .api_key(UPSTREAM_KEY)
+        .model("gpt-image-2", "upstream-model-x")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    ledger
+        .deposit(&UserId::new("alice").unwrap(), 100, "c")
+        .await
+        .unwrap();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .backend(upstream)
+        .shared_ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, 10))
+        .build();
+    Setup {
+        mock,
+        server: TestServer::start(gateway).await,
+        ledger,
+    }
+}
+
+impl Setup {
+    async fn available(&self) -> (i64, u64) {
+        let b = self
+            .ledger
+            .balance(&UserId::new("alice").unwrap())
+            .await
+            .unwrap();
+        (b.available, b.held)
+    }
+}
+
+fn edit(n: u32) -> Form {
+    Form::new()
+        .text("model", "gpt-image-2")
+        .text("prompt", "make it blue")
+        .text("n", &n.to_string())
+        .text("size", "333x777")
+        .file("image", "a.png", "image/png", &png(10, 10))
+}
+
+fn assert_no_leak(reply: &Reply, mock: &Mock) {
+    let text = String::from_utf8_lossy(&reply.body);
+    for secret in [UPSTREAM_KEY, "10.1.2.3", &mock.addr.to_string()] {
+        assert!(!text.contains(secret), "leaked {secret:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn forwards_the_sdk_shape_and_bills_what_came_back() {
+    let s = setup(Script::Images(2)).await;
+    let reply = s.server.edit_form(ALICE_KEY, edit(2)).await;
+    assert_eq!(reply.images().len(), 2);
+    assert_eq!(s.available().await, (80, 0));
+
+    let received = s.mock.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        received.authorization.as_deref(),
+        Some(&*format!("Bearer {UPSTREAM_KEY}"))
+    );
+    let text = |k: &str| {
+        received
+            .texts
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(text("model").as_deref(), Some("upstream-model-x"));
+    assert_eq!(text("prompt").as_deref(), Some("make it blue"));
+    assert_eq!(text("n").as_deref(), Some("2"));
+    assert_eq!(text("size").as_deref(), Some("333x777"));
+    assert_eq!(text("output_format").as_deref(), Some("png"));
+    assert_eq!(text("response_format").as_deref(), Some("b64_json"));
+    assert_eq!(received.files, vec![("image".to_string(), png(10, 10))]);
+
+    // Several sources go as repeated image[] parts, in order.
+    let form = Form::new()
+        .text("model", "gpt-image-2")
+        .text("prompt", "blend")
+        .file("image[]", "a.png", "image/png", &png(3, 3))
+        .file("image[]", "b.jpg", "image/jpeg", &jpeg(5, 5));
+    assert_eq!(s.server.edit_form(ALICE_KEY, form).await.images().len(), 1);
+    let received = s.mock.received.lock().unwrap()[1].clone();
+    assert_eq!(
+        received.files,
+        vec![
+            ("image[]".to_string(), png(3, 3)),
+            ("image[]".to_string(), jpeg(5, 5))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn fewer_images_than_asked_are_charged_as_returned() {
+    let s = setup(Script::Images(1)).await;
+    assert_eq!(
+        s.server.edit_form(ALICE_KEY, edit(3)).await.images().len(),
+        1
+    );
+    assert_eq!(s.available().await, (90, 0));
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_the_spec_and_release_the_hold() {
+    let cases = [
+        (Script::Moderation, 400, "content_policy_violation"),
+        (Script::BadSize, 400, "invalid_request"),
+        (Script::ServerError, 502, "upstream_error"),
+        (Script::Unauthorized, 502, "upstream_error"),
+        (Script::Hang, 502, "upstream_error"),
+        (Script::Truncated, 502, "upstream_error"),
+        (Script::InvalidJson, 502, "upstream_error"),
+    ];
+    for (script, status, code) in cases {
+        let s = setup(script).await;
+        let reply = s.server.edit_form(ALICE_KEY, edit(2)).await;
+        assert_eq!(
+            (reply.error().0, reply.error().1.as_str()),
+            (status, code),
+            "{script:?}"
+        );
+        assert_no_leak(&reply, &s.mock);
+        assert_eq!(
+            s.available().await,
+            (100, 0),
+            "{script:?}: the hold is released"
+        );
+        assert_eq!(
+            s.mock.calls.load(Ordering::SeqCst),
+            1,
+            "{script:?}: never retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn url_answers_are_fetched_and_returned_as_base64() {
+    let s = setup(Script::Url).await;
+    let images = s.server.edit_form(ALICE_KEY, edit(1)).await.images();
+    assert_eq!(images, vec![png(6, 6)]);
+    assert_eq!(s.available().await, (90, 0));
+}
+
+#[tokio::test]
+async fn a_503_is_retried_once() {
+    let s = setup(Script::Flaky503ThenImages).await;
+    assert_eq!(
+        s.server.edit_form(ALICE_KEY, edit(1)).await.images().len(),
+        1
+    );
+    assert_eq!(s.mock.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(s.available().await, (90, 0));
+}
+
+#[tokio::test]
+async fn connection_refused_is_502_and_nothing_is_charged() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream = UpstreamBackend::builder(format!("http://127.0.0.1:{port}"))
+        .build()
+        .unwrap();
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    ledger
+        .deposit(&UserId::new("alice").unwrap(), 100, "c")
+        .await
+        .unwrap();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .backend(upstream)
+        .shared_ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, 10))
+        .build();
+    let server = TestServer::start(gateway).await;
+    let reply = server.edit_form(ALICE_KEY, edit(1)).await;
+    assert_eq!(reply.error(), (502, "upstream_error".into(), None));
+    assert!(!String::from_utf8_lossy(&reply.body).contains(&port.to_string()));
+    assert_eq!(
+        ledger
+            .balance(&UserId::new("alice").unwrap())
+            .await
+            .unwrap()
+            .available,
+        100
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_upstream_call() {
+    let s = setup(Script::Hang).await;
+    let (content_type, body) = edit(1).finish();
+    let addr = s.server.addr;
+    let client = tokio::spawn(async move {
+        let req = Request::post(EDITS)
+            .header("x-api-key", ALICE_KEY)
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .unwrap();
+        send(addr, req).await
+    });
+    while s.mock.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.available().await, (90, 10));
+    client.abort();
+    for _ in 0..100 {
+        if s.mock.cancelled.load(Ordering::SeqCst) && s.available().await == (100, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "upstream call not cancelled ({}) or hold not released ({:?})",
+        s.mock.cancelled.load(Ordering::SeqCst),
+        s.available().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_through_the_gateway_to_the_upstream() {
+    let s = setup(Script::Images(2)).await;
+    let dir = temp_dir("sdk-upstream");
+    std::fs::write(dir.join("photo.png"), png(16, 16)).unwrap();
+    let script = r#"
+import base64, os, openai
+client = openai.OpenAI(base_url=os.environ["GATEWAY_URL"] + "/v1", api_key=os.environ["GATEWAY_KEY"], max_retries=0)
+with open(os.environ["PNG_PATH"], "rb") as f:
+    r = client.images.edit(model="gpt-image-2", image=f, prompt="make it blue", n=2)
+assert len(r.data) == 2, r
+assert base64.b64decode(r.data[0].b64_json)[:8] == b"\x89PNG\r\n\x1a\n"
+print("ok", len(r.model_dump()["picklyone_generation_ids"]))
+"#;
+    let (python, url) = (python::python(), format!("http://{}", s.server.addr));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .env("GATEWAY_URL", url)
+            .env("GATEWAY_KEY", ALICE_KEY)
+            .env("PNG_PATH", dir.join("photo.png"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.available().await, (80, 0));
+    assert_eq!(s.mock.received.lock().unwrap()[0].files[0].1, png(16, 16));
+}

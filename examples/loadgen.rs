@@ -1,0 +1,362 @@
+//! A load harness: drives a server over loopback and prints requests per second and latency
+//! percentiles.
+//!
+//! ```sh
+//! # The gateway's own overhead: full stack with an instant backend, then bare hyper.
+//! cargo run --release --example loadgen -- --target gateway --mix json --concurrency 32 --duration 10
+//! cargo run --release --example loadgen -- --target bare    --mix json --concurrency 32 --duration 10
+//! # The same stack on the example's SQLite ledger, SQLite generations and local files.
+//! cargo run --release --example loadgen -- --target gateway-sqlite --mix json
+//! # Against a running server (e.g. the example): its peak memory while 16 clients send 25 MB.
+//! cargo run --release --example loadgen -- --addr 127.0.0.1:8080 --key pk_live_... \
+//!     --mix multipart-25m --concurrency 16 --requests 16 --server-pid <pid>
+//! ```
+//!
+//! Mixes: `json` (edit by `image_key`), `multipart-100k`, `multipart-5m`, `multipart-25m`,
+//! `upload` (100 KB). In-process targets start the server on its own runtime in this process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use image_gateway::auth::{StaticKeys, UserId};
+use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::catalog::ModelSpec;
+use image_gateway::gateway::{EditOutcome, GeneratedImage};
+use image_gateway::ledger::{Durability, Ledger, MemoryLedger, SqliteLedger};
+use image_gateway::request::OutputFormat;
+use image_gateway::source::GenerationId;
+use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::Gateway;
+
+const KEY: &str = "pk_live_loadgen_0123456789abcdef";
+const BOUNDARY: &str = "----loadgen-boundary-5f2c";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The smallest valid PNG (1 x 1), the image every instant edit returns.
+fn fixed_image() -> Bytes {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 128, 255, 255]))
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode");
+    Bytes::from(out.into_inner())
+}
+
+/// A backend that answers at once with the fixed image.
+struct InstantBackend {
+    image: Bytes,
+}
+
+#[async_trait]
+impl ImageBackend for InstantBackend {
+    async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        Ok(vec![
+            Image::new(self.image.clone(), OutputFormat::Png);
+            job.params.n as usize
+        ])
+    }
+}
+
+struct Args {
+    target: String,
+    addr: Option<SocketAddr>,
+    key: String,
+    mix: String,
+    concurrency: usize,
+    duration: Duration,
+    requests: Option<usize>,
+    server_pid: Option<u32>,
+}
+
+fn args() -> Result<Args, Error> {
+    let mut args = Args {
+        target: "gateway".into(),
+        addr: None,
+        key: KEY.into(),
+        mix: "json".into(),
+        concurrency: 32,
+        duration: Duration::from_secs(10),
+        requests: None,
+        server_pid: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--target" => args.target = value,
+            "--addr" => args.addr = Some(value.parse()?),
+            "--key" => args.key = value,
+            "--mix" => args.mix = value,
+            "--concurrency" => args.concurrency = value.parse()?,
+            "--duration" => args.duration = Duration::from_secs(value.parse()?),
+            "--requests" => args.requests = Some(value.parse()?),
+            "--server-pid" => args.server_pid = Some(value.parse()?),
+            other => return Err(format!("unknown flag {other}").into()),
+        }
+    }
+    Ok(args)
+}
+
+/// Starts an in-process target on its own runtime thread; returns its address.
+fn start_target(target: &str) -> Result<SocketAddr, Error> {
+    let image = fixed_image();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let target = target.to_owned();
+    let answer = EditOutcome::new(
+        1_776_864_985,
+        vec![GeneratedImage::new(
+            GenerationId::new(),
+            Image::new(image.clone(), OutputFormat::Png),
+        )],
+    )
+    .to_json();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            if target == "bare" {
+                return serve_bare(listener, answer).await;
+            }
+            let user = UserId::new("load").expect("user");
+            let keys = StaticKeys::new().with_key("load", KEY).expect("key");
+            let builder = Gateway::builder()
+                .keys(keys)
+                .backend(InstantBackend { image })
+                .model("gpt-image-2", ModelSpec::new(10, 1));
+            let builder = if target == "gateway-sqlite" {
+                let dir = std::env::temp_dir().join(format!("igw-load-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&dir).expect("data dir");
+                let ledger: Arc<dyn Ledger> = Arc::new(
+                    SqliteLedger::open_with(dir.join("ledger.db"), Durability::ProcessCrash)
+                        .expect("ledger"),
+                );
+                ledger
+                    .deposit(&user, i64::MAX / 4, "load")
+                    .await
+                    .expect("deposit");
+                builder
+                    .store(LocalFileStore::open(&dir).expect("store"))
+                    .generations(
+                        SqliteGenerations::open(dir.join("generations.db")).expect("generations"),
+                    )
+                    .shared_ledger(ledger)
+            } else {
+                let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+                ledger
+                    .deposit(&user, i64::MAX / 4, "load")
+                    .await
+                    .expect("deposit");
+                builder.shared_ledger(ledger)
+            };
+            let gateway = builder.build();
+            let _ = image_gateway::server::serve(
+                listener,
+                gateway,
+                Default::default(),
+                std::future::pending(),
+            )
+            .await;
+        });
+    });
+    Ok(addr)
+}
+
+/// A bare hyper server that reads the whole body and answers the gateway's bytes.
+async fn serve_bare(listener: tokio::net::TcpListener, answer: Bytes) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answer = answer.clone();
+                async move {
+                    let _ = req.into_body().collect().await;
+                    let mut res = Response::new(Full::new(answer));
+                    res.headers_mut()
+                        .insert("content-type", "application/json".parse().expect("header"));
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn multipart(image_bytes: usize, field: &str) -> (String, Bytes) {
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-image-2\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nmake it blue\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"a.png\"\r\n\r\n"
+    )
+    .into_bytes();
+    let png = fixed_image();
+    body.extend_from_slice(&png);
+    body.resize(body.len() + image_bytes.saturating_sub(png.len()), 0x5A);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={BOUNDARY}"),
+        Bytes::from(body),
+    )
+}
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn call(
+    client: &Http,
+    addr: SocketAddr,
+    key: &str,
+    path: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes), Error> {
+    let req = Request::post(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", content_type)
+        .body(Full::new(body))?;
+    let res = client.request(req).await?;
+    let status = res.status().as_u16();
+    Ok((status, res.into_body().collect().await?.to_bytes()))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = args()?;
+    let addr = match args.addr {
+        Some(addr) => addr,
+        None => start_target(&args.target)?,
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client: Http = Client::builder(TokioExecutor::new()).build_http();
+
+    let (path, content_type, body) = match args.mix.as_str() {
+        "json" => {
+            let (ct, upload) = multipart(100, "files");
+            let (status, answer) =
+                call(&client, addr, &args.key, "/api/v1/upload", &ct, upload).await?;
+            let key = if status == 200 {
+                let v: serde_json::Value = serde_json::from_slice(&answer)?;
+                v["uploaded"][0]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            } else {
+                "files/load/0b7e7d4c-6f51-4a5b-9d6e-2a0c9b3e8f11_a.png".to_owned()
+            };
+            let json = format!(
+                r#"{{"model":"gpt-image-2","prompt":"make it blue","image_key":"{key}","n":1}}"#
+            );
+            (
+                "/v1/images/edits",
+                "application/json".to_owned(),
+                Bytes::from(json),
+            )
+        }
+        "multipart-100k" => {
+            let (ct, b) = multipart(100 * 1024, "image");
+            ("/v1/images/edits", ct, b)
+        }
+        "multipart-5m" => {
+            let (ct, b) = multipart(5 * 1024 * 1024, "image");
+            ("/v1/images/edits", ct, b)
+        }
+        "multipart-25m" => {
+            let (ct, b) = multipart(25 * 1024 * 1024 - 4096, "image");
+            ("/v1/images/edits", ct, b)
+        }
+        "upload" => {
+            let (ct, b) = multipart(100 * 1024, "files");
+            ("/api/v1/upload", ct, b)
+        }
+        other => return Err(format!("unknown mix {other}").into()),
+    };
+
+    let deadline = Instant::now() + args.duration;
+    let budget = Arc::new(std::sync::atomic::AtomicUsize::new(
+        args.requests.unwrap_or(usize::MAX),
+    ));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (client, key, ct, body, budget) = (
+                client.clone(),
+                args.key.clone(),
+                content_type.clone(),
+                body.clone(),
+                budget.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut latencies, mut failures) = (Vec::new(), 0usize);
+                while Instant::now() < deadline
+                    && budget
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |b| b.checked_sub(1),
+                        )
+                        .is_ok()
+                {
+                    let t = Instant::now();
+                    match call(&client, addr, &key, path, &ct, body.clone()).await {
+                        Ok((200, _)) => latencies.push(t.elapsed().as_micros() as u64),
+                        _ => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let (mut latencies, mut failures) = (Vec::new(), 0);
+    for worker in workers {
+        let (l, f) = worker.await?;
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "target={} mix={} concurrency={} ok={} failed={} rps={:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms",
+        args.addr.map_or(args.target.clone(), |a| a.to_string()),
+        args.mix,
+        args.concurrency,
+        latencies.len(),
+        failures,
+        latencies.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+    );
+    if let Some(pid) = args.server_pid {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        for line in status
+            .lines()
+            .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+        {
+            println!("server {line}");
+        }
+    }
+    Ok(())
+}

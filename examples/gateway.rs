@@ -22,10 +22,13 @@
 //! - `GATEWAY_UPSTREAM_KEY`: the upstream's API key.
 //! - `GATEWAY_UPSTREAM_MODEL`: the upstream model that serves `gpt-image-2` (default: the
 //!   same name).
+//! - `GATEWAY_RATE_LIMIT`: requests per minute per API key (default: unlimited).
+//! - `GATEWAY_MAX_IN_FLIGHT`: requests in flight per API key (default: unlimited).
 //! - `RUST_LOG`: log filter (default `info`).
 
 use std::error::Error;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,7 @@ use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::idempotency::SqliteIdempotency;
 use image_gateway::ledger::{Durability, Ledger, SqliteLedger};
+use image_gateway::ratelimit::RateLimitLayer;
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::store::{LocalFileStore, SqliteGenerations};
 use image_gateway::Gateway;
@@ -55,6 +59,7 @@ struct Config {
     hold_ttl: Duration,
     latency: Duration,
     upstream: Option<(String, Option<String>, Option<String>)>,
+    rate_limit: RateLimitLayer,
 }
 
 impl Config {
@@ -85,6 +90,16 @@ impl Config {
                 None => 600,
             }),
             latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
+            rate_limit: {
+                let mut limits = RateLimitLayer::new();
+                if let Some(rpm) = NonZeroU32::new(integer("GATEWAY_RATE_LIMIT")?.try_into()?) {
+                    limits = limits.per_minute(rpm);
+                }
+                match integer("GATEWAY_MAX_IN_FLIGHT")? {
+                    0 => limits,
+                    max => limits.max_in_flight(max.try_into()?),
+                }
+            },
             upstream: var("GATEWAY_UPSTREAM_URL").map(|url| {
                 (
                     url,
@@ -166,7 +181,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
             config.data_dir.join("generations.db"),
         )?)
         .shared_ledger(ledger)
-        .hold_ttl(config.hold_ttl);
+        .hold_ttl(config.hold_ttl)
+        .rate_limit(config.rate_limit.clone());
     if let Some(admin_key) = &config.admin_key {
         builder = builder.admin_key(admin_key.clone());
     }

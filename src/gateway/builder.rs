@@ -12,6 +12,7 @@ use crate::files::FileApi;
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::ratelimit::RateLimitLayer;
 use crate::request::{MultipartLimits, Normalize};
 use crate::source::ResolveSourceLayer;
 use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations};
@@ -29,6 +30,7 @@ pub struct GatewayBuilder {
     idempotency: Option<Arc<dyn IdempotencyRecords>>,
     hold_ttl: Duration,
     admin_key: Option<String>,
+    rate_limit: RateLimitLayer,
     models: Vec<(String, ModelSpec)>,
     body_limit: u64,
     multipart: MultipartLimits,
@@ -45,6 +47,7 @@ impl Default for GatewayBuilder {
             idempotency: None,
             hold_ttl: Duration::from_secs(600),
             admin_key: None,
+            rate_limit: RateLimitLayer::new(),
             models: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
@@ -130,6 +133,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Per-caller request rate and in-flight limits. Default: none.
+    pub fn rate_limit(mut self, limits: RateLimitLayer) -> Self {
+        self.rate_limit = limits;
+        self
+    }
+
     /// Serves `name` with `spec`; call once per model. Default when no model is added:
     /// `gpt-image-2` with [`ModelSpec::default`].
     pub fn model(mut self, name: impl Into<String>, spec: ModelSpec) -> Self {
@@ -204,7 +213,11 @@ impl GatewayBuilder {
         };
         Gateway {
             admin: self.admin_key.map(|key| AdminApi::new(&key, ledger)),
-            inner: Auth::new(BodyLimit::new(routes, self.body_limit), keys),
+            inner: Auth::new(
+                self.rate_limit
+                    .layer(BodyLimit::new(routes, self.body_limit)),
+                keys,
+            ),
         }
     }
 }

@@ -3,9 +3,9 @@
 //! [`Gateway::builder`] stacks, outermost first:
 //!
 //! ```text
-//! Auth -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> Idempotency -> ResolveSource -> Billing -> EditService
-//!                             /api/v1/upload, /api/v1/files[/{key}] -> FileApi
-//!                             /api/v1/balance, /api/v1/usage        -> AccountApi
+//! Auth -> RateLimit -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> Idempotency -> ResolveSource -> Billing -> EditService
+//!                                          /api/v1/upload, /api/v1/files[/{key}] -> FileApi
+//!                                          /api/v1/balance, /api/v1/usage        -> AccountApi
 //! /admin/v1/... (own admin key, when configured)                     -> AdminApi
 //! ```
 //!
@@ -66,6 +66,7 @@ use crate::auth::Auth;
 use crate::billing::AdminApi;
 use crate::future::ResponseFuture;
 use crate::limit::BodyLimit;
+use crate::ratelimit::RateLimit;
 use crate::{BoxError, GatewayError, ResponseBody};
 use routes::Routes;
 
@@ -73,7 +74,7 @@ use routes::Routes;
 #[derive(Clone, Debug)]
 pub struct Gateway {
     admin: Option<AdminApi>,
-    inner: Auth<BodyLimit<Routes>>,
+    inner: Auth<RateLimit<BodyLimit<Routes>>>,
 }
 
 impl Gateway {

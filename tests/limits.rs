@@ -1,0 +1,201 @@
+//! Limits on hostile or greedy clients, each proved just under and just over its bound.
+
+mod common;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use image_gateway::auth::UserId;
+use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::ratelimit::RateLimitLayer;
+use image_gateway::Gateway;
+
+#[tokio::test]
+async fn requests_over_the_rate_are_429_with_retry_after() {
+    let limits = RateLimitLayer::new()
+        .per_minute(NonZeroU32::new(3).unwrap())
+        .user_per_minute(UserId::new("bob").unwrap(), NonZeroU32::new(1).unwrap());
+    let server =
+        TestServer::start(Gateway::builder().keys(keys()).rate_limit(limits).build()).await;
+    for i in 0..3 {
+        let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+        assert_eq!(reply.status, 200, "request {i} is within the rate");
+    }
+    let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+    assert_eq!(reply.error(), (429, "rate_limit_exceeded".into(), None));
+    let wait: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+
+    assert_eq!(
+        server
+            .call(Method::GET, "/api/v1/balance", BOB_KEY)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .call(Method::GET, "/api/v1/balance", BOB_KEY)
+            .await
+            .error()
+            .0,
+        429,
+        "bob's own rate is 1"
+    );
+    // Unauthenticated requests are the auth layer's: 401, not 429.
+    let reply = server
+        .call(Method::GET, "/api/v1/balance", "pk_unknown")
+        .await;
+    assert_eq!(reply.error().0, 401);
+}
+
+struct Slow;
+
+#[async_trait]
+impl ImageBackend for Slow {
+    async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(vec![Image::new(
+            Bytes::from(png(2, 2)),
+            job.params.output_format,
+        )])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_in_flight_bound_are_429() {
+    let limits = RateLimitLayer::new().max_in_flight(2);
+    let server = TestServer::start(
+        Gateway::builder()
+            .keys(keys())
+            .backend(Slow)
+            .rate_limit(limits)
+            .build(),
+    )
+    .await;
+    let edit = || {
+        Form::new()
+            .file("image", "a.png", "image/png", &png(2, 2))
+            .text("model", "gpt-image-2")
+            .text("prompt", "p")
+    };
+    let addr = server.addr;
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let (content_type, body) = edit().finish();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i * 50)).await;
+                let req = Request::post(EDITS)
+                    .header("x-api-key", ALICE_KEY)
+                    .header("content-type", content_type)
+                    .body(Full::new(body))
+                    .unwrap();
+                send(addr, req).await.status.as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429]);
+    // Bob has his own slots; alice's are free again once hers finished.
+    assert_eq!(server.edit_form(BOB_KEY, edit()).await.status, 200);
+    assert_eq!(server.edit_form(ALICE_KEY, edit()).await.status, 200);
+}
+
+fn with_parts(count: usize) -> Form {
+    let mut form = Form::new()
+        .file("image", "a.png", "image/png", &png(2, 2))
+        .text("model", "gpt-image-2")
+        .text("prompt", "p");
+    for i in 3..count {
+        form = form.text(&format!("extra_{i}"), "x");
+    }
+    form
+}
+
+#[tokio::test]
+async fn parsing_limits_just_under_and_just_over() {
+    let server = reference_server().await;
+    // Parts: 64 allowed.
+    assert_eq!(
+        server.edit_form(ALICE_KEY, with_parts(64)).await.status,
+        200
+    );
+    let reply = server.edit_form(ALICE_KEY, with_parts(65)).await;
+    assert_eq!(reply.error(), (400, "invalid_request".into(), None));
+
+    // A text field other than the prompt: 4 KiB.
+    let form = |size: usize| with_parts(3).text("user", &"u".repeat(size));
+    assert_eq!(
+        server.edit_form(ALICE_KEY, form(4096)).await.status,
+        200,
+        "unused fields are skipped whatever their size"
+    );
+    let form = |size: usize| with_parts(3).text("quality", &"h".repeat(size));
+    assert_eq!(
+        server
+            .edit_form(ALICE_KEY, form(4096))
+            .await
+            .error()
+            .2
+            .as_deref(),
+        Some("quality"),
+        "within the size, a bad word"
+    );
+    let reply = server.edit_form(ALICE_KEY, form(4097)).await;
+    assert_eq!(
+        reply.error(),
+        (400, "invalid_request".into(), Some("quality".into()))
+    );
+    assert!(String::from_utf8_lossy(&reply.body).contains("longer than 4096"));
+
+    // The prompt: 32,000 characters.
+    let prompt = |n: usize| {
+        Form::new()
+            .file("image", "a.png", "image/png", &png(2, 2))
+            .text("model", "gpt-image-2")
+            .text("prompt", &"é".repeat(n))
+    };
+    assert_eq!(
+        server.edit_form(ALICE_KEY, prompt(32_000)).await.status,
+        200
+    );
+    assert_eq!(
+        server
+            .edit_form(ALICE_KEY, prompt(32_001))
+            .await
+            .error()
+            .2
+            .as_deref(),
+        Some("prompt")
+    );
+
+    // A JSON body: 1 MiB.
+    let json = |size: usize| {
+        let head = r#"{"model":"gpt-image-2","prompt":"p","generation_id":"a1b2c3d4-5678-90ab-cdef-1234567890ab","pad":""#;
+        let pad = size - head.len() - 2;
+        format!("{head}{}\"}}", "x".repeat(pad))
+    };
+    let under = json(1024 * 1024);
+    assert_eq!(under.len(), 1024 * 1024);
+    assert_eq!(
+        server.edit_json(ALICE_KEY, &under).await.error().1,
+        "generation_not_found",
+        "parsed"
+    );
+    let over = json(1024 * 1024 + 1);
+    let reply = server.edit_json(ALICE_KEY, &over).await;
+    assert_eq!(reply.error(), (413, "request_too_large".into(), None));
+}

@@ -131,6 +131,28 @@ fn keys(config: &Config) -> Result<(StaticKeys, Option<String>), Box<dyn Error>>
     Ok((keys, None))
 }
 
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    println!("shutting down: finishing in-flight requests");
+}
+
 /// The upstream model API when one is configured, else the model-free reference backend.
 fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
     let Some((url, key, model)) = &config.upstream else {
@@ -207,10 +229,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
              -F image=@photo.png -F model={DEFAULT_MODEL} -F prompt=\"make it blue\" -F n=1"
         );
     }
-    serve(listener, gateway, ServeOptions::default(), async {
-        let _ = tokio::signal::ctrl_c().await;
-        println!("shutting down");
-    })
+    // On SIGTERM or ctrl-c: stop accepting, let in-flight edits finish (their holds are
+    // settled or released as they end), then exit.
+    serve(
+        listener,
+        gateway,
+        ServeOptions::default(),
+        shutdown_signal(),
+    )
     .await?;
+    println!("stopped");
     Ok(())
 }

@@ -63,6 +63,17 @@ impl Example {
         Example { child }
     }
 
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        self.child.wait().unwrap().success()
+    }
+
     fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
@@ -154,4 +165,31 @@ async fn sigkill_while_holding_then_restart_makes_the_balance_whole() {
     let usage = send(addr, req).await.json();
     assert_eq!(usage["data"].as_array().unwrap().len(), 1, "{usage}");
     assert_eq!(usage["data"][0]["amount"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_edit_lets_it_finish_and_leaves_the_ledger_whole() {
+    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let data = temp_dir("sigterm");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let server = Example::start(&binary, &data, port, 1500);
+    let edit =
+        tokio::spawn(async move { TestServer::at(addr).edit_form(ALICE_KEY, edit(2)).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while balance(addr).await != (80, 20) {
+        assert!(Instant::now() < deadline, "the hold never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exited_cleanly = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    let reply = edit.await.unwrap();
+    assert_eq!(reply.images().len(), 2, "the in-flight edit got its answer");
+    assert!(exited_cleanly, "the example exits 0 after draining");
+
+    // Restarted on the same data: charged exactly once, nothing held.
+    let _again = Example::start(&binary, &data, port, 0);
+    assert_eq!(balance(addr).await, (80, 0));
 }

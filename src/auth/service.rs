@@ -54,6 +54,7 @@ where
             };
             match keys.principal(&key).await {
                 Ok(Some(principal)) => {
+                    tracing::Span::current().record("user", principal.user_id().as_str());
                     req.extensions_mut().insert(principal);
                     inner.call(req).await
                 }

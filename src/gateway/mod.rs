@@ -9,6 +9,11 @@
 //! /admin/v1/... (own admin key, when configured)                     -> AdminApi
 //! ```
 //!
+//! Every request runs in a `tracing` span `request{id, method, path, user, model, n}` and
+//! ends with one `request finished` event (status, latency); its [`RequestId`] (the client's
+//! `x-request-id` when it sent a sane one, otherwise a fresh UUID) is echoed in the
+//! `x-request-id` response header. No span or event carries a key or image bytes.
+//!
 //! The result is a `Service<http::Request<B>>` for any body `B` with `Bytes` data, whose
 //! error type is [`Infallible`]: every failure is answered with a response in the spec's
 //! envelope, so hyper never closes a connection without a reply. It mounts in plain hyper
@@ -41,15 +46,18 @@
 mod builder;
 mod edit;
 mod outcome;
+mod request_id;
 mod routes;
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
 pub(crate) use edit::unix_now;
@@ -60,6 +68,7 @@ pub fn unix_time() -> u64 {
 }
 pub use edit::EditService;
 pub use outcome::{EditOutcome, GeneratedImage};
+pub use request_id::RequestId;
 pub use routes::EDITS_PATH;
 
 use crate::auth::Auth;
@@ -97,16 +106,44 @@ where
         Service::<Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = RequestId::from_headers(req.headers());
+        let span = tracing::info_span!(
+            "request",
+            id = %id,
+            method = %req.method(),
+            path = ?req.uri().path(),
+            user = tracing::field::Empty,
+            model = tracing::field::Empty,
+            n = tracing::field::Empty,
+        );
+        req.extensions_mut().insert(id.clone());
         // The admin door is outside user auth: user keys never reach it.
-        if req.uri().path().starts_with("/admin/") {
-            return match &mut self.admin {
+        let answer = if req.uri().path().starts_with("/admin/") {
+            match &mut self.admin {
                 Some(admin) => admin.call(req),
                 None => {
                     ResponseFuture::new(async { Ok(GatewayError::RouteNotFound.into_response()) })
                 }
-            };
-        }
-        self.inner.call(req)
+            }
+        } else {
+            self.inner.call(req)
+        };
+        let started = Instant::now();
+        ResponseFuture::new(
+            async move {
+                let mut response = answer.await?;
+                if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+                    response.headers_mut().insert("x-request-id", value);
+                }
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "request finished"
+                );
+                Ok(response)
+            }
+            .instrument(span),
+        )
     }
 }

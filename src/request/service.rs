@@ -13,7 +13,7 @@ use super::{parse_json, parse_multipart, EditRequest, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::gateway::EditOutcome;
+use crate::gateway::{EditOutcome, RequestId};
 use crate::{BoxError, GatewayError, ResponseBody};
 
 /// The largest JSON body read: a 32,000-character prompt fully `\u` escaped fits.
@@ -62,13 +62,22 @@ where
         let inner = self.inner.clone();
         let catalog = self.catalog.clone();
         let limits = self.limits;
-        let request_id = request_id(req.headers());
+        // The gateway put one in; used alone, this layer makes its own.
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId::from_headers(req.headers()))
+            .to_string();
         ResponseFuture::new(async move {
             let answer = async {
                 let idempotency_key = idempotency_key(req.headers())?;
                 let mut edit = read_edit(req, &catalog, limits).await?;
                 edit.request_id = request_id.clone();
                 edit.idempotency_key = idempotency_key;
+                let span = tracing::Span::current();
+                span.record("model", edit.params.model.as_str());
+                span.record("n", edit.params.n);
                 inner.oneshot(edit).await
             };
             let mut response = match answer.await {
@@ -81,15 +90,6 @@ where
             Ok(response)
         })
     }
-}
-
-/// The client's `x-request-id` when it is 1 to 64 visible ASCII characters, else a new id.
-fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// The `Idempotency-Key` header: absent, or 1 to 255 visible ASCII characters.

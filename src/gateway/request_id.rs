@@ -1,0 +1,34 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+/// The id of one request: the client's `x-request-id` when it is 1 to 64 visible ASCII
+/// characters, else a fresh UUID. Put into the request extensions by the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// The id the headers carry, or a new one.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let sent = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
+        RequestId(match sent {
+            Some(id) => Arc::from(id),
+            None => Arc::from(uuid::Uuid::new_v4().to_string()),
+        })
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -82,6 +82,7 @@ impl HoldId {
         HoldId(Uuid::new_v4())
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn from_uuid(id: Uuid) -> Self {
         HoldId(id)
     }
@@ -164,6 +165,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    #[cfg(feature = "sqlite")]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntryKind::Deposit => "deposit",
@@ -174,6 +176,7 @@ impl EntryKind {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             EntryKind::Deposit,

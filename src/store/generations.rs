@@ -19,6 +19,7 @@ pub enum GenerationStatus {
 }
 
 impl GenerationStatus {
+    #[cfg(feature = "sqlite")]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             GenerationStatus::Pending => "pending",
@@ -27,6 +28,7 @@ impl GenerationStatus {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "pending" => Some(GenerationStatus::Pending),

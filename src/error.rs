@@ -79,6 +79,8 @@ pub enum GatewayError {
     },
     /// 409 `idempotency_key_reused`: the `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused,
+    /// 408 `request_timeout`: the body did not arrive, or the request did not finish, in time.
+    RequestTimeout,
     /// 413 `request_too_large`: the whole body is over the limit.
     PayloadTooLarge,
     /// 429 `rate_limit_exceeded`.
@@ -125,6 +127,7 @@ impl GatewayError {
                 StatusCode::CONFLICT
             }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             RateLimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Upstream => StatusCode::BAD_GATEWAY,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,6 +154,7 @@ impl GatewayError {
             IdempotencyKeyInUse { .. } => "idempotency_key_in_use",
             IdempotencyKeyReused => "idempotency_key_reused",
             PayloadTooLarge => "request_too_large",
+            RequestTimeout => "request_timeout",
             RateLimitExceeded { .. } => "rate_limit_exceeded",
             Upstream => "upstream_error",
             RouteNotFound => "not_found",
@@ -259,6 +263,7 @@ impl fmt::Display for GatewayError {
                 f.write_str("the generation is still being stored; retry shortly")
             }
             PayloadTooLarge => f.write_str("the request body exceeds the size limit"),
+            RequestTimeout => f.write_str("the request took too long; nothing was charged"),
             IdempotencyKeyInUse { .. } => {
                 f.write_str("a request with this Idempotency-Key is still running; retry shortly")
             }

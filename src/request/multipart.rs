@@ -206,6 +206,9 @@ pub(crate) fn multipart_error(error: multer::Error) -> GatewayError {
         multer::Error::StreamReadFailed(cause) if cause.is::<LengthLimitError>() => {
             GatewayError::PayloadTooLarge
         }
+        multer::Error::StreamReadFailed(cause) if super::service::is_timeout(&*cause) => {
+            GatewayError::RequestTimeout
+        }
         multer::Error::StreamReadFailed(_) => {
             GatewayError::invalid_request("the request body could not be read", None)
         }

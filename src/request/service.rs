@@ -160,7 +160,20 @@ pub(crate) fn body_error(error: impl Into<BoxError>) -> GatewayError {
     let error = error.into();
     if error.is::<LengthLimitError>() {
         GatewayError::PayloadTooLarge
+    } else if is_timeout(&*error) {
+        GatewayError::RequestTimeout
     } else {
         GatewayError::invalid_request("the request body could not be read", None)
     }
+}
+
+/// Whether a body error is the server's read deadline passing.
+#[cfg(feature = "server")]
+pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<crate::server::BodyTimeout>()
+}
+
+#[cfg(not(feature = "server"))]
+pub(crate) fn is_timeout(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
 }

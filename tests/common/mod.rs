@@ -35,10 +35,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(gateway: Gateway) -> TestServer {
+        TestServer::start_with(gateway, ServeOptions::default()).await
+    }
+
+    pub async fn start_with(gateway: Gateway, options: ServeOptions) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve(listener, gateway, ServeOptions::default(), async {
+        tokio::spawn(serve(listener, gateway, options, async {
             let _ = stopped.await;
         }));
         TestServer {

@@ -1,0 +1,150 @@
+//! Slowloris and friends: trickling clients are cut off by the server's deadlines while a
+//! normal client keeps being served, and connections beyond the cap wait their turn.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use image_gateway::server::ServeOptions;
+use image_gateway::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn options(max_connections: usize) -> ServeOptions {
+    let mut options = ServeOptions::default();
+    options.header_read_timeout = Duration::from_secs(1);
+    options.body_read_timeout = Duration::from_secs(1);
+    options.max_connections = max_connections;
+    options
+}
+
+fn edit() -> Form {
+    Form::new()
+        .file("image", "a.png", "image/png", &png(4, 4))
+        .text("model", "gpt-image-2")
+        .text("prompt", "p")
+}
+
+/// Sends `head` one byte at a time every `every`, until the server closes the socket;
+/// returns whether it did close it within `within`.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    head: &'static [u8],
+    every: Duration,
+    within: Duration,
+) -> bool {
+    let Ok(mut socket) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let started = Instant::now();
+    for byte in head.iter().cycle() {
+        if started.elapsed() > within {
+            return false;
+        }
+        if socket.write_all(&[*byte]).await.is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(every, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => return true, // an answer (408) and then close
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_trickling_clients_do_not_stop_a_normal_one() {
+    let server =
+        TestServer::start_with(Gateway::builder().keys(keys()).build(), options(1024)).await;
+    let addr = server.addr;
+    let head: &'static [u8] = b"POST /v1/images/edits HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let tricklers: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(trickle(
+                addr,
+                head,
+                Duration::from_millis(250),
+                Duration::from_secs(10),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = server.edit_form(ALICE_KEY, edit()).await;
+    assert_eq!(
+        reply.images().len(),
+        1,
+        "the normal client is served meanwhile"
+    );
+    let mut closed = 0;
+    for t in tricklers {
+        closed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(closed, 200, "every trickling connection was cut off");
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_answered_408() {
+    let server = TestServer::start_with(Gateway::builder().keys(keys()).build(), options(16)).await;
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/images/edits HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let started = Instant::now();
+    loop {
+        let _ = socket.write_all(b" ").await;
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}}")
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let server = TestServer::start_with(Gateway::builder().keys(keys()).build(), options(2)).await;
+    // Two silent connections take both slots until the header deadline closes them.
+    let _a = TcpStream::connect(server.addr).await.unwrap();
+    let _b = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let reply = server.edit_form(ALICE_KEY, edit()).await;
+    assert_eq!(reply.images().len(), 1, "served once a slot was free");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "it waited for a slot: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let server = TestServer::start_with(Gateway::builder().keys(keys()).build(), options(16)).await;
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    let request =
+        format!("GET /api/v1/balance HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then silence: the server must close the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open: {closed:?}"
+    );
+}

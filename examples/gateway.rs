@@ -25,9 +25,18 @@
 //! - `GATEWAY_RATE_LIMIT`: requests per minute per API key (default: unlimited).
 //! - `GATEWAY_MAX_IN_FLIGHT`: requests in flight per API key (default: unlimited).
 //! - `RUST_LOG`: log filter (default `info`).
+//!
+//! `GET /openapi.json` (no key needed) describes every endpoint; its source is `openapi.yaml`.
 
+use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response};
+use image_gateway::ResponseBody;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -131,6 +140,48 @@ fn keys(config: &Config) -> Result<(StaticKeys, Option<String>), Box<dyn Error>>
     Ok((keys, None))
 }
 
+/// `openapi.yaml`, as JSON.
+fn openapi_json() -> Result<Bytes, Box<dyn Error>> {
+    let document: serde_json::Value = serde_yaml::from_str(include_str!("../openapi.yaml"))?;
+    Ok(Bytes::from(serde_json::to_vec(&document)?))
+}
+
+/// The gateway, plus `GET /openapi.json` for anyone.
+#[derive(Clone)]
+struct WithOpenApi {
+    gateway: Gateway,
+    document: Bytes,
+}
+
+impl<B> tower::Service<Request<B>> for WithOpenApi
+where
+    Gateway: tower::Service<
+        Request<B>,
+        Response = Response<ResponseBody>,
+        Error = Infallible,
+        Future = image_gateway::ResponseFuture<Response<ResponseBody>, Infallible>,
+    >,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = image_gateway::ResponseFuture<Response<ResponseBody>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<Request<B>>::poll_ready(&mut self.gateway, cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.method() == Method::GET && req.uri().path() == "/openapi.json" {
+            let mut answer = Response::new(ResponseBody::from(self.document.clone()));
+            answer
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return image_gateway::ResponseFuture::ready(answer);
+        }
+        self.gateway.call(req)
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -231,9 +282,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     // On SIGTERM or ctrl-c: stop accepting, let in-flight edits finish (their holds are
     // settled or released as they end), then exit.
+    let service = WithOpenApi {
+        gateway,
+        document: openapi_json()?,
+    };
     serve(
         listener,
-        gateway,
+        service,
         ServeOptions::default(),
         shutdown_signal(),
     )

@@ -22,6 +22,13 @@ impl<T, E> ResponseFuture<T, E> {
     }
 }
 
+impl<T: Send + 'static, E: Send + 'static> ResponseFuture<T, E> {
+    /// A future that is already answered.
+    pub fn ready(value: T) -> Self {
+        ResponseFuture::new(async move { Ok(value) })
+    }
+}
+
 impl<T, E> Future for ResponseFuture<T, E> {
     type Output = Result<T, E>;
 

@@ -13,6 +13,22 @@ use image_gateway::auth::UserId;
 use image_gateway::store::{FileKey, FilePage, FileStore, MemoryFileStore, StoreError};
 use image_gateway::Gateway;
 
+/// Uploads a PNG as alice and edits it by key; returns the key and the generation id.
+async fn upload_and_edit(server: &TestServer, side: u32) -> (String, String) {
+    let image = png(side, side);
+    let key = server
+        .upload(ALICE_KEY, &[("a.png", &image)])
+        .await
+        .uploaded_keys()
+        .remove(0);
+    let id = server
+        .edit_json(ALICE_KEY, &key_edit(&key))
+        .await
+        .generation_ids()
+        .remove(0);
+    (key, id)
+}
+
 fn key_edit(key: &str) -> String {
     format!(r#"{{"model":"gpt-image-2","prompt":"edit","image_key":"{key}","n":1}}"#)
 }
@@ -306,16 +322,7 @@ fn encode_path(raw: &str) -> String {
 #[tokio::test]
 async fn bob_cannot_touch_alices_files_or_generations() {
     let server = reference_server().await;
-    let key = server
-        .upload(ALICE_KEY, &[("a.png", &png(8, 8))])
-        .await
-        .uploaded_keys()
-        .remove(0);
-    let id = server
-        .edit_json(ALICE_KEY, &key_edit(&key))
-        .await
-        .generation_ids()
-        .remove(0);
+    let (key, id) = upload_and_edit(&server, 8).await;
 
     let reply = server.edit_json(BOB_KEY, &key_edit(&key)).await;
     assert_eq!(reply.error().1, "invalid_image_key");
@@ -366,16 +373,7 @@ async fn data_survives_a_restart() {
     let dir = temp_dir("restart");
     let (key, id) = {
         let server = TestServer::start(persistent_gateway(&dir)).await;
-        let key = server
-            .upload(ALICE_KEY, &[("a.png", &png(9, 9))])
-            .await
-            .uploaded_keys()
-            .remove(0);
-        let id = server
-            .edit_json(ALICE_KEY, &key_edit(&key))
-            .await
-            .generation_ids()
-            .remove(0);
+        let (key, id) = upload_and_edit(&server, 9).await;
         // Wait until the generation is durable before stopping.
         assert_eq!(
             server.edit_generation(ALICE_KEY, &id).await.images().len(),

@@ -208,14 +208,8 @@ struct Setup {
     ledger: Arc<dyn Ledger>,
 }
 
-async fn setup(script: Script) -> Setup {
-    let mock = start_mock(script).await;
-    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
-        .api_key(UPSTREAM_KEY)
-        .model("gpt-image-2", "upstream-model-x")
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+/// A gateway billing 10 a image in front of `upstream`; alice holds 100.
+async fn billed(upstream: UpstreamBackend) -> (TestServer, Arc<dyn Ledger>) {
     let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
     ledger
         .deposit(&UserId::new("alice").unwrap(), 100, "c")
@@ -227,9 +221,21 @@ async fn setup(script: Script) -> Setup {
         .shared_ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, 10))
         .build();
+    (TestServer::start(gateway).await, ledger)
+}
+
+async fn setup(script: Script) -> Setup {
+    let mock = start_mock(script).await;
+    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
+        .api_key(UPSTREAM_KEY)
+        .model("gpt-image-2", "upstream-model-x")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (server, ledger) = billed(upstream).await;
     Setup {
         mock,
-        server: TestServer::start(gateway).await,
+        server,
         ledger,
     }
 }
@@ -377,18 +383,7 @@ async fn connection_refused_is_502_and_nothing_is_charged() {
     let upstream = UpstreamBackend::builder(format!("http://127.0.0.1:{port}"))
         .build()
         .unwrap();
-    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
-    ledger
-        .deposit(&UserId::new("alice").unwrap(), 100, "c")
-        .await
-        .unwrap();
-    let gateway = Gateway::builder()
-        .keys(keys())
-        .backend(upstream)
-        .shared_ledger(ledger.clone())
-        .model("gpt-image-2", ModelSpec::new(10, 10))
-        .build();
-    let server = TestServer::start(gateway).await;
+    let (server, ledger) = billed(upstream).await;
     let reply = server.edit_form(ALICE_KEY, edit(1)).await;
     assert_eq!(reply.error(), (502, "upstream_error".into(), None));
     assert!(!String::from_utf8_lossy(&reply.body).contains(&port.to_string()));

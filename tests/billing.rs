@@ -426,3 +426,46 @@ async fn concurrent_requests_with_one_key_run_once() {
     assert!(statuses.contains(&200));
     assert_eq!(b.balance().await, (90, 0), "charged once: {statuses:?}");
 }
+
+#[tokio::test]
+async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
+    use image_gateway::idempotency::SqliteIdempotency;
+    use image_gateway::store::{LocalFileStore, SqliteGenerations};
+    let dir = temp_dir("idempotency-restart");
+    let start = |dir: std::path::PathBuf| async move {
+        let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
+        let gateway = Gateway::builder()
+            .keys(keys())
+            .store(LocalFileStore::open(&dir).unwrap())
+            .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
+            .idempotency(SqliteIdempotency::open(dir.join("generations.db")).unwrap())
+            .shared_ledger(ledger.clone())
+            .model("gpt-image-2", ModelSpec::new(10, PRICE))
+            .build();
+        (TestServer::start(gateway).await, ledger)
+    };
+    let (server, ledger) = start(dir.clone()).await;
+    ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let first = server.send(keyed("across-restart", form("any", 1))).await;
+    let ids = first.generation_ids();
+    drop(server);
+    drop(ledger);
+
+    let (server, ledger) = start(dir).await;
+    let mut again = server.send(keyed("across-restart", form("any", 1))).await;
+    for _ in 0..50 {
+        if again.status.as_u16() != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        again = server.send(keyed("across-restart", form("any", 1))).await;
+    }
+    assert_eq!(again.generation_ids(), ids);
+    assert_eq!(again.images(), first.images());
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        (b.available, b.charged),
+        (90, 10),
+        "charged once across the restart"
+    );
+}

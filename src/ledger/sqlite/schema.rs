@@ -1,0 +1,53 @@
+//! The SQLite ledger's tables and durability settings.
+
+/// How hard each commit is pushed to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous = FULL`: every commit is fsynced; survives power loss. The default.
+    #[default]
+    PowerLoss,
+    /// `synchronous = NORMAL` (WAL): commits survive a crash or kill of the process, and the
+    /// WAL is fsynced at checkpoints; a power loss may roll back the last commits, to a
+    /// consistent earlier state (conservation still holds). Several times faster. Deposits
+    /// are fsynced all the same: a credit is never rolled back.
+    ProcessCrash,
+}
+
+pub(super) const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA busy_timeout = 5000;
+CREATE TABLE IF NOT EXISTS accounts (
+    account   TEXT PRIMARY KEY,
+    available INTEGER NOT NULL DEFAULT 0,
+    held      INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
+    charged   INTEGER NOT NULL DEFAULT 0 CHECK (charged >= 0),
+    deposited INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS holds (
+    id         TEXT PRIMARY KEY,
+    account    TEXT NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount >= 0),
+    expires_at INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    units      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);
+CREATE TABLE IF NOT EXISTS journal (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    account        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    amount         INTEGER NOT NULL,
+    hold_id        TEXT,
+    reference      TEXT,
+    request_id     TEXT,
+    model          TEXT,
+    units          INTEGER,
+    units_returned INTEGER,
+    at             INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_account ON journal (account, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, reference)
+    WHERE kind = 'deposit';
+";

@@ -199,3 +199,33 @@ async fn parsing_limits_just_under_and_just_over() {
     let reply = server.edit_json(ALICE_KEY, &over).await;
     assert_eq!(reply.error(), (413, "request_too_large".into(), None));
 }
+
+#[tokio::test]
+async fn a_part_header_over_8_kib_is_400() {
+    let server = reference_server().await;
+    let with_header = |pad: usize| {
+        let boundary = "----hdr-limit";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-image-2\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\nX-Pad: {}\r\n\r\np\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n",
+            "p".repeat(pad)
+        )
+        .into_bytes();
+        body.extend_from_slice(&png(2, 2));
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        Request::post(EDITS)
+            .header("x-api-key", ALICE_KEY)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    // The header block is the pad plus about 60 bytes of Content-Disposition.
+    assert_eq!(server.send(with_header(8000)).await.status, 200);
+    let reply = server.send(with_header(8200)).await;
+    assert_eq!(reply.error(), (400, "invalid_request".into(), None));
+    assert!(String::from_utf8_lossy(&reply.body).contains("longer than 8192"));
+}

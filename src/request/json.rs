@@ -8,11 +8,14 @@ use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::GatewayError;
 
+/// The most top-level fields a JSON edit may have, unknown ones included.
+const MAX_FIELDS: usize = 64;
+
 /// Parses and validates a JSON edit body.
 ///
 /// Known fields must be strings, except `n`, which may be an integer or a string of digits;
-/// `null` counts as absent. Unknown fields are ignored. serde_json's recursion limit bounds
-/// how deep a hostile document can nest.
+/// `null` counts as absent. Unknown fields are ignored, up to 64 fields in all. serde_json's
+/// recursion limit bounds how deep a hostile document can nest.
 pub fn parse_json(
     body: &[u8],
     principal: Principal,
@@ -24,6 +27,12 @@ pub fn parse_json(
             None,
         )
     })?;
+    if object.len() > MAX_FIELDS {
+        return Err(GatewayError::invalid_request(
+            format!("a JSON edit may have at most {MAX_FIELDS} fields"),
+            None,
+        ));
+    }
     let mut raw = RawFields::default();
     for name in TEXT_FIELDS {
         let Some(value) = object.get(name) else {
@@ -167,6 +176,19 @@ mod tests {
             let err = parse(body).unwrap_err();
             assert_eq!((err.code(), err.param()), (code, param), "{body}");
         }
+    }
+
+    #[test]
+    fn at_most_64_fields() {
+        let body = |extra: usize| {
+            let mut fields: Vec<String> = (0..extra).map(|i| format!(r#""x{i}":1"#)).collect();
+            fields.push(r#""model":"gpt-image-2","prompt":"p""#.into());
+            fields.push(r#""generation_id":"a1b2c3d4-5678-90ab-cdef-1234567890ab""#.into());
+            format!("{{{}}}", fields.join(","))
+        };
+        assert!(parse(&body(61)).is_ok(), "64 fields");
+        let err = parse(&body(62)).unwrap_err();
+        assert_eq!((err.code(), err.param()), ("invalid_request", None));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   out, never a panic.
 //! - Memory is bounded while streaming: each image part is cut off at the per-image limit
 //!   (`400 IMAGE_TOO_LARGE`), each text part at its own small limit, a JSON body at 1 MiB,
-//!   a multipart body at the whole-body limit (`413`), and at most 64 parts are read.
+//!   a multipart body at the whole-body limit (`413`), each part's header block at 8 KiB,
+//!   and at most 64 parts are read.
 //! - The image type is decided by the bytes (JPEG, PNG, GIF, WebP) as soon as the first
 //!   12 bytes of a part arrive; the client's `Content-Type` and file name are ignored.
 //! - Multipart parts may come in any order; one file may be sent as `image` and several as
@@ -31,6 +32,7 @@ mod form;
 mod json;
 mod layer;
 pub(crate) mod multipart;
+mod part_headers;
 mod service;
 mod sniff;
 

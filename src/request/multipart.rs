@@ -6,6 +6,7 @@ use http_body_util::LengthLimitError;
 use multer::{Constraints, Field, Multipart, SizeLimit};
 
 use super::form::RawFields;
+use super::part_headers::{HeaderLimit, PartHeaderTooLong};
 use super::{EditRequest, ImageKind, SourceImage, SNIFF_LEN};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
@@ -25,6 +26,8 @@ pub struct MultipartLimits {
     pub text: usize,
     /// Parts of any kind (default 64).
     pub parts: usize,
+    /// The header block of one part, in bytes (default 8 KiB).
+    pub part_header: usize,
 }
 
 impl Default for MultipartLimits {
@@ -35,6 +38,7 @@ impl Default for MultipartLimits {
             prompt: 4 * super::MAX_PROMPT_CHARS,
             text: 4 * 1024,
             parts: 64,
+            part_header: 8 * 1024,
         }
     }
 }
@@ -60,6 +64,7 @@ where
 {
     let constraints =
         Constraints::new().size_limit(SizeLimit::new().whole_stream(limits.whole_body));
+    let body = HeaderLimit::new(body, &boundary, limits.part_header);
     Multipart::with_constraints(body, boundary, constraints)
 }
 
@@ -205,6 +210,9 @@ pub(crate) fn multipart_error(error: multer::Error) -> GatewayError {
         multer::Error::StreamSizeExceeded { .. } => GatewayError::PayloadTooLarge,
         multer::Error::StreamReadFailed(cause) if cause.is::<LengthLimitError>() => {
             GatewayError::PayloadTooLarge
+        }
+        multer::Error::StreamReadFailed(cause) if cause.is::<PartHeaderTooLong>() => {
+            GatewayError::invalid_request(cause.to_string(), None)
         }
         multer::Error::StreamReadFailed(cause) if super::service::is_timeout(&*cause) => {
             GatewayError::RequestTimeout

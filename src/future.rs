@@ -29,6 +29,28 @@ impl<T: Send + 'static, E: Send + 'static> ResponseFuture<T, E> {
     }
 }
 
+impl ResponseFuture<http::Response<crate::ResponseBody>, std::convert::Infallible> {
+    /// Answers with the response `answer` produces, or with its error rendered in the spec's
+    /// envelope: the one way an endpoint turns a [`GatewayError`](crate::GatewayError) into
+    /// a reply.
+    pub(crate) fn answer(
+        answer: impl Future<Output = Result<http::Response<crate::ResponseBody>, crate::GatewayError>>
+            + Send
+            + 'static,
+    ) -> Self {
+        ResponseFuture::new(async move {
+            Ok(answer
+                .await
+                .unwrap_or_else(crate::GatewayError::into_response))
+        })
+    }
+
+    /// Answers at once with `error` in the spec's envelope.
+    pub(crate) fn reject(error: crate::GatewayError) -> Self {
+        ResponseFuture::ready(error.into_response())
+    }
+}
+
 impl<T, E> Future for ResponseFuture<T, E> {
     type Output = Result<T, E>;
 

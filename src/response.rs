@@ -13,3 +13,8 @@ pub(crate) fn json<B: From<Bytes>>(status: StatusCode, body: Bytes) -> Response<
     );
     response
 }
+
+/// A `200 OK` with `body` as JSON.
+pub(crate) fn json_ok<B: From<Bytes>>(body: &serde_json::Value) -> Response<B> {
+    json(StatusCode::OK, Bytes::from(body.to_string()))
+}

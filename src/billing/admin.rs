@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256};
@@ -67,58 +67,51 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let authorised = self.authorised(ApiKey::from_headers(req.headers()));
         let ledger = self.ledger.clone();
-        ResponseFuture::new(async move {
-            let answer = async {
-                if !authorised {
-                    return Err(GatewayError::InvalidApiKey);
-                }
-                let account = req
-                    .uri()
-                    .path()
-                    .strip_prefix("/admin/v1/accounts/")
-                    .and_then(|rest| rest.strip_suffix("/deposits"))
-                    .map(UserId::new)
-                    .ok_or(GatewayError::RouteNotFound)?
-                    .map_err(|_| {
-                        GatewayError::invalid_request("user id is not valid", Some("user_id"))
-                    })?;
-                if req.method() != Method::POST {
-                    return Err(GatewayError::MethodNotAllowed);
-                }
-                let body = Limited::new(req.into_body(), 4096)
-                    .collect()
-                    .await
-                    .map_err(body_error)?
-                    .to_bytes();
-                let deposit: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
-                    GatewayError::invalid_request("body must be a JSON object", None)
+        ResponseFuture::answer(async move {
+            if !authorised {
+                return Err(GatewayError::InvalidApiKey);
+            }
+            let account = req
+                .uri()
+                .path()
+                .strip_prefix("/admin/v1/accounts/")
+                .and_then(|rest| rest.strip_suffix("/deposits"))
+                .map(UserId::new)
+                .ok_or(GatewayError::RouteNotFound)?
+                .map_err(|_| {
+                    GatewayError::invalid_request("user id is not valid", Some("user_id"))
                 })?;
-                let amount = deposit["amount"].as_i64().ok_or_else(|| {
-                    GatewayError::invalid_request("amount must be an integer", Some("amount"))
+            if req.method() != Method::POST {
+                return Err(GatewayError::MethodNotAllowed);
+            }
+            let body = Limited::new(req.into_body(), 4096)
+                .collect()
+                .await
+                .map_err(body_error)?
+                .to_bytes();
+            let deposit: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|_| GatewayError::invalid_request("body must be a JSON object", None))?;
+            let amount = deposit["amount"].as_i64().ok_or_else(|| {
+                GatewayError::invalid_request("amount must be an integer", Some("amount"))
+            })?;
+            let reference = deposit["reference"]
+                .as_str()
+                .filter(|r| !r.is_empty() && r.len() <= 200)
+                .ok_or_else(|| {
+                    GatewayError::invalid_request(
+                        "reference must be a string of 1 to 200 characters",
+                        Some("reference"),
+                    )
                 })?;
-                let reference = deposit["reference"]
-                    .as_str()
-                    .filter(|r| !r.is_empty() && r.len() <= 200)
-                    .ok_or_else(|| {
-                        GatewayError::invalid_request(
-                            "reference must be a string of 1 to 200 characters",
-                            Some("reference"),
-                        )
-                    })?;
-                let deposited = ledger.deposit(&account, amount, reference).await?;
-                let balance = ledger.balance(&account).await?;
-                let body = serde_json::json!({
-                    "deposited": deposited,
-                    "account": account.as_str(),
-                    "available": balance.available,
-                    "held": balance.held,
-                });
-                Ok(crate::response::json(
-                    StatusCode::OK,
-                    Bytes::from(body.to_string()),
-                ))
-            };
-            Ok(answer.await.unwrap_or_else(GatewayError::into_response))
+            let deposited = ledger.deposit(&account, amount, reference).await?;
+            let balance = ledger.balance(&account).await?;
+            let body = serde_json::json!({
+                "deposited": deposited,
+                "account": account.as_str(),
+                "available": balance.available,
+                "held": balance.held,
+            });
+            Ok(crate::response::json_ok(&body))
         })
     }
 }

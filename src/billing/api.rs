@@ -2,8 +2,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use tower_service::Service;
 
 use crate::auth::Principal;
@@ -60,28 +59,22 @@ impl<B> Service<Request<B>> for AccountApi {
         let principal = Principal::of_request(req.extensions());
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let query = req.uri().query().map(str::to_owned);
-        ResponseFuture::new(async move {
-            let answer = async {
-                let principal = principal?;
-                if method != Method::GET {
-                    return Err(GatewayError::MethodNotAllowed);
+        ResponseFuture::answer(async move {
+            let principal = principal?;
+            if method != Method::GET {
+                return Err(GatewayError::MethodNotAllowed);
+            }
+            let body = match path.as_str() {
+                BALANCE_PATH => {
+                    let balance = ledger.balance(principal.user_id()).await?;
+                    serde_json::json!({
+                        "available": balance.available,
+                        "held": balance.held,
+                    })
                 }
-                let body = match path.as_str() {
-                    BALANCE_PATH => {
-                        let balance = ledger.balance(principal.user_id()).await?;
-                        serde_json::json!({
-                            "available": balance.available,
-                            "held": balance.held,
-                        })
-                    }
-                    _ => usage(&*ledger, &principal, query.as_deref()).await?,
-                };
-                Ok(crate::response::json(
-                    StatusCode::OK,
-                    Bytes::from(body.to_string()),
-                ))
+                _ => usage(&*ledger, &principal, query.as_deref()).await?,
             };
-            Ok(answer.await.unwrap_or_else(GatewayError::into_response))
+            Ok(crate::response::json_ok(&body))
         })
     }
 }

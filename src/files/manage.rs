@@ -1,5 +1,4 @@
-use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response};
 
 use crate::auth::Principal;
 use crate::store::{content_type_of, FileKey, FileStore};
@@ -65,10 +64,7 @@ pub(super) async fn list(
         "has_more": page.has_more,
         "next_after": next_after,
     });
-    Ok(crate::response::json(
-        StatusCode::OK,
-        Bytes::from(body.to_string()),
-    ))
+    Ok(crate::response::json_ok(&body))
 }
 
 /// `GET /api/v1/files/{key}`: the file's bytes.
@@ -98,10 +94,7 @@ pub(super) async fn delete(
         return Err(GatewayError::ImageNotFound);
     }
     let body = serde_json::json!({ "deleted": true, "key": key.as_str() });
-    Ok(crate::response::json(
-        StatusCode::OK,
-        Bytes::from(body.to_string()),
-    ))
+    Ok(crate::response::json_ok(&body))
 }
 
 /// A key from the path: decoded once, then parsed. Another user's key is answered as if it

@@ -68,29 +68,24 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (store, limits) = (self.store.clone(), self.limits);
-        ResponseFuture::new(async move {
-            let answer = async {
-                let principal = Principal::of_request(req.extensions())?;
-                let path = req.uri().path().to_owned();
-                let key = path.strip_prefix("/api/v1/files/");
-                match (req.method().clone(), path.as_str(), key) {
-                    (Method::POST, UPLOAD_PATH, _) => {
-                        upload::upload(req, &*store, &principal, limits).await
-                    }
-                    (Method::GET, FILES_PATH, _) => {
-                        manage::list(req.uri().query(), &*store, &principal).await
-                    }
-                    (Method::GET, _, Some(key)) => manage::get(key, &*store, &principal).await,
-                    (Method::DELETE, _, Some(key)) => {
-                        manage::delete(key, &*store, &principal).await
-                    }
-                    (_, UPLOAD_PATH | FILES_PATH, _) | (_, _, Some(_)) => {
-                        Err(GatewayError::MethodNotAllowed)
-                    }
-                    _ => Err(GatewayError::RouteNotFound),
+        ResponseFuture::answer(async move {
+            let principal = Principal::of_request(req.extensions())?;
+            let path = req.uri().path().to_owned();
+            let key = path.strip_prefix("/api/v1/files/");
+            match (req.method().clone(), path.as_str(), key) {
+                (Method::POST, UPLOAD_PATH, _) => {
+                    upload::upload(req, &*store, &principal, limits).await
                 }
-            };
-            Ok(answer.await.unwrap_or_else(GatewayError::into_response))
+                (Method::GET, FILES_PATH, _) => {
+                    manage::list(req.uri().query(), &*store, &principal).await
+                }
+                (Method::GET, _, Some(key)) => manage::get(key, &*store, &principal).await,
+                (Method::DELETE, _, Some(key)) => manage::delete(key, &*store, &principal).await,
+                (_, UPLOAD_PATH | FILES_PATH, _) | (_, _, Some(_)) => {
+                    Err(GatewayError::MethodNotAllowed)
+                }
+                _ => Err(GatewayError::RouteNotFound),
+            }
         })
     }
 }

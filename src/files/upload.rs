@@ -1,5 +1,5 @@
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, Request, Response};
 use http_body::Body;
 use http_body_util::BodyDataStream;
 use serde::Serialize;
@@ -81,7 +81,8 @@ where
         });
         stored.push(key);
     }
-    let body = serde_json::to_vec(&serde_json::json!({ "uploaded": answer }))
-        .map_err(|_| GatewayError::Internal)?;
-    Ok(crate::response::json(StatusCode::OK, Bytes::from(body)))
+    let body = serde_json::to_value(&answer).map_err(|_| GatewayError::Internal)?;
+    Ok(crate::response::json_ok(
+        &serde_json::json!({ "uploaded": body }),
+    ))
 }

@@ -122,9 +122,7 @@ where
         let answer = if req.uri().path().starts_with("/admin/") {
             match &mut self.admin {
                 Some(admin) => admin.call(req),
-                None => {
-                    ResponseFuture::new(async { Ok(GatewayError::RouteNotFound.into_response()) })
-                }
+                None => ResponseFuture::reject(GatewayError::RouteNotFound),
             }
         } else {
             self.inner.call(req)

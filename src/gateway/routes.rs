@@ -48,6 +48,6 @@ where
             _ if AccountApi::serves(path) => return self.account.call(req),
             _ => GatewayError::RouteNotFound,
         };
-        ResponseFuture::new(async move { Ok(rejection.into_response()) })
+        ResponseFuture::reject(rejection)
     }
 }

@@ -45,16 +45,16 @@ impl LocalFileStore {
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)));
         if !plain {
-            return Err(escape(key));
+            return Err(escape());
         }
         let path = self.root.join(relative);
-        let parent = path.parent().ok_or_else(|| escape(key))?;
+        let parent = path.parent().ok_or_else(escape)?;
         if create_parent {
             std::fs::create_dir_all(parent)?;
         }
         match parent.canonicalize() {
             Ok(real) if real.starts_with(&self.root) => Ok(path),
-            Ok(_) => Err(escape(key)),
+            Ok(_) => Err(escape()),
             // A missing parent holds no file; the caller sees "not found".
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(path),
             Err(e) => Err(e),
@@ -63,7 +63,7 @@ impl LocalFileStore {
 
     fn put_sync(&self, key: &FileKey, bytes: &[u8]) -> io::Result<()> {
         let path = self.path_of(key.as_str(), true)?;
-        let dir = path.parent().ok_or_else(|| escape(key.as_str()))?;
+        let dir = path.parent().ok_or_else(escape)?;
         let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
         let written = (|| {
             let mut file = std::fs::File::create_new(&temp)?;
@@ -103,7 +103,7 @@ impl LocalFileStore {
         limit: usize,
     ) -> io::Result<FilePage> {
         let dir = self.path_of(&format!("files/{owner}/x"), false)?;
-        let dir = dir.parent().ok_or_else(|| escape(owner.as_str()))?;
+        let dir = dir.parent().ok_or_else(escape)?;
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FilePage::default()),
@@ -159,9 +159,8 @@ impl LocalFileStore {
     }
 }
 
-fn escape(key: &str) -> io::Error {
-    // The key itself is not in the message: it is client input.
-    let _ = key;
+/// The refusal of a path outside the root. The key is not in the message: it is client input.
+fn escape() -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
         "path would leave the store root",

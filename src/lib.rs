@@ -38,6 +38,7 @@ pub mod gateway;
 pub mod idempotency;
 pub mod ledger;
 pub mod limit;
+mod page;
 pub mod ratelimit;
 pub mod request;
 mod response;

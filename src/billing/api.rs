@@ -8,15 +8,13 @@ use tower_service::Service;
 use crate::auth::Principal;
 use crate::future::ResponseFuture;
 use crate::ledger::{EntryKind, Ledger};
+use crate::page::{PageQuery, MAX_PAGE};
 use crate::{GatewayError, ResponseBody};
 
 /// Path of the balance endpoint.
 pub const BALANCE_PATH: &str = "/api/v1/balance";
 /// Path of the usage endpoint.
 pub const USAGE_PATH: &str = "/api/v1/usage";
-
-const DEFAULT_PAGE: usize = 20;
-const MAX_PAGE: usize = 100;
 
 /// `GET /api/v1/balance` -> `{"available", "held"}` and `GET /api/v1/usage?limit=&after=`
 /// -> the caller's charges, oldest first:
@@ -84,32 +82,15 @@ async fn usage(
     principal: &Principal,
     query: Option<&str>,
 ) -> Result<serde_json::Value, GatewayError> {
-    let mut limit = DEFAULT_PAGE;
-    let mut after = None;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = |param: &'static str| {
-            GatewayError::invalid_request(
-                format!("{param} must be a positive integer"),
-                Some(param),
-            )
-        };
-        match name {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_PAGE).contains(l))
-                    .ok_or_else(|| bad("limit"))?
-            }
-            "after" => after = Some(value.parse::<u64>().map_err(|_| bad("after"))?),
-            _ => {}
-        }
-    }
+    let query = PageQuery::parse(query)?;
+    let limit = query.limit;
+    let after = query
+        .after
+        .map(|after| after.parse::<u64>())
+        .transpose()
+        .map_err(|_| {
+            GatewayError::invalid_request("after must be a journal position", Some("after"))
+        })?;
     // The journal holds every movement; usage is its settlements. Scan until a page is full.
     let mut data = Vec::new();
     let mut cursor = after;

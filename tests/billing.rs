@@ -469,3 +469,47 @@ async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
         "charged once across the restart"
     );
 }
+
+/// Generation records that cannot be written, like a database that went away.
+struct BrokenGenerations;
+
+#[async_trait]
+impl image_gateway::store::Generations for BrokenGenerations {
+    async fn insert(
+        &self,
+        _: &image_gateway::store::Generation,
+    ) -> Result<(), image_gateway::store::StoreError> {
+        Err(image_gateway::store::StoreError::new("disk full"))
+    }
+    async fn set_status(
+        &self,
+        _: image_gateway::source::GenerationId,
+        _: image_gateway::store::GenerationStatus,
+    ) -> Result<(), image_gateway::store::StoreError> {
+        Err(image_gateway::store::StoreError::new("disk full"))
+    }
+    async fn get(
+        &self,
+        _: image_gateway::source::GenerationId,
+    ) -> Result<Option<image_gateway::store::Generation>, image_gateway::store::StoreError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn a_storage_error_after_the_backend_releases_the_hold() {
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .generations(BrokenGenerations)
+        .shared_ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE))
+        .build();
+    let server = TestServer::start(gateway).await;
+    let reply = server.edit_form(ALICE_KEY, form("any", 2)).await;
+    assert_eq!(reply.error(), (500, "internal_error".into(), None));
+    assert!(!String::from_utf8_lossy(&reply.body).contains("disk full"));
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.available, b.held, b.charged), (100, 0, 0));
+}

@@ -36,19 +36,17 @@ where
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let boundary = boundary_of(content_type)?;
-    let mut multipart = open(BodyDataStream::new(req.into_body()), boundary, &limits);
+    let mut multipart = open(BodyDataStream::new(req.into_body()), &boundary, &limits)?;
 
     // The whole batch is read (and checked) before anything is written.
     let mut images = Vec::new();
     let mut parts = 0;
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(head) = multipart.next_part().await.map_err(multipart_error)? {
         parts += 1;
         limits.check_parts(parts)?;
-        match field.name() {
-            Some("files" | "files[]") => {
-                images.push(read_image(&mut field, limits.image, "files").await?);
-            }
-            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        // Other parts are read past by the next `next_part`.
+        if head.name == "files" || head.name == "files[]" {
+            images.push(read_image(&mut multipart, head, limits.image, "files").await?);
         }
     }
     if images.is_empty() {

@@ -32,7 +32,6 @@ mod form;
 mod json;
 mod layer;
 pub(crate) mod multipart;
-mod part_headers;
 mod service;
 mod sniff;
 

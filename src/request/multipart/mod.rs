@@ -1,12 +1,20 @@
 //! The multipart method: the OpenAI SDKs' `image` / `image[]` files plus text fields.
+//!
+//! Bodies are read by [`Parts`], which returns part data as slices of the body's own chunks;
+//! an image part is then joined into one buffer, so its bytes are copied once between the
+//! connection's read buffer and the backend.
+
+mod params;
+mod parser;
+
+use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http_body_util::LengthLimitError;
-use multer::{Constraints, Field, Multipart, SizeLimit};
 
+use self::params::{parameter, parameters};
+pub(crate) use self::parser::{MultipartError, PartHead, Parts};
 use super::form::RawFields;
-use super::part_headers::{HeaderLimit, PartHeaderTooLong};
 use super::{EditRequest, ImageKind, SourceImage, SNIFF_LEN};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
@@ -56,26 +64,36 @@ impl MultipartLimits {
     }
 }
 
-/// A multer reader over `body` that stops at the whole-body limit.
-pub(crate) fn open<S, E>(body: S, boundary: String, limits: &MultipartLimits) -> Multipart<'static>
+/// A reader of `body`'s parts, bounded by `limits`.
+pub(crate) fn open<S, E>(
+    body: S,
+    boundary: &str,
+    limits: &MultipartLimits,
+) -> Result<Parts<Pin<Box<S>>>, GatewayError>
 where
-    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<BoxError>,
 {
-    let constraints =
-        Constraints::new().size_limit(SizeLimit::new().whole_stream(limits.whole_body));
-    let body = HeaderLimit::new(body, &boundary, limits.part_header);
-    Multipart::with_constraints(body, boundary, constraints)
+    Parts::new(
+        Box::pin(body),
+        boundary,
+        limits.whole_body,
+        limits.part_header,
+    )
+    .map_err(multipart_error)
 }
 
 /// The boundary of a `multipart/form-data` content type.
 pub(crate) fn boundary_of(content_type: &str) -> Result<String, GatewayError> {
-    multer::parse_boundary(content_type).map_err(|_| {
-        GatewayError::invalid_request(
-            "Content-Type must be multipart/form-data with a boundary",
-            None,
-        )
-    })
+    let (essence, params) = parameters(content_type);
+    parameter(&params, "boundary")
+        .filter(|_| essence == "multipart/form-data")
+        .ok_or_else(|| {
+            GatewayError::invalid_request(
+                "Content-Type must be multipart/form-data with a boundary",
+                None,
+            )
+        })
 }
 
 /// Reads a multipart edit body to its end and validates it.
@@ -95,18 +113,18 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    let mut multipart = open(body, boundary, &limits);
+    let mut parts_read = open(body, &boundary, &limits)?;
     let mut raw = RawFields {
         multipart: true,
         ..RawFields::default()
     };
     let mut parts = 0usize;
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(head) = parts_read.next_part().await.map_err(multipart_error)? {
         parts += 1;
         limits.check_parts(parts)?;
-        let name = field.name().unwrap_or_default().to_owned();
+        let name = head.name.as_str();
         if name == "image" || name == "image[]" {
-            let image = read_image(&mut field, limits.image, "image").await?;
+            let image = read_image(&mut parts_read, head, limits.image, "image").await?;
             raw.images.push(image);
             continue;
         }
@@ -115,7 +133,7 @@ where
         } else {
             limits.text
         };
-        match raw.slot(&name) {
+        match raw.slot(name) {
             Some((param, slot)) => {
                 if slot.is_some() {
                     return Err(GatewayError::invalid_request(
@@ -123,28 +141,35 @@ where
                         Some(param),
                     ));
                 }
-                *slot = Some(read_text(&mut field, param, cap).await?);
+                *slot = Some(read_text(&mut parts_read, param, cap).await?);
             }
-            // Unused fields (mask, user, ...) are read past; the whole-body limit bounds them.
-            None => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+            // Unused fields (mask, user, ...) are read past by the next `next_part`; the
+            // whole-body limit bounds them.
+            None => {}
         }
     }
     raw.validate(principal, catalog)
 }
 
-/// Reads one image part: type checked by its first 12 bytes, cut off past `limit`.
-pub(crate) async fn read_image(
-    field: &mut Field<'_>,
+/// Reads the data of the part `head` introduced: type checked by its first 12 bytes, cut
+/// off past `limit`, joined into one buffer with one copy.
+pub(crate) async fn read_image<S, E>(
+    parts: &mut Parts<S>,
+    head: PartHead,
     limit: u64,
     param: &'static str,
-) -> Result<SourceImage, GatewayError> {
-    let filename = field.file_name().map(|n| n.chars().take(255).collect());
+) -> Result<SourceImage, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
+    let filename = head.filename.map(|n| n.chars().take(255).collect());
     let too_large = GatewayError::ImageTooLarge { limit, param };
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     let mut head = [0u8; SNIFF_LEN];
     let mut kind = None;
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
         if kind.is_none() {
             let start = total as usize;
             let take = (SNIFF_LEN - start).min(chunk.len());
@@ -186,13 +211,17 @@ fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
     Bytes::from(joined)
 }
 
-async fn read_text(
-    field: &mut Field<'_>,
+async fn read_text<S, E>(
+    parts: &mut Parts<S>,
     param: &'static str,
     cap: usize,
-) -> Result<String, GatewayError> {
+) -> Result<String, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
     let mut text = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
         if text.len() + chunk.len() > cap {
             return Err(GatewayError::invalid_request(
                 format!("{param} is longer than {cap} bytes"),
@@ -205,24 +234,11 @@ async fn read_text(
         .map_err(|_| GatewayError::invalid_request(format!("{param} is not UTF-8"), Some(param)))
 }
 
-pub(crate) fn multipart_error(error: multer::Error) -> GatewayError {
+pub(crate) fn multipart_error(error: MultipartError) -> GatewayError {
     match error {
-        multer::Error::StreamSizeExceeded { .. } => GatewayError::PayloadTooLarge,
-        multer::Error::StreamReadFailed(cause) if cause.is::<LengthLimitError>() => {
-            GatewayError::PayloadTooLarge
-        }
-        multer::Error::StreamReadFailed(cause) if cause.is::<PartHeaderTooLong>() => {
-            GatewayError::invalid_request(cause.to_string(), None)
-        }
-        multer::Error::StreamReadFailed(cause) if super::service::is_timeout(&*cause) => {
-            GatewayError::RequestTimeout
-        }
-        multer::Error::StreamReadFailed(_) => {
-            GatewayError::invalid_request("the request body could not be read", None)
-        }
-        other => {
-            // multer's messages name fields but never echo their contents.
-            GatewayError::invalid_request(format!("malformed multipart body: {other}"), None)
-        }
+        MultipartError::TooLarge => GatewayError::PayloadTooLarge,
+        MultipartError::Read(cause) => super::body_error(cause),
+        // The messages name what is wrong, never the body's contents.
+        other => GatewayError::invalid_request(other.to_string(), None),
     }
 }

@@ -133,19 +133,16 @@ where
         } else {
             limits.text
         };
-        match raw.slot(name) {
-            Some((param, slot)) => {
-                if slot.is_some() {
-                    return Err(GatewayError::invalid_request(
-                        format!("{param} was sent more than once"),
-                        Some(param),
-                    ));
-                }
-                *slot = Some(read_text(&mut parts_read, param, cap).await?);
+        // Unused fields (mask, user, ...) are read past by the next `next_part`; the
+        // whole-body limit bounds them.
+        if let Some((param, slot)) = raw.slot(name) {
+            if slot.is_some() {
+                return Err(GatewayError::invalid_request(
+                    format!("{param} was sent more than once"),
+                    Some(param),
+                ));
             }
-            // Unused fields (mask, user, ...) are read past by the next `next_part`; the
-            // whole-body limit bounds them.
-            None => {}
+            *slot = Some(read_text(&mut parts_read, param, cap).await?);
         }
     }
     raw.validate(principal, catalog)

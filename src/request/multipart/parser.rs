@@ -410,8 +410,11 @@ mod tests {
         assert!(matches!(error, Some(MultipartError::TooLarge)));
     }
 
+    /// A part as (name, filename, data).
+    type Field = (String, Option<String>, Vec<u8>);
+
     /// What multer, a reader written independently, makes of the same body.
-    fn multer_reads(body: &[u8], boundary: &str) -> Option<Vec<(String, Option<String>, Vec<u8>)>> {
+    fn multer_reads(body: &[u8], boundary: &str) -> Option<Vec<Field>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

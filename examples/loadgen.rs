@@ -13,7 +13,11 @@
 //! ```
 //!
 //! Mixes: `json` (edit by `image_key`), `multipart-100k`, `multipart-5m`, `multipart-25m`,
-//! `upload` (100 KB). In-process targets start the server on its own runtime in this process.
+//! `upload` (100 KB). In-process targets start the server on its own runtime in this process:
+//! `gateway` (in-memory stores), `gateway-sqlite` (the example's SQLite ledger and generations,
+//! local files), `gateway-discard` (in-memory stores, but a file store that keeps nothing: what
+//! the stack costs without the cost of retaining every source in RAM; multipart mixes only)
+//! and `bare` (hyper alone, reading the body and answering the same bytes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +37,9 @@ use image_gateway::gateway::{EditOutcome, GeneratedImage};
 use image_gateway::ledger::{Durability, Ledger, MemoryLedger, SqliteLedger};
 use image_gateway::request::OutputFormat;
 use image_gateway::source::GenerationId;
-use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::store::{
+    FileKey, FilePage, FileStore, LocalFileStore, SqliteGenerations, StoreError,
+};
 use image_gateway::Gateway;
 
 const KEY: &str = "pk_live_loadgen_0123456789abcdef";
@@ -48,6 +54,25 @@ fn fixed_image() -> Bytes {
         .write_to(&mut out, image::ImageFormat::Png)
         .expect("encode");
     Bytes::from(out.into_inner())
+}
+
+/// A file store that keeps nothing: every write succeeds, every read finds nothing.
+struct DiscardStore;
+
+#[async_trait]
+impl FileStore for DiscardStore {
+    async fn put(&self, _: &FileKey, _: Bytes) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn get(&self, _: &FileKey) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
+    async fn delete(&self, _: &FileKey) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn list(&self, _: &UserId, _: Option<&FileKey>, _: usize) -> Result<FilePage, StoreError> {
+        Ok(FilePage::new(Vec::new(), false))
+    }
 }
 
 /// A backend that answers at once with the fixed image.
@@ -159,7 +184,12 @@ fn start_target(target: &str) -> Result<SocketAddr, Error> {
                     .deposit(&user, i64::MAX / 4, "load")
                     .await
                     .expect("deposit");
-                builder.shared_ledger(ledger)
+                let builder = builder.shared_ledger(ledger);
+                if target == "gateway-discard" {
+                    builder.store(DiscardStore)
+                } else {
+                    builder
+                }
             };
             let gateway = builder.build();
             let _ = image_gateway::server::serve(
@@ -174,7 +204,8 @@ fn start_target(target: &str) -> Result<SocketAddr, Error> {
     Ok(addr)
 }
 
-/// A bare hyper server that reads the whole body and answers the gateway's bytes.
+/// A bare hyper server that reads the whole body and answers the gateway's bytes, with the
+/// connection builder `server::serve` uses.
 async fn serve_bare(listener: tokio::net::TcpListener, answer: Bytes) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -192,7 +223,9 @@ async fn serve_bare(listener: tokio::net::TcpListener, answer: Bytes) {
                     Ok::<_, std::convert::Infallible>(res)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -238,6 +271,12 @@ async fn call(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args = args()?;
+    if !["gateway", "gateway-sqlite", "gateway-discard", "bare"].contains(&args.target.as_str()) {
+        return Err(format!("unknown target {}", args.target).into());
+    }
+    if args.target == "gateway-discard" && !args.mix.starts_with("multipart") {
+        return Err("gateway-discard keeps no files: use a multipart mix".into());
+    }
     let addr = match args.addr {
         Some(addr) => addr,
         None => start_target(&args.target)?,

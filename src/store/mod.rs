@@ -65,6 +65,13 @@ pub struct FilePage {
     pub has_more: bool,
 }
 
+impl FilePage {
+    /// A page of `files` (in key order); `has_more` when more follow the last one.
+    pub fn new(files: Vec<FileMeta>, has_more: bool) -> Self {
+        FilePage { files, has_more }
+    }
+}
+
 /// A storage failure: an I/O error, a path refused by the store's own checks, and so on.
 /// Answered `500 internal_error`; the detail is logged, never sent.
 #[derive(Debug)]

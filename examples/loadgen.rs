@@ -47,6 +47,26 @@ const BOUNDARY: &str = "----loadgen-boundary-5f2c";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// The name of an in-process target's runtime threads, by which their CPU time is found.
+const TARGET_THREAD: &str = "target-rt";
+
+/// CPU seconds (user + system) spent so far by this process's threads named `name`.
+fn cpu_seconds_of_threads(name: &str) -> Option<f64> {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path();
+        if std::fs::read_to_string(path.join("comm")).ok()?.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / ticks_per_second)
+}
+
 /// The smallest valid PNG (1 x 1), the image every instant edit returns.
 fn fixed_image() -> Bytes {
     let mut out = std::io::Cursor::new(Vec::new());
@@ -70,7 +90,12 @@ impl FileStore for DiscardStore {
     async fn delete(&self, _: &FileKey) -> Result<bool, StoreError> {
         Ok(false)
     }
-    async fn list(&self, _: &UserId, _: Option<&FileKey>, _: usize) -> Result<FilePage, StoreError> {
+    async fn list(
+        &self,
+        _: &UserId,
+        _: Option<&FileKey>,
+        _: usize,
+    ) -> Result<FilePage, StoreError> {
         Ok(FilePage::new(Vec::new(), false))
     }
 }
@@ -147,6 +172,7 @@ fn start_target(target: &str) -> Result<SocketAddr, Error> {
     .to_json();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(TARGET_THREAD)
             .enable_all()
             .build()
             .expect("runtime");
@@ -326,6 +352,7 @@ async fn main() -> Result<(), Error> {
         other => return Err(format!("unknown mix {other}").into()),
     };
 
+    let cpu_before = cpu_seconds_of_threads(TARGET_THREAD);
     let deadline = Instant::now() + args.duration;
     let budget = Arc::new(std::sync::atomic::AtomicUsize::new(
         args.requests.unwrap_or(usize::MAX),
@@ -388,6 +415,14 @@ async fn main() -> Result<(), Error> {
         pct(0.99),
         pct(0.999),
     );
+    if let (None, Some(before), Some(after)) =
+        (args.addr, cpu_before, cpu_seconds_of_threads(TARGET_THREAD))
+    {
+        println!(
+            "server CPU per request: {:.1} us",
+            (after - before) * 1e6 / latencies.len().max(1) as f64
+        );
+    }
     if let Some(pid) = args.server_pid {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         for line in status

@@ -15,10 +15,11 @@ use crate::GatewayError;
 /// and stores its bytes.
 ///
 /// More images than `n` are cut to `n`; none at all is `502 upstream_error`. Each image is
-/// recorded [`Pending`](GenerationStatus::Pending) before the answer is sent, and its bytes
-/// are written to the store after, on a task of their own, which marks it ready (or failed).
-/// So the client gets its images without waiting for storage, and a chained edit that comes
-/// too early is answered `409 generation_not_ready`, as the spec describes.
+/// recorded [`Pending`](GenerationStatus::Pending) before the answer is sent; its bytes are
+/// written by a store call that, unless it completes at once, goes on after the answer on a
+/// task of its own and marks the generation ready (or failed). So the client never waits for
+/// storage, and a chained edit that comes too early is answered `409 generation_not_ready`,
+/// as the spec describes.
 #[derive(Clone)]
 pub struct EditService {
     backend: Arc<dyn ImageBackend>,
@@ -72,7 +73,7 @@ impl Service<EditJob> for EditService {
                 let key = output_key(&job, id, &image);
                 let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
                 this.generations.insert(&record).await?;
-                this.store_in_background(id, key, image.clone());
+                this.store_output(id, key, image.clone()).await;
                 generated.push(GeneratedImage::new(id, image));
             }
             let mut outcome = EditOutcome::new(created, generated);
@@ -83,9 +84,12 @@ impl Service<EditJob> for EditService {
 }
 
 impl EditService {
-    fn store_in_background(&self, id: GenerationId, key: FileKey, image: Image) {
+    /// Stores one output and marks its generation. A store that finishes at once (in memory)
+    /// finishes here; one that waits (a disk, a network) goes on on a task of its own, so the
+    /// answer never waits for it.
+    async fn store_output(&self, id: GenerationId, key: FileKey, image: Image) {
         let (store, generations) = (self.store.clone(), self.generations.clone());
-        tokio::spawn(async move {
+        let mut storing = Box::pin(async move {
             let status = match store.put(&key, image.bytes).await {
                 Ok(()) => GenerationStatus::Ready,
                 Err(error) => {
@@ -98,6 +102,9 @@ impl EditService {
                 tracing::error!(%error, generation = %id, "recording a generation's status failed");
             }
         });
+        if futures_util::poll!(storing.as_mut()).is_pending() {
+            tokio::spawn(storing);
+        }
     }
 }
 

@@ -1,5 +1,4 @@
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -9,10 +8,17 @@ use super::{FileKey, FileMeta, FilePage, FileStore, StoreError};
 use crate::auth::UserId;
 use crate::gateway::unix_now;
 
+/// The files of each owner: bytes and creation time by key.
+type Owners = HashMap<UserId, HashMap<FileKey, (Bytes, u64)>>;
+
 /// Files in memory, for tests and embedding. Lost when the process ends.
+///
+/// Writes and reads are one hash lookup each, so a store that has taken millions of files
+/// still writes at the same cost; a page of a listing sorts only the owner's keys past the
+/// cursor, so it costs time in proportion to the owner's file count.
 #[derive(Debug, Default)]
 pub struct MemoryFileStore {
-    files: Mutex<BTreeMap<FileKey, (Bytes, u64)>>,
+    owners: Mutex<Owners>,
 }
 
 impl MemoryFileStore {
@@ -21,26 +27,35 @@ impl MemoryFileStore {
         Self::default()
     }
 
-    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<FileKey, (Bytes, u64)>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
         // A panic while holding the lock cannot leave the map half-updated: every
         // operation is one map call.
-        self.files.lock().unwrap_or_else(|e| e.into_inner())
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 #[async_trait]
 impl FileStore for MemoryFileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
-        self.files().insert(key.clone(), (bytes, unix_now()));
+        self.owners()
+            .entry(key.owner().clone())
+            .or_default()
+            .insert(key.clone(), (bytes, unix_now()));
         Ok(())
     }
 
     async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.files().get(key).map(|(bytes, _)| bytes.clone()))
+        let owners = self.owners();
+        let file = owners.get(key.owner()).and_then(|files| files.get(key));
+        Ok(file.map(|(bytes, _)| bytes.clone()))
     }
 
     async fn delete(&self, key: &FileKey) -> Result<bool, StoreError> {
-        Ok(self.files().remove(key).is_some())
+        let mut owners = self.owners();
+        let removed = owners
+            .get_mut(key.owner())
+            .is_some_and(|files| files.remove(key).is_some());
+        Ok(removed)
     }
 
     async fn list(
@@ -49,19 +64,71 @@ impl FileStore for MemoryFileStore {
         after: Option<&FileKey>,
         limit: usize,
     ) -> Result<FilePage, StoreError> {
-        let files = self.files();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut owned = files
-            .range((start, Bound::Unbounded))
-            .filter(|(key, _)| key.owner() == owner)
-            .map(|(key, (bytes, created))| {
-                FileMeta::new(key.clone(), bytes.len() as u64, *created)
-            });
-        let page: Vec<FileMeta> = owned.by_ref().take(limit).collect();
-        let has_more = owned.next().is_some();
-        Ok(FilePage {
-            files: page,
-            has_more,
-        })
+        let owners = self.owners();
+        let Some(files) = owners.get(owner) else {
+            return Ok(FilePage::default());
+        };
+        let mut keys: Vec<&FileKey> = files
+            .keys()
+            .filter(|key| after.is_none_or(|after| *key > after))
+            .collect();
+        // Only the first `limit` (and whether one more exists) need sorting.
+        let has_more = keys.len() > limit;
+        if has_more {
+            keys.select_nth_unstable(limit);
+            keys.truncate(limit);
+        }
+        keys.sort_unstable();
+        let page = keys
+            .into_iter()
+            .filter_map(|key| {
+                let (bytes, created) = files.get(key)?;
+                Some(FileMeta::new(key.clone(), bytes.len() as u64, *created))
+            })
+            .collect();
+        Ok(FilePage::new(page, has_more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_through_one_owners_files_in_key_order() {
+        let store = MemoryFileStore::new();
+        let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+        let mut keys = Vec::new();
+        for i in 0..7 {
+            let key = FileKey::new(&alice, Uuid::new_v4(), &format!("{i}.png"));
+            store.put(&key, Bytes::from(vec![0; i])).await.unwrap();
+            keys.push(key);
+            let other = FileKey::new(&bob, Uuid::new_v4(), "x.png");
+            store.put(&other, Bytes::new()).await.unwrap();
+        }
+        keys.sort();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list(&alice, after.as_ref(), 3).await.unwrap();
+            assert!(page.files.len() <= 3);
+            seen.extend(page.files.iter().map(|f| f.key.clone()));
+            after = seen.last().cloned();
+            if !page.has_more {
+                break;
+            }
+        }
+        assert_eq!(seen, keys);
+        assert!(store.list(&alice, None, 0).await.unwrap().has_more);
+        assert!(store.delete(&keys[0]).await.unwrap());
+        assert!(!store.delete(&keys[0]).await.unwrap());
+        assert_eq!(store.get(&keys[0]).await.unwrap(), None);
+        let stranger = UserId::new("carol").unwrap();
+        assert_eq!(
+            store.list(&stranger, None, 10).await.unwrap(),
+            FilePage::default()
+        );
     }
 }

@@ -65,7 +65,9 @@ pub(crate) struct Parts<S> {
     body: S,
     /// `CRLF--boundary`.
     delimiter: Box<[u8]>,
-    finder: memmem::Finder<'static>,
+    // Boxed: its SIMD state is 32-byte aligned, and inline it would make every future that
+    // holds a reader over-aligned (allocated by the slower aligned allocator).
+    finder: Box<memmem::Finder<'static>>,
     /// What is left of the last chunk read.
     pending: Bytes,
     /// A proper prefix of the delimiter seen at the end of a chunk: data or delimiter, as the
@@ -96,7 +98,7 @@ where
             ));
         }
         let delimiter: Box<[u8]> = [b"\r\n--".as_slice(), boundary.as_bytes()].concat().into();
-        let finder = memmem::Finder::new(&delimiter).into_owned();
+        let finder = Box::new(memmem::Finder::new(&delimiter).into_owned());
         Ok(Parts {
             body,
             finder,

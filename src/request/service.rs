@@ -145,7 +145,12 @@ where
         "multipart/form-data" => {
             let boundary = boundary_of(&content_type)?;
             let stream = BodyDataStream::new(req.into_body());
-            parse_multipart(stream, boundary, principal, catalog, limits).await
+            // Boxed: the multipart reader's state is large, and inline it would be moved
+            // along with every JSON edit's future too.
+            Box::pin(parse_multipart(
+                stream, boundary, principal, catalog, limits,
+            ))
+            .await
         }
         _ => Err(GatewayError::invalid_request(
             "Content-Type must be application/json or multipart/form-data",

@@ -148,8 +148,17 @@ where
     raw.validate(principal, catalog)
 }
 
+/// Past this many bytes, an image part is copied into its final buffer as it arrives.
+const JOIN_AS_READ: usize = 1024 * 1024;
+
 /// Reads the data of the part `head` introduced: type checked by its first 12 bytes, cut
-/// off past `limit`, joined into one buffer with one copy.
+/// off past `limit`, in one contiguous buffer.
+///
+/// Each byte is copied once. A part of up to 1 MiB is kept as slices of the body's chunks
+/// and joined at its end (not copied at all when it came in one chunk); a larger one is
+/// copied into a buffer sized for the most the rest of the body can hold, chunk by chunk, so
+/// the connection's read buffers are released as it goes instead of being held until the
+/// end. (Capacity that is never written is never touched, so it costs no memory.)
 pub(crate) async fn read_image<S, E>(
     parts: &mut Parts<S>,
     head: PartHead,
@@ -162,31 +171,31 @@ where
 {
     let filename = head.filename.map(|n| n.chars().take(255).collect());
     let too_large = GatewayError::ImageTooLarge { limit, param };
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total: u64 = 0;
+    let mut data = PartData::default();
     let mut head = [0u8; SNIFF_LEN];
     let mut kind = None;
     while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
+        let start = data.len();
         if kind.is_none() {
-            let start = total as usize;
             let take = (SNIFF_LEN - start).min(chunk.len());
             head[start..start + take].copy_from_slice(&chunk[..take]);
             if start + take == SNIFF_LEN {
                 kind = Some(sniffed(&head, param)?);
             }
         }
-        total += chunk.len() as u64;
+        let total = (start + chunk.len()) as u64;
         if total > limit {
             return Err(too_large);
         }
-        chunks.push(chunk);
+        let capacity = limit.min(parts.unread_bound() + total) as usize;
+        data.push(chunk, capacity);
     }
     let kind = match kind {
         Some(kind) => kind,
-        None => sniffed(&head[..total as usize], param)?,
+        None => sniffed(&head[..data.len()], param)?,
     };
     Ok(SourceImage {
-        bytes: concat(chunks, total as usize),
+        bytes: data.into_bytes(),
         kind,
         filename,
     })
@@ -196,16 +205,72 @@ fn sniffed(head: &[u8], param: &'static str) -> Result<ImageKind, GatewayError> 
     ImageKind::sniff(head).ok_or(GatewayError::ImageTypeUnsupported { param })
 }
 
-/// Joins the chunks of one part with a single copy (none when there is one chunk).
-fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.pop().unwrap_or_default();
+/// One part's data while it is read: slices of the body's chunks, or once past
+/// [`JOIN_AS_READ`], one buffer.
+enum PartData {
+    Slices(Vec<Bytes>, usize),
+    Joined(Vec<u8>),
+}
+
+impl Default for PartData {
+    fn default() -> Self {
+        PartData::Slices(Vec::new(), 0)
     }
-    let mut joined = Vec::with_capacity(total);
-    for chunk in &chunks {
-        joined.extend_from_slice(chunk);
+}
+
+impl PartData {
+    fn len(&self) -> usize {
+        match self {
+            PartData::Slices(_, len) => *len,
+            PartData::Joined(buffer) => buffer.len(),
+        }
     }
-    Bytes::from(joined)
+
+    /// Adds `chunk`; `capacity` bounds the whole part, so a joined buffer never grows.
+    fn push(&mut self, chunk: Bytes, capacity: usize) {
+        match self {
+            PartData::Joined(buffer) => buffer.extend_from_slice(&chunk),
+            PartData::Slices(slices, len) if *len + chunk.len() <= JOIN_AS_READ => {
+                *len += chunk.len();
+                slices.push(chunk);
+            }
+            PartData::Slices(slices, len) => {
+                let needed = *len + chunk.len();
+                let mut buffer = Vec::new();
+                // A capacity the allocator refuses (limits set beyond memory) means growing.
+                if buffer.try_reserve_exact(capacity.max(needed)).is_err() {
+                    buffer.reserve(needed);
+                }
+                for slice in slices.drain(..) {
+                    buffer.extend_from_slice(&slice);
+                }
+                buffer.extend_from_slice(&chunk);
+                *self = PartData::Joined(buffer);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            PartData::Slices(mut slices, _) if slices.len() == 1 => {
+                slices.pop().unwrap_or_default()
+            }
+            PartData::Slices(slices, len) => {
+                let mut joined = Vec::with_capacity(len);
+                for slice in &slices {
+                    joined.extend_from_slice(slice);
+                }
+                Bytes::from(joined)
+            }
+            PartData::Joined(mut buffer) => {
+                // Hands unused capacity back (for a large buffer, without copying).
+                if buffer.capacity() - buffer.len() > JOIN_AS_READ {
+                    buffer.shrink_to_fit();
+                }
+                Bytes::from(buffer)
+            }
+        }
+    }
 }
 
 async fn read_text<S, E>(

@@ -304,3 +304,64 @@ pub(crate) fn multipart_error(error: MultipartError) -> GatewayError {
         other => GatewayError::invalid_request(other.to_string(), None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body with one `image` part holding `image`, cut into `chunk`-byte chunks.
+    fn image_body(image: &[u8], chunk: usize) -> Vec<Result<Bytes, std::io::Error>> {
+        let mut body = b"--b\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n".to_vec();
+        body.extend_from_slice(image);
+        body.extend_from_slice(b"\r\n--b--\r\n");
+        body.chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    fn read(image: &[u8], chunk: usize, limit: u64) -> Result<SourceImage, GatewayError> {
+        let limits = MultipartLimits::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let body = futures_util::stream::iter(image_body(image, chunk));
+            let mut parts = open(body, "b", &limits)?;
+            let head = parts.next_part().await.map_err(multipart_error)?.unwrap();
+            read_image(&mut parts, head, limit, "image").await
+        })
+    }
+
+    #[test]
+    fn image_parts_small_and_large_come_out_whole_in_any_chunking() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+        image.extend((0..3 * 1024 * 1024).map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        }));
+        for len in [12, 1000, JOIN_AS_READ, JOIN_AS_READ + 1, image.len()] {
+            for chunk in [4096, 64 * 1024, 1 << 30] {
+                let read = read(&image[..len], chunk, 25 << 20).unwrap();
+                assert_eq!(read.kind, ImageKind::Png);
+                assert!(read.bytes == image[..len], "len {len} chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_image_part_is_cut_off_one_byte_past_its_limit() {
+        let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+        image.resize(2 * JOIN_AS_READ, 7);
+        let limit = image.len() as u64;
+        assert!(read(&image, 64 * 1024, limit).is_ok());
+        image.push(7);
+        let error = read(&image, 64 * 1024, limit).unwrap_err();
+        assert!(
+            matches!(error, GatewayError::ImageTooLarge { .. }),
+            "{error:?}"
+        );
+    }
+}

@@ -262,13 +262,9 @@ impl PartData {
                 }
                 Bytes::from(joined)
             }
-            PartData::Joined(mut buffer) => {
-                // Hands unused capacity back (for a large buffer, without copying).
-                if buffer.capacity() - buffer.len() > JOIN_AS_READ {
-                    buffer.shrink_to_fit();
-                }
-                Bytes::from(buffer)
-            }
+            // Capacity past the part's end stays reserved but untouched: it costs address
+            // space, not memory, and shrinking would make the allocator hand the pages back.
+            PartData::Joined(buffer) => Bytes::from(buffer),
         }
     }
 }

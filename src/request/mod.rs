@@ -14,6 +14,9 @@
 //!   (`400 IMAGE_TOO_LARGE`), each text part at its own small limit, a JSON body at 1 MiB,
 //!   a multipart body at the whole-body limit (`413`), each part's header block at 8 KiB,
 //!   and at most 64 parts are read.
+//! - An image's bytes are copied once between the connection's read buffer and the
+//!   [`EditRequest`]: the multipart reader returns slices of the body's own chunks, and each
+//!   image part is joined into one buffer (as it arrives, once past 1 MiB).
 //! - The image type is decided by the bytes (JPEG, PNG, GIF, WebP) as soon as the first
 //!   12 bytes of a part arrive; the client's `Content-Type` and file name are ignored.
 //! - Multipart parts may come in any order; one file may be sent as `image` and several as

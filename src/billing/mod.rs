@@ -1,8 +1,7 @@
 //! Billing: nothing reaches the backend without a hold, and every hold ends exactly once.
 //!
 //! [`BillingLayer`] wraps the edit service. Per request it holds `n x price_per_image` on the
-//! caller's account ([`Ledger::hold`](crate::ledger::Ledger::hold)), runs the inner service,
-//! then:
+//! caller's account ([`Ledger::hold`]), runs the inner service, then:
 //!
 //! | outcome | money |
 //! |---|---|
@@ -13,10 +12,12 @@
 //! | balance below the hold | `402 insufficient_balance`, nothing held |
 //! | balance negative | `402 OUTSTANDING_DEBT`, nothing held |
 //!
-//! Once the backend has answered, the settlement runs on a task of its own, so a client
-//! that disconnects at that moment is still charged for the images it was given: they are
-//! stored and stay reachable by generation id. Before that moment, dropping the request
-//! future releases the hold (a drop guard).
+//! Both come from one drop guard. Before the backend answers, dropping the request future
+//! releases the hold. Once it has answered, the guard owes a settlement: if the client
+//! disconnects while it is being written, the guard's `Drop` finishes it on a task, so the
+//! client is still charged for the images it was given (they are stored and stay reachable
+//! by generation id). The ledger makes a second settle of the same hold a no-op, so a
+//! settlement cut off mid-write and finished from `Drop` charges once.
 //!
 //! [`AccountApi`] serves `GET /api/v1/balance` and `GET /api/v1/usage`; [`AdminApi`] serves
 //! `POST /admin/v1/accounts/{user_id}/deposits` to holders of a separate admin key.

@@ -40,10 +40,7 @@ where
 
     // The whole batch is read (and checked) before anything is written.
     let mut images = Vec::new();
-    let mut parts = 0;
     while let Some(head) = multipart.next_part().await.map_err(multipart_error)? {
-        parts += 1;
-        limits.check_parts(parts)?;
         // Other parts are read past by the next `next_part`.
         if head.name == "files" || head.name == "files[]" {
             images.push(read_image(&mut multipart, head, limits.image, "files").await?);

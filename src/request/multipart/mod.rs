@@ -51,19 +51,6 @@ impl Default for MultipartLimits {
     }
 }
 
-impl MultipartLimits {
-    /// Fails once a body has more than [`MultipartLimits::parts`] parts.
-    pub(crate) fn check_parts(&self, seen: usize) -> Result<(), GatewayError> {
-        if seen > self.parts {
-            return Err(GatewayError::invalid_request(
-                format!("a multipart body may have at most {} parts", self.parts),
-                None,
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// A reader of `body`'s parts, bounded by `limits`.
 pub(crate) fn open<S, E>(
     body: S,
@@ -74,13 +61,7 @@ where
     S: Stream<Item = Result<Bytes, E>>,
     E: Into<BoxError>,
 {
-    Parts::new(
-        Box::pin(body),
-        boundary,
-        limits.whole_body,
-        limits.part_header,
-    )
-    .map_err(multipart_error)
+    Parts::new(Box::pin(body), boundary, *limits).map_err(multipart_error)
 }
 
 /// The boundary of a `multipart/form-data` content type.
@@ -113,18 +94,15 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    let mut parts_read = open(body, &boundary, &limits)?;
+    let mut parts = open(body, &boundary, &limits)?;
     let mut raw = RawFields {
         multipart: true,
         ..RawFields::default()
     };
-    let mut parts = 0usize;
-    while let Some(head) = parts_read.next_part().await.map_err(multipart_error)? {
-        parts += 1;
-        limits.check_parts(parts)?;
+    while let Some(head) = parts.next_part().await.map_err(multipart_error)? {
         let name = head.name.as_str();
         if name == "image" || name == "image[]" {
-            let image = read_image(&mut parts_read, head, limits.image, "image").await?;
+            let image = read_image(&mut parts, head, limits.image, "image").await?;
             raw.images.push(image);
             continue;
         }
@@ -142,7 +120,7 @@ where
                     Some(param),
                 ));
             }
-            *slot = Some(read_text(&mut parts_read, param, cap).await?);
+            *slot = Some(read_text(&mut parts, param, cap).await?);
         }
     }
     raw.validate(principal, catalog)
@@ -172,15 +150,15 @@ where
     let filename = head.filename.map(|n| n.chars().take(255).collect());
     let too_large = GatewayError::ImageTooLarge { limit, param };
     let mut data = PartData::default();
-    let mut head = [0u8; SNIFF_LEN];
+    let mut magic = [0u8; SNIFF_LEN];
     let mut kind = None;
     while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
         let start = data.len();
         if kind.is_none() {
             let take = (SNIFF_LEN - start).min(chunk.len());
-            head[start..start + take].copy_from_slice(&chunk[..take]);
+            magic[start..start + take].copy_from_slice(&chunk[..take]);
             if start + take == SNIFF_LEN {
-                kind = Some(sniffed(&head, param)?);
+                kind = Some(sniffed(&magic, param)?);
             }
         }
         let total = (start + chunk.len()) as u64;
@@ -192,7 +170,7 @@ where
     }
     let kind = match kind {
         Some(kind) => kind,
-        None => sniffed(&head[..data.len()], param)?,
+        None => sniffed(&magic[..data.len()], param)?,
     };
     Ok(SourceImage {
         bytes: data.into_bytes(),
@@ -208,34 +186,31 @@ fn sniffed(head: &[u8], param: &'static str) -> Result<ImageKind, GatewayError> 
 /// One part's data while it is read: slices of the body's chunks, or once past
 /// [`JOIN_AS_READ`], one buffer.
 enum PartData {
-    Slices(Vec<Bytes>, usize),
+    Slices(Vec<Bytes>),
     Joined(Vec<u8>),
 }
 
 impl Default for PartData {
     fn default() -> Self {
-        PartData::Slices(Vec::new(), 0)
+        PartData::Slices(Vec::new())
     }
 }
 
 impl PartData {
     fn len(&self) -> usize {
         match self {
-            PartData::Slices(_, len) => *len,
+            PartData::Slices(slices) => slices.iter().map(Bytes::len).sum(),
             PartData::Joined(buffer) => buffer.len(),
         }
     }
 
     /// Adds `chunk`; `capacity` bounds the whole part, so a joined buffer never grows.
     fn push(&mut self, chunk: Bytes, capacity: usize) {
+        let needed = self.len() + chunk.len();
         match self {
             PartData::Joined(buffer) => buffer.extend_from_slice(&chunk),
-            PartData::Slices(slices, len) if *len + chunk.len() <= JOIN_AS_READ => {
-                *len += chunk.len();
-                slices.push(chunk);
-            }
-            PartData::Slices(slices, len) => {
-                let needed = *len + chunk.len();
+            PartData::Slices(slices) if needed <= JOIN_AS_READ => slices.push(chunk),
+            PartData::Slices(slices) => {
                 let mut buffer = Vec::new();
                 // A capacity the allocator refuses (limits set beyond memory) means growing.
                 if buffer.try_reserve_exact(capacity.max(needed)).is_err() {
@@ -252,16 +227,8 @@ impl PartData {
 
     fn into_bytes(self) -> Bytes {
         match self {
-            PartData::Slices(mut slices, _) if slices.len() == 1 => {
-                slices.pop().unwrap_or_default()
-            }
-            PartData::Slices(slices, len) => {
-                let mut joined = Vec::with_capacity(len);
-                for slice in &slices {
-                    joined.extend_from_slice(slice);
-                }
-                Bytes::from(joined)
-            }
+            PartData::Slices(mut slices) if slices.len() == 1 => slices.pop().unwrap_or_default(),
+            PartData::Slices(slices) => Bytes::from(slices.concat()),
             // Capacity past the part's end stays reserved but untouched: it costs address
             // space, not memory, and shrinking would make the allocator hand the pages back.
             PartData::Joined(buffer) => Bytes::from(buffer),

@@ -13,6 +13,7 @@ use futures_util::{Stream, StreamExt};
 use memchr::memmem;
 
 use super::params::{parameter, parameters};
+use super::MultipartLimits;
 use crate::BoxError;
 
 /// Why a multipart body could not be read.
@@ -22,6 +23,8 @@ pub(crate) enum MultipartError {
     TooLarge,
     /// A part's header block passed its byte limit.
     HeaderTooLong(usize),
+    /// The body has more parts than its limit.
+    TooManyParts(usize),
     /// The body is not well-formed multipart.
     Malformed(&'static str),
     /// The body stream failed (client gone, deadline, an outer limit).
@@ -34,6 +37,9 @@ impl fmt::Display for MultipartError {
             MultipartError::TooLarge => f.write_str("the multipart body is too large"),
             MultipartError::HeaderTooLong(limit) => {
                 write!(f, "a multipart part header is longer than {limit} bytes")
+            }
+            MultipartError::TooManyParts(limit) => {
+                write!(f, "a multipart body may have at most {limit} parts")
             }
             MultipartError::Malformed(what) => write!(f, "malformed multipart body: {what}"),
             MultipartError::Read(_) => f.write_str("the request body could not be read"),
@@ -75,8 +81,8 @@ pub(crate) struct Parts<S> {
     carry: BytesMut,
     state: State,
     read: u64,
-    body_limit: u64,
-    header_limit: usize,
+    parts: usize,
+    limits: MultipartLimits,
 }
 
 impl<S, E> Parts<S>
@@ -84,13 +90,13 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Into<BoxError>,
 {
-    /// A reader of `body`, whose parts are separated by `boundary`. Fails when the boundary
-    /// is empty, longer than 70 bytes (RFC 2046) or holds a line break.
+    /// A reader of `body`, whose parts are separated by `boundary`, held to `limits`' whole
+    /// body, part count and part headers. Fails when the boundary is empty, longer than 70
+    /// bytes (RFC 2046) or holds a line break.
     pub(crate) fn new(
         body: S,
         boundary: &str,
-        body_limit: u64,
-        header_limit: usize,
+        limits: MultipartLimits,
     ) -> Result<Self, MultipartError> {
         if boundary.is_empty() || boundary.len() > 70 || boundary.contains(['\r', '\n']) {
             return Err(MultipartError::Malformed(
@@ -108,8 +114,8 @@ where
             delimiter,
             state: State::Data,
             read: 0,
-            body_limit,
-            header_limit,
+            parts: 0,
+            limits,
         })
     }
 
@@ -135,6 +141,10 @@ where
         }
         if byte != b'\r' || self.next_byte().await? != b'\n' {
             return Err(MultipartError::Malformed("a delimiter is followed by text"));
+        }
+        self.parts += 1;
+        if self.parts > self.limits.parts {
+            return Err(MultipartError::TooManyParts(self.limits.parts));
         }
         let head = self.header_block().await?;
         self.state = State::Data;
@@ -191,7 +201,7 @@ where
     /// The most bytes the rest of the body can still hold: what is read but not yet
     /// returned plus what the body limit still allows.
     pub(crate) fn unread_bound(&self) -> u64 {
-        self.body_limit.saturating_sub(self.read) + self.pending.len() as u64
+        self.limits.whole_body.saturating_sub(self.read) + self.pending.len() as u64
     }
 
     /// Reads the next chunk into `pending`; `false` at the end of the body.
@@ -202,7 +212,7 @@ where
                 Some(Err(error)) => return Err(MultipartError::Read(error.into())),
                 Some(Ok(chunk)) => {
                     self.read += chunk.len() as u64;
-                    if self.read > self.body_limit {
+                    if self.read > self.limits.whole_body {
                         return Err(MultipartError::TooLarge);
                     }
                     if !chunk.is_empty() {
@@ -228,7 +238,8 @@ where
         const BLANK_LINE: &[u8] = b"\r\n\r\n";
         // The CRLF that ended the delimiter line lets an empty block end at once.
         let mut block = b"\r\n".to_vec();
-        let cap = self.header_limit + 2 + BLANK_LINE.len();
+        let limit = self.limits.part_header;
+        let cap = limit + 2 + BLANK_LINE.len();
         let end = loop {
             if self.pending.is_empty() && !self.fill().await? {
                 return Err(MultipartError::Malformed(
@@ -245,7 +256,7 @@ where
             }
             self.pending.advance(take);
             if block.len() == cap {
-                return Err(MultipartError::HeaderTooLong(self.header_limit));
+                return Err(MultipartError::HeaderTooLong(limit));
             }
         };
         let mut head = PartHead::default();

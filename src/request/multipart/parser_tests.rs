@@ -3,8 +3,17 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::request::MultipartLimits;
 
 type Chunks = futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, std::io::Error>>>;
+
+fn limits(whole_body: u64, part_header: usize) -> MultipartLimits {
+    MultipartLimits {
+        whole_body,
+        part_header,
+        ..MultipartLimits::default()
+    }
+}
 
 fn chunked(body: &[u8], cuts: &[usize]) -> Chunks {
     let mut chunks = Vec::new();
@@ -27,8 +36,8 @@ fn read_all(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut parts =
-            Parts::new(body, boundary, u64::MAX, header_limit).map_err(|e| e.to_string())?;
+        let mut parts = Parts::new(body, boundary, limits(u64::MAX, header_limit))
+            .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         while let Some(head) = parts.next_part().await.map_err(|e| e.to_string())? {
             let mut data = Vec::new();
@@ -134,7 +143,7 @@ fn the_body_limit_counts_every_byte() {
         .unwrap();
     let limit = body.len() as u64 - 1;
     let error = runtime.block_on(async {
-        let mut parts = Parts::new(chunked(&body, &[7, 50]), "b", limit, 1024).unwrap();
+        let mut parts = Parts::new(chunked(&body, &[7, 50]), "b", limits(limit, 1024)).unwrap();
         loop {
             match parts.next_part().await {
                 Ok(Some(_)) => continue,
@@ -219,4 +228,36 @@ proptest! {
             prop_assert_eq!(Some(ours), multer_reads(&body, "boundary"));
         }
     }
+}
+
+#[test]
+fn a_part_past_the_part_limit_is_an_error() {
+    let body = b"--b\r\n\r\n1\r\n--b\r\n\r\n2\r\n--b\r\n\r\n3\r\n--b--";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let read = |max: usize| {
+        runtime.block_on(async {
+            let limits = MultipartLimits {
+                parts: max,
+                ..MultipartLimits::default()
+            };
+            let mut parts = Parts::new(chunked(body, &[]), "b", limits).unwrap();
+            let mut seen = 0;
+            while parts
+                .next_part()
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                seen += 1;
+            }
+            Ok::<_, String>(seen)
+        })
+    };
+    assert_eq!(read(3), Ok(3));
+    assert_eq!(
+        read(2),
+        Err("a multipart body may have at most 2 parts".into())
+    );
 }

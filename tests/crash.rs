@@ -87,13 +87,6 @@ impl Drop for Example {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn balance(addr: std::net::SocketAddr) -> (i64, u64) {
     let req = http::Request::get("/api/v1/balance")

@@ -375,11 +375,7 @@ async fn a_503_is_retried_once() {
 
 #[tokio::test]
 async fn connection_refused_is_502_and_nothing_is_charged() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let upstream = UpstreamBackend::builder(format!("http://127.0.0.1:{port}"))
         .build()
         .unwrap();

@@ -98,6 +98,15 @@ impl Drop for TestServer {
     }
 }
 
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One HTTP/1.1 exchange on a fresh connection.
 pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Reply
 where

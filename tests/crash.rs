@@ -87,7 +87,6 @@ impl Drop for Example {
     }
 }
 
-
 async fn balance(addr: std::net::SocketAddr) -> (i64, u64) {
     let req = http::Request::get("/api/v1/balance")
         .header("x-api-key", ALICE_KEY)

@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tower::ServiceExt;
 use tower_service::Service;
 use uuid::Uuid;
@@ -100,8 +101,7 @@ impl Sources {
                 Ok((vec![image], vec![key]))
             }
             Source::Generation(id) => {
-                let key = self.generation_key(principal, id).await?;
-                let image = self.fetch(&key, "generation_id").await?;
+                let (image, key) = self.generation_source(principal, id).await?;
                 Ok((vec![image], vec![key]))
             }
         }
@@ -113,28 +113,24 @@ impl Sources {
             .get(key)
             .await?
             .ok_or(GatewayError::ImageNotFound)?;
-        let kind = ImageKind::sniff(&bytes).ok_or(GatewayError::ImageTypeUnsupported { param })?;
-        Ok(SourceImage {
-            bytes,
-            kind,
-            filename: None,
-        })
+        source_image(bytes, param)
     }
 
-    /// The file key of a ready generation of the caller's.
-    async fn generation_key(
+    /// The stored image of a ready generation of the caller's, and its key.
+    async fn generation_source(
         &self,
         principal: &Principal,
         id: GenerationId,
-    ) -> Result<FileKey, GatewayError> {
+    ) -> Result<(SourceImage, FileKey), GatewayError> {
         let generation = self
             .generations
             .get(id)
             .await?
             .filter(|g| &g.owner == principal.user_id())
             .ok_or(GatewayError::GenerationNotFound)?;
+        let key = generation.file_key;
         match generation.status {
-            GenerationStatus::Ready => Ok(generation.file_key),
+            GenerationStatus::Ready => Ok((self.fetch(&key, "generation_id").await?, key)),
             GenerationStatus::Failed => Err(GatewayError::GenerationNotFound),
             GenerationStatus::Pending => {
                 let age = unix_now().saturating_sub(generation.created);
@@ -143,20 +139,88 @@ impl Sources {
                         retry_after: RETRY_PENDING,
                     });
                 }
-                // The process that was storing it is gone: settle the record by the store.
-                let stored = self.store.get(&generation.file_key).await?.is_some();
-                let status = if stored {
+                // The process that was storing it is gone: settle the record by the store,
+                // and use what that read found.
+                let stored = self.store.get(&key).await?;
+                let status = if stored.is_some() {
                     GenerationStatus::Ready
                 } else {
                     GenerationStatus::Failed
                 };
                 self.generations.set_status(id, status).await?;
-                if stored {
-                    Ok(generation.file_key)
-                } else {
-                    Err(GatewayError::GenerationNotFound)
-                }
+                let bytes = stored.ok_or(GatewayError::GenerationNotFound)?;
+                Ok((source_image(bytes, "generation_id")?, key))
             }
         }
+    }
+}
+
+/// A stored source, its type read from its bytes.
+fn source_image(bytes: Bytes, param: &'static str) -> Result<SourceImage, GatewayError> {
+    let kind = ImageKind::sniff(&bytes).ok_or(GatewayError::ImageTypeUnsupported { param })?;
+    Ok(SourceImage {
+        bytes,
+        kind,
+        filename: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::UserId;
+    use crate::store::{Generation, MemoryFileStore, MemoryGenerations};
+
+    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+    /// Sources with one generation of alice's left pending since the epoch (its writer died),
+    /// its file stored or not.
+    async fn stale(stored: bool) -> (Sources, Principal, GenerationId) {
+        let alice = UserId::new("alice").unwrap();
+        let (store, generations) = (MemoryFileStore::new(), MemoryGenerations::new());
+        let id = GenerationId::new();
+        let key = FileKey::new(&alice, id.as_uuid(), "generation.png");
+        let record = Generation::new(id, key.clone(), GenerationStatus::Pending, 0);
+        generations.insert(&record).await.unwrap();
+        if stored {
+            store
+                .put(&key, Bytes::from_static(PNG_MAGIC))
+                .await
+                .unwrap();
+        }
+        let sources = Sources {
+            store: Arc::new(store),
+            generations: Arc::new(generations),
+            pending_timeout: Duration::from_secs(300),
+        };
+        (sources, Principal::new(alice), id)
+    }
+
+    #[tokio::test]
+    async fn a_stale_pending_generation_with_its_file_is_ready_and_used() {
+        let (sources, alice, id) = stale(true).await;
+        let (images, keys) = sources
+            .resolve(&alice, Source::Generation(id))
+            .await
+            .unwrap();
+        assert_eq!(&images[0].bytes[..], PNG_MAGIC);
+        assert_eq!(keys.len(), 1);
+        let record = sources.generations.get(id).await.unwrap().unwrap();
+        assert_eq!(record.status, GenerationStatus::Ready);
+    }
+
+    #[tokio::test]
+    async fn a_stale_pending_generation_without_its_file_is_not_found_and_failed() {
+        let (sources, alice, id) = stale(false).await;
+        let error = sources
+            .resolve(&alice, Source::Generation(id))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, GatewayError::GenerationNotFound),
+            "{error:?}"
+        );
+        let record = sources.generations.get(id).await.unwrap().unwrap();
+        assert_eq!(record.status, GenerationStatus::Failed);
     }
 }

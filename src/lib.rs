@@ -36,6 +36,7 @@ pub mod files;
 mod future;
 pub mod gateway;
 pub mod idempotency;
+pub mod lease;
 pub mod ledger;
 pub mod limit;
 mod page;

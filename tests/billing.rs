@@ -27,6 +27,11 @@ struct Scripted {
 
 #[async_trait]
 impl ImageBackend for Scripted {
+    /// Its work is a timer: dropping the future stops it.
+    fn cancellable(&self) -> bool {
+        true
+    }
+
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
         self.started.notify_one();
         let image = Image::new(Bytes::from(png(4, 4)), job.params.output_format);

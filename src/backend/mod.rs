@@ -31,6 +31,8 @@
 //! ```
 
 #[cfg(feature = "reference-backend")]
+mod png;
+#[cfg(feature = "reference-backend")]
 mod reference;
 #[cfg(feature = "upstream")]
 mod upstream;
@@ -39,11 +41,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 #[cfg(feature = "reference-backend")]
-pub use reference::ReferenceBackend;
+pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_PIXELS};
 #[cfg(feature = "upstream")]
 pub use upstream::{UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
 use crate::auth::Principal;
+use crate::lease::Leases;
 use crate::request::{EditParams, OutputFormat, Size, SourceImage};
 use crate::store::FileKey;
 use crate::GatewayError;
@@ -54,6 +57,14 @@ pub trait ImageBackend: Send + Sync + 'static {
     /// Runs one edit. Return at most `job.params.n` images (extra ones are dropped and not
     /// charged); return fewer when the model produced fewer.
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError>;
+
+    /// Whether dropping the future of [`edit`](Self::edit) stops the work (an HTTP call that
+    /// is cut off, a timer). When `true`, a client that hangs up before the answer cancels
+    /// the edit and is charged nothing. When `false` (the default, and the only safe answer
+    /// for work on threads of its own), the edit runs to its end and is charged.
+    fn cancellable(&self) -> bool {
+        false
+    }
 }
 
 /// One edit, ready for a backend.
@@ -70,6 +81,8 @@ pub struct EditJob {
     pub source_keys: Vec<FileKey>,
     /// The id of the HTTP request this job serves, for logs and usage records.
     pub request_id: String,
+    /// What stays taken while the job runs (the caller's in-flight slot); dropped with it.
+    pub leases: Leases,
 }
 
 impl EditJob {
@@ -81,6 +94,7 @@ impl EditJob {
             params,
             source_keys: Vec::new(),
             request_id: String::new(),
+            leases: Leases::default(),
         }
     }
 }

@@ -1,58 +1,50 @@
 use std::sync::Arc;
 
-use crate::ledger::{Amount, HoldId, Ledger};
-
-/// What a guard still owes its hold.
-#[derive(Clone, Copy)]
-enum Owed {
-    /// Nothing: the hold has ended (or its end is on a task of its own).
-    Nothing,
-    /// A release, because nothing was delivered yet.
-    Release(HoldId),
-    /// A settlement, because the backend answered: the charge stands even if the client
-    /// leaves while it is being written.
-    Settle(HoldId, Amount, u32),
-}
+use crate::ledger::{Amount, HoldId, Ledger, LedgerError, Settlement};
 
 /// Ends a hold exactly once: by [`settle`](Self::settle), by [`release`](Self::release), or,
-/// when dropped on the way (a cancelled request), by a task spawned from `Drop` that finishes
-/// what was owed: a release before the backend answered, the settlement after.
+/// when dropped without either (a panic, a runtime shutting down), by a release on a task
+/// spawned from `Drop`.
 ///
-/// Ending a hold twice is harmless (the ledger makes a second settle or release a no-op), so
-/// a settlement cut off mid-write and finished from `Drop` still charges once.
+/// Billing runs the whole billed edit on a task of its own, so a client that hangs up does
+/// not drop the guard: the work goes on and ends the hold itself. Releasing a hold that a
+/// settle already ended changes nothing (the ledger's settle and release are idempotent), so
+/// the release from `Drop` can never undo a charge.
 pub(crate) struct HoldGuard {
     ledger: Arc<dyn Ledger>,
-    owed: Owed,
+    open: Option<HoldId>,
 }
 
 impl HoldGuard {
     pub(crate) fn new(ledger: Arc<dyn Ledger>, hold: HoldId) -> Self {
         HoldGuard {
             ledger,
-            owed: Owed::Release(hold),
+            open: Some(hold),
         }
     }
 
-    /// Charges `charge` for `units` images.
-    pub(crate) async fn settle(mut self, charge: Amount, units: u32) {
-        let Owed::Release(hold) = self.owed else {
-            return;
+    /// Charges `charge` for `units` images. On a ledger failure the hold stays owed a
+    /// release, which the caller (or `Drop`) gives it.
+    pub(crate) async fn settle(&mut self, charge: Amount, units: u32) -> Result<(), LedgerError> {
+        let Some(hold) = self.open else {
+            return Ok(());
         };
-        // From here a drop settles rather than releases.
-        self.owed = Owed::Settle(hold, charge, units);
-        if let Err(error) = self.ledger.settle(hold, charge, units).await {
-            // The hold stays open and expires: the client keeps its images uncharged.
-            tracing::error!(%error, %hold, "settling a hold failed");
+        match self.ledger.settle(hold, charge, units).await? {
+            Settlement::Settled | Settlement::AlreadyEnded => {}
+            Settlement::AfterExpiry => {
+                // Charged all the same; the TTL or its renewal was too short for this edit.
+                tracing::error!(%hold, %charge, "settled a hold after it expired; charged from the available balance");
+            }
         }
-        self.owed = Owed::Nothing;
+        self.open = None;
+        Ok(())
     }
 
     /// Frees the whole hold.
     pub(crate) async fn release(mut self) {
-        let Owed::Release(hold) = self.owed else {
+        let Some(hold) = self.open.take() else {
             return;
         };
-        self.owed = Owed::Nothing;
         if let Err(error) = self.ledger.release(hold).await {
             tracing::error!(%error, %hold, "releasing a hold failed; it will expire");
         }
@@ -61,10 +53,8 @@ impl HoldGuard {
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
-        let owed = std::mem::replace(&mut self.owed, Owed::Nothing);
-        let hold = match owed {
-            Owed::Nothing => return,
-            Owed::Release(hold) | Owed::Settle(hold, ..) => hold,
+        let Some(hold) = self.open.take() else {
+            return;
         };
         let ledger = self.ledger.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -73,12 +63,8 @@ impl Drop for HoldGuard {
             return;
         };
         runtime.spawn(async move {
-            let ended = match owed {
-                Owed::Settle(_, charge, units) => ledger.settle(hold, charge, units).await,
-                _ => ledger.release(hold).await,
-            };
-            if let Err(error) = ended {
-                tracing::error!(%error, %hold, "ending a dropped hold failed; it will expire");
+            if let Err(error) = ledger.release(hold).await {
+                tracing::error!(%error, %hold, "releasing a dropped hold failed; it will expire");
             }
         });
     }
@@ -117,12 +103,15 @@ mod tests {
             hold: HoldId,
             charge: Amount,
             units: u32,
-        ) -> Result<(), LedgerError> {
+        ) -> Result<Settlement, LedgerError> {
             self.gate.notified().await;
             self.inner.settle(hold, charge, units).await
         }
         async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
             self.inner.release(hold).await
+        }
+        async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
+            self.inner.renew(hold, ttl).await
         }
         async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
             self.inner.balance(account).await
@@ -164,23 +153,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_settlement_cut_off_mid_write_still_charges_once() {
+    async fn a_guard_dropped_after_its_settlement_does_not_undo_the_charge() {
         let (ledger, user, hold) = ledger_with_hold(20).await;
-        let guard = HoldGuard::new(ledger.clone(), hold);
-        let settling = guard.settle(Amount::new(10), 1);
-        // Polled until it waits at the gate, then dropped: the client went away.
-        assert!(tokio::time::timeout(Duration::from_millis(20), settling)
-            .await
-            .is_err());
+        let mut guard = HoldGuard::new(ledger.clone(), hold);
         ledger.gate.notify_one();
-        for _ in 0..100 {
-            if ledger.balance(&user).await.unwrap().held == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        guard.settle(Amount::new(10), 1).await.unwrap();
+        drop(guard);
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let balance = ledger.balance(&user).await.unwrap();
-        assert_eq!((balance.available, balance.held), (90, 0));
+        assert_eq!(
+            (balance.available, balance.held, balance.charged),
+            (90, 0, 10)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_settlement_after_expiry_still_charges_once() {
+        let (ledger, user, hold) = ledger_with_hold(20).await;
+        ledger.expire(u64::MAX).await.unwrap();
+        assert_eq!(ledger.balance(&user).await.unwrap().available, 100);
+        let mut guard = HoldGuard::new(ledger.clone(), hold);
+        ledger.gate.notify_one();
+        guard.settle(Amount::new(10), 1).await.unwrap();
+        ledger.gate.notify_one();
+        assert_eq!(
+            ledger.settle(hold, Amount::new(10), 1).await.unwrap(),
+            Settlement::AlreadyEnded
+        );
+        let balance = ledger.balance(&user).await.unwrap();
+        assert_eq!(
+            (balance.available, balance.held, balance.charged),
+            (90, 0, 10)
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::Billing;
+use super::{Billing, MIN_HOLD_TTL};
 use crate::catalog::Catalog;
 use crate::ledger::Ledger;
 
@@ -13,6 +13,7 @@ pub struct BillingLayer {
     ledger: Arc<dyn Ledger>,
     catalog: Catalog,
     hold_ttl: Duration,
+    cancel_abandoned: bool,
 }
 
 impl BillingLayer {
@@ -22,13 +23,25 @@ impl BillingLayer {
             ledger,
             catalog,
             hold_ttl: Duration::from_secs(600),
+            cancel_abandoned: false,
         }
     }
 
-    /// How long a hold lives if nothing ends it (a crash). Make it longer than the slowest
-    /// edit. Default: 10 minutes.
+    /// Whether a client that hangs up before the backend answered cancels the backend's
+    /// work (and is charged nothing). Set it only for a backend whose work stops when its
+    /// future is dropped ([`ImageBackend::cancellable`](crate::backend::ImageBackend::cancellable));
+    /// otherwise the work runs to its end and is charged, never free. Default: `false`.
+    pub fn cancel_abandoned(mut self, cancel: bool) -> Self {
+        self.cancel_abandoned = cancel;
+        self
+    }
+
+    /// How long a hold lives if nothing ends it (a crash). A live request renews its hold
+    /// every third of this, so it bounds only how long a crashed process's money stays
+    /// held. Default: 10 minutes.
     pub fn hold_ttl(mut self, ttl: Duration) -> Self {
-        self.hold_ttl = ttl;
+        // Deadlines are whole seconds: under 2 s a renewal could come after the deadline.
+        self.hold_ttl = ttl.max(MIN_HOLD_TTL);
         self
     }
 }
@@ -50,6 +63,7 @@ impl<S> Layer<S> for BillingLayer {
             self.ledger.clone(),
             self.catalog.clone(),
             self.hold_ttl,
+            self.cancel_abandoned,
         )
     }
 }

@@ -1,23 +1,29 @@
-//! Billing: nothing reaches the backend without a hold, and every hold ends exactly once.
+//! Billing: nothing reaches the backend without a hold, every hold ends exactly once, and
+//! no image is reachable before it is charged.
 //!
 //! [`BillingLayer`] wraps the edit service. Per request it holds `n x price_per_image` on the
-//! caller's account ([`Ledger::hold`]), runs the inner service, then:
+//! caller's account ([`Ledger::hold`]), runs the inner service (the backend, whose images come
+//! back recorded but not yet reachable), settles `returned x price`, and only then publishes
+//! the images (stores their bytes, marks their generations ready):
 //!
 //! | outcome | money |
 //! |---|---|
-//! | images returned | settled for `returned x price`; the rest of the hold is freed |
-//! | backend error, content policy, unsupported size, storage error | released whole |
-//! | the client went away before the backend answered (future dropped) | released whole |
+//! | images returned | settled for `returned x price`, then published; the rest of the hold is freed |
+//! | backend error, content policy, unsupported size, storage error before the settle | released whole; nothing published |
+//! | the settle itself fails | released; the images are discarded, never reachable |
+//! | the client hangs up, backend [cancellable](crate::backend::ImageBackend::cancellable) | the work is cancelled and the hold released whole |
+//! | the client hangs up, any other backend | the work runs on, is charged and published (listed in the caller's files) |
 //! | the process died holding it | released by expiry, at the next start or sweep |
 //! | balance below the hold | `402 insufficient_balance`, nothing held |
 //! | balance negative | `402 OUTSTANDING_DEBT`, nothing held |
 //!
-//! Both come from one drop guard. Before the backend answers, dropping the request future
-//! releases the hold. Once it has answered, the guard owes a settlement: if the client
-//! disconnects while it is being written, the guard's `Drop` finishes it on a task, so the
-//! client is still charged for the images it was given (they are stored and stay reachable
-//! by generation id). The ledger makes a second settle of the same hold a no-op, so a
-//! settlement cut off mid-write and finished from `Drop` charges once.
+//! The whole sequence runs on a task of its own, so a client that hangs up cannot cut it
+//! between two money steps; the request's [`Leases`](crate::lease::Leases) (its in-flight
+//! slot) live in that task until the backend's work has ended. While the backend works, the
+//! hold is renewed every third of its TTL, so the expiry sweep never takes it from a live
+//! request; if it expired all the same (a stalled process), the settle still charges, from
+//! the available balance, and logs an error. A hold guard releases on drop (a
+//! panic); a release after a committed settle changes nothing.
 //!
 //! [`AccountApi`] serves `GET /api/v1/balance` and `GET /api/v1/usage`; [`AdminApi`] serves
 //! `POST /admin/v1/accounts/{user_id}/deposits` to holders of a separate admin key.
@@ -37,6 +43,10 @@ pub use layer::BillingLayer;
 pub use service::Billing;
 
 use crate::gateway::unix_now;
+
+/// The shortest hold TTL: deadlines are whole seconds, and a live request renews its hold
+/// every third of the TTL.
+pub const MIN_HOLD_TTL: Duration = Duration::from_secs(2);
 use crate::ledger::Ledger;
 
 /// Runs [`Ledger::expire`] now and then every `every`, on the current Tokio runtime, until

@@ -1,25 +1,30 @@
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::guard::HoldGuard;
 use crate::backend::EditJob;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::gateway::EditOutcome;
-use crate::ledger::{Amount, Ledger, Memo};
+use crate::gateway::{EditOutcome, Rendered};
+use crate::ledger::{Amount, HoldId, Ledger, Memo};
 use crate::GatewayError;
 
-/// Holds before the inner service runs; settles for what it returned or releases.
+/// Holds before the inner service runs; settles for what it returned, then publishes it;
+/// releases on any failure.
 #[derive(Clone)]
 pub struct Billing<S> {
     inner: S,
     ledger: Arc<dyn Ledger>,
     catalog: Catalog,
     hold_ttl: Duration,
+    cancel_abandoned: bool,
 }
 
 impl<S> Billing<S> {
@@ -28,12 +33,14 @@ impl<S> Billing<S> {
         ledger: Arc<dyn Ledger>,
         catalog: Catalog,
         hold_ttl: Duration,
+        cancel_abandoned: bool,
     ) -> Self {
         Billing {
             inner,
             ledger,
             catalog,
             hold_ttl,
+            cancel_abandoned,
         }
     }
 }
@@ -46,7 +53,7 @@ impl<S> std::fmt::Debug for Billing<S> {
 
 impl<S> Service<EditJob> for Billing<S>
 where
-    S: Service<EditJob, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
+    S: Service<EditJob, Response = Rendered, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = EditOutcome;
@@ -58,32 +65,91 @@ where
     }
 
     fn call(&mut self, job: EditJob) -> Self::Future {
-        let this = self.clone();
+        // The billed work runs on a task of its own, so the request's future (which a client
+        // that hangs up drops at any await) never cuts it between two money steps. Dropping
+        // `client` tells the task the client is gone.
+        let (client, gone) = oneshot::channel::<Infallible>();
+        let work = tokio::spawn(self.clone().bill(job, gone).in_current_span());
         ResponseFuture::new(async move {
-            let price = Amount::new(this.catalog.get(&job.params.model)?.price_per_image());
-            let n = job.params.n;
-            let amount = price.times(n).ok_or_else(|| {
-                GatewayError::invalid_request("n x price is beyond any balance", Some("n"))
-            })?;
-            let memo = Memo::new(job.request_id.clone(), job.params.model.clone(), n);
-            let hold = this
-                .ledger
-                .hold(job.principal.user_id(), amount, this.hold_ttl, memo)
-                .await?;
-            let guard = HoldGuard::new(this.ledger.clone(), hold.id);
-            match this.inner.oneshot(job).await {
-                Ok(outcome) => {
-                    let returned = outcome.images.len().min(n as usize) as u32;
-                    let charge = price.times(returned).unwrap_or(amount).min(amount);
-                    guard.settle(charge, returned).await;
-                    tracing::info!(held = %amount, charged = %charge, returned, "edit billed");
-                    Ok(outcome)
-                }
-                Err(error) => {
-                    guard.release().await;
-                    Err(error)
+            let _client = client;
+            work.await.unwrap_or_else(|error| {
+                tracing::error!(%error, "a billed edit's task failed");
+                Err(GatewayError::Internal)
+            })
+        })
+    }
+}
+
+impl<S> Billing<S>
+where
+    S: Service<EditJob, Response = Rendered, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    /// Hold, work, settle, publish: in this order, so an image is reachable only once it
+    /// has been charged. The job (and the leases it carries, such as the caller's in-flight
+    /// slot) lives until the backend's work has ended.
+    async fn bill(
+        mut self,
+        job: EditJob,
+        gone: oneshot::Receiver<Infallible>,
+    ) -> Result<EditOutcome, GatewayError> {
+        let price = Amount::new(self.catalog.get(&job.params.model)?.price_per_image());
+        let n = job.params.n;
+        let amount = price.times(n).ok_or_else(|| {
+            GatewayError::invalid_request("n x price is beyond any balance", Some("n"))
+        })?;
+        let memo = Memo::new(job.request_id.clone(), job.params.model.clone(), n);
+        let hold = self
+            .ledger
+            .hold(job.principal.user_id(), amount, self.hold_ttl, memo)
+            .await?;
+        let mut guard = HoldGuard::new(self.ledger.clone(), hold.id);
+        let work = self.inner.clone().oneshot(job);
+        let rendered = match self.watch(hold.id, work, gone).await {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                guard.release().await;
+                return Err(error);
+            }
+        };
+        let returned = rendered.len().min(n as usize) as u32;
+        let charge = price.times(returned).unwrap_or(amount).min(amount);
+        if let Err(error) = guard.settle(charge, returned).await {
+            // Not charged, so never reachable.
+            rendered.discard().await;
+            guard.release().await;
+            return Err(error.into());
+        }
+        tracing::info!(held = %amount, charged = %charge, returned, "edit billed");
+        Ok(rendered.publish().await)
+    }
+
+    /// Runs the inner service, renewing the hold while it works so the expiry sweep never
+    /// takes it from a live request. A client that hangs up cancels the work only when the
+    /// backend declared that dropping its future stops it; otherwise the work runs on and
+    /// is charged.
+    async fn watch(
+        &mut self,
+        hold: HoldId,
+        work: impl std::future::Future<Output = Result<Rendered, GatewayError>>,
+        mut gone: oneshot::Receiver<Infallible>,
+    ) -> Result<Rendered, GatewayError> {
+        tokio::pin!(work);
+        let every = (self.hold_ttl / 3).max(Duration::from_millis(100));
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = renewals.tick() => match self.ledger.renew(hold, self.hold_ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(%hold, "a live request's hold expired; its settle will charge late"),
+                    Err(error) => tracing::error!(%error, %hold, "renewing a hold failed"),
+                },
+                _ = &mut gone, if self.cancel_abandoned => {
+                    tracing::info!("client gone; the backend's work is cancelled");
+                    return Err(GatewayError::RequestTimeout);
                 }
             }
-        })
+        }
     }
 }

@@ -116,7 +116,7 @@ impl GatewayBuilder {
 
     /// How long a hold lives when nothing ends it (the process died). Default: 10 minutes.
     pub fn hold_ttl(mut self, ttl: Duration) -> Self {
-        self.hold_ttl = ttl;
+        self.hold_ttl = ttl.max(crate::billing::MIN_HOLD_TTL);
         self
     }
 
@@ -194,9 +194,11 @@ impl GatewayBuilder {
             spawn_expiry_sweep(ledger.clone(), every);
         }
 
+        let cancellable = backend.cancellable();
         let edit = EditService::new(backend, store.clone(), generations.clone());
         let billed = BillingLayer::new(ledger.clone(), catalog.clone())
             .hold_ttl(self.hold_ttl)
+            .cancel_abandoned(cancellable)
             .layer(edit);
         let resolve = ResolveSourceLayer::new(store.clone(), generations.clone()).layer(billed);
         let records = self

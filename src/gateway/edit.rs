@@ -5,24 +5,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tower_service::Service;
 
 use super::{EditOutcome, GeneratedImage};
+use crate::auth::Principal;
 use crate::backend::{EditJob, Image, ImageBackend};
 use crate::future::ResponseFuture;
 use crate::source::GenerationId;
 use crate::store::{FileKey, FileStore, Generation, GenerationStatus, Generations};
 use crate::GatewayError;
 
-/// The innermost service: runs the backend, records each returned image as a generation
-/// and stores its bytes.
+/// The innermost service: runs the backend and records each returned image as a pending
+/// generation. What it returns, a [`Rendered`], is not reachable yet: billing settles the
+/// charge first and then [publishes](Rendered::publish) it.
 ///
-/// More images than `n` are cut to `n`; none at all is `502 upstream_error`. Each image is
-/// recorded [`Pending`](GenerationStatus::Pending) before the answer is sent; its bytes are
-/// written by a store call that, unless it completes at once, goes on after the answer on a
-/// task of its own and marks the generation ready (or failed). So the client never waits for
-/// storage, and a chained edit that comes too early is answered `409 generation_not_ready`,
-/// as the spec describes.
+/// More images than `n` are cut to `n`; none at all is `502 upstream_error`. A pending
+/// generation is not usable (`409 generation_not_ready`) and has no file, so until
+/// [`Rendered::publish`] stores the bytes, nothing of the edit can be fetched or listed.
 #[derive(Clone)]
 pub struct EditService {
     backend: Arc<dyn ImageBackend>,
+    outputs: Outputs,
+}
+
+/// Where outputs go; shared by every [`Rendered`] of one service.
+#[derive(Clone)]
+struct Outputs {
     store: Arc<dyn FileStore>,
     generations: Arc<dyn Generations>,
 }
@@ -36,8 +41,7 @@ impl EditService {
     ) -> Self {
         EditService {
             backend,
-            store,
-            generations,
+            outputs: Outputs { store, generations },
         }
     }
 }
@@ -49,9 +53,9 @@ impl std::fmt::Debug for EditService {
 }
 
 impl Service<EditJob> for EditService {
-    type Response = EditOutcome;
+    type Response = Rendered;
     type Error = GatewayError;
-    type Future = ResponseFuture<EditOutcome, GatewayError>;
+    type Future = ResponseFuture<Rendered, GatewayError>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -67,27 +71,99 @@ impl Service<EditJob> for EditService {
                 return Err(GatewayError::Upstream);
             }
             let created = unix_now();
-            let mut generated = Vec::with_capacity(images.len());
+            let mut rendered = Rendered {
+                created,
+                images: Vec::with_capacity(images.len()),
+                keys: Vec::with_capacity(images.len()),
+                source_keys: job.source_keys,
+                outputs: this.outputs.clone(),
+            };
             for image in images {
                 let id = GenerationId::new();
-                let key = output_key(&job, id, &image);
+                let key = output_key(&job.principal, id, &image);
                 let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
-                this.generations.insert(&record).await?;
-                this.store_output(id, key, image.clone()).await;
-                generated.push(GeneratedImage::new(id, image));
+                if let Err(error) = this.outputs.generations.insert(&record).await {
+                    rendered.discard().await;
+                    return Err(error.into());
+                }
+                rendered.images.push(GeneratedImage::new(id, image));
+                rendered.keys.push(key);
             }
-            let mut outcome = EditOutcome::new(created, generated);
-            outcome.source_keys = job.source_keys;
-            Ok(outcome)
+            Ok(rendered)
         })
     }
 }
 
-impl EditService {
-    /// Stores one output and marks its generation. A store that finishes at once (in memory)
-    /// finishes here; one that waits (a disk, a network) goes on on a task of its own, so the
-    /// answer never waits for it.
-    async fn store_output(&self, id: GenerationId, key: FileKey, image: Image) {
+/// Images a backend returned, recorded as pending generations, not reachable yet.
+///
+/// Exactly one of [`publish`](Self::publish) (after the charge is committed) or
+/// [`discard`](Self::discard) (when it cannot be) ends it. Dropped without either, its
+/// generations stay pending without files, and the first use after the pending timeout
+/// marks them failed.
+#[must_use = "publish or discard the images"]
+pub struct Rendered {
+    created: u64,
+    images: Vec<GeneratedImage>,
+    keys: Vec<FileKey>,
+    source_keys: Vec<FileKey>,
+    outputs: Outputs,
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("images", &self.images.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rendered {
+    /// How many images there are.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Whether there are none (never, for one that [`EditService`] returned).
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Makes the images reachable: stores each one's bytes and marks its generation ready.
+    /// Call it only once the charge for them is committed.
+    ///
+    /// A store that finishes at once (in memory) finishes here; one that waits (a disk, a
+    /// network) goes on on a task of its own, so the answer never waits for it and a chained
+    /// edit that comes too early is answered `409 generation_not_ready`.
+    pub async fn publish(self) -> EditOutcome {
+        for (generated, key) in self.images.iter().zip(self.keys) {
+            self.outputs
+                .store(generated.id, key, generated.image.clone())
+                .await;
+        }
+        let mut outcome = EditOutcome::new(self.created, self.images);
+        outcome.source_keys = self.source_keys;
+        outcome
+    }
+
+    /// Marks the generations failed: none of the images ever becomes reachable.
+    pub async fn discard(self) {
+        for generated in &self.images {
+            let failed = GenerationStatus::Failed;
+            if let Err(error) = self
+                .outputs
+                .generations
+                .set_status(generated.id, failed)
+                .await
+            {
+                tracing::error!(%error, generation = %generated.id, "marking a discarded generation failed");
+            }
+        }
+    }
+}
+
+impl Outputs {
+    /// Stores one output and marks its generation; on a task of its own once it would wait.
+    async fn store(&self, id: GenerationId, key: FileKey, image: Image) {
         let (store, generations) = (self.store.clone(), self.generations.clone());
         let mut storing = Box::pin(async move {
             let status = match store.put(&key, image.bytes).await {
@@ -110,9 +186,9 @@ impl EditService {
 
 /// `files/{user}/{generation id}_generation.{ext}`: the id is in the key, so an operator can
 /// find a generation's file by its id alone.
-fn output_key(job: &EditJob, id: GenerationId, image: &Image) -> FileKey {
+fn output_key(principal: &Principal, id: GenerationId, image: &Image) -> FileKey {
     let name = format!("generation.{}", image.format.extension());
-    FileKey::new(job.principal.user_id(), id.as_uuid(), &name)
+    FileKey::new(principal.user_id(), id.as_uuid(), &name)
 }
 
 pub(crate) fn unix_now() -> u64 {

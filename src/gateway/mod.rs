@@ -66,7 +66,7 @@ pub(crate) use edit::unix_now;
 pub fn unix_time() -> u64 {
     unix_now()
 }
-pub use edit::EditService;
+pub use edit::{EditService, Rendered};
 pub use outcome::{EditOutcome, GeneratedImage};
 pub use request_id::RequestId;
 pub use routes::EDITS_PATH;

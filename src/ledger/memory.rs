@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo};
+use super::{
+    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
+    Settlement,
+};
 use crate::auth::UserId;
 use crate::gateway::unix_now;
 
@@ -18,6 +21,8 @@ pub struct MemoryLedger {
 struct State {
     accounts: HashMap<UserId, Balance>,
     holds: HashMap<HoldId, OpenHold>,
+    /// Every hold that ended; an expired one keeps what a late settle needs.
+    ended: HashMap<HoldId, Option<OpenHold>>,
     references: HashSet<(UserId, String)>,
     journal: Vec<JournalEntry>,
 }
@@ -88,9 +93,44 @@ impl State {
         balance.charged += charge.get();
         balance.available += hold.amount.signed() - charge.signed();
         let entry = self.record(&hold.account, kind, charge.signed(), Some(id));
-        entry.memo = Some(hold.memo);
+        entry.memo = Some(hold.memo.clone());
         entry.units_returned = units;
+        let kept = (kind == EntryKind::Expire).then_some(hold);
+        self.ended.insert(id, kept);
         Ok(true)
+    }
+
+    /// Charges an expired hold's `charge` from the available balance, once.
+    fn settle_late(
+        &mut self,
+        id: HoldId,
+        charge: Amount,
+        units: u32,
+    ) -> Result<Settlement, LedgerError> {
+        let Some(ended) = self.ended.get_mut(&id) else {
+            return Err(LedgerError::UnknownHold);
+        };
+        let Some(hold) = ended.as_ref() else {
+            return Ok(Settlement::AlreadyEnded);
+        };
+        if charge > hold.amount {
+            return Err(LedgerError::ChargeExceedsHold);
+        }
+        let Some(hold) = ended.take() else {
+            return Ok(Settlement::AlreadyEnded);
+        };
+        let balance = self.accounts.entry(hold.account.clone()).or_default();
+        balance.charged += charge.get();
+        balance.available -= charge.signed();
+        let entry = self.record(
+            &hold.account,
+            EntryKind::LateSettle,
+            charge.signed(),
+            Some(id),
+        );
+        entry.memo = Some(hold.memo);
+        entry.units_returned = Some(units);
+        Ok(Settlement::AfterExpiry)
     }
 }
 
@@ -114,7 +154,7 @@ impl Ledger for MemoryLedger {
         balance.available -= amount.signed();
         balance.held += amount.get();
         let id = HoldId::new();
-        let expires_at = unix_now() + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let expires_at = deadline(unix_now(), ttl);
         state.holds.insert(
             id,
             OpenHold {
@@ -139,16 +179,40 @@ impl Ledger for MemoryLedger {
         hold: HoldId,
         charge: Amount,
         units_returned: u32,
-    ) -> Result<(), LedgerError> {
-        self.state()
-            .end(hold, charge, Some(units_returned), EntryKind::Settle)
-            .map(drop)
+    ) -> Result<Settlement, LedgerError> {
+        let mut state = self.state();
+        if state.end(hold, charge, Some(units_returned), EntryKind::Settle)? {
+            return Ok(Settlement::Settled);
+        }
+        state.settle_late(hold, charge, units_returned)
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
-        self.state()
-            .end(hold, Amount::ZERO, None, EntryKind::Release)
-            .map(drop)
+        let mut state = self.state();
+        if state.end(hold, Amount::ZERO, None, EntryKind::Release)? {
+            return Ok(());
+        }
+        // An expired hold released: nothing was delivered, so no late settle may charge it.
+        match state.ended.get_mut(&hold) {
+            Some(expired) => {
+                *expired = None;
+                Ok(())
+            }
+            None => Err(LedgerError::UnknownHold),
+        }
+    }
+
+    async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
+        let mut state = self.state();
+        if let Some(open) = state.holds.get_mut(&hold) {
+            open.expires_at = deadline(unix_now(), ttl);
+            return Ok(true);
+        }
+        if state.ended.contains_key(&hold) {
+            Ok(false)
+        } else {
+            Err(LedgerError::UnknownHold)
+        }
     }
 
     async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {

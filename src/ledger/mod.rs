@@ -7,9 +7,16 @@
 //!   reservation are one atomic step, so two concurrent holds can never overdraw.
 //! - [`Ledger::settle`] charges at most what was held and frees the rest;
 //!   [`Ledger::release`] frees all. Both are idempotent: on a hold that already ended they
-//!   change nothing and succeed.
+//!   change nothing and succeed ([`Settlement::AlreadyEnded`]). A hold id the ledger never
+//!   issued is [`LedgerError::UnknownHold`].
 //! - A hold not ended by its deadline is released by [`Ledger::expire`], which the gateway
-//!   runs at start and periodically, so money held by a process that died comes back.
+//!   runs at start and periodically, so money held by a process that died comes back. A
+//!   live request pushes its deadline out with [`Ledger::renew`], so a hold never expires
+//!   under a request that is still working.
+//! - Settling a hold that expired still charges: the charge is taken from the available
+//!   balance, which may go negative (the account is then refused with `OUTSTANDING_DEBT`
+//!   until it is paid), and the answer is [`Settlement::AfterExpiry`], which the caller
+//!   logs. Images a backend returned are never free because a deadline passed.
 //! - Conservation: for every account, `deposits = available + held + charged` at every moment.
 //! - Amounts are integers in the smallest currency unit; nothing here is a float.
 //! - Every movement is appended to a journal; nothing in it is ever rewritten.
@@ -28,6 +35,12 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub use memory::MemoryLedger;
+
+/// Unix seconds `ttl` after `now`, rounded up to the next second.
+pub(crate) fn deadline(now: u64, ttl: Duration) -> u64 {
+    now.saturating_add(ttl.as_secs())
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
+}
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteLedger};
 
@@ -162,6 +175,8 @@ pub enum EntryKind {
     Release,
     /// A hold past its deadline released by the sweep.
     Expire,
+    /// A charge for a hold that had expired, taken from the available balance.
+    LateSettle,
 }
 
 impl EntryKind {
@@ -173,6 +188,7 @@ impl EntryKind {
             EntryKind::Settle => "settle",
             EntryKind::Release => "release",
             EntryKind::Expire => "expire",
+            EntryKind::LateSettle => "late_settle",
         }
     }
 
@@ -184,6 +200,7 @@ impl EntryKind {
             EntryKind::Settle,
             EntryKind::Release,
             EntryKind::Expire,
+            EntryKind::LateSettle,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -224,6 +241,8 @@ pub enum LedgerError {
     OutstandingDebt,
     /// A settle asked to charge more than was held.
     ChargeExceedsHold,
+    /// The hold id was never issued by this ledger.
+    UnknownHold,
     /// The ledger's storage failed.
     Storage(BoxError),
 }
@@ -234,6 +253,7 @@ impl fmt::Display for LedgerError {
             LedgerError::InsufficientBalance => f.write_str("insufficient balance"),
             LedgerError::OutstandingDebt => f.write_str("outstanding debt"),
             LedgerError::ChargeExceedsHold => f.write_str("charge exceeds the hold"),
+            LedgerError::UnknownHold => f.write_str("no such hold"),
             LedgerError::Storage(e) => write!(f, "ledger storage failed: {e}"),
         }
     }
@@ -254,6 +274,19 @@ impl From<LedgerError> for crate::GatewayError {
     }
 }
 
+/// How a [`Ledger::settle`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// The open hold was charged; the rest was freed.
+    Settled,
+    /// The hold had already been settled or released: nothing changed.
+    AlreadyEnded,
+    /// The hold had expired (its money was already freed); the charge was taken from the
+    /// available balance, possibly into debt. The caller logs it: a hold outlived by its
+    /// request means the TTL or the renewal was too short.
+    AfterExpiry,
+}
+
 /// Holds, settles and releases money per account. See the module docs for the contract.
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
@@ -267,16 +300,21 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Hold, LedgerError>;
 
     /// Ends an open hold charging `charge` (at most the held amount) for `units_returned`
-    /// images, and frees the rest. On an ended hold: nothing changes, `Ok`.
+    /// images, and frees the rest. On a settled or released hold: nothing changes. On an
+    /// expired hold: charges `charge` from the available balance, once.
     async fn settle(
         &self,
         hold: HoldId,
         charge: Amount,
         units_returned: u32,
-    ) -> Result<(), LedgerError>;
+    ) -> Result<Settlement, LedgerError>;
 
     /// Ends an open hold charging nothing. On an ended hold: nothing changes, `Ok`.
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError>;
+
+    /// Moves an open hold's deadline to `ttl` from now. `false` when the hold is no longer
+    /// open (ended or expired); nothing changes then.
+    async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError>;
 
     /// The account's balance (all zero for an account never seen).
     async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError>;

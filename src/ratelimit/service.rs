@@ -11,6 +11,7 @@ use tower_service::Service;
 use super::layer::Limits;
 use crate::auth::{Principal, UserId};
 use crate::future::ResponseFuture;
+use crate::lease::Leases;
 use crate::GatewayError;
 
 /// Refuses callers over their rate or in-flight limit with `429`.
@@ -96,6 +97,7 @@ where
         let inner = self.inner.clone();
         let limits = self.limits.clone();
         ResponseFuture::new(async move {
+            let mut req = req;
             let Ok(principal) = Principal::of_request(req.extensions()) else {
                 return inner.oneshot(req).await;
             };
@@ -103,12 +105,16 @@ where
             if let Err(wait) = limits.check_rate(user) {
                 return Ok(GatewayError::RateLimitExceeded { retry_after: wait }.into_response());
             }
-            let Some(_slot) = limits.enter(user) else {
+            let Some(slot) = limits.enter(user) else {
                 return Ok(GatewayError::RateLimitExceeded {
                     retry_after: Duration::from_secs(1),
                 }
                 .into_response());
             };
+            // Held here for the request and, through its lease, by billing for as long as
+            // the edit's work runs, which can be longer than the client stays.
+            let slot = Arc::new(slot);
+            Leases::add_to(req.extensions_mut(), slot.clone());
             inner.oneshot(req).await
         })
     }

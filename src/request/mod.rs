@@ -52,6 +52,7 @@ pub use service::Normalize;
 pub use sniff::{ImageKind, SNIFF_LEN};
 
 use crate::auth::Principal;
+use crate::lease::Leases;
 use crate::source::GenerationId;
 use crate::store::FileKey;
 
@@ -69,6 +70,8 @@ pub struct EditRequest {
     pub request_id: String,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency_key: Option<String>,
+    /// What must stay taken until the edit's work ends (the caller's in-flight slot).
+    pub leases: Leases,
 }
 
 impl EditRequest {

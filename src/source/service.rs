@@ -69,6 +69,7 @@ where
             let mut job = EditJob::new(req.principal, images, req.params);
             job.source_keys = keys;
             job.request_id = req.request_id;
+            job.leases = req.leases;
             inner.oneshot(job).await
         })
     }

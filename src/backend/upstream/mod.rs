@@ -207,6 +207,11 @@ fn image_part(source: &SourceImage, index: usize) -> Part {
 
 #[async_trait]
 impl ImageBackend for UpstreamBackend {
+    /// A dropped call closes its connection: the upstream stops answering it.
+    fn cancellable(&self) -> bool {
+        true
+    }
+
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
         let mut retried = false;
         let response = loop {

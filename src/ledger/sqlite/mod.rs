@@ -6,7 +6,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
-use super::{Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo};
+use super::{
+    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
+    Settlement,
+};
 use crate::auth::UserId;
 use crate::gateway::unix_now;
 
@@ -139,11 +142,47 @@ fn end_hold(
     tx.execute("DELETE FROM holds WHERE id = ?1", params![id.to_string()])
         .map_err(storage)?;
     tx.execute(
+        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id.to_string(),
+            account,
+            amount,
+            request_id,
+            model,
+            units,
+            kind == EntryKind::Expire
+        ],
+    )
+    .map_err(storage)?;
+    tx.execute(
         "UPDATE accounts SET held = held - ?2, charged = charged + ?3,
                 available = available + ?2 - ?3 WHERE account = ?1",
         params![account, amount, charge.signed()],
     )
     .map_err(storage)?;
+    journal_end(
+        tx,
+        &account,
+        kind,
+        charge,
+        id,
+        (&request_id, &model, units),
+        units_returned,
+    )?;
+    Ok(true)
+}
+
+/// Appends the journal entry of a hold's end.
+fn journal_end(
+    tx: &rusqlite::Transaction<'_>,
+    account: &str,
+    kind: EntryKind,
+    charge: Amount,
+    id: HoldId,
+    (request_id, model, units): (&str, &str, i64),
+    units_returned: Option<u32>,
+) -> Result<(), LedgerError> {
     tx.execute(
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
                               units_returned, at)
@@ -161,7 +200,78 @@ fn end_hold(
         ],
     )
     .map_err(storage)?;
-    Ok(true)
+    Ok(())
+}
+
+/// Settles a hold that is no longer open: charges an expired one from the available
+/// balance, once; changes nothing for one that was settled or released.
+fn settle_ended(
+    tx: &rusqlite::Transaction<'_>,
+    id: HoldId,
+    charge: Amount,
+    units_returned: u32,
+) -> Result<Settlement, LedgerError> {
+    let ended = tx
+        .query_row(
+            "SELECT account, amount, request_id, model, units, expired FROM ended_holds
+             WHERE id = ?1",
+            params![id.to_string()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(storage)?;
+    let Some((account, amount, request_id, model, units, expired)) = ended else {
+        return Err(LedgerError::UnknownHold);
+    };
+    if !expired {
+        return Ok(Settlement::AlreadyEnded);
+    }
+    if charge.signed() > amount {
+        return Err(LedgerError::ChargeExceedsHold);
+    }
+    tx.execute(
+        "UPDATE ended_holds SET expired = 0 WHERE id = ?1",
+        params![id.to_string()],
+    )
+    .map_err(storage)?;
+    tx.execute(
+        "UPDATE accounts SET charged = charged + ?2, available = available - ?2
+         WHERE account = ?1",
+        params![account, charge.signed()],
+    )
+    .map_err(storage)?;
+    let memo = (request_id.as_str(), model.as_str(), units);
+    journal_end(
+        tx,
+        &account,
+        EntryKind::LateSettle,
+        charge,
+        id,
+        memo,
+        Some(units_returned),
+    )?;
+    Ok(Settlement::AfterExpiry)
+}
+
+/// Whether `id` is a hold that ended (settled, released or expired).
+fn has_ended(tx: &rusqlite::Transaction<'_>, id: HoldId) -> Result<bool, LedgerError> {
+    tx.query_row(
+        "SELECT 1 FROM ended_holds WHERE id = ?1",
+        params![id.to_string()],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|row| row.is_some())
+    .map_err(storage)
 }
 
 #[async_trait]
@@ -197,7 +307,7 @@ impl Ledger for SqliteLedger {
             .map_err(storage)?;
             let id = HoldId::new();
             let now = unix_now();
-            let expires_at = now + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            let expires_at = deadline(now, ttl);
             tx.execute(
                 "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -240,16 +350,51 @@ impl Ledger for SqliteLedger {
         hold: HoldId,
         charge: Amount,
         units_returned: u32,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Settlement, LedgerError> {
         self.transaction(move |tx| {
-            end_hold(tx, hold, charge, Some(units_returned), EntryKind::Settle).map(drop)
+            if end_hold(tx, hold, charge, Some(units_returned), EntryKind::Settle)? {
+                return Ok(Settlement::Settled);
+            }
+            settle_ended(tx, hold, charge, units_returned)
         })
         .await
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
         self.transaction(move |tx| {
-            end_hold(tx, hold, Amount::ZERO, None, EntryKind::Release).map(drop)
+            if end_hold(tx, hold, Amount::ZERO, None, EntryKind::Release)? {
+                return Ok(());
+            }
+            // An expired hold released: nothing was delivered, so no late settle may charge it.
+            let closed = tx
+                .execute(
+                    "UPDATE ended_holds SET expired = 0 WHERE id = ?1",
+                    params![hold.to_string()],
+                )
+                .map_err(storage)?;
+            if closed == 0 {
+                return Err(LedgerError::UnknownHold);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
+        self.transaction(move |tx| {
+            let renewed = tx
+                .execute(
+                    "UPDATE holds SET expires_at = ?2 WHERE id = ?1",
+                    params![hold.to_string(), deadline(unix_now(), ttl) as i64],
+                )
+                .map_err(storage)?;
+            if renewed > 0 {
+                Ok(true)
+            } else if has_ended(tx, hold)? {
+                Ok(false)
+            } else {
+                Err(LedgerError::UnknownHold)
+            }
         })
         .await
     }

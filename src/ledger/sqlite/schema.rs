@@ -47,6 +47,16 @@ CREATE TABLE IF NOT EXISTS journal (
     units_returned INTEGER,
     at             INTEGER NOT NULL
 );
+-- Holds that ended; an expired one (expired = 1) is what a late settle charges, once.
+CREATE TABLE IF NOT EXISTS ended_holds (
+    id         TEXT PRIMARY KEY,
+    account    TEXT NOT NULL,
+    amount     INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    units      INTEGER NOT NULL,
+    expired    INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS journal_account ON journal (account, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, reference)
     WHERE kind = 'deposit';

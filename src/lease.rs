@@ -1,0 +1,40 @@
+//! Leases: what must live as long as a request's work, not as long as its connection.
+//!
+//! Once billing has taken a hold, the backend's work runs to its end (or is cancelled)
+//! whatever the client's socket does. Anything bounded per caller (the in-flight slot of
+//! [`RateLimitLayer`](crate::ratelimit::RateLimitLayer)) must stay taken until then, or a
+//! client that hangs up early gets its slot back while its render still runs. An outer
+//! layer puts its lease in the request's extensions; normalization carries the leases into
+//! the [`EditRequest`](crate::request::EditRequest), and billing keeps them until the work
+//! has ended.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+/// The leases a request's work keeps; each is given back when its last clone drops.
+#[derive(Clone, Default)]
+pub struct Leases(Vec<Arc<dyn Any + Send + Sync>>);
+
+impl Leases {
+    /// Adds `lease`, kept until the request's work ends.
+    pub fn push(&mut self, lease: Arc<dyn Any + Send + Sync>) {
+        self.0.push(lease);
+    }
+
+    /// The leases an outer layer put in a request's extensions (none when there are none).
+    pub fn of_request(extensions: &http::Extensions) -> Leases {
+        extensions.get::<Leases>().cloned().unwrap_or_default()
+    }
+
+    /// Adds `lease` to the leases in `extensions`.
+    pub fn add_to(extensions: &mut http::Extensions, lease: Arc<dyn Any + Send + Sync>) {
+        extensions.get_or_insert_default::<Leases>().push(lease);
+    }
+}
+
+impl fmt::Debug for Leases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Leases({})", self.0.len())
+    }
+}

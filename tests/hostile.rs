@@ -1,0 +1,218 @@
+//! Hostile clients against the real server on 127.0.0.1: disconnects timed across the
+//! billed window, holds outlived by their request, abandoned renders. After each attack the
+//! money rules must hold: every image that is reachable was charged, nothing else was, and
+//! `deposits = available + held + charged`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use image_gateway::backend::ReferenceBackend;
+use image_gateway::catalog::ModelSpec;
+use image_gateway::ledger::{EntryKind, Ledger, SqliteLedger};
+use image_gateway::ratelimit::RateLimitLayer;
+use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::Gateway;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const PRICE: u64 = 10;
+
+fn alice() -> image_gateway::auth::UserId {
+    image_gateway::auth::UserId::new("alice").unwrap()
+}
+
+/// A gateway on the durable stores (local files, SQLite records and ledger).
+fn durable(
+    dir: &std::path::Path,
+    backend: ReferenceBackend,
+) -> (image_gateway::gateway::GatewayBuilder, Arc<dyn Ledger>) {
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
+    let builder = Gateway::builder()
+        .keys(keys())
+        .backend(backend)
+        .store(LocalFileStore::open(dir).unwrap())
+        .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
+        .shared_ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE));
+    (builder, ledger)
+}
+
+/// Sends a JSON edit on a raw socket and hangs up after `after`, answer or not.
+async fn edit_then_hang_up(server: &TestServer, json: String, after: Duration) {
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        json.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(json.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(socket);
+}
+
+/// Every key of alice's files, walking all pages.
+async fn all_files(server: &TestServer) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() {
+            "/api/v1/files?limit=100".to_owned()
+        } else {
+            format!("/api/v1/files?limit=100&after={after}")
+        };
+        let page = server.call(Method::GET, &path, ALICE_KEY).await.json();
+        for file in page["data"].as_array().unwrap() {
+            keys.push(file["key"].as_str().unwrap().to_owned());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return keys,
+        }
+    }
+}
+
+/// Waits until nothing is held and the output files stop changing.
+async fn settled(server: &TestServer, ledger: &dyn Ledger) -> Vec<String> {
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ledger.balance(&alice()).await.unwrap().held > 0 {
+            continue;
+        }
+        let outputs: Vec<String> = all_files(server)
+            .await
+            .into_iter()
+            .filter(|k| k.contains("_generation."))
+            .collect();
+        if outputs == last {
+            return outputs;
+        }
+        last = outputs;
+    }
+    let b = ledger.balance(&alice()).await.unwrap();
+    panic!("the gateway never went quiet: {b:?}, {} outputs", last.len());
+}
+
+async fn assert_conserved(ledger: &dyn Ledger) {
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        b.deposited,
+        b.available + b.held as i64 + b.charged as i64,
+        "{b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged() {
+    let dir = temp_dir("settle-window");
+    let backend = ReferenceBackend::new().latency(Duration::from_millis(15));
+    let (builder, ledger) = durable(&dir, backend);
+    let server = TestServer::start(builder.build()).await;
+    ledger.deposit(&alice(), 1_000_000, "opening").await.unwrap();
+    let key = server.upload(ALICE_KEY, &[("src.png", &png(32, 32))]).await.uploaded_keys()[0].clone();
+
+    // 120 edits, each cut off at a different moment from 0 to 60 ms: before the backend,
+    // while it works, between its answer and the settle, while outputs are stored, after.
+    let mut attacks = Vec::new();
+    for i in 0..120u64 {
+        let json = format!(
+            r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":{}}}"#,
+            1 + i % 3
+        );
+        let server = TestServer::at(server.addr);
+        attacks.push(tokio::spawn(async move {
+            edit_then_hang_up(&server, json, Duration::from_micros(500 * i)).await;
+        }));
+        if attacks.len() == 12 {
+            for attack in attacks.drain(..) {
+                attack.await.unwrap();
+            }
+        }
+    }
+    for attack in attacks {
+        attack.await.unwrap();
+    }
+    let outputs = settled(&server, &*ledger).await;
+    let balance = ledger.balance(&alice()).await.unwrap();
+    assert!(!outputs.is_empty(), "no edit got through: the attack proved nothing");
+    assert_eq!(
+        balance.charged,
+        PRICE * outputs.len() as u64,
+        "{} output files reachable, {} charged",
+        outputs.len(),
+        balance.charged
+    );
+    // Each reachable output is also fetchable, and its generation chains.
+    let first = outputs[0].clone();
+    let fetched = server
+        .call(Method::GET, &format!("/api/v1/files/{first}"), ALICE_KEY)
+        .await;
+    assert_eq!(fetched.status, 200);
+    assert_conserved(&*ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_ttl_shorter_than_the_backend_is_renewed_and_charged() {
+    let dir = temp_dir("short-ttl");
+    // The backend takes 5 s; holds live 2 s; the expiry sweep runs every second.
+    let backend = ReferenceBackend::new().latency(Duration::from_secs(5));
+    let (builder, ledger) = durable(&dir, backend);
+    let server = TestServer::start(builder.hold_ttl(Duration::from_secs(2)).build()).await;
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let edits = (0..3).map(|_| {
+        let server = TestServer::at(server.addr);
+        tokio::spawn(async move {
+            let form = Form::new()
+                .file("image", "a.png", "image/png", &png(8, 8))
+                .text("model", "gpt-image-2")
+                .text("prompt", "p")
+                .text("n", "2");
+            server.edit_form(ALICE_KEY, form).await
+        })
+    });
+    for edit in edits.collect::<Vec<_>>() {
+        let reply = edit.await.unwrap();
+        assert_eq!(reply.images().len(), 2, "{}", String::from_utf8_lossy(&reply.body));
+    }
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.charged, b.held), (3 * 2 * PRICE, 0));
+    let journal = ledger.journal(&alice(), None, 100).await.unwrap();
+    assert!(
+        journal.iter().all(|e| e.kind != EntryKind::Expire),
+        "a live request's hold expired: {journal:?}"
+    );
+    assert_conserved(&*ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_render_keeps_its_slot_and_is_charged() {
+    let dir = temp_dir("abandoned");
+    let backend = ReferenceBackend::new()
+        .latency(Duration::from_millis(800))
+        .max_renders(1);
+    let (builder, ledger) = durable(&dir, backend);
+    let limits = RateLimitLayer::new().max_in_flight(1);
+    let server = TestServer::start(builder.rate_limit(limits).build()).await;
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let key = server.upload(ALICE_KEY, &[("src.png", &png(64, 64))]).await.uploaded_keys()[0].clone();
+    let json = format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":3}}"#);
+
+    // The client leaves 100 ms into an 800 ms render.
+    edit_then_hang_up(&server, json.clone(), Duration::from_millis(100)).await;
+    // Its slot is still taken while the render runs: a second edit is refused.
+    let refused = server.edit_json(ALICE_KEY, &json).await;
+    assert_eq!(refused.error().0, 429, "the abandoned render's slot was given back early");
+    // The abandoned render is charged, and its outputs are listed under alice's files.
+    let outputs = settled(&server, &*ledger).await;
+    assert_eq!(outputs.len(), 3);
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.charged, b.held), (3 * PRICE, 0));
+    // And once it has ended, the slot is free again.
+    let reply = server.edit_json(ALICE_KEY, &json).await;
+    assert_eq!(reply.images().len(), 3);
+    assert_conserved(&*ledger).await;
+}

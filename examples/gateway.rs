@@ -17,6 +17,7 @@
 //! - `GATEWAY_HOLD_TTL_SECS`: how long a hold outlives a crashed process (default 600).
 //! - `GATEWAY_REFERENCE_LATENCY_MS`: simulated model latency of the reference backend
 //!   (default 0).
+//! - `GATEWAY_MAX_RENDERS`: reference renders at once, process-wide (default: one per core).
 //! - `GATEWAY_UPSTREAM_URL`: forward edits to this OpenAI-compatible API (e.g.
 //!   `https://api.openai.com`) instead of the reference backend.
 //! - `GATEWAY_UPSTREAM_KEY`: the upstream's API key.
@@ -73,6 +74,7 @@ struct Config {
     admin_key: Option<String>,
     hold_ttl: Duration,
     latency: Duration,
+    max_renders: u64,
     upstream: Option<(String, Option<String>, Option<String>)>,
     rate_limit: RateLimitLayer,
 }
@@ -105,6 +107,7 @@ impl Config {
                 None => 600,
             }),
             latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
+            max_renders: integer("GATEWAY_MAX_RENDERS")?,
             rate_limit: {
                 let mut limits = RateLimitLayer::new();
                 if let Some(rpm) = NonZeroU32::new(integer("GATEWAY_RATE_LIMIT")?.try_into()?) {
@@ -213,7 +216,11 @@ async fn shutdown_signal() {
 /// The upstream model API when one is configured, else the model-free reference backend.
 fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
     let Some((url, key, model)) = &config.upstream else {
-        return Ok(Arc::new(ReferenceBackend::new().latency(config.latency)));
+        let mut reference = ReferenceBackend::new().latency(config.latency);
+        if config.max_renders > 0 {
+            reference = reference.max_renders(config.max_renders.try_into()?);
+        }
+        return Ok(Arc::new(reference));
     };
     let mut upstream = UpstreamBackend::builder(url.clone());
     if let Some(key) = key {

@@ -3,89 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::example::{example_binary, Example};
 use common::*;
 use http::Method;
-
-/// Builds the example and returns its executable.
-fn example_binary() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--example", "gateway", "--message-format=json"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo build runs");
-    assert!(out.status.success(), "building the example failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == "gateway")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .expect("the example's executable path")
-}
-
-struct Example {
-    child: Child,
-}
-
-impl Example {
-    fn start(binary: &Path, data: &Path, port: u16, latency_ms: u64) -> Example {
-        let mut child = Command::new(binary)
-            .env("GATEWAY_ADDR", format!("127.0.0.1:{port}"))
-            .env("GATEWAY_DATA_DIR", data)
-            .env("GATEWAY_API_KEYS", format!("alice:{ALICE_KEY}"))
-            .env("GATEWAY_DEMO_BALANCE", "100")
-            .env("GATEWAY_PRICE_PER_IMAGE", "10")
-            .env("GATEWAY_HOLD_TTL_SECS", "2")
-            .env("GATEWAY_REFERENCE_LATENCY_MS", latency_ms.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the example starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("the example printed its address")
-                .unwrap();
-            if line.contains("listening on") {
-                break;
-            }
-        }
-        // Keep draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Example { child }
-    }
-
-    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
-    fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        self.child.wait().unwrap().success()
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn balance(addr: std::net::SocketAddr) -> (i64, u64) {
     let req = http::Request::get("/api/v1/balance")

@@ -94,7 +94,10 @@ async fn settled(server: &TestServer, ledger: &dyn Ledger) -> Vec<String> {
         last = outputs;
     }
     let b = ledger.balance(&alice()).await.unwrap();
-    panic!("the gateway never went quiet: {b:?}, {} outputs", last.len());
+    panic!(
+        "the gateway never went quiet: {b:?}, {} outputs",
+        last.len()
+    );
 }
 
 async fn assert_conserved(ledger: &dyn Ledger) {
@@ -112,8 +115,15 @@ async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged() {
     let backend = ReferenceBackend::new().latency(Duration::from_millis(15));
     let (builder, ledger) = durable(&dir, backend);
     let server = TestServer::start(builder.build()).await;
-    ledger.deposit(&alice(), 1_000_000, "opening").await.unwrap();
-    let key = server.upload(ALICE_KEY, &[("src.png", &png(32, 32))]).await.uploaded_keys()[0].clone();
+    ledger
+        .deposit(&alice(), 1_000_000, "opening")
+        .await
+        .unwrap();
+    let key = server
+        .upload(ALICE_KEY, &[("src.png", &png(32, 32))])
+        .await
+        .uploaded_keys()[0]
+        .clone();
 
     // 120 edits, each cut off at a different moment from 0 to 60 ms: before the backend,
     // while it works, between its answer and the settle, while outputs are stored, after.
@@ -138,7 +148,10 @@ async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged() {
     }
     let outputs = settled(&server, &*ledger).await;
     let balance = ledger.balance(&alice()).await.unwrap();
-    assert!(!outputs.is_empty(), "no edit got through: the attack proved nothing");
+    assert!(
+        !outputs.is_empty(),
+        "no edit got through: the attack proved nothing"
+    );
     assert_eq!(
         balance.charged,
         PRICE * outputs.len() as u64,
@@ -176,7 +189,12 @@ async fn a_hold_ttl_shorter_than_the_backend_is_renewed_and_charged() {
     });
     for edit in edits.collect::<Vec<_>>() {
         let reply = edit.await.unwrap();
-        assert_eq!(reply.images().len(), 2, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.images().len(),
+            2,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
     }
     let b = ledger.balance(&alice()).await.unwrap();
     assert_eq!((b.charged, b.held), (3 * 2 * PRICE, 0));
@@ -198,14 +216,22 @@ async fn an_abandoned_render_keeps_its_slot_and_is_charged() {
     let limits = RateLimitLayer::new().max_in_flight(1);
     let server = TestServer::start(builder.rate_limit(limits).build()).await;
     ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
-    let key = server.upload(ALICE_KEY, &[("src.png", &png(64, 64))]).await.uploaded_keys()[0].clone();
+    let key = server
+        .upload(ALICE_KEY, &[("src.png", &png(64, 64))])
+        .await
+        .uploaded_keys()[0]
+        .clone();
     let json = format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":3}}"#);
 
     // The client leaves 100 ms into an 800 ms render.
     edit_then_hang_up(&server, json.clone(), Duration::from_millis(100)).await;
     // Its slot is still taken while the render runs: a second edit is refused.
     let refused = server.edit_json(ALICE_KEY, &json).await;
-    assert_eq!(refused.error().0, 429, "the abandoned render's slot was given back early");
+    assert_eq!(
+        refused.error().0,
+        429,
+        "the abandoned render's slot was given back early"
+    );
     // The abandoned render is charged, and its outputs are listed under alice's files.
     let outputs = settled(&server, &*ledger).await;
     assert_eq!(outputs.len(), 3);

@@ -1,0 +1,158 @@
+//! Decoder bombs against the example server as its own process, its peak resident memory
+//! read from `/proc`: inflating ancillary chunks (`iCCP`, `zTXt`, `iTXt`, each 1 GiB
+//! inflated), a 4096 x 4096 16-bit source, a header claiming 65535 x 65535 pixels, and
+//! the largest legitimate source, eight at a time. The gateway must answer each one
+//! (rendered, or `400`), and its peak memory must stay inside the documented bound.
+
+mod common;
+
+use std::io::Write;
+
+use bytes::Bytes;
+use common::example::{example_binary, Example};
+use common::*;
+use flate2::write::ZlibEncoder;
+use flate2::Compression;
+
+/// What the server may reach at its peak while under this test's load: 2 renders (one per
+/// core) of at most 64 MiB of pixels each, eight bodies of a few MB, and the process's own
+/// base. The bombs took 950 MB each before their chunks were dropped.
+const PEAK_BOUND: u64 = 320 * 1024 * 1024;
+
+/// `bytes` zeros, zlib-compressed.
+fn zlib_zeros(bytes: usize) -> Vec<u8> {
+    let mut encoder = ZlibEncoder::new(Vec::new(), Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        encoder.write_all(&zeros[..n]).unwrap();
+        left -= n;
+    }
+    encoder.finish().unwrap()
+}
+
+fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+}
+
+/// A PNG of `width` x `height` (colour type 6, RGBA) at `depth` bits, all zeros, with the
+/// ancillary chunks `extra` before its pixels.
+fn png_of(width: u32, height: u32, depth: u8, extra: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, 6, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    for (kind, data) in extra {
+        chunk(&mut out, kind, data);
+    }
+    let row = 1 + width as usize * 4 * usize::from(depth / 8);
+    let pixels = if u64::from(width) * u64::from(height) > 1 << 28 {
+        // A header that lies: a few rows are enough to be refused.
+        zlib_zeros(row * 4)
+    } else {
+        zlib_zeros(row * height as usize)
+    };
+    chunk(&mut out, b"IDAT", &pixels);
+    chunk(&mut out, b"IEND", b"");
+    out
+}
+
+fn edit_of(image: &[u8]) -> Form {
+    Form::new()
+        .file("image", "bomb.png", "image/png", image)
+        .text("model", "gpt-image-2")
+        .text("prompt", "p")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoder_bombs_are_answered_within_the_memory_bound() {
+    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let corpus = tokio::task::spawn_blocking(|| {
+        let gib = zlib_zeros(1 << 30);
+        let iccp = [b"x\0\0".as_slice(), &gib].concat();
+        let ztxt = [b"k\0\0".as_slice(), &gib].concat();
+        let itxt = [b"k\0\x01\0\0\0".as_slice(), &gib].concat();
+        let corpus: Vec<(&'static str, Bytes, u16)> = vec![
+            (
+                "iCCP 1 GiB",
+                png_of(64, 64, 8, &[(b"iCCP", iccp)]).into(),
+                200,
+            ),
+            (
+                "zTXt 1 GiB",
+                png_of(64, 64, 8, &[(b"zTXt", ztxt)]).into(),
+                200,
+            ),
+            (
+                "iTXt 1 GiB",
+                png_of(64, 64, 8, &[(b"iTXt", itxt)]).into(),
+                200,
+            ),
+            ("4096x4096 16-bit", png_of(4096, 4096, 16, &[]).into(), 400),
+            (
+                "65535x65535 header",
+                png_of(65535, 65535, 8, &[]).into(),
+                400,
+            ),
+            ("3840x2160 RGBA", png_of(3840, 2160, 8, &[]).into(), 200),
+        ];
+        corpus
+    })
+    .await
+    .unwrap();
+    let data = temp_dir("bombs");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Example::start_with(
+        &binary,
+        &data,
+        port,
+        &[
+            ("GATEWAY_MAX_RENDERS", "2"),
+            ("GATEWAY_PRICE_PER_IMAGE", "0"),
+        ],
+    );
+    let at_rest = server.peak_rss();
+
+    for (name, image, status) in &corpus {
+        let edits: Vec<_> = (0..8)
+            .map(|_| {
+                let (image, client) = (image.clone(), TestServer::at(addr));
+                tokio::spawn(async move { client.edit_form(ALICE_KEY, edit_of(&image)).await })
+            })
+            .collect();
+        for edit in edits {
+            let reply = edit.await.unwrap();
+            assert_eq!(
+                reply.status.as_u16(),
+                *status,
+                "{name}: {}",
+                String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)])
+            );
+            if *status == 400 {
+                assert_eq!(reply.error().2.as_deref(), Some("image"), "{name}");
+            }
+        }
+        let peak = server.peak_rss();
+        println!(
+            "{name} ({} bytes) x 8: peak RSS {} MiB (at rest {} MiB)",
+            image.len(),
+            peak >> 20,
+            at_rest >> 20
+        );
+        assert!(
+            peak < PEAK_BOUND,
+            "{name}: peak RSS {} MiB over the bound",
+            peak >> 20
+        );
+    }
+}

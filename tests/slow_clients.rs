@@ -115,19 +115,57 @@ async fn a_trickled_body_is_answered_408() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_for_a_free_slot() {
-    let server = TestServer::start_with(Gateway::builder().keys(keys()).build(), options(2)).await;
-    // Two silent connections take both slots until the header deadline closes them.
-    let _a = TcpStream::connect(server.addr).await.unwrap();
-    let _b = TcpStream::connect(server.addr).await.unwrap();
+async fn at_the_cap_an_idle_connection_is_closed_to_make_room() {
+    let mut options = options(2);
+    // Long enough that only eviction can free a slot within the test.
+    options.header_read_timeout = Duration::from_secs(60);
+    let server = TestServer::start_with(Gateway::builder().keys(keys()).build(), options).await;
+    let mut a = TcpStream::connect(server.addr).await.unwrap();
+    let mut b = TcpStream::connect(server.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    let reply = server.edit_form(ALICE_KEY, edit()).await;
-    assert_eq!(reply.images().len(), 1, "served once a slot was free");
+    let reply = tokio::time::timeout(Duration::from_secs(10), server.edit_form(ALICE_KEY, edit()))
+        .await
+        .expect("a silent connection was closed to make room");
+    assert_eq!(reply.images().len(), 1);
+    let mut buf = [0u8; 16];
+    let mut closed = 0;
+    for socket in [&mut a, &mut b] {
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no silent connection was closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_busy_a_new_one_waits_its_turn() {
+    let backend =
+        image_gateway::backend::ReferenceBackend::new().latency(Duration::from_millis(600));
+    let gateway = Gateway::builder().keys(keys()).backend(backend).build();
+    let server = TestServer::start_with(gateway, options(2)).await;
+    let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+    for name in ["busy", "busy", "late"] {
+        let (client, done) = (TestServer::at(server.addr), done.clone());
+        tokio::spawn(async move {
+            let reply = client.edit_form(ALICE_KEY, edit()).await;
+            done.send((name, reply.images().len())).unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let next = tokio::time::timeout(Duration::from_secs(30), order.recv()).await;
+        finished.push(next.expect("every client is answered").unwrap());
+    }
     assert!(
-        started.elapsed() >= Duration::from_millis(700),
-        "it waited for a slot: {:?}",
-        started.elapsed()
+        finished.iter().all(|(_, images)| *images == 1),
+        "{finished:?}"
+    );
+    assert_eq!(
+        finished[0].0, "busy",
+        "the late one was served before a slot was free"
     );
 }
 

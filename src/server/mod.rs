@@ -1,18 +1,27 @@
 //! A ready accept loop: serve any gateway service on a `TcpListener` with hyper.
 //!
 //! [`serve`] speaks HTTP/1.1 and HTTP/2 (by preface) on every accepted connection, gives
-//! each connection its own task, and on `shutdown` stops accepting, then waits up to the
-//! grace period for in-flight requests to finish.
+//! each connection its own task, and on `shutdown` stops accepting, tells every connection
+//! to close once its requests are answered, and waits up to the grace period for them.
 //!
-//! # Bounds against slow and greedy clients
-//! - at most [`ServeOptions::max_connections`] connections at once; further ones wait in
-//!   the listen backlog until one closes;
-//! - a request head must arrive within [`ServeOptions::header_read_timeout`], or the
-//!   connection is closed (slowloris);
+//! # Bounds against slow, silent and greedy clients
+//! - at most [`ServeOptions::max_connections`] connections at once. At the cap, the
+//!   connection idle for longest (no request in flight: silent, or kept alive between
+//!   requests) is closed to make room; only when every connection is busy does a new one
+//!   wait;
+//! - at most [`ServeOptions::max_connections_per_peer`] connections per peer address; more
+//!   are closed at once;
+//! - a first request must begin within [`ServeOptions::header_read_timeout`] of the accept,
+//!   on either protocol (a socket that sends nothing, or only the HTTP/2 preface, is
+//!   closed); a request head must arrive within the same time (slowloris);
+//! - a connection with no request in flight for [`ServeOptions::idle_timeout`] is closed;
+//!   HTTP/2 peers are pinged every [`ServeOptions::http2_keep_alive_interval`] and dropped
+//!   when they stop answering;
 //! - a request body must arrive within [`ServeOptions::body_read_timeout`] ([`TimedBody`]),
 //!   or it is answered `408 request_timeout`;
-//! - every request is answered within [`ServeOptions::request_timeout`] (`408`), its work
-//!   dropped (so holds are released).
+//! - every request is answered within [`ServeOptions::request_timeout`] (`408`). A billed
+//!   edit's work is not tied to the answer: it runs to its end (see [`billing`](crate::billing)).
+//! - protocol errors are logged once per connection, at `debug`.
 //!
 //! It exists so an operator can run the gateway as its own process in a few lines; mounting
 //! into an existing hyper or axum server needs none of it (see the `hyper_server` and
@@ -29,24 +38,33 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::{GatewayError, ResponseBody};
 
+mod conn;
 mod timed_body;
 
+use conn::{Close, Registered, Registry};
 pub use timed_body::{BodyTimeout, TimedBody};
+
+/// How long an idle connection may take to close politely (HTTP/2 GOAWAY) before it is
+/// dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a connection waiting at the cap looks again for an idle one to close.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
 
 /// Settings of [`serve`].
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct ServeOptions {
-    /// How long a client may take to send its request head (default 30 s).
+    /// How long a client may take from the accept to its first request, and to send any
+    /// request head (default 30 s).
     pub header_read_timeout: Duration,
     /// How long a client may take to send a whole request body (default 120 s: 26 MiB at
     /// about 220 KB/s).
@@ -54,8 +72,15 @@ pub struct ServeOptions {
     /// How long one request may take from head to answer (default 600 s: image models are
     /// slow).
     pub request_timeout: Duration,
+    /// How long a connection may stay open with no request in flight (default 60 s).
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 peer is pinged; one that does not answer within the same time is
+    /// dropped (default 20 s).
+    pub http2_keep_alive_interval: Duration,
     /// How many connections are served at once (default 1024).
     pub max_connections: usize,
+    /// How many of them one peer address may hold (default 256).
+    pub max_connections_per_peer: usize,
     /// How long in-flight requests may run after shutdown begins (default 30 s).
     pub grace_period: Duration,
 }
@@ -66,7 +91,10 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(20),
             max_connections: 1024,
+            max_connections_per_peer: 256,
             grace_period: Duration::from_secs(30),
         }
     }
@@ -87,18 +115,12 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let max = options.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let registry = Registry::new();
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -110,35 +132,33 @@ where
             },
             () = &mut shutdown => break,
         };
-        let service = Bounded {
-            inner: service.clone(),
-            options,
+        let Some(registered) =
+            registry.register(peer.ip(), options.max_connections_per_peer.max(1))
+        else {
+            tracing::debug!(%peer, "connection refused: the peer holds its share");
+            continue;
         };
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // hyper's head timeout starts with the first byte; a client that sends nothing
-            // at all is cut off here, or it would hold its connection slot forever.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(options.header_read_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return drop(permit),
+        // At the cap: make room by closing the connection idle for longest; wait only while
+        // every connection is busy, trying again now and then.
+        let slot = loop {
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                break Some(slot);
             }
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_read_timeout);
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, "connection ended with an error");
+            registry.evict_idle(&registered);
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => break slot.ok(),
+                () = tokio::time::sleep(EVICT_RETRY) => {}
+                () = &mut shutdown => break None,
             }
-            drop(permit);
-        });
+        };
+        let Some(slot) = slot else { break };
+        let service = service.clone();
+        tokio::spawn(serve_connection(stream, service, registered, slot, options));
     }
     drop(listener);
-    if tokio::time::timeout(options.grace_period, graceful.shutdown())
+    registry.close_all();
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.grace_period, slots.acquire_many(all))
         .await
         .is_err()
     {
@@ -147,11 +167,80 @@ where
     Ok(())
 }
 
-/// Puts each request's body on its read deadline and the whole request on its deadline.
+/// Serves one connection until it ends, or until its watchdog or the server closes it.
+async fn serve_connection<S>(
+    stream: TcpStream,
+    service: S,
+    registered: Registered,
+    slot: OwnedSemaphorePermit,
+    options: ServeOptions,
+) where
+    S: Service<Request<TimedBody<Incoming>>, Response = Response<ResponseBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _slot = slot;
+    let registered = Arc::new(registered);
+    // hyper's head timeout starts with the first byte; a client that sends nothing at all
+    // is cut off here, or it would hold its connection slot until the idle watchdog.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(options.header_read_timeout, stream.peek(&mut first)) => {
+            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+        }
+        () = registered.told_to_close() => return,
+    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.http2_keep_alive_interval)
+        .keep_alive_timeout(options.http2_keep_alive_interval);
+    let service = Bounded {
+        inner: service,
+        options,
+        connection: Some(registered.clone()),
+    };
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        why = registered.closing(options.header_read_timeout, options.idle_timeout) => {
+            let idle = registered.active() == 0;
+            if idle && why == Close::Told {
+                // Evicted (someone needs the room now) or shutting down: no goodbye.
+                return;
+            }
+            connection.as_mut().graceful_shutdown();
+            let grace = if idle { IDLE_CLOSE_GRACE } else { options.grace_period };
+            match tokio::time::timeout(grace, connection.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(error) = ended {
+        // One line per connection, whatever the peer sent.
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Puts each request's body on its read deadline and the whole request on its deadline,
+/// and marks the connection busy while it runs.
 #[derive(Clone)]
 struct Bounded<S> {
     inner: S,
     options: ServeOptions,
+    connection: Option<Arc<Registered>>,
 }
 
 impl<S> Service<Request<Incoming>> for Bounded<S>
@@ -174,7 +263,9 @@ where
         let req = req.map(|body| TimedBody::new(body, self.options.body_read_timeout));
         let answer = self.inner.clone().oneshot(req);
         let limit = self.options.request_timeout;
+        let in_request = self.connection.as_ref().map(|c| c.begin());
         crate::ResponseFuture::new(async move {
+            let _in_request = in_request;
             match tokio::time::timeout(limit, answer).await {
                 Ok(answered) => answered,
                 Err(_) => Ok(GatewayError::RequestTimeout.into_response()),

@@ -18,6 +18,10 @@
 //! - `GATEWAY_REFERENCE_LATENCY_MS`: simulated model latency of the reference backend
 //!   (default 0).
 //! - `GATEWAY_MAX_RENDERS`: reference renders at once, process-wide (default: one per core).
+//! - `GATEWAY_QUOTA_BYTES`, `GATEWAY_QUOTA_FILES`: what each user may keep stored
+//!   (default 200,000,000 bytes in 10,000 files; `0` is unlimited).
+//! - `GATEWAY_MIN_FREE_BYTES`: free space the file volume keeps; writes that would go under
+//!   it are refused with `507` (default 64 MiB), so the ledger always has room.
 //! - `GATEWAY_UPSTREAM_URL`: forward edits to this OpenAI-compatible API (e.g.
 //!   `https://api.openai.com`) instead of the reference backend.
 //! - `GATEWAY_UPSTREAM_KEY`: the upstream's API key.
@@ -51,7 +55,7 @@ use image_gateway::idempotency::SqliteIdempotency;
 use image_gateway::ledger::{Durability, Ledger, SqliteLedger};
 use image_gateway::ratelimit::RateLimitLayer;
 use image_gateway::server::{serve, ServeOptions};
-use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::store::{LocalFileStore, Quota, SqliteGenerations};
 use image_gateway::Gateway;
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::net::TcpListener;
@@ -75,6 +79,8 @@ struct Config {
     hold_ttl: Duration,
     latency: Duration,
     max_renders: u64,
+    quota: Quota,
+    min_free_bytes: u64,
     upstream: Option<(String, Option<String>, Option<String>)>,
     rate_limit: RateLimitLayer,
 }
@@ -89,6 +95,10 @@ impl Config {
                     .map_err(|_| format!("{name} must be a non-negative integer").into()),
                 None => Ok(0),
             }
+        };
+        let integer_or = |name: &str, default: u64| match var(name) {
+            Some(_) => integer(name),
+            None => Ok(default),
         };
         Ok(Config {
             addr: var("GATEWAY_ADDR")
@@ -108,6 +118,11 @@ impl Config {
             }),
             latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
             max_renders: integer("GATEWAY_MAX_RENDERS")?,
+            quota: Quota::new(
+                integer_or("GATEWAY_QUOTA_BYTES", 200_000_000)?,
+                integer_or("GATEWAY_QUOTA_FILES", 10_000)?,
+            ),
+            min_free_bytes: integer_or("GATEWAY_MIN_FREE_BYTES", 64 << 20)?,
             rate_limit: {
                 let mut limits = RateLimitLayer::new();
                 if let Some(rpm) = NonZeroU32::new(integer("GATEWAY_RATE_LIMIT")?.try_into()?) {
@@ -244,7 +259,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (keys, demo_key) = keys(&config)?;
 
-    let store = LocalFileStore::open(&config.data_dir)?;
+    let store = LocalFileStore::open(&config.data_dir)?.min_free_bytes(config.min_free_bytes);
     let generations = SqliteGenerations::open(config.data_dir.join("generations.db"))?;
     // Commits survive a killed process; deposits are fsynced whatever happens (see Durability).
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(
@@ -268,6 +283,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )?)
         .shared_ledger(ledger)
         .hold_ttl(config.hold_ttl)
+        .quota(config.quota)
         .rate_limit(config.rate_limit.clone());
     if let Some(admin_key) = &config.admin_key {
         builder = builder.admin_key(admin_key.clone());

@@ -186,6 +186,8 @@ fn start_target(target: &str) -> Result<SocketAddr, Error> {
             let builder = Gateway::builder()
                 .keys(keys)
                 .backend(InstantBackend { image })
+                // A load run stores far more than one user's quota.
+                .quota(image_gateway::store::Quota::UNLIMITED)
                 .model("gpt-image-2", ModelSpec::new(10, 1));
             let builder = if target == "gateway-sqlite" {
                 let dir = std::env::temp_dir().join(format!("igw-load-{}", uuid::Uuid::new_v4()));

@@ -94,6 +94,14 @@ pub enum GatewayError {
     RouteNotFound,
     /// 405 `method_not_allowed`.
     MethodNotAllowed,
+    /// 413 `storage_quota_exceeded`: storing this would take the caller over its storage
+    /// quota (bytes or files).
+    StorageQuotaExceeded {
+        /// What is used, what was to be added, and the quota.
+        message: String,
+    },
+    /// 507 `insufficient_storage`: the file volume is under its free-space floor.
+    InsufficientStorage,
     /// 500 `internal_error`: a fault of the gateway itself (storage, ledger).
     Internal,
 }
@@ -126,7 +134,8 @@ impl GatewayError {
             GenerationNotReady { .. } | IdempotencyKeyInUse { .. } | IdempotencyKeyReused => {
                 StatusCode::CONFLICT
             }
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PayloadTooLarge | StorageQuotaExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             RateLimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Upstream => StatusCode::BAD_GATEWAY,
@@ -159,6 +168,8 @@ impl GatewayError {
             Upstream => "upstream_error",
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            StorageQuotaExceeded { .. } => "storage_quota_exceeded",
+            InsufficientStorage => "insufficient_storage",
             Internal => "internal_error",
         }
     }
@@ -170,7 +181,7 @@ impl GatewayError {
             InvalidApiKey => "authentication_error",
             InsufficientBalance | OutstandingDebt => "billing_error",
             RateLimitExceeded { .. } => "rate_limit_error",
-            Upstream | Internal => "server_error",
+            Upstream | Internal | InsufficientStorage => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -275,6 +286,10 @@ impl fmt::Display for GatewayError {
             Upstream => f.write_str("the image service failed; the hold was released"),
             RouteNotFound => f.write_str("no such endpoint"),
             MethodNotAllowed => f.write_str("method not allowed on this endpoint"),
+            StorageQuotaExceeded { message } => f.write_str(message),
+            InsufficientStorage => {
+                f.write_str("the gateway's file storage is full; nothing was stored or charged")
+            }
             Internal => f.write_str("internal error; nothing was charged"),
         }
     }

@@ -83,6 +83,9 @@ pub struct EditJob {
     pub request_id: String,
     /// What stays taken while the job runs (the caller's in-flight slot); dropped with it.
     pub leases: Leases,
+    /// Whether the sources came in the request and are still to be stored under
+    /// `source_keys` (by the edit, after its hold).
+    pub(crate) store_sources: bool,
 }
 
 impl EditJob {
@@ -95,6 +98,7 @@ impl EditJob {
             source_keys: Vec::new(),
             request_id: String::new(),
             leases: Leases::default(),
+            store_sources: false,
         }
     }
 }

@@ -3,12 +3,11 @@ use http::{header, Request, Response};
 use http_body::Body;
 use http_body_util::BodyDataStream;
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::request::multipart::{boundary_of, multipart_error, open, read_image};
 use crate::request::MultipartLimits;
-use crate::store::{FileKey, FileStore};
+use crate::store::{put_all, FileKey, FileStore};
 use crate::{BoxError, GatewayError, ResponseBody};
 
 #[derive(Serialize)]
@@ -53,29 +52,23 @@ where
         ));
     }
 
-    let mut stored: Vec<FileKey> = Vec::with_capacity(images.len());
-    let mut answer = Vec::with_capacity(images.len());
-    for image in images {
-        let filename = image
-            .filename
-            .clone()
-            .unwrap_or_else(|| format!("upload.{}", image.kind.extension()));
-        let key = FileKey::new(principal.user_id(), Uuid::new_v4(), &filename);
-        if let Err(error) = store.put(&key, image.bytes.clone()).await {
-            // All or nothing: take back what this batch already wrote.
-            for key in &stored {
-                let _ = store.delete(key).await;
-            }
-            return Err(error.into());
-        }
-        answer.push(Uploaded {
+    let owner = principal.user_id();
+    let files: Vec<(FileKey, Bytes)> = images
+        .iter()
+        .map(|image| (image.upload_key(owner), image.bytes.clone()))
+        .collect();
+    // All or nothing, checked against the quota before anything is written.
+    put_all(store, owner, &files).await?;
+    let answer: Vec<Uploaded> = images
+        .iter()
+        .zip(&files)
+        .map(|(image, (key, _))| Uploaded {
             key: key.as_str().to_owned(),
             size: image.bytes.len() as u64,
             content_type: image.kind.mime(),
-            filename,
-        });
-        stored.push(key);
-    }
+            filename: image.name(),
+        })
+        .collect();
     let body = serde_json::to_value(&answer).map_err(|_| GatewayError::Internal)?;
     Ok(crate::response::json_ok(
         &serde_json::json!({ "uploaded": body }),

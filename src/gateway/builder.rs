@@ -15,7 +15,7 @@ use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
 use crate::ratelimit::RateLimitLayer;
 use crate::request::{MultipartLimits, Normalize};
 use crate::source::ResolveSourceLayer;
-use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations};
+use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations, Quota, QuotaStore};
 
 /// The model served when the builder is given none.
 pub const DEFAULT_MODEL: &str = "gpt-image-2";
@@ -34,6 +34,7 @@ pub struct GatewayBuilder {
     models: Vec<(String, ModelSpec)>,
     body_limit: u64,
     multipart: MultipartLimits,
+    quota: Quota,
 }
 
 impl Default for GatewayBuilder {
@@ -51,6 +52,7 @@ impl Default for GatewayBuilder {
             models: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
+            quota: Quota::default(),
         }
     }
 }
@@ -133,6 +135,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// How much each caller may keep stored (uploads, multipart sources, outputs); a write
+    /// past it is `413 storage_quota_exceeded`. Default: [`Quota::default`], 200 MB in at
+    /// most 10,000 files; [`Quota::UNLIMITED`] turns it off.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
     /// Per-caller request rate and in-flight limits. Default: none.
     pub fn rate_limit(mut self, limits: RateLimitLayer) -> Self {
         self.rate_limit = limits;
@@ -180,9 +190,12 @@ impl GatewayBuilder {
             self.models
         };
         let catalog = Catalog::new(models);
-        let store = self
+        let mut store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryFileStore::new()) as Arc<dyn FileStore>);
+        if self.quota != Quota::UNLIMITED {
+            store = Arc::new(QuotaStore::new(store, self.quota));
+        }
         let generations = self
             .generations
             .unwrap_or_else(|| Arc::new(MemoryGenerations::new()) as Arc<dyn Generations>);

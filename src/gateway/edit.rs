@@ -1,4 +1,6 @@
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,7 +11,7 @@ use crate::auth::Principal;
 use crate::backend::{EditJob, Image, ImageBackend};
 use crate::future::ResponseFuture;
 use crate::source::GenerationId;
-use crate::store::{FileKey, FileStore, Generation, GenerationStatus, Generations};
+use crate::store::{put_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage};
 use crate::GatewayError;
 
 /// The innermost service: runs the backend and records each returned image as a pending
@@ -64,12 +66,26 @@ impl Service<EditJob> for EditService {
     fn call(&mut self, job: EditJob) -> Self::Future {
         let this = self.clone();
         ResponseFuture::new(async move {
+            let owner = job.principal.user_id();
+            if job.store_sources {
+                let files: Vec<(FileKey, Bytes)> = job
+                    .source_keys
+                    .iter()
+                    .cloned()
+                    .zip(job.sources.iter().map(|s| s.bytes.clone()))
+                    .collect();
+                put_all(&*this.outputs.store, owner, &files).await?;
+            }
             let mut images = this.backend.edit(&job).await?;
             images.truncate(job.params.n as usize);
             if images.is_empty() {
                 tracing::warn!("image backend returned no images");
                 return Err(GatewayError::Upstream);
             }
+            // Refused now, before anything is charged, rather than after the settle.
+            let bytes = images.iter().map(|i| i.bytes.len() as u64).sum();
+            let adding = Usage::new(bytes, images.len() as u64);
+            this.outputs.store.admits(owner, adding).await?;
             let created = unix_now();
             let mut rendered = Rendered {
                 created,

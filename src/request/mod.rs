@@ -166,3 +166,18 @@ pub struct SourceImage {
     /// The file name the client gave, if any (informational only).
     pub filename: Option<String>,
 }
+
+impl SourceImage {
+    /// A fresh key for storing this image as an upload of `owner`:
+    /// `files/{owner}/{uuid}_{sanitised file name}` (`upload.{ext}` when it has no name).
+    pub fn upload_key(&self, owner: &crate::auth::UserId) -> FileKey {
+        FileKey::new(owner, uuid::Uuid::new_v4(), &self.name())
+    }
+
+    /// The file name the client gave, or `upload.{ext}`.
+    pub fn name(&self) -> String {
+        self.filename
+            .clone()
+            .unwrap_or_else(|| format!("upload.{}", self.kind.extension()))
+    }
+}

@@ -5,7 +5,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tower::ServiceExt;
 use tower_service::Service;
-use uuid::Uuid;
 
 use super::GenerationId;
 use crate::auth::Principal;
@@ -65,9 +64,11 @@ where
         let inner = self.inner.clone();
         let sources = self.sources.clone();
         ResponseFuture::new(async move {
+            let uploaded = matches!(req.source, Source::Upload(_));
             let (images, keys) = sources.resolve(&req.principal, req.source).await?;
             let mut job = EditJob::new(req.principal, images, req.params);
             job.source_keys = keys;
+            job.store_sources = uploaded;
             job.request_id = req.request_id;
             job.leases = req.leases;
             inner.oneshot(job).await
@@ -85,16 +86,12 @@ impl Sources {
         match source {
             Source::Upload(images) => {
                 // The spec: multipart sources are uploads of the caller, fetchable by key.
-                let mut keys = Vec::with_capacity(images.len());
-                for image in &images {
-                    let name = image
-                        .filename
-                        .clone()
-                        .unwrap_or_else(|| format!("upload.{}", image.kind.extension()));
-                    let key = FileKey::new(principal.user_id(), Uuid::new_v4(), &name);
-                    self.store.put(&key, image.bytes.clone()).await?;
-                    keys.push(key);
-                }
+                // They are written by the edit itself, once its hold is taken, so a refused
+                // edit stores nothing.
+                let keys = images
+                    .iter()
+                    .map(|image| image.upload_key(principal.user_id()))
+                    .collect();
                 Ok((images, keys))
             }
             Source::ImageKey(key) => {

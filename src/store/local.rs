@@ -1,12 +1,15 @@
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
+use std::ops::Bound;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{FileKey, FileMeta, FilePage, FileStore, StoreError};
+use super::{FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 
 /// Files in a local directory, one file per key at `{root}/{key}`.
@@ -16,18 +19,90 @@ use crate::auth::UserId;
 /// is checked on its own, whatever the caller checked: only plain components, and the
 /// canonical parent directory must lie under the canonical root. A `LocalFileStore` cannot
 /// be made to touch a file outside its root.
+///
+/// An index of every file (key, size, time) is read from the directory once, at
+/// [`open`](Self::open), and kept up to date by this store's own writes: a page of a listing
+/// costs time in proportion to the page, and an owner's usage is one lookup. The directory
+/// belongs to one process.
+///
+/// With a [free-space floor](Self::min_free_bytes), writes that would leave less free space
+/// on the volume than the floor are refused ([`StoreError::no_space`], `507`), so a ledger
+/// on the same volume always has room to record money.
 #[derive(Clone, Debug)]
 pub struct LocalFileStore {
     root: PathBuf,
+    index: Arc<Mutex<Index>>,
+    min_free: u64,
+}
+
+/// Every stored file, by owner, in key order.
+#[derive(Debug, Default)]
+struct Index {
+    owners: HashMap<UserId, Owned>,
+}
+
+#[derive(Debug, Default)]
+struct Owned {
+    files: BTreeMap<FileKey, (u64, u64)>,
+    bytes: u64,
+}
+
+impl Index {
+    fn insert(&mut self, key: FileKey, size: u64, created: u64) {
+        let owned = self.owners.entry(key.owner().clone()).or_default();
+        if let Some((old, _)) = owned.files.insert(key, (size, created)) {
+            owned.bytes = owned.bytes.saturating_sub(old);
+        }
+        owned.bytes = owned.bytes.saturating_add(size);
+    }
+
+    fn remove(&mut self, key: &FileKey) {
+        if let Some(owned) = self.owners.get_mut(key.owner()) {
+            if let Some((size, _)) = owned.files.remove(key) {
+                owned.bytes = owned.bytes.saturating_sub(size);
+            }
+        }
+    }
 }
 
 impl LocalFileStore {
-    /// A store rooted at `root`, which is created if missing.
+    /// A store rooted at `root`, which is created if missing; its files are indexed, and
+    /// temporary files left by a crash mid-write are removed.
     pub fn open(root: impl AsRef<Path>) -> io::Result<Self> {
         std::fs::create_dir_all(root.as_ref())?;
+        let root = root.as_ref().canonicalize()?;
+        let index = index_of(&root)?;
         Ok(LocalFileStore {
-            root: root.as_ref().canonicalize()?,
+            root,
+            index: Arc::new(Mutex::new(index)),
+            min_free: 0,
         })
+    }
+
+    /// Refuses writes that would leave less than `bytes` free on the volume (default 0:
+    /// only a full volume refuses).
+    pub fn min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
+        self
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // Every update is one map call, so a poisoned lock still holds a whole index.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Err(no_space)` when writing `adding` bytes would leave less than the floor free.
+    fn check_space(&self, adding: u64) -> Result<(), StoreError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let stat =
+            rustix::fs::statvfs(&self.root).map_err(|e| StoreError::new(io::Error::from(e)))?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.min_free.saturating_add(adding) {
+            return Err(StoreError::no_space());
+        }
+        Ok(())
     }
 
     /// The root directory (canonical).
@@ -72,10 +147,17 @@ impl LocalFileStore {
             std::fs::rename(&temp, &path)?;
             std::fs::File::open(dir)?.sync_all()
         })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
+        match written {
+            Ok(()) => {
+                self.index()
+                    .insert(key.clone(), bytes.len() as u64, crate::gateway::unix_time());
+                Ok(())
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(error)
+            }
         }
-        written
     }
 
     fn get_sync(&self, key: &FileKey) -> io::Result<Option<Bytes>> {
@@ -89,62 +171,31 @@ impl LocalFileStore {
 
     fn delete_sync(&self, key: &FileKey) -> io::Result<bool> {
         let path = self.path_of(key.as_str(), false)?;
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        let removed = match std::fs::remove_file(path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        self.index().remove(key);
+        Ok(removed)
     }
 
-    fn list_sync(
-        &self,
-        owner: &UserId,
-        after: Option<&FileKey>,
-        limit: usize,
-    ) -> io::Result<FilePage> {
-        let dir = self.path_of(&format!("files/{owner}/x"), false)?;
-        let dir = dir.parent().ok_or_else(escape)?;
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FilePage::default()),
-            Err(e) => Err(e)?,
+    fn list_indexed(&self, owner: &UserId, after: Option<&FileKey>, limit: usize) -> FilePage {
+        let index = self.index();
+        let Some(owned) = index.owners.get(owner) else {
+            return FilePage::default();
         };
-        let mut keys = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            // Temporary files and anything not written by `put` do not parse as keys.
-            let Some(key) = FileKey::parse(&format!("files/{owner}/{name}")) else {
-                continue;
-            };
-            if after.is_some_and(|a| &key <= a) {
-                continue;
-            }
-            // A file deleted since the directory was read is simply not listed.
-            match entry.metadata() {
-                Ok(meta) if meta.is_file() => keys.push((key, meta)),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        let has_more = keys.len() > limit;
-        let files = keys
-            .into_iter()
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = owned.files.range((from, Bound::Unbounded));
+        let files = page
+            .by_ref()
             .take(limit)
-            .map(|(key, meta)| {
-                let created = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs());
-                FileMeta::new(key, meta.len(), created)
-            })
+            .map(|(key, (size, created))| FileMeta::new(key.clone(), *size, *created))
             .collect();
-        Ok(FilePage { files, has_more })
+        FilePage {
+            files,
+            has_more: page.next().is_some(),
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -170,6 +221,7 @@ fn escape() -> io::Error {
 #[async_trait]
 impl FileStore for LocalFileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
+        self.check_space(bytes.len() as u64)?;
         let key = key.clone();
         self.blocking(move |s| s.put_sync(&key, &bytes)).await
     }
@@ -190,10 +242,64 @@ impl FileStore for LocalFileStore {
         after: Option<&FileKey>,
         limit: usize,
     ) -> Result<FilePage, StoreError> {
-        let (owner, after) = (owner.clone(), after.cloned());
-        self.blocking(move |s| s.list_sync(&owner, after.as_ref(), limit))
-            .await
+        Ok(self.list_indexed(owner, after, limit))
     }
+
+    async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
+        let index = self.index();
+        Ok(index.owners.get(owner).map_or(Usage::default(), |o| {
+            Usage::new(o.bytes, o.files.len() as u64)
+        }))
+    }
+
+    async fn admits(&self, _owner: &UserId, adding: Usage) -> Result<(), StoreError> {
+        self.check_space(adding.bytes)
+    }
+}
+
+/// Reads every stored file's key, size and time under `root`, removing temporary files a
+/// crash left behind.
+fn index_of(root: &Path) -> io::Result<Index> {
+    let mut index = Index::default();
+    let owners = match std::fs::read_dir(root.join("files")) {
+        Ok(owners) => owners,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(index),
+        Err(e) => return Err(e),
+    };
+    for owner in owners {
+        let owner = owner?;
+        if !owner.file_type()?.is_dir() {
+            continue;
+        }
+        let Some(owner_name) = owner.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        for entry in std::fs::read_dir(owner.path())? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            // Anything not written by `put` does not parse as a key and is not listed.
+            let Some(key) = FileKey::parse(&format!("files/{owner_name}/{name}")) else {
+                continue;
+            };
+            let meta = entry.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            let created = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            index.insert(key, meta.len(), created);
+        }
+    }
+    Ok(index)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{FileKey, FileMeta, FilePage, FileStore, StoreError};
+use super::{FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 use crate::gateway::unix_now;
 
@@ -87,6 +87,13 @@ impl FileStore for MemoryFileStore {
             })
             .collect();
         Ok(FilePage::new(page, has_more))
+    }
+
+    async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
+        let owners = self.owners();
+        let files = owners.get(owner);
+        let bytes = files.map_or(0, |f| f.values().map(|(b, _)| b.len() as u64).sum());
+        Ok(Usage::new(bytes, files.map_or(0, |f| f.len() as u64)))
     }
 }
 

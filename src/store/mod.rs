@@ -17,6 +17,7 @@ mod generations;
 mod key;
 mod local;
 mod memory;
+mod quota;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -29,6 +30,7 @@ pub use generations::{Generation, GenerationStatus, Generations, MemoryGeneratio
 pub use key::{sanitize_name, FileKey};
 pub use local::LocalFileStore;
 pub use memory::MemoryFileStore;
+pub use quota::{Quota, QuotaStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteGenerations;
 
@@ -72,34 +74,113 @@ impl FilePage {
     }
 }
 
-/// A storage failure: an I/O error, a path refused by the store's own checks, and so on.
-/// Answered `500 internal_error`; the detail is logged, never sent.
+/// A storage failure: an I/O error, a path refused by the store's own checks, a full
+/// quota or volume. A full quota is answered `413 storage_quota_exceeded`, a volume under
+/// its free-space floor `507 insufficient_storage`, anything else `500 internal_error` (the
+/// detail is logged, never sent).
 #[derive(Debug)]
-pub struct StoreError(BoxError);
+pub struct StoreError(StoreErrorKind);
+
+#[derive(Debug)]
+enum StoreErrorKind {
+    Failed(BoxError),
+    Quota {
+        used: Usage,
+        adding: Usage,
+        quota: Quota,
+    },
+    NoSpace,
+}
 
 impl StoreError {
     /// Wraps any error.
     pub fn new(error: impl Into<BoxError>) -> Self {
-        StoreError(error.into())
+        StoreError(StoreErrorKind::Failed(error.into()))
+    }
+
+    /// The owner's quota would be exceeded by `adding` on top of `used`.
+    pub fn quota_exceeded(used: Usage, adding: Usage, quota: Quota) -> Self {
+        StoreError(StoreErrorKind::Quota {
+            used,
+            adding,
+            quota,
+        })
+    }
+
+    /// The volume is under its free-space floor; nothing more is written to it.
+    pub fn no_space() -> Self {
+        StoreError(StoreErrorKind::NoSpace)
     }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "storage error: {}", self.0)
+        match &self.0 {
+            StoreErrorKind::Failed(error) => write!(f, "storage error: {error}"),
+            StoreErrorKind::Quota {
+                used,
+                adding,
+                quota,
+            } => write!(
+                f,
+                "storing {} bytes in {} files would exceed the storage quota: {} bytes in {} \
+                 files are used of {}",
+                adding.bytes, adding.files, used.bytes, used.files, quota
+            ),
+            StoreErrorKind::NoSpace => f.write_str("the file volume is full"),
+        }
     }
 }
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+        match &self.0 {
+            StoreErrorKind::Failed(error) => Some(&**error),
+            _ => None,
+        }
     }
 }
 
 impl From<StoreError> for crate::GatewayError {
     fn from(error: StoreError) -> Self {
-        tracing::error!(%error, "file store failed");
-        crate::GatewayError::Internal
+        match error.0 {
+            StoreErrorKind::Quota { .. } => crate::GatewayError::StorageQuotaExceeded {
+                message: format!(
+                    "{error}; delete files with DELETE /api/v1/files/{{key}} to make room"
+                ),
+            },
+            StoreErrorKind::NoSpace => {
+                tracing::error!("the file volume is under its free-space floor; writes refused");
+                crate::GatewayError::InsufficientStorage
+            }
+            StoreErrorKind::Failed(_) => {
+                tracing::error!(%error, "file store failed");
+                crate::GatewayError::Internal
+            }
+        }
+    }
+}
+
+/// What one owner has stored: bytes and files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes, in total.
+    pub bytes: u64,
+    /// Files.
+    pub files: u64,
+}
+
+impl Usage {
+    /// `bytes` in `files` files.
+    pub fn new(bytes: u64, files: u64) -> Self {
+        Usage { bytes, files }
+    }
+
+    fn plus(self, other: Usage) -> Usage {
+        Usage {
+            bytes: self.bytes.saturating_add(other.bytes),
+            files: self.files.saturating_add(other.files),
+        }
     }
 }
 
@@ -122,6 +203,54 @@ pub trait FileStore: Send + Sync + 'static {
         after: Option<&FileKey>,
         limit: usize,
     ) -> Result<FilePage, StoreError>;
+
+    /// What `owner` has stored. The default walks every page of [`list`](Self::list); a
+    /// store that keeps an index answers from it.
+    async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
+        let mut usage = Usage::default();
+        let mut after: Option<FileKey> = None;
+        loop {
+            let page = self.list(owner, after.as_ref(), 1000).await?;
+            for file in &page.files {
+                usage = usage.plus(Usage::new(file.size, 1));
+            }
+            match (page.has_more, page.files.last()) {
+                (true, Some(last)) => after = Some(last.key.clone()),
+                _ => return Ok(usage),
+            }
+        }
+    }
+
+    /// Whether `adding` more for `owner` would be stored: `Err` with the reason (a quota, a
+    /// full volume) when a [`put`](Self::put) of it would be refused. Called before work
+    /// whose result must be stored, so the work is not done for nothing. Default: `Ok`.
+    async fn admits(&self, owner: &UserId, adding: Usage) -> Result<(), StoreError> {
+        let _ = (owner, adding);
+        Ok(())
+    }
+}
+
+/// Stores every file of `files` (all of one owner), or none: the batch is first checked
+/// against the store's limits ([`FileStore::admits`]), and a write that fails takes back what
+/// the batch already wrote.
+pub async fn put_all(
+    store: &dyn FileStore,
+    owner: &UserId,
+    files: &[(FileKey, Bytes)],
+) -> Result<(), StoreError> {
+    let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
+    store
+        .admits(owner, Usage::new(bytes, files.len() as u64))
+        .await?;
+    for (i, (key, bytes)) in files.iter().enumerate() {
+        if let Err(error) = store.put(key, bytes.clone()).await {
+            for (key, _) in &files[..i] {
+                let _ = store.delete(key).await;
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 /// The content type of stored bytes, by their magic number (`application/octet-stream`

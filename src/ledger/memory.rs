@@ -231,18 +231,24 @@ impl Ledger for MemoryLedger {
         reference: &str,
     ) -> Result<bool, LedgerError> {
         let mut state = self.state();
-        if !state
-            .references
-            .insert((account.clone(), reference.to_owned()))
-        {
+        let reference = (account.clone(), reference.to_owned());
+        if state.references.contains(&reference) {
             return Ok(false);
         }
         let balance = state.accounts.entry(account.clone()).or_default();
-        balance.available += amount;
-        balance.deposited += amount;
+        let (Some(available), Some(deposited)) = (
+            balance.available.checked_add(amount),
+            balance.deposited.checked_add(amount),
+        ) else {
+            return Err(LedgerError::Overflow);
+        };
+        balance.available = available;
+        balance.deposited = deposited;
+        state.references.insert(reference.clone());
+        let reference = reference.1;
         state
             .record(account, EntryKind::Deposit, amount, None)
-            .reference = Some(reference.to_owned());
+            .reference = Some(reference);
         Ok(true)
     }
 

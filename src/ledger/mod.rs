@@ -243,6 +243,8 @@ pub enum LedgerError {
     ChargeExceedsHold,
     /// The hold id was never issued by this ledger.
     UnknownHold,
+    /// A deposit would take the balance beyond what an `i64` holds.
+    Overflow,
     /// The ledger's storage failed.
     Storage(BoxError),
 }
@@ -254,6 +256,7 @@ impl fmt::Display for LedgerError {
             LedgerError::OutstandingDebt => f.write_str("outstanding debt"),
             LedgerError::ChargeExceedsHold => f.write_str("charge exceeds the hold"),
             LedgerError::UnknownHold => f.write_str("no such hold"),
+            LedgerError::Overflow => f.write_str("the amount would overflow the balance"),
             LedgerError::Storage(e) => write!(f, "ledger storage failed: {e}"),
         }
     }
@@ -266,6 +269,10 @@ impl From<LedgerError> for crate::GatewayError {
         match error {
             LedgerError::InsufficientBalance => crate::GatewayError::InsufficientBalance,
             LedgerError::OutstandingDebt => crate::GatewayError::OutstandingDebt,
+            LedgerError::Overflow => crate::GatewayError::invalid_request(
+                "the deposit would take the balance beyond 9223372036854775807 units",
+                Some("amount"),
+            ),
             other => {
                 tracing::error!(error = %other, "ledger failed");
                 crate::GatewayError::Internal
@@ -321,7 +328,8 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Adds `amount` (negative: an operator's correction) to `account`. `reference` makes
     /// it idempotent: a second deposit with the same reference on the same account changes
-    /// nothing and returns `false`.
+    /// nothing and returns `false`. A deposit that would take the balance (or the total
+    /// deposited) beyond an `i64` is [`LedgerError::Overflow`] and changes nothing.
     async fn deposit(
         &self,
         account: &UserId,

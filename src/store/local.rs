@@ -329,4 +329,42 @@ mod tests {
         assert!(store.path_of("files/alice/x", false).is_ok());
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn the_index_is_rebuilt_at_open_and_pages_follow_key_order() {
+        let dir = std::env::temp_dir().join(format!("igw-index-{}", Uuid::new_v4()));
+        let alice = UserId::new("alice").unwrap();
+        let mut keys = Vec::new();
+        {
+            let store = LocalFileStore::open(&dir).unwrap();
+            for i in 0..5u8 {
+                let key = FileKey::new(&alice, Uuid::new_v4(), "x.png");
+                store.put(&key, Bytes::from(vec![i; 10])).await.unwrap();
+                keys.push(key);
+            }
+            assert!(store.delete(&keys.remove(0)).await.unwrap());
+        }
+        keys.sort();
+        // A crash mid-write leaves a temporary file; it is neither listed nor kept.
+        let temp = dir.join("files/alice/.tmp-leftover");
+        std::fs::write(&temp, b"half").unwrap();
+        let store = LocalFileStore::open(&dir).unwrap();
+        assert!(!temp.exists());
+        assert_eq!(store.usage(&alice).await.unwrap(), Usage::new(40, 4));
+        let first = store.list(&alice, None, 3).await.unwrap();
+        assert!(first.has_more);
+        let rest = store
+            .list(&alice, Some(&first.files[2].key), 3)
+            .await
+            .unwrap();
+        assert!(!rest.has_more);
+        let listed: Vec<FileKey> = first
+            .files
+            .iter()
+            .chain(&rest.files)
+            .map(|f| f.key.clone())
+            .collect();
+        assert_eq!(listed, keys);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -441,6 +441,17 @@ impl Ledger for SqliteLedger {
             if inserted == 0 {
                 return Ok(false);
             }
+            // SQLite turns an overflowing integer sum into a float; money never goes there.
+            let (available, deposited): (i64, i64) = tx
+                .query_row(
+                    "SELECT available, deposited FROM accounts WHERE account = ?1",
+                    params![account.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(storage)?;
+            if available.checked_add(amount).is_none() || deposited.checked_add(amount).is_none() {
+                return Err(LedgerError::Overflow);
+            }
             tx.execute(
                 "UPDATE accounts SET available = available + ?2, deposited = deposited + ?2
                  WHERE account = ?1",

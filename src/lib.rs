@@ -30,6 +30,7 @@
 pub mod auth;
 pub mod backend;
 pub mod billing;
+mod body;
 pub mod catalog;
 pub mod error;
 pub mod files;
@@ -55,5 +56,4 @@ pub use gateway::Gateway;
 /// A boxed error, as bodies and stores report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body of every response the gateway's own services produce: one buffer of JSON.
-pub type ResponseBody = http_body_util::Full<bytes::Bytes>;
+pub use body::ResponseBody;

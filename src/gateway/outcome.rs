@@ -1,11 +1,11 @@
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response};
 
 use crate::backend::Image;
 use crate::source::GenerationId;
+use crate::body::Piece;
 use crate::store::FileKey;
+use crate::ResponseBody;
 
 /// The result of one successful edit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,44 +47,47 @@ impl EditOutcome {
     }
 
     /// The spec's response body:
-    /// `{"created": .., "data": [{"b64_json": ..}], "picklyone_generation_ids": [..]}`.
-    ///
-    /// Written by hand so each image is base64-encoded straight into the body, once; base64
-    /// and UUID text never need JSON escaping.
+    /// `{"created": .., "data": [{"b64_json": ..}], "picklyone_generation_ids": [..]}`,
+    /// as the pieces a [`ResponseBody`] sends: each image is base64-encoded as it is sent,
+    /// a chunk at a time. Base64 and UUID text never need JSON escaping.
+    fn pieces(&self) -> Vec<Piece> {
+        let mut pieces = Vec::with_capacity(2 * self.images.len() + 2);
+        let mut literal = format!("{{\"created\":{},\"data\":[", self.created);
+        for (i, generated) in self.images.iter().enumerate() {
+            if i > 0 {
+                literal.push(',');
+            }
+            literal.push_str("{\"b64_json\":\"");
+            pieces.push(Piece::Literal(Bytes::from(std::mem::take(&mut literal))));
+            pieces.push(Piece::Base64(generated.image.bytes.clone()));
+            literal.push_str("\"}");
+        }
+        literal.push_str("],\"picklyone_generation_ids\":[");
+        for (i, generated) in self.images.iter().enumerate() {
+            if i > 0 {
+                literal.push(',');
+            }
+            literal.push('"');
+            literal.push_str(&generated.id.to_string());
+            literal.push('"');
+        }
+        literal.push_str("]}");
+        pieces.push(Piece::Literal(Bytes::from(literal)));
+        pieces
+    }
+
+    /// The body as one buffer (the answer itself is encoded as it is sent).
     pub fn to_json(&self) -> Bytes {
-        let encoded: usize = self
-            .images
-            .iter()
-            .map(|g| base64::encoded_len(g.image.bytes.len(), true).unwrap_or(0) + 16)
-            .sum();
-        let mut out = String::with_capacity(64 + encoded + 40 * self.images.len());
-        out.push_str("{\"created\":");
-        out.push_str(&self.created.to_string());
-        out.push_str(",\"data\":[");
-        for (i, generated) in self.images.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str("{\"b64_json\":\"");
-            STANDARD.encode_string(&generated.image.bytes, &mut out);
-            out.push_str("\"}");
-        }
-        out.push_str("],\"picklyone_generation_ids\":[");
-        for (i, generated) in self.images.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push('"');
-            out.push_str(&generated.id.to_string());
-            out.push('"');
-        }
-        out.push_str("]}");
-        Bytes::from(out)
+        ResponseBody::encoded(self.pieces()).into_bytes()
     }
 
     /// The outcome as a `200 OK` JSON response.
-    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
-        let mut response = crate::response::json(StatusCode::OK, self.to_json());
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::encoded(self.pieces()));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         let keys: Vec<&str> = self.source_keys.iter().map(FileKey::as_str).collect();
         // Keys are ASCII without control characters, so they always make a header value.
         if let Ok(value) = HeaderValue::from_str(&keys.join(",")) {

@@ -1,0 +1,189 @@
+//! The body of every answer the gateway's own services give.
+//!
+//! Most answers are one small buffer of JSON. An edit's answer carries its images as base64,
+//! which for ten 4K outputs is hundreds of megabytes: it is encoded as it is sent, a chunk at
+//! a time, so an answer never costs more memory than the images it carries and one chunk.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+/// Image bytes encoded per chunk: a multiple of 3, so chunks join into one base64 string.
+const CHUNK_INPUT: usize = 48 * 1024;
+
+/// A response body: one buffer, or images encoded as base64 between JSON pieces.
+pub struct ResponseBody(Kind);
+
+enum Kind {
+    Full(Option<Bytes>),
+    Encoded(Encoded),
+}
+
+/// Pieces of a JSON document, some literal and some base64 of bytes, sent in order.
+struct Encoded {
+    pieces: std::vec::IntoIter<Piece>,
+    current: Option<(Bytes, usize)>,
+    remaining: u64,
+}
+
+/// One piece of an encoded body.
+pub(crate) enum Piece {
+    /// Sent as is.
+    Literal(Bytes),
+    /// Sent as standard base64 with padding.
+    Base64(Bytes),
+}
+
+impl ResponseBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody(Kind::Full(None))
+    }
+
+    /// `pieces` in order, base64 ones encoded as they are sent.
+    pub(crate) fn encoded(pieces: Vec<Piece>) -> Self {
+        let remaining = pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Literal(bytes) => bytes.len() as u64,
+                Piece::Base64(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(0) as u64,
+            })
+            .sum();
+        ResponseBody(Kind::Encoded(Encoded {
+            pieces: pieces.into_iter(),
+            current: None,
+            remaining,
+        }))
+    }
+
+    /// The whole body in one buffer (every frame is ready at once).
+    pub fn into_bytes(self) -> Bytes {
+        match self.0 {
+            Kind::Full(bytes) => bytes.unwrap_or_default(),
+            Kind::Encoded(mut encoded) => {
+                let mut out = Vec::with_capacity(encoded.remaining as usize);
+                while let Some(chunk) = encoded.next_chunk() {
+                    out.extend_from_slice(&chunk);
+                }
+                Bytes::from(out)
+            }
+        }
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> Self {
+        ResponseBody(Kind::Full((!bytes.is_empty()).then_some(bytes)))
+    }
+}
+
+impl From<String> for ResponseBody {
+    fn from(text: String) -> Self {
+        Bytes::from(text).into()
+    }
+}
+
+impl From<&'static str> for ResponseBody {
+    fn from(text: &'static str) -> Self {
+        Bytes::from_static(text.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("size", &self.size_hint().exact())
+            .finish()
+    }
+}
+
+impl Encoded {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some((bytes, at)) = &mut self.current {
+                if *at < bytes.len() {
+                    let end = (*at + CHUNK_INPUT).min(bytes.len());
+                    let chunk = Bytes::from(STANDARD.encode(&bytes[*at..end]));
+                    *at = end;
+                    return Some(chunk);
+                }
+                self.current = None;
+            }
+            match self.pieces.next()? {
+                Piece::Literal(bytes) if bytes.is_empty() => {}
+                Piece::Literal(bytes) => return Some(bytes),
+                Piece::Base64(bytes) => self.current = Some((bytes, 0)),
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let chunk = match &mut self.0 {
+            Kind::Full(bytes) => bytes.take(),
+            Kind::Encoded(encoded) => {
+                let chunk = encoded.next_chunk();
+                if let Some(chunk) = &chunk {
+                    encoded.remaining = encoded.remaining.saturating_sub(chunk.len() as u64);
+                }
+                chunk
+            }
+        };
+        Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Encoded(encoded) => encoded.remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Encoded(encoded) => SizeHint::with_exact(encoded.remaining),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn encoded_pieces_join_into_the_same_text_as_encoding_at_once() {
+        let image: Vec<u8> = (0..CHUNK_INPUT * 2 + 7).map(|i| (i * 31) as u8).collect();
+        let body = ResponseBody::encoded(vec![
+            Piece::Literal(Bytes::from_static(b"[\"")),
+            Piece::Base64(Bytes::from(image.clone())),
+            Piece::Literal(Bytes::from_static(b"\",\"")),
+            Piece::Base64(Bytes::new()),
+            Piece::Literal(Bytes::from_static(b"\"]")),
+        ]);
+        let announced = body.size_hint().exact();
+        let text = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+        let expected = format!("[\"{}\",\"\"]", STANDARD.encode(&image));
+        assert_eq!(text, expected.as_bytes());
+        assert_eq!(announced, Some(expected.len() as u64));
+    }
+}

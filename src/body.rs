@@ -181,7 +181,10 @@ mod tests {
             Piece::Literal(Bytes::from_static(b"\"]")),
         ]);
         let announced = body.size_hint().exact();
-        let text = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+        let text = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
         let expected = format!("[\"{}\",\"\"]", STANDARD.encode(&image));
         assert_eq!(text, expected.as_bytes());
         assert_eq!(announced, Some(expected.len() as u64));

@@ -102,9 +102,19 @@ pub enum GatewayError {
     },
     /// 507 `insufficient_storage`: the file volume is under its free-space floor.
     InsufficientStorage,
+    /// 400 `invalid_request`: the client broke off its own request body (a reset stream, a
+    /// closed connection). Hardly anyone reads it; the answer carries [`ClientAborted`] so
+    /// it is logged quietly rather than once per request.
+    BodyCutOff,
     /// 500 `internal_error`: a fault of the gateway itself (storage, ledger).
     Internal,
 }
+
+/// Marks an answer to a request whose client broke off its body. Access logs count such
+/// answers per connection instead of logging each one, so a client resetting thousands of
+/// streams (HTTP/2 rapid reset) costs the operator one log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAborted;
 
 impl GatewayError {
     /// Shorthand for [`GatewayError::InvalidRequest`].
@@ -120,6 +130,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest { .. }
+            | BodyCutOff
             | InvalidImageKey
             | InvalidGenerationId
             | ImageTypeUnsupported { .. }
@@ -147,7 +158,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            InvalidRequest { .. } => "invalid_request",
+            InvalidRequest { .. } | BodyCutOff => "invalid_request",
             InvalidImageKey => "invalid_image_key",
             InvalidGenerationId => "invalid_generation_id",
             ImageTypeUnsupported { .. } => "IMAGE_TYPE_UNSUPPORTED",
@@ -235,6 +246,9 @@ impl GatewayError {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        if matches!(self, GatewayError::BodyCutOff) {
+            response.extensions_mut().insert(ClientAborted);
+        }
         tracing::debug!(status = %self.status(), code = self.code(), "request rejected");
         response
     }
@@ -245,6 +259,7 @@ impl fmt::Display for GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest { message, .. } => f.write_str(message),
+            BodyCutOff => f.write_str("the request body could not be read"),
             InvalidImageKey => f.write_str(
                 "image_key is malformed or does not belong to the caller; \
                  use a key returned by the upload endpoint",

@@ -76,7 +76,7 @@ use crate::billing::AdminApi;
 use crate::future::ResponseFuture;
 use crate::limit::BodyLimit;
 use crate::ratelimit::RateLimit;
-use crate::{BoxError, GatewayError, ResponseBody};
+use crate::{BoxError, ClientAborted, GatewayError, ResponseBody};
 use routes::Routes;
 
 /// The whole gateway as one cloneable service. Build it with [`Gateway::builder`].
@@ -134,11 +134,14 @@ where
                 if let Ok(value) = HeaderValue::from_str(id.as_str()) {
                     response.headers_mut().insert("x-request-id", value);
                 }
-                tracing::info!(
-                    status = response.status().as_u16(),
-                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "request finished"
-                );
+                let status = response.status().as_u16();
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                if response.extensions().get::<ClientAborted>().is_some() {
+                    // Counted per connection by the server instead: one line, not thousands.
+                    tracing::debug!(status, latency_ms, "request cut off by the client");
+                } else {
+                    tracing::info!(status, latency_ms, "request finished");
+                }
                 Ok(response)
             }
             .instrument(span),

@@ -2,8 +2,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response};
 
 use crate::backend::Image;
-use crate::source::GenerationId;
 use crate::body::Piece;
+use crate::source::GenerationId;
 use crate::store::FileKey;
 use crate::ResponseBody;
 

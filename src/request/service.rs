@@ -171,7 +171,7 @@ pub(crate) fn body_error(error: impl Into<BoxError>) -> GatewayError {
     } else if is_timeout(&*error) {
         GatewayError::RequestTimeout
     } else {
-        GatewayError::invalid_request("the request body could not be read", None)
+        GatewayError::BodyCutOff
     }
 }
 

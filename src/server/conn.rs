@@ -42,6 +42,8 @@ pub(super) struct Conn {
     close: Notify,
     /// Whether it was told, so one connection is never evicted twice.
     told: AtomicBool,
+    /// Requests whose client broke off the body (reset streams, mostly).
+    aborted: AtomicU64,
 }
 
 /// Why a connection's watchdog fired.
@@ -99,6 +101,7 @@ impl Registry {
             idle_since: AtomicU64::new(self.millis()),
             close: Notify::new(),
             told: AtomicBool::new(false),
+            aborted: AtomicU64::new(0),
         });
         open.conns.insert(id, conn.clone());
         Some(Registered {
@@ -201,6 +204,16 @@ impl Registered {
     /// Resolves when the connection is told to close.
     pub(super) async fn told_to_close(&self) {
         self.conn.close.notified().await;
+    }
+
+    /// Counts a request whose client broke off its body.
+    pub(super) fn aborted(&self) {
+        self.conn.aborted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many requests' clients broke off their bodies.
+    pub(super) fn aborted_count(&self) -> u64 {
+        self.conn.aborted.load(Ordering::Relaxed)
     }
 
     /// Requests in flight on this connection.

@@ -44,7 +44,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::{GatewayError, ResponseBody};
+use crate::{ClientAborted, GatewayError, ResponseBody};
 
 mod conn;
 mod timed_body;
@@ -153,7 +153,9 @@ where
         };
         let Some(slot) = slot else { break };
         let service = service.clone();
-        tokio::spawn(serve_connection(stream, service, registered, slot, options));
+        tokio::spawn(serve_connection(
+            stream, peer, service, registered, slot, options,
+        ));
     }
     drop(listener);
     registry.close_all();
@@ -170,6 +172,7 @@ where
 /// Serves one connection until it ends, or until its watchdog or the server closes it.
 async fn serve_connection<S>(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     service: S,
     registered: Registered,
     slot: OwnedSemaphorePermit,
@@ -213,24 +216,29 @@ async fn serve_connection<S>(
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let ended = tokio::select! {
-        ended = connection.as_mut() => ended,
+        ended = connection.as_mut() => Some(ended),
         why = registered.closing(options.header_read_timeout, options.idle_timeout) => {
             let idle = registered.active() == 0;
             if idle && why == Close::Told {
                 // Evicted (someone needs the room now) or shutting down: no goodbye.
-                return;
-            }
-            connection.as_mut().graceful_shutdown();
-            let grace = if idle { IDLE_CLOSE_GRACE } else { options.grace_period };
-            match tokio::time::timeout(grace, connection.as_mut()).await {
-                Ok(ended) => ended,
-                Err(_) => return,
+                None
+            } else {
+                connection.as_mut().graceful_shutdown();
+                let grace = if idle { IDLE_CLOSE_GRACE } else { options.grace_period };
+                tokio::time::timeout(grace, connection.as_mut()).await.ok()
             }
         }
     };
-    if let Err(error) = ended {
-        // One line per connection, whatever the peer sent.
-        tracing::debug!(%error, "connection ended with an error");
+    // One line per connection, whatever the peer did: never one per request or frame.
+    let aborted = registered.aborted_count();
+    match ended {
+        Some(Err(error)) => {
+            tracing::debug!(%peer, %error, aborted, "connection ended with an error")
+        }
+        _ if aborted > 0 => {
+            tracing::info!(%peer, aborted, "connection ended; its client cut off requests")
+        }
+        _ => {}
     }
 }
 
@@ -263,13 +271,20 @@ where
         let req = req.map(|body| TimedBody::new(body, self.options.body_read_timeout));
         let answer = self.inner.clone().oneshot(req);
         let limit = self.options.request_timeout;
-        let in_request = self.connection.as_ref().map(|c| c.begin());
+        let connection = self.connection.clone();
+        let in_request = connection.as_ref().map(|c| c.begin());
         crate::ResponseFuture::new(async move {
             let _in_request = in_request;
-            match tokio::time::timeout(limit, answer).await {
-                Ok(answered) => answered,
-                Err(_) => Ok(GatewayError::RequestTimeout.into_response()),
+            let response = match tokio::time::timeout(limit, answer).await {
+                Ok(answered) => answered?,
+                Err(_) => GatewayError::RequestTimeout.into_response(),
+            };
+            if response.extensions().get::<ClientAborted>().is_some() {
+                if let Some(connection) = &connection {
+                    connection.aborted();
+                }
             }
+            Ok(response)
         })
     }
 }

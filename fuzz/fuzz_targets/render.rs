@@ -1,0 +1,39 @@
+//! The reference backend fed an arbitrary source file: PNG chunk filtering and every
+//! decoder behind it, under a small decode budget. Never a panic; an answer is an image of
+//! at most the output cap, or an error.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use image_gateway::auth::{Principal, UserId};
+use image_gateway::backend::{EditJob, ImageBackend, ReferenceBackend};
+use image_gateway::request::{EditParams, ImageKind, SourceImage};
+use libfuzzer_sys::fuzz_target;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some(kind) = ImageKind::sniff(data) else { return };
+    let backend = ReferenceBackend::new()
+        .decode_budget(4 << 20)
+        .max_output_pixels(256 * 256);
+    let source = SourceImage {
+        bytes: Bytes::copy_from_slice(data),
+        kind,
+        filename: None,
+    };
+    let owner = Principal::new(UserId::new("fuzz").expect("user id"));
+    let job = EditJob::new(owner, vec![source], EditParams::new("m", "p"));
+    if let Ok(images) = runtime().block_on(backend.edit(&job)) {
+        assert_eq!(images.len(), 1);
+    }
+});

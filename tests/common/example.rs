@@ -8,8 +8,13 @@ use super::ALICE_KEY;
 
 /// Builds the example and returns its executable.
 pub fn example_binary() -> PathBuf {
+    // `IMAGE_GATEWAY_EXAMPLE_RELEASE=1` measures the release build (the README's figures).
+    let mut args = vec!["build", "--example", "gateway", "--message-format=json"];
+    if std::env::var_os("IMAGE_GATEWAY_EXAMPLE_RELEASE").is_some() {
+        args.push("--release");
+    }
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--example", "gateway", "--message-format=json"])
+        .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()

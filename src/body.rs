@@ -35,7 +35,7 @@ struct Encoded {
 /// One piece of an encoded body.
 pub(crate) enum Piece {
     /// Sent as is.
-    Literal(Bytes),
+    Literal(String),
     /// Sent as standard base64 with padding.
     Base64(Bytes),
 }
@@ -46,30 +46,42 @@ impl ResponseBody {
         ResponseBody(Kind::Full(None))
     }
 
-    /// `pieces` in order, base64 ones encoded as they are sent.
+    /// `pieces` in order, base64 ones encoded as they are sent; a small body (at most one
+    /// chunk) is encoded at once, as one frame.
     pub(crate) fn encoded(pieces: Vec<Piece>) -> Self {
         let remaining = pieces
             .iter()
             .map(|piece| match piece {
-                Piece::Literal(bytes) => bytes.len() as u64,
+                Piece::Literal(text) => text.len() as u64,
                 Piece::Base64(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(0) as u64,
             })
             .sum();
-        ResponseBody(Kind::Encoded(Encoded {
+        let encoded = Encoded {
             pieces: pieces.into_iter(),
             current: None,
             remaining,
-        }))
+        };
+        if remaining <= CHUNK_INPUT as u64 {
+            return ResponseBody(Kind::Encoded(encoded)).into_bytes().into();
+        }
+        ResponseBody(Kind::Encoded(encoded))
     }
 
     /// The whole body in one buffer (every frame is ready at once).
     pub fn into_bytes(self) -> Bytes {
         match self.0 {
             Kind::Full(bytes) => bytes.unwrap_or_default(),
-            Kind::Encoded(mut encoded) => {
-                let mut out = Vec::with_capacity(encoded.remaining as usize);
-                while let Some(chunk) = encoded.next_chunk() {
-                    out.extend_from_slice(&chunk);
+            Kind::Encoded(encoded) => {
+                // Encoded straight into one buffer: no chunk of its own per piece.
+                let mut out = String::with_capacity(encoded.remaining as usize);
+                if let Some((bytes, at)) = &encoded.current {
+                    STANDARD.encode_string(&bytes[*at..], &mut out);
+                }
+                for piece in encoded.pieces {
+                    match piece {
+                        Piece::Literal(text) => out.push_str(&text),
+                        Piece::Base64(bytes) => STANDARD.encode_string(&bytes, &mut out),
+                    }
                 }
                 Bytes::from(out)
             }
@@ -122,8 +134,8 @@ impl Encoded {
                 self.current = None;
             }
             match self.pieces.next()? {
-                Piece::Literal(bytes) if bytes.is_empty() => {}
-                Piece::Literal(bytes) => return Some(bytes),
+                Piece::Literal(text) if text.is_empty() => {}
+                Piece::Literal(text) => return Some(Bytes::from(text)),
                 Piece::Base64(bytes) => self.current = Some((bytes, 0)),
             }
         }
@@ -174,11 +186,11 @@ mod tests {
     async fn encoded_pieces_join_into_the_same_text_as_encoding_at_once() {
         let image: Vec<u8> = (0..CHUNK_INPUT * 2 + 7).map(|i| (i * 31) as u8).collect();
         let body = ResponseBody::encoded(vec![
-            Piece::Literal(Bytes::from_static(b"[\"")),
+            Piece::Literal("[\"".into()),
             Piece::Base64(Bytes::from(image.clone())),
-            Piece::Literal(Bytes::from_static(b"\",\"")),
+            Piece::Literal("\",\"".into()),
             Piece::Base64(Bytes::new()),
-            Piece::Literal(Bytes::from_static(b"\"]")),
+            Piece::Literal("\"]".into()),
         ]);
         let announced = body.size_hint().exact();
         let text = http_body_util::BodyExt::collect(body)

@@ -69,8 +69,14 @@ where
         // that hangs up drops at any await) never cuts it between two money steps. Dropping
         // `client` tells the task the client is gone.
         let (client, gone) = oneshot::channel::<Infallible>();
-        let work = tokio::spawn(self.clone().bill(job, gone).in_current_span());
+        let mut work = Box::pin(self.clone().bill(job, gone).in_current_span());
         ResponseFuture::new(async move {
+            // Work that finishes in its first poll (in-memory stores, an instant backend)
+            // cannot be cut: a drop falls between polls. It needs no task of its own.
+            if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
+                return done;
+            }
+            let work = tokio::spawn(work);
             let _client = client;
             work.await.unwrap_or_else(|error| {
                 tracing::error!(%error, "a billed edit's task failed");
@@ -135,6 +141,10 @@ where
         mut gone: oneshot::Receiver<Infallible>,
     ) -> Result<Rendered, GatewayError> {
         tokio::pin!(work);
+        // Most work never waits a third of a TTL: no timer for work that is done at once.
+        if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
+            return done;
+        }
         let every = (self.hold_ttl / 3).max(Duration::from_millis(100));
         let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {

@@ -58,7 +58,7 @@ impl EditOutcome {
                 literal.push(',');
             }
             literal.push_str("{\"b64_json\":\"");
-            pieces.push(Piece::Literal(Bytes::from(std::mem::take(&mut literal))));
+            pieces.push(Piece::Literal(std::mem::take(&mut literal)));
             pieces.push(Piece::Base64(generated.image.bytes.clone()));
             literal.push_str("\"}");
         }
@@ -72,7 +72,7 @@ impl EditOutcome {
             literal.push('"');
         }
         literal.push_str("]}");
-        pieces.push(Piece::Literal(Bytes::from(literal)));
+        pieces.push(Piece::Literal(literal));
         pieces
     }
 

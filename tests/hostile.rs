@@ -43,15 +43,38 @@ fn durable(
 
 /// Sends a JSON edit on a raw socket and hangs up after `after`, answer or not.
 async fn edit_then_hang_up(server: &TestServer, json: String, after: Duration) {
+    let socket = send_edit(server, json, "x-pad: 0").await;
+    tokio::time::sleep(after).await;
+    drop(socket);
+}
+
+/// Sends a JSON edit and hangs up once its hold is taken (the render is under way).
+async fn edit_then_hang_up_once_held(
+    server: &TestServer,
+    ledger: &dyn Ledger,
+    json: String,
+    header: &str,
+) {
+    let socket = send_edit(server, json, header).await;
+    for _ in 0..500 {
+        if ledger.balance(&alice()).await.unwrap().held > 0 {
+            drop(socket);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the edit never took its hold");
+}
+
+async fn send_edit(server: &TestServer, json: String, header: &str) -> TcpStream {
     let mut socket = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
-        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         json.len()
     );
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(json.as_bytes()).await.unwrap();
-    tokio::time::sleep(after).await;
-    drop(socket);
+    socket
 }
 
 /// Every key of alice's files, walking all pages.
@@ -223,8 +246,8 @@ async fn an_abandoned_render_keeps_its_slot_and_is_charged() {
         .clone();
     let json = format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":3}}"#);
 
-    // The client leaves 100 ms into an 800 ms render.
-    edit_then_hang_up(&server, json.clone(), Duration::from_millis(100)).await;
+    // The client leaves once its 800 ms render is under way.
+    edit_then_hang_up_once_held(&server, &*ledger, json.clone(), "x-pad: 0").await;
     // Its slot is still taken while the render runs: a second edit is refused.
     let refused = server.edit_json(ALICE_KEY, &json).await;
     assert_eq!(
@@ -240,5 +263,48 @@ async fn an_abandoned_render_keeps_its_slot_and_is_charged() {
     // And once it has ended, the slot is free again.
     let reply = server.edit_json(ALICE_KEY, &json).await;
     assert_eq!(reply.images().len(), 3);
+    assert_conserved(&*ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_edit_abandoned_then_retried_is_charged_once() {
+    let dir = temp_dir("idempotent-abandoned");
+    let backend = ReferenceBackend::new().latency(Duration::from_millis(600));
+    let (builder, ledger) = durable(&dir, backend);
+    let server = TestServer::start(builder.build()).await;
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let key = server
+        .upload(ALICE_KEY, &[("src.png", &png(16, 16))])
+        .await
+        .uploaded_keys()[0]
+        .clone();
+    let json = format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":2}}"#);
+
+    // The client leaves mid-render; its work runs on and is charged.
+    edit_then_hang_up_once_held(&server, &*ledger, json.clone(), "idempotency-key: retry-1").await;
+    // Its retry waits for that work and gets its answer, not a second render.
+    let retried = loop {
+        let req = http::Request::post(EDITS)
+            .header("x-api-key", ALICE_KEY)
+            .header("idempotency-key", "retry-1")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(json.clone())))
+            .unwrap();
+        let reply = server.send(req).await;
+        if reply.status != 409 {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        retried.images().len(),
+        2,
+        "{}",
+        String::from_utf8_lossy(&retried.body)
+    );
+    let outputs = settled(&server, &*ledger).await;
+    assert_eq!(outputs.len(), 2, "one render, not two");
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.charged, b.held), (2 * PRICE, 0));
     assert_conserved(&*ledger).await;
 }

@@ -46,7 +46,7 @@ pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_
 pub use upstream::{UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
 use crate::auth::Principal;
-use crate::lease::Leases;
+use crate::lease::{ClientWatch, Leases};
 use crate::request::{EditParams, OutputFormat, Size, SourceImage};
 use crate::store::FileKey;
 use crate::GatewayError;
@@ -83,6 +83,8 @@ pub struct EditJob {
     pub request_id: String,
     /// What stays taken while the job runs (the caller's in-flight slot); dropped with it.
     pub leases: Leases,
+    /// Whether the client still waits for the answer.
+    pub client: ClientWatch,
     /// Whether the sources came in the request and are still to be stored under
     /// `source_keys` (by the edit, after its hold).
     pub(crate) store_sources: bool,
@@ -98,6 +100,7 @@ impl EditJob {
             source_keys: Vec::new(),
             request_id: String::new(),
             leases: Leases::default(),
+            client: ClientWatch::default(),
             store_sources: false,
         }
     }

@@ -1,9 +1,7 @@
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower_service::Service;
 use tracing::Instrument;
@@ -13,6 +11,7 @@ use crate::backend::EditJob;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
 use crate::gateway::{EditOutcome, Rendered};
+use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
 use crate::GatewayError;
 
@@ -66,19 +65,16 @@ where
 
     fn call(&mut self, job: EditJob) -> Self::Future {
         // The billed work runs on a task of its own, so the request's future (which a client
-        // that hangs up drops at any await) never cuts it between two money steps. Dropping
-        // `client` tells the task the client is gone.
-        let (client, gone) = oneshot::channel::<Infallible>();
-        let mut work = Box::pin(self.clone().bill(job, gone).in_current_span());
+        // that hangs up drops at any await) never cuts it between two money steps. The job's
+        // client watch tells it when the client is gone.
+        let mut work = Box::pin(self.clone().bill(job).in_current_span());
         ResponseFuture::new(async move {
             // Work that finishes in its first poll (in-memory stores, an instant backend)
             // cannot be cut: a drop falls between polls. It needs no task of its own.
             if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
                 return done;
             }
-            let work = tokio::spawn(work);
-            let _client = client;
-            work.await.unwrap_or_else(|error| {
+            tokio::spawn(work).await.unwrap_or_else(|error| {
                 tracing::error!(%error, "a billed edit's task failed");
                 Err(GatewayError::Internal)
             })
@@ -94,11 +90,7 @@ where
     /// Hold, work, settle, publish: in this order, so an image is reachable only once it
     /// has been charged. The job (and the leases it carries, such as the caller's in-flight
     /// slot) lives until the backend's work has ended.
-    async fn bill(
-        mut self,
-        job: EditJob,
-        gone: oneshot::Receiver<Infallible>,
-    ) -> Result<EditOutcome, GatewayError> {
+    async fn bill(mut self, job: EditJob) -> Result<EditOutcome, GatewayError> {
         let price = Amount::new(self.catalog.get(&job.params.model)?.price_per_image());
         let n = job.params.n;
         let amount = price.times(n).ok_or_else(|| {
@@ -110,8 +102,9 @@ where
             .hold(job.principal.user_id(), amount, self.hold_ttl, memo)
             .await?;
         let mut guard = HoldGuard::new(self.ledger.clone(), hold.id);
+        let client = job.client.clone();
         let work = self.inner.clone().oneshot(job);
-        let rendered = match self.watch(hold.id, work, gone).await {
+        let rendered = match self.watch(hold.id, work, client).await {
             Ok(rendered) => rendered,
             Err(error) => {
                 guard.release().await;
@@ -138,7 +131,7 @@ where
         &mut self,
         hold: HoldId,
         work: impl std::future::Future<Output = Result<Rendered, GatewayError>>,
-        mut gone: oneshot::Receiver<Infallible>,
+        mut client: ClientWatch,
     ) -> Result<Rendered, GatewayError> {
         tokio::pin!(work);
         // Most work never waits a third of a TTL: no timer for work that is done at once.
@@ -155,7 +148,7 @@ where
                     Ok(false) => tracing::error!(%hold, "a live request's hold expired; its settle will charge late"),
                     Err(error) => tracing::error!(%error, %hold, "renewing a hold failed"),
                 },
-                _ = &mut gone, if self.cancel_abandoned => {
+                () = client.gone(), if self.cancel_abandoned => {
                     tracing::info!("client gone; the backend's work is cancelled");
                     return Err(GatewayError::RequestTimeout);
                 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::{Begin, IdempotencyRecords};
 use crate::auth::UserId;
@@ -84,28 +85,45 @@ where
     S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
+    /// Runs the request and ends its record with the work, not with the socket: billed work
+    /// can outlive its client (and is then charged), so the key is completed when it ends (a
+    /// retry replays the first answer) or abandoned when it fails (a retry runs again).
     async fn run(
         self,
         req: EditRequest,
         user: UserId,
         key: String,
     ) -> Result<EditOutcome, GatewayError> {
-        // Dropped before an answer (client gone): forget the key so a retry runs.
-        let forget = ForgetOnDrop {
-            records: Some(self.records.clone()),
-            user: user.clone(),
-            key: key.clone(),
-        };
-        let answer = self.inner.oneshot(req).await;
-        let records = forget.disarm();
-        match &answer {
-            Ok(outcome) => {
-                let ids: Vec<GenerationId> = outcome.images.iter().map(|g| g.id).collect();
-                records.complete(&user, &key, outcome.created, &ids).await?;
+        let mut work = Box::pin(
+            async move {
+                // Dropped before the end (a panic, a runtime going down): forget the key so
+                // a retry runs.
+                let forget = ForgetOnDrop {
+                    records: Some(self.records.clone()),
+                    user: user.clone(),
+                    key: key.clone(),
+                };
+                let answer = self.inner.oneshot(req).await;
+                let records = forget.disarm();
+                match &answer {
+                    Ok(outcome) => {
+                        let ids: Vec<GenerationId> = outcome.images.iter().map(|g| g.id).collect();
+                        records.complete(&user, &key, outcome.created, &ids).await?;
+                    }
+                    Err(_) => records.abandon(&user, &key).await?,
+                }
+                answer
             }
-            Err(_) => records.abandon(&user, &key).await?,
+            .in_current_span(),
+        );
+        // Done in one poll (in-memory stores): nothing to outlive.
+        if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
+            return done;
         }
-        answer
+        tokio::spawn(work).await.unwrap_or_else(|error| {
+            tracing::error!(%error, "an idempotent edit's task failed");
+            Err(GatewayError::Internal)
+        })
     }
 }
 

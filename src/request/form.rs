@@ -4,7 +4,7 @@ use super::fields::{parse_n, parse_prompt};
 use super::{EditParams, EditRequest, ResponseFormat, Source, SourceImage};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
-use crate::lease::Leases;
+use crate::lease::{ClientWatch, Leases};
 use crate::source::GenerationId;
 use crate::store::FileKey;
 use crate::GatewayError;
@@ -128,6 +128,7 @@ impl RawFields {
             request_id: String::new(),
             idempotency_key: None,
             leases: Leases::default(),
+            client: ClientWatch::default(),
         })
     }
 }

@@ -52,7 +52,7 @@ pub use service::Normalize;
 pub use sniff::{ImageKind, SNIFF_LEN};
 
 use crate::auth::Principal;
-use crate::lease::Leases;
+use crate::lease::{ClientWatch, Leases};
 use crate::source::GenerationId;
 use crate::store::FileKey;
 
@@ -72,6 +72,8 @@ pub struct EditRequest {
     pub idempotency_key: Option<String>,
     /// What must stay taken until the edit's work ends (the caller's in-flight slot).
     pub leases: Leases,
+    /// Whether the client still waits for the answer.
+    pub client: ClientWatch,
 }
 
 impl EditRequest {

@@ -14,7 +14,7 @@ use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
 use crate::gateway::{EditOutcome, RequestId};
-use crate::lease::Leases;
+use crate::lease::{ClientWatch, Leases};
 use crate::{BoxError, GatewayError, ResponseBody};
 
 /// The largest JSON body read: a 32,000-character prompt fully `\u` escaped fits.
@@ -71,13 +71,17 @@ where
             .unwrap_or_else(|| RequestId::from_headers(req.headers()))
             .to_string();
         let leases = Leases::of_request(req.extensions());
+        // Dropped with this future: work that outlives the answer learns the client left.
+        let (client, watch) = ClientWatch::new();
         ResponseFuture::new(async move {
+            let _client = client;
             let answer = async {
                 let idempotency_key = idempotency_key(req.headers())?;
                 let mut edit = read_edit(req, &catalog, limits).await?;
                 edit.request_id = request_id.clone();
                 edit.idempotency_key = idempotency_key;
                 edit.leases = leases;
+                edit.client = watch;
                 let span = tracing::Span::current();
                 span.record("model", edit.params.model.as_str());
                 span.record("n", edit.params.n);

@@ -71,6 +71,7 @@ where
             job.store_sources = uploaded;
             job.request_id = req.request_id;
             job.leases = req.leases;
+            job.client = req.client;
             inner.oneshot(job).await
         })
     }

@@ -9,10 +9,11 @@
 //! | same fingerprint, first one succeeded | the first result, rebuilt from its stored generations; nothing charged |
 //! | same fingerprint, first one still running | `409 idempotency_key_in_use`, `Retry-After: 1` |
 //! | same fingerprint, first one failed | runs again (a failure charged nothing) |
+//! | same fingerprint, first one's client left while it ran | its work goes on (`409` until it ends), then the first result; charged once. For a [cancellable](crate::backend::ImageBackend::cancellable) backend the work was cancelled, so it runs again |
 //! | different fingerprint | `409 idempotency_key_reused` |
 //!
-//! A request left running by a process that died is forgotten after 10 minutes, so its key
-//! can be used again. [`IdempotencyLayer`] sits between normalization and source resolution.
+//! The record ends with the request's work, not with its connection. A request left running
+//! by a process that died is forgotten after 10 minutes, so its key can be used again. [`IdempotencyLayer`] sits between normalization and source resolution.
 
 mod layer;
 mod memory;

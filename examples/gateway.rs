@@ -18,6 +18,8 @@
 //! - `GATEWAY_REFERENCE_LATENCY_MS`: simulated model latency of the reference backend
 //!   (default 0).
 //! - `GATEWAY_MAX_RENDERS`: reference renders at once, process-wide (default: one per core).
+//! - `GATEWAY_DECODE_BUDGET_BYTES`: the most a decoded source may take (default 32 MiB).
+//! - `GATEWAY_MAX_OUTPUT_PIXELS`: the largest output (default 3840 x 2160 = 8,294,400).
 //! - `GATEWAY_QUOTA_BYTES`, `GATEWAY_QUOTA_FILES`: what each user may keep stored
 //!   (default 200,000,000 bytes in 10,000 files; `0` is unlimited).
 //! - `GATEWAY_MIN_FREE_BYTES`: free space the file volume keeps; writes that would go under
@@ -48,7 +50,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image_gateway::auth::StaticKeys;
-use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
+use image_gateway::backend::{
+    ImageBackend, ReferenceBackend, UpstreamBackend, DEFAULT_DECODE_BUDGET,
+    DEFAULT_MAX_OUTPUT_PIXELS,
+};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::idempotency::SqliteIdempotency;
@@ -79,6 +84,8 @@ struct Config {
     hold_ttl: Duration,
     latency: Duration,
     max_renders: u64,
+    decode_budget: u64,
+    max_output_pixels: u64,
     quota: Quota,
     min_free_bytes: u64,
     upstream: Option<(String, Option<String>, Option<String>)>,
@@ -118,6 +125,8 @@ impl Config {
             }),
             latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
             max_renders: integer("GATEWAY_MAX_RENDERS")?,
+            decode_budget: integer_or("GATEWAY_DECODE_BUDGET_BYTES", DEFAULT_DECODE_BUDGET)?,
+            max_output_pixels: integer_or("GATEWAY_MAX_OUTPUT_PIXELS", DEFAULT_MAX_OUTPUT_PIXELS)?,
             quota: Quota::new(
                 integer_or("GATEWAY_QUOTA_BYTES", 200_000_000)?,
                 integer_or("GATEWAY_QUOTA_FILES", 10_000)?,
@@ -231,7 +240,10 @@ async fn shutdown_signal() {
 /// The upstream model API when one is configured, else the model-free reference backend.
 fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
     let Some((url, key, model)) = &config.upstream else {
-        let mut reference = ReferenceBackend::new().latency(config.latency);
+        let mut reference = ReferenceBackend::new()
+            .latency(config.latency)
+            .decode_budget(config.decode_budget)
+            .max_output_pixels(config.max_output_pixels);
         if config.max_renders > 0 {
             reference = reference.max_renders(config.max_renders.try_into()?);
         }

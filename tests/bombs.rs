@@ -156,3 +156,74 @@ async fn decoder_bombs_are_answered_within_the_memory_bound() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_abandoned_large_renders_are_bounded_and_charged() {
+    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let source = tokio::task::spawn_blocking(|| png_of(3840, 2160, 8, &[]))
+        .await
+        .unwrap();
+    let data = temp_dir("abandoned-renders");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Demo balance 100, price 10 per image: sixteen one-image edits cost 160 if all ran.
+    let server = Example::start_with(
+        &binary,
+        &data,
+        port,
+        &[
+            ("GATEWAY_MAX_RENDERS", "2"),
+            ("GATEWAY_DEMO_BALANCE", "1000"),
+        ],
+    );
+    let (content_type, body) = edit_of(&source).finish();
+    for _ in 0..16 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut socket, &body)
+            .await
+            .unwrap();
+        // Gone 150 ms later, long before its render (queued behind the others) ends.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            drop(socket);
+        });
+    }
+    let client = TestServer::at(addr);
+    let mut last = (0, 0);
+    for _ in 0..600 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let balance = client
+            .call(http::Method::GET, "/api/v1/balance", ALICE_KEY)
+            .await
+            .json();
+        last = (
+            balance["available"].as_i64().unwrap(),
+            balance["held"].as_u64().unwrap(),
+        );
+        if last == (1000 - 16 * 10, 0) {
+            break;
+        }
+    }
+    let peak = server.peak_rss();
+    println!(
+        "16 abandoned 3840x2160 renders: peak RSS {} MiB",
+        peak >> 20
+    );
+    assert_eq!(
+        last,
+        (840, 0),
+        "every abandoned render was charged, none free"
+    );
+    assert!(
+        peak < PEAK_BOUND,
+        "peak RSS {} MiB over the bound",
+        peak >> 20
+    );
+}

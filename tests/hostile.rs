@@ -98,12 +98,14 @@ async fn all_files(server: &TestServer) -> Vec<String> {
     }
 }
 
-/// Waits until nothing is held and the output files stop changing.
+/// Waits until nothing is held and the output files have not changed for half a second.
 async fn settled(server: &TestServer, ledger: &dyn Ledger) -> Vec<String> {
     let mut last = Vec::new();
-    for _ in 0..200 {
+    let mut quiet = 0;
+    for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if ledger.balance(&alice()).await.unwrap().held > 0 {
+            quiet = 0;
             continue;
         }
         let outputs: Vec<String> = all_files(server)
@@ -111,7 +113,8 @@ async fn settled(server: &TestServer, ledger: &dyn Ledger) -> Vec<String> {
             .into_iter()
             .filter(|k| k.contains("_generation."))
             .collect();
-        if outputs == last {
+        quiet = if outputs == last { quiet + 1 } else { 0 };
+        if quiet == 5 {
             return outputs;
         }
         last = outputs;

@@ -62,7 +62,7 @@ enum State {
     Data,
     /// A delimiter was just read; the next part (or the end) follows.
     Delimited,
-    /// The close delimiter was read; the rest of the body is ignored.
+    /// The close delimiter was read, and the rest of the body read past.
     Done,
 }
 
@@ -120,7 +120,10 @@ where
     }
 
     /// The next part's headers, after reading past whatever is left of the current part;
-    /// `None` after the close delimiter.
+    /// `None` after the close delimiter, once the rest of the body (an epilogue, a chunked
+    /// terminator that comes in a write of its own) has been read too, within the body
+    /// limit: a server that answered with request bytes unread would close the connection
+    /// and the client's kernel would reset it, cutting the answer off.
     pub(crate) async fn next_part(&mut self) -> Result<Option<PartHead>, MultipartError> {
         while self.chunk().await?.is_some() {}
         if self.state == State::Done {
@@ -130,6 +133,10 @@ where
         let first = self.next_byte().await?;
         if first == b'-' {
             if self.next_byte().await? == b'-' {
+                self.pending.clear();
+                while self.fill().await? {
+                    self.pending.clear();
+                }
                 self.state = State::Done;
                 return Ok(None);
             }

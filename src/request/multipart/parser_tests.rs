@@ -261,3 +261,32 @@ fn a_part_past_the_part_limit_is_an_error() {
         Err("a multipart body may have at most 2 parts".into())
     );
 }
+
+#[test]
+fn the_rest_of_the_body_is_read_after_the_close_delimiter_within_the_limit() {
+    let form = b"--B\r\ncontent-disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B--\r\n";
+    let epilogue = vec![b'e'; 1000];
+    let body = [form.as_slice(), &epilogue].concat();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Cut so the epilogue comes in chunks of its own, as a late write would.
+        let cuts = [form.len(), form.len() + 10, form.len() + 500];
+        let mut parts = Parts::new(chunked(&body, &cuts), "B", limits(u64::MAX, 1024)).unwrap();
+        while parts.next_part().await.unwrap().is_some() {}
+        assert_eq!(
+            parts.read,
+            body.len() as u64,
+            "the epilogue was left unread"
+        );
+        // An epilogue past the whole-body limit is refused like any other byte.
+        let limit = form.len() as u64 + 100;
+        let mut parts = Parts::new(chunked(&body, &cuts), "B", limits(limit, 1024)).unwrap();
+        assert!(parts.next_part().await.unwrap().is_some());
+        assert!(matches!(
+            parts.next_part().await,
+            Err(MultipartError::TooLarge)
+        ));
+    });
+}

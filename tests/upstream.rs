@@ -42,6 +42,7 @@ enum Script {
 
 #[derive(Debug, Default, Clone)]
 struct Received {
+    path: String,
     authorization: Option<String>,
     texts: Vec<(String, String)>,
     files: Vec<(String, Vec<u8>)>,
@@ -90,6 +91,7 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
     let call = mock.calls.fetch_add(1, Ordering::SeqCst);
     let mut guard = CancelFlag(mock.clone(), false);
     let mut received = Received {
+        path: req.uri().path().to_owned(),
         authorization: req
             .headers()
             .get("authorization")
@@ -225,8 +227,13 @@ async fn billed(upstream: UpstreamBackend) -> (TestServer, Arc<dyn Ledger>) {
 }
 
 async fn setup(script: Script) -> Setup {
+    setup_at(script, "").await
+}
+
+/// As [`setup`], the upstream's URL given with `suffix` (`/v1`, `/`) after its host.
+async fn setup_at(script: Script, suffix: &str) -> Setup {
     let mock = start_mock(script).await;
-    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
+    let upstream = UpstreamBackend::builder(format!("http://{}{suffix}", mock.addr))
         .api_key(UPSTREAM_KEY)
         .model("gpt-image-2", "upstream-model-x")
         .timeout(Duration::from_secs(2))
@@ -309,6 +316,23 @@ async fn forwards_the_sdk_shape_and_bills_what_came_back() {
             ("image[]".to_string(), jpeg(5, 5))
         ]
     );
+}
+
+#[tokio::test]
+async fn an_upstream_url_with_or_without_v1_reaches_the_same_endpoint() {
+    for suffix in ["", "/", "/v1", "/v1/"] {
+        let s = setup_at(Script::Images(1), suffix).await;
+        assert_eq!(
+            s.server.edit_form(ALICE_KEY, edit(1)).await.images().len(),
+            1,
+            "{suffix}"
+        );
+        let path = s.mock.received.lock().unwrap()[0].path.clone();
+        assert_eq!(
+            path, "/v1/images/edits",
+            "upstream URL ending in {suffix:?}"
+        );
+    }
 }
 
 #[tokio::test]

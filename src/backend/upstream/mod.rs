@@ -109,18 +109,7 @@ impl UpstreamBuilder {
     /// Builds the backend: a pooled HTTP/1.1 + HTTP/2 client with rustls and the Mozilla
     /// root certificates.
     pub fn build(self) -> Result<UpstreamBackend, UpstreamConfigError> {
-        let base = Url::parse(self.base.trim_end_matches('/'))
-            .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(UpstreamConfigError(
-                "upstream URL must be http or https".into(),
-            ));
-        }
-        let endpoint = Url::parse(&format!(
-            "{}/v1/images/edits",
-            base.as_str().trim_end_matches('/')
-        ))
-        .map_err(|e| UpstreamConfigError(format!("upstream URL: {e}")))?;
+        let endpoint = edits_endpoint(&self.base)?;
         let client = Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
@@ -136,9 +125,28 @@ impl UpstreamBuilder {
     }
 }
 
+/// `{base}/v1/images/edits`, for a base given with or without its `/v1` (the OpenAI SDKs'
+/// `base_url` has it, `https://api.openai.com/v1`; many settings pages leave it off).
+fn edits_endpoint(base: &str) -> Result<Url, UpstreamConfigError> {
+    let trimmed = base.trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
+    let parsed = Url::parse(trimmed)
+        .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(UpstreamConfigError(
+            "upstream URL must be http or https".into(),
+        ));
+    }
+    Url::parse(&format!(
+        "{}/v1/images/edits",
+        parsed.as_str().trim_end_matches('/')
+    ))
+    .map_err(|e| UpstreamConfigError(format!("upstream URL: {e}")))
+}
+
 impl UpstreamBackend {
-    /// Settings for an upstream at `base` (e.g. `https://api.openai.com`; the path
-    /// `/v1/images/edits` is appended).
+    /// Settings for an upstream at `base` (e.g. `https://api.openai.com`, with or without a
+    /// trailing `/v1`; the path `/v1/images/edits` is appended).
     pub fn builder(base: impl Into<String>) -> UpstreamBuilder {
         UpstreamBuilder {
             base: base.into(),
@@ -245,4 +253,33 @@ fn describe(error: reqwest::Error) -> String {
         "request failed"
     };
     format!("upstream {kind}: {}", error.without_url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edits_endpoint;
+
+    #[test]
+    fn the_base_url_may_end_in_v1_or_not() {
+        for base in [
+            "https://api.openai.com",
+            "https://api.openai.com/",
+            "https://api.openai.com/v1",
+            "https://api.openai.com/v1/",
+        ] {
+            assert_eq!(
+                edits_endpoint(base).unwrap().as_str(),
+                "https://api.openai.com/v1/images/edits",
+                "{base}"
+            );
+        }
+        assert_eq!(
+            edits_endpoint("http://127.0.0.1:9000/proxy/v1")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:9000/proxy/v1/images/edits"
+        );
+        assert!(edits_endpoint("ftp://example.com").is_err());
+        assert!(edits_endpoint("not a url").is_err());
+    }
 }

@@ -55,7 +55,12 @@ pub enum GatewayError {
     /// 401 `invalid_api_key`: missing, malformed or unknown key.
     InvalidApiKey,
     /// 402 `insufficient_balance`.
-    InsufficientBalance,
+    InsufficientBalance {
+        /// What the request holds: `n x price`.
+        needed: u64,
+        /// What the account has available.
+        available: i64,
+    },
     /// 402 `OUTSTANDING_DEBT`: the account balance is negative.
     OutstandingDebt,
     /// 404 `model_not_found`.
@@ -110,6 +115,11 @@ pub enum GatewayError {
     Internal,
 }
 
+/// The `code` of an error answer, kept in the response's extensions so access logs can say
+/// why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// Marks an answer to a request whose client broke off its body. Access logs count such
 /// answers per connection instead of logging each one, so a client resetting thousands of
 /// streams (HTTP/2 rapid reset) costs the operator one log line.
@@ -137,7 +147,7 @@ impl GatewayError {
             | ImageTooLarge { .. }
             | ContentPolicyViolation { .. } => StatusCode::BAD_REQUEST,
             InvalidApiKey => StatusCode::UNAUTHORIZED,
-            InsufficientBalance | OutstandingDebt => StatusCode::PAYMENT_REQUIRED,
+            InsufficientBalance { .. } | OutstandingDebt => StatusCode::PAYMENT_REQUIRED,
             ModelNotFound { .. } | GenerationNotFound | ImageNotFound | RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -165,7 +175,7 @@ impl GatewayError {
             ImageTooLarge { .. } => "IMAGE_TOO_LARGE",
             ContentPolicyViolation { .. } => "content_policy_violation",
             InvalidApiKey => "invalid_api_key",
-            InsufficientBalance => "insufficient_balance",
+            InsufficientBalance { .. } => "insufficient_balance",
             OutstandingDebt => "OUTSTANDING_DEBT",
             ModelNotFound { .. } => "model_not_found",
             GenerationNotFound => "generation_not_found",
@@ -190,7 +200,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidApiKey => "authentication_error",
-            InsufficientBalance | OutstandingDebt => "billing_error",
+            InsufficientBalance { .. } | OutstandingDebt => "billing_error",
             RateLimitExceeded { .. } => "rate_limit_error",
             Upstream | Internal | InsufficientStorage => "server_error",
             _ => "invalid_request_error",
@@ -249,6 +259,7 @@ impl GatewayError {
         if matches!(self, GatewayError::BodyCutOff) {
             response.extensions_mut().insert(ClientAborted);
         }
+        response.extensions_mut().insert(ErrorCode(self.code()));
         tracing::debug!(status = %self.status(), code = self.code(), "request rejected");
         response
     }
@@ -280,7 +291,11 @@ impl fmt::Display for GatewayError {
             InvalidApiKey => f.write_str(
                 "invalid API key; send it as `Authorization: Bearer <key>` or `x-api-key: <key>`",
             ),
-            InsufficientBalance => f.write_str("insufficient balance for this request"),
+            InsufficientBalance { needed, available } => write!(
+                f,
+                "insufficient balance for this request: it needs {needed} (n x the price per \
+                 image), {available} is available"
+            ),
             OutstandingDebt => f.write_str("the account has outstanding unpaid charges"),
             ModelNotFound { model } => write!(f, "the model `{model}` does not exist"),
             GenerationNotFound => f.write_str("generation not found"),

@@ -49,7 +49,7 @@ pub mod server;
 pub mod source;
 pub mod store;
 
-pub use error::{ClientAborted, GatewayError};
+pub use error::{ClientAborted, ErrorCode, GatewayError};
 pub use future::ResponseFuture;
 pub use gateway::Gateway;
 

@@ -223,6 +223,14 @@ async fn insufficient_balance_and_outstanding_debt_are_402() {
     b.ledger.deposit(&alice(), 15, "c").await.unwrap();
     let reply = b.server.edit_form(ALICE_KEY, form("ok", 2)).await;
     assert_eq!(reply.error().1, "insufficient_balance", "20 > 15");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("needs 20") && message.contains("15 is available"),
+        "{message}"
+    );
     b.ledger
         .deposit(&alice(), -20, "operator correction")
         .await

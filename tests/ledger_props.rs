@@ -122,7 +122,7 @@ async fn run(ledger: &dyn Ledger, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         });
                     }
                     Err(LedgerError::OutstandingDebt) => prop_assert!(b.available < 0),
-                    Err(LedgerError::InsufficientBalance) => {
+                    Err(LedgerError::InsufficientBalance { .. }) => {
                         prop_assert!(b.available >= 0 && b.available < amount as i64)
                     }
                     Err(other) => return Err(TestCaseError::fail(format!("{other}"))),

@@ -110,6 +110,24 @@ async fn a_full_run_logs_no_secret_and_no_image_bytes() {
         text.contains("image backend failed"),
         "the upstream failure was logged"
     );
+    // A refused request's line says why, by the error's code.
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("request finished") && (l.contains("status=401") || l.contains("status=502"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{text}");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("code=\"invalid_api_key\"") || l.contains("code=invalid_api_key")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|l| l.contains("upstream_error")),
+        "{refused:?}"
+    );
     let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
     for secret in [
         ALICE_KEY,

@@ -76,7 +76,7 @@ use crate::billing::AdminApi;
 use crate::future::ResponseFuture;
 use crate::limit::BodyLimit;
 use crate::ratelimit::RateLimit;
-use crate::{BoxError, ClientAborted, GatewayError, ResponseBody};
+use crate::{BoxError, ClientAborted, ErrorCode, GatewayError, ResponseBody};
 use routes::Routes;
 
 /// The whole gateway as one cloneable service. Build it with [`Gateway::builder`].
@@ -136,9 +136,12 @@ where
                 }
                 let status = response.status().as_u16();
                 let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                if response.extensions().get::<ClientAborted>().is_some() {
+                let extensions = response.extensions();
+                if extensions.get::<ClientAborted>().is_some() {
                     // Counted per connection by the server instead: one line, not thousands.
                     tracing::debug!(status, latency_ms, "request cut off by the client");
+                } else if let Some(ErrorCode(code)) = extensions.get::<ErrorCode>() {
+                    tracing::info!(status, code, latency_ms, "request finished");
                 } else {
                     tracing::info!(status, latency_ms, "request finished");
                 }

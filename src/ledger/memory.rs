@@ -149,7 +149,10 @@ impl Ledger for MemoryLedger {
             return Err(LedgerError::OutstandingDebt);
         }
         if balance.available < amount.signed() {
-            return Err(LedgerError::InsufficientBalance);
+            return Err(LedgerError::InsufficientBalance {
+                needed: amount,
+                available: balance.available,
+            });
         }
         balance.available -= amount.signed();
         balance.held += amount.get();

@@ -236,7 +236,12 @@ pub struct JournalEntry {
 #[non_exhaustive]
 pub enum LedgerError {
     /// The available balance is below the amount.
-    InsufficientBalance,
+    InsufficientBalance {
+        /// The amount asked for.
+        needed: Amount,
+        /// What was available.
+        available: i64,
+    },
     /// The available balance is negative.
     OutstandingDebt,
     /// A settle asked to charge more than was held.
@@ -252,7 +257,12 @@ pub enum LedgerError {
 impl fmt::Display for LedgerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LedgerError::InsufficientBalance => f.write_str("insufficient balance"),
+            LedgerError::InsufficientBalance { needed, available } => {
+                write!(
+                    f,
+                    "insufficient balance: {needed} needed, {available} available"
+                )
+            }
             LedgerError::OutstandingDebt => f.write_str("outstanding debt"),
             LedgerError::ChargeExceedsHold => f.write_str("charge exceeds the hold"),
             LedgerError::UnknownHold => f.write_str("no such hold"),
@@ -267,7 +277,12 @@ impl std::error::Error for LedgerError {}
 impl From<LedgerError> for crate::GatewayError {
     fn from(error: LedgerError) -> Self {
         match error {
-            LedgerError::InsufficientBalance => crate::GatewayError::InsufficientBalance,
+            LedgerError::InsufficientBalance { needed, available } => {
+                crate::GatewayError::InsufficientBalance {
+                    needed: needed.get(),
+                    available,
+                }
+            }
             LedgerError::OutstandingDebt => crate::GatewayError::OutstandingDebt,
             LedgerError::Overflow => crate::GatewayError::invalid_request(
                 "the deposit would take the balance beyond 9223372036854775807 units",

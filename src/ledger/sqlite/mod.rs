@@ -297,7 +297,10 @@ impl Ledger for SqliteLedger {
                 return Err(LedgerError::OutstandingDebt);
             }
             if available < amount.signed() {
-                return Err(LedgerError::InsufficientBalance);
+                return Err(LedgerError::InsufficientBalance {
+                    needed: amount,
+                    available,
+                });
             }
             tx.execute(
                 "UPDATE accounts SET available = available - ?2, held = held + ?2

@@ -5,7 +5,12 @@
 //! curl http://127.0.0.1:3000/health
 //! curl http://127.0.0.1:3000/v1/images/edits -H "Authorization: Bearer pk_live_axum_demo" \
 //!      -F image=@photo.png -F model=gpt-image-2 -F prompt="make it blue"
+//! curl http://127.0.0.1:3000/api/v1/files -H "Authorization: Bearer pk_live_axum_demo"
 //! ```
+//!
+//! The gateway is the app's fallback, so every one of its endpoints (edits, upload, files,
+//! balance, usage, admin) is served, and a path neither knows gets the gateway's JSON 404.
+//! Its stores here are the builder's defaults, in memory.
 
 use axum::routing::get;
 use axum::Router;
@@ -20,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The gateway brings its own auth and body limit; the app's routes are untouched.
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route_service("/v1/images/edits", gateway);
+        .fallback_service(gateway);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);

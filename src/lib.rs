@@ -50,6 +50,11 @@ pub mod source;
 pub mod store;
 
 pub use error::{ClientAborted, ErrorCode, GatewayError};
+
+/// The attribute that implements the crate's async traits ([`backend::ImageBackend`],
+/// [`ledger::Ledger`], [`store::FileStore`], ...), re-exported so an implementation needs no
+/// dependency of its own.
+pub use async_trait::async_trait;
 pub use future::ResponseFuture;
 pub use gateway::Gateway;
 

@@ -18,7 +18,7 @@ async fn inside_an_axum_app_beside_its_own_routes() {
     let gateway = Gateway::builder().keys(keys()).build();
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route_service("/v1/images/edits", gateway);
+        .fallback_service(gateway);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -44,6 +44,16 @@ async fn inside_an_axum_app_beside_its_own_routes() {
     assert_eq!(send(addr, edit).await.images().len(), 1);
     let anonymous = Request::post(EDITS).body(Full::<Bytes>::default()).unwrap();
     assert_eq!(send(addr, anonymous).await.error().1, "invalid_api_key");
+    // Every other endpoint of the gateway is there too, and an unknown path is its JSON 404.
+    let server = TestServer::at(addr);
+    let uploaded = server.upload(ALICE_KEY, &[("a.png", &png(6, 6))]).await;
+    assert_eq!(uploaded.uploaded_keys().len(), 1);
+    for path in ["/api/v1/files", "/api/v1/balance", "/api/v1/usage"] {
+        let reply = server.call(http::Method::GET, path, ALICE_KEY).await;
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    let unknown = server.call(http::Method::GET, "/nowhere", ALICE_KEY).await;
+    assert_eq!(unknown.error().1, "not_found");
 }
 
 #[tokio::test]

@@ -37,7 +37,6 @@
 
 use std::convert::Infallible;
 use std::error::Error;
-use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -75,7 +74,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MAX_IMAGES: u32 = 10;
 
 struct Config {
-    addr: SocketAddr,
+    addr: String,
     data_dir: PathBuf,
     api_keys: Option<String>,
     price_per_image: u64,
@@ -108,10 +107,8 @@ impl Config {
             None => Ok(default),
         };
         Ok(Config {
-            addr: var("GATEWAY_ADDR")
-                .unwrap_or_else(|| "127.0.0.1:8080".into())
-                .parse()
-                .map_err(|_| "GATEWAY_ADDR must be host:port, e.g. 127.0.0.1:8080")?,
+            // A name (`localhost:8080`) is resolved when the listener binds.
+            addr: var("GATEWAY_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into()),
             data_dir: var("GATEWAY_DATA_DIR")
                 .unwrap_or_else(|| "./gateway-data".into())
                 .into(),
@@ -163,12 +160,23 @@ fn keys(config: &Config) -> Result<(StaticKeys, Option<String>), Box<dyn Error>>
         return Ok((StaticKeys::new().with_key("demo", &key)?, Some(key)));
     };
     let mut keys = StaticKeys::new();
+    let mut seen = std::collections::HashSet::new();
     for entry in list.split(',') {
         let (user, key) = entry
             .trim()
             .split_once(':')
             .ok_or("GATEWAY_API_KEYS must be user:key,user:key")?;
-        keys = keys.with_key(user, key)?;
+        let (user, key) = (user.trim(), key.trim());
+        if user.is_empty() || key.is_empty() {
+            return Err("GATEWAY_API_KEYS has an entry with an empty user or key".into());
+        }
+        // Two users with one key would make the second unreachable, and the key ambiguous.
+        if !seen.insert(key) {
+            return Err(format!("GATEWAY_API_KEYS lists one key twice (for user `{user}`)").into());
+        }
+        keys = keys
+            .with_key(user, key)
+            .map_err(|e| format!("GATEWAY_API_KEYS: user `{user}`: {e}"))?;
     }
     Ok((keys, None))
 }
@@ -261,7 +269,15 @@ fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() {
+    // One readable line with the cause, not a `Debug` dump, and a failing exit status.
+    if let Err(error) = run().await {
+        eprintln!("image-gateway: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         // Colour codes only for a person at a terminal, never into a file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -270,7 +286,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .init();
     let config = Config::from_env()?;
-    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data dir {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
     let (keys, demo_key) = keys(&config)?;
 
     let store = LocalFileStore::open(&config.data_dir)?.min_free_bytes(config.min_free_bytes);
@@ -309,7 +330,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .build();
 
-    let listener = TcpListener::bind(config.addr).await?;
+    let listener = TcpListener::bind(&config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let addr = listener.local_addr()?;
     println!("image-gateway listening on http://{addr}");
     println!("data dir: {}", config.data_dir.display());

@@ -51,6 +51,23 @@ impl ResponseFuture<http::Response<crate::ResponseBody>, std::convert::Infallibl
     }
 }
 
+/// Runs `work` to its end whatever happens to the caller: polled once inline (work that is
+/// done at once needs no task), then, if it waits, on a task of its own that a dropped
+/// caller does not cancel. Money steps and the records that follow them run this way.
+pub(crate) async fn run_to_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, crate::GatewayError>> + Send + 'static,
+) -> Result<T, crate::GatewayError> {
+    let mut work = Box::pin(work);
+    // A drop falls between polls, so work done in its first poll cannot be cut.
+    if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
+        return done;
+    }
+    tokio::spawn(work).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a task that must run to its end failed");
+        Err(crate::GatewayError::Internal)
+    })
+}
+
 impl<T, E> Future for ResponseFuture<T, E> {
     type Output = Result<T, E>;
 

@@ -43,11 +43,11 @@ pub use layer::BillingLayer;
 pub use service::Billing;
 
 use crate::gateway::unix_now;
+use crate::ledger::Ledger;
 
 /// The shortest hold TTL: deadlines are whole seconds, and a live request renews its hold
 /// every third of the TTL.
 pub const MIN_HOLD_TTL: Duration = Duration::from_secs(2);
-use crate::ledger::Ledger;
 
 /// Runs [`Ledger::expire`] now and then every `every`, on the current Tokio runtime, until
 /// the runtime shuts down. The first run releases holds left by a process that died.

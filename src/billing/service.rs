@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::guard::HoldGuard;
 use crate::backend::EditJob;
 use crate::catalog::Catalog;
-use crate::future::ResponseFuture;
+use crate::future::{run_to_end, ResponseFuture};
 use crate::gateway::{EditOutcome, Rendered};
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
@@ -67,18 +67,7 @@ where
         // The billed work runs on a task of its own, so the request's future (which a client
         // that hangs up drops at any await) never cuts it between two money steps. The job's
         // client watch tells it when the client is gone.
-        let mut work = Box::pin(self.clone().bill(job).in_current_span());
-        ResponseFuture::new(async move {
-            // Work that finishes in its first poll (in-memory stores, an instant backend)
-            // cannot be cut: a drop falls between polls. It needs no task of its own.
-            if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
-                return done;
-            }
-            tokio::spawn(work).await.unwrap_or_else(|error| {
-                tracing::error!(%error, "a billed edit's task failed");
-                Err(GatewayError::Internal)
-            })
-        })
+        ResponseFuture::new(run_to_end(self.clone().bill(job).in_current_span()))
     }
 }
 

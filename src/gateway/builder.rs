@@ -118,7 +118,8 @@ impl GatewayBuilder {
 
     /// How long a hold lives when nothing ends it (the process died). Default: 10 minutes.
     pub fn hold_ttl(mut self, ttl: Duration) -> Self {
-        self.hold_ttl = ttl.max(crate::billing::MIN_HOLD_TTL);
+        // At least `billing::MIN_HOLD_TTL`: `BillingLayer::hold_ttl` raises a shorter one.
+        self.hold_ttl = ttl;
         self
     }
 

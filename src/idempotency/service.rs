@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::{Begin, IdempotencyRecords};
 use crate::auth::UserId;
 use crate::backend::Image;
-use crate::future::ResponseFuture;
+use crate::future::{run_to_end, ResponseFuture};
 use crate::gateway::{unix_now, EditOutcome, GeneratedImage};
 use crate::request::{EditRequest, ImageKind, OutputFormat};
 use crate::source::GenerationId;
@@ -94,36 +94,26 @@ where
         user: UserId,
         key: String,
     ) -> Result<EditOutcome, GatewayError> {
-        let mut work = Box::pin(
-            async move {
-                // Dropped before the end (a panic, a runtime going down): forget the key so
-                // a retry runs.
-                let forget = ForgetOnDrop {
-                    records: Some(self.records.clone()),
-                    user: user.clone(),
-                    key: key.clone(),
-                };
-                let answer = self.inner.oneshot(req).await;
-                let records = forget.disarm();
-                match &answer {
-                    Ok(outcome) => {
-                        let ids: Vec<GenerationId> = outcome.images.iter().map(|g| g.id).collect();
-                        records.complete(&user, &key, outcome.created, &ids).await?;
-                    }
-                    Err(_) => records.abandon(&user, &key).await?,
+        let work = async move {
+            // Dropped before the end (a panic, a runtime going down): forget the key so
+            // a retry runs.
+            let forget = ForgetOnDrop {
+                records: Some(self.records.clone()),
+                user: user.clone(),
+                key: key.clone(),
+            };
+            let answer = self.inner.oneshot(req).await;
+            let records = forget.disarm();
+            match &answer {
+                Ok(outcome) => {
+                    let ids: Vec<GenerationId> = outcome.images.iter().map(|g| g.id).collect();
+                    records.complete(&user, &key, outcome.created, &ids).await?;
                 }
-                answer
+                Err(_) => records.abandon(&user, &key).await?,
             }
-            .in_current_span(),
-        );
-        // Done in one poll (in-memory stores): nothing to outlive.
-        if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
-            return done;
-        }
-        tokio::spawn(work).await.unwrap_or_else(|error| {
-            tracing::error!(%error, "an idempotent edit's task failed");
-            Err(GatewayError::Internal)
-        })
+            answer
+        };
+        run_to_end(work.in_current_span()).await
     }
 }
 

@@ -311,3 +311,163 @@ async fn an_idempotent_edit_abandoned_then_retried_is_charged_once() {
     assert_eq!((b.charged, b.held), (2 * PRICE, 0));
     assert_conserved(&*ledger).await;
 }
+
+/// A ledger whose settle waits at a gate (or fails), so a test can act between the
+/// backend's answer and the committed charge.
+struct SettleGate {
+    inner: SqliteLedger,
+    gate: tokio::sync::Semaphore,
+    fail: bool,
+    reached: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Ledger for SettleGate {
+    async fn hold(
+        &self,
+        account: &image_gateway::auth::UserId,
+        amount: image_gateway::ledger::Amount,
+        ttl: Duration,
+        memo: image_gateway::ledger::Memo,
+    ) -> Result<image_gateway::ledger::Hold, image_gateway::ledger::LedgerError> {
+        self.inner.hold(account, amount, ttl, memo).await
+    }
+    async fn settle(
+        &self,
+        hold: image_gateway::ledger::HoldId,
+        charge: image_gateway::ledger::Amount,
+        units: u32,
+    ) -> Result<image_gateway::ledger::Settlement, image_gateway::ledger::LedgerError> {
+        self.reached.notify_one();
+        let _pass = self.gate.acquire().await;
+        if self.fail {
+            return Err(image_gateway::ledger::LedgerError::Storage(
+                "disk gone".into(),
+            ));
+        }
+        self.inner.settle(hold, charge, units).await
+    }
+    async fn release(
+        &self,
+        hold: image_gateway::ledger::HoldId,
+    ) -> Result<(), image_gateway::ledger::LedgerError> {
+        self.inner.release(hold).await
+    }
+    async fn renew(
+        &self,
+        hold: image_gateway::ledger::HoldId,
+        ttl: Duration,
+    ) -> Result<bool, image_gateway::ledger::LedgerError> {
+        self.inner.renew(hold, ttl).await
+    }
+    async fn balance(
+        &self,
+        account: &image_gateway::auth::UserId,
+    ) -> Result<image_gateway::ledger::Balance, image_gateway::ledger::LedgerError> {
+        self.inner.balance(account).await
+    }
+    async fn deposit(
+        &self,
+        account: &image_gateway::auth::UserId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<bool, image_gateway::ledger::LedgerError> {
+        self.inner.deposit(account, amount, reference).await
+    }
+    async fn expire(&self, now: u64) -> Result<usize, image_gateway::ledger::LedgerError> {
+        self.inner.expire(now).await
+    }
+    async fn journal(
+        &self,
+        account: &image_gateway::auth::UserId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<image_gateway::ledger::JournalEntry>, image_gateway::ledger::LedgerError> {
+        self.inner.journal(account, after_seq, limit).await
+    }
+}
+
+/// A server on durable stores whose ledger settles only when the test lets it.
+async fn gated(dir: &std::path::Path, fail: bool) -> (TestServer, Arc<SettleGate>, String) {
+    let ledger = Arc::new(SettleGate {
+        inner: SqliteLedger::open(dir.join("ledger.db")).unwrap(),
+        gate: tokio::sync::Semaphore::new(0),
+        fail,
+        reached: tokio::sync::Notify::new(),
+    });
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .store(LocalFileStore::open(dir).unwrap())
+        .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
+        .shared_ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE))
+        .build();
+    let server = TestServer::start(gateway).await;
+    let key = server
+        .upload(ALICE_KEY, &[("src.png", &png(16, 16))])
+        .await
+        .uploaded_keys()[0]
+        .clone();
+    let json = format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":2}}"#);
+    (server, ledger, json)
+}
+
+async fn outputs_now(server: &TestServer) -> Vec<String> {
+    all_files(server)
+        .await
+        .into_iter()
+        .filter(|k| k.contains("_generation."))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_between_the_backend_answer_and_the_settle_is_charged_before_anything_is_reachable(
+) {
+    let dir = temp_dir("gated-settle");
+    let (server, ledger, json) = gated(&dir, false).await;
+    let socket = send_edit(&server, json, "x-pad: 0").await;
+    // The backend has answered and the settle is waiting: the client leaves now.
+    ledger.reached.notified().await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        outputs_now(&server).await.is_empty(),
+        "an output was reachable before its charge"
+    );
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        (b.charged, b.held),
+        (0, 2 * PRICE),
+        "still held, not released"
+    );
+    // The settle commits: the outputs are charged, then reachable.
+    ledger.gate.add_permits(1);
+    let outputs = settled(&server, &*ledger).await;
+    assert_eq!(outputs.len(), 2);
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.charged, b.held), (2 * PRICE, 0));
+    assert_conserved(&*ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_that_fails_leaves_nothing_reachable_and_releases_the_hold() {
+    let dir = temp_dir("failed-settle");
+    let (server, ledger, json) = gated(&dir, true).await;
+    ledger.gate.add_permits(1);
+    let reply = server.edit_json(ALICE_KEY, &json).await;
+    assert_eq!(
+        reply.error().0,
+        500,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        outputs_now(&server).await.is_empty(),
+        "uncharged outputs were kept"
+    );
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.available, b.charged, b.held), (1_000, 0, 0));
+    assert_conserved(&*ledger).await;
+}

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,19 +12,6 @@ use http::Request;
 use http_body_util::StreamBody;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use image_gateway::Gateway;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 type Never =
     futures_util::stream::Pending<Result<http_body::Frame<Bytes>, std::convert::Infallible>>;

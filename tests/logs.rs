@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use base64::Engine;
 use bytes::Bytes;
 use common::*;
@@ -18,19 +15,6 @@ use image_gateway::Gateway;
 const ADMIN_KEY: &str = "admin_key_never_logged_5150";
 const UPSTREAM_KEY: &str = "sk-upstream-never-logged-8080";
 const WRONG_KEY: &str = "pk_live_wrong_never_logged_77";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_run_logs_no_secret_and_no_image_bytes() {

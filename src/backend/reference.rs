@@ -229,6 +229,40 @@ impl GenericImageView for AsRgb<'_> {
 mod tests {
     use super::*;
 
+    fn rgba_png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image::RgbaImage::new(width, height)
+            .write_to(&mut out, ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_source_at_the_decode_budget_renders_and_one_byte_more_is_refused() {
+        let source = rgba_png(64, 32);
+        let exact = 64 * 32 * 4;
+        let params = EditParams::new("m", "p");
+        let rendered = render(&source, &params, (exact, DEFAULT_MAX_OUTPUT_PIXELS)).unwrap();
+        assert!(!rendered.bytes.is_empty());
+        let refused = render(&source, &params, (exact - 1, DEFAULT_MAX_OUTPUT_PIXELS));
+        assert!(
+            matches!(refused, Err(BackendError::InvalidImage { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_output_at_the_pixel_cap_is_made_and_one_pixel_more_is_scaled_to_fit() {
+        let source = rgba_png(64, 32);
+        let params = EditParams::new("m", "p");
+        let fits = render(&source, &params, (DEFAULT_DECODE_BUDGET, 64 * 32)).unwrap();
+        let (w, h) = image::load_from_memory(&fits.bytes).unwrap().dimensions();
+        assert_eq!((w, h), (64, 32));
+        let scaled = render(&source, &params, (DEFAULT_DECODE_BUDGET, 64 * 32 - 1)).unwrap();
+        let (w, h) = image::load_from_memory(&scaled.bytes).unwrap().dimensions();
+        assert!(u64::from(w) * u64::from(h) < 64 * 32, "{w}x{h}");
+    }
+
     #[test]
     fn fit_keeps_small_sizes_and_scales_large_ones_under_the_cap() {
         assert_eq!(fit(100, 50, 10_000), (100, 50));

@@ -117,26 +117,13 @@ fn end_hold(
     units_returned: Option<u32>,
     kind: EntryKind,
 ) -> Result<bool, LedgerError> {
-    let hold = tx
-        .query_row(
-            "SELECT account, amount, request_id, model, units FROM holds WHERE id = ?1",
-            params![id.to_string()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(storage)?;
-    let Some((account, amount, request_id, model, units)) = hold else {
+    let Some(hold) = hold_row(tx, OPEN_HOLD, id)? else {
         return Ok(false);
     };
-    if charge.signed() > amount {
+    let HoldRow {
+        account, amount, ..
+    } = &hold;
+    if charge.signed() > *amount {
         return Err(LedgerError::ChargeExceedsHold);
     }
     tx.execute("DELETE FROM holds WHERE id = ?1", params![id.to_string()])
@@ -148,9 +135,9 @@ fn end_hold(
             id.to_string(),
             account,
             amount,
-            request_id,
-            model,
-            units,
+            hold.request_id,
+            hold.model,
+            hold.units,
             kind == EntryKind::Expire
         ],
     )
@@ -161,26 +148,53 @@ fn end_hold(
         params![account, amount, charge.signed()],
     )
     .map_err(storage)?;
-    journal_end(
-        tx,
-        &account,
-        kind,
-        charge,
-        id,
-        (&request_id, &model, units),
-        units_returned,
-    )?;
+    journal_end(tx, &hold, kind, charge, id, units_returned)?;
     Ok(true)
+}
+
+/// A hold as a row keeps it: open in `holds`, or ended in `ended_holds`.
+struct HoldRow {
+    account: String,
+    amount: i64,
+    request_id: String,
+    model: String,
+    units: i64,
+    /// For an ended hold: whether it expired and no late settle has charged it yet.
+    expired: bool,
+}
+
+const OPEN_HOLD: &str =
+    "SELECT account, amount, request_id, model, units, 0 FROM holds WHERE id = ?1";
+const ENDED_HOLD: &str =
+    "SELECT account, amount, request_id, model, units, expired FROM ended_holds WHERE id = ?1";
+
+/// The hold `id` by `query` ([`OPEN_HOLD`] or [`ENDED_HOLD`]), if there is one.
+fn hold_row(
+    tx: &rusqlite::Transaction<'_>,
+    query: &str,
+    id: HoldId,
+) -> Result<Option<HoldRow>, LedgerError> {
+    tx.query_row(query, params![id.to_string()], |r| {
+        Ok(HoldRow {
+            account: r.get(0)?,
+            amount: r.get(1)?,
+            request_id: r.get(2)?,
+            model: r.get(3)?,
+            units: r.get(4)?,
+            expired: r.get(5)?,
+        })
+    })
+    .optional()
+    .map_err(storage)
 }
 
 /// Appends the journal entry of a hold's end.
 fn journal_end(
     tx: &rusqlite::Transaction<'_>,
-    account: &str,
+    hold: &HoldRow,
     kind: EntryKind,
     charge: Amount,
     id: HoldId,
-    (request_id, model, units): (&str, &str, i64),
     units_returned: Option<u32>,
 ) -> Result<(), LedgerError> {
     tx.execute(
@@ -188,13 +202,13 @@ fn journal_end(
                               units_returned, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
-            account,
+            hold.account,
             kind.as_str(),
             charge.signed(),
             id.to_string(),
-            request_id,
-            model,
-            units,
+            hold.request_id,
+            hold.model,
+            hold.units,
             units_returned,
             unix_now() as i64
         ],
@@ -211,31 +225,13 @@ fn settle_ended(
     charge: Amount,
     units_returned: u32,
 ) -> Result<Settlement, LedgerError> {
-    let ended = tx
-        .query_row(
-            "SELECT account, amount, request_id, model, units, expired FROM ended_holds
-             WHERE id = ?1",
-            params![id.to_string()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, bool>(5)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(storage)?;
-    let Some((account, amount, request_id, model, units, expired)) = ended else {
+    let Some(hold) = hold_row(tx, ENDED_HOLD, id)? else {
         return Err(LedgerError::UnknownHold);
     };
-    if !expired {
+    if !hold.expired {
         return Ok(Settlement::AlreadyEnded);
     }
-    if charge.signed() > amount {
+    if charge.signed() > hold.amount {
         return Err(LedgerError::ChargeExceedsHold);
     }
     tx.execute(
@@ -246,17 +242,15 @@ fn settle_ended(
     tx.execute(
         "UPDATE accounts SET charged = charged + ?2, available = available - ?2
          WHERE account = ?1",
-        params![account, charge.signed()],
+        params![hold.account, charge.signed()],
     )
     .map_err(storage)?;
-    let memo = (request_id.as_str(), model.as_str(), units);
     journal_end(
         tx,
-        &account,
+        &hold,
         EntryKind::LateSettle,
         charge,
         id,
-        memo,
         Some(units_returned),
     )?;
     Ok(Settlement::AfterExpiry)

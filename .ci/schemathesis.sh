@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs a bounded schemathesis pass against the example server, from its own openapi.json:
+# Runs a bounded schemathesis pass against the gateway binary, from its own openapi.json:
 # no 5xx, every answer conforms to the schema, its status and its content type.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 key=pk_live_schemathesis_0123456789
 GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_DATA_DIR="$work/data" GATEWAY_API_KEYS="demo:$key" \
   GATEWAY_DEMO_BALANCE=1000000 GATEWAY_PRICE_PER_IMAGE=1 RUST_LOG=warn \
-  cargo run --release --example gateway >"$work/gateway.log" 2>&1 &
+  cargo run --release >"$work/gateway.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts `cargo run --release --example gateway` exactly as the README says, then runs the
+# Starts `cargo run --release` exactly as the README says, then runs the
 # spec's multipart curl example against it and checks that an edited image comes back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,9 +8,9 @@ work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log="$work/gateway.log"
 
-cargo build --release --example gateway
+cargo build --release
 GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_DATA_DIR="$work/data" \
-  cargo run --release --example gateway >"$log" 2>&1 &
+  cargo run --release >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -51,7 +51,7 @@ status=$(curl -s -o "$work/err.json" -w '%{http_code}' "http://127.0.0.1:$port/v
   -F "image=@$work/anchor.png" -F "model=gpt-image-2" -F "prompt=p")
 [ "$status" = 401 ] && jq -e '.error.code == "invalid_api_key"' "$work/err.json" >/dev/null
 
-echo "smoke: the example gateway served the spec's curl example"
+echo "smoke: the gateway binary served the spec's curl example"
 
 # The spec's two-step cURL example (upload, then edit by key) against the same server.
 GATEWAY_URL="http://127.0.0.1:$port" GATEWAY_KEY="$key" ANCHOR_PATH="$work/anchor.png" \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory of the example server under repeated bursts of 16 simultaneous 25 MB multipart
+# Memory of the gateway binary under repeated bursts of 16 simultaneous 25 MB multipart
 # edits: one line per round with the server's peak (VmHWM) and current (VmRSS) memory.
 # Usage: bash benches/soak.sh [seconds]
 set -euo pipefail
@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 seconds=${1:-300}
 key=pk_live_soak_0123456789abcdef0123
 addr=127.0.0.1:18484
-cargo build --release --example gateway --example loadgen >/dev/null 2>&1
+cargo build --release --bin image-gateway --example loadgen >/dev/null 2>&1
 data=$(mktemp -d)
 GATEWAY_ADDR=$addr GATEWAY_DATA_DIR=$data GATEWAY_API_KEYS=load:$key RUST_LOG=warn \
-  target/release/examples/gateway >"$data.log" 2>&1 &
+  target/release/image-gateway >"$data.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$data" "$data.log"' EXIT
 sleep 1

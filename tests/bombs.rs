@@ -1,4 +1,4 @@
-//! Decoder bombs against the example server as its own process, its peak resident memory
+//! Decoder bombs against the gateway binary as its own process, its peak resident memory
 //! read from `/proc`: inflating ancillary chunks (`iCCP`, `zTXt`, `iTXt`, each 1 GiB
 //! inflated), a 4096 x 4096 16-bit source, a header claiming 65535 x 65535 pixels, and
 //! the largest legitimate source, eight at a time. The gateway must answer each one
@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 
 use bytes::Bytes;
-use common::example::{example_binary, Example};
+use common::binary::{gateway_binary, Process};
 use common::*;
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
@@ -75,7 +75,7 @@ fn edit_of(image: &[u8]) -> Form {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decoder_bombs_are_answered_within_the_memory_bound() {
-    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let corpus = tokio::task::spawn_blocking(|| {
         let gib = zlib_zeros(1 << 30);
         let iccp = [b"x\0\0".as_slice(), &gib].concat();
@@ -112,7 +112,7 @@ async fn decoder_bombs_are_answered_within_the_memory_bound() {
     let data = temp_dir("bombs");
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = Example::start_with(
+    let server = Process::start_with(
         &binary,
         &data,
         port,
@@ -159,7 +159,7 @@ async fn decoder_bombs_are_answered_within_the_memory_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_abandoned_large_renders_are_bounded_and_charged() {
-    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let source = tokio::task::spawn_blocking(|| png_of(3840, 2160, 8, &[]))
         .await
         .unwrap();
@@ -167,7 +167,7 @@ async fn sixteen_abandoned_large_renders_are_bounded_and_charged() {
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Demo balance 100, price 10 per image: sixteen one-image edits cost 160 if all ran.
-    let server = Example::start_with(
+    let server = Process::start_with(
         &binary,
         &data,
         port,

@@ -1,11 +1,11 @@
-//! The example server killed with SIGKILL while it holds money: after a restart the hold
+//! The gateway binary killed with SIGKILL while it holds money: after a restart the hold
 //! expires and the balance is whole; balances, the journal and the opening balance survive.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::example::{example_binary, Example};
+use common::binary::{gateway_binary, Process};
 use common::*;
 use http::Method;
 
@@ -31,21 +31,21 @@ fn edit(n: u32) -> Form {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_holding_then_restart_makes_the_balance_whole() {
-    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("crash");
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let client = TestServer::at(addr);
 
     // First life: the opening balance, one paid edit.
-    let first = Example::start(&binary, &data, port, 0);
+    let first = Process::start(&binary, &data, port, 0);
     assert_eq!(balance(addr).await, (100, 0));
     assert_eq!(client.edit_form(ALICE_KEY, edit(1)).await.images().len(), 1);
     assert_eq!(balance(addr).await, (90, 0));
     first.kill();
 
     // Second life: a slow edit holds 30, and the process dies with it.
-    let second = Example::start(&binary, &data, port, 60_000);
+    let second = Process::start(&binary, &data, port, 60_000);
     let pending =
         tokio::spawn(async move { TestServer::at(addr).edit_form(ALICE_KEY, edit(3)).await });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -57,7 +57,7 @@ async fn sigkill_while_holding_then_restart_makes_the_balance_whole() {
     let _ = pending.await;
 
     // Third life: the expired hold is released; nothing was topped up again.
-    let _third = Example::start(&binary, &data, port, 0);
+    let _third = Process::start(&binary, &data, port, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = balance(addr).await;
@@ -83,12 +83,12 @@ async fn sigkill_while_holding_then_restart_makes_the_balance_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_edit_lets_it_finish_and_leaves_the_ledger_whole() {
-    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("sigterm");
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
-    let server = Example::start(&binary, &data, port, 1500);
+    let server = Process::start(&binary, &data, port, 1500);
     let edit =
         tokio::spawn(async move { TestServer::at(addr).edit_form(ALICE_KEY, edit(2)).await });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -101,9 +101,9 @@ async fn sigterm_mid_edit_lets_it_finish_and_leaves_the_ledger_whole() {
         .unwrap();
     let reply = edit.await.unwrap();
     assert_eq!(reply.images().len(), 2, "the in-flight edit got its answer");
-    assert!(exited_cleanly, "the example exits 0 after draining");
+    assert!(exited_cleanly, "the binary exits 0 after draining");
 
     // Restarted on the same data: charged exactly once, nothing held.
-    let _again = Example::start(&binary, &data, port, 0);
+    let _again = Process::start(&binary, &data, port, 0);
     assert_eq!(balance(addr).await, (80, 0));
 }

@@ -1,4 +1,4 @@
-//! Starting the example server as a newcomer would: a host name for the address, and
+//! Starting the gateway binary as a newcomer would: a host name for the address, and
 //! settings that cannot work refused at once with one readable line, never a `Debug` dump.
 
 mod common;
@@ -6,19 +6,19 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::example::example_binary;
+use common::binary::gateway_binary;
 use common::*;
 
-/// Runs the example with `env` until it exits; its exit success and its stderr.
+/// Runs the binary with `env` until it exits; its exit success and its stderr.
 fn run_to_exit(env: &[(&str, &str)]) -> (bool, String) {
     let data = temp_dir("startup");
-    let out = Command::new(example_binary())
+    let out = Command::new(gateway_binary())
         .env("GATEWAY_DATA_DIR", &data)
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
-        .expect("the example runs");
+        .expect("the binary runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -60,7 +60,7 @@ fn an_address_in_use_is_one_line_with_its_cause() {
 async fn a_host_name_address_is_resolved() {
     let port = free_port();
     let data = temp_dir("localhost");
-    let binary = tokio::task::spawn_blocking(example_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let mut child = Command::new(binary)
         .env("GATEWAY_ADDR", format!("localhost:{port}"))
         .env("GATEWAY_DATA_DIR", &data)
@@ -68,7 +68,7 @@ async fn a_host_name_address_is_resolved() {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
-        .expect("the example starts");
+        .expect("the binary starts");
     let stdout = child.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);

@@ -1,7 +1,7 @@
 //! A real gateway on 127.0.0.1 with an ephemeral port, and a real HTTP client for it.
 #![allow(dead_code)]
 
-pub mod example;
+pub mod binary;
 
 use std::io::Cursor;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The example server as its own process, started with test settings.
+//! The `image-gateway` binary as its own process, started with test settings.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -6,36 +6,41 @@ use std::process::{Child, Command, Stdio};
 
 use super::ALICE_KEY;
 
-/// Builds the example and returns its executable.
-pub fn example_binary() -> PathBuf {
-    // `IMAGE_GATEWAY_EXAMPLE_RELEASE=1` measures the release build (the README's figures).
-    let mut args = vec!["build", "--example", "gateway", "--message-format=json"];
-    if std::env::var_os("IMAGE_GATEWAY_EXAMPLE_RELEASE").is_some() {
-        args.push("--release");
+/// The binary's executable: the one cargo built for this test run, or with
+/// `IMAGE_GATEWAY_RELEASE=1` the release build (what the README's figures measure).
+pub fn gateway_binary() -> PathBuf {
+    if std::env::var_os("IMAGE_GATEWAY_RELEASE").is_none() {
+        return PathBuf::from(env!("CARGO_BIN_EXE_image-gateway"));
     }
     let out = Command::new(env!("CARGO"))
-        .args(&args)
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "image-gateway",
+            "--message-format=json",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo build runs");
-    assert!(out.status.success(), "building the example failed");
+    assert!(out.status.success(), "building the binary failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == "gateway")
+        .filter(|v| v["target"]["name"] == "image-gateway")
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .expect("the example's executable path")
+        .expect("the binary's executable path")
 }
 
-pub struct Example {
+pub struct Process {
     pub child: Child,
 }
 
-impl Example {
-    pub fn start(binary: &Path, data: &Path, port: u16, latency_ms: u64) -> Example {
+impl Process {
+    pub fn start(binary: &Path, data: &Path, port: u16, latency_ms: u64) -> Process {
         let latency = latency_ms.to_string();
-        Example::start_with(
+        Process::start_with(
             binary,
             data,
             port,
@@ -43,8 +48,8 @@ impl Example {
         )
     }
 
-    /// Starts the example with the test settings, `env` added over them.
-    pub fn start_with(binary: &Path, data: &Path, port: u16, env: &[(&str, &str)]) -> Example {
+    /// Starts the binary with the test settings, `env` added over them.
+    pub fn start_with(binary: &Path, data: &Path, port: u16, env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(binary)
             .env("GATEWAY_ADDR", format!("127.0.0.1:{port}"))
             .env("GATEWAY_DATA_DIR", data)
@@ -57,13 +62,13 @@ impl Example {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("the example starts");
+            .expect("the binary starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         loop {
             let line = lines
                 .next()
-                .expect("the example printed its address")
+                .expect("the binary printed its address")
                 .unwrap();
             if line.contains("listening on") {
                 break;
@@ -71,7 +76,7 @@ impl Example {
         }
         // Keep draining so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Example { child }
+        Process { child }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
@@ -91,7 +96,7 @@ impl Example {
     }
 }
 
-impl Example {
+impl Process {
     /// The process's peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -101,7 +106,7 @@ impl Example {
     }
 }
 
-impl Drop for Example {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,249 @@
+//! `image-gateway`: the gateway as its own process, on embedded defaults (SQLite ledger and
+//! records, local files, the model-free reference backend) or in front of an upstream model.
+//!
+//! ```sh
+//! cargo run --release            # or: image-gateway --help
+//! ```
+//!
+//! Every setting is an environment variable; [`settings::SETTINGS`] lists them, and
+//! `--help` prints that list. `GET /openapi.json` (no key needed) describes every endpoint.
+
+mod keys;
+mod openapi;
+mod settings;
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
+use image_gateway::catalog::ModelSpec;
+use image_gateway::gateway::DEFAULT_MODEL;
+use image_gateway::idempotency::SqliteIdempotency;
+use image_gateway::ledger::{Durability, Ledger, SqliteLedger};
+use image_gateway::server::{serve, ServeOptions};
+use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::Gateway;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use settings::Config;
+
+/// mimalloc rather than the system allocator: with 25 MB uploads freed on whichever thread
+/// finished them, glibc's per-thread arenas keep those pages, and the process's memory
+/// creeps up over hours of uploads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The largest `n` the binary's model accepts.
+const MAX_IMAGES: u32 = 10;
+
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--help" | "-h") => {
+            print!("{}", settings::help());
+            return;
+        }
+        Some("--version" | "-V") => {
+            println!("image-gateway {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Some(other) => {
+            eprintln!("image-gateway: unknown argument `{other}` (try --help)");
+            std::process::exit(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("image-gateway: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    // One readable line with the cause, not a `Debug` dump, and a failing exit status.
+    if let Err(error) = runtime.block_on(run()) {
+        eprintln!("image-gateway: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
+    let config = Config::read(|name| std::env::var(name).ok())?;
+    let log_filter: tracing_subscriber::filter::Targets = config
+        .log_filter
+        .parse()
+        .map_err(|e| format!("RUST_LOG: {e}"))?;
+    tracing_subscriber::fmt()
+        // Colour codes only for a person at a terminal, never into a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_max_level(tracing::Level::TRACE)
+        .finish()
+        .with(log_filter)
+        .init();
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data dir {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let (keys, demo_key) = keys::keys(config.api_keys.as_deref(), &config.data_dir)?;
+
+    let store = LocalFileStore::open(&config.data_dir)?.min_free_bytes(config.min_free_bytes);
+    let generations = SqliteGenerations::open(config.data_dir.join("generations.db"))?;
+    // Commits survive a killed process; deposits are fsynced whatever happens (see Durability).
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(
+        config.data_dir.join("ledger.db"),
+        Durability::ProcessCrash,
+    )?);
+    if config.demo_balance > 0 {
+        // The reference makes the credit idempotent: a restart does not top it up again.
+        let amount = i64::try_from(config.demo_balance)?;
+        for user in keys.users() {
+            ledger.deposit(user, amount, "opening-balance").await?;
+        }
+    }
+    let mut builder = Gateway::builder()
+        .keys(keys)
+        .shared_backend(backend(&config)?)
+        .store(store)
+        .generations(generations)
+        .idempotency(SqliteIdempotency::open(
+            config.data_dir.join("generations.db"),
+        )?)
+        .shared_ledger(ledger)
+        .hold_ttl(config.hold_ttl)
+        .quota(config.quota)
+        .rate_limit(config.rate_limit.clone());
+    if let Some(admin_key) = &config.admin_key {
+        builder = builder.admin_key(admin_key.clone());
+    }
+    let gateway = builder
+        .model(
+            DEFAULT_MODEL,
+            ModelSpec::new(MAX_IMAGES, config.price_per_image),
+        )
+        .build();
+    let service = ServiceBuilder::new()
+        .option_layer(cors(&config.cors_origins)?)
+        .service(openapi::WithOpenApi {
+            gateway,
+            document: openapi::document()?,
+        });
+
+    let listener = TcpListener::bind(&config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let addr = listener.local_addr()?;
+    println!("image-gateway listening on http://{addr}");
+    println!("data dir: {}", config.data_dir.display());
+    if config.admin_key.is_some() {
+        println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
+    }
+    if !config.cors_origins.is_empty() {
+        println!("CORS allowed for: {}", config.cors_origins.join(", "));
+    }
+    if let Some(demo) = &demo_key {
+        let made = if demo.new {
+            "new, kept in the data dir"
+        } else {
+            "reused from the data dir"
+        };
+        println!("demo API key (user `demo`, {made}): {}", demo.key);
+        println!(
+            "try: curl http://{addr}/v1/images/edits -H \"Authorization: Bearer {}\" \
+             -F image=@photo.png -F model={DEFAULT_MODEL} -F prompt=\"make it blue\" -F n=1",
+            demo.key
+        );
+    }
+    // On SIGTERM or ctrl-c: stop accepting, let in-flight edits finish (their holds are
+    // settled or released as they end), then exit.
+    serve(
+        listener,
+        service,
+        ServeOptions::default(),
+        shutdown_signal(),
+    )
+    .await?;
+    println!("stopped");
+    Ok(())
+}
+
+/// CORS for the listed origins, or none at all. A preflight is answered here, before the
+/// gateway's key check (browsers send it without credentials); every other answer, errors
+/// included, carries the allow headers so the page can read it.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, Box<dyn Error>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "GATEWAY_CORS_ORIGINS: an origin is not a valid header value")?;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            // The SDKs add their own headers (`x-stainless-*`, `openai-*`): an allowed
+            // origin may send whichever it asks for; the key check still applies.
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("x-source-image-keys"),
+                http::header::RETRY_AFTER,
+            ])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    println!("shutting down: finishing in-flight requests");
+}
+
+/// The upstream model API when one is configured, else the model-free reference backend.
+fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
+    let Some(upstream) = &config.upstream else {
+        let mut reference = ReferenceBackend::new()
+            .latency(config.latency)
+            .decode_budget(config.decode_budget)
+            .max_output_pixels(config.max_output_pixels);
+        if config.max_renders > 0 {
+            reference = reference.max_renders(config.max_renders.try_into()?);
+        }
+        return Ok(Arc::new(reference));
+    };
+    let mut builder =
+        UpstreamBackend::builder(upstream.url.clone()).model(DEFAULT_MODEL, upstream.model.clone());
+    if let Some(key) = &upstream.key {
+        builder = builder.api_key(key.clone());
+    }
+    println!("backend: OpenAI-compatible upstream");
+    Ok(Arc::new(builder.build()?))
+}

@@ -1,0 +1,244 @@
+//! Every setting of the binary, declared once: `--help` prints this table, and a value left
+//! unset is read from its `default` here, so the help can never disagree with the code.
+
+use std::error::Error;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use image_gateway::ratelimit::RateLimitLayer;
+use image_gateway::store::Quota;
+
+/// One environment variable: its name, its default as text (empty: unset) and what it means.
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+macro_rules! settings {
+    ($($name:literal, $default:literal, $meaning:literal;)+) => {
+        /// The binary's settings, in the order `--help` prints them.
+        pub const SETTINGS: &[Setting] = &[
+            $(Setting { name: $name, default: $default, meaning: $meaning },)+
+        ];
+    };
+}
+
+settings! {
+    "GATEWAY_ADDR", "127.0.0.1:8080",
+        "listen address, host:port (a name such as localhost:8080 is resolved)";
+    "GATEWAY_DATA_DIR", "./gateway-data",
+        "files under files/, generations.db, ledger.db, the demo key";
+    "GATEWAY_API_KEYS", "",
+        "user:key,user:key; unset: one `demo` user whose key is kept in the data dir";
+    "GATEWAY_PRICE_PER_IMAGE", "0",
+        "integer price of one returned image (gpt-image-2, at most 10 per call)";
+    "GATEWAY_DEMO_BALANCE", "0",
+        "opening balance of every configured user, credited on the first start only";
+    "GATEWAY_ADMIN_KEY", "",
+        "enables POST /admin/v1/accounts/{user_id}/deposits for this key";
+    "GATEWAY_HOLD_TTL_SECS", "600",
+        "how long money held by a crashed process stays held";
+    "GATEWAY_REFERENCE_LATENCY_MS", "0",
+        "simulated model latency of the reference backend";
+    "GATEWAY_RATE_LIMIT", "0",
+        "requests per minute per API key; 0 is unlimited";
+    "GATEWAY_MAX_IN_FLIGHT", "0",
+        "requests in flight per API key; 0 is unlimited";
+    "GATEWAY_MAX_RENDERS", "0",
+        "reference-backend renders at once, process-wide; 0 is one per core";
+    "GATEWAY_DECODE_BUDGET_BYTES", "33554432",
+        "the most a decoded source may take (32 MiB)";
+    "GATEWAY_MAX_OUTPUT_PIXELS", "8294400",
+        "the largest output (3840 x 2160)";
+    "GATEWAY_QUOTA_BYTES", "200000000",
+        "bytes each user may keep stored; 0 is unlimited";
+    "GATEWAY_QUOTA_FILES", "10000",
+        "files each user may keep stored; 0 is unlimited";
+    "GATEWAY_MIN_FREE_BYTES", "67108864",
+        "free space the file volume keeps; writes that would go under it are 507 (64 MiB)";
+    "GATEWAY_CORS_ORIGINS", "",
+        "browser origins allowed to call the API (https://a.example,https://b.example); unset: CORS off";
+    "GATEWAY_UPSTREAM_URL", "",
+        "forward edits to this OpenAI-compatible API (https://api.openai.com, with or without /v1)";
+    "GATEWAY_UPSTREAM_KEY", "",
+        "that API's key";
+    "GATEWAY_UPSTREAM_MODEL", "gpt-image-2",
+        "the upstream model that serves gpt-image-2";
+    "RUST_LOG", "info",
+        "log filter: a level, or target=level pairs (image_gateway=debug,warn)";
+}
+
+/// The settings, read and checked.
+pub struct Config {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub api_keys: Option<String>,
+    pub price_per_image: u64,
+    pub demo_balance: u64,
+    pub admin_key: Option<String>,
+    pub hold_ttl: Duration,
+    pub latency: Duration,
+    pub max_renders: u64,
+    pub decode_budget: u64,
+    pub max_output_pixels: u64,
+    pub quota: Quota,
+    pub min_free_bytes: u64,
+    pub cors_origins: Vec<String>,
+    pub upstream: Option<Upstream>,
+    pub rate_limit: RateLimitLayer,
+    pub log_filter: String,
+}
+
+/// Where edits go when a model API is configured.
+pub struct Upstream {
+    pub url: String,
+    pub key: Option<String>,
+    pub model: String,
+}
+
+impl Config {
+    /// Reads every setting from `lookup` (the environment, in the binary).
+    pub fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Box<dyn Error>> {
+        let text = |name: &str| -> Option<String> {
+            lookup(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| Some(default_of(name).to_owned()).filter(|d| !d.is_empty()))
+        };
+        let integer = |name: &str| -> Result<u64, Box<dyn Error>> {
+            text(name)
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| format!("{name} must be a non-negative integer").into())
+        };
+        let mut rate_limit = RateLimitLayer::new();
+        if let Some(rpm) = NonZeroU32::new(
+            integer("GATEWAY_RATE_LIMIT")?
+                .try_into()
+                .map_err(|_| "GATEWAY_RATE_LIMIT is too large")?,
+        ) {
+            rate_limit = rate_limit.per_minute(rpm);
+        }
+        match integer("GATEWAY_MAX_IN_FLIGHT")? {
+            0 => {}
+            max => {
+                let max = max
+                    .try_into()
+                    .map_err(|_| "GATEWAY_MAX_IN_FLIGHT is too large")?;
+                rate_limit = rate_limit.max_in_flight(max);
+            }
+        }
+        Ok(Config {
+            addr: text("GATEWAY_ADDR").unwrap_or_default(),
+            data_dir: text("GATEWAY_DATA_DIR").unwrap_or_default().into(),
+            api_keys: text("GATEWAY_API_KEYS"),
+            price_per_image: integer("GATEWAY_PRICE_PER_IMAGE")?,
+            demo_balance: integer("GATEWAY_DEMO_BALANCE")?,
+            admin_key: text("GATEWAY_ADMIN_KEY"),
+            hold_ttl: Duration::from_secs(integer("GATEWAY_HOLD_TTL_SECS")?),
+            latency: Duration::from_millis(integer("GATEWAY_REFERENCE_LATENCY_MS")?),
+            max_renders: integer("GATEWAY_MAX_RENDERS")?,
+            decode_budget: integer("GATEWAY_DECODE_BUDGET_BYTES")?,
+            max_output_pixels: integer("GATEWAY_MAX_OUTPUT_PIXELS")?,
+            quota: Quota::new(
+                integer("GATEWAY_QUOTA_BYTES")?,
+                integer("GATEWAY_QUOTA_FILES")?,
+            ),
+            min_free_bytes: integer("GATEWAY_MIN_FREE_BYTES")?,
+            cors_origins: text("GATEWAY_CORS_ORIGINS")
+                .map(|list| cors_origins(&list))
+                .transpose()?
+                .unwrap_or_default(),
+            upstream: text("GATEWAY_UPSTREAM_URL").map(|url| Upstream {
+                url,
+                key: text("GATEWAY_UPSTREAM_KEY"),
+                model: text("GATEWAY_UPSTREAM_MODEL").unwrap_or_default(),
+            }),
+            rate_limit,
+            log_filter: text("RUST_LOG").unwrap_or_default(),
+        })
+    }
+}
+
+fn default_of(name: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| s.name == name)
+        .map_or("", |s| s.default)
+}
+
+/// `scheme://host[:port]` origins, exactly as browsers send them in `Origin`. A `*` or a
+/// path is refused: the allow-list is explicit, and an origin never has a path.
+fn cors_origins(list: &str) -> Result<Vec<String>, Box<dyn Error>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|origin| {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['/', '*', ' ']) => {
+                    Ok(origin.to_owned())
+                }
+                _ => Err(format!(
+                    "GATEWAY_CORS_ORIGINS: `{origin}` is not an origin (scheme://host[:port])"
+                )
+                .into()),
+            }
+        })
+        .collect()
+}
+
+/// The `--help` text: usage, then every setting with its default.
+pub fn help() -> String {
+    let mut out = format!(
+        "image-gateway {}\n\
+         A paid, OpenAI-compatible image API on embedded defaults (SQLite, local files).\n\n\
+         Usage: image-gateway [--help | --version]\n\n\
+         Settings (environment variables, all optional):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for setting in SETTINGS {
+        let default = match setting.default {
+            "" => "unset".to_owned(),
+            value => value.to_owned(),
+        };
+        out.push_str(&format!(
+            "  {:<30} default: {default}\n      {}\n",
+            setting.name, setting.meaning
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_settings_take_the_declared_defaults() {
+        let config = Config::read(|_| None).unwrap();
+        assert_eq!(config.addr, "127.0.0.1:8080");
+        assert_eq!(config.hold_ttl, Duration::from_secs(600));
+        assert_eq!(config.min_free_bytes, 64 << 20);
+        assert!(config.api_keys.is_none() && config.cors_origins.is_empty());
+        assert!(config.upstream.is_none());
+    }
+
+    #[test]
+    fn origins_are_checked() {
+        let list = cors_origins("https://a.example, http://localhost:3000").unwrap();
+        assert_eq!(list, ["https://a.example", "http://localhost:3000"]);
+        for bad in ["*", "a.example", "https://a.example/app", "https://"] {
+            assert!(cors_origins(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn help_names_every_setting() {
+        let help = help();
+        assert!(SETTINGS.iter().all(|s| help.contains(s.name)));
+    }
+}

@@ -6,28 +6,34 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use image_gateway::auth::UserId;
-use image_gateway::store::{FileKey, FileStore, LocalFileStore};
+use image_gateway::store::{FileCursor, FileKey, FileStore, LocalFileStore};
 
-fn store_with(files: usize) -> (LocalFileStore, FileKey) {
+fn store_with(files: usize) -> (LocalFileStore, FileCursor) {
     let root = std::env::temp_dir().join(format!("igw-bench-store-{}", uuid::Uuid::new_v4()));
     let owner = UserId::new("alice").expect("user");
     let dir = root.join("files/alice");
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut keys = Vec::with_capacity(files);
     for i in 0..files {
         let key = FileKey::new(&owner, uuid::Uuid::new_v4(), &format!("{i}.png"));
         std::fs::write(root.join(key.as_str()), b"png").expect("file");
-        keys.push(key);
     }
-    keys.sort();
-    let middle = keys[files / 2].clone();
-    (LocalFileStore::open(&root).expect("open"), middle)
+    let store = LocalFileStore::open(&root).expect("open");
+    let middle = runtime()
+        .block_on(store.list(&owner, None, files / 2))
+        .expect("page")
+        .next()
+        .expect("a cursor in the middle");
+    (store, middle)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let owner = UserId::new("alice").expect("user");
     let mut group = c.benchmark_group("files_list_page_of_100");
     for files in [1_000, 20_000] {

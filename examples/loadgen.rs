@@ -38,7 +38,7 @@ use image_gateway::ledger::{Durability, Ledger, MemoryLedger, SqliteLedger};
 use image_gateway::request::OutputFormat;
 use image_gateway::source::GenerationId;
 use image_gateway::store::{
-    FileKey, FilePage, FileStore, LocalFileStore, SqliteGenerations, StoreError,
+    FileCursor, FileKey, FilePage, FileStore, LocalFileStore, SqliteGenerations, StoreError,
 };
 use image_gateway::Gateway;
 
@@ -93,7 +93,7 @@ impl FileStore for DiscardStore {
     async fn list(
         &self,
         _: &UserId,
-        _: Option<&FileKey>,
+        _: Option<&FileCursor>,
         _: usize,
     ) -> Result<FilePage, StoreError> {
         Ok(FilePage::new(Vec::new(), false))

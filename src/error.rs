@@ -97,6 +97,8 @@ pub enum GatewayError {
     Upstream,
     /// 404 `not_found`: no such route.
     RouteNotFound,
+    /// 404 `account_not_found`: an admin deposit names a user that holds no key.
+    AccountNotFound,
     /// 405 `method_not_allowed`.
     MethodNotAllowed,
     /// 413 `storage_quota_exceeded`: storing this would take the caller over its storage
@@ -148,9 +150,11 @@ impl GatewayError {
             | ContentPolicyViolation { .. } => StatusCode::BAD_REQUEST,
             InvalidApiKey => StatusCode::UNAUTHORIZED,
             InsufficientBalance { .. } | OutstandingDebt => StatusCode::PAYMENT_REQUIRED,
-            ModelNotFound { .. } | GenerationNotFound | ImageNotFound | RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ModelNotFound { .. }
+            | GenerationNotFound
+            | ImageNotFound
+            | RouteNotFound
+            | AccountNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GenerationNotReady { .. } | IdempotencyKeyInUse { .. } | IdempotencyKeyReused => {
                 StatusCode::CONFLICT
@@ -188,6 +192,7 @@ impl GatewayError {
             RateLimitExceeded { .. } => "rate_limit_exceeded",
             Upstream => "upstream_error",
             RouteNotFound => "not_found",
+            AccountNotFound => "account_not_found",
             MethodNotAllowed => "method_not_allowed",
             StorageQuotaExceeded { .. } => "storage_quota_exceeded",
             InsufficientStorage => "insufficient_storage",
@@ -219,6 +224,7 @@ impl GatewayError {
             ImageTypeUnsupported { param } | ImageTooLarge { param, .. } => Some(param),
             ImageNotFound => Some("image_key"),
             ModelNotFound { .. } => Some("model"),
+            AccountNotFound => Some("user_id"),
             ContentPolicyViolation { .. } => Some("prompt"),
             _ => None,
         }
@@ -315,6 +321,7 @@ impl fmt::Display for GatewayError {
             RateLimitExceeded { .. } => f.write_str("rate limit exceeded; retry later"),
             Upstream => f.write_str("the image service failed; the hold was released"),
             RouteNotFound => f.write_str("no such endpoint"),
+            AccountNotFound => f.write_str("no user with this id holds an API key"),
             MethodNotAllowed => f.write_str("method not allowed on this endpoint"),
             StorageQuotaExceeded { message } => f.write_str(message),
             InsufficientStorage => {

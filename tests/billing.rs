@@ -349,6 +349,29 @@ async fn admin_deposits_need_the_admin_key() {
         .await;
     assert_eq!(reply.error().1, "method_not_allowed");
 
+    // A deposit only adds, and only to an account some key can spend from.
+    for amount in ["-250", "0"] {
+        let body = format!(r#"{{"amount": {amount}, "reference": "refund-{amount}"}}"#);
+        let reply = b.server.send(deposit("admin_secret_key_0123", &body)).await;
+        assert_eq!(
+            reply.error(),
+            (400, "invalid_request".into(), Some("amount".into())),
+            "amount {amount}"
+        );
+    }
+    let typo = Request::post("/admin/v1/accounts/alcie/deposits")
+        .header("authorization", "Bearer admin_secret_key_0123")
+        .body(Full::new(Bytes::from_static(
+            br#"{"amount": 100, "reference": "invoice-2"}"#,
+        )))
+        .unwrap();
+    let reply = b.server.send(typo).await;
+    assert_eq!(
+        reply.error(),
+        (404, "account_not_found".into(), Some("user_id".into()))
+    );
+    assert_eq!(b.balance().await, (250, 0), "nothing moved");
+
     // Without an admin key configured, the door does not exist.
     let plain = reference_server().await;
     let reply = plain.send(deposit("anything", body)).await;

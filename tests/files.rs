@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Method, StatusCode};
 use image_gateway::auth::UserId;
-use image_gateway::store::{FileKey, FilePage, FileStore, MemoryFileStore, StoreError};
+use image_gateway::store::{FileCursor, FileKey, FilePage, FileStore, MemoryFileStore, StoreError};
 use image_gateway::Gateway;
 
 /// Uploads a PNG as alice and edits it by key; returns the key and the generation id.
@@ -495,19 +495,26 @@ async fn oversize_or_bad_uploads_store_nothing() {
 }
 
 #[tokio::test]
-async fn listing_pages_through_every_file_once() {
+async fn listing_runs_newest_first_and_pages_through_every_file_once() {
     let server = reference_server().await;
     let image = png(4, 4);
     let files: Vec<(&str, &[u8])> = (0..5).map(|_| ("p.png", &image[..])).collect();
     let mut expected = server.upload(ALICE_KEY, &files).await.uploaded_keys();
-    expected.sort();
+    // Times are whole seconds: the next upload is a second newer than the batch.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newest = server
+        .upload(ALICE_KEY, &[("new.png", &image)])
+        .await
+        .uploaded_keys();
     let mut seen = Vec::new();
+    let mut created = Vec::new();
     let mut path = "/api/v1/files?limit=2".to_owned();
     loop {
         let page = server.call(Method::GET, &path, ALICE_KEY).await.json();
         let data = page["data"].as_array().unwrap();
         assert!(data.len() <= 2);
         seen.extend(data.iter().map(|f| f["key"].as_str().unwrap().to_owned()));
+        created.extend(data.iter().map(|f| f["created"].as_u64().unwrap()));
         if !page["has_more"].as_bool().unwrap() {
             assert!(page["next_after"].is_null());
             break;
@@ -516,15 +523,26 @@ async fn listing_pages_through_every_file_once() {
             "/api/v1/files?limit=2&after={}",
             page["next_after"].as_str().unwrap()
         );
+        // A file stored while the client pages is newer than the cursor: the pages that
+        // follow neither repeat nor skip anything.
+        if seen.len() == 2 {
+            server.upload(ALICE_KEY, &[("late.png", &image)]).await;
+        }
     }
-    assert_eq!(seen, expected);
-    let reply = server
-        .call(Method::GET, "/api/v1/files?limit=0", ALICE_KEY)
-        .await;
-    assert_eq!(
-        reply.error(),
-        (400, "invalid_request".into(), Some("limit".into()))
-    );
+    assert_eq!(seen[0], newest[0], "the newest file first");
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "{created:?}");
+    seen.sort();
+    expected.extend(newest);
+    expected.sort();
+    assert_eq!(seen, expected, "every file once");
+
+    for bad in ["limit=0", "after=files/alice/not-a-cursor.png"] {
+        let reply = server
+            .call(Method::GET, &format!("/api/v1/files?{bad}"), ALICE_KEY)
+            .await;
+        assert_eq!(reply.error().0, 400, "{bad}");
+        assert_eq!(reply.error().1, "invalid_request", "{bad}");
+    }
 }
 
 /// A store whose writes of generated images take a while, like a remote object store.
@@ -550,7 +568,7 @@ impl FileStore for SlowStore {
     async fn list(
         &self,
         owner: &UserId,
-        after: Option<&FileKey>,
+        after: Option<&FileCursor>,
         limit: usize,
     ) -> Result<FilePage, StoreError> {
         self.inner.list(owner, after, limit).await

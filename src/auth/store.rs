@@ -13,6 +13,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The principal the key belongs to, `Ok(None)` for an unknown key, `Err` when the store
     /// itself failed (answered 500, never 401, so an outage does not look like a bad key).
     async fn principal(&self, key: &ApiKey) -> Result<Option<Principal>, BoxError>;
+
+    /// Whether `user` holds a key. The admin API credits only such accounts, so a mistyped
+    /// user id is refused rather than given money no key can spend.
+    async fn knows_user(&self, user: &UserId) -> Result<bool, BoxError>;
 }
 
 /// A fixed list of keys, kept only as SHA-256 digests.
@@ -87,6 +91,10 @@ impl KeyStore for StaticKeys {
         } else {
             Ok(None)
         }
+    }
+
+    async fn knows_user(&self, user: &UserId) -> Result<bool, BoxError> {
+        Ok(self.users().any(|known| known == user))
     }
 }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_service::Service;
 
-use crate::auth::{ApiKey, UserId};
+use crate::auth::{ApiKey, KeyStore, UserId};
 use crate::future::ResponseFuture;
 use crate::ledger::Ledger;
 use crate::request::body_error;
@@ -21,20 +21,26 @@ use crate::{BoxError, GatewayError, ResponseBody};
 ///
 /// User API keys never pass here: the admin key is checked against its own SHA-256 digest in
 /// constant time, and the user key store is not consulted. A deposit whose reference was
-/// already used on that account changes nothing and answers `"deposited": false`. A negative
-/// amount is an operator's correction (it may put the account in debt).
+/// already used on that account changes nothing and answers `"deposited": false`.
+///
+/// A deposit only adds: the amount is a positive integer (`400` otherwise), and the account
+/// is a user the key store knows (`404 account_not_found` otherwise), so a typo neither
+/// takes money away nor strands it on an account no key can spend from.
 #[derive(Clone)]
 pub struct AdminApi {
     digest: [u8; 32],
     ledger: Arc<dyn Ledger>,
+    keys: Arc<dyn KeyStore>,
 }
 
 impl AdminApi {
-    /// An admin API accepting `admin_key`, over `ledger`.
-    pub fn new(admin_key: &str, ledger: Arc<dyn Ledger>) -> Self {
+    /// An admin API accepting `admin_key`, crediting `ledger` accounts of the users `keys`
+    /// knows.
+    pub fn new(admin_key: &str, ledger: Arc<dyn Ledger>, keys: Arc<dyn KeyStore>) -> Self {
         AdminApi {
             digest: Sha256::digest(admin_key.as_bytes()).into(),
             ledger,
+            keys,
         }
     }
 
@@ -67,6 +73,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let authorised = self.authorised(ApiKey::from_headers(req.headers()));
         let ledger = self.ledger.clone();
+        let keys = self.keys.clone();
         ResponseFuture::answer(async move {
             if !authorised {
                 return Err(GatewayError::InvalidApiKey);
@@ -91,9 +98,15 @@ where
                 .to_bytes();
             let deposit: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|_| GatewayError::invalid_request("body must be a JSON object", None))?;
-            let amount = deposit["amount"].as_i64().ok_or_else(|| {
-                GatewayError::invalid_request("amount must be an integer", Some("amount"))
-            })?;
+            let amount = deposit["amount"]
+                .as_i64()
+                .filter(|amount| *amount > 0)
+                .ok_or_else(|| {
+                    GatewayError::invalid_request(
+                        "amount must be a positive integer",
+                        Some("amount"),
+                    )
+                })?;
             let reference = deposit["reference"]
                 .as_str()
                 .filter(|r| !r.is_empty() && r.len() <= 200)
@@ -103,6 +116,13 @@ where
                         Some("reference"),
                     )
                 })?;
+            let known = keys.knows_user(&account).await.map_err(|error| {
+                tracing::error!(%error, "key store failed");
+                GatewayError::Internal
+            })?;
+            if !known {
+                return Err(GatewayError::AccountNotFound);
+            }
             let deposited = ledger.deposit(&account, amount, reference).await?;
             let balance = ledger.balance(&account).await?;
             let body = serde_json::json!({

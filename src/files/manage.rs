@@ -2,10 +2,11 @@ use http::{header, HeaderValue, Response};
 
 use crate::auth::Principal;
 use crate::page::{percent_decode, PageQuery};
-use crate::store::{content_type_of, FileKey, FileStore};
+use crate::store::{content_type_of, FileCursor, FileKey, FileStore};
 use crate::{GatewayError, ResponseBody};
 
-/// `GET /api/v1/files?limit=&after=`: the caller's files, a page at a time.
+/// `GET /api/v1/files?limit=&after=`: the caller's files, newest first, a page at a time;
+/// `after` is the previous page's `next_after`.
 pub(super) async fn list(
     query: Option<&str>,
     store: &dyn FileStore,
@@ -14,16 +15,12 @@ pub(super) async fn list(
     let query = PageQuery::parse(query)?;
     let after = query
         .after
-        .map(|after| FileKey::parse_owned(&after, principal.user_id()))
+        .map(|after| FileCursor::parse_owned(&after, principal.user_id()))
         .transpose()?;
-    let limit = query.limit;
     let page = store
-        .list(principal.user_id(), after.as_ref(), limit)
+        .list(principal.user_id(), after.as_ref(), query.limit)
         .await?;
-    let next_after = page
-        .has_more
-        .then(|| page.files.last().map(|f| f.key.to_string()))
-        .flatten();
+    let next_after = page.next().map(|cursor| cursor.to_string());
     let data: Vec<_> = page
         .files
         .iter()

@@ -228,7 +228,9 @@ impl GatewayBuilder {
             account,
         };
         Gateway {
-            admin: self.admin_key.map(|key| AdminApi::new(&key, ledger)),
+            admin: self
+                .admin_key
+                .map(|key| AdminApi::new(&key, ledger, keys.clone())),
             inner: Auth::new(
                 self.rate_limit
                     .layer(BodyLimit::new(routes, self.body_limit)),

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
+use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 
 /// Files in a local directory, one file per key at `{root}/{key}`.
@@ -35,7 +35,7 @@ pub struct LocalFileStore {
     min_free: u64,
 }
 
-/// Every stored file, by owner, in key order.
+/// Every stored file, by owner: by key for writes, in list order for pages.
 #[derive(Debug, Default)]
 struct Index {
     owners: HashMap<UserId, Owned>,
@@ -43,23 +43,30 @@ struct Index {
 
 #[derive(Debug, Default)]
 struct Owned {
-    files: BTreeMap<FileKey, (u64, u64)>,
+    /// Size and time by key.
+    files: HashMap<FileKey, (u64, u64)>,
+    /// The same files, newest first: a page is a range of it.
+    listed: BTreeMap<FileCursor, u64>,
     bytes: u64,
 }
 
 impl Index {
     fn insert(&mut self, key: FileKey, size: u64, created: u64) {
         let owned = self.owners.entry(key.owner().clone()).or_default();
-        if let Some((old, _)) = owned.files.insert(key, (size, created)) {
+        let place = FileCursor::new(created, key.clone());
+        if let Some((old, old_created)) = owned.files.insert(key.clone(), (size, created)) {
             owned.bytes = owned.bytes.saturating_sub(old);
+            owned.listed.remove(&FileCursor::new(old_created, key));
         }
+        owned.listed.insert(place, size);
         owned.bytes = owned.bytes.saturating_add(size);
     }
 
     fn remove(&mut self, key: &FileKey) {
         if let Some(owned) = self.owners.get_mut(key.owner()) {
-            if let Some((size, _)) = owned.files.remove(key) {
+            if let Some((size, created)) = owned.files.remove(key) {
                 owned.bytes = owned.bytes.saturating_sub(size);
+                owned.listed.remove(&FileCursor::new(created, key.clone()));
             }
         }
     }
@@ -180,17 +187,17 @@ impl LocalFileStore {
         Ok(removed)
     }
 
-    fn list_indexed(&self, owner: &UserId, after: Option<&FileKey>, limit: usize) -> FilePage {
+    fn list_indexed(&self, owner: &UserId, after: Option<&FileCursor>, limit: usize) -> FilePage {
         let index = self.index();
         let Some(owned) = index.owners.get(owner) else {
             return FilePage::default();
         };
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut page = owned.files.range((from, Bound::Unbounded));
+        let mut page = owned.listed.range((from, Bound::Unbounded));
         let files = page
             .by_ref()
             .take(limit)
-            .map(|(key, (size, created))| FileMeta::new(key.clone(), *size, *created))
+            .map(|(place, size)| FileMeta::new(place.key().clone(), *size, place.created()))
             .collect();
         FilePage {
             files,
@@ -239,7 +246,7 @@ impl FileStore for LocalFileStore {
     async fn list(
         &self,
         owner: &UserId,
-        after: Option<&FileKey>,
+        after: Option<&FileCursor>,
         limit: usize,
     ) -> Result<FilePage, StoreError> {
         Ok(self.list_indexed(owner, after, limit))
@@ -331,40 +338,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_index_is_rebuilt_at_open_and_pages_follow_key_order() {
+    async fn the_index_is_rebuilt_at_open_and_pages_run_newest_first() {
         let dir = std::env::temp_dir().join(format!("igw-index-{}", Uuid::new_v4()));
         let alice = UserId::new("alice").unwrap();
         let mut keys = Vec::new();
         {
             let store = LocalFileStore::open(&dir).unwrap();
-            for i in 0..5u8 {
+            for i in 0..6u8 {
                 let key = FileKey::new(&alice, Uuid::new_v4(), "x.png");
                 store.put(&key, Bytes::from(vec![i; 10])).await.unwrap();
                 keys.push(key);
             }
             assert!(store.delete(&keys.remove(0)).await.unwrap());
         }
-        keys.sort();
+        // Stored one minute apart, the last first; the index reads the times back at open.
+        for (i, key) in keys.iter().enumerate() {
+            let at = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + 60 * i as u64);
+            let file = std::fs::File::options()
+                .write(true)
+                .open(dir.join(key.as_str()))
+                .unwrap();
+            file.set_modified(at).unwrap();
+        }
+        keys.reverse();
         // A crash mid-write leaves a temporary file; it is neither listed nor kept.
         let temp = dir.join("files/alice/.tmp-leftover");
         std::fs::write(&temp, b"half").unwrap();
         let store = LocalFileStore::open(&dir).unwrap();
         assert!(!temp.exists());
-        assert_eq!(store.usage(&alice).await.unwrap(), Usage::new(40, 4));
-        let first = store.list(&alice, None, 3).await.unwrap();
-        assert!(first.has_more);
-        let rest = store
-            .list(&alice, Some(&first.files[2].key), 3)
-            .await
-            .unwrap();
-        assert!(!rest.has_more);
-        let listed: Vec<FileKey> = first
-            .files
+        assert_eq!(store.usage(&alice).await.unwrap(), Usage::new(50, 5));
+        let first = store.list(&alice, None, 2).await.unwrap();
+        let cursor = first.next().unwrap();
+        // Files deleted (the cursor's own included) and stored between two pages move
+        // nothing on the pages that follow.
+        assert!(store.delete(cursor.key()).await.unwrap());
+        let newer = FileKey::new(&alice, Uuid::new_v4(), "new.png");
+        store.put(&newer, Bytes::from_static(b"new")).await.unwrap();
+        let second = store.list(&alice, Some(&cursor), 2).await.unwrap();
+        let third = store.list(&alice, second.next().as_ref(), 2).await.unwrap();
+        assert!(third.next().is_none());
+        let listed: Vec<FileKey> = [first, second, third]
             .iter()
-            .chain(&rest.files)
-            .map(|f| f.key.clone())
+            .flat_map(|page| page.files.iter().map(|f| f.key.clone()))
             .collect();
         assert_eq!(listed, keys);
+        let now = store.list(&alice, None, 1).await.unwrap();
+        assert_eq!(now.files[0].key, newer, "the newest file comes first");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

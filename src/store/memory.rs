@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
+use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 use crate::gateway::unix_now;
 
@@ -61,30 +61,30 @@ impl FileStore for MemoryFileStore {
     async fn list(
         &self,
         owner: &UserId,
-        after: Option<&FileKey>,
+        after: Option<&FileCursor>,
         limit: usize,
     ) -> Result<FilePage, StoreError> {
         let owners = self.owners();
         let Some(files) = owners.get(owner) else {
             return Ok(FilePage::default());
         };
-        let mut keys: Vec<&FileKey> = files
-            .keys()
-            .filter(|key| after.is_none_or(|after| *key > after))
+        let mut places: Vec<(FileCursor, u64)> = files
+            .iter()
+            .map(|(key, (bytes, created))| {
+                (FileCursor::new(*created, key.clone()), bytes.len() as u64)
+            })
+            .filter(|(place, _)| after.is_none_or(|after| place > after))
             .collect();
         // Only the first `limit` (and whether one more exists) need sorting.
-        let has_more = keys.len() > limit;
+        let has_more = places.len() > limit;
         if has_more {
-            keys.select_nth_unstable(limit);
-            keys.truncate(limit);
+            places.select_nth_unstable(limit);
+            places.truncate(limit);
         }
-        keys.sort_unstable();
-        let page = keys
+        places.sort_unstable();
+        let page = places
             .into_iter()
-            .filter_map(|key| {
-                let (bytes, created) = files.get(key)?;
-                Some(FileMeta::new(key.clone(), bytes.len() as u64, *created))
-            })
+            .map(|(place, size)| FileMeta::new(place.key().clone(), size, place.created()))
             .collect();
         Ok(FilePage::new(page, has_more))
     }
@@ -104,7 +104,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn pages_through_one_owners_files_in_key_order() {
+    async fn pages_through_one_owners_files_newest_first() {
         let store = MemoryFileStore::new();
         let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
         let mut keys = Vec::new();
@@ -115,19 +115,24 @@ mod tests {
             let other = FileKey::new(&bob, Uuid::new_v4(), "x.png");
             store.put(&other, Bytes::new()).await.unwrap();
         }
-        keys.sort();
         let mut seen = Vec::new();
         let mut after = None;
         loop {
             let page = store.list(&alice, after.as_ref(), 3).await.unwrap();
             assert!(page.files.len() <= 3);
-            seen.extend(page.files.iter().map(|f| f.key.clone()));
-            after = seen.last().cloned();
-            if !page.has_more {
+            seen.extend(page.files.iter().map(FileCursor::of));
+            after = page.next();
+            if after.is_none() {
                 break;
             }
         }
-        assert_eq!(seen, keys);
+        let mut expected = seen.clone();
+        expected.sort();
+        assert_eq!(seen, expected, "newest first, then by key");
+        let mut listed: Vec<FileKey> = seen.iter().map(|c| c.key().clone()).collect();
+        listed.sort();
+        keys.sort();
+        assert_eq!(listed, keys, "every file once");
         assert!(store.list(&alice, None, 0).await.unwrap().has_more);
         assert!(store.delete(&keys[0]).await.unwrap());
         assert!(!store.delete(&keys[0]).await.unwrap());

@@ -7,7 +7,8 @@
 //! # Guarantees of a [`FileStore`]
 //! - `put` is atomic: a reader sees the whole file or none, and a crash mid-write leaves no
 //!   half file behind a key.
-//! - `list` returns one owner's files only, in key order, a page at a time.
+//! - `list` returns one owner's files only, newest first, a page at a time; a page continues
+//!   after a [`FileCursor`], so paging is stable while files come and go.
 //!
 //! # Generations
 //! [`Generations`] records each produced image: its id, owner, file key and whether its bytes
@@ -21,6 +22,7 @@ mod quota;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+use std::cmp::Reverse;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -36,7 +38,7 @@ pub use sqlite::SqliteGenerations;
 
 use crate::auth::UserId;
 use crate::request::ImageKind;
-use crate::BoxError;
+use crate::{BoxError, GatewayError};
 
 /// What a store knows of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,20 +59,83 @@ impl FileMeta {
     }
 }
 
+/// A place in an owner's files list, which runs newest first (files stored in the same
+/// second by key). Its order is the list's order: a page holds the files after its cursor.
+///
+/// It carries the time as well as the key, so a page after a file deleted meanwhile starts
+/// where it should, and files stored while a client pages (newer than every cursor) never
+/// shift the pages that follow. Clients see it as `{created}:{key}` (`next_after`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileCursor {
+    // Field order is the list order: newest first, then by key.
+    newest_first: Reverse<u64>,
+    key: FileKey,
+}
+
+impl FileCursor {
+    /// The place of the file stored at `created` (unix seconds) under `key`.
+    pub fn new(created: u64, key: FileKey) -> Self {
+        FileCursor {
+            newest_first: Reverse(created),
+            key,
+        }
+    }
+
+    /// The place of `file`.
+    pub fn of(file: &FileMeta) -> Self {
+        FileCursor::new(file.created, file.key.clone())
+    }
+
+    /// The file's key.
+    pub fn key(&self) -> &FileKey {
+        &self.key
+    }
+
+    /// When the file was stored, in unix seconds.
+    pub fn created(&self) -> u64 {
+        self.newest_first.0
+    }
+
+    /// Parses a cursor a client sent back; it must name one of `owner`'s keys.
+    pub fn parse_owned(raw: &str, owner: &UserId) -> Result<FileCursor, GatewayError> {
+        let invalid = || {
+            GatewayError::invalid_request("after is not a cursor from next_after", Some("after"))
+        };
+        let (created, key) = raw.split_once(':').ok_or_else(invalid)?;
+        let created = created.parse().map_err(|_| invalid())?;
+        let key = FileKey::parse_owned(key, owner).map_err(|_| invalid())?;
+        Ok(FileCursor::new(created, key))
+    }
+}
+
+impl fmt::Display for FileCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.created(), self.key)
+    }
+}
+
 /// One page of an owner's files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FilePage {
-    /// Files in key order.
+    /// Files newest first.
     pub files: Vec<FileMeta>,
     /// Whether more files follow the last one.
     pub has_more: bool,
 }
 
 impl FilePage {
-    /// A page of `files` (in key order); `has_more` when more follow the last one.
+    /// A page of `files` (newest first); `has_more` when more follow the last one.
     pub fn new(files: Vec<FileMeta>, has_more: bool) -> Self {
         FilePage { files, has_more }
+    }
+
+    /// Where the next page starts, when there is one.
+    pub fn next(&self) -> Option<FileCursor> {
+        self.files
+            .last()
+            .filter(|_| self.has_more)
+            .map(FileCursor::of)
     }
 }
 
@@ -196,11 +261,12 @@ pub trait FileStore: Send + Sync + 'static {
     /// Removes the file; `false` when there was none.
     async fn delete(&self, key: &FileKey) -> Result<bool, StoreError>;
 
-    /// Up to `limit` of `owner`'s files whose keys sort after `after`, in key order.
+    /// Up to `limit` of `owner`'s files that come after `after` in the list's order
+    /// (newest first, see [`FileCursor`]), that order kept.
     async fn list(
         &self,
         owner: &UserId,
-        after: Option<&FileKey>,
+        after: Option<&FileCursor>,
         limit: usize,
     ) -> Result<FilePage, StoreError>;
 
@@ -208,15 +274,15 @@ pub trait FileStore: Send + Sync + 'static {
     /// store that keeps an index answers from it.
     async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
         let mut usage = Usage::default();
-        let mut after: Option<FileKey> = None;
+        let mut after: Option<FileCursor> = None;
         loop {
             let page = self.list(owner, after.as_ref(), 1000).await?;
             for file in &page.files {
                 usage = usage.plus(Usage::new(file.size, 1));
             }
-            match (page.has_more, page.files.last()) {
-                (true, Some(last)) => after = Some(last.key.clone()),
-                _ => return Ok(usage),
+            match page.next() {
+                Some(next) => after = Some(next),
+                None => return Ok(usage),
             }
         }
     }

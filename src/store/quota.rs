@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{FileKey, FilePage, FileStore, StoreError, Usage};
+use super::{FileCursor, FileKey, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 
 /// How much one owner may store; `None` is unlimited.
@@ -148,7 +148,7 @@ impl FileStore for QuotaStore {
     async fn list(
         &self,
         owner: &UserId,
-        after: Option<&FileKey>,
+        after: Option<&FileCursor>,
         limit: usize,
     ) -> Result<FilePage, StoreError> {
         self.inner.list(owner, after, limit).await

@@ -44,7 +44,7 @@ fn help_lists_every_setting_the_readme_documents() {
     }
     let printed = help
         .lines()
-        .filter_map(|l| l.trim_start().split_whitespace().next())
+        .filter_map(|l| l.split_whitespace().next())
         .filter(|w| w.starts_with("GATEWAY_"))
         .count();
     assert_eq!(

@@ -13,6 +13,7 @@
 //! `AuthenticationError`, `NotFoundError`, ...). Messages are for people; only the status and
 //! `code` are a contract. No message ever contains an API key or a stored file's contents.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -137,127 +138,76 @@ impl GatewayError {
         }
     }
 
+    /// This error's row of the table: every field of its answer, declared in one place.
+    ///
+    /// Read it like the spec's error table: status, `code`, OpenAI error `type`, the `param`
+    /// blamed, the message. Only the status and `code` are a contract with clients.
+    #[rustfmt::skip]
+    fn row(&self) -> Row {
+        use GatewayError::*;
+        use Kind::*;
+        match self {
+            InvalidRequest { message, param } => Row::new(400, "invalid_request", Request, *param, message.clone()),
+            BodyCutOff => Row::new(400, "invalid_request", Request, None, "the request body could not be read"),
+            InvalidImageKey => Row::new(400, "invalid_image_key", Request, Some("image_key"), "image_key is malformed or does not belong to the caller; use a key returned by the upload endpoint"),
+            InvalidGenerationId => Row::new(400, "invalid_generation_id", Request, Some("generation_id"), "generation_id is not a valid UUID"),
+            ImageTypeUnsupported { param } => Row::new(400, "IMAGE_TYPE_UNSUPPORTED", Request, Some(param), "source image type is not supported; send JPEG, PNG, GIF or WebP"),
+            ImageTooLarge { limit, param } => Row::new(400, "IMAGE_TOO_LARGE", Request, Some(param), format!("source image exceeds the limit of {limit} bytes")),
+            ContentPolicyViolation { message } => Row::new(400, "content_policy_violation", Request, Some("prompt"), format!("the prompt was rejected by content moderation: {message}")),
+            InvalidApiKey => Row::new(401, "invalid_api_key", Authentication, None, "invalid API key; send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"),
+            InsufficientBalance { needed, available } => Row::new(402, "insufficient_balance", Billing, None, format!("insufficient balance for this request: it needs {needed} (n x the price per image), {available} is available")),
+            OutstandingDebt => Row::new(402, "OUTSTANDING_DEBT", Billing, None, "the account has outstanding unpaid charges"),
+            ModelNotFound { model } => Row::new(404, "model_not_found", Request, Some("model"), format!("the model `{model}` does not exist")),
+            GenerationNotFound => Row::new(404, "generation_not_found", Request, Some("generation_id"), "generation not found"),
+            ImageNotFound => Row::new(404, "IMAGE_NOT_FOUND", Request, Some("image_key"), "the file behind image_key no longer exists"),
+            RouteNotFound => Row::new(404, "not_found", Request, None, "no such endpoint"),
+            AccountNotFound => Row::new(404, "account_not_found", Request, Some("user_id"), "no user with this id holds an API key"),
+            MethodNotAllowed => Row::new(405, "method_not_allowed", Request, None, "method not allowed on this endpoint"),
+            RequestTimeout => Row::new(408, "request_timeout", Request, None, "the request took too long; nothing was charged"),
+            GenerationNotReady { retry_after } => Row::new(409, "generation_not_ready", Request, Some("generation_id"), "the generation is still being stored; retry shortly").retry_after(*retry_after),
+            IdempotencyKeyInUse { retry_after } => Row::new(409, "idempotency_key_in_use", Request, None, "a request with this Idempotency-Key is still running; retry shortly").retry_after(*retry_after),
+            IdempotencyKeyReused => Row::new(409, "idempotency_key_reused", Request, None, "this Idempotency-Key was already used for a different request; use a new key for a new request"),
+            PayloadTooLarge => Row::new(413, "request_too_large", Request, None, "the request body exceeds the size limit"),
+            StorageQuotaExceeded { message } => Row::new(413, "storage_quota_exceeded", Request, None, message.clone()),
+            RateLimitExceeded { retry_after } => Row::new(429, "rate_limit_exceeded", RateLimit, None, "rate limit exceeded; retry later").retry_after(*retry_after),
+            Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
+            Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
+            InsufficientStorage => Row::new(507, "insufficient_storage", Server, None, "the gateway's file storage is full; nothing was stored or charged"),
+        }
+    }
+
     /// The HTTP status the spec's table gives this error.
     pub fn status(&self) -> StatusCode {
-        use GatewayError::*;
-        match self {
-            InvalidRequest { .. }
-            | BodyCutOff
-            | InvalidImageKey
-            | InvalidGenerationId
-            | ImageTypeUnsupported { .. }
-            | ImageTooLarge { .. }
-            | ContentPolicyViolation { .. } => StatusCode::BAD_REQUEST,
-            InvalidApiKey => StatusCode::UNAUTHORIZED,
-            InsufficientBalance { .. } | OutstandingDebt => StatusCode::PAYMENT_REQUIRED,
-            ModelNotFound { .. }
-            | GenerationNotFound
-            | ImageNotFound
-            | RouteNotFound
-            | AccountNotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            GenerationNotReady { .. } | IdempotencyKeyInUse { .. } | IdempotencyKeyReused => {
-                StatusCode::CONFLICT
-            }
-            PayloadTooLarge | StorageQuotaExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            RateLimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Upstream => StatusCode::BAD_GATEWAY,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.row().status
     }
 
     /// The `code` field of the envelope, exactly as the spec's table spells it.
     pub fn code(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            InvalidRequest { .. } | BodyCutOff => "invalid_request",
-            InvalidImageKey => "invalid_image_key",
-            InvalidGenerationId => "invalid_generation_id",
-            ImageTypeUnsupported { .. } => "IMAGE_TYPE_UNSUPPORTED",
-            ImageTooLarge { .. } => "IMAGE_TOO_LARGE",
-            ContentPolicyViolation { .. } => "content_policy_violation",
-            InvalidApiKey => "invalid_api_key",
-            InsufficientBalance { .. } => "insufficient_balance",
-            OutstandingDebt => "OUTSTANDING_DEBT",
-            ModelNotFound { .. } => "model_not_found",
-            GenerationNotFound => "generation_not_found",
-            ImageNotFound => "IMAGE_NOT_FOUND",
-            GenerationNotReady { .. } => "generation_not_ready",
-            IdempotencyKeyInUse { .. } => "idempotency_key_in_use",
-            IdempotencyKeyReused => "idempotency_key_reused",
-            PayloadTooLarge => "request_too_large",
-            RequestTimeout => "request_timeout",
-            RateLimitExceeded { .. } => "rate_limit_exceeded",
-            Upstream => "upstream_error",
-            RouteNotFound => "not_found",
-            AccountNotFound => "account_not_found",
-            MethodNotAllowed => "method_not_allowed",
-            StorageQuotaExceeded { .. } => "storage_quota_exceeded",
-            InsufficientStorage => "insufficient_storage",
-            Internal => "internal_error",
-        }
+        self.row().code
     }
 
     /// The OpenAI error `type`, which groups codes the way the OpenAI API does.
     pub fn error_type(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            InvalidApiKey => "authentication_error",
-            InsufficientBalance { .. } | OutstandingDebt => "billing_error",
-            RateLimitExceeded { .. } => "rate_limit_error",
-            Upstream | Internal | InsufficientStorage => "server_error",
-            _ => "invalid_request_error",
-        }
+        self.row().kind.as_str()
     }
 
     /// The request field the error blames, if any.
     pub fn param(&self) -> Option<&'static str> {
-        use GatewayError::*;
-        match self {
-            InvalidRequest { param, .. } => *param,
-            InvalidImageKey => Some("image_key"),
-            InvalidGenerationId | GenerationNotFound | GenerationNotReady { .. } => {
-                Some("generation_id")
-            }
-            ImageTypeUnsupported { param } | ImageTooLarge { param, .. } => Some(param),
-            ImageNotFound => Some("image_key"),
-            ModelNotFound { .. } => Some("model"),
-            AccountNotFound => Some("user_id"),
-            ContentPolicyViolation { .. } => Some("prompt"),
-            _ => None,
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            GatewayError::GenerationNotReady { retry_after }
-            | GatewayError::IdempotencyKeyInUse { retry_after }
-            | GatewayError::RateLimitExceeded { retry_after } => Some(*retry_after),
-            _ => None,
-        }
+        self.row().param
     }
 
     /// The envelope as JSON bytes.
     pub fn to_json(&self) -> Bytes {
-        let body = serde_json::json!({
-            "error": {
-                "message": self.to_string(),
-                "type": self.error_type(),
-                "param": self.param(),
-                "code": self.code(),
-            }
-        });
-        Bytes::from(body.to_string())
+        self.row().to_json()
     }
 
     /// Renders the error as a complete HTTP response: status, envelope, and `Retry-After`
     /// where the error has one.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
-        let mut response = crate::response::json(self.status(), self.to_json());
+        let row = self.row();
+        let mut response = crate::response::json(row.status, row.to_json());
         let headers = response.headers_mut();
-        if let Some(after) = self.retry_after() {
+        if let Some(after) = row.retry_after {
             // Whole seconds, rounded up so a client never retries too early.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -265,70 +215,85 @@ impl GatewayError {
         if matches!(self, GatewayError::BodyCutOff) {
             response.extensions_mut().insert(ClientAborted);
         }
-        response.extensions_mut().insert(ErrorCode(self.code()));
-        tracing::debug!(status = %self.status(), code = self.code(), "request rejected");
+        response.extensions_mut().insert(ErrorCode(row.code));
+        tracing::debug!(status = %row.status, code = row.code, "request rejected");
         response
     }
 }
 
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use GatewayError::*;
+        f.write_str(&self.row().message)
+    }
+}
+
+/// The OpenAI error `type`s the table uses.
+#[derive(Clone, Copy)]
+enum Kind {
+    Request,
+    Authentication,
+    Billing,
+    RateLimit,
+    Server,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
         match self {
-            InvalidRequest { message, .. } => f.write_str(message),
-            BodyCutOff => f.write_str("the request body could not be read"),
-            InvalidImageKey => f.write_str(
-                "image_key is malformed or does not belong to the caller; \
-                 use a key returned by the upload endpoint",
-            ),
-            InvalidGenerationId => f.write_str("generation_id is not a valid UUID"),
-            ImageTypeUnsupported { .. } => {
-                f.write_str("source image type is not supported; send JPEG, PNG, GIF or WebP")
-            }
-            ImageTooLarge { limit, .. } => {
-                write!(f, "source image exceeds the limit of {limit} bytes")
-            }
-            ContentPolicyViolation { message } => {
-                write!(
-                    f,
-                    "the prompt was rejected by content moderation: {message}"
-                )
-            }
-            InvalidApiKey => f.write_str(
-                "invalid API key; send it as `Authorization: Bearer <key>` or `x-api-key: <key>`",
-            ),
-            InsufficientBalance { needed, available } => write!(
-                f,
-                "insufficient balance for this request: it needs {needed} (n x the price per \
-                 image), {available} is available"
-            ),
-            OutstandingDebt => f.write_str("the account has outstanding unpaid charges"),
-            ModelNotFound { model } => write!(f, "the model `{model}` does not exist"),
-            GenerationNotFound => f.write_str("generation not found"),
-            ImageNotFound => f.write_str("the file behind image_key no longer exists"),
-            GenerationNotReady { .. } => {
-                f.write_str("the generation is still being stored; retry shortly")
-            }
-            PayloadTooLarge => f.write_str("the request body exceeds the size limit"),
-            RequestTimeout => f.write_str("the request took too long; nothing was charged"),
-            IdempotencyKeyInUse { .. } => {
-                f.write_str("a request with this Idempotency-Key is still running; retry shortly")
-            }
-            IdempotencyKeyReused => f.write_str(
-                "this Idempotency-Key was already used for a different request; \
-                 use a new key for a new request",
-            ),
-            RateLimitExceeded { .. } => f.write_str("rate limit exceeded; retry later"),
-            Upstream => f.write_str("the image service failed; the hold was released"),
-            RouteNotFound => f.write_str("no such endpoint"),
-            AccountNotFound => f.write_str("no user with this id holds an API key"),
-            MethodNotAllowed => f.write_str("method not allowed on this endpoint"),
-            StorageQuotaExceeded { message } => f.write_str(message),
-            InsufficientStorage => {
-                f.write_str("the gateway's file storage is full; nothing was stored or charged")
-            }
-            Internal => f.write_str("internal error; nothing was charged"),
+            Kind::Request => "invalid_request_error",
+            Kind::Authentication => "authentication_error",
+            Kind::Billing => "billing_error",
+            Kind::RateLimit => "rate_limit_error",
+            Kind::Server => "server_error",
         }
+    }
+}
+
+/// What an answer says about one error: a row of the table.
+struct Row {
+    status: StatusCode,
+    code: &'static str,
+    kind: Kind,
+    param: Option<&'static str>,
+    message: Cow<'static, str>,
+    /// Sent as `Retry-After`, for the errors a client should simply retry.
+    retry_after: Option<Duration>,
+}
+
+impl Row {
+    fn new(
+        status: u16,
+        code: &'static str,
+        kind: Kind,
+        param: Option<&'static str>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Row {
+        Row {
+            // Every status in the table is a valid code; 500 is the answer if one were not.
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            kind,
+            param,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, after: Duration) -> Row {
+        self.retry_after = Some(after);
+        self
+    }
+
+    fn to_json(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.as_str(),
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        Bytes::from(body.to_string())
     }
 }
 

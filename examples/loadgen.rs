@@ -34,9 +34,9 @@ use image_gateway::auth::{StaticKeys, UserId};
 use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::{EditOutcome, GeneratedImage};
+use image_gateway::id::GenerationId;
 use image_gateway::ledger::{Durability, Ledger, MemoryLedger, SqliteLedger};
 use image_gateway::request::OutputFormat;
-use image_gateway::source::GenerationId;
 use image_gateway::store::{
     FileCursor, FileKey, FilePage, FileStore, LocalFileStore, SqliteGenerations, StoreError,
 };

@@ -519,14 +519,14 @@ impl image_gateway::store::Generations for BrokenGenerations {
     }
     async fn set_status(
         &self,
-        _: image_gateway::source::GenerationId,
+        _: image_gateway::id::GenerationId,
         _: image_gateway::store::GenerationStatus,
     ) -> Result<(), image_gateway::store::StoreError> {
         Err(image_gateway::store::StoreError::new("disk full"))
     }
     async fn get(
         &self,
-        _: image_gateway::source::GenerationId,
+        _: image_gateway::id::GenerationId,
     ) -> Result<Option<image_gateway::store::Generation>, image_gateway::store::StoreError> {
         Ok(None)
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use image_gateway::auth::UserId;
-use image_gateway::gateway::unix_time;
+use image_gateway::clock::unix_now as unix_time;
 use image_gateway::ledger::{
     Amount, Balance, HoldId, Ledger, LedgerError, Memo, MemoryLedger, SqliteLedger,
 };

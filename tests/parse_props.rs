@@ -3,10 +3,10 @@
 use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
+use image_gateway::id::GenerationId;
 use image_gateway::request::{
     parse_json, parse_multipart, MultipartLimits, OutputFormat, Quality, Size,
 };
-use image_gateway::source::GenerationId;
 use image_gateway::store::FileKey;
 use proptest::prelude::*;
 

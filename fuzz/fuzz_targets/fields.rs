@@ -3,7 +3,7 @@
 #![no_main]
 
 use image_gateway::request::{parse_n, Background, OutputFormat, Quality, Size};
-use image_gateway::source::GenerationId;
+use image_gateway::id::GenerationId;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

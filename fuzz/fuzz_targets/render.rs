@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::backend::{EditJob, ImageBackend, ReferenceBackend};
-use image_gateway::request::{EditParams, ImageKind, SourceImage};
+use image_gateway::media::ImageKind;
+use image_gateway::request::{EditParams, SourceImage};
 use libfuzzer_sys::fuzz_target;
 
 fn runtime() -> &'static tokio::runtime::Runtime {

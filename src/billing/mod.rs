@@ -42,7 +42,7 @@ pub use api::{AccountApi, BALANCE_PATH, USAGE_PATH};
 pub use layer::BillingLayer;
 pub use service::Billing;
 
-use crate::gateway::unix_now;
+use crate::clock::unix_now;
 use crate::ledger::Ledger;
 
 /// The shortest hold TTL: deadlines are whole seconds, and a live request renews its hold

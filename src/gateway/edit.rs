@@ -2,15 +2,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tower_service::Service;
 
 use super::{EditOutcome, GeneratedImage};
 use crate::auth::Principal;
 use crate::backend::{EditJob, Image, ImageBackend};
+use crate::clock::unix_now;
 use crate::future::ResponseFuture;
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 use crate::store::{put_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage};
 use crate::GatewayError;
 
@@ -205,11 +205,4 @@ impl Outputs {
 fn output_key(principal: &Principal, id: GenerationId, image: &Image) -> FileKey {
     let name = format!("generation.{}", image.format.extension());
     FileKey::new(principal.user_id(), id.as_uuid(), &name)
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

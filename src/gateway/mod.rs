@@ -46,7 +46,6 @@
 mod builder;
 mod edit;
 mod outcome;
-mod request_id;
 mod routes;
 
 use std::convert::Infallible;
@@ -60,20 +59,14 @@ use tower_service::Service;
 use tracing::Instrument;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
-pub(crate) use edit::unix_now;
-
-/// The current time in Unix seconds, as the ledger and generation records count it.
-pub fn unix_time() -> u64 {
-    unix_now()
-}
 pub use edit::{EditService, Rendered};
 pub use outcome::{EditOutcome, GeneratedImage};
-pub use request_id::RequestId;
 pub use routes::EDITS_PATH;
 
 use crate::auth::Auth;
 use crate::billing::AdminApi;
 use crate::future::ResponseFuture;
+use crate::id::RequestId;
 use crate::limit::BodyLimit;
 use crate::ratelimit::RateLimit;
 use crate::{BoxError, ClientAborted, ErrorCode, GatewayError, ResponseBody};

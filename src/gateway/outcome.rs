@@ -3,7 +3,7 @@ use http::{HeaderValue, Response};
 
 use crate::backend::Image;
 use crate::body::Piece;
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 use crate::store::FileKey;
 use crate::ResponseBody;
 

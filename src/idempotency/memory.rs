@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::{decide, Begin, IdempotencyRecords};
 use crate::auth::UserId;
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 use crate::store::StoreError;
 
 #[derive(Debug)]

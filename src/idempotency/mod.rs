@@ -30,7 +30,7 @@ pub use service::Idempotency;
 pub use sqlite::SqliteIdempotency;
 
 use crate::auth::UserId;
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 use crate::store::StoreError;
 
 /// How long a key is remembered.

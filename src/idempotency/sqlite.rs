@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{decide, Begin, IdempotencyRecords};
 use crate::auth::UserId;
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 use crate::store::StoreError;
 
 /// Idempotency records in a SQLite file, so a retry after a restart is still answered once.

@@ -9,7 +9,7 @@ use super::{
     Settlement,
 };
 use crate::auth::UserId;
-use crate::gateway::unix_now;
+use crate::clock::unix_now;
 
 /// A ledger in memory, for tests and embedding. One lock makes every operation atomic.
 #[derive(Debug, Default)]

@@ -4,8 +4,8 @@ use super::fields::{parse_n, parse_prompt};
 use super::{EditParams, EditRequest, ResponseFormat, Source, SourceImage};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
+use crate::id::GenerationId;
 use crate::lease::{ClientWatch, Leases};
-use crate::source::GenerationId;
 use crate::store::FileKey;
 use crate::GatewayError;
 

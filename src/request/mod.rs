@@ -36,7 +36,6 @@ mod json;
 mod layer;
 pub(crate) mod multipart;
 mod service;
-mod sniff;
 
 use bytes::Bytes;
 
@@ -49,11 +48,11 @@ pub use layer::NormalizeLayer;
 pub use multipart::{parse_multipart, MultipartLimits};
 pub(crate) use service::body_error;
 pub use service::Normalize;
-pub use sniff::{ImageKind, SNIFF_LEN};
 
 use crate::auth::Principal;
+use crate::id::GenerationId;
 use crate::lease::{ClientWatch, Leases};
-use crate::source::GenerationId;
+use crate::media::ImageKind;
 use crate::store::FileKey;
 
 /// One image edit, as the client asked for it, validated.

@@ -13,7 +13,8 @@ use super::{parse_json, parse_multipart, EditRequest, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::gateway::{EditOutcome, RequestId};
+use crate::gateway::EditOutcome;
+use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
 use crate::{BoxError, GatewayError, ResponseBody};
 

@@ -15,10 +15,8 @@
 //! A generation left pending by a process that died is settled on first use after the
 //! pending timeout: ready if its file is in the store, not found otherwise.
 
-mod generation;
 mod layer;
 mod service;
 
-pub use generation::GenerationId;
 pub use layer::ResolveSourceLayer;
 pub use service::ResolveSource;

@@ -6,12 +6,13 @@ use bytes::Bytes;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::GenerationId;
 use crate::auth::Principal;
 use crate::backend::EditJob;
+use crate::clock::unix_now;
 use crate::future::ResponseFuture;
-use crate::gateway::unix_now;
-use crate::request::{EditRequest, ImageKind, Source, SourceImage};
+use crate::id::GenerationId;
+use crate::media::ImageKind;
+use crate::request::{EditRequest, Source, SourceImage};
 use crate::store::{FileKey, FileStore, GenerationStatus, Generations};
 use crate::GatewayError;
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::{FileKey, StoreError};
 use crate::auth::UserId;
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 
 /// Whether a generation's bytes are durable yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -157,7 +157,7 @@ impl LocalFileStore {
         match written {
             Ok(()) => {
                 self.index()
-                    .insert(key.clone(), bytes.len() as u64, crate::gateway::unix_time());
+                    .insert(key.clone(), bytes.len() as u64, crate::clock::unix_now());
                 Ok(())
             }
             Err(error) => {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
-use crate::gateway::unix_now;
+use crate::clock::unix_now;
 
 /// The files of each owner: bytes and creation time by key.
 type Owners = HashMap<UserId, HashMap<FileKey, (Bytes, u64)>>;

@@ -37,7 +37,7 @@ pub use quota::{Quota, QuotaStore};
 pub use sqlite::SqliteGenerations;
 
 use crate::auth::UserId;
-use crate::request::ImageKind;
+use crate::media::ImageKind;
 use crate::{BoxError, GatewayError};
 
 /// What a store knows of one file.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
-use crate::source::GenerationId;
+use crate::id::GenerationId;
 
 /// Generations in a SQLite file (WAL mode), so chains survive a restart.
 ///

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::{describe, UpstreamBackend, MAX_ANSWER_BYTES};
 use crate::backend::{BackendError, EditJob, Image};
-use crate::request::{ImageKind, OutputFormat};
+use crate::media::ImageKind;
+use crate::request::OutputFormat;
 
 #[derive(Deserialize)]
 struct Answer {

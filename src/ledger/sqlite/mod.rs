@@ -11,7 +11,7 @@ use super::{
     Settlement,
 };
 use crate::auth::UserId;
-use crate::gateway::unix_now;
+use crate::clock::unix_now;
 
 mod schema;
 

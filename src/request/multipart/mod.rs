@@ -15,9 +15,10 @@ use futures_util::Stream;
 use self::params::{parameter, parameters};
 pub(crate) use self::parser::{MultipartError, PartHead, Parts};
 use super::form::RawFields;
-use super::{EditRequest, ImageKind, SourceImage, SNIFF_LEN};
+use super::{EditRequest, SourceImage};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
+use crate::media::{ImageKind, SNIFF_LEN};
 use crate::{BoxError, GatewayError};
 
 /// Bounds on what one multipart body may make the gateway read and hold.

@@ -1,4 +1,4 @@
-//! Image type detection from the bytes themselves, never from a client's `Content-Type`.
+//! Image types, decided from the bytes themselves, never from a client's `Content-Type`.
 
 /// The source image types the gateway accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,11 @@
+//! The ids the gateway hands out and takes back, each checked once where it enters.
+//!
+//! - [`RequestId`]: one request, echoed in `x-request-id`.
+//! - [`GenerationId`]: one produced image, listed in `picklyone_generation_ids` and accepted
+//!   back as `generation_id` (chained edits).
+
+mod generation;
+mod request;
+
+pub use generation::GenerationId;
+pub use request::RequestId;

@@ -5,12 +5,13 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use image_gateway::auth::{Principal, UserId};
-use image_gateway::backend::Image;
+use image_gateway::job::{EditOutcome, GeneratedImage, Image, OutputFormat};
+
 use image_gateway::catalog::{Catalog, ModelSpec};
-use image_gateway::gateway::{EditOutcome, GeneratedImage};
+
 use image_gateway::id::GenerationId;
 use image_gateway::media::ImageKind;
-use image_gateway::request::{parse_json, parse_multipart, MultipartLimits, OutputFormat};
+use image_gateway::request::{parse_json, parse_multipart, MultipartLimits};
 use image_gateway::store::FileKey;
 
 const MIB: usize = 1024 * 1024;

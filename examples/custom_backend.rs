@@ -11,10 +11,11 @@
 //! Stores and ledger are the builder's defaults, in memory: lost when the process ends (see
 //! the `gateway` example for files on disk and SQLite).
 
+use image_gateway::job::{EditJob, Image};
 use std::sync::Arc;
 
 use image_gateway::auth::{StaticKeys, UserId};
-use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::ledger::{Ledger, MemoryLedger};
 use image_gateway::server::{serve, ServeOptions};

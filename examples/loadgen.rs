@@ -19,6 +19,7 @@
 //! the stack costs without the cost of retaining every source in RAM; multipart mixes only)
 //! and `bare` (hyper alone, reading the body and answering the same bytes).
 
+use image_gateway::job::{EditJob, EditOutcome, GeneratedImage, Image, OutputFormat};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,12 +32,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use image_gateway::auth::{StaticKeys, UserId};
-use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
-use image_gateway::gateway::{EditOutcome, GeneratedImage};
+
 use image_gateway::id::GenerationId;
 use image_gateway::ledger::{Durability, Ledger, MemoryLedger, SqliteLedger};
-use image_gateway::request::OutputFormat;
+
 use image_gateway::store::{
     FileCursor, FileKey, FilePage, FileStore, LocalFileStore, SqliteGenerations, StoreError,
 };

@@ -8,7 +8,7 @@
 //! [`RateLimitLayer`](crate::ratelimit::RateLimitLayer)) must stay taken until then, or a
 //! client that hangs up early gets its slot back while its render still runs. An outer
 //! layer puts its lease in the request's extensions; normalization carries the leases into
-//! the [`EditRequest`](crate::request::EditRequest), and billing keeps them until the work
+//! the [`EditRequest`](crate::job::EditRequest), and billing keeps them until the work
 //! has ended.
 
 use std::any::Any;

@@ -5,21 +5,41 @@
 //! `generation_id`, or multipart with `image` / `image[]` files. Each concern is a Tower
 //! layer you can take alone, and [`Gateway::builder`] stacks them all:
 //!
-//! | module | guarantee |
+//! The stack, outermost first, each layer in a folder of its own:
+//!
+//! | module | what it guarantees |
 //! |---|---|
-//! | [`auth`] | no request passes without a known API key (`401 invalid_api_key`) |
-//! | [`limit`] | no more than the body limit is ever read (`413`) |
-//! | [`request`] | any bytes in give a validated [`EditRequest`](request::EditRequest) or a spec error out, never a panic |
-//! | [`source`] | keys and generation ids are checked before any storage is touched |
-//! | [`backend`] | the [`ImageBackend`](backend::ImageBackend) seam and a model-free reference backend |
-//! | [`store`] | [`FileKey`](store::FileKey): a key that cannot leave its owner's folder |
-//! | [`error`] | every failure is one [`GatewayError`] rendered in the OpenAI envelope |
-//! | [`gateway`] | the assembled stack as one `tower::Service` |
+//! | [`auth`] | `Authorization: Bearer` or `x-api-key`; an unknown or missing key is `401 invalid_api_key`; [`StaticKeys`](auth::StaticKeys) keeps SHA-256 digests only and compares in constant time |
+//! | [`ratelimit`] | per-key request rate (GCRA) and in-flight bound, `429` with `Retry-After` |
+//! | [`limit`] | no more than the body limit (26 MiB) is ever read; over it is `413`, announced or while streaming |
+//! | [`request`] | JSON or multipart in, one validated [`EditRequest`](job::EditRequest) or a spec error out, never a panic; part order free; type by magic bytes; each image cut off at 25 MiB |
+//! | [`idempotency`] | a retried `Idempotency-Key` request is answered with its first result and charged once |
+//! | [`source`] | keys and generation ids resolved to source bytes, owner checked; `409 generation_not_ready` while outputs are stored |
+//! | [`billing`] | hold `n x price` before the backend, settle what came back before any of it is reachable, release on any failure; balance, usage and admin endpoints |
+//! | [`backend`] | the [`ImageBackend`](backend::ImageBackend) seam, the innermost [`EditService`](backend::EditService), the model-free reference backend (renders bounded in number and memory) and the upstream backend |
+//! | [`files`] | upload (all-or-nothing batches), the files list (newest first, stable paging), download and delete |
+//!
+//! Beside the stack:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
+//! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory and SQLite |
+//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic writes and an index; memory), quotas, generation records |
+//! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
+//! | [`catalog`] | models, their maximum `n` and price |
+//! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
+//! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
+//! | [`gateway`] | [`Gateway::builder`]: assembles the stack as one `tower::Service` |
+//! | `server` | `serve`: an HTTP/1 + HTTP/2 accept loop with connection caps, deadlines and graceful shutdown (feature `server`) |
 //!
 //! # Cargo features
-//! - `reference-backend` (default): [`backend::ReferenceBackend`], which decodes, resizes
-//!   and re-encodes the source without a model, so everything runs on a fresh machine.
-//! - `server` (default): [`server::serve`], an HTTP/1 + HTTP/2 accept loop over hyper-util.
+//! - `binary` (default): the `image-gateway` server binary and everything below.
+//! - `reference-backend`: `backend::ReferenceBackend`, which decodes, resizes and re-encodes
+//!   the source without a model, so everything runs on a fresh machine.
+//! - `server`: `server::serve`, an HTTP/1 + HTTP/2 accept loop over hyper-util.
+//! - `sqlite`: the SQLite ledger, generation records and idempotency records.
+//! - `upstream`: `backend::UpstreamBackend`, for an OpenAI-compatible images API.
 //!
 //! # Panics
 //! No code path reachable from a request panics; parsers are property-tested and fuzzed.
@@ -39,6 +59,7 @@ mod future;
 pub mod gateway;
 pub mod id;
 pub mod idempotency;
+pub mod job;
 pub mod lease;
 pub mod ledger;
 pub mod limit;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use image_gateway::job::{EditJob, Image};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use common::*;
 use http::{Method, Request};
 use http_body_util::Full;
 use image_gateway::auth::UserId;
-use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::ledger::{Ledger, MemoryLedger, SqliteLedger};
 use image_gateway::Gateway;

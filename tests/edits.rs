@@ -8,9 +8,10 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{Empty, Full, StreamBody};
-use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
-use image_gateway::request::Size;
+use image_gateway::job::{EditJob, Image, Size};
+
 use image_gateway::Gateway;
 
 /// `(status, code, param)` of an expected error.

@@ -7,11 +7,12 @@ mod common;
 #[path = "common/node.rs"]
 mod node;
 
+use image_gateway::job::{EditJob, Image};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
-use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

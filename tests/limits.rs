@@ -2,6 +2,7 @@
 
 mod common;
 
+use image_gateway::job::{EditJob, Image};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use common::*;
 use http::{Method, Request};
 use http_body_util::Full;
 use image_gateway::auth::UserId;
-use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::ratelimit::RateLimitLayer;
 use image_gateway::Gateway;
 

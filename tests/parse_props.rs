@@ -4,9 +4,8 @@ use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
 use image_gateway::id::GenerationId;
-use image_gateway::request::{
-    parse_json, parse_multipart, MultipartLimits, OutputFormat, Quality, Size,
-};
+use image_gateway::job::{OutputFormat, Quality, Size};
+use image_gateway::request::{parse_json, parse_multipart, MultipartLimits};
 use image_gateway::store::FileKey;
 use proptest::prelude::*;
 
@@ -148,7 +147,7 @@ proptest! {
         let _ = s.parse::<Quality>();
         let _ = s.parse::<OutputFormat>();
         let _ = GenerationId::parse(&s);
-        let _ = image_gateway::request::parse_n(&s, 10);
+        let _ = image_gateway::job::parse_n(&s, 10);
     }
 
     #[test]

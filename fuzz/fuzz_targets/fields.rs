@@ -2,7 +2,7 @@
 //! `generation_id`: never a panic, and what they accept prints back the same.
 #![no_main]
 
-use image_gateway::request::{parse_n, Background, OutputFormat, Quality, Size};
+use image_gateway::job::{Background, OutputFormat, Quality, Size, parse_n};
 use image_gateway::id::GenerationId;
 use libfuzzer_sys::fuzz_target;
 

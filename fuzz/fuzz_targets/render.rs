@@ -3,13 +3,14 @@
 //! at most the output cap, or an error.
 #![no_main]
 
+use image_gateway::job::{EditJob, EditParams, SourceImage};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
-use image_gateway::backend::{EditJob, ImageBackend, ReferenceBackend};
+use image_gateway::backend::{ImageBackend, ReferenceBackend};
 use image_gateway::media::ImageKind;
-use image_gateway::request::{EditParams, SourceImage};
+
 use libfuzzer_sys::fuzz_target;
 
 fn runtime() -> &'static tokio::runtime::Runtime {

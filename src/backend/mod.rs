@@ -1,4 +1,5 @@
-//! The seam to the image model: [`ImageBackend`] turns an [`EditJob`] into images.
+//! The seam to the image model: [`ImageBackend`] turns an [`EditJob`] into images, and
+//! [`EditService`], the innermost service, runs it and records what it returned.
 //!
 //! A backend sees typed values only: the caller, the source images (already fetched and
 //! type-checked), and the validated parameters. It never sees HTTP, keys or money. It may
@@ -15,7 +16,8 @@
 //! # Example: a backend of your own
 //! ```
 //! use async_trait::async_trait;
-//! use image_gateway::backend::{BackendError, EditJob, Image, ImageBackend};
+//! use image_gateway::backend::{BackendError, ImageBackend};
+//! use image_gateway::job::{EditJob, Image};
 //!
 //! /// Returns the first source image unchanged, `n` times.
 //! struct Echo;
@@ -34,21 +36,20 @@
 mod png;
 #[cfg(feature = "reference-backend")]
 mod reference;
+mod service;
 #[cfg(feature = "upstream")]
 mod upstream;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 #[cfg(feature = "reference-backend")]
 pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_PIXELS};
 #[cfg(feature = "upstream")]
 pub use upstream::{UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
-use crate::auth::Principal;
-use crate::lease::{ClientWatch, Leases};
-use crate::request::{EditParams, OutputFormat, Size, SourceImage};
-use crate::store::FileKey;
+pub use service::EditService;
+
+use crate::job::{EditJob, Image, Size};
 use crate::GatewayError;
 
 /// Produces edited images. One required method; hold it as `Arc<dyn ImageBackend>`.
@@ -64,62 +65,6 @@ pub trait ImageBackend: Send + Sync + 'static {
     /// for work on threads of its own), the edit runs to its end and is charged.
     fn cancellable(&self) -> bool {
         false
-    }
-}
-
-/// One edit, ready for a backend.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct EditJob {
-    /// Who asked.
-    pub principal: Principal,
-    /// The source images, at least one, in the order the client gave them.
-    pub sources: Vec<SourceImage>,
-    /// The validated parameters.
-    pub params: EditParams,
-    /// The keys the sources are stored under (informational; empty when not stored).
-    pub source_keys: Vec<FileKey>,
-    /// The id of the HTTP request this job serves, for logs and usage records.
-    pub request_id: String,
-    /// What stays taken while the job runs (the caller's in-flight slot); dropped with it.
-    pub leases: Leases,
-    /// Whether the client still waits for the answer.
-    pub client: ClientWatch,
-    /// Whether the sources came in the request and are still to be stored under
-    /// `source_keys` (by the edit, after its hold).
-    pub(crate) store_sources: bool,
-}
-
-impl EditJob {
-    /// A job for `principal` over `sources`.
-    pub fn new(principal: Principal, sources: Vec<SourceImage>, params: EditParams) -> Self {
-        EditJob {
-            principal,
-            sources,
-            params,
-            source_keys: Vec::new(),
-            request_id: String::new(),
-            leases: Leases::default(),
-            client: ClientWatch::default(),
-            store_sources: false,
-        }
-    }
-}
-
-/// One produced image, encoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Image {
-    /// The encoded file.
-    pub bytes: Bytes,
-    /// Its encoding.
-    pub format: OutputFormat,
-}
-
-impl Image {
-    /// An image of the given encoding.
-    pub fn new(bytes: Bytes, format: OutputFormat) -> Self {
-        Image { bytes, format }
     }
 }
 

@@ -13,8 +13,8 @@ use image::{
 use tokio::sync::Semaphore;
 
 use super::png::strip_ancillary;
-use super::{BackendError, EditJob, Image, ImageBackend};
-use crate::request::{Background, EditParams, OutputFormat, Size};
+use super::{BackendError, ImageBackend};
+use crate::job::{Background, EditJob, EditParams, Image, OutputFormat, Size};
 
 /// The default pixel budget of one decoded source: 32 MiB (3840 x 2160 RGBA, 4096 x 2730 RGB).
 pub const DEFAULT_DECODE_BUDGET: u64 = 32 * 1024 * 1024;

@@ -7,7 +7,7 @@ use super::{Billing, MIN_HOLD_TTL};
 use crate::catalog::Catalog;
 use crate::ledger::Ledger;
 
-/// Applies [`Billing`] to a service of [`EditJob`](crate::backend::EditJob)s.
+/// Applies [`Billing`] to a service of [`EditJob`](crate::job::EditJob)s.
 #[derive(Clone)]
 pub struct BillingLayer {
     ledger: Arc<dyn Ledger>,

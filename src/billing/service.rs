@@ -7,10 +7,11 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::guard::HoldGuard;
-use crate::backend::EditJob;
+
 use crate::catalog::Catalog;
 use crate::future::{run_to_end, ResponseFuture};
-use crate::gateway::{EditOutcome, Rendered};
+use crate::job::{EditJob, EditOutcome, Rendered};
+
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
 use crate::GatewayError;

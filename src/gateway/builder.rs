@@ -3,9 +3,9 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{EditService, Gateway, Routes};
+use super::{Gateway, Routes};
 use crate::auth::{Auth, KeyStore, StaticKeys};
-use crate::backend::ImageBackend;
+use crate::backend::{EditService, ImageBackend};
 use crate::billing::{spawn_expiry_sweep, AccountApi, AdminApi, BillingLayer};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;

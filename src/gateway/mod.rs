@@ -44,8 +44,6 @@
 //! ```
 
 mod builder;
-mod edit;
-mod outcome;
 mod routes;
 
 use std::convert::Infallible;
@@ -59,8 +57,6 @@ use tower_service::Service;
 use tracing::Instrument;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
-pub use edit::{EditService, Rendered};
-pub use outcome::{EditOutcome, GeneratedImage};
 pub use routes::EDITS_PATH;
 
 use crate::auth::Auth;

@@ -6,7 +6,7 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::EditService;
+use crate::backend::EditService;
 use crate::billing::{AccountApi, Billing};
 use crate::files::FileApi;
 use crate::future::ResponseFuture;

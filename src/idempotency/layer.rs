@@ -5,7 +5,7 @@ use tower_layer::Layer;
 use super::{Idempotency, IdempotencyRecords};
 use crate::store::{FileStore, Generations};
 
-/// Applies [`Idempotency`] to a service of [`EditRequest`](crate::request::EditRequest)s.
+/// Applies [`Idempotency`] to a service of [`EditRequest`](crate::job::EditRequest)s.
 #[derive(Clone)]
 pub struct IdempotencyLayer {
     records: Arc<dyn IdempotencyRecords>,

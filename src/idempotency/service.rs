@@ -8,13 +8,14 @@ use tracing::Instrument;
 
 use super::{Begin, IdempotencyRecords};
 use crate::auth::UserId;
-use crate::backend::Image;
+use crate::job::{EditOutcome, EditRequest, GeneratedImage, Image, OutputFormat};
+
 use crate::clock::unix_now;
 use crate::future::{run_to_end, ResponseFuture};
-use crate::gateway::{EditOutcome, GeneratedImage};
+
 use crate::id::GenerationId;
 use crate::media::ImageKind;
-use crate::request::{EditRequest, OutputFormat};
+
 use crate::store::{FileStore, GenerationStatus, Generations};
 use crate::GatewayError;
 

@@ -1,10 +1,10 @@
 //! The fields of a request as text, from either body format, and their validation.
 
-use super::fields::{parse_n, parse_prompt};
-use super::{EditParams, EditRequest, ResponseFormat, Source, SourceImage};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::id::GenerationId;
+use crate::job::{parse_n, parse_prompt};
+use crate::job::{EditParams, EditRequest, ResponseFormat, Source, SourceImage};
 use crate::lease::{ClientWatch, Leases};
 use crate::store::FileKey;
 use crate::GatewayError;

@@ -3,9 +3,10 @@
 use serde_json::{Map, Value};
 
 use super::form::{RawFields, TEXT_FIELDS};
-use super::EditRequest;
+
 use crate::auth::Principal;
 use crate::catalog::Catalog;
+use crate::job::EditRequest;
 use crate::GatewayError;
 
 /// The most top-level fields a JSON edit may have, unknown ones included.
@@ -83,7 +84,7 @@ mod tests {
     use super::*;
     use crate::auth::UserId;
     use crate::catalog::ModelSpec;
-    use crate::request::{Size, Source};
+    use crate::job::{Size, Source};
 
     fn catalog() -> Catalog {
         Catalog::new([("gpt-image-2".to_string(), ModelSpec::new(4, 10))])

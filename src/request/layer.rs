@@ -5,7 +5,7 @@ use crate::catalog::Catalog;
 
 /// Applies [`Normalize`] to a typed edit service: the door from HTTP to [`EditRequest`].
 ///
-/// [`EditRequest`]: super::EditRequest
+/// [`EditRequest`]: crate::job::EditRequest
 #[derive(Clone, Debug)]
 pub struct NormalizeLayer {
     catalog: Catalog,

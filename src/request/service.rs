@@ -9,11 +9,12 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::multipart::boundary_of;
-use super::{parse_json, parse_multipart, EditRequest, MultipartLimits};
+use super::{parse_json, parse_multipart, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::gateway::EditOutcome;
+use crate::job::{EditOutcome, EditRequest};
+
 use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
 use crate::{BoxError, GatewayError, ResponseBody};

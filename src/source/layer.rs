@@ -7,7 +7,7 @@ use super::service::Sources;
 use super::ResolveSource;
 use crate::store::{FileStore, Generations};
 
-/// Applies [`ResolveSource`] to a service of [`EditJob`](crate::backend::EditJob)s.
+/// Applies [`ResolveSource`] to a service of [`EditJob`](crate::job::EditJob)s.
 #[derive(Clone)]
 pub struct ResolveSourceLayer {
     sources: Sources,

@@ -1,9 +1,9 @@
-//! Source resolution: an [`EditRequest`](crate::request::EditRequest) whose source is a key,
-//! a generation or uploaded bytes becomes an [`EditJob`](crate::backend::EditJob) that holds
+//! Source resolution: an [`EditRequest`](crate::job::EditRequest) whose source is a key,
+//! a generation or uploaded bytes becomes an [`EditJob`](crate::job::EditJob) that holds
 //! the source image bytes.
 //!
 //! Keys arrive here already parsed into [`FileKey`](crate::store::FileKey)s owned by the
-//! caller, and generation ids as [`GenerationId`]s, so this layer never sees raw text.
+//! caller, and generation ids as [`GenerationId`](crate::id::GenerationId)s, so this layer never sees raw text.
 //!
 //! | source | answer |
 //! |---|---|

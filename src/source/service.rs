@@ -7,12 +7,13 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::auth::Principal;
-use crate::backend::EditJob;
+use crate::job::{EditJob, EditRequest, Source, SourceImage};
+
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
 use crate::id::GenerationId;
 use crate::media::ImageKind;
-use crate::request::{EditRequest, Source, SourceImage};
+
 use crate::store::{FileKey, FileStore, GenerationStatus, Generations};
 use crate::GatewayError;
 

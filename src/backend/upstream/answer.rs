@@ -6,9 +6,9 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::{describe, UpstreamBackend, MAX_ANSWER_BYTES};
-use crate::backend::{BackendError, EditJob, Image};
+use crate::backend::BackendError;
+use crate::job::{EditJob, Image, OutputFormat};
 use crate::media::ImageKind;
-use crate::request::OutputFormat;
 
 #[derive(Deserialize)]
 struct Answer {

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode, Url};
 
-use super::{BackendError, EditJob, Image, ImageBackend};
-use crate::request::{Size, SourceImage};
+use super::{BackendError, ImageBackend};
+use crate::job::{EditJob, Image, Size, SourceImage};
 
 /// The largest upstream answer read (a JSON body of base64 images, or one image by URL).
 const MAX_ANSWER_BYTES: usize = 128 * 1024 * 1024;

@@ -15,9 +15,10 @@ use futures_util::Stream;
 use self::params::{parameter, parameters};
 pub(crate) use self::parser::{MultipartError, PartHead, Parts};
 use super::form::RawFields;
-use super::{EditRequest, SourceImage};
+
 use crate::auth::Principal;
 use crate::catalog::Catalog;
+use crate::job::{EditRequest, SourceImage};
 use crate::media::{ImageKind, SNIFF_LEN};
 use crate::{BoxError, GatewayError};
 
@@ -44,7 +45,7 @@ impl Default for MultipartLimits {
         MultipartLimits {
             whole_body: crate::limit::DEFAULT_BODY_LIMIT,
             image: 25 * 1024 * 1024,
-            prompt: 4 * super::MAX_PROMPT_CHARS,
+            prompt: 4 * crate::job::MAX_PROMPT_CHARS,
             text: 4 * 1024,
             parts: 64,
             part_header: 8 * 1024,

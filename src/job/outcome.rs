@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response};
 
-use crate::backend::Image;
+use super::Image;
 use crate::body::Piece;
 use crate::id::GenerationId;
 use crate::store::FileKey;
@@ -102,7 +102,7 @@ impl EditOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::OutputFormat;
+    use crate::job::OutputFormat;
 
     #[test]
     fn body_is_the_spec_shape() {

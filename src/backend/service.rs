@@ -1,0 +1,105 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::ImageBackend;
+use crate::auth::Principal;
+use crate::clock::unix_now;
+use crate::future::ResponseFuture;
+use crate::id::GenerationId;
+use crate::job::Outputs;
+use crate::job::{EditJob, Image, Rendered};
+use crate::store::{put_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage};
+use crate::GatewayError;
+
+/// The innermost service: runs the backend and records each returned image as a pending
+/// generation. What it returns, a [`Rendered`], is not reachable yet: billing settles the
+/// charge first and then [publishes](Rendered::publish) it.
+///
+/// More images than `n` are cut to `n`; none at all is `502 upstream_error`. A pending
+/// generation is not usable (`409 generation_not_ready`) and has no file, so until
+/// [`Rendered::publish`] stores the bytes, nothing of the edit can be fetched or listed.
+#[derive(Clone)]
+pub struct EditService {
+    backend: Arc<dyn ImageBackend>,
+    outputs: Outputs,
+}
+
+impl EditService {
+    /// Runs edits on `backend`, keeping outputs in `store` and `generations`.
+    pub fn new(
+        backend: Arc<dyn ImageBackend>,
+        store: Arc<dyn FileStore>,
+        generations: Arc<dyn Generations>,
+    ) -> Self {
+        EditService {
+            backend,
+            outputs: Outputs { store, generations },
+        }
+    }
+}
+
+impl std::fmt::Debug for EditService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EditService").finish_non_exhaustive()
+    }
+}
+
+impl Service<EditJob> for EditService {
+    type Response = Rendered;
+    type Error = GatewayError;
+    type Future = ResponseFuture<Rendered, GatewayError>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, job: EditJob) -> Self::Future {
+        let this = self.clone();
+        ResponseFuture::new(async move {
+            let owner = job.principal.user_id();
+            if job.store_sources {
+                let files: Vec<(FileKey, Bytes)> = job
+                    .source_keys
+                    .iter()
+                    .cloned()
+                    .zip(job.sources.iter().map(|s| s.bytes.clone()))
+                    .collect();
+                put_all(&*this.outputs.store, owner, &files).await?;
+            }
+            let mut images = this.backend.edit(&job).await?;
+            images.truncate(job.params.n as usize);
+            if images.is_empty() {
+                tracing::warn!("image backend returned no images");
+                return Err(GatewayError::Upstream);
+            }
+            // Refused now, before anything is charged, rather than after the settle.
+            let bytes = images.iter().map(|i| i.bytes.len() as u64).sum();
+            let adding = Usage::new(bytes, images.len() as u64);
+            this.outputs.store.admits(owner, adding).await?;
+            let created = unix_now();
+            let mut rendered = Rendered::new(created, job.source_keys, this.outputs.clone());
+            for image in images {
+                let id = GenerationId::new();
+                let key = output_key(&job.principal, id, &image);
+                let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
+                if let Err(error) = this.outputs.generations.insert(&record).await {
+                    rendered.discard().await;
+                    return Err(error.into());
+                }
+                rendered.push(id, image, key);
+            }
+            Ok(rendered)
+        })
+    }
+}
+
+/// `files/{user}/{generation id}_generation.{ext}`: the id is in the key, so an operator can
+/// find a generation's file by its id alone.
+fn output_key(principal: &Principal, id: GenerationId, image: &Image) -> FileKey {
+    let name = format!("generation.{}", image.format.extension());
+    FileKey::new(principal.user_id(), id.as_uuid(), &name)
+}

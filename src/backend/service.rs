@@ -61,9 +61,9 @@ impl Service<EditJob> for EditService {
         let this = self.clone();
         ResponseFuture::new(async move {
             let owner = job.principal.user_id();
-            if job.store_sources {
+            if !job.uploads.is_empty() {
                 let files: Vec<(FileKey, Bytes)> = job
-                    .source_keys
+                    .uploads
                     .iter()
                     .cloned()
                     .zip(job.sources.iter().map(|s| s.bytes.clone()))
@@ -81,7 +81,7 @@ impl Service<EditJob> for EditService {
             let adding = Usage::new(bytes, images.len() as u64);
             this.outputs.store.admits(owner, adding).await?;
             let created = unix_now();
-            let mut rendered = Rendered::new(created, job.source_keys, this.outputs.clone());
+            let mut rendered = Rendered::new(created, this.outputs.clone());
             for image in images {
                 let id = GenerationId::new();
                 let key = output_key(&job.principal, id, &image);

@@ -86,7 +86,7 @@ where
         let amount = price.times(n).ok_or_else(|| {
             GatewayError::invalid_request("n x price is beyond any balance", Some("n"))
         })?;
-        let memo = Memo::new(job.request_id.clone(), job.params.model.clone(), n);
+        let memo = Memo::new(job.request_id.as_str(), job.params.model.clone(), n);
         let hold = self
             .ledger
             .hold(job.principal.user_id(), amount, self.hold_ttl, memo)

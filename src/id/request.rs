@@ -9,21 +9,32 @@ use http::HeaderMap;
 pub struct RequestId(Arc<str>);
 
 impl RequestId {
+    /// A fresh id (a random UUID).
+    pub fn new() -> Self {
+        RequestId(Arc::from(uuid::Uuid::new_v4().to_string()))
+    }
+
     /// The id the headers carry, or a new one.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let sent = headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
-        RequestId(match sent {
-            Some(id) => Arc::from(id),
-            None => Arc::from(uuid::Uuid::new_v4().to_string()),
-        })
+        match sent {
+            Some(id) => RequestId(Arc::from(id)),
+            None => RequestId::new(),
+        }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -31,10 +31,49 @@ pub(crate) use rendered::Outputs;
 pub use rendered::Rendered;
 
 use crate::auth::Principal;
-use crate::id::GenerationId;
+use crate::id::{GenerationId, RequestId};
 use crate::lease::{ClientWatch, Leases};
 use crate::media::ImageKind;
 use crate::store::FileKey;
+
+/// What is known of a request before its body is read: who asks, which request it is, and
+/// what its work carries to its end. Built once, by normalization, and moved into the
+/// [`EditRequest`] that the body's fields complete.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RequestContext {
+    /// Who asked (and pays).
+    pub principal: Principal,
+    /// The request's id (`x-request-id`, honoured or generated).
+    pub request_id: RequestId,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// What must stay taken until the edit's work ends (the caller's in-flight slot).
+    pub leases: Leases,
+    /// Whether the client still waits for the answer.
+    pub client: ClientWatch,
+}
+
+impl RequestContext {
+    /// The context of a request of `principal` known by `request_id`, with no idempotency
+    /// key, nothing leased and no client to watch.
+    pub fn new(principal: Principal, request_id: RequestId) -> Self {
+        RequestContext {
+            principal,
+            request_id,
+            idempotency_key: None,
+            leases: Leases::default(),
+            client: ClientWatch::default(),
+        }
+    }
+}
+
+impl From<Principal> for RequestContext {
+    /// A context with a fresh request id (tests, fuzzing, benchmarks).
+    fn from(principal: Principal) -> Self {
+        RequestContext::new(principal, RequestId::new())
+    }
+}
 
 /// One image edit, as the client asked for it, validated.
 #[derive(Clone, Debug)]
@@ -47,7 +86,7 @@ pub struct EditRequest {
     /// Everything else the client chose.
     pub params: EditParams,
     /// The request's id (`x-request-id`, honoured or generated).
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency_key: Option<String>,
     /// What must stay taken until the edit's work ends (the caller's in-flight slot).
@@ -57,6 +96,41 @@ pub struct EditRequest {
 }
 
 impl EditRequest {
+    /// The edit of `source` with `params`, asked in `context`.
+    pub fn new(context: RequestContext, source: Source, params: EditParams) -> Self {
+        let RequestContext {
+            principal,
+            request_id,
+            idempotency_key,
+            leases,
+            client,
+        } = context;
+        EditRequest {
+            principal,
+            source,
+            params,
+            request_id,
+            idempotency_key,
+            leases,
+            client,
+        }
+    }
+
+    /// The job of this edit over its resolved `sources`; `uploads` are the keys the sources
+    /// are to be stored under (multipart sources, stored by the edit once its hold is
+    /// taken), empty when they are stored already.
+    pub(crate) fn into_job(self, sources: Vec<SourceImage>, uploads: Vec<FileKey>) -> EditJob {
+        EditJob {
+            principal: self.principal,
+            sources,
+            params: self.params,
+            request_id: self.request_id,
+            leases: self.leases,
+            client: self.client,
+            uploads,
+        }
+    }
+
     /// A SHA-256 over everything the request asks for: parameters and the source (its key,
     /// its generation id, or the digest of each uploaded image). Two requests with the same
     /// fingerprint ask for the same edit.
@@ -174,32 +248,23 @@ pub struct EditJob {
     pub sources: Vec<SourceImage>,
     /// The validated parameters.
     pub params: EditParams,
-    /// The keys the sources are stored under (informational; empty when not stored).
-    pub source_keys: Vec<FileKey>,
     /// The id of the HTTP request this job serves, for logs and usage records.
-    pub request_id: String,
+    pub request_id: RequestId,
     /// What stays taken while the job runs (the caller's in-flight slot); dropped with it.
     pub leases: Leases,
     /// Whether the client still waits for the answer.
     pub client: ClientWatch,
-    /// Whether the sources came in the request and are still to be stored under
-    /// `source_keys` (by the edit, after its hold).
-    pub(crate) store_sources: bool,
+    /// Keys to store the sources under before the backend runs (multipart sources, which
+    /// the edit stores once its hold is taken); empty when they are stored already.
+    pub(crate) uploads: Vec<FileKey>,
 }
 
 impl EditJob {
-    /// A job for `principal` over `sources`.
+    /// A job for `principal` over `sources`, outside any HTTP request (a backend's own
+    /// tests, a batch run): a fresh request id, nothing leased, nothing to store.
     pub fn new(principal: Principal, sources: Vec<SourceImage>, params: EditParams) -> Self {
-        EditJob {
-            principal,
-            sources,
-            params,
-            source_keys: Vec::new(),
-            request_id: String::new(),
-            leases: Leases::default(),
-            client: ClientWatch::default(),
-            store_sources: false,
-        }
+        EditRequest::new(principal.into(), Source::Upload(Vec::new()), params)
+            .into_job(sources, Vec::new())
     }
 }
 

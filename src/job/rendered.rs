@@ -22,7 +22,6 @@ pub struct Rendered {
     created: u64,
     images: Vec<GeneratedImage>,
     keys: Vec<FileKey>,
-    source_keys: Vec<FileKey>,
     outputs: Outputs,
 }
 
@@ -35,13 +34,12 @@ impl std::fmt::Debug for Rendered {
 }
 
 impl Rendered {
-    /// Nothing yet, of an edit finished at `created`; outputs go to `outputs`.
-    pub(crate) fn new(created: u64, source_keys: Vec<FileKey>, outputs: Outputs) -> Self {
+    /// No images yet, of an edit finished at `created`; they go to `outputs`.
+    pub(crate) fn new(created: u64, outputs: Outputs) -> Self {
         Rendered {
             created,
             images: Vec::new(),
             keys: Vec::new(),
-            source_keys,
             outputs,
         }
     }
@@ -74,9 +72,7 @@ impl Rendered {
                 .store(generated.id, key, generated.image.clone())
                 .await;
         }
-        let mut outcome = EditOutcome::new(self.created, self.images);
-        outcome.source_keys = self.source_keys;
-        outcome
+        EditOutcome::new(self.created, self.images)
     }
 
     /// Marks the generations failed: none of the images ever becomes reachable.

@@ -1,11 +1,9 @@
 //! The fields of a request as text, from either body format, and their validation.
 
-use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::id::GenerationId;
 use crate::job::{parse_n, parse_prompt};
-use crate::job::{EditParams, EditRequest, ResponseFormat, Source, SourceImage};
-use crate::lease::{ClientWatch, Leases};
+use crate::job::{EditParams, EditRequest, RequestContext, ResponseFormat, Source, SourceImage};
 use crate::store::FileKey;
 use crate::GatewayError;
 
@@ -65,9 +63,10 @@ impl RawFields {
     /// the optional fields.
     pub(crate) fn validate(
         self,
-        principal: Principal,
+        context: RequestContext,
         catalog: &Catalog,
     ) -> Result<EditRequest, GatewayError> {
+        let principal = &context.principal;
         let model = self
             .model
             .filter(|m| !m.is_empty())
@@ -121,14 +120,6 @@ impl RawFields {
             // Validated so a typo is reported; the answer is always b64_json.
             format.parse::<ResponseFormat>()?;
         }
-        Ok(EditRequest {
-            principal,
-            source,
-            params,
-            request_id: String::new(),
-            idempotency_key: None,
-            leases: Leases::default(),
-            client: ClientWatch::default(),
-        })
+        Ok(EditRequest::new(context, source, params))
     }
 }

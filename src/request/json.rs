@@ -4,9 +4,8 @@ use serde_json::{Map, Value};
 
 use super::form::{RawFields, TEXT_FIELDS};
 
-use crate::auth::Principal;
 use crate::catalog::Catalog;
-use crate::job::EditRequest;
+use crate::job::{EditRequest, RequestContext};
 use crate::GatewayError;
 
 /// The most top-level fields a JSON edit may have, unknown ones included.
@@ -17,9 +16,11 @@ const MAX_FIELDS: usize = 64;
 /// Known fields must be strings, except `n`, which may be an integer or a string of digits;
 /// `null` counts as absent. Unknown fields are ignored, up to 64 fields in all. serde_json's
 /// recursion limit bounds how deep a hostile document can nest.
+///
+/// `context` is the request's: a [`Principal`](crate::auth::Principal) alone will do.
 pub fn parse_json(
     body: &[u8],
-    principal: Principal,
+    context: impl Into<RequestContext>,
     catalog: &Catalog,
 ) -> Result<EditRequest, GatewayError> {
     let object: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
@@ -59,7 +60,7 @@ pub fn parse_json(
             *slot = Some(text);
         }
     }
-    raw.validate(principal, catalog)
+    raw.validate(context.into(), catalog)
 }
 
 trait ClassifyMessage {
@@ -82,6 +83,7 @@ impl ClassifyMessage for serde_json::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Principal;
     use crate::auth::UserId;
     use crate::catalog::ModelSpec;
     use crate::job::{Size, Source};

@@ -13,7 +13,7 @@ use super::{parse_json, parse_multipart, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::job::{EditOutcome, EditRequest};
+use crate::job::{EditOutcome, EditRequest, RequestContext};
 
 use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
@@ -65,40 +65,40 @@ where
         let inner = self.inner.clone();
         let catalog = self.catalog.clone();
         let limits = self.limits;
-        // The gateway put one in; used alone, this layer makes its own.
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId::from_headers(req.headers()))
-            .to_string();
-        let leases = Leases::of_request(req.extensions());
         // Dropped with this future: work that outlives the answer learns the client left.
         let (client, watch) = ClientWatch::new();
         ResponseFuture::new(async move {
             let _client = client;
             let answer = async {
-                let idempotency_key = idempotency_key(req.headers())?;
-                let mut edit = read_edit(req, &catalog, limits).await?;
-                edit.request_id = request_id.clone();
-                edit.idempotency_key = idempotency_key;
-                edit.leases = leases;
-                edit.client = watch;
+                let context = context_of(&req, watch)?;
+                let edit = read_edit(req, context, &catalog, limits).await?;
                 let span = tracing::Span::current();
                 span.record("model", edit.params.model.as_str());
                 span.record("n", edit.params.n);
                 inner.oneshot(edit).await
             };
-            let mut response = match answer.await {
+            Ok(match answer.await {
                 Ok(outcome) => outcome.into_response(),
                 Err(error) => error.into_response(),
-            };
-            if let Ok(value) = http::HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert("x-request-id", value);
-            }
-            Ok(response)
+            })
         })
     }
+}
+
+/// What the request's head says of it: the caller (put in by the auth layer), the request id
+/// (put in by the gateway; used alone, this layer makes one), the idempotency key, the
+/// leases of the layers outside.
+fn context_of<B>(req: &Request<B>, client: ClientWatch) -> Result<RequestContext, GatewayError> {
+    let extensions = req.extensions();
+    let request_id = extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(|| RequestId::from_headers(req.headers()));
+    let mut context = RequestContext::new(Principal::of_request(extensions)?, request_id);
+    context.idempotency_key = idempotency_key(req.headers())?;
+    context.leases = Leases::of_request(extensions);
+    context.client = client;
+    Ok(context)
 }
 
 /// The `Idempotency-Key` header: absent, or 1 to 255 visible ASCII characters.
@@ -122,6 +122,7 @@ fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, GatewayE
 /// Reads and validates the body as JSON or multipart, by its `Content-Type`.
 async fn read_edit<B>(
     req: Request<B>,
+    context: RequestContext,
     catalog: &Catalog,
     limits: MultipartLimits,
 ) -> Result<EditRequest, GatewayError>
@@ -129,7 +130,6 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let principal = Principal::of_request(req.extensions())?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -149,17 +149,14 @@ where
                 .await
                 .map_err(body_error)?
                 .to_bytes();
-            parse_json(&body, principal, catalog)
+            parse_json(&body, context, catalog)
         }
         "multipart/form-data" => {
             let boundary = boundary_of(&content_type)?;
             let stream = BodyDataStream::new(req.into_body());
             // Boxed: the multipart reader's state is large, and inline it would be moved
             // along with every JSON edit's future too.
-            Box::pin(parse_multipart(
-                stream, boundary, principal, catalog, limits,
-            ))
-            .await
+            Box::pin(parse_multipart(stream, boundary, context, catalog, limits)).await
         }
         _ => Err(GatewayError::invalid_request(
             "Content-Type must be application/json or multipart/form-data",

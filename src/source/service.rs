@@ -7,7 +7,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::auth::Principal;
-use crate::job::{EditJob, EditRequest, Source, SourceImage};
+use crate::job::{EditJob, EditOutcome, EditRequest, Source, SourceImage};
 
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
@@ -48,15 +48,14 @@ impl<S> std::fmt::Debug for ResolveSource<S> {
     }
 }
 
-impl<S, R> Service<EditRequest> for ResolveSource<S>
+impl<S> Service<EditRequest> for ResolveSource<S>
 where
-    S: Service<EditJob, Response = R, Error = GatewayError> + Clone + Send + 'static,
+    S: Service<EditJob, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
-    R: Send + 'static,
 {
-    type Response = R;
+    type Response = EditOutcome;
     type Error = GatewayError;
-    type Future = ResponseFuture<R, GatewayError>;
+    type Future = ResponseFuture<EditOutcome, GatewayError>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -67,14 +66,11 @@ where
         let sources = self.sources.clone();
         ResponseFuture::new(async move {
             let uploaded = matches!(req.source, Source::Upload(_));
-            let (images, keys) = sources.resolve(&req.principal, req.source).await?;
-            let mut job = EditJob::new(req.principal, images, req.params);
-            job.source_keys = keys;
-            job.store_sources = uploaded;
-            job.request_id = req.request_id;
-            job.leases = req.leases;
-            job.client = req.client;
-            inner.oneshot(job).await
+            let (images, keys) = sources.resolve(&req.principal, &req.source).await?;
+            let uploads = if uploaded { keys.clone() } else { Vec::new() };
+            let mut outcome = inner.oneshot(req.into_job(images, uploads)).await?;
+            outcome.source_keys = keys;
+            Ok(outcome)
         })
     }
 }
@@ -84,7 +80,7 @@ impl Sources {
     async fn resolve(
         &self,
         principal: &Principal,
-        source: Source,
+        source: &Source,
     ) -> Result<(Vec<SourceImage>, Vec<FileKey>), GatewayError> {
         match source {
             Source::Upload(images) => {
@@ -95,14 +91,14 @@ impl Sources {
                     .iter()
                     .map(|image| image.upload_key(principal.user_id()))
                     .collect();
-                Ok((images, keys))
+                Ok((images.clone(), keys))
             }
             Source::ImageKey(key) => {
-                let image = self.fetch(&key, "image_key").await?;
-                Ok((vec![image], vec![key]))
+                let image = self.fetch(key, "image_key").await?;
+                Ok((vec![image], vec![key.clone()]))
             }
             Source::Generation(id) => {
-                let (image, key) = self.generation_source(principal, id).await?;
+                let (image, key) = self.generation_source(principal, *id).await?;
                 Ok((vec![image], vec![key]))
             }
         }
@@ -201,7 +197,7 @@ mod tests {
     async fn a_stale_pending_generation_with_its_file_is_ready_and_used() {
         let (sources, alice, id) = stale(true).await;
         let (images, keys) = sources
-            .resolve(&alice, Source::Generation(id))
+            .resolve(&alice, &Source::Generation(id))
             .await
             .unwrap();
         assert_eq!(&images[0].bytes[..], PNG_MAGIC);
@@ -214,7 +210,7 @@ mod tests {
     async fn a_stale_pending_generation_without_its_file_is_not_found_and_failed() {
         let (sources, alice, id) = stale(false).await;
         let error = sources
-            .resolve(&alice, Source::Generation(id))
+            .resolve(&alice, &Source::Generation(id))
             .await
             .unwrap_err();
         assert!(

@@ -16,9 +16,8 @@ use self::params::{parameter, parameters};
 pub(crate) use self::parser::{MultipartError, PartHead, Parts};
 use super::form::RawFields;
 
-use crate::auth::Principal;
 use crate::catalog::Catalog;
-use crate::job::{EditRequest, SourceImage};
+use crate::job::{EditRequest, RequestContext, SourceImage};
 use crate::media::{ImageKind, SNIFF_LEN};
 use crate::{BoxError, GatewayError};
 
@@ -84,11 +83,12 @@ pub(crate) fn boundary_of(content_type: &str) -> Result<String, GatewayError> {
 /// Image parts are `image` or `image[]`, in any number and any order among the text parts.
 /// Each is checked by its magic number as soon as 12 bytes have arrived, and cut off at
 /// [`MultipartLimits::image`]. A text field given twice is an error rather than a silent
-/// choice between the two.
+/// choice between the two. `context` is the request's: a
+/// [`Principal`](crate::auth::Principal) alone will do.
 pub async fn parse_multipart<S, E>(
     body: S,
     boundary: String,
-    principal: Principal,
+    context: impl Into<RequestContext>,
     catalog: &Catalog,
     limits: MultipartLimits,
 ) -> Result<EditRequest, GatewayError>
@@ -125,7 +125,7 @@ where
             *slot = Some(read_text(&mut parts, param, cap).await?);
         }
     }
-    raw.validate(principal, catalog)
+    raw.validate(context.into(), catalog)
 }
 
 /// Past this many bytes, an image part is copied into its final buffer as it arrives.

@@ -21,6 +21,8 @@ use image_gateway::Gateway;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = StaticKeys::new().with_key("demo", "pk_live_axum_demo")?;
     let gateway = Gateway::builder().keys(keys).build();
+    // Releases holds left by a run that was killed; the gateway starts nothing by itself.
+    tokio::spawn(gateway.expiry_sweep().run());
 
     // The gateway brings its own auth and body limit; the app's routes are untouched.
     let app = Router::new()

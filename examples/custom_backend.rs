@@ -46,9 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::builder()
         .keys(StaticKeys::new().with_key("demo", "pk_live_custom_demo")?)
         .backend(Echo)
-        .shared_ledger(ledger)
+        .ledger(ledger)
         .model("gpt-image-2", ModelSpec::new(10, 4)) // at most 10 images, 4 units each
         .build();
+    // Releases holds left by a run that was killed; the gateway starts nothing by itself.
+    tokio::spawn(gateway.expiry_sweep().run());
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = StaticKeys::new().with_key("demo", "pk_live_hyper_demo")?;
     let gateway = Gateway::builder().keys(keys).build();
+    // Releases holds left by a run that was killed; the gateway starts nothing by itself.
+    tokio::spawn(gateway.expiry_sweep().run());
 
     let listener = TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);

@@ -206,14 +206,14 @@ fn start_target(target: &str) -> Result<SocketAddr, Error> {
                     .generations(
                         SqliteGenerations::open(dir.join("generations.db")).expect("generations"),
                     )
-                    .shared_ledger(ledger)
+                    .ledger(ledger)
             } else {
                 let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
                 ledger
                     .deposit(&user, i64::MAX / 4, "load")
                     .await
                     .expect("deposit");
-                let builder = builder.shared_ledger(ledger);
+                let builder = builder.ledger(ledger);
                 if target == "gateway-discard" {
                     builder.store(DiscardStore)
                 } else {

@@ -77,7 +77,7 @@ async fn billed(ledger: Arc<dyn Ledger>) -> Billed {
         .backend(Scripted {
             started: started.clone(),
         })
-        .shared_ledger(ledger.clone())
+        .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, PRICE))
         .admin_key("admin_secret_key_0123")
         .build();
@@ -476,7 +476,7 @@ async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
             .store(LocalFileStore::open(&dir).unwrap())
             .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
             .idempotency(SqliteIdempotency::open(dir.join("generations.db")).unwrap())
-            .shared_ledger(ledger.clone())
+            .ledger(ledger.clone())
             .model("gpt-image-2", ModelSpec::new(10, PRICE))
             .build();
         (TestServer::start(gateway).await, ledger)
@@ -540,7 +540,7 @@ async fn a_storage_error_after_the_backend_releases_the_hold() {
     let gateway = Gateway::builder()
         .keys(keys())
         .generations(BrokenGenerations)
-        .shared_ledger(ledger.clone())
+        .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, PRICE))
         .build();
     let server = TestServer::start(gateway).await;

@@ -36,7 +36,7 @@ fn durable(
         .backend(backend)
         .store(LocalFileStore::open(dir).unwrap())
         .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
-        .shared_ledger(ledger.clone())
+        .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, PRICE));
     (builder, ledger)
 }
@@ -200,7 +200,9 @@ async fn a_hold_ttl_shorter_than_the_backend_is_renewed_and_charged() {
     // The backend takes 5 s; holds live 2 s; the expiry sweep runs every second.
     let backend = ReferenceBackend::new().latency(Duration::from_secs(5));
     let (builder, ledger) = durable(&dir, backend);
-    let server = TestServer::start(builder.hold_ttl(Duration::from_secs(2)).build()).await;
+    let gateway = builder.hold_ttl(Duration::from_secs(2)).build();
+    let sweep = tokio::spawn(gateway.expiry_sweep().run());
+    let server = TestServer::start(gateway).await;
     ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
     let edits = (0..3).map(|_| {
         let server = TestServer::at(server.addr);
@@ -230,6 +232,7 @@ async fn a_hold_ttl_shorter_than_the_backend_is_renewed_and_charged() {
         "a live request's hold expired: {journal:?}"
     );
     assert_conserved(&*ledger).await;
+    sweep.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +403,7 @@ async fn gated(dir: &std::path::Path, fail: bool) -> (TestServer, Arc<SettleGate
         .keys(keys())
         .store(LocalFileStore::open(dir).unwrap())
         .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
-        .shared_ledger(ledger.clone())
+        .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, PRICE))
         .build();
     let server = TestServer::start(gateway).await;

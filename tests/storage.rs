@@ -32,7 +32,7 @@ async fn setup(dir: &std::path::Path, store: LocalFileStore, quota: Quota, price
         .keys(keys())
         .store(store)
         .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
-        .shared_ledger(ledger.clone())
+        .ledger(ledger.clone())
         .quota(quota)
         .admin_key(ADMIN)
         .model("gpt-image-2", ModelSpec::new(10, price))

@@ -220,7 +220,7 @@ async fn billed(upstream: UpstreamBackend) -> (TestServer, Arc<dyn Ledger>) {
     let gateway = Gateway::builder()
         .keys(keys())
         .backend(upstream)
-        .shared_ledger(ledger.clone())
+        .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, 10))
         .build();
     (TestServer::start(gateway).await, ledger)

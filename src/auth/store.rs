@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -17,6 +19,17 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Whether `user` holds a key. The admin API credits only such accounts, so a mistyped
     /// user id is refused rather than given money no key can spend.
     async fn knows_user(&self, user: &UserId) -> Result<bool, BoxError>;
+}
+
+#[async_trait]
+impl<K: KeyStore + ?Sized> KeyStore for Arc<K> {
+    async fn principal(&self, key: &ApiKey) -> Result<Option<Principal>, BoxError> {
+        (**self).principal(key).await
+    }
+
+    async fn knows_user(&self, user: &UserId) -> Result<bool, BoxError> {
+        (**self).knows_user(user).await
+    }
 }
 
 /// A fixed list of keys, kept only as SHA-256 digests.

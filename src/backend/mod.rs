@@ -40,6 +40,8 @@ mod service;
 #[cfg(feature = "upstream")]
 mod upstream;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 #[cfg(feature = "reference-backend")]
@@ -65,6 +67,17 @@ pub trait ImageBackend: Send + Sync + 'static {
     /// for work on threads of its own), the edit runs to its end and is charged.
     fn cancellable(&self) -> bool {
         false
+    }
+}
+
+#[async_trait]
+impl<B: ImageBackend + ?Sized> ImageBackend for Arc<B> {
+    async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        (**self).edit(job).await
+    }
+
+    fn cancellable(&self) -> bool {
+        (**self).cancellable()
     }
 }
 

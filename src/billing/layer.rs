@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{Billing, MIN_HOLD_TTL};
+use super::{Billing, DEFAULT_HOLD_TTL, MIN_HOLD_TTL};
 use crate::catalog::Catalog;
 use crate::ledger::Ledger;
 
@@ -22,7 +22,7 @@ impl BillingLayer {
         BillingLayer {
             ledger,
             catalog,
-            hold_ttl: Duration::from_secs(600),
+            hold_ttl: DEFAULT_HOLD_TTL,
             cancel_abandoned: false,
         }
     }

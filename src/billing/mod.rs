@@ -49,18 +49,46 @@ use crate::ledger::Ledger;
 /// every third of the TTL.
 pub const MIN_HOLD_TTL: Duration = Duration::from_secs(2);
 
-/// Runs [`Ledger::expire`] now and then every `every`, on the current Tokio runtime, until
-/// the runtime shuts down. The first run releases holds left by a process that died.
-pub fn spawn_expiry_sweep(ledger: Arc<dyn Ledger>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
+/// How long a hold lives when nothing ends it (its process died), unless configured.
+pub const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(600);
+
+/// Releases the holds of processes that died: [`Ledger::expire`] at once, then every
+/// `min(ttl / 2, 30 s)` (at least every second). It runs until dropped; the embedder
+/// spawns [`run`](Self::run) on its runtime and owns the task, so nothing is started behind
+/// its back and a test can leave it out.
+#[derive(Clone)]
+pub struct ExpirySweep {
+    ledger: Arc<dyn Ledger>,
+    every: Duration,
+}
+
+impl ExpirySweep {
+    /// The sweep of `ledger` for holds that live `ttl`.
+    pub fn new(ledger: Arc<dyn Ledger>, ttl: Duration) -> Self {
+        ExpirySweep {
+            ledger,
+            every: (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    }
+
+    /// Sweeps now and then at every interval, forever.
+    pub async fn run(self) {
+        let mut ticks = tokio::time::interval(self.every);
         loop {
             ticks.tick().await;
-            match ledger.expire(unix_now()).await {
+            match self.ledger.expire(unix_now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(released = n, "expired holds released"),
                 Err(error) => tracing::error!(%error, "expiring holds failed"),
             }
         }
-    })
+    }
+}
+
+impl std::fmt::Debug for ExpirySweep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpirySweep")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }

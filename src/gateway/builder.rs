@@ -1,19 +1,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_layer::Layer;
+use tower::ServiceBuilder;
 
 use super::{Gateway, Routes};
-use crate::auth::{Auth, KeyStore, StaticKeys};
+use crate::auth::{AuthLayer, KeyStore, StaticKeys};
 use crate::backend::{EditService, ImageBackend};
-use crate::billing::{spawn_expiry_sweep, AccountApi, AdminApi, BillingLayer};
+use crate::billing::{AccountApi, AdminApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::ledger::{Ledger, MemoryLedger};
-use crate::limit::{BodyLimit, DEFAULT_BODY_LIMIT};
+use crate::limit::{BodyLimitLayer, DEFAULT_BODY_LIMIT};
 use crate::ratelimit::RateLimitLayer;
-use crate::request::{MultipartLimits, Normalize};
+use crate::request::{MultipartLimits, NormalizeLayer};
 use crate::source::ResolveSourceLayer;
 use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations, Quota, QuotaStore};
 
@@ -46,7 +46,7 @@ impl Default for GatewayBuilder {
             generations: None,
             ledger: None,
             idempotency: None,
-            hold_ttl: Duration::from_secs(600),
+            hold_ttl: DEFAULT_HOLD_TTL,
             admin_key: None,
             rate_limit: RateLimitLayer::new(),
             models: Vec::new(),
@@ -97,15 +97,10 @@ impl GatewayBuilder {
     }
 
     /// The ledger that holds and charges. Default: a [`MemoryLedger`] (empty balances: only
-    /// free models work until accounts are credited; lost on exit).
+    /// free models work until accounts are credited; lost on exit). Pass an `Arc` of it to
+    /// keep a handle (to credit accounts); every seam takes an `Arc` of itself the same way.
     pub fn ledger(mut self, ledger: impl Ledger) -> Self {
         self.ledger = Some(Arc::new(ledger));
-        self
-    }
-
-    /// Same as [`Self::ledger`] for a ledger the caller keeps a handle to (to credit accounts).
-    pub fn shared_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
-        self.ledger = Some(ledger);
         self
     }
 
@@ -127,12 +122,6 @@ impl GatewayBuilder {
     /// Default: disabled (`/admin/` paths answer 404).
     pub fn admin_key(mut self, key: impl Into<String>) -> Self {
         self.admin_key = Some(key.into());
-        self
-    }
-
-    /// Same as [`Self::backend`] for a backend that is already shared.
-    pub fn shared_backend(mut self, backend: Arc<dyn ImageBackend>) -> Self {
-        self.backend = Some(backend);
         self
     }
 
@@ -174,68 +163,64 @@ impl GatewayBuilder {
         self
     }
 
-    /// Builds the gateway. Inside a Tokio runtime it also starts the ledger's expiry sweep
-    /// (at once, then every `min(hold_ttl / 2, 30 s)`), which releases holds left by a
-    /// process that died.
+    /// Builds the gateway, in the stack's order, outermost first (see [`Gateway`]). It starts
+    /// nothing: spawn [`Gateway::expiry_sweep`] to release the holds of a process that died.
     ///
     /// # Panics
     /// When no backend was set and the `reference-backend` feature is off.
     pub fn build(self) -> Gateway {
+        let keys = self.keys.unwrap_or_else(|| Arc::new(StaticKeys::new()));
         let backend = self.backend.unwrap_or_else(default_backend);
-        let keys = self
-            .keys
-            .unwrap_or_else(|| Arc::new(StaticKeys::new()) as Arc<dyn KeyStore>);
+        let ledger = self.ledger.unwrap_or_else(|| Arc::new(MemoryLedger::new()));
+        let generations = self
+            .generations
+            .unwrap_or_else(|| Arc::new(MemoryGenerations::new()));
+        let records = self
+            .idempotency
+            .unwrap_or_else(|| Arc::new(MemoryIdempotency::new()));
+        let mut store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryFileStore::new()));
+        if self.quota != Quota::UNLIMITED {
+            store = Arc::new(QuotaStore::new(store, self.quota));
+        }
         let models = if self.models.is_empty() {
             vec![(DEFAULT_MODEL.to_owned(), ModelSpec::default())]
         } else {
             self.models
         };
         let catalog = Catalog::new(models);
-        let mut store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryFileStore::new()) as Arc<dyn FileStore>);
-        if self.quota != Quota::UNLIMITED {
-            store = Arc::new(QuotaStore::new(store, self.quota));
-        }
-        let generations = self
-            .generations
-            .unwrap_or_else(|| Arc::new(MemoryGenerations::new()) as Arc<dyn Generations>);
-        let ledger = self
-            .ledger
-            .unwrap_or_else(|| Arc::new(MemoryLedger::new()) as Arc<dyn Ledger>);
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let every = (self.hold_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-            spawn_expiry_sweep(ledger.clone(), every);
-        }
 
-        let cancellable = backend.cancellable();
-        let edit = EditService::new(backend, store.clone(), generations.clone());
-        let billed = BillingLayer::new(ledger.clone(), catalog.clone())
-            .hold_ttl(self.hold_ttl)
-            .cancel_abandoned(cancellable)
-            .layer(edit);
-        let resolve = ResolveSourceLayer::new(store.clone(), generations.clone()).layer(billed);
-        let records = self
-            .idempotency
-            .unwrap_or_else(|| Arc::new(MemoryIdempotency::new()) as Arc<dyn IdempotencyRecords>);
-        let once = IdempotencyLayer::new(records, store.clone(), generations).layer(resolve);
-        let edits = Normalize::new(once, catalog, self.multipart);
-        let files = FileApi::new(store).limits(self.multipart);
-        let account = AccountApi::new(ledger.clone());
+        let edits = ServiceBuilder::new()
+            .layer(NormalizeLayer::new(catalog.clone()).limits(self.multipart))
+            .layer(IdempotencyLayer::new(
+                records,
+                store.clone(),
+                generations.clone(),
+            ))
+            .layer(ResolveSourceLayer::new(store.clone(), generations.clone()))
+            .layer(
+                BillingLayer::new(ledger.clone(), catalog)
+                    .hold_ttl(self.hold_ttl)
+                    .cancel_abandoned(backend.cancellable()),
+            )
+            .service(EditService::new(backend, store.clone(), generations));
         let routes = Routes {
             edits,
-            files,
-            account,
+            files: FileApi::new(store).limits(self.multipart),
+            account: AccountApi::new(ledger.clone()),
         };
+        let inner = ServiceBuilder::new()
+            .layer(AuthLayer::new(keys.clone()))
+            .layer(self.rate_limit)
+            .layer(BodyLimitLayer::new(self.body_limit))
+            .service(routes);
         Gateway {
             admin: self
                 .admin_key
-                .map(|key| AdminApi::new(&key, ledger, keys.clone())),
-            inner: Auth::new(
-                self.rate_limit
-                    .layer(BodyLimit::new(routes, self.body_limit)),
-                keys,
-            ),
+                .map(|key| AdminApi::new(&key, ledger.clone(), keys)),
+            sweep: ExpirySweep::new(ledger, self.hold_ttl),
+            inner,
         }
     }
 }

@@ -60,7 +60,7 @@ pub use builder::{GatewayBuilder, DEFAULT_MODEL};
 pub use routes::EDITS_PATH;
 
 use crate::auth::Auth;
-use crate::billing::AdminApi;
+use crate::billing::{AdminApi, ExpirySweep};
 use crate::future::ResponseFuture;
 use crate::id::RequestId;
 use crate::limit::BodyLimit;
@@ -72,6 +72,7 @@ use routes::Routes;
 #[derive(Clone, Debug)]
 pub struct Gateway {
     admin: Option<AdminApi>,
+    sweep: ExpirySweep,
     inner: Auth<RateLimit<BodyLimit<Routes>>>,
 }
 
@@ -79,6 +80,13 @@ impl Gateway {
     /// A builder with every default; see [`GatewayBuilder`].
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder::default()
+    }
+
+    /// The sweep that releases holds left by a process that died, for the embedder to spawn
+    /// once per ledger: `tokio::spawn(gateway.expiry_sweep().run())`. Without it such holds
+    /// stay held (the money is neither spent nor available) until some process sweeps.
+    pub fn expiry_sweep(&self) -> ExpirySweep {
+        self.sweep.clone()
     }
 }
 

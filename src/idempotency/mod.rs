@@ -21,6 +21,8 @@ mod service;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 pub use layer::IdempotencyLayer;
@@ -80,6 +82,33 @@ pub trait IdempotencyRecords: Send + Sync + 'static {
 
     /// Forgets a key whose request failed, so a retry runs again.
     async fn abandon(&self, user: &UserId, key: &str) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<R: IdempotencyRecords + ?Sized> IdempotencyRecords for Arc<R> {
+    async fn begin(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: &str,
+        now: u64,
+    ) -> Result<Begin, StoreError> {
+        (**self).begin(user, key, fingerprint, now).await
+    }
+
+    async fn complete(
+        &self,
+        user: &UserId,
+        key: &str,
+        created: u64,
+        generations: &[GenerationId],
+    ) -> Result<(), StoreError> {
+        (**self).complete(user, key, created, generations).await
+    }
+
+    async fn abandon(&self, user: &UserId, key: &str) -> Result<(), StoreError> {
+        (**self).abandon(user, key).await
+    }
 }
 
 /// The decision shared by every implementation, from a stored record.

@@ -29,6 +29,7 @@ mod memory;
 mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -363,4 +364,61 @@ pub trait Ledger: Send + Sync + 'static {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, LedgerError>;
+}
+
+/// A shared ledger is a ledger: keep an `Arc` to credit accounts and hand the builder a clone.
+#[async_trait]
+impl<L: Ledger + ?Sized> Ledger for Arc<L> {
+    async fn hold(
+        &self,
+        account: &UserId,
+        amount: Amount,
+        ttl: Duration,
+        memo: Memo,
+    ) -> Result<Hold, LedgerError> {
+        (**self).hold(account, amount, ttl, memo).await
+    }
+
+    async fn settle(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+    ) -> Result<Settlement, LedgerError> {
+        (**self).settle(hold, charge, units_returned).await
+    }
+
+    async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
+        (**self).release(hold).await
+    }
+
+    async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
+        (**self).renew(hold, ttl).await
+    }
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
+        (**self).balance(account).await
+    }
+
+    async fn deposit(
+        &self,
+        account: &UserId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<bool, LedgerError> {
+        (**self).deposit(account, amount, reference).await
+    }
+
+    async fn expire(&self, now: u64) -> Result<usize, LedgerError> {
+        (**self).expire(now).await
+    }
+
+    async fn journal(
+        &self,
+        account: &UserId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError> {
+        (**self).journal(account, after_seq, limit).await
+    }
 }

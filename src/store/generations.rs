@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -89,6 +89,25 @@ pub trait Generations: Send + Sync + 'static {
 
     /// The record, or `None` if there is none.
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError>;
+}
+
+#[async_trait]
+impl<G: Generations + ?Sized> Generations for Arc<G> {
+    async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
+        (**self).insert(generation).await
+    }
+
+    async fn set_status(
+        &self,
+        id: GenerationId,
+        status: GenerationStatus,
+    ) -> Result<(), StoreError> {
+        (**self).set_status(id, status).await
+    }
+
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        (**self).get(id).await
+    }
 }
 
 /// Generations in memory, for tests and embedding.

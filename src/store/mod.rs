@@ -24,6 +24,7 @@ mod sqlite;
 
 use std::cmp::Reverse;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -293,6 +294,38 @@ pub trait FileStore: Send + Sync + 'static {
     async fn admits(&self, owner: &UserId, adding: Usage) -> Result<(), StoreError> {
         let _ = (owner, adding);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl<F: FileStore + ?Sized> FileStore for Arc<F> {
+    async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
+        (**self).put(key, bytes).await
+    }
+
+    async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
+        (**self).get(key).await
+    }
+
+    async fn delete(&self, key: &FileKey) -> Result<bool, StoreError> {
+        (**self).delete(key).await
+    }
+
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<&FileCursor>,
+        limit: usize,
+    ) -> Result<FilePage, StoreError> {
+        (**self).list(owner, after, limit).await
+    }
+
+    async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
+        (**self).usage(owner).await
+    }
+
+    async fn admits(&self, owner: &UserId, adding: Usage) -> Result<(), StoreError> {
+        (**self).admits(owner, adding).await
     }
 }
 

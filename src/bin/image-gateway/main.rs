@@ -113,13 +113,13 @@ async fn run() -> Result<(), Box<dyn Error>> {
     }
     let mut builder = Gateway::builder()
         .keys(keys)
-        .shared_backend(backend(&config)?)
+        .backend(backend(&config)?)
         .store(store)
         .generations(generations)
         .idempotency(SqliteIdempotency::open(
             config.data_dir.join("generations.db"),
         )?)
-        .shared_ledger(ledger)
+        .ledger(ledger)
         .hold_ttl(config.hold_ttl)
         .quota(config.quota)
         .rate_limit(config.rate_limit.clone());
@@ -132,6 +132,8 @@ async fn run() -> Result<(), Box<dyn Error>> {
             ModelSpec::new(MAX_IMAGES, config.price_per_image),
         )
         .build();
+    // The one sweep of this ledger: releases the holds of a run that was killed.
+    tokio::spawn(gateway.expiry_sweep().run());
     let service = ServiceBuilder::new()
         .option_layer(cors(&config.cors_origins)?)
         .service(openapi::WithOpenApi {

@@ -11,7 +11,8 @@ use image_gateway::catalog::{Catalog, ModelSpec};
 
 use image_gateway::id::GenerationId;
 use image_gateway::media::ImageKind;
-use image_gateway::request::{parse_json, parse_multipart, MultipartLimits};
+use image_gateway::multipart::MultipartLimits;
+use image_gateway::request::{parse_json, parse_multipart};
 use image_gateway::store::FileKey;
 
 const MIB: usize = 1024 * 1024;

@@ -1,4 +1,5 @@
-//! The body of every answer the gateway's own services give.
+//! The body of every answer the gateway's own services give, and the one way their JSON
+//! answers are built.
 //!
 //! Most answers are one small buffer of JSON. An edit's answer carries its images as base64,
 //! which for ten 4K outputs is hundreds of megabytes: it is encoded as it is sent, a chunk at
@@ -12,7 +13,24 @@ use std::task::{Context, Poll};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+
+/// A response with `status` and the JSON `body`.
+pub(crate) fn json<B: From<Bytes>>(status: StatusCode, body: Bytes) -> Response<B> {
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A `200 OK` with `body` as JSON.
+pub(crate) fn json_ok<B: From<Bytes>>(body: &serde_json::Value) -> Response<B> {
+    json(StatusCode::OK, Bytes::from(body.to_string()))
+}
 
 /// Image bytes encoded per chunk: a multiple of 3, so chunks join into one base64 string.
 const CHUNK_INPUT: usize = 48 * 1024;

@@ -205,7 +205,7 @@ impl GatewayError {
     /// where the error has one.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let row = self.row();
-        let mut response = crate::response::json(row.status, row.to_json());
+        let mut response = crate::body::json(row.status, row.to_json());
         let headers = response.headers_mut();
         if let Some(after) = row.retry_after {
             // Whole seconds, rounded up so a client never retries too early.

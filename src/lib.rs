@@ -64,10 +64,10 @@ pub mod lease;
 pub mod ledger;
 pub mod limit;
 pub mod media;
+pub mod multipart;
 mod page;
 pub mod ratelimit;
 pub mod request;
-mod response;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod source;

@@ -5,7 +5,8 @@ use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
 use image_gateway::id::GenerationId;
 use image_gateway::job::{OutputFormat, Quality, Size};
-use image_gateway::request::{parse_json, parse_multipart, MultipartLimits};
+use image_gateway::multipart::MultipartLimits;
+use image_gateway::request::{parse_json, parse_multipart};
 use image_gateway::store::FileKey;
 use proptest::prelude::*;
 

@@ -6,7 +6,8 @@
 use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
-use image_gateway::request::{parse_multipart, MultipartLimits};
+use image_gateway::multipart::MultipartLimits;
+use image_gateway::request::parse_multipart;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::auth::{ApiKey, KeyStore, UserId};
 use crate::future::ResponseFuture;
 use crate::ledger::Ledger;
-use crate::request::body_error;
+use crate::limit::body_error;
 use crate::{BoxError, GatewayError, ResponseBody};
 
 /// The operators' door: `POST /admin/v1/accounts/{user_id}/deposits` with
@@ -131,7 +131,7 @@ where
                 "available": balance.available,
                 "held": balance.held,
             });
-            Ok(crate::response::json_ok(&body))
+            Ok(crate::body::json_ok(&body))
         })
     }
 }

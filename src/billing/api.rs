@@ -72,7 +72,7 @@ impl<B> Service<Request<B>> for AccountApi {
                 }
                 _ => usage(&*ledger, &principal, query.as_deref()).await?,
             };
-            Ok(crate::response::json_ok(&body))
+            Ok(crate::body::json_ok(&body))
         })
     }
 }

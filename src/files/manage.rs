@@ -37,7 +37,7 @@ pub(super) async fn list(
         "has_more": page.has_more,
         "next_after": next_after,
     });
-    Ok(crate::response::json_ok(&body))
+    Ok(crate::body::json_ok(&body))
 }
 
 /// `GET /api/v1/files/{key}`: the file's bytes.
@@ -67,7 +67,7 @@ pub(super) async fn delete(
         return Err(GatewayError::ImageNotFound);
     }
     let body = serde_json::json!({ "deleted": true, "key": key.as_str() });
-    Ok(crate::response::json_ok(&body))
+    Ok(crate::body::json_ok(&body))
 }
 
 /// A key from the path: decoded once, then parsed. Another user's key is answered as if it

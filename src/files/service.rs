@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::{manage, upload, FILES_PATH, UPLOAD_PATH};
 use crate::auth::Principal;
 use crate::future::ResponseFuture;
-use crate::request::MultipartLimits;
+use crate::multipart::MultipartLimits;
 use crate::store::FileStore;
 use crate::{BoxError, GatewayError, ResponseBody};
 

@@ -5,8 +5,7 @@ use http_body_util::BodyDataStream;
 use serde::Serialize;
 
 use crate::auth::Principal;
-use crate::request::multipart::{boundary_of, multipart_error, open, read_image};
-use crate::request::MultipartLimits;
+use crate::multipart::{boundary_of, multipart_error, open, read_image, MultipartLimits};
 use crate::store::{put_all, FileKey, FileStore};
 use crate::{BoxError, GatewayError, ResponseBody};
 
@@ -70,7 +69,7 @@ where
         })
         .collect();
     let body = serde_json::to_value(&answer).map_err(|_| GatewayError::Internal)?;
-    Ok(crate::response::json_ok(
+    Ok(crate::body::json_ok(
         &serde_json::json!({ "uploaded": body }),
     ))
 }

@@ -13,7 +13,8 @@ use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimitLayer, DEFAULT_BODY_LIMIT};
 use crate::ratelimit::RateLimitLayer;
-use crate::request::{MultipartLimits, NormalizeLayer};
+use crate::multipart::MultipartLimits;
+use crate::request::NormalizeLayer;
 use crate::source::ResolveSourceLayer;
 use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations, Quota, QuotaStore};
 

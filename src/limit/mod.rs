@@ -45,5 +45,33 @@ pub use future::ResponseFuture;
 pub use layer::BodyLimitLayer;
 pub use service::BodyLimit;
 
+use http_body_util::LengthLimitError;
+
+use crate::{BoxError, GatewayError};
+
 /// 26 MiB: the spec's limit on a whole request body.
 pub const DEFAULT_BODY_LIMIT: u64 = 26 * 1024 * 1024;
+
+/// A failed body read: over a limit is 413, anything else (a client gone, a broken
+/// transfer) is a 400 nobody will likely read.
+pub(crate) fn body_error(error: impl Into<BoxError>) -> GatewayError {
+    let error = error.into();
+    if error.is::<LengthLimitError>() {
+        GatewayError::PayloadTooLarge
+    } else if is_timeout(&*error) {
+        GatewayError::RequestTimeout
+    } else {
+        GatewayError::BodyCutOff
+    }
+}
+
+/// Whether a body error is the server's read deadline passing.
+#[cfg(feature = "server")]
+pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<crate::server::BodyTimeout>()
+}
+
+#[cfg(not(feature = "server"))]
+pub(crate) fn is_timeout(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
+}

@@ -7,58 +7,52 @@ use crate::job::{EditParams, EditRequest, RequestContext, ResponseFormat, Source
 use crate::store::FileKey;
 use crate::GatewayError;
 
-/// The fields the gateway reads, as the client sent them.
-#[derive(Debug, Default)]
-pub(crate) struct RawFields {
-    pub(crate) model: Option<String>,
-    pub(crate) prompt: Option<String>,
-    pub(crate) image_key: Option<String>,
-    pub(crate) generation_id: Option<String>,
-    pub(crate) n: Option<String>,
-    pub(crate) size: Option<String>,
-    pub(crate) quality: Option<String>,
-    pub(crate) background: Option<String>,
-    pub(crate) output_format: Option<String>,
-    pub(crate) response_format: Option<String>,
-    pub(crate) images: Vec<SourceImage>,
-    /// Whether the body was multipart, where a missing source is a missing `image`.
-    pub(crate) multipart: bool,
+/// Declares the text fields the gateway reads, once: the struct that holds them as sent, the
+/// list of their names, and the lookup of a field's slot by name all come from this list.
+macro_rules! text_fields {
+    ($($field:ident),+ $(,)?) => {
+        /// The fields the gateway reads, as the client sent them.
+        #[derive(Debug, Default)]
+        pub(crate) struct RawFields {
+            $(pub(crate) $field: Option<String>,)+
+            pub(crate) images: Vec<SourceImage>,
+            /// Whether the body was multipart, where a missing source is a missing `image`.
+            pub(crate) multipart: bool,
+        }
+
+        /// The text fields the gateway reads, by name. Everything else is ignored.
+        pub(crate) const TEXT_FIELDS: &[&str] = &[$(stringify!($field)),+];
+
+        impl RawFields {
+            /// The name (as a `'static` param) and slot of a known text field; `None` for a
+            /// field the gateway ignores.
+            pub(crate) fn slot(
+                &mut self,
+                name: &str,
+            ) -> Option<(&'static str, &mut Option<String>)> {
+                match name {
+                    $(stringify!($field) => Some((stringify!($field), &mut self.$field)),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-/// The text fields the gateway reads, by name. Everything else is ignored.
-pub(crate) const TEXT_FIELDS: [&str; 10] = [
-    "model",
-    "prompt",
-    "image_key",
-    "generation_id",
-    "n",
-    "size",
-    "quality",
-    "background",
-    "output_format",
-    "response_format",
-];
+text_fields! {
+    model,
+    prompt,
+    image_key,
+    generation_id,
+    n,
+    size,
+    quality,
+    background,
+    output_format,
+    response_format,
+}
 
 impl RawFields {
-    /// The slot of a known text field; `None` for a field the gateway ignores.
-    pub(crate) fn slot(&mut self, name: &str) -> Option<(&'static str, &mut Option<String>)> {
-        let slot = match name {
-            "model" => &mut self.model,
-            "prompt" => &mut self.prompt,
-            "image_key" => &mut self.image_key,
-            "generation_id" => &mut self.generation_id,
-            "n" => &mut self.n,
-            "size" => &mut self.size,
-            "quality" => &mut self.quality,
-            "background" => &mut self.background,
-            "output_format" => &mut self.output_format,
-            "response_format" => &mut self.response_format,
-            _ => return None,
-        };
-        let name = TEXT_FIELDS.iter().find(|f| **f == name)?;
-        Some((name, slot))
-    }
-
     /// Checks every field, in the order a client fixes them: model, prompt, source, then
     /// the optional fields.
     pub(crate) fn validate(

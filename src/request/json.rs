@@ -36,7 +36,7 @@ pub fn parse_json(
         ));
     }
     let mut raw = RawFields::default();
-    for name in TEXT_FIELDS {
+    for &name in TEXT_FIELDS {
         let Some(value) = object.get(name) else {
             continue;
         };

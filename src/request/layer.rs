@@ -1,6 +1,7 @@
 use tower_layer::Layer;
 
-use super::{MultipartLimits, Normalize};
+use super::Normalize;
+use crate::multipart::MultipartLimits;
 use crate::catalog::Catalog;
 
 /// Applies [`Normalize`] to a typed edit service: the door from HTTP to [`EditRequest`].

@@ -33,11 +33,10 @@
 mod form;
 mod json;
 mod layer;
-pub(crate) mod multipart;
+mod multipart;
 mod service;
 
 pub use json::parse_json;
 pub use layer::NormalizeLayer;
-pub use multipart::{parse_multipart, MultipartLimits};
-pub(crate) use service::body_error;
+pub use multipart::parse_multipart;
 pub use service::Normalize;

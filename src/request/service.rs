@@ -4,12 +4,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{header, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyDataStream, BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyDataStream, BodyExt, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::multipart::boundary_of;
-use super::{parse_json, parse_multipart, MultipartLimits};
+use super::{parse_json, parse_multipart};
+use crate::multipart::{boundary_of, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
@@ -17,6 +17,7 @@ use crate::job::{EditOutcome, EditRequest, RequestContext};
 
 use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
+use crate::limit::body_error;
 use crate::{BoxError, GatewayError, ResponseBody};
 
 /// The largest JSON body read: a 32,000-character prompt fully `\u` escaped fits.
@@ -163,28 +164,4 @@ where
             None,
         )),
     }
-}
-
-/// A failed body read: over a limit is 413, anything else (a client gone, a broken
-/// transfer) is a 400 nobody will likely read.
-pub(crate) fn body_error(error: impl Into<BoxError>) -> GatewayError {
-    let error = error.into();
-    if error.is::<LengthLimitError>() {
-        GatewayError::PayloadTooLarge
-    } else if is_timeout(&*error) {
-        GatewayError::RequestTimeout
-    } else {
-        GatewayError::BodyCutOff
-    }
-}
-
-/// Whether a body error is the server's read deadline passing.
-#[cfg(feature = "server")]
-pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.is::<crate::server::BodyTimeout>()
-}
-
-#[cfg(not(feature = "server"))]
-pub(crate) fn is_timeout(_: &(dyn std::error::Error + 'static)) -> bool {
-    false
 }

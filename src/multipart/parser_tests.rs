@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::request::MultipartLimits;
+use crate::multipart::MultipartLimits;
 
 type Chunks = futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, std::io::Error>>>;
 

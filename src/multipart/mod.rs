@@ -1,8 +1,11 @@
-//! The multipart method: the OpenAI SDKs' `image` / `image[]` files plus text fields.
+//! `multipart/form-data` bodies, read as they stream and bounded by [`MultipartLimits`]: the
+//! edit endpoint's `image` / `image[]` files and text fields, and the upload endpoint's
+//! `files`.
 //!
-//! Bodies are read by [`Parts`], which returns part data as slices of the body's own chunks;
-//! an image part is then joined into one buffer, so its bytes are copied once between the
-//! connection's read buffer and the backend.
+//! Bodies are read by a part reader that returns part data as slices of the body's own
+//! chunks; an image part is then joined into one buffer, so its bytes are copied once between
+//! the connection's read buffer and the backend. Every image part is typed by its magic
+//! number as soon as 12 bytes have arrived.
 
 mod params;
 mod parser;
@@ -14,10 +17,7 @@ use futures_util::Stream;
 
 use self::params::{parameter, parameters};
 pub(crate) use self::parser::{MultipartError, PartHead, Parts};
-use super::form::RawFields;
-
-use crate::catalog::Catalog;
-use crate::job::{EditRequest, RequestContext, SourceImage};
+use crate::job::SourceImage;
 use crate::media::{ImageKind, SNIFF_LEN};
 use crate::{BoxError, GatewayError};
 
@@ -76,56 +76,6 @@ pub(crate) fn boundary_of(content_type: &str) -> Result<String, GatewayError> {
                 None,
             )
         })
-}
-
-/// Reads a multipart edit body to its end and validates it.
-///
-/// Image parts are `image` or `image[]`, in any number and any order among the text parts.
-/// Each is checked by its magic number as soon as 12 bytes have arrived, and cut off at
-/// [`MultipartLimits::image`]. A text field given twice is an error rather than a silent
-/// choice between the two. `context` is the request's: a
-/// [`Principal`](crate::auth::Principal) alone will do.
-pub async fn parse_multipart<S, E>(
-    body: S,
-    boundary: String,
-    context: impl Into<RequestContext>,
-    catalog: &Catalog,
-    limits: MultipartLimits,
-) -> Result<EditRequest, GatewayError>
-where
-    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: Into<BoxError> + 'static,
-{
-    let mut parts = open(body, &boundary, &limits)?;
-    let mut raw = RawFields {
-        multipart: true,
-        ..RawFields::default()
-    };
-    while let Some(head) = parts.next_part().await.map_err(multipart_error)? {
-        let name = head.name.as_str();
-        if name == "image" || name == "image[]" {
-            let image = read_image(&mut parts, head, limits.image, "image").await?;
-            raw.images.push(image);
-            continue;
-        }
-        let cap = if name == "prompt" {
-            limits.prompt
-        } else {
-            limits.text
-        };
-        // Unused fields (mask, user, ...) are read past by the next `next_part`; the
-        // whole-body limit bounds them.
-        if let Some((param, slot)) = raw.slot(name) {
-            if slot.is_some() {
-                return Err(GatewayError::invalid_request(
-                    format!("{param} was sent more than once"),
-                    Some(param),
-                ));
-            }
-            *slot = Some(read_text(&mut parts, param, cap).await?);
-        }
-    }
-    raw.validate(context.into(), catalog)
 }
 
 /// Past this many bytes, an image part is copied into its final buffer as it arrives.
@@ -238,33 +188,10 @@ impl PartData {
     }
 }
 
-async fn read_text<S, E>(
-    parts: &mut Parts<S>,
-    param: &'static str,
-    cap: usize,
-) -> Result<String, GatewayError>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: Into<BoxError>,
-{
-    let mut text = Vec::new();
-    while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
-        if text.len() + chunk.len() > cap {
-            return Err(GatewayError::invalid_request(
-                format!("{param} is longer than {cap} bytes"),
-                Some(param),
-            ));
-        }
-        text.extend_from_slice(&chunk);
-    }
-    String::from_utf8(text)
-        .map_err(|_| GatewayError::invalid_request(format!("{param} is not UTF-8"), Some(param)))
-}
-
 pub(crate) fn multipart_error(error: MultipartError) -> GatewayError {
     match error {
         MultipartError::TooLarge => GatewayError::PayloadTooLarge,
-        MultipartError::Read(cause) => super::body_error(cause),
+        MultipartError::Read(cause) => crate::limit::body_error(cause),
         // The messages name what is wrong, never the body's contents.
         other => GatewayError::invalid_request(other.to_string(), None),
     }

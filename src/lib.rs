@@ -85,4 +85,22 @@ pub use gateway::Gateway;
 /// A boxed error, as bodies and stores report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body the gateway's services read: `Bytes` chunks, movable to other tasks, with
+/// an error that boxes. Every `http_body::Body` of that shape is one (hyper's `Incoming`,
+/// axum's `Body`, `Full<Bytes>`), so this names the bound once instead of at every service.
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error = Self::ReadError> + Send + 'static
+{
+    /// The body's error type.
+    type ReadError: Into<BoxError>;
+}
+
+impl<B> RequestBody for B
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type ReadError = B::Error;
+}
+
 pub use body::ResponseBody;

@@ -2,9 +2,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -14,7 +12,7 @@ use crate::auth::{ApiKey, KeyStore, UserId};
 use crate::future::ResponseFuture;
 use crate::ledger::Ledger;
 use crate::limit::body_error;
-use crate::{BoxError, GatewayError, ResponseBody};
+use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// The operators' door: `POST /admin/v1/accounts/{user_id}/deposits` with
 /// `{"amount": <integer>, "reference": "<unique per account>"}`, authorised by its own key.
@@ -59,8 +57,7 @@ impl std::fmt::Debug for AdminApi {
 
 impl<B> Service<Request<B>> for AdminApi
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;

@@ -10,7 +10,7 @@ use super::guard::HoldGuard;
 
 use crate::catalog::Catalog;
 use crate::future::{run_to_end, ResponseFuture};
-use crate::job::{EditJob, EditOutcome, Rendered};
+use crate::job::{EditJob, EditOutcome, Rendered, Stage};
 
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
@@ -53,8 +53,7 @@ impl<S> std::fmt::Debug for Billing<S> {
 
 impl<S> Service<EditJob> for Billing<S>
 where
-    S: Service<EditJob, Response = Rendered, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Stage<EditJob, Rendered>,
 {
     type Response = EditOutcome;
     type Error = GatewayError;
@@ -74,8 +73,7 @@ where
 
 impl<S> Billing<S>
 where
-    S: Service<EditJob, Response = Rendered, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Stage<EditJob, Rendered>,
 {
     /// Hold, work, settle, publish: in this order, so an image is reachable only once it
     /// has been charged. The job (and the leases it carries, such as the caller's in-flight

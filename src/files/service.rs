@@ -2,9 +2,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::Body;
 use tower_service::Service;
 
 use super::{manage, upload, FILES_PATH, UPLOAD_PATH};
@@ -12,7 +10,7 @@ use crate::auth::Principal;
 use crate::future::ResponseFuture;
 use crate::multipart::MultipartLimits;
 use crate::store::FileStore;
-use crate::{BoxError, GatewayError, ResponseBody};
+use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// Serves the upload and file-management endpoints over a [`FileStore`].
 ///
@@ -55,8 +53,7 @@ impl std::fmt::Debug for FileApi {
 
 impl<B> Service<Request<B>> for FileApi
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;

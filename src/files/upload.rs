@@ -1,13 +1,12 @@
 use bytes::Bytes;
 use http::{header, Request, Response};
-use http_body::Body;
 use http_body_util::BodyDataStream;
 use serde::Serialize;
 
 use crate::auth::Principal;
 use crate::multipart::{boundary_of, multipart_error, open, read_image, MultipartLimits};
 use crate::store::{put_all, FileKey, FileStore};
-use crate::{BoxError, GatewayError, ResponseBody};
+use crate::{GatewayError, RequestBody, ResponseBody};
 
 #[derive(Serialize)]
 struct Uploaded {
@@ -25,8 +24,7 @@ pub(super) async fn upload<B>(
     limits: MultipartLimits,
 ) -> Result<Response<ResponseBody>, GatewayError>
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let content_type = req
         .headers()

@@ -50,9 +50,7 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body::Body;
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -65,7 +63,7 @@ use crate::future::ResponseFuture;
 use crate::id::RequestId;
 use crate::limit::BodyLimit;
 use crate::ratelimit::RateLimit;
-use crate::{BoxError, ClientAborted, ErrorCode, GatewayError, ResponseBody};
+use crate::{ClientAborted, ErrorCode, GatewayError, RequestBody, ResponseBody};
 use routes::Routes;
 
 /// The whole gateway as one cloneable service. Build it with [`Gateway::builder`].
@@ -92,8 +90,7 @@ impl Gateway {
 
 impl<B> Service<Request<B>> for Gateway
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;

@@ -1,9 +1,7 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::Body;
 use tower_service::Service;
 
 use crate::backend::EditService;
@@ -13,7 +11,7 @@ use crate::future::ResponseFuture;
 use crate::idempotency::Idempotency;
 use crate::request::Normalize;
 use crate::source::ResolveSource;
-use crate::{BoxError, GatewayError, ResponseBody};
+use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// Path of the edits endpoint.
 pub const EDITS_PATH: &str = "/v1/images/edits";
@@ -28,8 +26,7 @@ pub(crate) struct Routes {
 
 impl<B> Service<Request<B>> for Routes
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;

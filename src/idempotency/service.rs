@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::{Begin, IdempotencyRecords};
 use crate::auth::UserId;
-use crate::job::{EditOutcome, EditRequest, GeneratedImage, Image, OutputFormat};
+use crate::job::{EditOutcome, EditRequest, GeneratedImage, Image, OutputFormat, Stage};
 
 use crate::clock::unix_now;
 use crate::future::{run_to_end, ResponseFuture};
@@ -36,8 +36,7 @@ impl<S> std::fmt::Debug for Idempotency<S> {
 
 impl<S> Service<EditRequest> for Idempotency<S>
 where
-    S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Stage<EditRequest, EditOutcome>,
 {
     type Response = EditOutcome;
     type Error = GatewayError;
@@ -85,8 +84,7 @@ where
 
 impl<S> Idempotency<S>
 where
-    S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Stage<EditRequest, EditOutcome>,
 {
     /// Runs the request and ends its record with the work, not with the socket: billed work
     /// can outlive its client (and is then charged), so the key is completed when it ends (a

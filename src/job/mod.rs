@@ -20,7 +20,10 @@ mod outcome;
 mod params;
 mod rendered;
 
+use std::future::Future;
+
 use bytes::Bytes;
+use tower_service::Service;
 
 pub use outcome::{EditOutcome, GeneratedImage};
 pub use params::{
@@ -30,11 +33,34 @@ pub use params::{
 pub(crate) use rendered::Outputs;
 pub use rendered::Rendered;
 
+/// A service of the edit pipeline: takes `Req` (an [`EditRequest`] or an [`EditJob`]),
+/// answers `Res` or a [`GatewayError`], is cloned per call, and its futures move between
+/// tasks. Every such `tower::Service` is one, so each layer states its inner service's bound
+/// once, by name.
+pub trait Stage<Req, Res>:
+    Service<Req, Response = Res, Error = GatewayError, Future = Self::SendFuture>
+    + Clone
+    + Send
+    + 'static
+{
+    /// The service's future, which is `Send`.
+    type SendFuture: Future<Output = Result<Res, GatewayError>> + Send;
+}
+
+impl<S, Req, Res> Stage<Req, Res> for S
+where
+    S: Service<Req, Response = Res, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type SendFuture = S::Future;
+}
+
 use crate::auth::Principal;
 use crate::id::{GenerationId, RequestId};
 use crate::lease::{ClientWatch, Leases};
 use crate::media::ImageKind;
 use crate::store::FileKey;
+use crate::GatewayError;
 
 /// What is known of a request before its body is read: who asks, which request it is, and
 /// what its work carries to its end. Built once, by normalization, and moved into the

@@ -3,7 +3,7 @@
 //! [`BodyLimitLayer`] answers `413 request_too_large` before reading a byte when
 //! `Content-Length` announces more than the limit. Otherwise it wraps the body in
 //! [`http_body_util::Limited`], so a chunked or lying body fails with
-//! [`LengthLimitError`](http_body_util::LengthLimitError) the moment the limit is crossed:
+//! [`LengthLimitError`] the moment the limit is crossed:
 //! no more than `limit` bytes are ever read, whatever the client sends. The gateway's parsers
 //! turn that error into the same 413 answer.
 //!

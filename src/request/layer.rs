@@ -1,8 +1,8 @@
 use tower_layer::Layer;
 
 use super::Normalize;
-use crate::multipart::MultipartLimits;
 use crate::catalog::Catalog;
+use crate::multipart::MultipartLimits;
 
 /// Applies [`Normalize`] to a typed edit service: the door from HTTP to [`EditRequest`].
 ///

@@ -82,4 +82,3 @@ where
     String::from_utf8(text)
         .map_err(|_| GatewayError::invalid_request(format!("{param} is not UTF-8"), Some(param)))
 }
-

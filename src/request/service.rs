@@ -1,24 +1,22 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{header, Request, Response};
-use http_body::Body;
 use http_body_util::{BodyDataStream, BodyExt, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::{parse_json, parse_multipart};
-use crate::multipart::{boundary_of, MultipartLimits};
 use crate::auth::Principal;
 use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::job::{EditOutcome, EditRequest, RequestContext};
+use crate::job::{EditOutcome, EditRequest, RequestContext, Stage};
+use crate::multipart::{boundary_of, MultipartLimits};
 
 use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
 use crate::limit::body_error;
-use crate::{BoxError, GatewayError, ResponseBody};
+use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// The largest JSON body read: a 32,000-character prompt fully `\u` escaped fits.
 const MAX_JSON_BYTES: usize = 1024 * 1024;
@@ -47,10 +45,8 @@ impl<S> Normalize<S> {
 
 impl<S, B> Service<Request<B>> for Normalize<S>
 where
-    S: Service<EditRequest, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Stage<EditRequest, EditOutcome>,
+    B: RequestBody,
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
@@ -128,8 +124,7 @@ async fn read_edit<B>(
     limits: MultipartLimits,
 ) -> Result<EditRequest, GatewayError>
 where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let content_type = req
         .headers()

@@ -7,7 +7,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::auth::Principal;
-use crate::job::{EditJob, EditOutcome, EditRequest, Source, SourceImage};
+use crate::job::{EditJob, EditOutcome, EditRequest, Source, SourceImage, Stage};
 
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
@@ -50,8 +50,7 @@ impl<S> std::fmt::Debug for ResolveSource<S> {
 
 impl<S> Service<EditRequest> for ResolveSource<S>
 where
-    S: Service<EditJob, Response = EditOutcome, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Stage<EditJob, EditOutcome>,
 {
     type Response = EditOutcome;
     type Error = GatewayError;

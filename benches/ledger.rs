@@ -1,7 +1,10 @@
-//! Hold + settle pairs per second on the SQLite ledger: one writer, and 8 concurrent.
+//! Hold + settle pairs per second on the SQLite and PostgreSQL ledgers: one writer, and 8
+//! concurrent (on one account, the hottest case: every pair takes its row).
 //!
-//! `cargo bench --bench ledger`. Each pair is two IMMEDIATE transactions with
-//! both durabilities of `SqliteLedger` (`synchronous = FULL` and `NORMAL`).
+//! `cargo bench --bench ledger`. Each pair is two transactions: on SQLite with both
+//! durabilities of `SqliteLedger` (`synchronous = FULL` and `NORMAL`), on PostgreSQL (at
+//! `IMAGE_GATEWAY_TEST_DATABASE_URL`, default the local `test` database, in a schema of its
+//! own) as the server is configured.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +32,27 @@ async fn pair(ledger: &dyn Ledger, account: &UserId) {
 fn sqlite_ledger(durability: Durability) -> Arc<dyn Ledger> {
     let path = std::env::temp_dir().join(format!("igw-bench-{}.db", uuid::Uuid::new_v4()));
     Arc::new(SqliteLedger::open_with(path, durability).expect("open"))
+}
+
+/// A `PgLedger` in a fresh schema of the test database, or `None` when it is not reachable.
+#[cfg(feature = "postgres")]
+async fn postgres_ledger() -> Option<Arc<dyn Ledger>> {
+    let base = std::env::var("IMAGE_GATEWAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("schema");
+    let url = format!("{base}?options=-csearch_path%3D{schema}");
+    let db = image_gateway::postgres::Postgres::connect(&url)
+        .await
+        .expect("connect");
+    Some(Arc::new(image_gateway::ledger::PgLedger::new(db)))
 }
 
 fn concurrent(
@@ -96,6 +120,26 @@ fn bench(c: &mut Criterion) {
             &ledger,
             &account,
         );
+    }
+
+    #[cfg(feature = "postgres")]
+    match runtime.block_on(postgres_ledger()) {
+        Some(ledger) => {
+            runtime
+                .block_on(ledger.deposit(&account, i64::MAX / 2, "bench"))
+                .expect("deposit");
+            group.bench_function("postgres_single", |b| {
+                b.to_async(&runtime).iter(|| pair(&*ledger, &account))
+            });
+            concurrent(
+                &mut group,
+                &runtime,
+                "postgres_8_concurrent",
+                &ledger,
+                &account,
+            );
+        }
+        None => eprintln!("*** postgres ledger not measured: PostgreSQL is not reachable ***"),
     }
 
     let memory: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());

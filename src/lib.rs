@@ -66,6 +66,8 @@ pub mod limit;
 pub mod media;
 pub mod multipart;
 mod page;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod ratelimit;
 pub mod request;
 #[cfg(feature = "server")]

@@ -1,5 +1,8 @@
-//! A property-based state machine over both shipped ledgers: random deposits, holds,
-//! settles, releases, expiries and repeated calls keep every money rule at every step.
+//! A property-based state machine over every shipped ledger (memory, SQLite, PostgreSQL):
+//! random deposits, holds, settles, releases, expiries and repeated calls keep every money
+//! rule at every step.
+
+mod common;
 
 use std::time::Duration;
 
@@ -225,6 +228,22 @@ proptest! {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
         result?;
+    }
+}
+
+#[cfg(feature = "postgres")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn postgres_ledger_keeps_the_money_rules(ops in prop::collection::vec(op(), 1..30)) {
+        use image_gateway::ledger::PgLedger;
+        use image_gateway::postgres::Postgres;
+        let runtime = runtime();
+        let url = runtime.block_on(common::services::fresh_postgres("postgres ledger properties"));
+        if let Some(url) = url {
+            let ledger = PgLedger::new(runtime.block_on(Postgres::connect(&url)).unwrap());
+            runtime.block_on(run(&ledger, ops))?;
+        }
     }
 }
 

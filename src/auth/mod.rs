@@ -42,10 +42,14 @@
 
 mod key;
 mod layer;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod service;
 mod store;
 
 pub use key::{ApiKey, InvalidUserId, Principal, UserId};
 pub use layer::AuthLayer;
+#[cfg(feature = "postgres")]
+pub use postgres::PgKeys;
 pub use service::Auth;
 pub use store::{KeyStore, StaticKeys};

@@ -17,6 +17,8 @@
 
 mod layer;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod service;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -27,6 +29,8 @@ use async_trait::async_trait;
 
 pub use layer::IdempotencyLayer;
 pub use memory::MemoryIdempotency;
+#[cfg(feature = "postgres")]
+pub use postgres::PgIdempotency;
 pub use service::Idempotency;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteIdempotency;

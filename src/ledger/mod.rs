@@ -25,6 +25,8 @@
 //! by account or hold id, so a PostgreSQL ledger can serve many gateway replicas at once.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -42,6 +44,8 @@ pub(crate) fn deadline(now: u64, ttl: Duration) -> u64 {
     now.saturating_add(ttl.as_secs())
         .saturating_add(u64::from(ttl.subsec_nanos() > 0))
 }
+#[cfg(feature = "postgres")]
+pub use postgres::PgLedger;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteLedger};
 
@@ -96,9 +100,14 @@ impl HoldId {
         HoldId(Uuid::new_v4())
     }
 
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_uuid(id: Uuid) -> Self {
         HoldId(id)
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_uuid(self) -> Uuid {
+        self.0
     }
 }
 
@@ -181,7 +190,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntryKind::Deposit => "deposit",
@@ -193,7 +202,7 @@ impl EntryKind {
         }
     }
 
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             EntryKind::Deposit,

@@ -19,7 +19,7 @@ pub enum GenerationStatus {
 }
 
 impl GenerationStatus {
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             GenerationStatus::Pending => "pending",
@@ -28,7 +28,7 @@ impl GenerationStatus {
         }
     }
 
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "pending" => Some(GenerationStatus::Pending),

@@ -18,6 +18,8 @@ mod generations;
 mod key;
 mod local;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod quota;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -33,6 +35,8 @@ pub use generations::{Generation, GenerationStatus, Generations, MemoryGeneratio
 pub use key::{sanitize_name, FileKey};
 pub use local::LocalFileStore;
 pub use memory::MemoryFileStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgGenerations;
 pub use quota::{Quota, QuotaStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteGenerations;

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod binary;
+#[cfg(feature = "postgres")]
+pub mod services;
 
 use std::io::Cursor;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use image_gateway::auth::StaticKeys;
+use image_gateway::auth::{StaticKeys, UserId};
 use rand::distributions::{Alphanumeric, DistString};
 
 /// The demo user's key file, inside the data dir.
@@ -17,17 +17,40 @@ pub struct DemoKey {
     pub new: bool,
 }
 
+/// The configured keys, checked: each user id valid, no key listed twice.
+pub struct Keys {
+    pub entries: Vec<(UserId, String)>,
+    /// The demo key, when `GATEWAY_API_KEYS` is unset.
+    pub demo: Option<DemoKey>,
+}
+
+impl Keys {
+    /// The keys as a fixed in-process list.
+    pub fn to_static(&self) -> Result<StaticKeys, Box<dyn Error>> {
+        let mut keys = StaticKeys::new();
+        for (user, key) in &self.entries {
+            keys = keys.with_key(user.as_str(), key)?;
+        }
+        Ok(keys)
+    }
+
+    /// Every user with a key.
+    pub fn users(&self) -> impl Iterator<Item = &UserId> {
+        self.entries.iter().map(|(user, _)| user)
+    }
+}
+
 /// The keys of `GATEWAY_API_KEYS` (`user:key,user:key`), or, when it is unset, the demo user
 /// with the key kept in `data_dir` (made on the first start).
-pub fn keys(
-    list: Option<&str>,
-    data_dir: &Path,
-) -> Result<(StaticKeys, Option<DemoKey>), Box<dyn Error>> {
+pub fn keys(list: Option<&str>, data_dir: &Path) -> Result<Keys, Box<dyn Error>> {
     let Some(list) = list else {
         let demo = demo_key(data_dir)?;
-        return Ok((StaticKeys::new().with_key("demo", &demo.key)?, Some(demo)));
+        return Ok(Keys {
+            entries: vec![(UserId::new("demo")?, demo.key.clone())],
+            demo: Some(demo),
+        });
     };
-    let mut keys = StaticKeys::new();
+    let mut entries = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for entry in list.split(',') {
         let (user, key) = entry
@@ -42,11 +65,14 @@ pub fn keys(
         if !seen.insert(key) {
             return Err(format!("GATEWAY_API_KEYS lists one key twice (for user `{user}`)").into());
         }
-        keys = keys
-            .with_key(user, key)
-            .map_err(|e| format!("GATEWAY_API_KEYS: user `{user}`: {e}"))?;
+        let user =
+            UserId::new(user).map_err(|e| format!("GATEWAY_API_KEYS: user `{user}`: {e}"))?;
+        entries.push((user, key.to_owned()));
     }
-    Ok((keys, None))
+    Ok(Keys {
+        entries,
+        demo: None,
+    })
 }
 
 /// The demo key from `data_dir/demo-key`, or a fresh one written there first. The file is

@@ -11,6 +11,7 @@
 mod keys;
 mod openapi;
 mod settings;
+mod stores;
 
 use std::error::Error;
 use std::sync::Arc;
@@ -20,10 +21,8 @@ use http::{HeaderName, HeaderValue, Method};
 use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
-use image_gateway::idempotency::SqliteIdempotency;
-use image_gateway::ledger::{Durability, Ledger, SqliteLedger};
 use image_gateway::server::{serve, ServeOptions};
-use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::store::LocalFileStore;
 use image_gateway::Gateway;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -32,6 +31,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use settings::Config;
+use stores::Stores;
 
 /// mimalloc rather than the system allocator: with 25 MB uploads freed on whichever thread
 /// finished them, glibc's per-thread arenas keep those pages, and the process's memory
@@ -95,31 +95,26 @@ async fn run() -> Result<(), Box<dyn Error>> {
             config.data_dir.display()
         )
     })?;
-    let (keys, demo_key) = keys::keys(config.api_keys.as_deref(), &config.data_dir)?;
-
+    let keys = keys::keys(config.api_keys.as_deref(), &config.data_dir)?;
+    let stores = Stores::open(&config, &keys).await?;
     let store = LocalFileStore::open(&config.data_dir)?.min_free_bytes(config.min_free_bytes);
-    let generations = SqliteGenerations::open(config.data_dir.join("generations.db"))?;
-    // Commits survive a killed process; deposits are fsynced whatever happens (see Durability).
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open_with(
-        config.data_dir.join("ledger.db"),
-        Durability::ProcessCrash,
-    )?);
     if config.demo_balance > 0 {
         // The reference makes the credit idempotent: a restart does not top it up again.
         let amount = i64::try_from(config.demo_balance)?;
         for user in keys.users() {
-            ledger.deposit(user, amount, "opening-balance").await?;
+            stores
+                .ledger
+                .deposit(user, amount, "opening-balance")
+                .await?;
         }
     }
     let mut builder = Gateway::builder()
-        .keys(keys)
+        .keys(stores.keys)
         .backend(backend(&config)?)
         .store(store)
-        .generations(generations)
-        .idempotency(SqliteIdempotency::open(
-            config.data_dir.join("generations.db"),
-        )?)
-        .ledger(ledger)
+        .generations(stores.generations)
+        .idempotency(stores.idempotency)
+        .ledger(stores.ledger)
         .hold_ttl(config.hold_ttl)
         .quota(config.quota)
         .rate_limit(config.rate_limit.clone());
@@ -147,13 +142,14 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let addr = listener.local_addr()?;
     println!("image-gateway listening on http://{addr}");
     println!("data dir: {}", config.data_dir.display());
+    println!("ledger and records: {}", stores.described);
     if config.admin_key.is_some() {
         println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
     }
     if !config.cors_origins.is_empty() {
         println!("CORS allowed for: {}", config.cors_origins.join(", "));
     }
-    if let Some(demo) = &demo_key {
+    if let Some(demo) = &keys.demo {
         let made = if demo.new {
             "new, kept in the data dir"
         } else {

@@ -30,6 +30,8 @@ settings! {
         "listen address, host:port (a name such as localhost:8080 is resolved)";
     "GATEWAY_DATA_DIR", "./gateway-data",
         "files under files/, generations.db, ledger.db, the demo key";
+    "GATEWAY_DATABASE_URL", "",
+        "postgres://user:password@host:port/database: ledger, records and keys in PostgreSQL, shared by replicas; unset: SQLite in the data dir";
     "GATEWAY_API_KEYS", "",
         "user:key,user:key; unset: one `demo` user whose key is kept in the data dir";
     "GATEWAY_PRICE_PER_IMAGE", "0",
@@ -74,6 +76,7 @@ settings! {
 pub struct Config {
     pub addr: String,
     pub data_dir: PathBuf,
+    pub database_url: Option<String>,
     pub api_keys: Option<String>,
     pub price_per_image: u64,
     pub demo_balance: u64,
@@ -132,6 +135,7 @@ impl Config {
         Ok(Config {
             addr: text("GATEWAY_ADDR").unwrap_or_default(),
             data_dir: text("GATEWAY_DATA_DIR").unwrap_or_default().into(),
+            database_url: text("GATEWAY_DATABASE_URL"),
             api_keys: text("GATEWAY_API_KEYS"),
             price_per_image: integer("GATEWAY_PRICE_PER_IMAGE")?,
             demo_balance: integer("GATEWAY_DEMO_BALANCE")?,

@@ -1,0 +1,62 @@
+//! Where state lives: embedded in the data dir (SQLite), or in a PostgreSQL database that
+//! several replicas share (`GATEWAY_DATABASE_URL`).
+
+use std::error::Error;
+use std::sync::Arc;
+
+use image_gateway::auth::{KeyStore, PgKeys};
+use image_gateway::idempotency::{IdempotencyRecords, PgIdempotency, SqliteIdempotency};
+use image_gateway::ledger::{Durability, Ledger, PgLedger, SqliteLedger};
+use image_gateway::postgres::Postgres;
+use image_gateway::store::{Generations, PgGenerations, SqliteGenerations};
+
+use crate::keys::Keys;
+use crate::settings::Config;
+
+/// The ledger, the records and the key store, as one configuration chose them.
+pub struct Stores {
+    pub ledger: Arc<dyn Ledger>,
+    pub generations: Arc<dyn Generations>,
+    pub idempotency: Arc<dyn IdempotencyRecords>,
+    pub keys: Arc<dyn KeyStore>,
+    /// What to say on start.
+    pub described: &'static str,
+}
+
+impl Stores {
+    /// PostgreSQL when a database URL is set (its schema migrated, the configured keys
+    /// added to its key table), else SQLite files in the data dir with the keys in memory.
+    pub async fn open(config: &Config, keys: &Keys) -> Result<Stores, Box<dyn Error>> {
+        let Some(url) = &config.database_url else {
+            let dir = &config.data_dir;
+            return Ok(Stores {
+                // Commits survive a killed process; deposits are fsynced whatever happens.
+                ledger: Arc::new(SqliteLedger::open_with(
+                    dir.join("ledger.db"),
+                    Durability::ProcessCrash,
+                )?),
+                generations: Arc::new(SqliteGenerations::open(dir.join("generations.db"))?),
+                idempotency: Arc::new(SqliteIdempotency::open(dir.join("generations.db"))?),
+                keys: Arc::new(keys.to_static()?),
+                described: "SQLite in the data dir",
+            });
+        };
+        let db = Postgres::connect(url)
+            .await
+            .map_err(|e| format!("cannot use the database (GATEWAY_DATABASE_URL): {e}"))?;
+        let stored = PgKeys::new(db.clone());
+        for (user, key) in &keys.entries {
+            stored
+                .add(user, key, "configured")
+                .await
+                .map_err(|e| format!("cannot store the configured keys: {e}"))?;
+        }
+        Ok(Stores {
+            ledger: Arc::new(PgLedger::new(db.clone())),
+            generations: Arc::new(PgGenerations::new(db.clone())),
+            idempotency: Arc::new(PgIdempotency::new(db)),
+            keys: Arc::new(stored),
+            described: "PostgreSQL (GATEWAY_DATABASE_URL)",
+        })
+    }
+}

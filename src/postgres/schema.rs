@@ -1,0 +1,121 @@
+//! The schema, as numbered migrations applied once each.
+
+use deadpool_postgres::Object;
+
+use crate::BoxError;
+
+/// Taken for the whole migration transaction, so replicas starting at once migrate one at a
+/// time and each sees what the one before it applied. (Any fixed number; this one spells
+/// "imggw".)
+const MIGRATION_LOCK: i64 = 0x0069_6d67_6777;
+
+/// Every migration, in order. A migration is never edited once released: changes are new
+/// entries.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+    CREATE TABLE accounts (
+        account   TEXT PRIMARY KEY,
+        available BIGINT NOT NULL DEFAULT 0,
+        held      BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0),
+        charged   BIGINT NOT NULL DEFAULT 0 CHECK (charged >= 0),
+        deposited BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE holds (
+        id         UUID PRIMARY KEY,
+        account    TEXT NOT NULL,
+        amount     BIGINT NOT NULL CHECK (amount >= 0),
+        expires_at BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        units      INTEGER NOT NULL
+    );
+    CREATE INDEX holds_expiry ON holds (expires_at);
+    -- Holds that ended; an expired one (expired) is what a late settle charges, once.
+    CREATE TABLE ended_holds (
+        id         UUID PRIMARY KEY,
+        account    TEXT NOT NULL,
+        amount     BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        units      INTEGER NOT NULL,
+        expired    BOOLEAN NOT NULL
+    );
+    CREATE TABLE journal (
+        seq            BIGSERIAL PRIMARY KEY,
+        account        TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        amount         BIGINT NOT NULL,
+        hold_id        UUID,
+        reference      TEXT,
+        request_id     TEXT,
+        model          TEXT,
+        units          INTEGER,
+        units_returned INTEGER,
+        at             BIGINT NOT NULL
+    );
+    CREATE INDEX journal_account ON journal (account, seq);
+    CREATE UNIQUE INDEX deposit_reference ON journal (account, reference)
+        WHERE kind = 'deposit';
+    CREATE TABLE generations (
+        id       UUID PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        file_key TEXT NOT NULL,
+        status   TEXT NOT NULL,
+        created  BIGINT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        user_id     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        started     BIGINT NOT NULL,
+        created     BIGINT,
+        generations TEXT,
+        PRIMARY KEY (user_id, key)
+    );
+    -- API keys by the SHA-256 of the key; the key itself is never stored.
+    CREATE TABLE api_keys (
+        digest  BYTEA PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE INDEX api_keys_user ON api_keys (user_id);
+    ",
+)];
+
+/// Applies every migration the database has not seen, in one transaction.
+pub(super) async fn migrate(client: &mut Object) -> Result<(), BoxError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| format!("migration {version} failed: {e}"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tracing::info!(version, "database migrated");
+    }
+    tx.commit().await?;
+    Ok(())
+}

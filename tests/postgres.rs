@@ -1,0 +1,291 @@
+//! The PostgreSQL parts as two replicas use them: two pools (two processes' worth of
+//! connections) on one database. Money, generation, idempotency and key rules hold across
+//! them, and the schema migrates once however many replicas start at once.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::services::{fresh_postgres, query};
+use futures_util::future::join_all;
+use image_gateway::auth::{ApiKey, KeyStore, PgKeys, UserId};
+use image_gateway::id::GenerationId;
+use image_gateway::idempotency::{Begin, IdempotencyRecords, PgIdempotency};
+use image_gateway::ledger::{Amount, EntryKind, Ledger, LedgerError, Memo, PgLedger, Settlement};
+use image_gateway::postgres::Postgres;
+use image_gateway::store::{FileKey, Generation, GenerationStatus, Generations, PgGenerations};
+
+/// Two replicas' databases: one schema, two pools.
+async fn replicas(label: &str) -> Option<(String, Postgres, Postgres)> {
+    let url = fresh_postgres(label).await?;
+    let (a, b) = tokio::join!(Postgres::connect(&url), Postgres::connect(&url));
+    Some((url, a.unwrap(), b.unwrap()))
+}
+
+fn alice() -> UserId {
+    UserId::new("alice").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schema() {
+    let Some(url) = fresh_postgres("migrations").await else {
+        return;
+    };
+    let starts = (0..4).map(|_| Postgres::connect(&url));
+    for started in join_all(starts).await {
+        started.expect("every replica starts");
+    }
+    Postgres::connect(&url).await.expect("a restart");
+    let rows = query(&url, "SELECT version FROM schema_migrations").await;
+    assert_eq!(rows.len(), 1, "one migration, applied once");
+    let tables = query(
+        &url,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    .await;
+    assert_eq!(
+        tables[0].get::<_, i64>(0),
+        8,
+        "seven tables and the migrations table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_holds_over_two_replicas_take_exactly_the_balance() {
+    let Some((_, a, b)) = replicas("overdraw").await else {
+        return;
+    };
+    let ledgers = [PgLedger::new(a), PgLedger::new(b)];
+    ledgers[0].deposit(&alice(), 100, "opening").await.unwrap();
+    let price = Amount::new(10);
+    let holds = (0..50).map(|i| {
+        let ledger = ledgers[i % 2].clone();
+        tokio::spawn(async move {
+            let memo = Memo::new(format!("r{i}"), "gpt-image-2", 1);
+            ledger
+                .hold(&alice(), price, Duration::from_secs(60), memo)
+                .await
+        })
+    });
+    let mut taken = Vec::new();
+    for hold in join_all(holds).await {
+        match hold.unwrap() {
+            Ok(hold) => taken.push(hold),
+            Err(LedgerError::InsufficientBalance { .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(taken.len(), 10, "the balance pays for ten, no more");
+    for (i, hold) in taken.iter().enumerate() {
+        let settled = ledgers[i % 2].settle(hold.id, price, 1).await.unwrap();
+        assert_eq!(settled, Settlement::Settled);
+        // A retried settle on the other replica changes nothing.
+        let again = ledgers[(i + 1) % 2]
+            .settle(hold.id, price, 1)
+            .await
+            .unwrap();
+        assert_eq!(again, Settlement::AlreadyEnded);
+    }
+    let balance = ledgers[1].balance(&alice()).await.unwrap();
+    assert_eq!(
+        (balance.available, balance.held, balance.charged),
+        (0, 0, 100)
+    );
+    assert_eq!(balance.deposited, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_racing_the_other_replicas_expiry_charges_once() {
+    let Some((_, a, b)) = replicas("settle-vs-expire").await else {
+        return;
+    };
+    let (settler, sweeper) = (PgLedger::new(a), PgLedger::new(b));
+    settler.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let price = Amount::new(10);
+    let mut outcomes = Vec::new();
+    for i in 0..40 {
+        let memo = Memo::new(format!("r{i}"), "gpt-image-2", 1);
+        let hold = settler
+            .hold(&alice(), price, Duration::from_secs(1), memo)
+            .await
+            .unwrap();
+        // The sweep sees the hold as long overdue while the settle comes in.
+        let far = image_gateway::clock::unix_now() + 3_600;
+        let (settled, _) = tokio::join!(settler.settle(hold.id, price, 1), sweeper.expire(far));
+        outcomes.push(settled.unwrap());
+    }
+    assert!(outcomes
+        .iter()
+        .all(|s| matches!(s, Settlement::Settled | Settlement::AfterExpiry)));
+    let balance = settler.balance(&alice()).await.unwrap();
+    assert_eq!(
+        balance.charged,
+        40 * 10,
+        "every hold charged once: {outcomes:?}"
+    );
+    assert_eq!(balance.held, 0);
+    assert_eq!(
+        balance.deposited,
+        balance.available + balance.held as i64 + balance.charged as i64
+    );
+    let journal = sweeper.journal(&alice(), None, 1_000).await.unwrap();
+    let charges = journal
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Settle | EntryKind::LateSettle))
+        .count();
+    assert_eq!(charges, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_hold_is_released_by_the_other_replicas_sweep() {
+    let Some((_, a, b)) = replicas("sweep").await else {
+        return;
+    };
+    let (dead, alive) = (PgLedger::new(a), PgLedger::new(b));
+    dead.deposit(&alice(), 50, "opening").await.unwrap();
+    let memo = Memo::new("r1", "gpt-image-2", 1);
+    dead.hold(&alice(), Amount::new(30), Duration::from_secs(1), memo)
+        .await
+        .unwrap();
+    drop(dead);
+    let now = image_gateway::clock::unix_now();
+    assert_eq!(alive.expire(now).await.unwrap(), 0, "not yet due");
+    assert_eq!(alive.expire(now + 2).await.unwrap(), 1);
+    let balance = alive.balance(&alice()).await.unwrap();
+    assert_eq!((balance.available, balance.held), (50, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_are_integers_once_per_reference_and_never_overflow() {
+    let Some((_, a, b)) = replicas("deposits").await else {
+        return;
+    };
+    let (a, b) = (PgLedger::new(a), PgLedger::new(b));
+    let user = alice();
+    let (first, second) = tokio::join!(
+        a.deposit(&user, 70, "invoice-1"),
+        b.deposit(&user, 70, "invoice-1")
+    );
+    assert!(first.unwrap() ^ second.unwrap(), "one of the two credits");
+    assert!(a.deposit(&alice(), i64::MAX - 70, "big").await.unwrap());
+    assert!(matches!(
+        b.deposit(&alice(), 1, "one-more").await,
+        Err(LedgerError::Overflow)
+    ));
+    let balance = b.balance(&alice()).await.unwrap();
+    assert_eq!(
+        balance.available,
+        i64::MAX,
+        "the failed deposit left nothing behind"
+    );
+    assert!(b.deposit(&alice(), 1, "one-more").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_keys_made_on_one_replica_are_seen_by_the_other() {
+    let Some((url, a, b)) = replicas("records").await else {
+        return;
+    };
+    // A generation recorded on A is chained on B, pending until A stores it.
+    let (made, seen) = (PgGenerations::new(a.clone()), PgGenerations::new(b.clone()));
+    let id = GenerationId::new();
+    let key = FileKey::new(&alice(), id.as_uuid(), "generation.png");
+    made.insert(&Generation::new(
+        id,
+        key.clone(),
+        GenerationStatus::Pending,
+        1,
+    ))
+    .await
+    .unwrap();
+    let pending = seen.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (pending.status, pending.owner),
+        (GenerationStatus::Pending, alice())
+    );
+    made.set_status(id, GenerationStatus::Ready).await.unwrap();
+    assert_eq!(
+        seen.get(id).await.unwrap().unwrap().status,
+        GenerationStatus::Ready
+    );
+    assert!(seen.get(GenerationId::new()).await.unwrap().is_none());
+
+    // One Idempotency-Key sent to both replicas at once: exactly one runs.
+    let records: [Arc<dyn IdempotencyRecords>; 2] = [
+        Arc::new(PgIdempotency::new(a.clone())),
+        Arc::new(PgIdempotency::new(b.clone())),
+    ];
+    let now = image_gateway::clock::unix_now();
+    let user = alice();
+    let begins = (0..8).map(|i| records[i % 2].begin(&user, "key-1", "fp", now));
+    let begun = join_all(begins).await;
+    let new = begun.iter().filter(|b| matches!(b, Ok(Begin::New))).count();
+    let running = begun
+        .iter()
+        .filter(|b| matches!(b, Ok(Begin::InProgress)))
+        .count();
+    assert_eq!((new, running), (1, 7), "{begun:?}");
+    records[0]
+        .complete(&alice(), "key-1", 42, &[id])
+        .await
+        .unwrap();
+    let done = records[1]
+        .begin(&alice(), "key-1", "fp", now)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Begin::Done {
+            created: 42,
+            generations: vec![id]
+        }
+    );
+    let other = records[1]
+        .begin(&alice(), "key-1", "other", now)
+        .await
+        .unwrap();
+    assert_eq!(other, Begin::Mismatch);
+
+    // A key added on A opens B's door; nothing else does.
+    let (keys_a, keys_b) = (PgKeys::new(a), PgKeys::new(b));
+    assert!(keys_a
+        .add(&alice(), "pk_live_shared_0123", "ci")
+        .await
+        .unwrap());
+    assert!(!keys_b
+        .add(&alice(), "pk_live_shared_0123", "ci")
+        .await
+        .unwrap());
+    let headers = |key: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        ApiKey::from_headers(&headers).unwrap()
+    };
+    let found = keys_b
+        .principal(&headers("pk_live_shared_0123"))
+        .await
+        .unwrap();
+    assert_eq!(found.unwrap().user_id(), &alice());
+    assert!(keys_b
+        .principal(&headers("pk_live_other"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(keys_b.knows_user(&alice()).await.unwrap());
+    assert!(!keys_b
+        .knows_user(&UserId::new("bob").unwrap())
+        .await
+        .unwrap());
+    let rows = query(
+        &url,
+        "SELECT encode(digest, 'escape') || user_id || name FROM api_keys",
+    )
+    .await;
+    let stored: String = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert!(
+        !stored.contains("pk_live_shared"),
+        "only digests are stored: {stored}"
+    );
+}

@@ -116,6 +116,9 @@ pub enum GatewayError {
     BodyCutOff,
     /// 500 `internal_error`: a fault of the gateway itself (storage, ledger).
     Internal,
+    /// 503 `limits_unavailable`: the shared store of rate limits (Redis) cannot be reached;
+    /// nothing was run or charged.
+    LimitsUnavailable,
 }
 
 /// The `code` of an error answer, kept in the response's extensions so access logs can say
@@ -172,6 +175,7 @@ impl GatewayError {
             RateLimitExceeded { retry_after } => Row::new(429, "rate_limit_exceeded", RateLimit, None, "rate limit exceeded; retry later").retry_after(*retry_after),
             Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
             Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
+            LimitsUnavailable => Row::new(503, "limits_unavailable", Server, None, "the gateway cannot check rate limits right now; nothing was run or charged; retry shortly").retry_after(Duration::from_secs(1)),
             InsufficientStorage => Row::new(507, "insufficient_storage", Server, None, "the gateway's file storage is full; nothing was stored or charged"),
         }
     }

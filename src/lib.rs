@@ -10,7 +10,7 @@
 //! | module | what it guarantees |
 //! |---|---|
 //! | [`auth`] | `Authorization: Bearer` or `x-api-key`; an unknown or missing key is `401 invalid_api_key`; [`StaticKeys`](auth::StaticKeys) keeps SHA-256 digests only and compares in constant time |
-//! | [`ratelimit`] | per-key request rate (GCRA) and in-flight bound, `429` with `Retry-After` |
+//! | [`ratelimit`] | per-key request rate (GCRA) and in-flight bound, `429` with `Retry-After`; in this process, or in Redis across replicas (feature `redis`, `503` while Redis is unreachable) |
 //! | [`limit`] | no more than the body limit (26 MiB) is ever read; over it is `413`, announced or while streaming |
 //! | [`request`] | JSON or multipart in, one validated [`EditRequest`](job::EditRequest) or a spec error out, never a panic; part order free; type by magic bytes; each image cut off at 25 MiB |
 //! | [`idempotency`] | a retried `Idempotency-Key` request is answered with its first result and charged once |
@@ -29,6 +29,7 @@
 //! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
 //! | [`catalog`] | models, their maximum `n` and price |
 //! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
+//! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect (feature `postgres`) |
 //! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
 //! | [`gateway`] | [`Gateway::builder`]: assembles the stack as one `tower::Service` |
 //! | `server` | `serve`: an HTTP/1 + HTTP/2 accept loop with connection caps, deadlines and graceful shutdown (feature `server`) |
@@ -40,6 +41,9 @@
 //! - `server`: `server::serve`, an HTTP/1 + HTTP/2 accept loop over hyper-util.
 //! - `sqlite`: the SQLite ledger, generation records and idempotency records.
 //! - `upstream`: `backend::UpstreamBackend`, for an OpenAI-compatible images API.
+//! - `postgres`: `PgLedger`, `PgGenerations`, `PgIdempotency`, `PgKeys` over one
+//!   `postgres::Postgres` pool.
+//! - `redis`: `ratelimit::RedisLimits`, the per-key limits shared by replicas.
 //!
 //! # Panics
 //! No code path reachable from a request panics; parsers are property-tested and fuzzed.

@@ -231,7 +231,7 @@ proptest! {
     }
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(all(feature = "postgres", feature = "redis"))]
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]

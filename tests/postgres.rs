@@ -1,7 +1,7 @@
 //! The PostgreSQL parts as two replicas use them: two pools (two processes' worth of
 //! connections) on one database. Money, generation, idempotency and key rules hold across
 //! them, and the schema migrates once however many replicas start at once.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod common;
 

@@ -1,14 +1,15 @@
-//! Two `image-gateway` processes on one PostgreSQL database (`GATEWAY_DATABASE_URL`): the
-//! money rules hold across them, and a replica killed while it holds money has the hold
-//! released by the other's sweep.
-#![cfg(feature = "postgres")]
+//! Two `image-gateway` processes on one PostgreSQL database (`GATEWAY_DATABASE_URL`) and one
+//! Redis (`GATEWAY_REDIS_URL`): the money rules and the per-key limits hold across them, a
+//! replica killed while it holds money has the hold released by the other's sweep, and
+//! limits fail closed while Redis is unreachable.
+#![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::binary::{gateway_binary, Process};
-use common::services::fresh_postgres;
+use common::services::{fresh_postgres, fresh_redis};
 use common::*;
 use http::Method;
 
@@ -117,4 +118,170 @@ async fn a_killed_replicas_hold_is_released_by_the_others_sweep() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_replicas() {
+    let Some(url) = fresh_postgres("shared rate limit").await else {
+        return;
+    };
+    let Some((redis, prefix)) = fresh_redis("shared rate limit").await else {
+        return;
+    };
+    let env = [
+        ("GATEWAY_REDIS_URL", redis.as_str()),
+        ("GATEWAY_REDIS_PREFIX", prefix.as_str()),
+        ("GATEWAY_RATE_LIMIT", "10"),
+    ];
+    let ((_a, a), (_b, b)) = {
+        let (url, env) = (url.clone(), env.map(|(k, v)| (k, v.to_owned())));
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            (replica(&url, &env), replica(&url, &env))
+        })
+        .await
+        .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+        statuses.push(reply.status.as_u16());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (ok, limited),
+        (10, 5),
+        "10 a minute over both replicas: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_bound_holds_across_replicas() {
+    let Some(url) = fresh_postgres("shared in-flight bound").await else {
+        return;
+    };
+    let Some((redis, prefix)) = fresh_redis("shared in-flight bound").await else {
+        return;
+    };
+    let env = [
+        ("GATEWAY_REDIS_URL", redis.clone()),
+        ("GATEWAY_REDIS_PREFIX", prefix.clone()),
+        ("GATEWAY_MAX_IN_FLIGHT", "1".to_owned()),
+        ("GATEWAY_REFERENCE_LATENCY_MS", "1500".to_owned()),
+    ];
+    let ((_a, a), (_b, b)) = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            (replica(&url, &env), replica(&url, &env))
+        })
+        .await
+        .unwrap()
+    };
+    let first = tokio::spawn({
+        let a = TestServer::at(a.addr);
+        async move { a.edit_form(ALICE_KEY, edit()).await }
+    });
+    // Once A's edit holds its slot (seen in Redis), B refuses alice.
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let slots = format!("{prefix}:slots:alice");
+    let started = Instant::now();
+    loop {
+        let taken: u64 = redis::cmd("ZCARD")
+            .arg(&slots)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if taken == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A's edit never took its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = b.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+    assert_eq!(reply.error().1, "rate_limit_exceeded");
+    assert_eq!(first.await.unwrap().status, 200);
+    // A's slot was given back with its answer.
+    let started = Instant::now();
+    while b
+        .call(Method::GET, "/api/v1/balance", ALICE_KEY)
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the slot was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP relay to `target` that can be cut: what a network partition from Redis looks like.
+struct Relay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, task }
+    }
+
+    /// Closes the listener and every link.
+    fn cut(self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_fail_closed_while_redis_is_unreachable() {
+    use image_gateway::ratelimit::{RateLimitLayer, RedisLimits};
+    use image_gateway::Gateway;
+    let Some((redis, prefix)) = fresh_redis("fail closed").await else {
+        return;
+    };
+    let target = redis.trim_start_matches("redis://").to_owned();
+    let relay = Relay::to(target).await;
+    let limits = RedisLimits::connect(&format!("redis://{}", relay.addr), &prefix)
+        .await
+        .unwrap();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .rate_limit(
+            RateLimitLayer::new()
+                .per_minute(std::num::NonZeroU32::new(100).unwrap())
+                .redis(limits),
+        )
+        .build();
+    let server = TestServer::start(gateway).await;
+    let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+    assert_eq!(reply.status, 200);
+    relay.cut();
+    let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+    assert_eq!(
+        reply.error(),
+        (503, "limits_unavailable".into(), None),
+        "refused, not let through"
+    );
+    assert_eq!(reply.headers["retry-after"], "1");
 }

@@ -23,6 +23,8 @@ struct Settings {
     per_minute: Option<NonZeroU32>,
     overrides: Vec<(UserId, NonZeroU32)>,
     max_in_flight: Option<usize>,
+    #[cfg(feature = "redis")]
+    redis: Option<super::RedisLimits>,
 }
 
 #[derive(Default)]
@@ -31,6 +33,12 @@ pub(super) struct Limits {
     pub(super) overrides: HashMap<UserId, DefaultKeyedRateLimiter<UserId>>,
     pub(super) max_in_flight: Option<usize>,
     pub(super) in_flight: Mutex<HashMap<UserId, usize>>,
+    /// The rates by number, for a shared store that counts them itself.
+    pub(super) per_minute: Option<NonZeroU32>,
+    pub(super) overridden: HashMap<UserId, NonZeroU32>,
+    /// Where the counters live when they are shared by replicas.
+    #[cfg(feature = "redis")]
+    pub(super) redis: Option<super::RedisLimits>,
 }
 
 impl Limits {
@@ -44,7 +52,16 @@ impl Limits {
                 .collect(),
             max_in_flight: settings.max_in_flight,
             in_flight: Mutex::new(HashMap::new()),
+            per_minute: settings.per_minute,
+            overridden: settings.overrides.iter().cloned().collect(),
+            #[cfg(feature = "redis")]
+            redis: settings.redis.clone(),
         }
+    }
+
+    /// The rate `user` is held to, if any.
+    pub(super) fn rate_of(&self, user: &UserId) -> Option<NonZeroU32> {
+        self.overridden.get(user).copied().or(self.per_minute)
     }
 }
 
@@ -85,6 +102,15 @@ impl RateLimitLayer {
     /// Every caller may have at most `max` requests in flight.
     pub fn max_in_flight(self, max: usize) -> Self {
         self.with(|s| s.max_in_flight = Some(max.max(1)))
+    }
+
+    /// Keeps the counters in Redis instead of in this process, so every replica that uses
+    /// the same Redis (and prefix) counts against the same limits. When Redis cannot be
+    /// reached, requests are refused with `503 limits_unavailable` (failing closed: letting
+    /// them through would lift every caller's limits at once).
+    #[cfg(feature = "redis")]
+    pub fn redis(self, limits: super::RedisLimits) -> Self {
+        self.with(|s| s.redis = Some(limits))
     }
 }
 

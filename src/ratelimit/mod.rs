@@ -24,7 +24,11 @@
 //! ```
 
 mod layer;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 
 pub use layer::RateLimitLayer;
+#[cfg(feature = "redis")]
+pub use redis::RedisLimits;
 pub use service::RateLimit;

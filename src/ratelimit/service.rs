@@ -77,6 +77,23 @@ impl Drop for InFlight {
     }
 }
 
+/// One request in flight counted in Redis; given back on drop.
+#[cfg(feature = "redis")]
+struct SharedSlot {
+    redis: super::RedisLimits,
+    user: UserId,
+    slot: Option<String>,
+}
+
+#[cfg(feature = "redis")]
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.redis.leave(&self.user, slot);
+        }
+    }
+}
+
 impl<S, B, ResBody> Service<Request<B>> for RateLimit<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -102,6 +119,33 @@ where
                 return inner.oneshot(req).await;
             };
             let user = principal.user_id();
+            #[cfg(feature = "redis")]
+            if let Some(redis) = &limits.redis {
+                let (rate, most) = (limits.rate_of(user), limits.max_in_flight);
+                if rate.is_none() && most.is_none() {
+                    return inner.oneshot(req).await;
+                }
+                let slot = match redis.admit(user, rate, most).await {
+                    Ok(Ok(slot)) => slot,
+                    Ok(Err(wait)) => {
+                        let refused = GatewayError::RateLimitExceeded { retry_after: wait };
+                        return Ok(refused.into_response());
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the shared rate limits cannot be checked");
+                        return Ok(GatewayError::LimitsUnavailable.into_response());
+                    }
+                };
+                if let Some(slot) = slot {
+                    let slot = SharedSlot {
+                        redis: redis.clone(),
+                        user: user.clone(),
+                        slot: Some(slot),
+                    };
+                    Leases::add_to(req.extensions_mut(), Arc::new(slot));
+                }
+                return inner.oneshot(req).await;
+            }
             if let Err(wait) = limits.check_rate(user) {
                 return Ok(GatewayError::RateLimitExceeded { retry_after: wait }.into_response());
             }

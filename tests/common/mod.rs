@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
-#[cfg(feature = "postgres")]
+#[cfg(all(feature = "postgres", feature = "redis"))]
 pub mod services;
 
 use std::io::Cursor;

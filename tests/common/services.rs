@@ -46,3 +46,33 @@ pub async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     tokio::spawn(connection);
     client.query(sql, &[]).await.expect("the query runs")
 }
+
+/// The test Redis; `IMAGE_GATEWAY_TEST_REDIS_URL` overrides it.
+pub fn redis_url() -> String {
+    std::env::var("IMAGE_GATEWAY_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test Redis and a key prefix no other test uses, or `None` when Redis cannot be
+/// reached and CI does not require it.
+pub async fn fresh_redis(label: &str) -> Option<(String, String)> {
+    let url = redis_url();
+    let reachable = tokio::net::TcpStream::connect(
+        url.trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or_default(),
+    )
+    .await;
+    if let Err(error) = reachable {
+        if std::env::var_os("IMAGE_GATEWAY_REQUIRE_SERVICES").is_some() {
+            panic!("Redis is required here and is not reachable at {url}: {error}");
+        }
+        eprintln!(
+            "\n*** SKIPPED {label}: Redis is not reachable at {url} ({error}); \
+             CI sets IMAGE_GATEWAY_REQUIRE_SERVICES=1 and fails instead ***\n"
+        );
+        return None;
+    }
+    Some((url, format!("test-{}", uuid::Uuid::new_v4().simple())))
+}

@@ -21,6 +21,7 @@ use http::{HeaderName, HeaderValue, Method};
 use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
+use image_gateway::ratelimit::RedisLimits;
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::store::LocalFileStore;
 use image_gateway::Gateway;
@@ -108,6 +109,13 @@ async fn run() -> Result<(), Box<dyn Error>> {
                 .await?;
         }
     }
+    let mut rate_limit = config.rate_limit.clone();
+    if let Some((url, prefix)) = &config.redis {
+        let shared = RedisLimits::connect(url, prefix)
+            .await
+            .map_err(|e| format!("cannot use Redis (GATEWAY_REDIS_URL): {e}"))?;
+        rate_limit = rate_limit.redis(shared);
+    }
     let mut builder = Gateway::builder()
         .keys(stores.keys)
         .backend(backend(&config)?)
@@ -117,7 +125,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .ledger(stores.ledger)
         .hold_ttl(config.hold_ttl)
         .quota(config.quota)
-        .rate_limit(config.rate_limit.clone());
+        .rate_limit(rate_limit);
     if let Some(admin_key) = &config.admin_key {
         builder = builder.admin_key(admin_key.clone());
     }
@@ -143,6 +151,9 @@ async fn run() -> Result<(), Box<dyn Error>> {
     println!("image-gateway listening on http://{addr}");
     println!("data dir: {}", config.data_dir.display());
     println!("ledger and records: {}", stores.described);
+    if config.redis.is_some() {
+        println!("rate limits: Redis (GATEWAY_REDIS_URL)");
+    }
     if config.admin_key.is_some() {
         println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
     }

@@ -60,6 +60,10 @@ settings! {
         "files each user may keep stored; 0 is unlimited";
     "GATEWAY_MIN_FREE_BYTES", "67108864",
         "free space the file volume keeps; writes that would go under it are 507 (64 MiB)";
+    "GATEWAY_REDIS_URL", "",
+        "redis://host:port: rate and in-flight limits counted in Redis, shared by replicas (503 while unreachable); unset: in this process";
+    "GATEWAY_REDIS_PREFIX", "image-gateway",
+        "the prefix of this gateway's keys in Redis";
     "GATEWAY_CORS_ORIGINS", "",
         "browser origins allowed to call the API (https://a.example,https://b.example); unset: CORS off";
     "GATEWAY_UPSTREAM_URL", "",
@@ -77,6 +81,7 @@ pub struct Config {
     pub addr: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    pub redis: Option<(String, String)>,
     pub api_keys: Option<String>,
     pub price_per_image: u64,
     pub demo_balance: u64,
@@ -136,6 +141,8 @@ impl Config {
             addr: text("GATEWAY_ADDR").unwrap_or_default(),
             data_dir: text("GATEWAY_DATA_DIR").unwrap_or_default().into(),
             database_url: text("GATEWAY_DATABASE_URL"),
+            redis: text("GATEWAY_REDIS_URL")
+                .map(|url| (url, text("GATEWAY_REDIS_PREFIX").unwrap_or_default())),
             api_keys: text("GATEWAY_API_KEYS"),
             price_per_image: integer("GATEWAY_PRICE_PER_IMAGE")?,
             demo_balance: integer("GATEWAY_DEMO_BALANCE")?,

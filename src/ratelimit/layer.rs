@@ -34,7 +34,9 @@ pub(super) struct Limits {
     pub(super) max_in_flight: Option<usize>,
     pub(super) in_flight: Mutex<HashMap<UserId, usize>>,
     /// The rates by number, for a shared store that counts them itself.
+    #[cfg(feature = "redis")]
     pub(super) per_minute: Option<NonZeroU32>,
+    #[cfg(feature = "redis")]
     pub(super) overridden: HashMap<UserId, NonZeroU32>,
     /// Where the counters live when they are shared by replicas.
     #[cfg(feature = "redis")]
@@ -52,7 +54,9 @@ impl Limits {
                 .collect(),
             max_in_flight: settings.max_in_flight,
             in_flight: Mutex::new(HashMap::new()),
+            #[cfg(feature = "redis")]
             per_minute: settings.per_minute,
+            #[cfg(feature = "redis")]
             overridden: settings.overrides.iter().cloned().collect(),
             #[cfg(feature = "redis")]
             redis: settings.redis.clone(),
@@ -60,6 +64,7 @@ impl Limits {
     }
 
     /// The rate `user` is held to, if any.
+    #[cfg(feature = "redis")]
     pub(super) fn rate_of(&self, user: &UserId) -> Option<NonZeroU32> {
         self.overridden.get(user).copied().or(self.per_minute)
     }

@@ -25,7 +25,7 @@
 //! |---|---|
 //! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
 //! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory and SQLite |
-//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic writes and an index; memory), quotas, generation records |
+//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic writes and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
 //! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
 //! | [`catalog`] | models, their maximum `n` and price |
 //! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
@@ -43,6 +43,7 @@
 //! - `upstream`: `backend::UpstreamBackend`, for an OpenAI-compatible images API.
 //! - `postgres`: `PgLedger`, `PgGenerations`, `PgIdempotency`, `PgKeys` over one
 //!   `postgres::Postgres` pool.
+//! - `s3`: `store::S3FileStore`, files in an S3-compatible bucket indexed in PostgreSQL.
 //! - `redis`: `ratelimit::RedisLimits`, the per-key limits shared by replicas.
 //!
 //! # Panics

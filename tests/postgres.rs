@@ -39,7 +39,7 @@ async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schem
     }
     Postgres::connect(&url).await.expect("a restart");
     let rows = query(&url, "SELECT version FROM schema_migrations").await;
-    assert_eq!(rows.len(), 1, "one migration, applied once");
+    assert_eq!(rows.len(), 2, "each migration applied once");
     let tables = query(
         &url,
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
@@ -47,8 +47,8 @@ async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schem
     .await;
     assert_eq!(
         tables[0].get::<_, i64>(0),
-        8,
-        "seven tables and the migrations table"
+        9,
+        "eight tables and the migrations table"
     );
 }
 
@@ -288,4 +288,87 @@ async fn records_and_keys_made_on_one_replica_are_seen_by_the_other() {
         !stored.contains("pk_live_shared"),
         "only digests are stored: {stored}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_in_one_bucket_are_shared_listed_newest_first_and_counted_by_quota() {
+    use bytes::Bytes;
+    use image_gateway::store::{
+        FileCursor, FileStore, Quota, QuotaStore, S3Config, S3FileStore, Usage,
+    };
+    let Some((_, a, b)) = replicas("s3 files").await else {
+        return;
+    };
+    let Some((endpoint, bucket)) = common::services::fresh_bucket("s3 files").await else {
+        return;
+    };
+    let mut config = S3Config::new(bucket, "us-east-1");
+    config.endpoint = Some(endpoint);
+    config.access_key_id = Some("test".into());
+    config.secret_access_key = Some("test".into());
+    let (store_a, store_b) = (
+        S3FileStore::s3(&config, a).unwrap(),
+        S3FileStore::s3(&config, b).unwrap(),
+    );
+    let key = |name: &str| FileKey::new(&alice(), uuid::Uuid::new_v4(), name);
+    let first = key("first.png");
+    store_a
+        .put(&first, Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store_b.get(&first).await.unwrap(),
+        Some(Bytes::from_static(b"one")),
+        "stored on A, read on B"
+    );
+    assert!(store_b.get(&key("missing.png")).await.unwrap().is_none());
+    // Times are whole seconds: the next files are a second newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut newer = Vec::new();
+    for i in 0..3 {
+        let k = key(&format!("{i}.png"));
+        store_b.put(&k, Bytes::from(vec![7; 10])).await.unwrap();
+        newer.push(k);
+    }
+    let page = store_a.list(&alice(), None, 2).await.unwrap();
+    assert_eq!(page.files.len(), 2);
+    let rest = store_a
+        .list(&alice(), page.next().as_ref(), 2)
+        .await
+        .unwrap();
+    assert!(rest.next().is_none());
+    let listed: Vec<FileKey> = page
+        .files
+        .iter()
+        .chain(&rest.files)
+        .map(|f| f.key.clone())
+        .collect();
+    assert_eq!(listed.len(), 4);
+    assert_eq!(listed[3], first, "the oldest file last");
+    let cursors: Vec<FileCursor> = page
+        .files
+        .iter()
+        .chain(&rest.files)
+        .map(FileCursor::of)
+        .collect();
+    let mut sorted = cursors.clone();
+    sorted.sort();
+    assert_eq!(cursors, sorted, "newest first, then by key");
+    assert_eq!(store_b.usage(&alice()).await.unwrap(), Usage::new(33, 4));
+    assert!(store_a
+        .list(&UserId::new("bob").unwrap(), None, 10)
+        .await
+        .unwrap()
+        .files
+        .is_empty());
+
+    // A quota over the shared index holds whichever replica writes.
+    let quota = QuotaStore::new(Arc::new(store_b.clone()), Quota::new(40, 0));
+    let refused = quota.put(&key("big.png"), Bytes::from(vec![0; 8])).await;
+    assert!(refused.is_err(), "33 + 8 bytes is over 40");
+
+    assert!(store_b.delete(&first).await.unwrap());
+    assert!(!store_a.delete(&first).await.unwrap());
+    assert!(store_a.get(&first).await.unwrap().is_none());
+    assert_eq!(store_a.usage(&alice()).await.unwrap(), Usage::new(30, 3));
 }

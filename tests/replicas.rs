@@ -285,3 +285,102 @@ async fn limits_fail_closed_while_redis_is_unreachable() {
     );
     assert_eq!(reply.headers["retry-after"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_generations_and_retries_follow_the_client_across_replicas() {
+    let Some(url) = fresh_postgres("shared files").await else {
+        return;
+    };
+    let Some((endpoint, bucket)) = common::services::fresh_bucket("shared files").await else {
+        return;
+    };
+    let env = [
+        ("GATEWAY_S3_BUCKET", bucket),
+        ("GATEWAY_S3_ENDPOINT", endpoint),
+        ("GATEWAY_S3_ACCESS_KEY_ID", "test".to_owned()),
+        ("GATEWAY_S3_SECRET_ACCESS_KEY", "test".to_owned()),
+    ];
+    let ((_a, a), (_b, b)) = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            (replica(&url, &env), replica(&url, &env))
+        })
+        .await
+        .unwrap()
+    };
+    // Uploaded on A, edited by key on B.
+    let uploaded = a.upload(ALICE_KEY, &[("anchor.png", &png(16, 16))]).await;
+    let key = uploaded.uploaded_keys().remove(0);
+    let by_key = format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}"}}"#);
+    let edited = b.edit_json(ALICE_KEY, &by_key).await;
+    assert_eq!(
+        edited.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&edited.body)
+    );
+    // Made on B, chained on A (once B has stored it).
+    let id = edited.generation_ids().remove(0);
+    let chained = format!(r#"{{"model":"gpt-image-2","prompt":"p","generation_id":"{id}"}}"#);
+    let started = Instant::now();
+    let reply = loop {
+        let reply = a.edit_json(ALICE_KEY, &chained).await;
+        if reply.status != 409 {
+            break reply;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // Both replicas list the same files (outputs are stored just after their answer).
+    let started = Instant::now();
+    let list_a = loop {
+        let list = a.call(Method::GET, "/api/v1/files", ALICE_KEY).await.json();
+        if list["data"].as_array().unwrap().len() == 3 {
+            break list;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let list_b = b.call(Method::GET, "/api/v1/files", ALICE_KEY).await.json();
+    assert_eq!(list_a["data"], list_b["data"]);
+
+    // One Idempotency-Key, sent to A then retried on B: one answer, charged once.
+    let retried = |server: &TestServer| {
+        let request = http::Request::post(EDITS)
+            .header("authorization", format!("Bearer {ALICE_KEY}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "retry-across-replicas")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                by_key.clone(),
+            )))
+            .unwrap();
+        let server = TestServer::at(server.addr);
+        async move { server.send(request).await }
+    };
+    let before = balance(&a).await;
+    let first = retried(&a).await;
+    // The first request's record and outputs are finished just after its answer; until
+    // then the retry is told to wait (409 with Retry-After), as a client would be.
+    let started = Instant::now();
+    let second = loop {
+        let reply = retried(&b).await;
+        if reply.status != 409 {
+            break reply;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the retry never got its answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((first.status.as_u16(), second.status.as_u16()), (200, 200));
+    assert_eq!(first.generation_ids(), second.generation_ids());
+    assert_eq!(balance(&b).await.0, before.0 - 10, "charged once");
+}

@@ -11,9 +11,10 @@ const MIGRATION_LOCK: i64 = 0x0069_6d67_6777;
 
 /// Every migration, in order. A migration is never edited once released: changes are new
 /// entries.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE accounts (
         account   TEXT PRIMARY KEY,
         available BIGINT NOT NULL DEFAULT 0,
@@ -82,7 +83,22 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     );
     CREATE INDEX api_keys_user ON api_keys (user_id);
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- The index of the files an object store holds: who owns what, how large, since when.
+    -- Listings (newest first) and quotas read it; the bytes are in the object store.
+    CREATE TABLE files (
+        key     TEXT PRIMARY KEY,
+        owner   TEXT NOT NULL,
+        size    BIGINT NOT NULL,
+        created BIGINT NOT NULL
+    );
+    CREATE INDEX files_newest_first ON files (owner, created DESC, key);
+    ",
+    ),
+];
 
 /// Applies every migration the database has not seen, in one transaction.
 pub(super) async fn migrate(client: &mut Object) -> Result<(), BoxError> {

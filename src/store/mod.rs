@@ -21,6 +21,8 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod quota;
+#[cfg(feature = "s3")]
+mod s3;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -38,6 +40,8 @@ pub use memory::MemoryFileStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgGenerations;
 pub use quota::{Quota, QuotaStore};
+#[cfg(feature = "s3")]
+pub use s3::{S3Config, S3FileStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteGenerations;
 

@@ -76,3 +76,40 @@ pub async fn fresh_redis(label: &str) -> Option<(String, String)> {
     }
     Some((url, format!("test-{}", uuid::Uuid::new_v4().simple())))
 }
+
+/// The test S3-compatible server (CI starts moto); `IMAGE_GATEWAY_TEST_S3_ENDPOINT` names it.
+pub fn s3_endpoint() -> Option<String> {
+    std::env::var("IMAGE_GATEWAY_TEST_S3_ENDPOINT").ok()
+}
+
+/// A new, empty bucket on the test S3 server, as (endpoint, bucket); `None` (said loudly)
+/// when there is no server and CI does not require one.
+pub async fn fresh_bucket(label: &str) -> Option<(String, String)> {
+    let Some(endpoint) = s3_endpoint() else {
+        if std::env::var_os("IMAGE_GATEWAY_REQUIRE_SERVICES").is_some() {
+            panic!("an S3 server is required here: set IMAGE_GATEWAY_TEST_S3_ENDPOINT");
+        }
+        eprintln!(
+            "\n*** SKIPPED {label}: no S3 server (IMAGE_GATEWAY_TEST_S3_ENDPOINT is unset); \
+             CI starts one and fails instead ***\n"
+        );
+        return None;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bucket = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .unwrap_or_else(|e| panic!("the S3 server at {endpoint} is not reachable: {e}"));
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "creating a bucket: {answer}"
+    );
+    Some((endpoint, bucket))
+}

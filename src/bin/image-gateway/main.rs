@@ -23,7 +23,6 @@ use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::ratelimit::RedisLimits;
 use image_gateway::server::{serve, ServeOptions};
-use image_gateway::store::LocalFileStore;
 use image_gateway::Gateway;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -98,7 +97,6 @@ async fn run() -> Result<(), Box<dyn Error>> {
     })?;
     let keys = keys::keys(config.api_keys.as_deref(), &config.data_dir)?;
     let stores = Stores::open(&config, &keys).await?;
-    let store = LocalFileStore::open(&config.data_dir)?.min_free_bytes(config.min_free_bytes);
     if config.demo_balance > 0 {
         // The reference makes the credit idempotent: a restart does not top it up again.
         let amount = i64::try_from(config.demo_balance)?;
@@ -119,7 +117,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let mut builder = Gateway::builder()
         .keys(stores.keys)
         .backend(backend(&config)?)
-        .store(store)
+        .store(stores.files)
         .generations(stores.generations)
         .idempotency(stores.idempotency)
         .ledger(stores.ledger)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use image_gateway::ratelimit::RateLimitLayer;
-use image_gateway::store::Quota;
+use image_gateway::store::{Quota, S3Config};
 
 /// One environment variable: its name, its default as text (empty: unset) and what it means.
 pub struct Setting {
@@ -60,6 +60,16 @@ settings! {
         "files each user may keep stored; 0 is unlimited";
     "GATEWAY_MIN_FREE_BYTES", "67108864",
         "free space the file volume keeps; writes that would go under it are 507 (64 MiB)";
+    "GATEWAY_S3_BUCKET", "",
+        "files in this S3 bucket, indexed in GATEWAY_DATABASE_URL (required with it), shared by replicas; unset: files in the data dir";
+    "GATEWAY_S3_ENDPOINT", "",
+        "the S3-compatible service's URL (http://127.0.0.1:9000); unset: AWS by region";
+    "GATEWAY_S3_REGION", "us-east-1",
+        "the bucket's region";
+    "GATEWAY_S3_ACCESS_KEY_ID", "",
+        "the access key id; unset: AWS_ACCESS_KEY_ID";
+    "GATEWAY_S3_SECRET_ACCESS_KEY", "",
+        "the secret access key; unset: AWS_SECRET_ACCESS_KEY";
     "GATEWAY_REDIS_URL", "",
         "redis://host:port: rate and in-flight limits counted in Redis, shared by replicas (503 while unreachable); unset: in this process";
     "GATEWAY_REDIS_PREFIX", "image-gateway",
@@ -82,6 +92,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub redis: Option<(String, String)>,
+    pub s3: Option<S3Config>,
     pub api_keys: Option<String>,
     pub price_per_image: u64,
     pub demo_balance: u64,
@@ -141,6 +152,13 @@ impl Config {
             addr: text("GATEWAY_ADDR").unwrap_or_default(),
             data_dir: text("GATEWAY_DATA_DIR").unwrap_or_default().into(),
             database_url: text("GATEWAY_DATABASE_URL"),
+            s3: text("GATEWAY_S3_BUCKET").map(|bucket| {
+                let mut s3 = S3Config::new(bucket, text("GATEWAY_S3_REGION").unwrap_or_default());
+                s3.endpoint = text("GATEWAY_S3_ENDPOINT");
+                s3.access_key_id = text("GATEWAY_S3_ACCESS_KEY_ID");
+                s3.secret_access_key = text("GATEWAY_S3_SECRET_ACCESS_KEY");
+                s3
+            }),
             redis: text("GATEWAY_REDIS_URL")
                 .map(|url| (url, text("GATEWAY_REDIS_PREFIX").unwrap_or_default())),
             api_keys: text("GATEWAY_API_KEYS"),

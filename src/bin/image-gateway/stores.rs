@@ -8,7 +8,9 @@ use image_gateway::auth::{KeyStore, PgKeys};
 use image_gateway::idempotency::{IdempotencyRecords, PgIdempotency, SqliteIdempotency};
 use image_gateway::ledger::{Durability, Ledger, PgLedger, SqliteLedger};
 use image_gateway::postgres::Postgres;
-use image_gateway::store::{Generations, PgGenerations, SqliteGenerations};
+use image_gateway::store::{
+    FileStore, Generations, LocalFileStore, PgGenerations, S3FileStore, SqliteGenerations,
+};
 
 use crate::keys::Keys;
 use crate::settings::Config;
@@ -19,6 +21,7 @@ pub struct Stores {
     pub generations: Arc<dyn Generations>,
     pub idempotency: Arc<dyn IdempotencyRecords>,
     pub keys: Arc<dyn KeyStore>,
+    pub files: Arc<dyn FileStore>,
     /// What to say on start.
     pub described: &'static str,
 }
@@ -27,7 +30,18 @@ impl Stores {
     /// PostgreSQL when a database URL is set (its schema migrated, the configured keys
     /// added to its key table), else SQLite files in the data dir with the keys in memory.
     pub async fn open(config: &Config, keys: &Keys) -> Result<Stores, Box<dyn Error>> {
+        let local = || -> Result<Arc<dyn FileStore>, Box<dyn Error>> {
+            let store = LocalFileStore::open(&config.data_dir)?;
+            Ok(Arc::new(store.min_free_bytes(config.min_free_bytes)))
+        };
         let Some(url) = &config.database_url else {
+            if config.s3.is_some() {
+                return Err(
+                    "GATEWAY_S3_BUCKET needs GATEWAY_DATABASE_URL: the bucket's \
+                            index is kept in PostgreSQL"
+                        .into(),
+                );
+            }
             let dir = &config.data_dir;
             return Ok(Stores {
                 // Commits survive a killed process; deposits are fsynced whatever happens.
@@ -38,6 +52,7 @@ impl Stores {
                 generations: Arc::new(SqliteGenerations::open(dir.join("generations.db"))?),
                 idempotency: Arc::new(SqliteIdempotency::open(dir.join("generations.db"))?),
                 keys: Arc::new(keys.to_static()?),
+                files: local()?,
                 described: "SQLite in the data dir",
             });
         };
@@ -51,7 +66,15 @@ impl Stores {
                 .await
                 .map_err(|e| format!("cannot store the configured keys: {e}"))?;
         }
+        let files: Arc<dyn FileStore> = match &config.s3 {
+            Some(s3) => Arc::new(
+                S3FileStore::s3(s3, db.clone())
+                    .map_err(|e| format!("cannot use the S3 bucket (GATEWAY_S3_*): {e}"))?,
+            ),
+            None => local()?,
+        };
         Ok(Stores {
+            files,
             ledger: Arc::new(PgLedger::new(db.clone())),
             generations: Arc::new(PgGenerations::new(db.clone())),
             idempotency: Arc::new(PgIdempotency::new(db)),

@@ -115,6 +115,22 @@ impl<R: IdempotencyRecords + ?Sized> IdempotencyRecords for Arc<R> {
     }
 }
 
+/// Generation ids as a record keeps them: comma-separated, in order.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn join_ids(ids: &[GenerationId]) -> String {
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    ids.join(",")
+}
+
+/// The ids [`join_ids`] wrote; a record that does not parse is corrupt.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn parse_ids(text: &str) -> Result<Vec<GenerationId>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| GenerationId::parse(s).map_err(|_| StoreError::new("corrupt generation id")))
+        .collect()
+}
+
 /// The decision shared by every implementation, from a stored record.
 pub(crate) fn decide(
     stored_fingerprint: &str,

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 
-use super::{decide, Begin, IdempotencyRecords};
+use super::{decide, join_ids, parse_ids, Begin, IdempotencyRecords};
 use crate::auth::UserId;
 use crate::id::GenerationId;
 use crate::postgres::{seconds, Postgres};
@@ -20,13 +20,6 @@ impl PgIdempotency {
     pub fn new(db: Postgres) -> Self {
         PgIdempotency { db }
     }
-}
-
-fn parse_ids(text: &str) -> Result<Vec<GenerationId>, StoreError> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| GenerationId::parse(s).map_err(|_| StoreError::new("corrupt generation id")))
-        .collect()
 }
 
 #[async_trait]
@@ -90,13 +83,17 @@ impl IdempotencyRecords for PgIdempotency {
         created: u64,
         generations: &[GenerationId],
     ) -> Result<(), StoreError> {
-        let ids: Vec<String> = generations.iter().map(ToString::to_string).collect();
         let client = self.db.client().await.map_err(StoreError::new)?;
         client
             .execute(
                 "UPDATE idempotency SET created = $3, generations = $4
                  WHERE user_id = $1 AND key = $2",
-                &[&user.as_str(), &key, &seconds(created), &ids.join(",")],
+                &[
+                    &user.as_str(),
+                    &key,
+                    &seconds(created),
+                    &join_ids(generations),
+                ],
             )
             .await
             .map_err(StoreError::new)?;

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{decide, Begin, IdempotencyRecords};
+use super::{decide, join_ids, parse_ids, Begin, IdempotencyRecords};
 use crate::auth::UserId;
 use crate::id::GenerationId;
 use crate::store::StoreError;
@@ -47,13 +47,6 @@ impl SqliteIdempotency {
             .await
             .map_err(StoreError::new)?
     }
-}
-
-fn parse_ids(text: &str) -> Result<Vec<GenerationId>, StoreError> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| GenerationId::parse(s).map_err(|_| StoreError::new("corrupt generation id")))
-        .collect()
 }
 
 #[async_trait]
@@ -105,8 +98,7 @@ impl IdempotencyRecords for SqliteIdempotency {
         created: u64,
         generations: &[GenerationId],
     ) -> Result<(), StoreError> {
-        let ids: Vec<String> = generations.iter().map(ToString::to_string).collect();
-        let (user, key, ids) = (user.to_string(), key.to_owned(), ids.join(","));
+        let (user, key, ids) = (user.to_string(), key.to_owned(), join_ids(generations));
         self.with_db(move |db| {
             db.execute(
                 "UPDATE idempotency SET created = ?3, generations = ?4 WHERE user = ?1 AND key = ?2",

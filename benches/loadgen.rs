@@ -5,16 +5,16 @@
 //! # The gateway's own overhead: full stack with an instant backend, then bare hyper.
 //! cargo run --release --example loadgen -- --target gateway --mix json --concurrency 32 --duration 10
 //! cargo run --release --example loadgen -- --target bare    --mix json --concurrency 32 --duration 10
-//! # The same stack on the example's SQLite ledger, SQLite generations and local files.
+//! # The same stack on the binary's SQLite ledger, SQLite generations and local files.
 //! cargo run --release --example loadgen -- --target gateway-sqlite --mix json
-//! # Against a running server (e.g. the example): its peak memory while 16 clients send 25 MB.
+//! # Against a running server (e.g. the binary): its peak memory while 16 clients send 25 MB.
 //! cargo run --release --example loadgen -- --addr 127.0.0.1:8080 --key pk_live_... \
 //!     --mix multipart-25m --concurrency 16 --requests 16 --server-pid <pid>
 //! ```
 //!
 //! Mixes: `json` (edit by `image_key`), `multipart-100k`, `multipart-5m`, `multipart-25m`,
 //! `upload` (100 KB). In-process targets start the server on its own runtime in this process:
-//! `gateway` (in-memory stores), `gateway-sqlite` (the example's SQLite ledger and generations,
+//! `gateway` (in-memory stores), `gateway-sqlite` (the binary's SQLite ledger and generations,
 //! local files), `gateway-discard` (in-memory stores, but a file store that keeps nothing: what
 //! the stack costs without the cost of retaining every source in RAM; multipart mixes only)
 //! and `bare` (hyper alone, reading the body and answering the same bytes).

@@ -8,9 +8,15 @@
 //! Every setting is an environment variable; [`settings::SETTINGS`] lists them, and
 //! `--help` prints that list. `GET /openapi.json` (no key needed) describes every endpoint.
 
+// Paths spelled out: `examples/gateway.rs` includes this file as a module, and from there
+// the module files are found only by an explicit path (relative to this file).
+#[path = "keys.rs"]
 mod keys;
+#[path = "openapi.rs"]
 mod openapi;
+#[path = "settings.rs"]
 mod settings;
+#[path = "stores.rs"]
 mod stores;
 
 use std::error::Error;
@@ -42,7 +48,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The largest `n` the binary's model accepts.
 const MAX_IMAGES: u32 = 10;
 
-fn main() {
+pub fn main() {
     match std::env::args().nth(1).as_deref() {
         None => {}
         Some("--help" | "-h") => {

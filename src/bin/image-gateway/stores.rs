@@ -12,8 +12,8 @@ use image_gateway::store::{
     FileStore, Generations, LocalFileStore, PgGenerations, S3FileStore, SqliteGenerations,
 };
 
-use crate::keys::Keys;
-use crate::settings::Config;
+use super::keys::Keys;
+use super::settings::Config;
 
 /// The ledger, the records and the key store, as one configuration chose them.
 pub struct Stores {

@@ -362,10 +362,14 @@ async fn files_in_one_bucket_are_shared_listed_newest_first_and_counted_by_quota
         .files
         .is_empty());
 
-    // A quota over the shared index holds whichever replica writes.
+    // A quota over the shared index holds whichever replica writes, to the byte: 33 stored,
+    // 7 more reach the 40 allowed, one more is refused.
     let quota = QuotaStore::new(Arc::new(store_b.clone()), Quota::new(40, 0));
-    let refused = quota.put(&key("big.png"), Bytes::from(vec![0; 8])).await;
-    assert!(refused.is_err(), "33 + 8 bytes is over 40");
+    let last = key("last.png");
+    quota.put(&last, Bytes::from(vec![0; 7])).await.unwrap();
+    let refused = quota.put(&key("big.png"), Bytes::from(vec![0; 1])).await;
+    assert!(refused.is_err(), "40 + 1 bytes is over 40");
+    assert!(store_a.delete(&last).await.unwrap());
 
     assert!(store_b.delete(&first).await.unwrap());
     assert!(!store_a.delete(&first).await.unwrap());

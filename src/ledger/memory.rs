@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
-    Settlement,
+    deadline, hold_refusal, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger,
+    LedgerError, Memo, Settlement,
 };
 use crate::auth::UserId;
 use crate::clock::unix_now;
@@ -145,15 +145,7 @@ impl Ledger for MemoryLedger {
     ) -> Result<Hold, LedgerError> {
         let mut state = self.state();
         let balance = state.accounts.entry(account.clone()).or_default();
-        if balance.available < 0 {
-            return Err(LedgerError::OutstandingDebt);
-        }
-        if balance.available < amount.signed() {
-            return Err(LedgerError::InsufficientBalance {
-                needed: amount,
-                available: balance.available,
-            });
-        }
+        hold_refusal(balance.available, amount)?;
         balance.available -= amount.signed();
         balance.held += amount.get();
         let id = HoldId::new();

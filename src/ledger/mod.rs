@@ -39,6 +39,21 @@ use uuid::Uuid;
 
 pub use memory::MemoryLedger;
 
+/// The contract's rule for a hold of `amount` against an `available` balance: refused with
+/// `OutstandingDebt` when the balance is negative, `InsufficientBalance` when it is short.
+pub(crate) fn hold_refusal(available: i64, amount: Amount) -> Result<(), LedgerError> {
+    if available < 0 {
+        return Err(LedgerError::OutstandingDebt);
+    }
+    if available < amount.signed() {
+        return Err(LedgerError::InsufficientBalance {
+            needed: amount,
+            available,
+        });
+    }
+    Ok(())
+}
+
 /// Unix seconds `ttl` after `now`, rounded up to the next second.
 pub(crate) fn deadline(now: u64, ttl: Duration) -> u64 {
     now.saturating_add(ttl.as_secs())

@@ -6,8 +6,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::{
-    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
-    Settlement,
+    deadline, hold_refusal, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger,
+    LedgerError, Memo, Settlement,
 };
 use crate::auth::UserId;
 use crate::clock::unix_now;
@@ -16,7 +16,8 @@ use crate::postgres::{seconds, Postgres};
 /// A ledger in PostgreSQL, shared by every replica.
 ///
 /// Each operation is one transaction at `READ COMMITTED` whose every change is guarded by the
-/// row it claims: a hold takes money with `UPDATE ... WHERE available >= amount`, a hold ends
+/// row it claims: a hold locks its account's row (`SELECT ... FOR UPDATE`) from the check to
+/// the reservation, a hold ends
 /// by the `DELETE ... RETURNING` of its row, a late settle by clearing the `expired` flag of
 /// its ended row. Two replicas that race for one hold (a settle and another replica's expiry
 /// sweep) serialize on that row, and the second finds it gone: every hold ends exactly once
@@ -227,34 +228,23 @@ impl Ledger for PgLedger {
         self.transaction(|tx| {
             Box::pin(async move {
                 ensure_account(tx, &owner).await?;
-                // The check and the reservation are one statement: no other transaction can
-                // spend the same money in between.
-                let taken = tx
-                    .execute(
-                        "UPDATE accounts SET available = available - $2, held = held + $2
-                         WHERE account = $1 AND available >= 0 AND available >= $2",
-                        &[&owner, &amount.signed()],
+                // The account's row is locked from the check to the reservation: no other
+                // transaction can spend the same money in between.
+                let row = tx
+                    .query_one(
+                        "SELECT available FROM accounts WHERE account = $1 FOR UPDATE",
+                        &[&owner],
                     )
                     .await
                     .map_err(storage)?;
-                if taken == 0 {
-                    let row = tx
-                        .query_one(
-                            "SELECT available FROM accounts WHERE account = $1",
-                            &[&owner],
-                        )
-                        .await
-                        .map_err(storage)?;
-                    let available: i64 = row.get(0);
-                    return Err(if available < 0 {
-                        LedgerError::OutstandingDebt
-                    } else {
-                        LedgerError::InsufficientBalance {
-                            needed: amount,
-                            available,
-                        }
-                    });
-                }
+                hold_refusal(row.get(0), amount)?;
+                tx.execute(
+                    "UPDATE accounts SET available = available - $2, held = held + $2
+                     WHERE account = $1",
+                    &[&owner, &amount.signed()],
+                )
+                .await
+                .map_err(storage)?;
                 let now = unix_now();
                 let units = i32::try_from(memo.units_requested).unwrap_or(i32::MAX);
                 tx.execute(

@@ -7,8 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
 use super::{
-    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
-    Settlement,
+    deadline, hold_refusal, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger,
+    LedgerError, Memo, Settlement,
 };
 use crate::auth::UserId;
 use crate::clock::unix_now;
@@ -287,15 +287,7 @@ impl Ledger for SqliteLedger {
                     |r| r.get(0),
                 )
                 .map_err(storage)?;
-            if available < 0 {
-                return Err(LedgerError::OutstandingDebt);
-            }
-            if available < amount.signed() {
-                return Err(LedgerError::InsufficientBalance {
-                    needed: amount,
-                    available,
-                });
-            }
+            hold_refusal(available, amount)?;
             tx.execute(
                 "UPDATE accounts SET available = available - ?2, held = held + ?2
                  WHERE account = ?1",

@@ -140,6 +140,46 @@ async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged() {
     let dir = temp_dir("settle-window");
     let backend = ReferenceBackend::new().latency(Duration::from_millis(15));
     let (builder, ledger) = durable(&dir, backend);
+    timed_disconnects_leave_no_image_uncharged(builder, ledger).await;
+}
+
+/// The same attack on the stores replicas share: the PostgreSQL ledger and generation
+/// records, files in an S3 bucket indexed in PostgreSQL.
+#[cfg(all(feature = "postgres", feature = "redis", feature = "s3"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged_on_shared_stores() {
+    use image_gateway::ledger::PgLedger;
+    use image_gateway::postgres::Postgres;
+    use image_gateway::store::{PgGenerations, S3Config, S3FileStore};
+    let Some(url) = common::services::fresh_postgres("shared settle window").await else {
+        return;
+    };
+    let Some((endpoint, bucket)) = common::services::fresh_bucket("shared settle window").await
+    else {
+        return;
+    };
+    let db = Postgres::connect(&url).await.unwrap();
+    let mut s3 = S3Config::new(bucket, "us-east-1");
+    s3.endpoint = Some(endpoint);
+    s3.access_key_id = Some("test".into());
+    s3.secret_access_key = Some("test".into());
+    let ledger: Arc<dyn Ledger> = Arc::new(PgLedger::new(db.clone()));
+    let builder = Gateway::builder()
+        .keys(keys())
+        .backend(ReferenceBackend::new().latency(Duration::from_millis(15)))
+        .store(S3FileStore::s3(&s3, db.clone()).unwrap())
+        .generations(PgGenerations::new(db))
+        .ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE));
+    timed_disconnects_leave_no_image_uncharged(builder, ledger).await;
+}
+
+/// 120 edits cut off across the billed window; then every reachable output was charged, and
+/// nothing else, with the ledger conserved.
+async fn timed_disconnects_leave_no_image_uncharged(
+    builder: image_gateway::gateway::GatewayBuilder,
+    ledger: Arc<dyn Ledger>,
+) {
     let server = TestServer::start(builder.build()).await;
     ledger
         .deposit(&alice(), 1_000_000, "opening")

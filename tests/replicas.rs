@@ -24,6 +24,20 @@ fn replica(url: &str, env: &[(&str, &str)]) -> (Process, TestServer) {
     (process, server)
 }
 
+/// Two replicas on `url`, both with `env` over the test settings.
+async fn two_replicas(
+    url: &str,
+    env: Vec<(&'static str, String)>,
+) -> ((Process, TestServer), (Process, TestServer)) {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        (replica(&url, &env), replica(&url, &env))
+    })
+    .await
+    .unwrap()
+}
+
 async fn balance(server: &TestServer) -> (i64, i64) {
     let reply = server
         .call(Method::GET, "/api/v1/balance", ALICE_KEY)
@@ -133,15 +147,8 @@ async fn a_rate_limit_holds_across_replicas() {
         ("GATEWAY_REDIS_PREFIX", prefix.as_str()),
         ("GATEWAY_RATE_LIMIT", "10"),
     ];
-    let ((_a, a), (_b, b)) = {
-        let (url, env) = (url.clone(), env.map(|(k, v)| (k, v.to_owned())));
-        tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            (replica(&url, &env), replica(&url, &env))
-        })
-        .await
-        .unwrap()
-    };
+    let env = env.map(|(k, v)| (k, v.to_owned())).to_vec();
+    let ((_a, a), (_b, b)) = two_replicas(&url, env).await;
     let mut statuses = Vec::new();
     for i in 0..15 {
         let server = if i % 2 == 0 { &a } else { &b };
@@ -171,15 +178,7 @@ async fn an_in_flight_bound_holds_across_replicas() {
         ("GATEWAY_MAX_IN_FLIGHT", "1".to_owned()),
         ("GATEWAY_REFERENCE_LATENCY_MS", "1500".to_owned()),
     ];
-    let ((_a, a), (_b, b)) = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            (replica(&url, &env), replica(&url, &env))
-        })
-        .await
-        .unwrap()
-    };
+    let ((_a, a), (_b, b)) = two_replicas(&url, env.to_vec()).await;
     let first = tokio::spawn({
         let a = TestServer::at(a.addr);
         async move { a.edit_form(ALICE_KEY, edit()).await }
@@ -300,15 +299,7 @@ async fn files_generations_and_retries_follow_the_client_across_replicas() {
         ("GATEWAY_S3_ACCESS_KEY_ID", "test".to_owned()),
         ("GATEWAY_S3_SECRET_ACCESS_KEY", "test".to_owned()),
     ];
-    let ((_a, a), (_b, b)) = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            (replica(&url, &env), replica(&url, &env))
-        })
-        .await
-        .unwrap()
-    };
+    let ((_a, a), (_b, b)) = two_replicas(&url, env.to_vec()).await;
     // Uploaded on A, edited by key on B.
     let uploaded = a.upload(ALICE_KEY, &[("anchor.png", &png(16, 16))]).await;
     let key = uploaded.uploaded_keys().remove(0);

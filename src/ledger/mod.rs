@@ -151,6 +151,26 @@ pub struct Memo {
 }
 
 impl Memo {
+    /// The memo of a journal row from its nullable columns: all three or none (a deposit);
+    /// anything else is a corrupt row.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn from_columns(
+        request_id: Option<String>,
+        model: Option<String>,
+        units: Option<i64>,
+    ) -> Result<Option<Memo>, LedgerError> {
+        let corrupt = || LedgerError::Storage("corrupt journal row".into());
+        match (request_id, model, units) {
+            (Some(request_id), Some(model), Some(units)) => Ok(Some(Memo::new(
+                request_id,
+                model,
+                u32::try_from(units).map_err(|_| corrupt())?,
+            ))),
+            (None, None, None) => Ok(None),
+            _ => Err(corrupt()),
+        }
+    }
+
     /// A memo for one request.
     pub fn new(request_id: impl Into<String>, model: impl Into<String>, units: u32) -> Self {
         Memo {

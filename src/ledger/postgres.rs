@@ -460,14 +460,7 @@ impl Ledger for PgLedger {
         rows.iter()
             .map(|r| {
                 let units: Option<i32> = r.get(7);
-                let memo = match (r.get::<_, Option<String>>(5), r.get::<_, Option<String>>(6)) {
-                    (Some(request_id), Some(model)) => Some(Memo::new(
-                        request_id,
-                        model,
-                        u32::try_from(units.ok_or_else(corrupt)?).map_err(|_| corrupt())?,
-                    )),
-                    _ => None,
-                };
+                let memo = Memo::from_columns(r.get(5), r.get(6), units.map(i64::from))?;
                 let kind: String = r.get(1);
                 Ok(JournalEntry {
                     seq: r.get::<_, i64>(0).max(0) as u64,

@@ -520,14 +520,7 @@ impl Ledger for SqliteLedger {
                 let (seq, kind, amount, hold, reference, request_id, model, units, returned, at) =
                     row.map_err(storage)?;
                 let corrupt = || LedgerError::Storage("corrupt journal row".into());
-                let memo = match (request_id, model, units) {
-                    (Some(request_id), Some(model), Some(units)) => Some(Memo::new(
-                        request_id,
-                        model,
-                        u32::try_from(units).map_err(|_| corrupt())?,
-                    )),
-                    _ => None,
-                };
+                let memo = Memo::from_columns(request_id, model, units)?;
                 entries.push(JournalEntry {
                     seq: seq as u64,
                     account: owner.clone(),

@@ -10,9 +10,9 @@ use image_gateway::job::{EditOutcome, GeneratedImage, Image, OutputFormat};
 use image_gateway::catalog::{Catalog, ModelSpec};
 
 use image_gateway::id::GenerationId;
+use image_gateway::job::Operation;
 use image_gateway::media::ImageKind;
-use image_gateway::multipart::MultipartLimits;
-use image_gateway::request::{parse_json, parse_multipart};
+use image_gateway::request::{parse_json, parse_multipart, Rules};
 use image_gateway::store::FileKey;
 
 const MIB: usize = 1024 * 1024;
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let catalog = catalog();
+    let rules = Rules::new(Operation::Edit, catalog());
 
     let mut group = c.benchmark_group("multipart_normalization");
     group.sample_size(20);
@@ -77,8 +77,7 @@ fn bench(c: &mut Criterion) {
                             stream,
                             boundary.clone(),
                             principal(),
-                            &catalog,
-                            MultipartLimits::default(),
+                            &rules,
                         ))
                         .expect("parses")
                 })
@@ -89,7 +88,7 @@ fn bench(c: &mut Criterion) {
 
     let json = br#"{"model":"gpt-image-2","prompt":"replace background with a city skyline at sunset, keep pose unchanged","image_key":"files/bench/0b7e7d4c-6f51-4a5b-9d6e-2a0c9b3e8f11_anchor.jpg","n":1,"size":"1024x1024","quality":"high"}"#;
     c.bench_function("json_normalization", |b| {
-        b.iter(|| parse_json(json, principal(), &catalog).expect("parses"))
+        b.iter(|| parse_json(json, principal(), &rules).expect("parses"))
     });
 
     let key = "files/bench/0b7e7d4c-6f51-4a5b-9d6e-2a0c9b3e8f11_anchor.jpg";

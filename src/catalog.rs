@@ -72,4 +72,23 @@ impl Catalog {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
     }
+
+    /// The models as OpenAI's `GET /v1/models` answers them, sorted by name:
+    /// `{"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}`.
+    pub fn to_openai_list(&self) -> serde_json::Value {
+        let mut names: Vec<&str> = self.names().collect();
+        names.sort_unstable();
+        let data: Vec<serde_json::Value> = names
+            .into_iter()
+            .map(|id| {
+                serde_json::json!({
+                    "id": id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "image-gateway",
+                })
+            })
+            .collect();
+        serde_json::json!({ "object": "list", "data": data })
+    }
 }

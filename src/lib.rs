@@ -59,6 +59,7 @@ mod body;
 pub mod catalog;
 pub mod clock;
 pub mod error;
+pub mod fetch;
 pub mod files;
 mod future;
 pub mod gateway;

@@ -4,9 +4,8 @@ use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
 use image_gateway::id::GenerationId;
-use image_gateway::job::{OutputFormat, Quality, Size};
-use image_gateway::multipart::MultipartLimits;
-use image_gateway::request::{parse_json, parse_multipart};
+use image_gateway::job::{Operation, OutputFormat, Quality, Size};
+use image_gateway::request::{parse_json, parse_multipart, Rules};
 use image_gateway::store::FileKey;
 use proptest::prelude::*;
 
@@ -45,8 +44,7 @@ fn multipart(body: Vec<u8>, boundary: String, chunk: usize) -> Result<(), String
             stream,
             boundary,
             alice(),
-            &catalog(),
-            MultipartLimits::default(),
+            &Rules::new(Operation::Edit, catalog()),
         ))
         .map(|_| ())
         .map_err(|e| e.code().to_owned())
@@ -87,7 +85,7 @@ proptest! {
 
     #[test]
     fn json_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = parse_json(&body, alice(), &catalog());
+        let _ = parse_json(&body, alice(), &Rules::new(Operation::Edit, catalog()));
     }
 
     #[test]
@@ -105,7 +103,7 @@ proptest! {
         )
     ) {
         let body = serde_json::to_vec(&fields).unwrap();
-        let _ = parse_json(&body, alice(), &catalog());
+        let _ = parse_json(&body, alice(), &Rules::new(Operation::Edit, catalog()));
     }
 
     #[test]

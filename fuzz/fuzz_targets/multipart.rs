@@ -7,7 +7,8 @@ use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
 use image_gateway::multipart::MultipartLimits;
-use image_gateway::request::parse_multipart;
+use image_gateway::job::Operation;
+use image_gateway::request::{parse_multipart, Rules};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,8 +30,7 @@ fuzz_target!(|data: &[u8]| {
         futures_util::stream::iter(chunks),
         boundary,
         principal,
-        &catalog,
-        limits,
+        &Rules::new(Operation::Edit, catalog).limits(limits),
     ));
     if let Err(error) = result {
         // Parsing never blames the server.

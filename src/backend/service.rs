@@ -1,6 +1,5 @@
 use std::sync::Arc;
 
-use bytes::Bytes;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -62,13 +61,7 @@ impl Service<EditJob> for EditService {
         ResponseFuture::new(async move {
             let owner = job.principal.user_id();
             if !job.uploads.is_empty() {
-                let files: Vec<(FileKey, Bytes)> = job
-                    .uploads
-                    .iter()
-                    .cloned()
-                    .zip(job.sources.iter().map(|s| s.bytes.clone()))
-                    .collect();
-                put_all(&*this.outputs.store, owner, &files).await?;
+                put_all(&*this.outputs.store, owner, &job.uploads).await?;
             }
             let mut images = this.backend.edit(&job).await?;
             images.truncate(job.params.n as usize);

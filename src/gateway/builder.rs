@@ -4,12 +4,15 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 use super::{Gateway, Routes};
+use tower_layer::Layer;
+
 use crate::auth::{AuthLayer, KeyStore, StaticKeys};
 use crate::backend::{EditService, ImageBackend};
 use crate::billing::{AccountApi, AdminApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
+use crate::job::Operation;
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimitLayer, DEFAULT_BODY_LIMIT};
 use crate::multipart::MultipartLimits;
@@ -36,6 +39,8 @@ pub struct GatewayBuilder {
     body_limit: u64,
     multipart: MultipartLimits,
     quota: Quota,
+    #[cfg(feature = "fetch")]
+    fetcher: Option<crate::fetch::UrlFetcher>,
 }
 
 impl Default for GatewayBuilder {
@@ -54,6 +59,8 @@ impl Default for GatewayBuilder {
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
             quota: Quota::default(),
+            #[cfg(feature = "fetch")]
+            fetcher: None,
         }
     }
 }
@@ -164,12 +171,23 @@ impl GatewayBuilder {
         self
     }
 
+    /// Fetches `https://` image references (compose's `image_urls`, OpenAI's `image_url`)
+    /// with `fetcher`. Default: none, and such references are refused with a 400 that says
+    /// to upload the image or send it as a `data:` URI.
+    #[cfg(feature = "fetch")]
+    pub fn fetcher(mut self, fetcher: crate::fetch::UrlFetcher) -> Self {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
     /// Builds the gateway, in the stack's order, outermost first (see [`Gateway`]). It starts
     /// nothing: spawn [`Gateway::expiry_sweep`] to release the holds of a process that died.
     ///
     /// # Panics
     /// When no backend was set and the `reference-backend` feature is off.
     pub fn build(self) -> Gateway {
+        #[cfg(feature = "fetch")]
+        let fetcher = self.fetcher.clone();
         let keys = self.keys.unwrap_or_else(|| Arc::new(StaticKeys::new()));
         let backend = self.backend.unwrap_or_else(default_backend);
         let ledger = self.ledger.unwrap_or_else(|| Arc::new(MemoryLedger::new()));
@@ -192,22 +210,32 @@ impl GatewayBuilder {
         };
         let catalog = Catalog::new(models);
 
-        let edits = ServiceBuilder::new()
-            .layer(NormalizeLayer::new(catalog.clone()).limits(self.multipart))
+        let sources = ResolveSourceLayer::new(store.clone(), generations.clone());
+        #[cfg(feature = "fetch")]
+        let sources = match fetcher {
+            Some(fetcher) => sources.fetcher(fetcher),
+            None => sources,
+        };
+        let jobs = ServiceBuilder::new()
             .layer(IdempotencyLayer::new(
                 records,
                 store.clone(),
                 generations.clone(),
             ))
-            .layer(ResolveSourceLayer::new(store.clone(), generations.clone()))
+            .layer(sources)
             .layer(
-                BillingLayer::new(ledger.clone(), catalog)
+                BillingLayer::new(ledger.clone(), catalog.clone())
                     .hold_ttl(self.hold_ttl)
                     .cancel_abandoned(backend.cancellable()),
             )
             .service(EditService::new(backend, store.clone(), generations));
+        let normalize = NormalizeLayer::new(catalog.clone()).limits(self.multipart);
+        let endpoint = |operation| normalize.clone().operation(operation).layer(jobs.clone());
         let routes = Routes {
-            edits,
+            edits: endpoint(Operation::Edit),
+            generations: endpoint(Operation::Generate),
+            compose: endpoint(Operation::Compose),
+            catalog: catalog.clone(),
             files: FileApi::new(store).limits(self.multipart),
             account: AccountApi::new(ledger.clone()),
         };

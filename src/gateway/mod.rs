@@ -3,7 +3,8 @@
 //! [`Gateway::builder`] stacks, outermost first:
 //!
 //! ```text
-//! Auth -> RateLimit -> BodyLimit -> routes: POST /v1/images/edits -> Normalize -> Idempotency -> ResolveSource -> Billing -> EditService
+//! Auth -> RateLimit -> BodyLimit -> routes: POST /v1/images/{edits,generations,compose} -> Normalize -> Idempotency -> ResolveSource -> Billing -> EditService
+//!                                          GET /v1/models                        -> the catalog
 //!                                          /api/v1/upload, /api/v1/files[/{key}] -> FileApi
 //!                                          /api/v1/balance, /api/v1/usage        -> AccountApi
 //! /admin/v1/... (own admin key, when configured)                     -> AdminApi
@@ -55,7 +56,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
-pub use routes::EDITS_PATH;
+pub use routes::{COMPOSE_PATH, EDITS_PATH, GENERATIONS_PATH, MODELS_PATH};
 
 use crate::auth::Auth;
 use crate::billing::{AdminApi, ExpirySweep};

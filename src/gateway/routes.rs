@@ -6,6 +6,7 @@ use tower_service::Service;
 
 use crate::backend::EditService;
 use crate::billing::{AccountApi, Billing};
+use crate::catalog::Catalog;
 use crate::files::FileApi;
 use crate::future::ResponseFuture;
 use crate::idempotency::Idempotency;
@@ -15,11 +16,23 @@ use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// Path of the edits endpoint.
 pub const EDITS_PATH: &str = "/v1/images/edits";
+/// Path of the generations endpoint.
+pub const GENERATIONS_PATH: &str = "/v1/images/generations";
+/// Path of the compose endpoint.
+pub const COMPOSE_PATH: &str = "/v1/images/compose";
+/// Path of the model list.
+pub const MODELS_PATH: &str = "/v1/models";
+
+/// The image endpoints' shared stack, below each one's normalization.
+pub(crate) type Jobs = Idempotency<ResolveSource<Billing<EditService>>>;
 
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]
 pub(crate) struct Routes {
-    pub(crate) edits: Normalize<Idempotency<ResolveSource<Billing<EditService>>>>,
+    pub(crate) edits: Normalize<Jobs>,
+    pub(crate) generations: Normalize<Jobs>,
+    pub(crate) compose: Normalize<Jobs>,
+    pub(crate) catalog: Catalog,
     pub(crate) files: FileApi,
     pub(crate) account: AccountApi,
 }
@@ -40,7 +53,13 @@ where
         let path = req.uri().path();
         let rejection = match (path, req.method()) {
             (EDITS_PATH, &Method::POST) => return self.edits.call(req),
-            (EDITS_PATH, _) => GatewayError::MethodNotAllowed,
+            (GENERATIONS_PATH, &Method::POST) => return self.generations.call(req),
+            (COMPOSE_PATH, &Method::POST) => return self.compose.call(req),
+            (EDITS_PATH | GENERATIONS_PATH | COMPOSE_PATH, _) => GatewayError::MethodNotAllowed,
+            (MODELS_PATH, &Method::GET) => {
+                return ResponseFuture::ready(crate::body::json_ok(&self.catalog.to_openai_list()))
+            }
+            (MODELS_PATH, _) => GatewayError::MethodNotAllowed,
             _ if FileApi::serves(path) => return self.files.call(req),
             _ if AccountApi::serves(path) => return self.account.call(req),
             _ => GatewayError::RouteNotFound,

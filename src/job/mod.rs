@@ -12,13 +12,15 @@
 //! - [`Rendered`]: the images a backend returned, recorded but not reachable until billing
 //!   has charged for them; [`Rendered::publish`] makes them an [`EditOutcome`].
 //!
-//! A job's [`Source`] says where its images come from; an edit has one source (or several
-//! uploaded files), and that is the variant point for jobs with none (a generation) or a
-//! few references (a compose).
+//! A job's [`Operation`] says which endpoint asked for it, and its [`Reference`]s where its
+//! images come from: an edit has one or more (and perhaps a mask), a generation none, a
+//! compose one to three.
 
 mod outcome;
 mod params;
+mod progress;
 mod rendered;
+mod source;
 
 use std::future::Future;
 
@@ -26,12 +28,15 @@ use bytes::Bytes;
 use tower_service::Service;
 
 pub use outcome::{EditOutcome, GeneratedImage};
+pub(crate) use params::{parse_flag, parse_integer, parse_token};
 pub use params::{
-    parse_n, parse_prompt, Background, OutputFormat, Quality, ResponseFormat, Size,
-    MAX_PROMPT_CHARS,
+    parse_n, parse_prompt, AspectRatio, Background, OutputFormat, Quality, ResponseFormat, Size,
+    MAX_PARTIAL_IMAGES, MAX_PROMPT_CHARS,
 };
+pub use progress::{Progress, Step};
 pub(crate) use rendered::Outputs;
 pub use rendered::Rendered;
+pub use source::{Operation, Reference, SourceImage};
 
 /// A service of the edit pipeline: takes `Req` (an [`EditRequest`] or an [`EditJob`]),
 /// answers `Res` or a [`GatewayError`], is cloned per call, and its futures move between
@@ -56,9 +61,8 @@ where
 }
 
 use crate::auth::Principal;
-use crate::id::{GenerationId, RequestId};
+use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
-use crate::media::ImageKind;
 use crate::store::FileKey;
 use crate::GatewayError;
 
@@ -78,6 +82,8 @@ pub struct RequestContext {
     pub leases: Leases,
     /// Whether the client still waits for the answer.
     pub client: ClientWatch,
+    /// Where a streamed request's steps go.
+    pub progress: Progress,
 }
 
 impl RequestContext {
@@ -90,6 +96,7 @@ impl RequestContext {
             idempotency_key: None,
             leases: Leases::default(),
             client: ClientWatch::default(),
+            progress: Progress::default(),
         }
     }
 }
@@ -107,8 +114,12 @@ impl From<Principal> for RequestContext {
 pub struct EditRequest {
     /// Who asked (and pays).
     pub principal: Principal,
-    /// Where the source image comes from.
-    pub source: Source,
+    /// Which endpoint asked.
+    pub operation: Operation,
+    /// Where the source images come from, in the client's order (none for a generation).
+    pub sources: Vec<Reference>,
+    /// The mask of an edit: its transparent pixels mark where to edit.
+    pub mask: Option<Reference>,
     /// Everything else the client chose.
     pub params: EditParams,
     /// The request's id (`x-request-id`, honoured or generated).
@@ -119,52 +130,72 @@ pub struct EditRequest {
     pub leases: Leases,
     /// Whether the client still waits for the answer.
     pub client: ClientWatch,
+    /// Where a streamed request's steps go.
+    pub progress: Progress,
 }
 
 impl EditRequest {
-    /// The edit of `source` with `params`, asked in `context`.
-    pub fn new(context: RequestContext, source: Source, params: EditParams) -> Self {
+    /// The `operation` over `sources` with `params`, asked in `context`, without a mask.
+    pub fn new(
+        context: RequestContext,
+        operation: Operation,
+        sources: Vec<Reference>,
+        params: EditParams,
+    ) -> Self {
         let RequestContext {
             principal,
             request_id,
             idempotency_key,
             leases,
             client,
+            progress,
         } = context;
         EditRequest {
             principal,
-            source,
+            operation,
+            sources,
+            mask: None,
             params,
             request_id,
             idempotency_key,
             leases,
             client,
+            progress,
         }
     }
 
-    /// The job of this edit over its resolved `sources`; `uploads` are the keys the sources
-    /// are to be stored under (multipart sources, stored by the edit once its hold is
-    /// taken), empty when they are stored already.
-    pub(crate) fn into_job(self, sources: Vec<SourceImage>, uploads: Vec<FileKey>) -> EditJob {
+    /// The job of this request over its resolved `sources` and `mask`; `uploads` are the
+    /// inline images to store as the caller's files once the hold is taken.
+    pub(crate) fn into_job(
+        self,
+        sources: Vec<SourceImage>,
+        mask: Option<SourceImage>,
+        uploads: Vec<(FileKey, Bytes)>,
+    ) -> EditJob {
         EditJob {
             principal: self.principal,
+            operation: self.operation,
             sources,
+            mask,
             params: self.params,
             request_id: self.request_id,
             leases: self.leases,
             client: self.client,
+            progress: self.progress,
             uploads,
         }
     }
 
-    /// A SHA-256 over everything the request asks for: parameters and the source (its key,
-    /// its generation id, or the digest of each uploaded image). Two requests with the same
-    /// fingerprint ask for the same edit.
+    /// A SHA-256 over everything the request asks for: the operation, the parameters, each
+    /// source and the mask (a key, a generation id, a URL, or the digest of inline bytes).
+    /// Two requests with the same fingerprint ask for the same work.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let p = &self.params;
         let mut hash = Sha256::new();
+        let optional = |v: &Option<String>| v.clone().unwrap_or_default();
         for field in [
+            self.operation.as_str(),
             p.model.as_str(),
             p.prompt.as_str(),
             &p.n.to_string(),
@@ -172,20 +203,25 @@ impl EditRequest {
             p.quality.as_str(),
             p.background.as_str(),
             p.output_format.as_str(),
+            &p.output_compression
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            &optional(&p.moderation),
+            &optional(&p.input_fidelity),
+            &optional(&p.user),
+            &p.partial_images.to_string(),
+            if p.stream { "stream" } else { "" },
         ] {
             // Length-prefixed so no two field lists hash alike by shifting a boundary.
             hash.update((field.len() as u64).to_le_bytes());
             hash.update(field.as_bytes());
         }
-        match &self.source {
-            Source::ImageKey(key) => hash.update(format!("key:{key}")),
-            Source::Generation(id) => hash.update(format!("generation:{id}")),
-            Source::Upload(images) => {
-                for image in images {
-                    hash.update(b"upload:");
-                    hash.update(Sha256::digest(&image.bytes));
-                }
-            }
+        for source in &self.sources {
+            source.fingerprint(&mut hash);
+        }
+        if let Some(mask) = &self.mask {
+            hash.update(b"mask:");
+            mask.fingerprint(&mut hash);
         }
         hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -210,6 +246,18 @@ pub struct EditParams {
     pub background: Background,
     /// Encoding of the returned images.
     pub output_format: OutputFormat,
+    /// JPEG or WebP compression, 0-100, when the client set it.
+    pub output_compression: Option<u8>,
+    /// The moderation level the client asked the model for (`auto`, `low`, ...).
+    pub moderation: Option<String>,
+    /// How closely an edit keeps the input's features (`high`, `low`).
+    pub input_fidelity: Option<String>,
+    /// The end user the client named, passed on for the model's abuse monitoring.
+    pub user: Option<String>,
+    /// How many partial images a streamed job shows before each final one (0-3).
+    pub partial_images: u8,
+    /// Whether the answer is a stream of server-sent events.
+    pub stream: bool,
 }
 
 impl EditParams {
@@ -223,44 +271,13 @@ impl EditParams {
             quality: Quality::Auto,
             background: Background::Auto,
             output_format: OutputFormat::Png,
+            output_compression: None,
+            moderation: None,
+            input_fidelity: None,
+            user: None,
+            partial_images: 0,
+            stream: false,
         }
-    }
-}
-
-/// The one source an edit starts from.
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A file the caller uploaded before (JSON method).
-    ImageKey(FileKey),
-    /// An image a previous call produced (chained edits).
-    Generation(GenerationId),
-    /// Image files sent in the request itself (multipart method), in the order received.
-    Upload(Vec<SourceImage>),
-}
-
-/// Image bytes whose type was checked by their magic number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceImage {
-    /// The whole file.
-    pub bytes: Bytes,
-    /// The type the bytes show.
-    pub kind: ImageKind,
-    /// The file name the client gave, if any (informational only).
-    pub filename: Option<String>,
-}
-
-impl SourceImage {
-    /// A fresh key for storing this image as an upload of `owner`:
-    /// `files/{owner}/{uuid}_{sanitised file name}` (`upload.{ext}` when it has no name).
-    pub fn upload_key(&self, owner: &crate::auth::UserId) -> FileKey {
-        FileKey::new(owner, uuid::Uuid::new_v4(), &self.name())
-    }
-
-    /// The file name the client gave, or `upload.{ext}`.
-    pub fn name(&self) -> String {
-        self.filename
-            .clone()
-            .unwrap_or_else(|| format!("upload.{}", self.kind.extension()))
     }
 }
 
@@ -270,8 +287,13 @@ impl SourceImage {
 pub struct EditJob {
     /// Who asked.
     pub principal: Principal,
-    /// The source images, at least one, in the order the client gave them.
+    /// Which endpoint asked.
+    pub operation: Operation,
+    /// The source images, in the order the client gave them: at least one for an edit or a
+    /// compose, none for a generation.
     pub sources: Vec<SourceImage>,
+    /// An edit's mask: where its alpha is zero is the area to edit.
+    pub mask: Option<SourceImage>,
     /// The validated parameters.
     pub params: EditParams,
     /// The id of the HTTP request this job serves, for logs and usage records.
@@ -280,17 +302,34 @@ pub struct EditJob {
     pub leases: Leases,
     /// Whether the client still waits for the answer.
     pub client: ClientWatch,
-    /// Keys to store the sources under before the backend runs (multipart sources, which
-    /// the edit stores once its hold is taken); empty when they are stored already.
-    pub(crate) uploads: Vec<FileKey>,
+    /// Where the job shows its partial images, when its client streams them.
+    pub progress: Progress,
+    /// Inline images (multipart files, data URIs) to store as the caller's uploads before
+    /// the backend runs, once the hold is taken; empty when every source is stored already.
+    pub(crate) uploads: Vec<(FileKey, Bytes)>,
 }
 
 impl EditJob {
-    /// A job for `principal` over `sources`, outside any HTTP request (a backend's own
+    /// An edit for `principal` over `sources`, outside any HTTP request (a backend's own
     /// tests, a batch run): a fresh request id, nothing leased, nothing to store.
     pub fn new(principal: Principal, sources: Vec<SourceImage>, params: EditParams) -> Self {
-        EditRequest::new(principal.into(), Source::Upload(Vec::new()), params)
-            .into_job(sources, Vec::new())
+        EditRequest::new(principal.into(), Operation::Edit, Vec::new(), params).into_job(
+            sources,
+            None,
+            Vec::new(),
+        )
+    }
+
+    /// The same job as another operation (a generation has no sources).
+    pub fn with_operation(mut self, operation: Operation) -> Self {
+        self.operation = operation;
+        self
+    }
+
+    /// The same job with `mask`.
+    pub fn with_mask(mut self, mask: SourceImage) -> Self {
+        self.mask = Some(mask);
+        self
     }
 }
 

@@ -8,6 +8,9 @@ use crate::GatewayError;
 /// The longest prompt, in characters, the spec allows.
 pub const MAX_PROMPT_CHARS: usize = 32_000;
 
+/// The most partial images a streamed job may ask for (OpenAI's `partial_images` 0-3).
+pub const MAX_PARTIAL_IMAGES: u8 = 3;
+
 /// The output dimensions: `auto` (the source's own) or an exact `WIDTHxHEIGHT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Size {
@@ -157,6 +160,70 @@ word_enum!(
     }
 );
 
+word_enum!(
+    /// Tokensmart's `aspect_ratio` of a generation: the output's shape when no exact size
+    /// is given.
+    AspectRatio, "aspect_ratio", {
+        #[default]
+        /// Square.
+        Square = "1:1",
+        /// Widescreen landscape.
+        Wide = "16:9",
+        /// Widescreen portrait.
+        Tall = "9:16",
+        /// Classic landscape.
+        Landscape = "4:3",
+        /// Classic portrait.
+        Portrait = "3:4",
+        /// Photo landscape.
+        PhotoLandscape = "3:2",
+        /// Photo portrait.
+        PhotoPortrait = "2:3",
+    }
+);
+
+impl AspectRatio {
+    /// The ratio as (width, height) terms.
+    fn terms(self) -> (u32, u32) {
+        match self {
+            AspectRatio::Square => (1, 1),
+            AspectRatio::Wide => (16, 9),
+            AspectRatio::Tall => (9, 16),
+            AspectRatio::Landscape => (4, 3),
+            AspectRatio::Portrait => (3, 4),
+            AspectRatio::PhotoLandscape => (3, 2),
+            AspectRatio::PhotoPortrait => (2, 3),
+        }
+    }
+
+    /// The size a generation of this shape is asked at when the client gave `size: auto`
+    /// or none: about a megapixel, sides multiples of 16 (the models' native sizes where
+    /// they have one: 1024x1024, 1536x1024, 1024x1536).
+    pub fn size(self) -> Size {
+        let (width, height) = match self {
+            AspectRatio::Square => (1024, 1024),
+            AspectRatio::Wide => (1792, 1008),
+            AspectRatio::Tall => (1008, 1792),
+            AspectRatio::Landscape => (1536, 1152),
+            AspectRatio::Portrait => (1152, 1536),
+            AspectRatio::PhotoLandscape => (1536, 1024),
+            AspectRatio::PhotoPortrait => (1024, 1536),
+        };
+        Size::Exact { width, height }
+    }
+
+    /// Whether `size` has this shape exactly (`auto` takes any shape).
+    pub fn fits(self, size: Size) -> bool {
+        let (a, b) = self.terms();
+        match size {
+            Size::Auto => true,
+            Size::Exact { width, height } => {
+                u64::from(width) * u64::from(b) == u64::from(height) * u64::from(a)
+            }
+        }
+    }
+}
+
 impl OutputFormat {
     /// The usual file extension, without the dot.
     pub fn extension(self) -> &'static str {
@@ -192,6 +259,61 @@ pub fn parse_prompt(prompt: String) -> Result<String, GatewayError> {
         ));
     }
     Ok(prompt)
+}
+
+/// Parses a whole number field from its text form and checks it is within `range`.
+pub(crate) fn parse_integer(
+    text: &str,
+    param: &'static str,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, GatewayError> {
+    let bad = || {
+        GatewayError::invalid_request(
+            format!(
+                "{param} must be an integer from {} to {}",
+                range.start(),
+                range.end()
+            ),
+            Some(param),
+        )
+    };
+    let text = text.trim();
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    text.parse::<u32>()
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(bad)
+}
+
+/// Parses a boolean field sent as text (`true` / `false`, as multipart forms carry it).
+pub(crate) fn parse_flag(text: &str, param: &'static str) -> Result<bool, GatewayError> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(GatewayError::invalid_request(
+            format!("{param} must be true or false"),
+            Some(param),
+        )),
+    }
+}
+
+/// Checks a passed-through word (`moderation`, `input_fidelity`, `user`): 1 to `max`
+/// visible ASCII characters, so what reaches the model or a log is never a control
+/// sequence or a megabyte. Its values are the model's to judge.
+pub(crate) fn parse_token(
+    text: String,
+    param: &'static str,
+    max: usize,
+) -> Result<String, GatewayError> {
+    if text.is_empty() || text.len() > max || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(GatewayError::invalid_request(
+            format!("{param} must be 1 to {max} visible ASCII characters"),
+            Some(param),
+        ));
+    }
+    Ok(text)
 }
 
 /// Parses `n` from its text form and checks `1..=max`.
@@ -256,6 +378,39 @@ mod tests {
             "quality must be one of: auto high medium low"
         );
         assert_eq!(OutputFormat::default(), OutputFormat::Png);
+    }
+
+    #[test]
+    fn aspect_ratios_have_their_shape() {
+        for word in ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] {
+            let ratio: AspectRatio = word.parse().unwrap();
+            assert!(ratio.fits(ratio.size()), "{word}");
+            assert_eq!(ratio.as_str(), word);
+        }
+        assert!(!AspectRatio::Wide.fits("1024x1024".parse().unwrap()));
+        assert!(AspectRatio::Wide.fits(Size::Auto));
+        assert_eq!(
+            "5:4".parse::<AspectRatio>().unwrap_err().param(),
+            Some("aspect_ratio")
+        );
+    }
+
+    #[test]
+    fn passed_through_words_and_numbers() {
+        assert_eq!(
+            parse_integer("100", "output_compression", 0..=100).unwrap(),
+            100
+        );
+        assert!(parse_integer("101", "output_compression", 0..=100).is_err());
+        assert!(parse_flag("yes", "stream").is_err());
+        assert!(parse_flag("true", "stream").unwrap());
+        assert!(parse_token("low".into(), "moderation", 32).is_ok());
+        for bad in ["", "a b", "\u{1b}[31m", &"x".repeat(33)] {
+            assert!(
+                parse_token(bad.into(), "moderation", 32).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 use tower_layer::Layer;
 
-use super::Normalize;
+use super::{Normalize, Rules};
 use crate::catalog::Catalog;
+use crate::job::Operation;
 use crate::multipart::MultipartLimits;
 
 /// Applies [`Normalize`] to a typed edit service: the door from HTTP to [`EditRequest`].
@@ -9,22 +10,26 @@ use crate::multipart::MultipartLimits;
 /// [`EditRequest`]: crate::job::EditRequest
 #[derive(Clone, Debug)]
 pub struct NormalizeLayer {
-    catalog: Catalog,
-    limits: MultipartLimits,
+    rules: Rules,
 }
 
 impl NormalizeLayer {
-    /// Normalizes requests for the models of `catalog`, with the default limits.
+    /// Normalizes edit requests for the models of `catalog`, with the default limits.
     pub fn new(catalog: Catalog) -> Self {
         NormalizeLayer {
-            catalog,
-            limits: MultipartLimits::default(),
+            rules: Rules::new(Operation::Edit, catalog),
         }
     }
 
-    /// Replaces the multipart limits.
+    /// Normalizes requests of `operation` (the endpoint this layer serves) instead.
+    pub fn operation(mut self, operation: Operation) -> Self {
+        self.rules.operation = operation;
+        self
+    }
+
+    /// Replaces the body limits.
     pub fn limits(mut self, limits: MultipartLimits) -> Self {
-        self.limits = limits;
+        self.rules.limits = limits;
         self
     }
 }
@@ -33,6 +38,6 @@ impl<S> Layer<S> for NormalizeLayer {
     type Service = Normalize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Normalize::new(inner, self.catalog.clone(), self.limits)
+        Normalize::new(inner, self.rules.clone())
     }
 }

@@ -36,6 +36,7 @@ mod layer;
 mod multipart;
 mod service;
 
+pub use form::Rules;
 pub use json::parse_json;
 pub use layer::NormalizeLayer;
 pub use multipart::parse_multipart;

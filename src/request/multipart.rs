@@ -4,30 +4,29 @@
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::form::RawFields;
-use crate::catalog::Catalog;
-use crate::job::{EditRequest, RequestContext};
-use crate::multipart::{multipart_error, open, read_image, MultipartLimits, Parts};
+use super::form::{RawFields, Rules};
+use crate::job::{EditRequest, Reference, RequestContext};
+use crate::multipart::{multipart_error, open, read_image, Parts};
 use crate::{BoxError, GatewayError};
 
 /// Reads a multipart edit body to its end and validates it.
 ///
-/// Image parts are `image` or `image[]`, in any number and any order among the text parts.
-/// Each is checked by its magic number as soon as 12 bytes have arrived, and cut off at
-/// [`MultipartLimits::image`]. A text field given twice is an error rather than a silent
-/// choice between the two. `context` is the request's: a
-/// [`Principal`](crate::auth::Principal) alone will do.
+/// Image parts are `image` or `image[]`, in any number and any order among the text parts,
+/// and at most one `mask`. Each is checked by its magic number as soon as 12 bytes have
+/// arrived, and cut off at [`MultipartLimits::image`](crate::multipart::MultipartLimits::image).
+/// A field given twice is an error rather than a silent choice between the two. `context`
+/// is the request's: a [`Principal`](crate::auth::Principal) alone will do.
 pub async fn parse_multipart<S, E>(
     body: S,
     boundary: String,
     context: impl Into<RequestContext>,
-    catalog: &Catalog,
-    limits: MultipartLimits,
+    rules: &Rules,
 ) -> Result<EditRequest, GatewayError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
+    let limits = rules.limits;
     let mut parts = open(body, &boundary, &limits)?;
     let mut raw = RawFields {
         multipart: true,
@@ -40,13 +39,24 @@ where
             raw.images.push(image);
             continue;
         }
+        if name == "mask" {
+            if raw.mask.is_some() {
+                return Err(GatewayError::invalid_request(
+                    "mask was sent more than once",
+                    Some("mask"),
+                ));
+            }
+            let mask = read_image(&mut parts, head, limits.image, "mask").await?;
+            raw.mask = Some(Reference::Inline(mask));
+            continue;
+        }
         let cap = if name == "prompt" {
             limits.prompt
         } else {
             limits.text
         };
-        // Unused fields (mask, user, ...) are read past by the next `next_part`; the
-        // whole-body limit bounds them.
+        // Unused fields are read past by the next `next_part`; the whole-body limit bounds
+        // them.
         if let Some((param, slot)) = raw.slot(name) {
             if slot.is_some() {
                 return Err(GatewayError::invalid_request(
@@ -57,7 +67,7 @@ where
             *slot = Some(read_text(&mut parts, param, cap).await?);
         }
     }
-    raw.validate(context.into(), catalog)
+    raw.validate(context.into(), rules)
 }
 
 async fn read_text<S, E>(

@@ -6,20 +6,16 @@ use http_body_util::{BodyDataStream, BodyExt, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{parse_json, parse_multipart};
+use super::{parse_json, parse_multipart, Rules};
 use crate::auth::Principal;
-use crate::catalog::Catalog;
 use crate::future::ResponseFuture;
-use crate::job::{EditOutcome, EditRequest, RequestContext, Stage};
-use crate::multipart::{boundary_of, MultipartLimits};
+use crate::job::{EditOutcome, EditRequest, Operation, RequestContext, Stage};
+use crate::multipart::boundary_of;
 
 use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
 use crate::limit::body_error;
 use crate::{GatewayError, RequestBody, ResponseBody};
-
-/// The largest JSON body read: a 32,000-character prompt fully `\u` escaped fits.
-const MAX_JSON_BYTES: usize = 1024 * 1024;
 
 /// Turns an HTTP request into an [`EditRequest`] for the inner service and renders its
 /// answer (or any error on the way) as the spec's JSON.
@@ -29,17 +25,12 @@ const MAX_JSON_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Normalize<S> {
     inner: S,
-    catalog: Catalog,
-    limits: MultipartLimits,
+    rules: Rules,
 }
 
 impl<S> Normalize<S> {
-    pub(crate) fn new(inner: S, catalog: Catalog, limits: MultipartLimits) -> Self {
-        Normalize {
-            inner,
-            catalog,
-            limits,
-        }
+    pub(crate) fn new(inner: S, rules: Rules) -> Self {
+        Normalize { inner, rules }
     }
 }
 
@@ -60,15 +51,14 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let catalog = self.catalog.clone();
-        let limits = self.limits;
+        let rules = self.rules.clone();
         // Dropped with this future: work that outlives the answer learns the client left.
         let (client, watch) = ClientWatch::new();
         ResponseFuture::new(async move {
             let _client = client;
             let answer = async {
                 let context = context_of(&req, watch)?;
-                let edit = read_edit(req, context, &catalog, limits).await?;
+                let edit = read_edit(req, context, &rules).await?;
                 let span = tracing::Span::current();
                 span.record("model", edit.params.model.as_str());
                 span.record("n", edit.params.n);
@@ -116,12 +106,11 @@ fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, GatewayE
         })
 }
 
-/// Reads and validates the body as JSON or multipart, by its `Content-Type`.
+/// Reads and validates the body as JSON or (for edits) multipart, by its `Content-Type`.
 async fn read_edit<B>(
     req: Request<B>,
     context: RequestContext,
-    catalog: &Catalog,
-    limits: MultipartLimits,
+    rules: &Rules,
 ) -> Result<EditRequest, GatewayError>
 where
     B: RequestBody,
@@ -140,20 +129,26 @@ where
         .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => {
-            let body = Limited::new(req.into_body(), MAX_JSON_BYTES)
+            // A JSON body may carry images as data URIs: it has the whole-body limit.
+            let limit = usize::try_from(rules.limits.whole_body).unwrap_or(usize::MAX);
+            let body = Limited::new(req.into_body(), limit)
                 .collect()
                 .await
                 .map_err(body_error)?
                 .to_bytes();
-            parse_json(&body, context, catalog)
+            parse_json(&body, context, rules)
         }
-        "multipart/form-data" => {
+        "multipart/form-data" if rules.operation == Operation::Edit => {
             let boundary = boundary_of(&content_type)?;
             let stream = BodyDataStream::new(req.into_body());
             // Boxed: the multipart reader's state is large, and inline it would be moved
             // along with every JSON edit's future too.
-            Box::pin(parse_multipart(stream, boundary, context, catalog, limits)).await
+            Box::pin(parse_multipart(stream, boundary, context, rules)).await
         }
+        "multipart/form-data" => Err(GatewayError::invalid_request(
+            "this endpoint takes application/json",
+            None,
+        )),
         _ => Err(GatewayError::invalid_request(
             "Content-Type must be application/json or multipart/form-data",
             None,

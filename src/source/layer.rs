@@ -21,6 +21,8 @@ impl ResolveSourceLayer {
                 store,
                 generations,
                 pending_timeout: Duration::from_secs(300),
+                #[cfg(feature = "fetch")]
+                fetcher: None,
             },
         }
     }
@@ -29,6 +31,15 @@ impl ResolveSourceLayer {
     /// (its writer presumably died). Default: 5 minutes.
     pub fn pending_timeout(mut self, timeout: Duration) -> Self {
         self.sources.pending_timeout = timeout;
+        self
+    }
+}
+
+#[cfg(feature = "fetch")]
+impl ResolveSourceLayer {
+    /// Fetches `https://` references with `fetcher` (default: none, and they are refused).
+    pub fn fetcher(mut self, fetcher: crate::fetch::UrlFetcher) -> Self {
+        self.sources.fetcher = Some(fetcher);
         self
     }
 }

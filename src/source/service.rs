@@ -7,7 +7,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::auth::Principal;
-use crate::job::{EditJob, EditOutcome, EditRequest, Source, SourceImage, Stage};
+use crate::job::{EditJob, EditOutcome, EditRequest, Operation, Reference, SourceImage, Stage};
 
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
@@ -34,6 +34,18 @@ pub(crate) struct Sources {
     pub(crate) generations: Arc<dyn Generations>,
     /// A generation pending longer than this is checked against the store: its writer died.
     pub(crate) pending_timeout: Duration,
+    /// Fetches `https://` references; without it they are refused.
+    #[cfg(feature = "fetch")]
+    pub(crate) fetcher: Option<crate::fetch::UrlFetcher>,
+}
+
+/// A request's references, fetched: the images, the keys they are stored under, and the
+/// inline ones still to store.
+#[derive(Default)]
+struct Resolved {
+    images: Vec<SourceImage>,
+    keys: Vec<FileKey>,
+    uploads: Vec<(FileKey, Bytes)>,
 }
 
 impl<S> ResolveSource<S> {
@@ -64,10 +76,25 @@ where
         let inner = self.inner.clone();
         let sources = self.sources.clone();
         ResponseFuture::new(async move {
-            let uploaded = matches!(req.source, Source::Upload(_));
-            let (images, keys) = sources.resolve(&req.principal, &req.source).await?;
-            let uploads = if uploaded { keys.clone() } else { Vec::new() };
-            let mut outcome = inner.oneshot(req.into_job(images, uploads)).await?;
+            let mut resolved = Resolved::default();
+            for reference in &req.sources {
+                sources
+                    .resolve(&req.principal, reference, &mut resolved)
+                    .await?;
+            }
+            if req.operation == Operation::Compose {
+                distinct(&resolved.images)?;
+            }
+            let keys = std::mem::take(&mut resolved.keys);
+            let mask = match &req.mask {
+                Some(mask) => {
+                    sources.resolve(&req.principal, mask, &mut resolved).await?;
+                    resolved.images.pop()
+                }
+                None => None,
+            };
+            let job = req.into_job(resolved.images, mask, resolved.uploads);
+            let mut outcome = inner.oneshot(job).await?;
             outcome.source_keys = keys;
             Ok(outcome)
         })
@@ -75,32 +102,47 @@ where
 }
 
 impl Sources {
-    /// The source images and the keys they are stored under.
+    /// Fetches one reference into `resolved`.
     async fn resolve(
         &self,
         principal: &Principal,
-        source: &Source,
-    ) -> Result<(Vec<SourceImage>, Vec<FileKey>), GatewayError> {
-        match source {
-            Source::Upload(images) => {
-                // The spec: multipart sources are uploads of the caller, fetchable by key.
-                // They are written by the edit itself, once its hold is taken, so a refused
-                // edit stores nothing.
-                let keys = images
-                    .iter()
-                    .map(|image| image.upload_key(principal.user_id()))
-                    .collect();
-                Ok((images.clone(), keys))
+        reference: &Reference,
+        resolved: &mut Resolved,
+    ) -> Result<(), GatewayError> {
+        let (image, key) = match reference {
+            Reference::Inline(image) => {
+                // The spec: images sent in the request are uploads of the caller, fetchable
+                // by key. They are written by the job itself, once its hold is taken, so a
+                // refused job stores nothing.
+                let key = image.upload_key(principal.user_id());
+                resolved.uploads.push((key.clone(), image.bytes.clone()));
+                (image.clone(), key)
             }
-            Source::ImageKey(key) => {
-                let image = self.fetch(key, "image_key").await?;
-                Ok((vec![image], vec![key.clone()]))
+            Reference::Key(key) => (self.fetch(key, "image_key").await?, key.clone()),
+            Reference::Generation(id) => self.generation_source(principal, *id).await?,
+            Reference::Url(url) => {
+                let image = self.fetch_url(url).await?;
+                let key = image.upload_key(principal.user_id());
+                resolved.uploads.push((key.clone(), image.bytes.clone()));
+                (image, key)
             }
-            Source::Generation(id) => {
-                let (image, key) = self.generation_source(principal, *id).await?;
-                Ok((vec![image], vec![key]))
-            }
+        };
+        resolved.images.push(image);
+        resolved.keys.push(key);
+        Ok(())
+    }
+
+    #[cfg(feature = "fetch")]
+    async fn fetch_url(&self, url: &crate::fetch::RemoteUrl) -> Result<SourceImage, GatewayError> {
+        match &self.fetcher {
+            Some(fetcher) => fetcher.fetch(url, "image_urls").await,
+            None => Err(url_fetching_off()),
         }
+    }
+
+    #[cfg(not(feature = "fetch"))]
+    async fn fetch_url(&self, _url: &crate::fetch::RemoteUrl) -> Result<SourceImage, GatewayError> {
+        Err(url_fetching_off())
     }
 
     async fn fetch(&self, key: &FileKey, param: &'static str) -> Result<SourceImage, GatewayError> {
@@ -151,14 +193,36 @@ impl Sources {
     }
 }
 
+/// The answer to an `https://` reference on a gateway that fetches none.
+fn url_fetching_off() -> GatewayError {
+    GatewayError::invalid_request(
+        "this gateway does not fetch https:// image URLs; upload the image, or send it as a \
+         data:image/...;base64 URI",
+        Some("image_urls"),
+    )
+}
+
+/// Refuses a compose that names one image twice, however it was named (a key and the
+/// generation stored under it, two equal data URIs).
+fn distinct(images: &[SourceImage]) -> Result<(), GatewayError> {
+    for (i, image) in images.iter().enumerate() {
+        if images[..i]
+            .iter()
+            .any(|earlier| earlier.bytes == image.bytes)
+        {
+            return Err(GatewayError::invalid_request(
+                "the same image is referenced twice; each reference must be distinct",
+                Some("image_keys"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A stored source, its type read from its bytes.
 fn source_image(bytes: Bytes, param: &'static str) -> Result<SourceImage, GatewayError> {
     let kind = ImageKind::sniff(&bytes).ok_or(GatewayError::ImageTypeUnsupported { param })?;
-    Ok(SourceImage {
-        bytes,
-        kind,
-        filename: None,
-    })
+    Ok(SourceImage::new(bytes, kind))
 }
 
 #[cfg(test)]
@@ -188,6 +252,8 @@ mod tests {
             store: Arc::new(store),
             generations: Arc::new(generations),
             pending_timeout: Duration::from_secs(300),
+            #[cfg(feature = "fetch")]
+            fetcher: None,
         };
         (sources, Principal::new(alice), id)
     }
@@ -195,12 +261,13 @@ mod tests {
     #[tokio::test]
     async fn a_stale_pending_generation_with_its_file_is_ready_and_used() {
         let (sources, alice, id) = stale(true).await;
-        let (images, keys) = sources
-            .resolve(&alice, &Source::Generation(id))
+        let mut resolved = Resolved::default();
+        sources
+            .resolve(&alice, &Reference::Generation(id), &mut resolved)
             .await
             .unwrap();
-        assert_eq!(&images[0].bytes[..], PNG_MAGIC);
-        assert_eq!(keys.len(), 1);
+        assert_eq!(&resolved.images[0].bytes[..], PNG_MAGIC);
+        assert_eq!(resolved.keys.len(), 1);
         let record = sources.generations.get(id).await.unwrap().unwrap();
         assert_eq!(record.status, GenerationStatus::Ready);
     }
@@ -209,7 +276,7 @@ mod tests {
     async fn a_stale_pending_generation_without_its_file_is_not_found_and_failed() {
         let (sources, alice, id) = stale(false).await;
         let error = sources
-            .resolve(&alice, &Source::Generation(id))
+            .resolve(&alice, &Reference::Generation(id), &mut Resolved::default())
             .await
             .unwrap_err();
         assert!(

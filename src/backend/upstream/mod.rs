@@ -11,16 +11,20 @@ use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode, Url};
 
 use super::{BackendError, ImageBackend};
-use crate::job::{EditJob, Image, Size, SourceImage};
+use crate::job::{EditJob, EditParams, Image, Operation, SourceImage};
 
 /// The largest upstream answer read (a JSON body of base64 images, or one image by URL).
 const MAX_ANSWER_BYTES: usize = 128 * 1024 * 1024;
 /// The pause before the one retry of a request that never reached the upstream's model.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
-/// Forwards each edit as the official OpenAI SDK sends it: multipart
+/// Forwards each job as the official OpenAI SDK sends it. An edit or a compose is multipart
 /// `POST {base}/v1/images/edits` with `image` (one source) or repeated `image[]` (several),
-/// `model` (mapped), `prompt`, `n`, `size`, `quality`, `background`, `output_format`.
+/// `mask` when the edit has one, `model` (mapped), `prompt`, `n`, `size`, `quality`,
+/// `background`, `output_format`, and, when the client set them, `output_compression`,
+/// `moderation`, `input_fidelity` and `user`. A generation is JSON
+/// `POST {base}/v1/images/generations` with the same fields (no images, no
+/// `input_fidelity`).
 ///
 /// # Outcomes
 /// | upstream | backend result |
@@ -45,6 +49,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 pub struct UpstreamBackend {
     client: Client,
     endpoint: Url,
+    generations: Url,
     api_key: Option<String>,
     models: HashMap<String, String>,
 }
@@ -109,7 +114,8 @@ impl UpstreamBuilder {
     /// Builds the backend: a pooled HTTP/1.1 + HTTP/2 client with rustls and the Mozilla
     /// root certificates.
     pub fn build(self) -> Result<UpstreamBackend, UpstreamConfigError> {
-        let endpoint = edits_endpoint(&self.base)?;
+        let endpoint = endpoint(&self.base, "edits")?;
+        let generations = endpoint_of(&endpoint, "generations")?;
         let client = Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
@@ -119,15 +125,16 @@ impl UpstreamBuilder {
         Ok(UpstreamBackend {
             client,
             endpoint,
+            generations,
             api_key: self.api_key,
             models: self.models,
         })
     }
 }
 
-/// `{base}/v1/images/edits`, for a base given with or without its `/v1` (the OpenAI SDKs'
+/// `{base}/v1/images/{name}`, for a base given with or without its `/v1` (the OpenAI SDKs'
 /// `base_url` has it, `https://api.openai.com/v1`; many settings pages leave it off).
-fn edits_endpoint(base: &str) -> Result<Url, UpstreamConfigError> {
+fn endpoint(base: &str, name: &str) -> Result<Url, UpstreamConfigError> {
     let trimmed = base.trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
     let parsed = Url::parse(trimmed)
@@ -138,10 +145,17 @@ fn edits_endpoint(base: &str) -> Result<Url, UpstreamConfigError> {
         ));
     }
     Url::parse(&format!(
-        "{}/v1/images/edits",
+        "{}/v1/images/{name}",
         parsed.as_str().trim_end_matches('/')
     ))
     .map_err(|e| UpstreamConfigError(format!("upstream URL: {e}")))
+}
+
+/// The sibling endpoint `name` of `edits` (`.../v1/images/edits` -> `.../v1/images/{name}`).
+fn endpoint_of(edits: &Url, name: &str) -> Result<Url, UpstreamConfigError> {
+    edits
+        .join(name)
+        .map_err(|e| UpstreamConfigError(format!("upstream URL: {e}")))
 }
 
 impl UpstreamBackend {
@@ -157,40 +171,93 @@ impl UpstreamBackend {
         }
     }
 
-    fn form(&self, job: &EditJob) -> Form {
+    /// The upstream's name of the job's model.
+    fn model(&self, params: &EditParams) -> String {
+        self.models
+            .get(&params.model)
+            .unwrap_or(&params.model)
+            .clone()
+    }
+
+    /// The text fields every operation sends, as (name, value) pairs.
+    fn fields(&self, job: &EditJob) -> Vec<(&'static str, String)> {
         let p = &job.params;
-        let model = self.models.get(&p.model).unwrap_or(&p.model).clone();
-        let mut form = Form::new()
-            .text("prompt", p.prompt.clone())
-            .text("n", p.n.to_string())
-            .text("quality", p.quality.as_str())
-            .text("background", p.background.as_str())
-            .text("output_format", p.output_format.as_str());
+        let model = self.model(p);
+        let mut fields = vec![
+            ("prompt", p.prompt.clone()),
+            ("n", p.n.to_string()),
+            ("size", p.size.to_string()),
+            ("quality", p.quality.as_str().to_owned()),
+            ("background", p.background.as_str().to_owned()),
+            ("output_format", p.output_format.as_str().to_owned()),
+        ];
         if !model.starts_with("gpt-image") {
-            form = form.text("response_format", "b64_json");
+            fields.push(("response_format", "b64_json".to_owned()));
         }
-        if let Size::Exact { .. } = p.size {
-            form = form.text("size", p.size.to_string());
-        } else {
-            form = form.text("size", "auto");
+        let optional = [
+            (
+                "output_compression",
+                p.output_compression.map(|c| c.to_string()),
+            ),
+            ("moderation", p.moderation.clone()),
+            ("user", p.user.clone()),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        if job.operation != Operation::Generate {
+            if let Some(fidelity) = &p.input_fidelity {
+                fields.push(("input_fidelity", fidelity.clone()));
+            }
         }
-        form = form.text("model", model);
+        fields.push(("model", model));
+        fields
+    }
+
+    /// An edit or a compose as the SDK's multipart form.
+    fn form(&self, job: &EditJob) -> Form {
+        let mut form = Form::new();
+        for (name, value) in self.fields(job) {
+            form = form.text(name, value);
+        }
         let field = if job.sources.len() == 1 {
             "image"
         } else {
             "image[]"
         };
         for (i, source) in job.sources.iter().enumerate() {
-            form = form.part(field, image_part(source, i));
+            form = form.part(field, image_part(source, &format!("image-{i}")));
+        }
+        if let Some(mask) = &job.mask {
+            form = form.part("mask", image_part(mask, "mask"));
         }
         form
     }
 
+    /// A generation as the SDK's JSON body. Numbers go as numbers, as the SDK sends them.
+    fn generation_body(&self, job: &EditJob) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        for (name, value) in self.fields(job) {
+            let value = match name {
+                "n" | "output_compression" => value
+                    .parse::<u64>()
+                    .map_or(serde_json::Value::String(value), Into::into),
+                _ => serde_json::Value::String(value),
+            };
+            body.insert(name.to_owned(), value);
+        }
+        serde_json::Value::Object(body)
+    }
+
     async fn send(&self, job: &EditJob) -> Result<reqwest::Response, reqwest::Error> {
-        let mut request = self
-            .client
-            .post(self.endpoint.clone())
-            .multipart(self.form(job));
+        let mut request = match job.operation {
+            Operation::Generate => self
+                .client
+                .post(self.generations.clone())
+                .json(&self.generation_body(job)),
+            Operation::Edit | Operation::Compose => self
+                .client
+                .post(self.endpoint.clone())
+                .multipart(self.form(job)),
+        };
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -198,9 +265,10 @@ impl UpstreamBackend {
     }
 }
 
-/// One source as a file part. `Bytes` is shared, not copied, into the request body.
-fn image_part(source: &SourceImage, index: usize) -> Part {
-    let name = format!("image-{index}.{}", source.kind.extension());
+/// One image as a file part named `stem.{ext}`. `Bytes` is shared, not copied, into the
+/// request body.
+fn image_part(source: &SourceImage, stem: &str) -> Part {
+    let name = format!("{stem}.{}", source.kind.extension());
     let part = Part::stream_with_length(
         reqwest::Body::from(source.bytes.clone()),
         source.bytes.len() as u64,
@@ -257,7 +325,7 @@ fn describe(error: reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::edits_endpoint;
+    use super::{endpoint, endpoint_of};
 
     #[test]
     fn the_base_url_may_end_in_v1_or_not() {
@@ -268,18 +336,23 @@ mod tests {
             "https://api.openai.com/v1/",
         ] {
             assert_eq!(
-                edits_endpoint(base).unwrap().as_str(),
+                endpoint(base, "edits").unwrap().as_str(),
                 "https://api.openai.com/v1/images/edits",
                 "{base}"
             );
         }
         assert_eq!(
-            edits_endpoint("http://127.0.0.1:9000/proxy/v1")
+            endpoint("http://127.0.0.1:9000/proxy/v1", "edits")
                 .unwrap()
                 .as_str(),
             "http://127.0.0.1:9000/proxy/v1/images/edits"
         );
-        assert!(edits_endpoint("ftp://example.com").is_err());
-        assert!(edits_endpoint("not a url").is_err());
+        let edits = endpoint("https://api.openai.com/v1", "edits").unwrap();
+        assert_eq!(
+            endpoint_of(&edits, "generations").unwrap().as_str(),
+            "https://api.openai.com/v1/images/generations"
+        );
+        assert!(endpoint("ftp://example.com", "edits").is_err());
+        assert!(endpoint("not a url", "edits").is_err());
     }
 }

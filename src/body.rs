@@ -41,6 +41,9 @@ pub struct ResponseBody(Kind);
 enum Kind {
     Full(Option<Bytes>),
     Encoded(Encoded),
+    /// Frames as a task produces them (a stream of server-sent events); ends when the
+    /// task drops its sender.
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 /// Pieces of a JSON document, some literal and some base64 of bytes, sent in order.
@@ -85,10 +88,23 @@ impl ResponseBody {
         ResponseBody(Kind::Encoded(encoded))
     }
 
-    /// The whole body in one buffer (every frame is ready at once).
+    /// Frames sent by whoever holds the other end of `frames`, as they come.
+    pub(crate) fn stream(frames: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        ResponseBody(Kind::Stream(frames))
+    }
+
+    /// The whole body in one buffer (every frame is ready at once; a streamed body gives
+    /// what has arrived so far).
     pub fn into_bytes(self) -> Bytes {
         match self.0 {
             Kind::Full(bytes) => bytes.unwrap_or_default(),
+            Kind::Stream(mut frames) => {
+                let mut out = Vec::new();
+                while let Ok(frame) = frames.try_recv() {
+                    out.extend_from_slice(&frame);
+                }
+                Bytes::from(out)
+            }
             Kind::Encoded(encoded) => {
                 // Encoded straight into one buffer: no chunk of its own per piece.
                 let mut out = String::with_capacity(encoded.remaining as usize);
@@ -166,10 +182,13 @@ impl Body for ResponseBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let chunk = match &mut self.0 {
             Kind::Full(bytes) => bytes.take(),
+            Kind::Stream(frames) => {
+                return frames.poll_recv(cx).map(|f| f.map(|c| Ok(Frame::data(c))))
+            }
             Kind::Encoded(encoded) => {
                 let chunk = encoded.next_chunk();
                 if let Some(chunk) = &chunk {
@@ -185,6 +204,7 @@ impl Body for ResponseBody {
         match &self.0 {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Encoded(encoded) => encoded.remaining == 0,
+            Kind::Stream(_) => false,
         }
     }
 
@@ -192,6 +212,7 @@ impl Body for ResponseBody {
         match &self.0 {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Encoded(encoded) => SizeHint::with_exact(encoded.remaining),
+            Kind::Stream(_) => SizeHint::default(),
         }
     }
 }

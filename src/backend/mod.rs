@@ -47,7 +47,7 @@ use async_trait::async_trait;
 #[cfg(feature = "reference-backend")]
 pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_PIXELS};
 #[cfg(feature = "upstream")]
-pub use upstream::{UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
+pub use upstream::{sse, StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
 pub use service::EditService;
 

@@ -90,9 +90,13 @@ where
             .hold(job.principal.user_id(), amount, self.hold_ttl, memo)
             .await?;
         let mut guard = HoldGuard::new(self.ledger.clone(), hold.id);
+        job.progress.held();
         let client = job.client.clone();
+        // A streamed job's client that leaves is owed only what was completed: the work
+        // stops with it, whatever the backend.
+        let cancel = self.cancel_abandoned || job.params.stream;
         let work = self.inner.clone().oneshot(job);
-        let rendered = match self.watch(hold.id, work, client).await {
+        let rendered = match self.watch(hold.id, work, client, cancel).await {
             Ok(rendered) => rendered,
             Err(error) => {
                 guard.release().await;
@@ -114,12 +118,13 @@ where
     /// Runs the inner service, renewing the hold while it works so the expiry sweep never
     /// takes it from a live request. A client that hangs up cancels the work only when the
     /// backend declared that dropping its future stops it; otherwise the work runs on and
-    /// is charged.
+    /// is charged. A `cancel` watch stops the work when the client leaves.
     async fn watch(
         &mut self,
         hold: HoldId,
         work: impl std::future::Future<Output = Result<Rendered, GatewayError>>,
         mut client: ClientWatch,
+        cancel: bool,
     ) -> Result<Rendered, GatewayError> {
         tokio::pin!(work);
         // Most work never waits a third of a TTL: no timer for work that is done at once.
@@ -136,7 +141,7 @@ where
                     Ok(false) => tracing::error!(%hold, "a live request's hold expired; its settle will charge late"),
                     Err(error) => tracing::error!(%error, %hold, "renewing a hold failed"),
                 },
-                () = client.gone(), if self.cancel_abandoned => {
+                () = client.gone(), if cancel => {
                     tracing::info!("client gone; the backend's work is cancelled");
                     return Err(GatewayError::RequestTimeout);
                 }

@@ -39,6 +39,7 @@ pub struct GatewayBuilder {
     body_limit: u64,
     multipart: MultipartLimits,
     quota: Quota,
+    stream_keepalive: Duration,
     #[cfg(feature = "fetch")]
     fetcher: Option<crate::fetch::UrlFetcher>,
 }
@@ -59,6 +60,7 @@ impl Default for GatewayBuilder {
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
             quota: Quota::default(),
+            stream_keepalive: crate::request::DEFAULT_KEEPALIVE,
             #[cfg(feature = "fetch")]
             fetcher: None,
         }
@@ -171,6 +173,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// How long a streamed answer (`stream: true`) may stay silent before a keep-alive
+    /// comment is sent. Default: 15 s.
+    pub fn stream_keepalive(mut self, period: Duration) -> Self {
+        self.stream_keepalive = period;
+        self
+    }
+
     /// Fetches `https://` image references (compose's `image_urls`, OpenAI's `image_url`)
     /// with `fetcher`. Default: none, and such references are refused with a 400 that says
     /// to upload the image or send it as a `data:` URI.
@@ -229,7 +238,9 @@ impl GatewayBuilder {
                     .cancel_abandoned(backend.cancellable()),
             )
             .service(EditService::new(backend, store.clone(), generations));
-        let normalize = NormalizeLayer::new(catalog.clone()).limits(self.multipart);
+        let normalize = NormalizeLayer::new(catalog.clone())
+            .limits(self.multipart)
+            .stream_keepalive(self.stream_keepalive);
         let endpoint = |operation| normalize.clone().operation(operation).layer(jobs.clone());
         let routes = Routes {
             edits: endpoint(Operation::Edit),

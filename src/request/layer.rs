@@ -1,5 +1,8 @@
+use std::time::Duration;
+
 use tower_layer::Layer;
 
+use super::stream::DEFAULT_KEEPALIVE;
 use super::{Normalize, Rules};
 use crate::catalog::Catalog;
 use crate::job::Operation;
@@ -11,6 +14,7 @@ use crate::multipart::MultipartLimits;
 #[derive(Clone, Debug)]
 pub struct NormalizeLayer {
     rules: Rules,
+    keepalive: Duration,
 }
 
 impl NormalizeLayer {
@@ -18,12 +22,20 @@ impl NormalizeLayer {
     pub fn new(catalog: Catalog) -> Self {
         NormalizeLayer {
             rules: Rules::new(Operation::Edit, catalog),
+            keepalive: DEFAULT_KEEPALIVE,
         }
     }
 
     /// Normalizes requests of `operation` (the endpoint this layer serves) instead.
     pub fn operation(mut self, operation: Operation) -> Self {
         self.rules.operation = operation;
+        self
+    }
+
+    /// How long a streamed answer may stay silent before a keep-alive comment is sent.
+    /// Default: [`DEFAULT_KEEPALIVE`] (15 s).
+    pub fn stream_keepalive(mut self, period: Duration) -> Self {
+        self.keepalive = period.max(Duration::from_millis(10));
         self
     }
 
@@ -38,6 +50,6 @@ impl<S> Layer<S> for NormalizeLayer {
     type Service = Normalize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Normalize::new(inner, self.rules.clone())
+        Normalize::new(inner, self.rules.clone(), self.keepalive)
     }
 }

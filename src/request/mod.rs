@@ -35,9 +35,11 @@ mod json;
 mod layer;
 mod multipart;
 mod service;
+mod stream;
 
 pub use form::Rules;
 pub use json::parse_json;
 pub use layer::NormalizeLayer;
 pub use multipart::parse_multipart;
 pub use service::Normalize;
+pub use stream::DEFAULT_KEEPALIVE;

@@ -6,7 +6,9 @@ use http_body_util::{BodyDataStream, BodyExt, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{parse_json, parse_multipart, Rules};
+use std::time::Duration;
+
+use super::{parse_json, parse_multipart, stream, Rules};
 use crate::auth::Principal;
 use crate::future::ResponseFuture;
 use crate::job::{EditOutcome, EditRequest, Operation, RequestContext, Stage};
@@ -26,11 +28,16 @@ use crate::{GatewayError, RequestBody, ResponseBody};
 pub struct Normalize<S> {
     inner: S,
     rules: Rules,
+    keepalive: Duration,
 }
 
 impl<S> Normalize<S> {
-    pub(crate) fn new(inner: S, rules: Rules) -> Self {
-        Normalize { inner, rules }
+    pub(crate) fn new(inner: S, rules: Rules, keepalive: Duration) -> Self {
+        Normalize {
+            inner,
+            rules,
+            keepalive,
+        }
     }
 }
 
@@ -52,19 +59,27 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let rules = self.rules.clone();
-        // Dropped with this future: work that outlives the answer learns the client left.
+        let keepalive = self.keepalive;
+        // Dropped with the answer (or, streamed, with its body): work that outlives it learns
+        // the client left.
         let (client, watch) = ClientWatch::new();
         ResponseFuture::new(async move {
-            let _client = client;
-            let answer = async {
+            let edit = async {
                 let context = context_of(&req, watch)?;
-                let edit = read_edit(req, context, &rules).await?;
-                let span = tracing::Span::current();
-                span.record("model", edit.params.model.as_str());
-                span.record("n", edit.params.n);
-                inner.oneshot(edit).await
+                read_edit(req, context, &rules).await
             };
-            Ok(match answer.await {
+            let edit = match edit.await {
+                Ok(edit) => edit,
+                Err(error) => return Ok(error.into_response()),
+            };
+            let span = tracing::Span::current();
+            span.record("model", edit.params.model.as_str());
+            span.record("n", edit.params.n);
+            if edit.params.stream {
+                return Ok(stream::respond(inner, edit, client, keepalive).await);
+            }
+            let _client = client;
+            Ok(match inner.oneshot(edit).await {
                 Ok(outcome) => outcome.into_response(),
                 Err(error) => error.into_response(),
             })

@@ -83,7 +83,7 @@ where
                     .await?;
             }
             if req.operation == Operation::Compose {
-                distinct(&resolved.images)?;
+                distinct(&resolved.keys)?;
             }
             let keys = std::mem::take(&mut resolved.keys);
             let mask = match &req.mask {
@@ -202,14 +202,11 @@ fn url_fetching_off() -> GatewayError {
     )
 }
 
-/// Refuses a compose that names one image twice, however it was named (a key and the
-/// generation stored under it, two equal data URIs).
-fn distinct(images: &[SourceImage]) -> Result<(), GatewayError> {
-    for (i, image) in images.iter().enumerate() {
-        if images[..i]
-            .iter()
-            .any(|earlier| earlier.bytes == image.bytes)
-        {
+/// Refuses a compose that names one stored image twice in two ways (a key and the
+/// generation stored under it). References equal as written were refused by normalization.
+fn distinct(keys: &[FileKey]) -> Result<(), GatewayError> {
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i].contains(key) {
             return Err(GatewayError::invalid_request(
                 "the same image is referenced twice; each reference must be distinct",
                 Some("image_keys"),

@@ -5,6 +5,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+use super::sse::SseReader;
 use super::{describe, UpstreamBackend, MAX_ANSWER_BYTES};
 use crate::backend::BackendError;
 use crate::job::{EditJob, Image, OutputFormat};
@@ -72,7 +73,12 @@ pub(super) async fn images(
         return Ok(images);
     }
     let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-    let e = error.error;
+    Err(refusal(job, status, error.error))
+}
+
+/// What an upstream's error says, as a [`BackendError`]: moderation and size refusals
+/// (a 400, or an error event mid-stream) are the client's; anything else is the upstream's.
+fn refusal(job: &EditJob, status: reqwest::StatusCode, e: ErrorBody) -> BackendError {
     let code = e.code.as_deref().unwrap_or_default();
     if status == reqwest::StatusCode::BAD_REQUEST {
         let moderation = MODERATION_CODES.contains(&code)
@@ -80,23 +86,150 @@ pub(super) async fn images(
                 .as_deref()
                 .is_some_and(|k| MODERATION_CODES.contains(&k));
         if moderation {
-            return Err(BackendError::ContentPolicy {
+            return BackendError::ContentPolicy {
                 message: "the request was rejected by the image model's safety system".into(),
-            });
+            };
         }
         let blames_size = e.param.as_deref() == Some("size")
             || e.message
                 .as_deref()
                 .is_some_and(|m| m.to_ascii_lowercase().contains("size"));
         if blames_size {
-            return Err(BackendError::UnsupportedSize {
+            return BackendError::UnsupportedSize {
                 size: job.params.size,
-            });
+            };
         }
     }
-    Err(BackendError::upstream(format!(
-        "upstream answered {status} (code {code:?})"
-    )))
+    BackendError::upstream(format!("upstream answered {status} (code {code:?})"))
+}
+
+/// One event of an upstream's image stream, as OpenAI sends them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// `*.partial_image`: a preview, `partial_image_index` counting from 0.
+    Partial {
+        /// The preview's index.
+        index: u8,
+        /// Its bytes.
+        bytes: Bytes,
+    },
+    /// `*.completed`: one final image.
+    Completed(Bytes),
+    /// `{"error": {...}}`: the stream failed.
+    Failed {
+        /// The error's `code`.
+        code: Option<String>,
+        /// The error's `param`.
+        param: Option<String>,
+        /// The error's `type`.
+        kind: Option<String>,
+        /// The error's `message`.
+        message: Option<String>,
+    },
+    /// Anything else (a keep-alive, an event type this gateway does not use).
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StreamDatum {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    b64_json: Option<String>,
+    partial_image_index: Option<u64>,
+    error: Option<ErrorBody>,
+}
+
+impl StreamEvent {
+    /// Reads one event's `data`.
+    pub fn parse(data: &str) -> Result<StreamEvent, BackendError> {
+        let Ok(datum) = serde_json::from_str::<StreamDatum>(data) else {
+            // `[DONE]` and other non-JSON data carry nothing the gateway needs.
+            return Ok(StreamEvent::Other);
+        };
+        if let Some(e) = datum.error {
+            return Ok(StreamEvent::Failed {
+                code: e.code,
+                param: e.param,
+                kind: e.kind,
+                message: e.message,
+            });
+        }
+        let kind = datum.kind.unwrap_or_default();
+        let decode = |b64: Option<String>| -> Result<Bytes, BackendError> {
+            let b64 = b64.ok_or_else(|| BackendError::upstream("a stream image without data"))?;
+            STANDARD
+                .decode(b64.as_bytes())
+                .map(Bytes::from)
+                .map_err(|e| BackendError::upstream(format!("upstream sent bad base64: {e}")))
+        };
+        if kind.ends_with(".partial_image") {
+            let index = datum
+                .partial_image_index
+                .unwrap_or(0)
+                .min(u64::from(u8::MAX)) as u8;
+            return Ok(StreamEvent::Partial {
+                index,
+                bytes: decode(datum.b64_json)?,
+            });
+        }
+        if kind.ends_with(".completed") {
+            return Ok(StreamEvent::Completed(decode(datum.b64_json)?));
+        }
+        Ok(StreamEvent::Other)
+    }
+}
+
+/// Relays an upstream's event stream: partials go to the job's progress as they come,
+/// completed images are returned at the end. At most [`MAX_ANSWER_BYTES`] are read in all.
+pub(super) async fn streamed(
+    job: &EditJob,
+    mut response: reqwest::Response,
+) -> Result<Vec<Image>, BackendError> {
+    let mut reader = SseReader::new(MAX_ANSWER_BYTES);
+    let mut images = Vec::new();
+    let mut read = 0usize;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BackendError::upstream(describe(e)))?
+    {
+        read += chunk.len();
+        if read > MAX_ANSWER_BYTES {
+            return Err(BackendError::upstream("upstream stream is too large"));
+        }
+        let events = reader
+            .push(&chunk)
+            .map_err(|_| BackendError::upstream("upstream stream event is too large"))?;
+        for event in events {
+            match StreamEvent::parse(&event.data)? {
+                StreamEvent::Partial { index, bytes } => {
+                    let format = format_of(&bytes, job.params.output_format)?;
+                    job.progress.partial(index, Image::new(bytes, format));
+                }
+                StreamEvent::Completed(bytes) => {
+                    let format = format_of(&bytes, job.params.output_format)?;
+                    images.push(Image::new(bytes, format));
+                }
+                StreamEvent::Failed {
+                    code,
+                    param,
+                    kind,
+                    message,
+                } => {
+                    let body = ErrorBody {
+                        code,
+                        param,
+                        message,
+                        kind,
+                    };
+                    // Mid-stream errors carry no status; a refusal is judged as a 400 would be.
+                    return Err(refusal(job, reqwest::StatusCode::BAD_REQUEST, body));
+                }
+                StreamEvent::Other => {}
+            }
+        }
+    }
+    Ok(images)
 }
 
 /// The encoding the bytes show; GIF or anything unknown is not an output.

@@ -1,6 +1,9 @@
 //! An [`ImageBackend`] that forwards edits to any OpenAI-compatible images API.
 
 mod answer;
+pub mod sse;
+
+pub use answer::StreamEvent;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -208,6 +211,10 @@ impl UpstreamBackend {
                 fields.push(("input_fidelity", fidelity.clone()));
             }
         }
+        if streams(job) {
+            fields.push(("stream", "true".to_owned()));
+            fields.push(("partial_images", p.partial_images.to_string()));
+        }
         fields.push(("model", model));
         fields
     }
@@ -237,9 +244,10 @@ impl UpstreamBackend {
         let mut body = serde_json::Map::new();
         for (name, value) in self.fields(job) {
             let value = match name {
-                "n" | "output_compression" => value
+                "n" | "output_compression" | "partial_images" => value
                     .parse::<u64>()
                     .map_or(serde_json::Value::String(value), Into::into),
+                "stream" => serde_json::Value::Bool(value == "true"),
                 _ => serde_json::Value::String(value),
             };
             body.insert(name.to_owned(), value);
@@ -263,6 +271,12 @@ impl UpstreamBackend {
         }
         request.send().await
     }
+}
+
+/// Whether the job is sent as a stream: its client streams and wants partial images (a
+/// stream without partials carries nothing the plain answer does not).
+fn streams(job: &EditJob) -> bool {
+    job.params.partial_images > 0 && job.progress.is_streamed()
 }
 
 /// One image as a file part named `stem.{ext}`. `Bytes` is shared, not copied, into the
@@ -305,6 +319,14 @@ impl ImageBackend for UpstreamBackend {
             retried = true;
             tokio::time::sleep(RETRY_BACKOFF).await;
         };
+        let event_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if event_stream && response.status().is_success() {
+            return answer::streamed(job, response).await;
+        }
         answer::images(self, job, response).await
     }
 }

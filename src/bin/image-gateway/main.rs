@@ -26,6 +26,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
+use image_gateway::fetch::UrlFetcher;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::ratelimit::RedisLimits;
 use image_gateway::server::{serve, ServeOptions};
@@ -129,7 +130,13 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .ledger(stores.ledger)
         .hold_ttl(config.hold_ttl)
         .quota(config.quota)
+        .stream_keepalive(config.stream_keepalive)
         .rate_limit(rate_limit);
+    if let Some(fetch) = &config.url_fetch {
+        let fetcher = UrlFetcher::new(fetch.clone())
+            .map_err(|e| format!("cannot fetch image URLs (GATEWAY_URL_FETCH): {e}"))?;
+        builder = builder.fetcher(fetcher);
+    }
     if let Some(admin_key) = &config.admin_key {
         builder = builder.admin_key(admin_key.clone());
     }

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use image_gateway::fetch::FetchConfig;
 use image_gateway::ratelimit::RateLimitLayer;
 use image_gateway::store::{Quota, S3Config};
 
@@ -82,6 +83,12 @@ settings! {
         "that API's key";
     "GATEWAY_UPSTREAM_MODEL", "gpt-image-2",
         "the upstream model that serves gpt-image-2";
+    "GATEWAY_URL_FETCH", "on",
+        "on: compose's image_urls and OpenAI's image_url may be https:// URLs, fetched under SSRF rules (public addresses only); off: refused";
+    "GATEWAY_URL_FETCH_TEST_CA", "",
+        "tests only: a PEM root certificate to trust for fetched URLs, which also lets them reach loopback addresses by name";
+    "GATEWAY_STREAM_KEEPALIVE_SECS", "15",
+        "a streamed answer (stream: true) silent this long sends a keep-alive comment";
     "RUST_LOG", "info",
         "log filter: a level, or target=level pairs (image_gateway=debug,warn)";
 }
@@ -106,6 +113,8 @@ pub struct Config {
     pub min_free_bytes: u64,
     pub cors_origins: Vec<String>,
     pub upstream: Option<Upstream>,
+    pub url_fetch: Option<FetchConfig>,
+    pub stream_keepalive: Duration,
     pub rate_limit: RateLimitLayer,
     pub log_filter: String,
 }
@@ -184,10 +193,32 @@ impl Config {
                 key: text("GATEWAY_UPSTREAM_KEY"),
                 model: text("GATEWAY_UPSTREAM_MODEL").unwrap_or_default(),
             }),
+            url_fetch: url_fetch(
+                text("GATEWAY_URL_FETCH").unwrap_or_default().as_str(),
+                text("GATEWAY_URL_FETCH_TEST_CA"),
+            )?,
+            stream_keepalive: Duration::from_secs(integer("GATEWAY_STREAM_KEEPALIVE_SECS")?.max(1)),
             rate_limit,
             log_filter: text("RUST_LOG").unwrap_or_default(),
         })
     }
+}
+
+/// The URL fetcher's settings: `None` when fetching is off.
+fn url_fetch(switch: &str, test_ca: Option<String>) -> Result<Option<FetchConfig>, Box<dyn Error>> {
+    match switch {
+        "off" => return Ok(None),
+        "on" => {}
+        _ => return Err("GATEWAY_URL_FETCH must be on or off".into()),
+    }
+    let mut config = FetchConfig::default();
+    if let Some(path) = test_ca {
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("GATEWAY_URL_FETCH_TEST_CA: cannot read {path}: {e}"))?;
+        config.extra_root = Some(pem);
+        config.allow_loopback = true;
+    }
+    Ok(Some(config))
 }
 
 fn default_of(name: &str) -> &'static str {

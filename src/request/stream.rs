@@ -1,0 +1,241 @@
+//! `stream: true`: a job answered as server-sent events, OpenAI's image stream.
+//!
+//! ```text
+//! event: image_edit.partial_image          (0 to partial_images of them)
+//! data: {"type":"image_edit.partial_image","b64_json":..,"partial_image_index":0,..}
+//!
+//! event: image_edit.completed              (one per image returned)
+//! data: {"type":"image_edit.completed","b64_json":..,"usage":{..},"picklyone_generation_id":..}
+//! ```
+//!
+//! Generations name their events `image_generation.*`. The answer's status and headers wait
+//! for the job's hold: until it is taken, a refusal (402, 404, 429, ...) is the usual JSON
+//! error. After, a failure is one `data: {"error": {...}}` frame, which the SDKs raise. A
+//! comment line (`: keep-alive`) goes out whenever nothing else has for the keep-alive
+//! period, so proxies do not cut a long render.
+//!
+//! A client that leaves mid-stream drops the body; the job's work is cancelled and its hold
+//! released, so it pays only for images whose `completed` events were due before it left.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use tokio::sync::{mpsc, oneshot};
+use tower::ServiceExt;
+
+use crate::clock::unix_now;
+use crate::job::{EditOutcome, EditParams, EditRequest, Operation, Progress, Stage, Step};
+use crate::lease::ClientHandle;
+use crate::{GatewayError, ResponseBody};
+
+/// How often a silent stream sends a comment, by default: under the 30-60 s idle cut-off
+/// of common proxies.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Frames buffered between the job's task and the connection; a slow reader holds the
+/// task back rather than growing a queue.
+const FRAME_BUFFER: usize = 2;
+
+/// Runs `edit` through `inner` on a task of its own and answers with its event stream (or,
+/// when it fails before its hold is taken, with the error). `client` is dropped when the
+/// stream's reader is gone, which tells billing to cancel the work.
+pub(crate) async fn respond<S>(
+    inner: S,
+    mut edit: EditRequest,
+    client: ClientHandle,
+    keepalive: Duration,
+) -> Response<ResponseBody>
+where
+    S: Stage<EditRequest, EditOutcome>,
+{
+    let (progress, steps) = Progress::channel(edit.params.partial_images);
+    edit.progress = progress;
+    let names = Names::of(edit.operation, &edit.params);
+    let (start, started) = oneshot::channel();
+    let (frames, body) = mpsc::channel(FRAME_BUFFER);
+    let relay = Relay {
+        start: Some(start),
+        frames,
+        names,
+    };
+    tokio::spawn(drive(inner.oneshot(edit), steps, relay, keepalive, client));
+    match started.await {
+        Ok(Ok(())) => sse_response(body),
+        Ok(Err(error)) => error.into_response(),
+        // The task ended without a word: it only does so when its runtime shuts down.
+        Err(_) => GatewayError::Internal.into_response(),
+    }
+}
+
+fn sse_response(body: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Asks nginx-style proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The reader left: the job's task stops.
+struct Gone;
+
+/// The job's side of one stream: the one-time signal that decides the answer's head, and
+/// the frames of its body.
+struct Relay {
+    start: Option<oneshot::Sender<Result<(), GatewayError>>>,
+    frames: mpsc::Sender<Bytes>,
+    names: Names,
+}
+
+impl Relay {
+    /// Decides the answer's head, once.
+    fn start(&mut self, decision: Result<(), GatewayError>) -> Result<(), Gone> {
+        match self.start.take() {
+            Some(sender) => sender.send(decision).map_err(|_| Gone),
+            None => Ok(()),
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.start.is_none()
+    }
+
+    async fn send(&self, frame: Bytes) -> Result<(), Gone> {
+        self.frames.send(frame).await.map_err(|_| Gone)
+    }
+
+    /// Relays one step of the job: its hold starts the stream; a partial is an event.
+    async fn step(&mut self, step: Step) -> Result<(), Gone> {
+        match step {
+            Step::Held => self.start(Ok(())),
+            Step::Partial { index, image } if self.started() => {
+                self.send(self.names.partial(index, &image.bytes)).await
+            }
+            Step::Partial { .. } => Ok(()),
+        }
+    }
+
+    /// Relays the job's end: one `completed` event per image, or an error (a frame once
+    /// the stream started, the answer's head before).
+    async fn end(&mut self, outcome: Result<EditOutcome, GatewayError>) -> Result<(), Gone> {
+        match outcome {
+            Ok(outcome) => {
+                // An answer replayed for an idempotent retry never took a hold: start now.
+                self.start(Ok(()))?;
+                for image in &outcome.images {
+                    let frame = self
+                        .names
+                        .completed(image.id.to_string(), &image.image.bytes);
+                    self.send(frame).await?;
+                }
+                Ok(())
+            }
+            Err(error) if self.started() => {
+                let json = error.to_json();
+                self.send(Bytes::from(format!(
+                    "data: {}\n\n",
+                    String::from_utf8_lossy(&json)
+                )))
+                .await
+            }
+            Err(error) => self.start(Err(error)),
+        }
+    }
+}
+
+/// Drives the job, turning its steps into frames, until it ends or the reader leaves.
+async fn drive(
+    job: impl std::future::Future<Output = Result<EditOutcome, GatewayError>>,
+    mut steps: mpsc::UnboundedReceiver<Step>,
+    mut relay: Relay,
+    keepalive: Duration,
+    client: ClientHandle,
+) -> Result<(), Gone> {
+    // Dropped when this task returns: the job learns its client is gone.
+    let _client = client;
+    tokio::pin!(job);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let outcome = loop {
+        tokio::select! {
+            Some(step) = steps.recv() => {
+                relay.step(step).await?;
+                ticks.reset();
+            }
+            outcome = &mut job => break outcome,
+            () = relay.frames.closed() => return Err(Gone),
+            _ = ticks.tick(), if relay.started() => {
+                relay.send(Bytes::from_static(b": keep-alive\n\n")).await?;
+            }
+        }
+    };
+    // Steps the job sent in the poll that ended it (its hold, its last partials) come
+    // before its end.
+    while let Ok(step) = steps.try_recv() {
+        relay.step(step).await?;
+    }
+    relay.end(outcome).await
+}
+
+/// What every event of one job repeats: its names and the parameters it echoes.
+struct Names {
+    prefix: &'static str,
+    size: String,
+    quality: &'static str,
+    background: &'static str,
+    output_format: &'static str,
+}
+
+impl Names {
+    fn of(operation: Operation, params: &EditParams) -> Names {
+        Names {
+            prefix: operation.event_prefix(),
+            size: params.size.to_string(),
+            quality: params.quality.as_str(),
+            background: params.background.as_str(),
+            output_format: params.output_format.as_str(),
+        }
+    }
+
+    fn partial(&self, index: u8, bytes: &[u8]) -> Bytes {
+        self.event(
+            "partial_image",
+            bytes,
+            &format!(",\"partial_image_index\":{index}"),
+        )
+    }
+
+    /// A completed image. OpenAI's usage counts tokens; the gateway bills by image, so its
+    /// token counts are zero and `images` says what the event is billed as.
+    fn completed(&self, generation_id: String, bytes: &[u8]) -> Bytes {
+        let extra = format!(
+            ",\"usage\":{{\"input_tokens\":0,\"input_tokens_details\":{{\"image_tokens\":0,\
+             \"text_tokens\":0}},\"output_tokens\":0,\"total_tokens\":0,\"images\":1}},\
+             \"picklyone_generation_id\":\"{generation_id}\""
+        );
+        self.event("completed", bytes, &extra)
+    }
+
+    /// One event: the JSON is written by hand, as every value in it is base64, a number,
+    /// a UUID or one of the gateway's own words, none of which need escaping.
+    fn event(&self, kind: &str, bytes: &[u8], extra: &str) -> Bytes {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let prefix = self.prefix;
+        let frame = format!(
+            "event: {prefix}.{kind}\ndata: {{\"type\":\"{prefix}.{kind}\",\"b64_json\":\"{b64}\",\
+             \"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\
+             \"output_format\":\"{}\"{extra}}}\n\n",
+            unix_now(),
+            self.size,
+            self.quality,
+            self.background,
+            self.output_format,
+        );
+        Bytes::from(frame)
+    }
+}

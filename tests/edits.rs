@@ -93,10 +93,17 @@ async fn unknown_fields_do_not_break_a_request() {
     assert_eq!(server.edit_form(ALICE_KEY, form).await.images().len(), 1);
 
     let json = r#"{"model":"gpt-image-2","prompt":"p","generation_id":"a1b2c3d4-5678-90ab-cdef-1234567890ab",
-                   "mask":"x","input_fidelity":"low","output_compression":50,"user":"u","stream":false}"#;
+                   "style":"vivid","input_fidelity":"low","output_compression":50,"user":"u","stream":false}"#;
     // Parsing passes; the unknown generation is the only complaint.
     let reply = server.edit_json(ALICE_KEY, json).await;
     assert_eq!(reply.error().1, "generation_not_found");
+    // A mask is an image reference, never a silently ignored string.
+    let json = r#"{"model":"gpt-image-2","prompt":"p","generation_id":"a1b2c3d4-5678-90ab-cdef-1234567890ab","mask":"x"}"#;
+    let reply = server.edit_json(ALICE_KEY, json).await;
+    assert_eq!(
+        reply.error(),
+        (400, "invalid_request".into(), Some("mask".into()))
+    );
 }
 
 #[tokio::test]
@@ -164,7 +171,7 @@ async fn body_over_26_mib_is_413_announced_or_streamed() {
     let (content_type, head) = Form::new()
         .text("model", "gpt-image-2")
         .text("prompt", "p")
-        .open_file("mask");
+        .open_file("attachment");
     let chunks = std::iter::once(head).chain(
         thirty_mb
             .chunks(1024 * 1024)
@@ -338,7 +345,7 @@ async fn multipart_validation_names_the_field() {
         (
             edit_form("image", &png(8, 8))
                 .text("generation_id", "a1b2c3d4-5678-90ab-cdef-1234567890ab"),
-            (400, "invalid_request", Some("image_key")),
+            (400, "invalid_request", Some("generation_id")),
         ),
         (
             Form::new()
@@ -397,7 +404,7 @@ async fn routes_outside_the_endpoint() {
         .body(Empty::<Bytes>::new())
         .unwrap();
     assert_eq!(server.send(get).await.error().1, "method_not_allowed");
-    let other = Request::post("/v1/images/generations")
+    let other = Request::post("/v1/images/variations")
         .header("x-api-key", ALICE_KEY)
         .body(Empty::<Bytes>::new())
         .unwrap();

@@ -38,6 +38,8 @@ enum Script {
     InvalidJson,
     Url,
     Flaky503ThenImages,
+    /// An event stream: two partial images, then one completed image per `n`.
+    Stream,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -98,20 +100,33 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
             .map(|v| v.to_str().unwrap().to_owned()),
         ..Received::default()
     };
-    let boundary = multer::parse_boundary(req.headers()["content-type"].to_str().unwrap()).unwrap();
+    let content_type = req.headers()["content-type"].to_str().unwrap().to_owned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    let mut form = multer::Multipart::new(
-        futures_util::stream::once(async move { Ok::<_, Infallible>(body) }),
-        boundary,
-    );
-    while let Some(field) = form.next_field().await.unwrap() {
-        let name = field.name().unwrap().to_owned();
-        if field.file_name().is_some() {
-            received
-                .files
-                .push((name, field.bytes().await.unwrap().to_vec()));
-        } else {
-            received.texts.push((name, field.text().await.unwrap()));
+    if content_type == "application/json" {
+        // A generation: its fields recorded as text, numbers and booleans as JSON writes them.
+        let json: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&body).unwrap();
+        for (name, value) in json {
+            let text = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            received.texts.push((name, text));
+        }
+    } else {
+        let boundary = multer::parse_boundary(&content_type).unwrap();
+        let mut form = multer::Multipart::new(
+            futures_util::stream::once(async move { Ok::<_, Infallible>(body) }),
+            boundary,
+        );
+        while let Some(field) = form.next_field().await.unwrap() {
+            let name = field.name().unwrap().to_owned();
+            if field.file_name().is_some() {
+                received
+                    .files
+                    .push((name, field.bytes().await.unwrap().to_vec()));
+            } else {
+                received.texts.push((name, field.text().await.unwrap()));
+            }
         }
     }
     let n: usize = received
@@ -174,6 +189,25 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
         ),
         Script::Flaky503ThenImages if call == 0 => full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
         Script::Flaky503ThenImages => images(n),
+        Script::Stream => {
+            let event = |kind: &str, extra: &str| {
+                Ok(Frame::data(Bytes::from(format!(
+                    "event: image_edit.{kind}\ndata: {{\"type\":\"image_edit.{kind}\",\"b64_json\":\"{}\"{extra}}}\n\n",
+                    b64_png()
+                ))))
+            };
+            let mut frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from_static(b": comment\n\n"))),
+                event("partial_image", ",\"partial_image_index\":0"),
+                event("partial_image", ",\"partial_image_index\":1"),
+            ];
+            frames.extend((0..n).map(|_| event("completed", "")));
+            let mut res =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            res.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            res
+        }
     };
     guard.1 = true;
     Ok(answer)
@@ -483,4 +517,123 @@ print("ok", len(r.model_dump()["picklyone_generation_ids"]))
     );
     assert_eq!(s.available().await, (80, 0));
     assert_eq!(s.mock.received.lock().unwrap()[0].files[0].1, png(16, 16));
+}
+
+impl Received {
+    fn text(&self, name: &str) -> Option<&str> {
+        self.texts
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[tokio::test]
+async fn a_masked_edit_forwards_the_mask_and_every_field() {
+    let s = setup(Script::Images(1)).await;
+    let mask = png(6, 6);
+    let form = Form::new()
+        .text("model", "gpt-image-2")
+        .text("prompt", "fill the hole")
+        .text("quality", "high")
+        .text("background", "transparent")
+        .text("output_format", "webp")
+        .text("output_compression", "70")
+        .text("moderation", "low")
+        .text("input_fidelity", "high")
+        .text("user", "end-user-7")
+        .file("image", "a.png", "image/png", &png(6, 6))
+        .file("mask", "m.png", "image/png", &mask);
+    let reply = s.server.edit_form(ALICE_KEY, form).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let received = s.mock.received.lock().unwrap()[0].clone();
+    assert_eq!(received.path, "/v1/images/edits");
+    let names: Vec<&str> = received.files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["image", "mask"]);
+    assert_eq!(received.files[1].1, mask, "the mask's bytes, unchanged");
+    for (name, value) in [
+        ("model", "upstream-model-x"),
+        ("prompt", "fill the hole"),
+        ("quality", "high"),
+        ("background", "transparent"),
+        ("output_format", "webp"),
+        ("output_compression", "70"),
+        ("moderation", "low"),
+        ("input_fidelity", "high"),
+        ("user", "end-user-7"),
+    ] {
+        assert_eq!(received.text(name), Some(value), "{name}");
+    }
+    assert_eq!(received.text("stream"), None, "not streamed");
+}
+
+#[tokio::test]
+async fn a_generation_goes_as_json_to_the_generations_endpoint() {
+    let s = setup_at(Script::Images(2), "/v1").await;
+    let req = Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-image-2","prompt":"a lighthouse","n":2,"size":"1024x1536","moderation":"auto","input_fidelity":"high"}"#,
+        )))
+        .unwrap();
+    let reply = s.server.send(req).await;
+    assert_eq!(reply.images().len(), 2);
+    let received = s.mock.received.lock().unwrap()[0].clone();
+    assert_eq!(received.path, "/v1/images/generations");
+    assert_eq!(
+        received.authorization.as_deref(),
+        Some("Bearer sk-upstream-secret-4242")
+    );
+    assert_eq!(received.text("model"), Some("upstream-model-x"));
+    assert_eq!(received.text("n"), Some("2"));
+    assert_eq!(received.text("size"), Some("1024x1536"));
+    assert_eq!(received.text("moderation"), Some("auto"));
+    assert_eq!(received.text("input_fidelity"), None, "an edit-only field");
+    assert!(received.files.is_empty());
+    assert_eq!(s.available().await, (80, 0));
+}
+
+#[tokio::test]
+async fn an_upstream_event_stream_is_relayed_and_its_completed_images_charged() {
+    let s = setup(Script::Stream).await;
+    let form = Form::new()
+        .text("model", "gpt-image-2")
+        .text("prompt", "p")
+        .text("n", "2")
+        .text("stream", "true")
+        .text("partial_images", "2")
+        .file("image", "a.png", "image/png", &png(6, 6));
+    let reply = s.server.edit_form(ALICE_KEY, form).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/event-stream");
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "image_edit.partial_image",
+            "image_edit.partial_image",
+            "image_edit.completed",
+            "image_edit.completed"
+        ]
+    );
+    let received = s.mock.received.lock().unwrap()[0].clone();
+    assert_eq!(received.text("stream"), Some("true"));
+    assert_eq!(received.text("partial_images"), Some("2"));
+    assert_eq!(s.available().await, (80, 0));
 }

@@ -1,9 +1,12 @@
-//! Tower layers that host a paid, OpenAI-compatible image-edit API on any hyper server.
+//! Tower layers that host a paid, OpenAI-compatible image API on any hyper server.
 //!
-//! `image-gateway` serves `POST /v1/images/edits` as the official OpenAI SDKs, curl and
-//! the clients built on them (LobeChat, Cherry Studio) call it: JSON with an `image_key` or
-//! `generation_id`, or multipart with `image` / `image[]` files. Each concern is a Tower
-//! layer you can take alone, and [`Gateway::builder`] stacks them all:
+//! `image-gateway` serves `POST /v1/images/edits`, `/v1/images/generations` and
+//! `/v1/images/compose` (answered as JSON, or streamed as OpenAI's image events) and
+//! `GET /v1/models`, as the official OpenAI SDKs, curl and the clients built on them
+//! (LobeChat, Cherry Studio) call them: an edit as JSON with an `image_key`, a
+//! `generation_id` or OpenAI's `images` references, or multipart with `image` / `image[]`
+//! and `mask` files. Each concern is a Tower layer you can take alone, and
+//! [`Gateway::builder`] stacks them all:
 //!
 //! The stack, outermost first, each layer in a folder of its own:
 //!
@@ -12,12 +15,12 @@
 //! | [`auth`] | `Authorization: Bearer` or `x-api-key`; an unknown or missing key is `401 invalid_api_key`; [`StaticKeys`](auth::StaticKeys) keeps SHA-256 digests only and compares in constant time |
 //! | [`ratelimit`] | per-key request rate (GCRA) and in-flight bound, `429` with `Retry-After`; in this process, or in Redis across replicas (feature `redis`, `503` while Redis is unreachable) |
 //! | [`limit`] | no more than the body limit (26 MiB) is ever read; over it is `413`, announced or while streaming |
-//! | [`request`] | JSON or multipart in, one validated [`EditRequest`](job::EditRequest) or a spec error out, never a panic; part order free; type by magic bytes; each image cut off at 25 MiB |
+//! | [`request`] | JSON or multipart in, one validated [`EditRequest`](job::EditRequest) of the endpoint's operation or a spec error out, never a panic; part order free; type by magic bytes; each image cut off at 25 MiB; `stream: true` answered as server-sent events once the hold is taken |
 //! | [`idempotency`] | a retried `Idempotency-Key` request is answered with its first result and charged once |
-//! | [`source`] | keys and generation ids resolved to source bytes, owner checked; `409 generation_not_ready` while outputs are stored |
+//! | [`source`] | keys, generation ids and URLs resolved to source bytes (and a mask), owner checked; `409 generation_not_ready` while outputs are stored; inline images stored as uploads once the hold is taken |
 //! | [`billing`] | hold `n x price` before the backend, settle what came back before any of it is reachable, release on any failure; balance, usage and admin endpoints |
 //! | [`backend`] | the [`ImageBackend`](backend::ImageBackend) seam, the innermost [`EditService`](backend::EditService), the model-free reference backend (renders bounded in number and memory) and the upstream backend |
-//! | [`files`] | upload (all-or-nothing batches), the files list (newest first, stable paging), download and delete |
+//! | [`files`] | upload (up to 5 files, bad ones refused alone and listed), the files list (newest first, stable paging), download and delete |
 //!
 //! Beside the stack:
 //!
@@ -27,7 +30,8 @@
 //! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory and SQLite |
 //! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic writes and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
 //! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
-//! | [`catalog`] | models, their maximum `n` and price |
+//! | [`catalog`] | models, their maximum `n` and price; `GET /v1/models` |
+//! | [`fetch`] | image URLs from requests: `data:` URIs decoded within a cap; `https://` URLs whose every address is public, checked after one resolution and on each redirect (the fetcher: feature `fetch`) |
 //! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
 //! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect (feature `postgres`) |
 //! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
@@ -41,6 +45,7 @@
 //! - `server`: `server::serve`, an HTTP/1 + HTTP/2 accept loop over hyper-util.
 //! - `sqlite`: the SQLite ledger, generation records and idempotency records.
 //! - `upstream`: `backend::UpstreamBackend`, for an OpenAI-compatible images API.
+//! - `fetch`: `fetch::UrlFetcher`, which fetches `https://` image references.
 //! - `postgres`: `PgLedger`, `PgGenerations`, `PgIdempotency`, `PgKeys` over one
 //!   `postgres::Postgres` pool.
 //! - `s3`: `store::S3FileStore`, files in an S3-compatible bucket indexed in PostgreSQL.

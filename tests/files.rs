@@ -47,7 +47,9 @@ async fn upload_then_edit_by_key_then_a_chain_of_three() {
         key.starts_with("files/alice/") && key.ends_with("_anchor.jpg"),
         "{key}"
     );
-    assert_eq!(uploaded["content_type"], "image/jpeg");
+    assert_eq!(v["success"], true);
+    assert_eq!(uploaded["mimeType"], "image/jpeg");
+    assert_eq!(uploaded["isImage"], true);
     assert_eq!(uploaded["filename"], "anchor.jpg");
     assert_eq!(
         uploaded["size"].as_u64().unwrap(),
@@ -443,11 +445,23 @@ async fn deleted_file_is_image_not_found() {
     );
 }
 
+/// How many files alice has.
+async fn file_count(server: &TestServer) -> usize {
+    server
+        .call(Method::GET, "/api/v1/files", ALICE_KEY)
+        .await
+        .json()["data"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 #[tokio::test]
-async fn oversize_or_bad_uploads_store_nothing() {
+async fn a_batch_stores_its_good_files_and_lists_the_bad_ones_in_errors() {
     let server = reference_server().await;
+    // Alone, a file over the 10 MB upload limit is the answer's error, and nothing stored.
     let mut big = png(4, 4);
-    big.resize(25 * 1024 * 1024 + 1, 0);
+    big.resize(10 * 1024 * 1024 + 1, 0);
     let reply = server.upload(ALICE_KEY, &[("big.png", &big)]).await;
     assert_eq!(
         reply.error(),
@@ -463,23 +477,61 @@ async fn oversize_or_bad_uploads_store_nothing() {
             .0,
         413
     );
+    assert_eq!(
+        file_count(&server).await,
+        0,
+        "nothing of a refused batch stored"
+    );
 
+    // Beside good files, bad ones are refused alone and named in `errors`.
     let text = b"plain text, named like an image".to_vec();
     let reply = server
-        .upload(ALICE_KEY, &[("ok.png", &png(4, 4)), ("bad.png", &text)])
+        .upload(
+            ALICE_KEY,
+            &[
+                ("ok.png", &png(4, 4)),
+                ("bad.png", &text),
+                ("big.png", &big),
+                ("ok.jpg", &jpeg(4, 4)),
+            ],
+        )
         .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let v = reply.json();
+    let stored: Vec<&str> = v["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, ["ok.png", "ok.jpg"]);
+    let errors: Vec<(&str, &str)> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["filename"].as_str().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("bad.png", "IMAGE_TYPE_UNSUPPORTED"),
+            ("big.png", "IMAGE_TOO_LARGE")
+        ]
+    );
+    assert_eq!(file_count(&server).await, 2);
+
+    // At most five files per upload.
+    let image = png(2, 2);
+    let six: Vec<(&str, &[u8])> = (0..6).map(|_| ("a.png", &image[..])).collect();
+    let reply = server.upload(ALICE_KEY, &six).await;
     assert_eq!(
         reply.error(),
-        (400, "IMAGE_TYPE_UNSUPPORTED".into(), Some("files".into()))
+        (400, "invalid_request".into(), Some("files".into()))
     );
-    let list = server
-        .call(Method::GET, "/api/v1/files", ALICE_KEY)
-        .await
-        .json();
     assert_eq!(
-        list["data"].as_array().unwrap().len(),
-        0,
-        "nothing of any batch stored"
+        file_count(&server).await,
+        2,
+        "a refused batch stores nothing"
     );
 
     let (content_type, body) = Form::new().text("note", "no files here").finish();

@@ -138,11 +138,18 @@ async fn parsing_limits_just_under_and_just_over() {
     assert_eq!(reply.error(), (400, "invalid_request".into(), None));
 
     // A text field other than the prompt: 4 KiB.
-    let form = |size: usize| with_parts(3).text("user", &"u".repeat(size));
+    let form = |size: usize| with_parts(3).text("note", &"u".repeat(size));
     assert_eq!(
         server.edit_form(ALICE_KEY, form(4096)).await.status,
         200,
         "unused fields are skipped whatever their size"
+    );
+    // `user` is passed to the model: at most 256 visible characters.
+    let form = |size: usize| with_parts(3).text("user", &"u".repeat(size));
+    assert_eq!(server.edit_form(ALICE_KEY, form(256)).await.status, 200);
+    assert_eq!(
+        server.edit_form(ALICE_KEY, form(257)).await.error(),
+        (400, "invalid_request".into(), Some("user".into()))
     );
     let form = |size: usize| with_parts(3).text("quality", &"h".repeat(size));
     assert_eq!(
@@ -183,20 +190,21 @@ async fn parsing_limits_just_under_and_just_over() {
         Some("prompt")
     );
 
-    // A JSON body: 1 MiB.
+    // A JSON body (which may carry data URIs): the whole-body limit, 26 MiB.
     let json = |size: usize| {
         let head = r#"{"model":"gpt-image-2","prompt":"p","generation_id":"a1b2c3d4-5678-90ab-cdef-1234567890ab","pad":""#;
         let pad = size - head.len() - 2;
         format!("{head}{}\"}}", "x".repeat(pad))
     };
-    let under = json(1024 * 1024);
-    assert_eq!(under.len(), 1024 * 1024);
+    let limit = 26 * 1024 * 1024;
+    let under = json(limit);
+    assert_eq!(under.len(), limit);
     assert_eq!(
         server.edit_json(ALICE_KEY, &under).await.error().1,
         "generation_not_found",
         "parsed"
     );
-    let over = json(1024 * 1024 + 1);
+    let over = json(limit + 1);
     let reply = server.edit_json(ALICE_KEY, &over).await;
     assert_eq!(reply.error(), (413, "request_too_large".into(), None));
 }

@@ -193,7 +193,7 @@ async fn an_edit_refused_for_money_stores_none_of_its_sources() {
     )
     .await;
     // Zero balance: 402 before anything is written, however many sources came.
-    let refused = s.server.edit_form(ALICE_KEY, edit_with(60, 1)).await;
+    let refused = s.server.edit_form(ALICE_KEY, edit_with(16, 1)).await;
     assert_eq!(refused.error().0, 402);
     assert_eq!(s.files().await, 0, "a refused edit kept its sources");
     // Paid, the same edit keeps its sources, as the spec says.

@@ -20,6 +20,7 @@ use crate::{GatewayError, RequestBody, ResponseBody};
 pub struct FileApi {
     store: Arc<dyn FileStore>,
     limits: MultipartLimits,
+    max_file: u64,
 }
 
 impl FileApi {
@@ -28,7 +29,15 @@ impl FileApi {
         FileApi {
             store,
             limits: MultipartLimits::default(),
+            max_file: upload::DEFAULT_MAX_FILE_BYTES,
         }
+    }
+
+    /// The most bytes one uploaded file may have (default 10 MB, as the File Upload API
+    /// documents it). Edit sources sent inline keep the multipart image limit.
+    pub fn max_file(mut self, bytes: u64) -> Self {
+        self.max_file = bytes;
+        self
     }
 
     /// Replaces the upload limits.
@@ -47,6 +56,7 @@ impl std::fmt::Debug for FileApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileApi")
             .field("limits", &self.limits)
+            .field("max_file", &self.max_file)
             .finish_non_exhaustive()
     }
 }
@@ -64,14 +74,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (store, limits) = (self.store.clone(), self.limits);
+        let (store, limits, max_file) = (self.store.clone(), self.limits, self.max_file);
         ResponseFuture::answer(async move {
             let principal = Principal::of_request(req.extensions())?;
             let path = req.uri().path().to_owned();
             let key = path.strip_prefix("/api/v1/files/");
             match (req.method().clone(), path.as_str(), key) {
                 (Method::POST, UPLOAD_PATH, _) => {
-                    upload::upload(req, &*store, &principal, limits).await
+                    upload::upload(req, &*store, &principal, limits, max_file).await
                 }
                 (Method::GET, FILES_PATH, _) => {
                     manage::list(req.uri().query(), &*store, &principal).await

@@ -40,6 +40,7 @@ pub struct GatewayBuilder {
     multipart: MultipartLimits,
     quota: Quota,
     stream_keepalive: Duration,
+    upload_max_file: u64,
     #[cfg(feature = "fetch")]
     fetcher: Option<crate::fetch::UrlFetcher>,
 }
@@ -61,6 +62,7 @@ impl Default for GatewayBuilder {
             multipart: MultipartLimits::default(),
             quota: Quota::default(),
             stream_keepalive: crate::request::DEFAULT_KEEPALIVE,
+            upload_max_file: crate::files::DEFAULT_MAX_FILE_BYTES,
             #[cfg(feature = "fetch")]
             fetcher: None,
         }
@@ -173,6 +175,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// The most bytes one file of `POST /api/v1/upload` may have. Default: 10 MB. Edit
+    /// sources sent inline keep the multipart image limit (25 MiB).
+    pub fn upload_max_file(mut self, bytes: u64) -> Self {
+        self.upload_max_file = bytes;
+        self
+    }
+
     /// How long a streamed answer (`stream: true`) may stay silent before a keep-alive
     /// comment is sent. Default: 15 s.
     pub fn stream_keepalive(mut self, period: Duration) -> Self {
@@ -247,7 +256,9 @@ impl GatewayBuilder {
             generations: endpoint(Operation::Generate),
             compose: endpoint(Operation::Compose),
             catalog: catalog.clone(),
-            files: FileApi::new(store).limits(self.multipart),
+            files: FileApi::new(store)
+                .limits(self.multipart)
+                .max_file(self.upload_max_file),
             account: AccountApi::new(ledger.clone()),
         };
         let inner = ServiceBuilder::new()

@@ -5,7 +5,7 @@
 //! EditRequest (request) -> EditJob (backend) -> Rendered (not reachable) -> EditOutcome (answer)
 //! ```
 //!
-//! - [`EditRequest`]: who asks, from which [`Source`], with which [`EditParams`]; what
+//! - [`EditRequest`]: who asks, for which [`Operation`], over which [`Reference`]s, with which [`EditParams`]; what
 //!   normalization hands inward.
 //! - [`EditJob`]: the same edit with its sources fetched: what an
 //!   [`ImageBackend`](crate::backend::ImageBackend) sees.

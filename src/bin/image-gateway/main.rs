@@ -131,6 +131,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .hold_ttl(config.hold_ttl)
         .quota(config.quota)
         .stream_keepalive(config.stream_keepalive)
+        .upload_max_file(config.upload_max_file)
         .rate_limit(rate_limit);
     if let Some(fetch) = &config.url_fetch {
         let fetcher = UrlFetcher::new(fetch.clone())

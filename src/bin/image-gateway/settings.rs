@@ -55,6 +55,8 @@ settings! {
         "the most a decoded source may take (32 MiB)";
     "GATEWAY_MAX_OUTPUT_PIXELS", "8294400",
         "the largest output (3840 x 2160)";
+    "GATEWAY_UPLOAD_MAX_FILE_BYTES", "10485760",
+        "the most one file of POST /api/v1/upload may have (10 MiB); edit sources sent inline keep 25 MiB";
     "GATEWAY_QUOTA_BYTES", "200000000",
         "bytes each user may keep stored; 0 is unlimited";
     "GATEWAY_QUOTA_FILES", "10000",
@@ -110,6 +112,7 @@ pub struct Config {
     pub decode_budget: u64,
     pub max_output_pixels: u64,
     pub quota: Quota,
+    pub upload_max_file: u64,
     pub min_free_bytes: u64,
     pub cors_origins: Vec<String>,
     pub upstream: Option<Upstream>,
@@ -183,6 +186,7 @@ impl Config {
                 integer("GATEWAY_QUOTA_BYTES")?,
                 integer("GATEWAY_QUOTA_FILES")?,
             ),
+            upload_max_file: integer("GATEWAY_UPLOAD_MAX_FILE_BYTES")?,
             min_free_bytes: integer("GATEWAY_MIN_FREE_BYTES")?,
             cors_origins: text("GATEWAY_CORS_ORIGINS")
                 .map(|list| cors_origins(&list))

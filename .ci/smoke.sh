@@ -60,3 +60,18 @@ grep -q '^files/demo/' "$work/key.txt"
 head -c 8 "$work/edited2.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'
 [ -f "$work/data/$(cat "$work/key.txt")" ]
 echo "smoke: upload + edit by key worked; the upload is in GATEWAY_DATA_DIR"
+
+# The README's generation and streamed examples against the same server.
+curl -sS "http://127.0.0.1:$port/v1/images/generations" -H "Authorization: Bearer $key" \
+  -H "Content-Type: application/json" \
+  -d '{"model":"gpt-image-2","prompt":"a lighthouse at dusk","aspect_ratio":"16:9"}' >"$work/generated.json"
+jq -e '.picklyone_generation_ids | length == 1' "$work/generated.json" >/dev/null
+generation=$(jq -r '.picklyone_generation_ids[0]' "$work/generated.json")
+curl -sSN "http://127.0.0.1:$port/v1/images/edits" -H "Authorization: Bearer $key" \
+  -F "image=@$work/anchor.png" -F "model=gpt-image-2" -F "prompt=a red door" \
+  -F "stream=true" -F "partial_images=2" >"$work/stream.txt"
+[ "$(grep -c '^event: image_edit.partial_image' "$work/stream.txt")" = 2 ]
+grep -q '^event: image_edit.completed' "$work/stream.txt"
+curl -sS "http://127.0.0.1:$port/v1/models" -H "Authorization: Bearer $key" \
+  | jq -e '.data[0].id == "gpt-image-2"' >/dev/null
+echo "smoke: a generation ($generation), a streamed edit and the model list"

@@ -37,6 +37,10 @@ async fn billed(latency: Duration) -> Billed {
         .backend(backend)
         .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(4, PRICE))
+        .model(
+            "dall-e-3",
+            ModelSpec::new(1, PRICE).with_qualities(["standard", "hd"]),
+        )
         .stream_keepalive(Duration::from_millis(100))
         .build();
     Billed {
@@ -229,14 +233,78 @@ async fn masks_edit_only_their_transparent_area_as_json_and_as_multipart() {
 }
 
 #[tokio::test]
+async fn models_and_qualities_are_open_strings_checked_against_the_catalog() {
+    let b = billed(Duration::ZERO).await;
+    let generate = |model: &str, quality: &str, size: &str| {
+        format!(r#"{{"model":"{model}","prompt":"p","quality":"{quality}","size":"{size}"}}"#)
+    };
+    let ok = b
+        .post(
+            "/v1/images/generations",
+            &generate("dall-e-3", "hd", "16x16"),
+        )
+        .await;
+    assert_eq!(ok.images().len(), 1);
+    for (body, expected) in [
+        (
+            generate("dall-e-3", "high", "16x16"),
+            (400, "invalid_request", Some("quality")),
+        ),
+        (
+            generate("gpt-image-2", "hd", "16x16"),
+            (400, "invalid_request", Some("quality")),
+        ),
+        (
+            generate("gpt-image-2", "HIGH", "16x16"),
+            (400, "invalid_request", Some("quality")),
+        ),
+        (
+            generate("gpt-image-3", "auto", "16x16"),
+            (404, "model_not_found", Some("model")),
+        ),
+        (
+            generate("gpt-image-2", "auto", "1024 x 1024"),
+            (400, "invalid_request", Some("size")),
+        ),
+        (
+            generate("gpt-image-2", "auto", "large"),
+            (400, "invalid_request", Some("size")),
+        ),
+        (
+            generate("gpt-image-2", "auto", "12345678x12345678"),
+            (400, "invalid_request", Some("size")),
+        ),
+    ] {
+        let reply = b.post("/v1/images/generations", &body).await;
+        let (status, code, param) = expected;
+        assert_eq!(
+            reply.error(),
+            (status, code.to_owned(), param.map(str::to_owned)),
+            "{body}"
+        );
+    }
+    // A well-formed size the model cannot make is refunded: the spec's auto-refund.
+    let before = b.money().await;
+    let reply = b
+        .post(
+            "/v1/images/generations",
+            &generate("gpt-image-2", "auto", "9999x9999"),
+        )
+        .await;
+    assert_eq!(reply.error().2.as_deref(), Some("size"));
+    assert_eq!(b.money().await, before);
+}
+
+#[tokio::test]
 async fn models_are_listed_in_openai_shape() {
     let b = billed(Duration::ZERO).await;
     let reply = b.server.call(Method::GET, "/v1/models", ALICE_KEY).await;
     assert_eq!(reply.status, StatusCode::OK);
     let v = reply.json();
     assert_eq!(v["object"], "list");
-    assert_eq!(v["data"][0]["id"], "gpt-image-2");
-    assert_eq!(v["data"][0]["object"], "model");
+    assert_eq!(v["data"][0]["id"], "dall-e-3");
+    assert_eq!(v["data"][1]["id"], "gpt-image-2");
+    assert_eq!(v["data"][1]["object"], "model");
     let anonymous = b
         .server
         .call(Method::GET, "/v1/models", "pk_live_nobody")

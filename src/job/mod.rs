@@ -5,8 +5,8 @@
 //! EditRequest (request) -> EditJob (backend) -> Rendered (not reachable) -> EditOutcome (answer)
 //! ```
 //!
-//! - [`EditRequest`]: who asks, for which [`Operation`], over which [`Reference`]s, with which [`EditParams`]; what
-//!   normalization hands inward.
+//! - [`EditRequest`]: who asks, for which [`Operation`], over which [`Reference`]s, with
+//!   which [`EditParams`]; what normalization hands inward.
 //! - [`EditJob`]: the same edit with its sources fetched: what an
 //!   [`ImageBackend`](crate::backend::ImageBackend) sees.
 //! - [`Rendered`]: the images a backend returned, recorded but not reachable until billing
@@ -268,7 +268,7 @@ impl EditParams {
             prompt: prompt.into(),
             n: 1,
             size: Size::Auto,
-            quality: Quality::Auto,
+            quality: Quality::auto(),
             background: Background::Auto,
             output_format: OutputFormat::Png,
             output_compression: None,

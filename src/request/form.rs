@@ -166,6 +166,7 @@ impl RawFields {
         }
         if let Some(quality) = self.quality {
             params.quality = quality.parse()?;
+            spec.check_quality(&params.quality)?;
         }
         if let Some(background) = self.background {
             params.background = background.parse()?;

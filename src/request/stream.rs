@@ -185,7 +185,7 @@ async fn drive(
 struct Names {
     prefix: &'static str,
     size: String,
-    quality: &'static str,
+    quality: String,
     background: &'static str,
     output_format: &'static str,
 }
@@ -195,7 +195,7 @@ impl Names {
         Names {
             prefix: operation.event_prefix(),
             size: params.size.to_string(),
-            quality: params.quality.as_str(),
+            quality: params.quality.to_string(),
             background: params.background.as_str(),
             output_format: params.output_format.as_str(),
         }

@@ -46,8 +46,10 @@ impl ImageUrl {
         param: &'static str,
         max_bytes: u64,
     ) -> Result<ImageUrl, GatewayError> {
-        if text.len() >= 5 && text[..5].eq_ignore_ascii_case("data:") {
-            return data_uri(&text[5..], param, max_bytes);
+        // `get`, not indexing: the fifth byte may fall inside a multi-byte character.
+        let scheme = text.get(..5).filter(|s| s.eq_ignore_ascii_case("data:"));
+        if let (Some(_), Some(rest)) = (scheme, text.get(5..)) {
+            return data_uri(rest, param, max_bytes);
         }
         RemoteUrl::parse(text, param).map(ImageUrl::Remote)
     }
@@ -197,6 +199,10 @@ mod tests {
         ] {
             let error = ImageUrl::parse(uri, "image_urls", 1024).unwrap_err();
             assert_eq!(error.code(), code, "{uri}");
+        }
+        // Found by fuzzing: a multi-byte character across the scheme's length.
+        for text in ["dat\u{e9}x", "\u{1F600}\u{1F600}", "data\u{e9}"] {
+            assert!(ImageUrl::parse(text, "image_urls", 1024).is_err(), "{text}");
         }
         let big = format!("data:image/png;base64,{}", "A".repeat(2000));
         let error = ImageUrl::parse(&big, "image_urls", 1024).unwrap_err();

@@ -512,3 +512,66 @@ async fn a_stream_refused_before_its_hold_is_a_plain_json_error_and_one_failing_
     assert_eq!(events[0]["error"]["param"], "size");
     assert_eq!(b.money().await.1, 0);
 }
+
+#[tokio::test]
+async fn a_compose_streams_as_edit_events_and_a_client_leaving_after_a_completed_image_pays_for_all_completed(
+) {
+    let b = billed(Duration::from_millis(300)).await;
+    let body = format!(
+        r#"{{"model":"gpt-image-2","prompt":"p","image_urls":["{}"],"n":2,"stream":true,"partial_images":1,"size":"16x16"}}"#,
+        data_uri(&png(8, 8))
+    );
+    let (status, events, _) = stream(&b, "/v1/images/compose", &body, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "image_edit.partial_image",
+            "image_edit.completed",
+            "image_edit.completed"
+        ]
+    );
+    assert_eq!(b.money().await, (1000 - 2 * PRICE as i64, 0, 2 * PRICE));
+
+    // Leaving after the first completed event: both images were settled (and stored) before
+    // their events were due, so both are charged and both are reachable.
+    let (_, events, _) = stream(&b, "/v1/images/compose", &body, Some(2)).await;
+    assert_eq!(events[1]["type"], "image_edit.completed");
+    assert_eq!(b.money().await, (1000 - 4 * PRICE as i64, 0, 4 * PRICE));
+    let id = events[1]["picklyone_generation_id"].as_str().unwrap();
+    assert_eq!(
+        b.server.edit_generation(ALICE_KEY, id).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_request_retried_with_its_idempotency_key_replays_its_images_uncharged() {
+    let b = billed(Duration::ZERO).await;
+    let send = || async {
+        let req = Request::post("/v1/images/generations")
+            .header("authorization", format!("Bearer {ALICE_KEY}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "stream-once")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"gpt-image-2","prompt":"p","stream":true,"size":"16x16"}"#,
+            )))
+            .unwrap();
+        let reply = b.server.send(req).await;
+        assert_eq!(reply.headers["content-type"], "text/event-stream");
+        let text = String::from_utf8(reply.body.to_vec()).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let first = send().await;
+    let again = send().await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0]["picklyone_generation_id"],
+        again[0]["picklyone_generation_id"]
+    );
+    assert_eq!(b.money().await.2, PRICE, "charged once");
+}

@@ -1,7 +1,9 @@
 //! The seam to the image model: [`ImageBackend`] turns an [`EditJob`] into images, and
 //! [`EditService`], the innermost service, runs it and records what it returned.
 //!
-//! A backend sees typed values only: the caller, the source images (already fetched and
+//! A backend sees typed values only: the caller, the job's
+//! [`operation`](crate::job::EditJob::operation) (an edit, a generation with no sources, or
+//! a compose of one to three), the source images and the mask (already fetched and
 //! type-checked), and the validated parameters. It never sees HTTP, keys or money. It may
 //! return fewer images than `n` (billing charges for what came back), and it reports
 //! failures as a [`BackendError`], which the gateway answers per the spec's table:
@@ -54,11 +56,14 @@ pub use service::EditService;
 use crate::job::{EditJob, Image, Size};
 use crate::GatewayError;
 
-/// Produces edited images. One required method; hold it as `Arc<dyn ImageBackend>`.
+/// Produces images. One required method; hold it as `Arc<dyn ImageBackend>`.
 #[async_trait]
 pub trait ImageBackend: Send + Sync + 'static {
-    /// Runs one edit. Return at most `job.params.n` images (extra ones are dropped and not
-    /// charged); return fewer when the model produced fewer.
+    /// Runs one job (an edit, a generation or a compose, by `job.operation`). Return at
+    /// most `job.params.n` images (extra ones are dropped and not charged); return fewer
+    /// when the model produced fewer. A job whose client streams it may show up to
+    /// `job.params.partial_images` previews on the way with
+    /// [`job.progress.partial`](crate::job::Progress::partial); they are never charged.
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError>;
 
     /// Whether dropping the future of [`edit`](Self::edit) stops the work (an HTTP call that

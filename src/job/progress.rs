@@ -1,6 +1,9 @@
 //! What a streamed job tells its client before its answer: that its hold is taken, and its
 //! partial images.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use super::Image;
@@ -25,11 +28,14 @@ pub enum Step {
 /// a batch run) has a handle that drops them.
 ///
 /// A backend shows partial images with [`partial`](Self::partial): at most
-/// `job.params.partial_images` of them, before its final images; more are dropped.
+/// `job.params.partial_images` of them in all, before its final images; more are dropped,
+/// so neither a backend nor an upstream's stream can queue more than that.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
     sender: Option<mpsc::UnboundedSender<Step>>,
     max_partials: u8,
+    /// Partials sent so far, by every clone of this handle.
+    sent: Arc<AtomicU8>,
 }
 
 impl Progress {
@@ -39,6 +45,7 @@ impl Progress {
         let progress = Progress {
             sender: Some(sender),
             max_partials,
+            sent: Arc::default(),
         };
         (progress, receiver)
     }
@@ -48,10 +55,19 @@ impl Progress {
         self.sender.as_ref().is_some_and(|s| !s.is_closed())
     }
 
-    /// Shows the `index`-th partial image (from 0). Partials past the job's
-    /// `partial_images` are dropped, which bounds what one job can queue.
+    /// Shows the `index`-th partial image (from 0). An index past the job's
+    /// `partial_images`, or any partial once that many were shown, is dropped.
     pub fn partial(&self, index: u8, image: Image) {
-        if index < self.max_partials {
+        if index >= self.max_partials {
+            return;
+        }
+        let counted = self
+            .sent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |sent| {
+                (sent < self.max_partials).then_some(sent + 1)
+            })
+            .is_ok();
+        if counted {
             self.send(Step::Partial { index, image });
         }
     }
@@ -66,5 +82,26 @@ impl Progress {
             // A client that left closed the receiver; the step is not needed then.
             let _ = sender.send(step);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::OutputFormat;
+
+    #[test]
+    fn no_more_partials_than_asked_are_queued() {
+        let (progress, mut steps) = Progress::channel(2);
+        let image = Image::new(bytes::Bytes::from_static(b"x"), OutputFormat::Png);
+        for _ in 0..10 {
+            progress.clone().partial(0, image.clone());
+        }
+        progress.partial(5, image);
+        let mut count = 0;
+        while steps.try_recv().is_ok() {
+            count += 1;
+        }
+        assert_eq!(count, 2);
     }
 }

@@ -36,6 +36,7 @@
 //! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect (feature `postgres`) |
 //! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
 //! | [`gateway`] | [`Gateway::builder`]: assembles the stack as one `tower::Service` |
+//! | [`health`] | `GET /healthz` and `GET /readyz` (ledger and store answer a read; `503` while draining), before any key check |
 //! | `server` | `serve`: an HTTP/1 + HTTP/2 accept loop with connection caps, deadlines and graceful shutdown (feature `server`) |
 //!
 //! # Cargo features
@@ -68,6 +69,7 @@ pub mod fetch;
 pub mod files;
 mod future;
 pub mod gateway;
+pub mod health;
 pub mod id;
 pub mod idempotency;
 pub mod job;

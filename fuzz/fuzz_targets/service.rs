@@ -15,8 +15,10 @@ use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
 const KEY: &str = "pk_live_fuzz_0123456789";
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 8] = [
     "/v1/images/edits",
+    "/v1/images/generations",
+    "/v1/images/compose",
     "/api/v1/upload",
     "/api/v1/files",
     "/api/v1/files/files/fuzz/0b7e7d4c-6f51-4a5b-9d6e-2a0c9b3e8f11_a.png",

@@ -11,6 +11,7 @@ use crate::backend::{EditService, ImageBackend};
 use crate::billing::{AccountApi, AdminApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
+use crate::health::{Health, Readiness};
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::job::Operation;
 use crate::ledger::{Ledger, MemoryLedger};
@@ -228,6 +229,7 @@ impl GatewayBuilder {
         };
         let catalog = Catalog::new(models);
 
+        let health_store = store.clone();
         let sources = ResolveSourceLayer::new(store.clone(), generations.clone());
         #[cfg(feature = "fetch")]
         let sources = match fetcher {
@@ -267,6 +269,11 @@ impl GatewayBuilder {
             .layer(BodyLimitLayer::new(self.body_limit))
             .service(routes);
         Gateway {
+            health: Health {
+                ledger: ledger.clone(),
+                store: health_store,
+                readiness: Readiness::default(),
+            },
             admin: self
                 .admin_key
                 .map(|key| AdminApi::new(&key, ledger.clone(), keys)),

@@ -8,6 +8,7 @@
 //!                                          /api/v1/upload, /api/v1/files[/{key}] -> FileApi
 //!                                          /api/v1/balance, /api/v1/usage        -> AccountApi
 //! /admin/v1/... (own admin key, when configured)                     -> AdminApi
+//! GET /healthz, GET /readyz (no key)                                  -> health
 //! ```
 //!
 //! Every request runs in a `tracing` span `request{id, method, path, user, model, n}` and
@@ -61,6 +62,7 @@ pub use routes::{COMPOSE_PATH, EDITS_PATH, GENERATIONS_PATH, MODELS_PATH};
 use crate::auth::Auth;
 use crate::billing::{AdminApi, ExpirySweep};
 use crate::future::ResponseFuture;
+use crate::health::{Health, Readiness};
 use crate::id::RequestId;
 use crate::limit::BodyLimit;
 use crate::ratelimit::RateLimit;
@@ -70,6 +72,7 @@ use routes::Routes;
 /// The whole gateway as one cloneable service. Build it with [`Gateway::builder`].
 #[derive(Clone, Debug)]
 pub struct Gateway {
+    health: Health,
     admin: Option<AdminApi>,
     sweep: ExpirySweep,
     inner: Auth<RateLimit<BodyLimit<Routes>>>,
@@ -86,6 +89,12 @@ impl Gateway {
     /// stay held (the money is neither spent nor available) until some process sweeps.
     pub fn expiry_sweep(&self) -> ExpirySweep {
         self.sweep.clone()
+    }
+
+    /// The handle that turns `/readyz` to `503 draining`, for the embedder's shutdown:
+    /// drain, wait for the balancer to notice, then stop accepting.
+    pub fn readiness(&self) -> Readiness {
+        self.health.readiness.clone()
     }
 }
 
@@ -113,8 +122,16 @@ where
             n = tracing::field::Empty,
         );
         req.extensions_mut().insert(id.clone());
-        // The admin door is outside user auth: user keys never reach it.
-        let answer = if req.uri().path().starts_with("/admin/") {
+        // Health checks and the admin door are outside user auth: no key is needed for the
+        // first, and user keys never reach the second.
+        let path = req.uri().path();
+        let answer = if Health::serves(path) {
+            if req.method() == http::Method::GET {
+                self.health.answer(path)
+            } else {
+                ResponseFuture::reject(GatewayError::MethodNotAllowed)
+            }
+        } else if path.starts_with("/admin/") {
             match &mut self.admin {
                 Some(admin) => admin.call(req),
                 None => ResponseFuture::reject(GatewayError::RouteNotFound),

@@ -149,6 +149,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .build();
     // The one sweep of this ledger: releases the holds of a run that was killed.
     tokio::spawn(gateway.expiry_sweep().run());
+    let readiness = gateway.readiness();
     let service = ServiceBuilder::new()
         .option_layer(cors(&config.cors_origins)?)
         .service(openapi::WithOpenApi {
@@ -169,6 +170,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     if config.admin_key.is_some() {
         println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
     }
+    println!("health: GET /healthz, GET /readyz (no key)");
     if !config.cors_origins.is_empty() {
         println!("CORS allowed for: {}", config.cors_origins.join(", "));
     }
@@ -185,15 +187,18 @@ async fn run() -> Result<(), Box<dyn Error>> {
             demo.key
         );
     }
-    // On SIGTERM or ctrl-c: stop accepting, let in-flight edits finish (their holds are
-    // settled or released as they end), then exit.
-    serve(
-        listener,
-        service,
-        ServeOptions::default(),
-        shutdown_signal(),
-    )
-    .await?;
+    // On SIGTERM or ctrl-c: answer /readyz 503 for the shutdown delay, then stop accepting,
+    // let in-flight edits finish (their holds are settled or released as they end), and exit.
+    let delay = config.shutdown_delay;
+    let shutdown = async move {
+        shutdown_signal().await;
+        readiness.drain();
+        if !delay.is_zero() {
+            println!("draining: /readyz answers 503 for {}s", delay.as_secs());
+            tokio::time::sleep(delay).await;
+        }
+    };
+    serve(listener, service, ServeOptions::default(), shutdown).await?;
     println!("stopped");
     Ok(())
 }

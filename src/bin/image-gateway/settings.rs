@@ -91,6 +91,8 @@ settings! {
         "tests only: a PEM root certificate to trust for fetched URLs, which also lets them reach loopback addresses by name";
     "GATEWAY_STREAM_KEEPALIVE_SECS", "15",
         "a streamed answer (stream: true) silent this long sends a keep-alive comment";
+    "GATEWAY_SHUTDOWN_DELAY_SECS", "0",
+        "on SIGTERM, /readyz answers 503 draining for this long before the listener closes (a balancer's time to notice)";
     "RUST_LOG", "info",
         "log filter: a level, or target=level pairs (image_gateway=debug,warn)";
 }
@@ -118,6 +120,7 @@ pub struct Config {
     pub upstream: Option<Upstream>,
     pub url_fetch: Option<FetchConfig>,
     pub stream_keepalive: Duration,
+    pub shutdown_delay: Duration,
     pub rate_limit: RateLimitLayer,
     pub log_filter: String,
 }
@@ -202,6 +205,7 @@ impl Config {
                 text("GATEWAY_URL_FETCH_TEST_CA"),
             )?,
             stream_keepalive: Duration::from_secs(integer("GATEWAY_STREAM_KEEPALIVE_SECS")?.max(1)),
+            shutdown_delay: Duration::from_secs(integer("GATEWAY_SHUTDOWN_DELAY_SECS")?),
             rate_limit,
             log_filter: text("RUST_LOG").unwrap_or_default(),
         })

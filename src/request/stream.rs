@@ -224,11 +224,20 @@ impl Names {
     /// a UUID or one of the gateway's own words, none of which need escaping.
     fn event(&self, kind: &str, bytes: &[u8], extra: &str) -> Bytes {
         use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        use std::fmt::Write;
         let prefix = self.prefix;
-        let frame = format!(
-            "event: {prefix}.{kind}\ndata: {{\"type\":\"{prefix}.{kind}\",\"b64_json\":\"{b64}\",\
-             \"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\
+        let encoded = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+        let mut frame = String::with_capacity(encoded + 256 + extra.len());
+        // Writing to a String cannot fail.
+        let _ = write!(
+            frame,
+            "event: {prefix}.{kind}\ndata: {{\"type\":\"{prefix}.{kind}\",\"b64_json\":\""
+        );
+        // Encoded straight into the frame: the image's base64 is made once, not copied.
+        base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut frame);
+        let _ = write!(
+            frame,
+            "\",\"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\
              \"output_format\":\"{}\"{extra}}}\n\n",
             unix_now(),
             self.size,

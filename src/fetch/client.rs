@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect::{Attempt, Policy};
 
+use super::capped::{read_capped, CappedError};
 use super::{address, RemoteUrl};
 use crate::job::SourceImage;
 use crate::media::ImageKind;
@@ -103,7 +103,7 @@ impl UrlFetcher {
                 Some(param),
             )
         };
-        let mut response = self
+        let response = self
             .client
             .get(url.url().clone())
             .send()
@@ -115,26 +115,15 @@ impl UrlFetcher {
                 response.status().as_u16()
             )));
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_bytes)
-        {
-            return Err(GatewayError::ImageTooLarge {
-                limit: self.max_bytes,
-                param,
-            });
-        }
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| failed(describe(&e)))? {
-            if (body.len() + chunk.len()) as u64 > self.max_bytes {
-                return Err(GatewayError::ImageTooLarge {
+        let bytes = read_capped(response, self.max_bytes)
+            .await
+            .map_err(|error| match error {
+                CappedError::TooLarge => GatewayError::ImageTooLarge {
                     limit: self.max_bytes,
                     param,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let bytes: Bytes = body.freeze();
+                },
+                CappedError::Transport(e) => failed(describe(&e)),
+            })?;
         let kind = ImageKind::sniff(&bytes).ok_or(GatewayError::ImageTypeUnsupported { param })?;
         Ok(SourceImage::new(bytes, kind))
     }

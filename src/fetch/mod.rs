@@ -16,6 +16,8 @@
 //!   any source.
 
 pub mod address;
+#[cfg(any(feature = "fetch", feature = "upstream"))]
+pub(crate) mod capped;
 #[cfg(feature = "fetch")]
 mod client;
 

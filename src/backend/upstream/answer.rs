@@ -2,12 +2,13 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::sse::SseReader;
 use super::{describe, UpstreamBackend, MAX_ANSWER_BYTES};
 use crate::backend::BackendError;
+use crate::fetch::capped::{self, CappedError};
 use crate::job::{EditJob, Image, OutputFormat};
 use crate::media::ImageKind;
 
@@ -273,23 +274,11 @@ async fn fetch(
 }
 
 /// Reads a body, failing once it passes `cap` bytes.
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, BackendError> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > cap as u64)
-    {
-        return Err(BackendError::upstream("upstream answer is too large"));
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, BackendError> {
+    capped::read_capped(response, cap as u64)
         .await
-        .map_err(|e| BackendError::upstream(describe(e)))?
-    {
-        if body.len() + chunk.len() > cap {
-            return Err(BackendError::upstream("upstream answer is too large"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        .map_err(|error| match error {
+            CappedError::TooLarge => BackendError::upstream("upstream answer is too large"),
+            CappedError::Transport(e) => BackendError::upstream(describe(e)),
+        })
 }

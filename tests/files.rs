@@ -520,8 +520,25 @@ async fn a_batch_stores_its_good_files_and_lists_the_bad_ones_in_errors() {
     );
     assert_eq!(file_count(&server).await, 2);
 
-    // At most five files per upload.
+    // A file of exactly 10 MiB is taken.
+    let mut exact = png(4, 4);
+    exact.resize(10 * 1024 * 1024, 0);
+    assert_eq!(
+        server
+            .upload(ALICE_KEY, &[("exact.png", &exact)])
+            .await
+            .uploaded_keys()
+            .len(),
+        1
+    );
+
+    // At most five files per upload: five are taken, six refused whole.
     let image = png(2, 2);
+    let five: Vec<(&str, &[u8])> = (0..5).map(|_| ("a.png", &image[..])).collect();
+    assert_eq!(
+        server.upload(ALICE_KEY, &five).await.uploaded_keys().len(),
+        5
+    );
     let six: Vec<(&str, &[u8])> = (0..6).map(|_| ("a.png", &image[..])).collect();
     let reply = server.upload(ALICE_KEY, &six).await;
     assert_eq!(
@@ -530,7 +547,7 @@ async fn a_batch_stores_its_good_files_and_lists_the_bad_ones_in_errors() {
     );
     assert_eq!(
         file_count(&server).await,
-        2,
+        2 + 1 + 5,
         "a refused batch stores nothing"
     );
 

@@ -575,3 +575,25 @@ async fn a_streamed_request_retried_with_its_idempotency_key_replays_its_images_
     );
     assert_eq!(b.money().await.2, PRICE, "charged once");
 }
+
+#[tokio::test]
+async fn an_edit_takes_sixteen_images_and_refuses_seventeen_uncharged() {
+    let b = billed(Duration::ZERO).await;
+    let form = |count: usize| {
+        (0..count).fold(
+            Form::new().text("model", "gpt-image-2").text("prompt", "p"),
+            |form, i| form.file("image[]", &format!("{i}.png"), "image/png", &png(4, 4)),
+        )
+    };
+    assert_eq!(
+        b.server.edit_form(ALICE_KEY, form(16)).await.images().len(),
+        1
+    );
+    let charged = b.money().await;
+    let reply = b.server.edit_form(ALICE_KEY, form(17)).await;
+    assert_eq!(
+        reply.error(),
+        (400, "invalid_request".into(), Some("image".into()))
+    );
+    assert_eq!(b.money().await, charged);
+}

@@ -84,6 +84,8 @@ async fn answer(req: Request<Incoming>, port: u16) -> Result<Response<Full<Bytes
     Ok(match req.uri().path() {
         "/a.png" => Response::new(Full::new(Bytes::from(png(12, 12)))),
         "/text" => Response::new(Full::new(Bytes::from_static(b"not an image at all"))),
+        "/cap" => Response::new(Full::new(Bytes::from(padded_png(CAP)))),
+        "/over-cap" => Response::new(Full::new(Bytes::from(padded_png(CAP + 1)))),
         "/to-self" => redirect(format!("https://localhost:{port}/a.png")),
         "/to-metadata" => redirect("https://169.254.169.254/latest/meta-data".into()),
         "/to-loopback-literal" => redirect(format!("https://127.0.0.1:{port}/a.png")),
@@ -93,6 +95,16 @@ async fn answer(req: Request<Incoming>, port: u16) -> Result<Response<Full<Bytes
             .body(Full::new(Bytes::new()))
             .unwrap(),
     })
+}
+
+/// The fetch cap of the in-process test below.
+const CAP: usize = 4096;
+
+/// A PNG padded with zeros to exactly `len` bytes (its type is still read from its head).
+fn padded_png(len: usize) -> Vec<u8> {
+    let mut bytes = png(4, 4);
+    bytes.resize(len, 0);
+    bytes
 }
 
 async fn compose(port: u16, url: &str) -> Reply {
@@ -221,4 +233,34 @@ async fn a_loopback_tls_server_is_fetched_only_under_the_test_root_and_redirects
     let reply = send(SocketAddr::from(([127, 0, 0, 1], port)), req).await;
     assert_eq!(reply.images().len(), 1);
     assert_eq!(balance(port).await, 70);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_image_at_its_cap_is_taken_and_one_byte_more_is_refused() {
+    use image_gateway::fetch::{FetchConfig, UrlFetcher};
+    let dir = temp_dir("fetch-cap");
+    let ca = dir.join("ca.pem");
+    let (tls_port, _) = tls_server(&ca).await;
+    let mut config = FetchConfig::default();
+    config.max_bytes = CAP as u64;
+    config.extra_root = Some(std::fs::read(&ca).unwrap());
+    config.allow_loopback = true;
+    let gateway = image_gateway::Gateway::builder()
+        .keys(keys())
+        .fetcher(UrlFetcher::new(config).unwrap())
+        .build();
+    let server = TestServer::start(gateway).await;
+    let port = server.addr.port();
+    let reply = compose(port, &format!("https://localhost:{tls_port}/cap")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = compose(port, &format!("https://localhost:{tls_port}/over-cap")).await;
+    assert_eq!(
+        reply.error(),
+        (400, "IMAGE_TOO_LARGE".into(), Some("image_urls".into()))
+    );
 }

@@ -597,3 +597,66 @@ async fn an_edit_takes_sixteen_images_and_refuses_seventeen_uncharged() {
     );
     assert_eq!(b.money().await, charged);
 }
+
+/// Sends a streamed request and hangs up `after` it was sent, whatever has arrived.
+async fn stream_and_leave(b: &Billed, json: &str, after: Duration) {
+    let stream = TcpStream::connect(b.server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let req = Request::post("/v1/images/generations")
+        .header("host", "gateway")
+        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_owned())))
+        .unwrap();
+    let read = async {
+        if let Ok(res) = sender.send_request(req).await {
+            let mut body = res.into_body();
+            while body.frame().await.is_some() {}
+        }
+    };
+    let _ = tokio::time::timeout(after, read).await;
+    connection.abort();
+}
+
+#[tokio::test]
+async fn streams_left_at_every_moment_charge_exactly_the_images_that_became_reachable() {
+    // 200 ms of work in three steps (two partials); the client leaves every 20 ms from the
+    // start to past the end: before the hold, while the backend works, between its answer,
+    // the settle and the stored outputs, and after the completed events.
+    let b = billed(Duration::from_millis(200)).await;
+    let body = r#"{"model":"gpt-image-2","prompt":"p","n":2,"stream":true,"partial_images":2,"size":"8x8"}"#;
+    let runs = 20u64;
+    for step in 0..runs {
+        stream_and_leave(&b, body, Duration::from_millis(step * 20)).await;
+    }
+    // Every hold ends (settled or released) once the work has stopped.
+    let mut money = b.money().await;
+    for _ in 0..200 {
+        if money.1 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        money = b.money().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (available, held, charged) = b.money().await;
+    assert_eq!(held, 0, "every hold ended");
+    assert_eq!(available + charged as i64, 1000, "conservation");
+    // Generations have no sources: every stored file is an output. Each reachable one was
+    // charged, and nothing else was.
+    let listed = b
+        .server
+        .call(Method::GET, "/api/v1/files?limit=100", ALICE_KEY)
+        .await
+        .json();
+    let reachable = listed["data"].as_array().unwrap().len() as u64;
+    assert_eq!(charged, reachable * PRICE, "{listed}");
+    assert_eq!(
+        reachable % 2,
+        0,
+        "a job's two images are charged and stored together"
+    );
+}

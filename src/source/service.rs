@@ -39,14 +39,8 @@ pub(crate) struct Sources {
     pub(crate) fetcher: Option<crate::fetch::UrlFetcher>,
 }
 
-/// A request's references, fetched: the images, the keys they are stored under, and the
-/// inline ones still to store.
-#[derive(Default)]
-struct Resolved {
-    images: Vec<SourceImage>,
-    keys: Vec<FileKey>,
-    uploads: Vec<(FileKey, Bytes)>,
-}
+/// Inline and fetched images still to store, under their new keys, once the hold is taken.
+type Uploads = Vec<(FileKey, Bytes)>;
 
 impl<S> ResolveSource<S> {
     pub(crate) fn new(inner: S, sources: Sources) -> Self {
@@ -76,24 +70,23 @@ where
         let inner = self.inner.clone();
         let sources = self.sources.clone();
         ResponseFuture::new(async move {
-            let mut resolved = Resolved::default();
+            let mut uploads = Uploads::new();
+            let (mut images, mut keys) = (Vec::new(), Vec::new());
             for reference in &req.sources {
-                sources
-                    .resolve(&req.principal, reference, &mut resolved)
+                let (image, key) = sources
+                    .resolve(&req.principal, reference, &mut uploads)
                     .await?;
+                images.push(image);
+                keys.push(key);
             }
             if req.operation == Operation::Compose {
-                distinct(&resolved.keys)?;
+                distinct(&keys)?;
             }
-            let keys = std::mem::take(&mut resolved.keys);
             let mask = match &req.mask {
-                Some(mask) => {
-                    sources.resolve(&req.principal, mask, &mut resolved).await?;
-                    resolved.images.pop()
-                }
+                Some(mask) => Some(sources.resolve(&req.principal, mask, &mut uploads).await?.0),
                 None => None,
             };
-            let job = req.into_job(resolved.images, mask, resolved.uploads);
+            let job = req.into_job(images, mask, uploads);
             let mut outcome = inner.oneshot(job).await?;
             outcome.source_keys = keys;
             Ok(outcome)
@@ -102,20 +95,21 @@ where
 }
 
 impl Sources {
-    /// Fetches one reference into `resolved`.
+    /// Fetches one reference: its image and the key it is (or will be) stored under. An
+    /// inline or fetched image is added to `uploads`.
     async fn resolve(
         &self,
         principal: &Principal,
         reference: &Reference,
-        resolved: &mut Resolved,
-    ) -> Result<(), GatewayError> {
-        let (image, key) = match reference {
+        uploads: &mut Uploads,
+    ) -> Result<(SourceImage, FileKey), GatewayError> {
+        Ok(match reference {
             Reference::Inline(image) => {
                 // The spec: images sent in the request are uploads of the caller, fetchable
                 // by key. They are written by the job itself, once its hold is taken, so a
                 // refused job stores nothing.
                 let key = image.upload_key(principal.user_id());
-                resolved.uploads.push((key.clone(), image.bytes.clone()));
+                uploads.push((key.clone(), image.bytes.clone()));
                 (image.clone(), key)
             }
             Reference::Key(key) => (self.fetch(key, "image_key").await?, key.clone()),
@@ -123,13 +117,10 @@ impl Sources {
             Reference::Url(url) => {
                 let image = self.fetch_url(url).await?;
                 let key = image.upload_key(principal.user_id());
-                resolved.uploads.push((key.clone(), image.bytes.clone()));
+                uploads.push((key.clone(), image.bytes.clone()));
                 (image, key)
             }
-        };
-        resolved.images.push(image);
-        resolved.keys.push(key);
-        Ok(())
+        })
     }
 
     #[cfg(feature = "fetch")]
@@ -258,13 +249,15 @@ mod tests {
     #[tokio::test]
     async fn a_stale_pending_generation_with_its_file_is_ready_and_used() {
         let (sources, alice, id) = stale(true).await;
-        let mut resolved = Resolved::default();
-        sources
-            .resolve(&alice, &Reference::Generation(id), &mut resolved)
+        let (image, key) = sources
+            .resolve(&alice, &Reference::Generation(id), &mut Uploads::new())
             .await
             .unwrap();
-        assert_eq!(&resolved.images[0].bytes[..], PNG_MAGIC);
-        assert_eq!(resolved.keys.len(), 1);
+        assert_eq!(&image.bytes[..], PNG_MAGIC);
+        assert_eq!(
+            key.as_str(),
+            format!("files/alice/{}_generation.png", id.as_uuid())
+        );
         let record = sources.generations.get(id).await.unwrap().unwrap();
         assert_eq!(record.status, GenerationStatus::Ready);
     }
@@ -273,7 +266,7 @@ mod tests {
     async fn a_stale_pending_generation_without_its_file_is_not_found_and_failed() {
         let (sources, alice, id) = stale(false).await;
         let error = sources
-            .resolve(&alice, &Reference::Generation(id), &mut Resolved::default())
+            .resolve(&alice, &Reference::Generation(id), &mut Uploads::new())
             .await
             .unwrap_err();
         assert!(

@@ -623,14 +623,18 @@ async fn stream_and_leave(b: &Billed, json: &str, after: Duration) {
 
 #[tokio::test]
 async fn streams_left_at_every_moment_charge_exactly_the_images_that_became_reachable() {
-    // 200 ms of work in three steps (two partials); the client leaves every 20 ms from the
-    // start to past the end: before the hold, while the backend works, between its answer,
-    // the settle and the stored outputs, and after the completed events.
+    // 200 ms of work in three steps (two partials); 20 clients leave at moments spread from
+    // the start to past the end: before the hold, while the backend works, between its
+    // answer, the settle and the stored outputs, and after the completed events.
     let b = billed(Duration::from_millis(200)).await;
     let body = r#"{"model":"gpt-image-2","prompt":"p","n":2,"stream":true,"partial_images":2,"size":"8x8"}"#;
-    let runs = 20u64;
+    // One stream read to its end tells how long the window is on this machine and load.
+    let started = std::time::Instant::now();
+    stream_and_leave(&b, body, Duration::from_secs(30)).await;
+    let window = started.elapsed() * 2;
+    let runs = 20u32;
     for step in 0..runs {
-        stream_and_leave(&b, body, Duration::from_millis(step * 20)).await;
+        stream_and_leave(&b, body, window * step / runs).await;
     }
     // Every hold ends (settled or released) once the work has stopped.
     let mut money = b.money().await;

@@ -77,6 +77,7 @@ pub mod lease;
 pub mod ledger;
 pub mod limit;
 pub mod media;
+pub mod metrics;
 pub mod multipart;
 mod page;
 #[cfg(feature = "postgres")]

@@ -55,8 +55,12 @@ where
             match keys.principal(&key).await {
                 Ok(Some(principal)) => {
                     tracing::Span::current().record("user", principal.user_id().as_str());
+                    let user = principal.user_id().clone();
                     req.extensions_mut().insert(principal);
-                    inner.call(req).await
+                    let mut response = inner.call(req).await?;
+                    // Who was served, for the layers outside (per-user metrics, when opted in).
+                    response.extensions_mut().insert(user);
+                    Ok(response)
                 }
                 Ok(None) => Ok(GatewayError::InvalidApiKey.into_response()),
                 Err(error) => {

@@ -109,14 +109,59 @@ pub enum BackendError {
     Upstream {
         /// Logged for the operator; never sent to the client.
         detail: String,
+        /// What went wrong, for the operator's metrics.
+        failure: Failure,
     },
 }
 
+/// The kind of a [`BackendError::Upstream`]: counted by
+/// `image_gateway_backend_errors_total{kind}` so an operator sees a timing-out model apart
+/// from one answering errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The model's API answered an error status.
+    Status,
+    /// No answer in time.
+    Timeout,
+    /// No connection to the model's API.
+    Connect,
+    /// An answer that is not what the API promises (bad JSON, bad base64, no image).
+    Malformed,
+    /// An answer over the size the gateway reads.
+    TooLarge,
+    /// Anything else.
+    Other,
+}
+
 impl BackendError {
-    /// Shorthand for [`BackendError::Upstream`].
+    /// Shorthand for [`BackendError::Upstream`] of kind [`Failure::Other`].
     pub fn upstream(detail: impl Into<String>) -> Self {
+        BackendError::failed(Failure::Other, detail)
+    }
+
+    /// Shorthand for [`BackendError::Upstream`] of the given kind.
+    pub fn failed(failure: Failure, detail: impl Into<String>) -> Self {
         BackendError::Upstream {
             detail: detail.into(),
+            failure,
+        }
+    }
+
+    /// The `kind` label of this error in `image_gateway_backend_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::ContentPolicy { .. } => "content_policy",
+            BackendError::UnsupportedSize { .. } => "unsupported_size",
+            BackendError::InvalidImage { .. } => "invalid_image",
+            BackendError::Upstream { failure, .. } => match failure {
+                Failure::Status => "upstream_status",
+                Failure::Timeout => "upstream_timeout",
+                Failure::Connect => "upstream_connect",
+                Failure::Malformed => "upstream_malformed",
+                Failure::TooLarge => "upstream_too_large",
+                Failure::Other => "other",
+            },
         }
     }
 }
@@ -135,7 +180,7 @@ impl From<BackendError> for GatewayError {
                 format!("the source image could not be decoded: {message}"),
                 Some("image"),
             ),
-            BackendError::Upstream { detail } => {
+            BackendError::Upstream { detail, .. } => {
                 tracing::warn!(%detail, "image backend failed");
                 GatewayError::Upstream
             }

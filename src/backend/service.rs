@@ -1,6 +1,6 @@
 use std::sync::Arc;
-
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tower_service::Service;
 
@@ -11,6 +11,7 @@ use crate::future::ResponseFuture;
 use crate::id::GenerationId;
 use crate::job::Outputs;
 use crate::job::{EditJob, Image, Rendered};
+use crate::metrics::Metrics;
 use crate::store::{put_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage};
 use crate::GatewayError;
 
@@ -25,6 +26,7 @@ use crate::GatewayError;
 pub struct EditService {
     backend: Arc<dyn ImageBackend>,
     outputs: Outputs,
+    metrics: Option<Metrics>,
 }
 
 impl EditService {
@@ -37,7 +39,14 @@ impl EditService {
         EditService {
             backend,
             outputs: Outputs { store, generations },
+            metrics: None,
         }
+    }
+
+    /// Records each backend call's time and failure in `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -63,7 +72,12 @@ impl Service<EditJob> for EditService {
             if !job.uploads.is_empty() {
                 put_all(&*this.outputs.store, owner, &job.uploads).await?;
             }
-            let mut images = this.backend.edit(&job).await?;
+            let started = Instant::now();
+            let answer = this.backend.edit(&job).await;
+            if let Some(metrics) = &this.metrics {
+                metrics.backend(job.operation, started.elapsed(), answer.as_ref().err());
+            }
+            let mut images = answer?;
             images.truncate(job.params.n as usize);
             if images.is_empty() {
                 tracing::warn!("image backend returned no images");

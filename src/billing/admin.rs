@@ -42,7 +42,8 @@ impl AdminApi {
         }
     }
 
-    fn authorised(&self, key: Option<ApiKey>) -> bool {
+    /// Whether `key` is the admin key (compared by digest, in constant time).
+    pub(crate) fn authorised(&self, key: Option<ApiKey>) -> bool {
         let Some(key) = key else { return false };
         let presented: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
         bool::from(presented.ct_eq(&self.digest))

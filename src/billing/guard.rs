@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use crate::ledger::{Amount, HoldId, Ledger, LedgerError, Settlement};
+use crate::metrics::Metrics;
 
 /// Ends a hold exactly once: by [`settle`](Self::settle), by [`release`](Self::release), or,
 /// when dropped without either (a panic, a runtime shutting down), by a release on a task
@@ -13,6 +14,23 @@ use crate::ledger::{Amount, HoldId, Ledger, LedgerError, Settlement};
 pub(crate) struct HoldGuard {
     ledger: Arc<dyn Ledger>,
     open: Option<HoldId>,
+    tally: Option<Tally>,
+}
+
+/// The metrics a hold moves: counted held when the guard is made, and charged or released
+/// exactly where the guard ends it, so the counters add up like the ledger.
+struct Tally {
+    metrics: Metrics,
+    model: String,
+    held: Amount,
+}
+
+impl Tally {
+    fn ended(self, charged: Amount, returned: u32) {
+        let held = self.held.get();
+        self.metrics
+            .ended(&self.model, held, charged.get().min(held), returned);
+    }
 }
 
 impl HoldGuard {
@@ -20,7 +38,19 @@ impl HoldGuard {
         HoldGuard {
             ledger,
             open: Some(hold),
+            tally: None,
         }
+    }
+
+    /// Counts this hold of `held` for `n` images of `model` in `metrics`.
+    pub(crate) fn counted(mut self, metrics: Metrics, model: &str, n: u32, held: Amount) -> Self {
+        metrics.held(model, n, held.get());
+        self.tally = Some(Tally {
+            metrics,
+            model: model.to_owned(),
+            held,
+        });
+        self
     }
 
     /// Charges `charge` for `units` images. On a ledger failure the hold stays owed a
@@ -37,6 +67,9 @@ impl HoldGuard {
             }
         }
         self.open = None;
+        if let Some(tally) = self.tally.take() {
+            tally.ended(charge, units);
+        }
         Ok(())
     }
 
@@ -45,6 +78,9 @@ impl HoldGuard {
         let Some(hold) = self.open.take() else {
             return;
         };
+        if let Some(tally) = self.tally.take() {
+            tally.ended(Amount::new(0), 0);
+        }
         if let Err(error) = self.ledger.release(hold).await {
             tracing::error!(%error, %hold, "releasing a hold failed; it will expire");
         }
@@ -56,6 +92,9 @@ impl Drop for HoldGuard {
         let Some(hold) = self.open.take() else {
             return;
         };
+        if let Some(tally) = self.tally.take() {
+            tally.ended(Amount::new(0), 0);
+        }
         let ledger = self.ledger.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime left (shutdown): the hold's expiry releases it.

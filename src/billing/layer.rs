@@ -6,6 +6,7 @@ use tower_layer::Layer;
 use super::{Billing, DEFAULT_HOLD_TTL, MIN_HOLD_TTL};
 use crate::catalog::Catalog;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 
 /// Applies [`Billing`] to a service of [`EditJob`](crate::job::EditJob)s.
 #[derive(Clone)]
@@ -14,6 +15,7 @@ pub struct BillingLayer {
     catalog: Catalog,
     hold_ttl: Duration,
     cancel_abandoned: bool,
+    metrics: Option<Metrics>,
 }
 
 impl BillingLayer {
@@ -24,7 +26,15 @@ impl BillingLayer {
             catalog,
             hold_ttl: DEFAULT_HOLD_TTL,
             cancel_abandoned: false,
+            metrics: None,
         }
+    }
+
+    /// Counts images asked for and returned, and money held, charged and released, in
+    /// `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Whether a client that hangs up before the backend answered cancels the backend's
@@ -64,6 +74,7 @@ impl<S> Layer<S> for BillingLayer {
             self.catalog.clone(),
             self.hold_ttl,
             self.cancel_abandoned,
+            self.metrics.clone(),
         )
     }
 }

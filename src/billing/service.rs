@@ -14,6 +14,7 @@ use crate::job::{EditJob, EditOutcome, Rendered, Stage};
 
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
+use crate::metrics::Metrics;
 use crate::GatewayError;
 
 /// Holds before the inner service runs; settles for what it returned, then publishes it;
@@ -25,6 +26,7 @@ pub struct Billing<S> {
     catalog: Catalog,
     hold_ttl: Duration,
     cancel_abandoned: bool,
+    metrics: Option<Metrics>,
 }
 
 impl<S> Billing<S> {
@@ -34,6 +36,7 @@ impl<S> Billing<S> {
         catalog: Catalog,
         hold_ttl: Duration,
         cancel_abandoned: bool,
+        metrics: Option<Metrics>,
     ) -> Self {
         Billing {
             inner,
@@ -41,6 +44,7 @@ impl<S> Billing<S> {
             catalog,
             hold_ttl,
             cancel_abandoned,
+            metrics,
         }
     }
 }
@@ -90,6 +94,9 @@ where
             .hold(job.principal.user_id(), amount, self.hold_ttl, memo)
             .await?;
         let mut guard = HoldGuard::new(self.ledger.clone(), hold.id);
+        if let Some(metrics) = &self.metrics {
+            guard = guard.counted(metrics.clone(), &job.params.model, n, amount);
+        }
         job.progress.held();
         let client = job.client.clone();
         // A streamed job's client that leaves is owed only what was completed: the work

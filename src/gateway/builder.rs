@@ -16,6 +16,7 @@ use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency
 use crate::job::Operation;
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimitLayer, DEFAULT_BODY_LIMIT};
+use crate::metrics::Metrics;
 use crate::multipart::MultipartLimits;
 use crate::ratelimit::RateLimitLayer;
 use crate::request::NormalizeLayer;
@@ -42,6 +43,7 @@ pub struct GatewayBuilder {
     quota: Quota,
     stream_keepalive: Duration,
     upload_max_file: u64,
+    metrics: Option<Metrics>,
     #[cfg(feature = "fetch")]
     fetcher: Option<crate::fetch::UrlFetcher>,
 }
@@ -64,6 +66,7 @@ impl Default for GatewayBuilder {
             quota: Quota::default(),
             stream_keepalive: crate::request::DEFAULT_KEEPALIVE,
             upload_max_file: crate::files::DEFAULT_MAX_FILE_BYTES,
+            metrics: None,
             #[cfg(feature = "fetch")]
             fetcher: None,
         }
@@ -190,6 +193,16 @@ impl GatewayBuilder {
         self
     }
 
+    /// Records requests, backend calls, holds and refusals in `metrics` (see
+    /// [`crate::metrics`]), and serves them at `GET /metrics` to holders of the
+    /// [admin key](Self::admin_key) (without one, `/metrics` answers 404 here: serve
+    /// [`MetricsService`](crate::metrics::MetricsService) on a listener of its own). Default:
+    /// nothing recorded.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Fetches `https://` image references (compose's `image_urls`, OpenAI's `image_url`)
     /// with `fetcher`. Default: none, and such references are refused with a 400 that says
     /// to upload the image or send it as a `data:` URI.
@@ -236,6 +249,14 @@ impl GatewayBuilder {
             Some(fetcher) => sources.fetcher(fetcher),
             None => sources,
         };
+        let mut billing = BillingLayer::new(ledger.clone(), catalog.clone())
+            .hold_ttl(self.hold_ttl)
+            .cancel_abandoned(backend.cancellable());
+        let mut edits = EditService::new(backend, store.clone(), generations.clone());
+        if let Some(metrics) = &self.metrics {
+            billing = billing.metrics(metrics.clone());
+            edits = edits.metrics(metrics.clone());
+        }
         let jobs = ServiceBuilder::new()
             .layer(IdempotencyLayer::new(
                 records,
@@ -243,12 +264,8 @@ impl GatewayBuilder {
                 generations.clone(),
             ))
             .layer(sources)
-            .layer(
-                BillingLayer::new(ledger.clone(), catalog.clone())
-                    .hold_ttl(self.hold_ttl)
-                    .cancel_abandoned(backend.cancellable()),
-            )
-            .service(EditService::new(backend, store.clone(), generations));
+            .layer(billing)
+            .service(edits);
         let normalize = NormalizeLayer::new(catalog.clone())
             .limits(self.multipart)
             .stream_keepalive(self.stream_keepalive);
@@ -278,6 +295,7 @@ impl GatewayBuilder {
                 .admin_key
                 .map(|key| AdminApi::new(&key, ledger.clone(), keys)),
             sweep: ExpirySweep::new(ledger, self.hold_ttl),
+            metrics: self.metrics,
             inner,
         }
     }

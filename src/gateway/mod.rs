@@ -8,6 +8,7 @@
 //!                                          /api/v1/upload, /api/v1/files[/{key}] -> FileApi
 //!                                          /api/v1/balance, /api/v1/usage        -> AccountApi
 //! /admin/v1/... (own admin key, when configured)                     -> AdminApi
+//! GET /metrics (the admin key, when metrics and the key are configured) -> Metrics
 //! GET /healthz, GET /readyz (no key)                                  -> health
 //! ```
 //!
@@ -53,18 +54,20 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use tower_service::Service;
 use tracing::Instrument;
 
 pub use builder::{GatewayBuilder, DEFAULT_MODEL};
 pub use routes::{COMPOSE_PATH, EDITS_PATH, GENERATIONS_PATH, MODELS_PATH};
 
-use crate::auth::Auth;
+use crate::auth::{ApiKey, Auth, UserId};
 use crate::billing::{AdminApi, ExpirySweep};
 use crate::future::ResponseFuture;
 use crate::health::{Health, Readiness};
 use crate::id::RequestId;
 use crate::limit::BodyLimit;
+use crate::metrics::{route_of, Answered, Metrics, ModelLabel, METRICS_PATH};
 use crate::ratelimit::RateLimit;
 use crate::{ClientAborted, ErrorCode, GatewayError, RequestBody, ResponseBody};
 use routes::Routes;
@@ -75,6 +78,7 @@ pub struct Gateway {
     health: Health,
     admin: Option<AdminApi>,
     sweep: ExpirySweep,
+    metrics: Option<Metrics>,
     inner: Auth<RateLimit<BodyLimit<Routes>>>,
 }
 
@@ -95,6 +99,21 @@ impl Gateway {
     /// drain, wait for the balancer to notice, then stop accepting.
     pub fn readiness(&self) -> Readiness {
         self.health.readiness.clone()
+    }
+
+    /// `GET /metrics` for the admin key's holder; 404 when there are no metrics or no
+    /// admin key (a scrape is then served on a listener of its own).
+    fn scrape<B>(&self, req: &Request<B>) -> ResponseFuture<Response<ResponseBody>, Infallible> {
+        let (Some(metrics), Some(admin)) = (&self.metrics, &self.admin) else {
+            return ResponseFuture::reject(GatewayError::RouteNotFound);
+        };
+        if !admin.authorised(ApiKey::from_headers(req.headers())) {
+            return ResponseFuture::reject(GatewayError::InvalidApiKey);
+        }
+        if req.method() != http::Method::GET {
+            return ResponseFuture::reject(GatewayError::MethodNotAllowed);
+        }
+        ResponseFuture::ready(metrics.response())
     }
 }
 
@@ -125,12 +144,18 @@ where
         // Health checks and the admin door are outside user auth: no key is needed for the
         // first, and user keys never reach the second.
         let path = req.uri().path();
+        let metrics = self.metrics.clone();
+        let route = route_of(path);
+        let method = req.method().clone();
+        let request_bytes = req.body().size_hint().exact();
         let answer = if Health::serves(path) {
             if req.method() == http::Method::GET {
                 self.health.answer(path)
             } else {
                 ResponseFuture::reject(GatewayError::MethodNotAllowed)
             }
+        } else if path == METRICS_PATH {
+            self.scrape(&req)
         } else if path.starts_with("/admin/") {
             match &mut self.admin {
                 Some(admin) => admin.call(req),
@@ -147,8 +172,22 @@ where
                     response.headers_mut().insert("x-request-id", value);
                 }
                 let status = response.status().as_u16();
-                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let latency = started.elapsed();
+                let latency_ms = latency.as_secs_f64() * 1000.0;
                 let extensions = response.extensions();
+                if let Some(metrics) = &metrics {
+                    metrics.request(Answered {
+                        route,
+                        method: &method,
+                        status,
+                        model: extensions.get::<ModelLabel>().map(|m| m.0.as_str()),
+                        user: extensions.get::<UserId>(),
+                        error_code: extensions.get::<ErrorCode>().map(|c| c.0),
+                        latency,
+                        request_bytes,
+                        response_bytes: response.body().size_hint().exact(),
+                    });
+                }
                 if extensions.get::<ClientAborted>().is_some() {
                     // Counted per connection by the server instead: one line, not thousands.
                     tracing::debug!(status, latency_ms, "request cut off by the client");

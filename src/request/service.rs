@@ -12,6 +12,7 @@ use super::{parse_json, parse_multipart, stream, Rules};
 use crate::auth::Principal;
 use crate::future::ResponseFuture;
 use crate::job::{EditOutcome, EditRequest, Operation, RequestContext, Stage};
+use crate::metrics::ModelLabel;
 use crate::multipart::boundary_of;
 
 use crate::id::RequestId;
@@ -75,14 +76,18 @@ where
             let span = tracing::Span::current();
             span.record("model", edit.params.model.as_str());
             span.record("n", edit.params.n);
-            if edit.params.stream {
-                return Ok(stream::respond(inner, edit, client, keepalive).await);
-            }
-            let _client = client;
-            Ok(match inner.oneshot(edit).await {
-                Ok(outcome) => outcome.into_response(),
-                Err(error) => error.into_response(),
-            })
+            let model = ModelLabel(edit.params.model.clone());
+            let mut response = if edit.params.stream {
+                stream::respond(inner, edit, client, keepalive).await
+            } else {
+                let _client = client;
+                match inner.oneshot(edit).await {
+                    Ok(outcome) => outcome.into_response(),
+                    Err(error) => error.into_response(),
+                }
+            };
+            response.extensions_mut().insert(model);
+            Ok(response)
         })
     }
 }

@@ -60,7 +60,7 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 
 /// Settings of [`serve`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServeOptions {
     /// How long a client may take from the accept to its first request, and to send any
@@ -83,6 +83,8 @@ pub struct ServeOptions {
     pub max_connections_per_peer: usize,
     /// How long in-flight requests may run after shutdown begins (default 30 s).
     pub grace_period: Duration,
+    /// Where open connections are counted (`image_gateway_connections_open`); default none.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for ServeOptions {
@@ -96,6 +98,7 @@ impl Default for ServeOptions {
             max_connections: 1024,
             max_connections_per_peer: 256,
             grace_period: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }
@@ -154,7 +157,12 @@ where
         let Some(slot) = slot else { break };
         let service = service.clone();
         tokio::spawn(serve_connection(
-            stream, peer, service, registered, slot, options,
+            stream,
+            peer,
+            service,
+            registered,
+            slot,
+            options.clone(),
         ));
     }
     drop(listener);
@@ -185,6 +193,7 @@ async fn serve_connection<S>(
     S::Future: Send + 'static,
 {
     let _slot = slot;
+    let _open = options.metrics.as_ref().map(|m| m.connection());
     let registered = Arc::new(registered);
     // hyper's head timeout starts with the first byte; a client that sends nothing at all
     // is cut off here, or it would hold its connection slot until the idle watchdog.
@@ -209,7 +218,7 @@ async fn serve_connection<S>(
         .keep_alive_timeout(options.http2_keep_alive_interval);
     let service = Bounded {
         inner: service,
-        options,
+        options: options.clone(),
         connection: Some(registered.clone()),
     };
     let connection =

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::sse::SseReader;
-use super::{describe, UpstreamBackend, MAX_ANSWER_BYTES};
-use crate::backend::BackendError;
+use super::{transport, UpstreamBackend, MAX_ANSWER_BYTES};
+use crate::backend::{BackendError, Failure};
 use crate::fetch::capped::{self, CappedError};
 use crate::job::{EditJob, Image, OutputFormat};
 use crate::media::ImageKind;
@@ -54,17 +54,28 @@ pub(super) async fn images(
     let body = read_capped(response, MAX_ANSWER_BYTES).await?;
     if status.is_success() {
         let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
-            BackendError::upstream(format!("upstream answered malformed JSON: {e}"))
+            BackendError::failed(
+                Failure::Malformed,
+                format!("upstream answered malformed JSON: {e}"),
+            )
         })?;
         let mut images = Vec::with_capacity(answer.data.len());
         let mut budget = MAX_ANSWER_BYTES;
         for datum in answer.data {
             let bytes = match (datum.b64_json, datum.url) {
                 (Some(b64), _) => Bytes::from(STANDARD.decode(b64.as_bytes()).map_err(|e| {
-                    BackendError::upstream(format!("upstream sent bad base64: {e}"))
+                    BackendError::failed(
+                        Failure::Malformed,
+                        format!("upstream sent bad base64: {e}"),
+                    )
                 })?),
                 (None, Some(url)) => fetch(backend, &url, &mut budget).await?,
-                (None, None) => return Err(BackendError::upstream("upstream image without data")),
+                (None, None) => {
+                    return Err(BackendError::failed(
+                        Failure::Malformed,
+                        "upstream image without data",
+                    ))
+                }
             };
             images.push(Image::new(
                 bytes.clone(),
@@ -101,7 +112,10 @@ fn refusal(job: &EditJob, status: reqwest::StatusCode, e: ErrorBody) -> BackendE
             };
         }
     }
-    BackendError::upstream(format!("upstream answered {status} (code {code:?})"))
+    BackendError::failed(
+        Failure::Status,
+        format!("upstream answered {status} (code {code:?})"),
+    )
 }
 
 /// One event of an upstream's image stream, as OpenAI sends them.
@@ -157,11 +171,18 @@ impl StreamEvent {
         }
         let kind = datum.kind.unwrap_or_default();
         let decode = |b64: Option<String>| -> Result<Bytes, BackendError> {
-            let b64 = b64.ok_or_else(|| BackendError::upstream("a stream image without data"))?;
+            let b64 = b64.ok_or_else(|| {
+                BackendError::failed(Failure::Malformed, "a stream image without data")
+            })?;
             STANDARD
                 .decode(b64.as_bytes())
                 .map(Bytes::from)
-                .map_err(|e| BackendError::upstream(format!("upstream sent bad base64: {e}")))
+                .map_err(|e| {
+                    BackendError::failed(
+                        Failure::Malformed,
+                        format!("upstream sent bad base64: {e}"),
+                    )
+                })
         };
         if kind.ends_with(".partial_image") {
             let index = datum
@@ -189,18 +210,17 @@ pub(super) async fn streamed(
     let mut reader = SseReader::new(MAX_ANSWER_BYTES);
     let mut images = Vec::new();
     let mut read = 0usize;
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| BackendError::upstream(describe(e)))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
         read += chunk.len();
         if read > MAX_ANSWER_BYTES {
-            return Err(BackendError::upstream("upstream stream is too large"));
+            return Err(BackendError::failed(
+                Failure::TooLarge,
+                "upstream stream is too large",
+            ));
         }
-        let events = reader
-            .push(&chunk)
-            .map_err(|_| BackendError::upstream("upstream stream event is too large"))?;
+        let events = reader.push(&chunk).map_err(|_| {
+            BackendError::failed(Failure::TooLarge, "upstream stream event is too large")
+        })?;
         for event in events {
             match StreamEvent::parse(&event.data)? {
                 StreamEvent::Partial { index, bytes } => {
@@ -239,9 +259,10 @@ fn format_of(bytes: &[u8], asked: OutputFormat) -> Result<OutputFormat, BackendE
         Some(ImageKind::Png) => Ok(OutputFormat::Png),
         Some(ImageKind::Jpeg) => Ok(OutputFormat::Jpeg),
         Some(ImageKind::Webp) => Ok(OutputFormat::Webp),
-        _ => Err(BackendError::upstream(format!(
-            "upstream returned bytes that are not a {asked} image"
-        ))),
+        _ => Err(BackendError::failed(
+            Failure::Malformed,
+            format!("upstream returned bytes that are not a {asked} image"),
+        )),
     }
 }
 
@@ -252,21 +273,19 @@ async fn fetch(
     budget: &mut usize,
 ) -> Result<Bytes, BackendError> {
     let url = reqwest::Url::parse(url)
-        .map_err(|_| BackendError::upstream("upstream sent a bad image URL"))?;
+        .map_err(|_| BackendError::failed(Failure::Malformed, "upstream sent a bad image URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(BackendError::upstream("upstream image URL is not http(s)"));
+        return Err(BackendError::failed(
+            Failure::Malformed,
+            "upstream image URL is not http(s)",
+        ));
     }
-    let response = backend
-        .client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| BackendError::upstream(describe(e)))?;
+    let response = backend.client.get(url).send().await.map_err(transport)?;
     if !response.status().is_success() {
-        return Err(BackendError::upstream(format!(
-            "fetching an image URL answered {}",
-            response.status()
-        )));
+        return Err(BackendError::failed(
+            Failure::Status,
+            format!("fetching an image URL answered {}", response.status()),
+        ));
     }
     let bytes = read_capped(response, *budget).await?;
     *budget -= bytes.len();
@@ -278,7 +297,9 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, B
     capped::read_capped(response, cap as u64)
         .await
         .map_err(|error| match error {
-            CappedError::TooLarge => BackendError::upstream("upstream answer is too large"),
-            CappedError::Transport(e) => BackendError::upstream(describe(e)),
+            CappedError::TooLarge => {
+                BackendError::failed(Failure::TooLarge, "upstream answer is too large")
+            }
+            CappedError::Transport(e) => transport(e),
         })
 }

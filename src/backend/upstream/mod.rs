@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode, Url};
 
-use super::{BackendError, ImageBackend};
+use super::{BackendError, Failure, ImageBackend};
 use crate::job::{EditJob, EditParams, Image, Operation, SourceImage};
 
 /// The largest upstream answer read (a JSON body of base64 images, or one image by URL).
@@ -314,7 +314,7 @@ impl ImageBackend for UpstreamBackend {
                 Ok(r) => break r,
                 // A failed connect never reached the model: safe to send again.
                 Err(e) if e.is_connect() && !retried => {}
-                Err(e) => return Err(BackendError::upstream(describe(e))),
+                Err(e) => return Err(transport(e)),
             }
             retried = true;
             tokio::time::sleep(RETRY_BACKOFF).await;
@@ -331,18 +331,18 @@ impl ImageBackend for UpstreamBackend {
     }
 }
 
-/// A transport error in words, without the URL (it may carry credentials).
-fn describe(error: reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
+/// A transport error, in words without the URL (it may carry credentials).
+fn transport(error: reqwest::Error) -> BackendError {
+    let (failure, what) = if error.is_timeout() {
+        (Failure::Timeout, "timed out")
     } else if error.is_connect() {
-        "could not connect"
+        (Failure::Connect, "could not connect")
     } else if error.is_body() || error.is_decode() {
-        "broken body"
+        (Failure::Malformed, "broken body")
     } else {
-        "request failed"
+        (Failure::Other, "request failed")
     };
-    format!("upstream {kind}: {}", error.without_url())
+    BackendError::failed(failure, format!("upstream {what}: {}", error.without_url()))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::fetch::UrlFetcher;
 use image_gateway::gateway::DEFAULT_MODEL;
+use image_gateway::metrics::{Metrics, MetricsService};
 use image_gateway::ratelimit::RedisLimits;
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::Gateway;
@@ -141,6 +142,12 @@ async fn run() -> Result<(), Box<dyn Error>> {
     if let Some(admin_key) = &config.admin_key {
         builder = builder.admin_key(admin_key.clone());
     }
+    let metrics = if config.metrics_user_labels {
+        Metrics::with_user_labels()
+    } else {
+        Metrics::new()
+    };
+    builder = builder.metrics(metrics.clone());
     let gateway = builder
         .model(
             DEFAULT_MODEL,
@@ -170,6 +177,26 @@ async fn run() -> Result<(), Box<dyn Error>> {
     if config.admin_key.is_some() {
         println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
     }
+    let mut options = ServeOptions::default();
+    options.metrics = Some(metrics.clone());
+    let scrape = match &config.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (GATEWAY_METRICS_ADDR): {e}"))?;
+            println!(
+                "metrics: GET http://{}/metrics (no key)",
+                listener.local_addr()?
+            );
+            Some(listener)
+        }
+        None => {
+            if config.admin_key.is_some() {
+                println!("metrics: GET /metrics with the admin key");
+            }
+            None
+        }
+    };
     println!("health: GET /healthz, GET /readyz (no key)");
     if !config.cors_origins.is_empty() {
         println!("CORS allowed for: {}", config.cors_origins.join(", "));
@@ -198,7 +225,20 @@ async fn run() -> Result<(), Box<dyn Error>> {
             tokio::time::sleep(delay).await;
         }
     };
-    serve(listener, service, ServeOptions::default(), shutdown).await?;
+    // The scrape listener stops with the main one.
+    let (stop, mut stopped) = tokio::sync::watch::channel(());
+    if let Some(listener) = scrape {
+        tokio::spawn(serve(
+            listener,
+            MetricsService::new(metrics),
+            ServeOptions::default(),
+            async move {
+                let _ = stopped.changed().await;
+            },
+        ));
+    }
+    serve(listener, service, options, shutdown).await?;
+    drop(stop);
     println!("stopped");
     Ok(())
 }

@@ -93,6 +93,10 @@ settings! {
         "a streamed answer (stream: true) silent this long sends a keep-alive comment";
     "GATEWAY_SHUTDOWN_DELAY_SECS", "0",
         "on SIGTERM, /readyz answers 503 draining for this long before the listener closes (a balancer's time to notice)";
+    "GATEWAY_METRICS_ADDR", "",
+        "host:port of a listener that serves GET /metrics with no key (for the scraper's network only); unset: /metrics on GATEWAY_ADDR for the admin key only";
+    "GATEWAY_METRICS_USER_LABELS", "off",
+        "on: also count requests per user id (image_gateway_user_requests_total{user}); one series per user";
     "RUST_LOG", "info",
         "log filter: a level, or target=level pairs (image_gateway=debug,warn)";
 }
@@ -121,6 +125,8 @@ pub struct Config {
     pub url_fetch: Option<FetchConfig>,
     pub stream_keepalive: Duration,
     pub shutdown_delay: Duration,
+    pub metrics_addr: Option<String>,
+    pub metrics_user_labels: bool,
     pub rate_limit: RateLimitLayer,
     pub log_filter: String,
 }
@@ -201,23 +207,32 @@ impl Config {
                 model: text("GATEWAY_UPSTREAM_MODEL").unwrap_or_default(),
             }),
             url_fetch: url_fetch(
-                text("GATEWAY_URL_FETCH").unwrap_or_default().as_str(),
+                switch("GATEWAY_URL_FETCH", text)?,
                 text("GATEWAY_URL_FETCH_TEST_CA"),
             )?,
             stream_keepalive: Duration::from_secs(integer("GATEWAY_STREAM_KEEPALIVE_SECS")?.max(1)),
             shutdown_delay: Duration::from_secs(integer("GATEWAY_SHUTDOWN_DELAY_SECS")?),
+            metrics_addr: text("GATEWAY_METRICS_ADDR"),
+            metrics_user_labels: switch("GATEWAY_METRICS_USER_LABELS", text)?,
             rate_limit,
             log_filter: text("RUST_LOG").unwrap_or_default(),
         })
     }
 }
 
+/// An `on`/`off` setting.
+fn switch(name: &str, text: impl Fn(&str) -> Option<String>) -> Result<bool, Box<dyn Error>> {
+    match text(name).as_deref() {
+        Some("on") => Ok(true),
+        Some("off") | None => Ok(false),
+        Some(_) => Err(format!("{name} must be on or off").into()),
+    }
+}
+
 /// The URL fetcher's settings: `None` when fetching is off.
-fn url_fetch(switch: &str, test_ca: Option<String>) -> Result<Option<FetchConfig>, Box<dyn Error>> {
-    match switch {
-        "off" => return Ok(None),
-        "on" => {}
-        _ => return Err("GATEWAY_URL_FETCH must be on or off".into()),
+fn url_fetch(on: bool, test_ca: Option<String>) -> Result<Option<FetchConfig>, Box<dyn Error>> {
+    if !on {
+        return Ok(None);
     }
     let mut config = FetchConfig::default();
     if let Some(path) = test_ca {

@@ -64,6 +64,13 @@ pub enum GatewayError {
     },
     /// 402 `OUTSTANDING_DEBT`: the account balance is negative.
     OutstandingDebt,
+    /// 403 `MODEL_ACCESS_DENIED`: the key's model allow-list does not name this model.
+    ModelAccessDenied {
+        /// The model asked for.
+        model: String,
+    },
+    /// 403 `ip_not_allowed`: the key's IP allow-list does not cover the caller's address.
+    IpNotAllowed,
     /// 404 `model_not_found`.
     ModelNotFound {
         /// The model the client asked for (a client-chosen name, never a secret).
@@ -94,12 +101,20 @@ pub enum GatewayError {
         /// Sent as `Retry-After`.
         retry_after: Duration,
     },
+    /// 429 `daily_limit_exceeded`: the key's daily spend limit, with what its open holds and
+    /// today's charges already take, leaves too little for this request's hold.
+    DailyLimitExceeded {
+        /// Sent as `Retry-After`: the time to the next UTC day.
+        retry_after: Duration,
+    },
     /// 502 `upstream_error`: the image backend failed. The message is generic on purpose.
     Upstream,
     /// 404 `not_found`: no such route.
     RouteNotFound,
     /// 404 `account_not_found`: an admin deposit names a user that holds no key.
     AccountNotFound,
+    /// 404 `key_not_found`: the admin API names a key that does not exist or has ended.
+    KeyNotFound,
     /// 405 `method_not_allowed`.
     MethodNotAllowed,
     /// 413 `storage_quota_exceeded`: storing this would take the caller over its storage
@@ -160,11 +175,14 @@ impl GatewayError {
             InvalidApiKey => Row::new(401, "invalid_api_key", Authentication, None, "invalid API key; send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"),
             InsufficientBalance { needed, available } => Row::new(402, "insufficient_balance", Billing, None, format!("insufficient balance for this request: it needs {needed} (n x the price per image), {available} is available")),
             OutstandingDebt => Row::new(402, "OUTSTANDING_DEBT", Billing, None, "the account has outstanding unpaid charges"),
+            ModelAccessDenied { model } => Row::new(403, "MODEL_ACCESS_DENIED", Permission, Some("model"), format!("this API key may not use the model `{model}`")),
+            IpNotAllowed => Row::new(403, "ip_not_allowed", Permission, None, "this API key may not be used from this address"),
             ModelNotFound { model } => Row::new(404, "model_not_found", Request, Some("model"), format!("the model `{model}` does not exist")),
             GenerationNotFound => Row::new(404, "generation_not_found", Request, Some("generation_id"), "generation not found"),
             ImageNotFound => Row::new(404, "IMAGE_NOT_FOUND", Request, Some("image_key"), "the file behind image_key no longer exists"),
             RouteNotFound => Row::new(404, "not_found", Request, None, "no such endpoint"),
             AccountNotFound => Row::new(404, "account_not_found", Request, Some("user_id"), "no user with this id holds an API key"),
+            KeyNotFound => Row::new(404, "key_not_found", Request, Some("key_id"), "no live API key has this id"),
             MethodNotAllowed => Row::new(405, "method_not_allowed", Request, None, "method not allowed on this endpoint"),
             RequestTimeout => Row::new(408, "request_timeout", Request, None, "the request took too long; nothing was charged"),
             GenerationNotReady { retry_after } => Row::new(409, "generation_not_ready", Request, Some("generation_id"), "the generation is still being stored; retry shortly").retry_after(*retry_after),
@@ -173,6 +191,7 @@ impl GatewayError {
             PayloadTooLarge => Row::new(413, "request_too_large", Request, None, "the request body exceeds the size limit"),
             StorageQuotaExceeded { message } => Row::new(413, "storage_quota_exceeded", Request, None, message.clone()),
             RateLimitExceeded { retry_after } => Row::new(429, "rate_limit_exceeded", RateLimit, None, "rate limit exceeded; retry later").retry_after(*retry_after),
+            DailyLimitExceeded { retry_after } => Row::new(429, "daily_limit_exceeded", RateLimit, None, "this API key's daily spend limit is reached (open holds count); it resets at 00:00 UTC").retry_after(*retry_after),
             Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
             Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
             LimitsUnavailable => Row::new(503, "limits_unavailable", Server, None, "the gateway cannot check rate limits right now; nothing was run or charged; retry shortly").retry_after(Duration::from_secs(1)),
@@ -237,6 +256,7 @@ enum Kind {
     Request,
     Authentication,
     Billing,
+    Permission,
     RateLimit,
     Server,
 }
@@ -247,6 +267,7 @@ impl Kind {
             Kind::Request => "invalid_request_error",
             Kind::Authentication => "authentication_error",
             Kind::Billing => "billing_error",
+            Kind::Permission => "permission_error",
             Kind::RateLimit => "rate_limit_error",
             Kind::Server => "server_error",
         }

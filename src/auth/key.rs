@@ -98,12 +98,21 @@ impl fmt::Display for UserId {
 pub struct Principal {
     /// The account that owns files and generations and pays for edits.
     pub user_id: UserId,
+    /// The managed key the request came with and its limits; `None` for a key with no
+    /// limits of its own (a configured key, your own store's).
+    pub key: Option<Arc<super::KeyGrant>>,
 }
 
 impl Principal {
     /// A principal for the given user.
     pub fn new(user_id: UserId) -> Self {
-        Principal { user_id }
+        Principal { user_id, key: None }
+    }
+
+    /// The principal of a managed key, whose limits the gateway enforces.
+    pub fn with_grant(mut self, grant: super::KeyGrant) -> Self {
+        self.key = Some(Arc::new(grant));
+        self
     }
 
     /// The caller's user id.

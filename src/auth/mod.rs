@@ -40,16 +40,26 @@
 //! # }
 //! ```
 
+pub(crate) mod admin;
 mod key;
 mod layer;
+mod managed;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod service;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 
 pub use key::{ApiKey, InvalidUserId, Principal, UserId};
 pub use layer::AuthLayer;
+pub use managed::{
+    utc_day, Cidr, IssuedKey, KeyGrant, KeyId, KeyLimits, KeyRecord, KeyRegistry, NewKey,
+    WithFixedKeys, KEY_PREFIX,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::PgKeys;
-pub use service::Auth;
+pub use service::{Auth, ClientIp};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteKeys;
 pub use store::{KeyStore, StaticKeys};

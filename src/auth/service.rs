@@ -9,6 +9,12 @@ use super::{ApiKey, KeyStore};
 use crate::future::ResponseFuture;
 use crate::GatewayError;
 
+/// The address a request came from, put into its extensions by the server
+/// ([`serve`](crate::server::serve) does; a server of your own inserts it for IP allow-lists
+/// to work). It is the TCP peer: behind a proxy, that is the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 /// Resolves the caller's key to a [`Principal`](super::Principal) or answers 401.
 #[derive(Clone)]
 pub struct Auth<S> {
@@ -54,6 +60,16 @@ where
             };
             match keys.principal(&key).await {
                 Ok(Some(principal)) => {
+                    if let Some(grant) = &principal.key {
+                        let from = req.extensions().get::<ClientIp>().map(|ip| ip.0);
+                        // No address known (mounted without `serve`): an allow-list cannot
+                        // be checked, so the key is refused rather than let through.
+                        if grant.limits.ips.is_some()
+                            && !from.is_some_and(|ip| grant.limits.allows_ip(ip))
+                        {
+                            return Ok(GatewayError::IpNotAllowed.into_response());
+                        }
+                    }
                     tracing::Span::current().record("user", principal.user_id().as_str());
                     let user = principal.user_id().clone();
                     req.extensions_mut().insert(principal);

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_service::Service;
 
-use crate::auth::{ApiKey, KeyStore, UserId};
+use crate::auth::admin::answer_keys;
+use crate::auth::{ApiKey, KeyRegistry, KeyStore, UserId};
 use crate::future::ResponseFuture;
 use crate::ledger::Ledger;
 use crate::limit::body_error;
@@ -29,6 +30,7 @@ pub struct AdminApi {
     digest: [u8; 32],
     ledger: Arc<dyn Ledger>,
     keys: Arc<dyn KeyStore>,
+    registry: Option<Arc<dyn KeyRegistry>>,
 }
 
 impl AdminApi {
@@ -39,7 +41,15 @@ impl AdminApi {
             digest: Sha256::digest(admin_key.as_bytes()).into(),
             ledger,
             keys,
+            registry: None,
         }
+    }
+
+    /// Also serves the key routes over `registry`: `POST|GET /admin/v1/users/{user_id}/keys`,
+    /// `GET|PATCH|DELETE /admin/v1/keys/{id}`, `POST /admin/v1/keys/{id}/rotate`.
+    pub fn registry(mut self, registry: Arc<dyn KeyRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Whether `key` is the admin key (compared by digest, in constant time).
@@ -72,9 +82,16 @@ where
         let authorised = self.authorised(ApiKey::from_headers(req.headers()));
         let ledger = self.ledger.clone();
         let keys = self.keys.clone();
+        let registry = self.registry.clone();
         ResponseFuture::answer(async move {
             if !authorised {
                 return Err(GatewayError::InvalidApiKey);
+            }
+            if crate::auth::admin::serves(req.uri().path()) {
+                let registry = registry.ok_or(GatewayError::RouteNotFound)?;
+                let (head, body) = req.into_parts();
+                let body = read_body(body).await?;
+                return answer_keys(&registry, &head.method, head.uri.path(), &body).await;
             }
             let account = req
                 .uri()
@@ -89,11 +106,7 @@ where
             if req.method() != Method::POST {
                 return Err(GatewayError::MethodNotAllowed);
             }
-            let body = Limited::new(req.into_body(), 4096)
-                .collect()
-                .await
-                .map_err(body_error)?
-                .to_bytes();
+            let body = read_body(req.into_body()).await?;
             let deposit: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|_| GatewayError::invalid_request("body must be a JSON object", None))?;
             let amount = deposit["amount"]
@@ -132,4 +145,13 @@ where
             Ok(crate::body::json_ok(&body))
         })
     }
+}
+
+/// An admin request's body: a small JSON document.
+async fn read_body<B: RequestBody>(body: B) -> Result<bytes::Bytes, GatewayError> {
+    Ok(Limited::new(body, 4096)
+        .collect()
+        .await
+        .map_err(body_error)?
+        .to_bytes())
 }

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use crate::auth::{KeyId, KeyRegistry};
 use crate::ledger::{Amount, HoldId, Ledger, LedgerError, Settlement};
 use crate::metrics::Metrics;
 
@@ -15,6 +16,31 @@ pub(crate) struct HoldGuard {
     ledger: Arc<dyn Ledger>,
     open: Option<HoldId>,
     tally: Option<Tally>,
+    spend: Option<Spend>,
+}
+
+/// A reservation against a key's daily limit, as large as the hold: what the hold does not
+/// charge is given back where the guard ends the hold, so the day's spend ends up exactly
+/// what was charged.
+pub(crate) struct Spend {
+    pub(crate) registry: Arc<dyn KeyRegistry>,
+    pub(crate) key: KeyId,
+    pub(crate) day: u64,
+    pub(crate) reserved: Amount,
+}
+
+impl Spend {
+    /// Gives back what `charged` leaves of the reservation.
+    pub(crate) async fn give_back(self, charged: Amount) {
+        let back = self.reserved.get().saturating_sub(charged.get());
+        if back == 0 {
+            return;
+        }
+        if let Err(error) = self.registry.refund(self.key, self.day, back).await {
+            // Errs on the safe side: the key may spend less today, never more.
+            tracing::error!(%error, key = %self.key, back, "giving back a daily-limit reservation failed");
+        }
+    }
 }
 
 /// The metrics a hold moves: counted held when the guard is made, and charged or released
@@ -39,7 +65,14 @@ impl HoldGuard {
             ledger,
             open: Some(hold),
             tally: None,
+            spend: None,
         }
+    }
+
+    /// Ends `spend` with this hold.
+    pub(crate) fn spending(mut self, spend: Option<Spend>) -> Self {
+        self.spend = spend;
+        self
     }
 
     /// Counts this hold of `held` for `n` images of `model` in `metrics`.
@@ -70,6 +103,9 @@ impl HoldGuard {
         if let Some(tally) = self.tally.take() {
             tally.ended(charge, units);
         }
+        if let Some(spend) = self.spend.take() {
+            spend.give_back(charge).await;
+        }
         Ok(())
     }
 
@@ -80,6 +116,9 @@ impl HoldGuard {
         };
         if let Some(tally) = self.tally.take() {
             tally.ended(Amount::new(0), 0);
+        }
+        if let Some(spend) = self.spend.take() {
+            spend.give_back(Amount::new(0)).await;
         }
         if let Err(error) = self.ledger.release(hold).await {
             tracing::error!(%error, %hold, "releasing a hold failed; it will expire");
@@ -96,12 +135,17 @@ impl Drop for HoldGuard {
             tally.ended(Amount::new(0), 0);
         }
         let ledger = self.ledger.clone();
+        let spend = self.spend.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime left (shutdown): the hold's expiry releases it.
+            // No runtime left (shutdown): the hold's expiry releases it; the reservation
+            // stays counted for the day (the safe side).
             tracing::warn!(%hold, "hold dropped without a runtime; it will expire");
             return;
         };
         runtime.spawn(async move {
+            if let Some(spend) = spend {
+                spend.give_back(Amount::new(0)).await;
+            }
             if let Err(error) = ledger.release(hold).await {
                 tracing::error!(%error, %hold, "releasing a dropped hold failed; it will expire");
             }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::{Billing, DEFAULT_HOLD_TTL, MIN_HOLD_TTL};
+use crate::auth::KeyRegistry;
 use crate::catalog::Catalog;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -11,11 +12,12 @@ use crate::metrics::Metrics;
 /// Applies [`Billing`] to a service of [`EditJob`](crate::job::EditJob)s.
 #[derive(Clone)]
 pub struct BillingLayer {
-    ledger: Arc<dyn Ledger>,
-    catalog: Catalog,
-    hold_ttl: Duration,
-    cancel_abandoned: bool,
-    metrics: Option<Metrics>,
+    pub(super) ledger: Arc<dyn Ledger>,
+    pub(super) catalog: Catalog,
+    pub(super) hold_ttl: Duration,
+    pub(super) cancel_abandoned: bool,
+    pub(super) metrics: Option<Metrics>,
+    pub(super) registry: Option<Arc<dyn KeyRegistry>>,
 }
 
 impl BillingLayer {
@@ -27,7 +29,15 @@ impl BillingLayer {
             hold_ttl: DEFAULT_HOLD_TTL,
             cancel_abandoned: false,
             metrics: None,
+            registry: None,
         }
+    }
+
+    /// Counts each managed key's holds and charges against its daily limit in `registry`
+    /// (a key without a limit is not counted). Default: daily limits are not enforced.
+    pub fn daily_limits(mut self, registry: Arc<dyn KeyRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Counts images asked for and returned, and money held, charged and released, in
@@ -68,13 +78,6 @@ impl<S> Layer<S> for BillingLayer {
     type Service = Billing<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Billing::new(
-            inner,
-            self.ledger.clone(),
-            self.catalog.clone(),
-            self.hold_ttl,
-            self.cancel_abandoned,
-            self.metrics.clone(),
-        )
+        Billing::new(inner, self)
     }
 }

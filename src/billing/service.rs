@@ -6,7 +6,9 @@ use tower::ServiceExt;
 use tower_service::Service;
 use tracing::Instrument;
 
-use super::guard::HoldGuard;
+use super::guard::{HoldGuard, Spend};
+use crate::auth::{utc_day, KeyRegistry, Principal};
+use crate::clock::unix_now;
 
 use crate::catalog::Catalog;
 use crate::future::{run_to_end, ResponseFuture};
@@ -27,24 +29,19 @@ pub struct Billing<S> {
     hold_ttl: Duration,
     cancel_abandoned: bool,
     metrics: Option<Metrics>,
+    registry: Option<Arc<dyn KeyRegistry>>,
 }
 
 impl<S> Billing<S> {
-    pub(crate) fn new(
-        inner: S,
-        ledger: Arc<dyn Ledger>,
-        catalog: Catalog,
-        hold_ttl: Duration,
-        cancel_abandoned: bool,
-        metrics: Option<Metrics>,
-    ) -> Self {
+    pub(crate) fn new(inner: S, layer: &super::BillingLayer) -> Self {
         Billing {
             inner,
-            ledger,
-            catalog,
-            hold_ttl,
-            cancel_abandoned,
-            metrics,
+            ledger: layer.ledger.clone(),
+            catalog: layer.catalog.clone(),
+            hold_ttl: layer.hold_ttl,
+            cancel_abandoned: layer.cancel_abandoned,
+            metrics: layer.metrics.clone(),
+            registry: layer.registry.clone(),
         }
     }
 }
@@ -89,11 +86,21 @@ where
             GatewayError::invalid_request("n x price is beyond any balance", Some("n"))
         })?;
         let memo = Memo::new(job.request_id.as_str(), job.params.model.clone(), n);
-        let hold = self
+        let spend = reserve(self.registry.clone(), &job.principal, amount).await?;
+        let hold = match self
             .ledger
             .hold(job.principal.user_id(), amount, self.hold_ttl, memo)
-            .await?;
-        let mut guard = HoldGuard::new(self.ledger.clone(), hold.id);
+            .await
+        {
+            Ok(hold) => hold,
+            Err(error) => {
+                if let Some(spend) = spend {
+                    spend.give_back(Amount::new(0)).await;
+                }
+                return Err(error.into());
+            }
+        };
+        let mut guard = HoldGuard::new(self.ledger.clone(), hold.id).spending(spend);
         if let Some(metrics) = &self.metrics {
             guard = guard.counted(metrics.clone(), &job.params.model, n, amount);
         }
@@ -155,4 +162,40 @@ where
             }
         }
     }
+}
+
+/// Reserves `amount` against the key's daily limit, when it has one (`429
+/// daily_limit_exceeded` when the day's spend would pass it).
+async fn reserve(
+    registry: Option<Arc<dyn KeyRegistry>>,
+    principal: &Principal,
+    amount: Amount,
+) -> Result<Option<Spend>, GatewayError> {
+    let (Some(registry), Some(grant)) = (registry, &principal.key) else {
+        return Ok(None);
+    };
+    let Some(limit) = grant.limits.daily_limit else {
+        return Ok(None);
+    };
+    let now = unix_now();
+    let day = utc_day(now);
+    let reserved = registry
+        .reserve(grant.id, day, amount.get(), limit)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "the key store failed to count a daily limit");
+            GatewayError::Internal
+        })?;
+    if !reserved {
+        let to_midnight = 86_400 - now % 86_400;
+        return Err(GatewayError::DailyLimitExceeded {
+            retry_after: Duration::from_secs(to_midnight),
+        });
+    }
+    Ok(Some(Spend {
+        registry,
+        key: grant.id,
+        day,
+        reserved: amount,
+    }))
 }

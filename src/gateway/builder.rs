@@ -6,7 +6,7 @@ use tower::ServiceBuilder;
 use super::{Gateway, Routes};
 use tower_layer::Layer;
 
-use crate::auth::{AuthLayer, KeyStore, StaticKeys};
+use crate::auth::{AuthLayer, KeyRegistry, KeyStore, StaticKeys};
 use crate::backend::{EditService, ImageBackend};
 use crate::billing::{AccountApi, AdminApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
 use crate::catalog::{Catalog, ModelSpec};
@@ -29,6 +29,7 @@ pub const DEFAULT_MODEL: &str = "gpt-image-2";
 /// Assembles a [`Gateway`]. Every setter states its default.
 pub struct GatewayBuilder {
     keys: Option<Arc<dyn KeyStore>>,
+    registry: Option<Arc<dyn KeyRegistry>>,
     backend: Option<Arc<dyn ImageBackend>>,
     store: Option<Arc<dyn FileStore>>,
     generations: Option<Arc<dyn Generations>>,
@@ -52,6 +53,7 @@ impl Default for GatewayBuilder {
     fn default() -> Self {
         GatewayBuilder {
             keys: None,
+            registry: None,
             backend: None,
             store: None,
             generations: None,
@@ -87,6 +89,17 @@ impl GatewayBuilder {
     /// every request with 401, so a gateway is never open by accident.
     pub fn keys(mut self, keys: impl KeyStore) -> Self {
         self.keys = Some(Arc::new(keys));
+        self
+    }
+
+    /// Keys managed while the gateway runs: the key store, and with an
+    /// [admin key](Self::admin_key) the admin API's key routes (create, list, limit, rotate,
+    /// revoke); each key's model and IP allow-lists and daily spend limit are enforced.
+    /// Replaces [`Self::keys`].
+    pub fn managed_keys(mut self, registry: impl KeyRegistry) -> Self {
+        let registry: Arc<dyn KeyRegistry> = Arc::new(registry);
+        self.keys = Some(Arc::new(registry.clone()));
+        self.registry = Some(registry);
         self
     }
 
@@ -252,6 +265,9 @@ impl GatewayBuilder {
         let mut billing = BillingLayer::new(ledger.clone(), catalog.clone())
             .hold_ttl(self.hold_ttl)
             .cancel_abandoned(backend.cancellable());
+        if let Some(registry) = &self.registry {
+            billing = billing.daily_limits(registry.clone());
+        }
         let mut edits = EditService::new(backend, store.clone(), generations.clone());
         if let Some(metrics) = &self.metrics {
             billing = billing.metrics(metrics.clone());
@@ -291,9 +307,13 @@ impl GatewayBuilder {
                 store: health_store,
                 readiness: Readiness::default(),
             },
-            admin: self
-                .admin_key
-                .map(|key| AdminApi::new(&key, ledger.clone(), keys)),
+            admin: self.admin_key.map(|key| {
+                let admin = AdminApi::new(&key, ledger.clone(), keys);
+                match self.registry {
+                    Some(registry) => admin.registry(registry),
+                    None => admin,
+                }
+            }),
             sweep: ExpirySweep::new(ledger, self.hold_ttl),
             metrics: self.metrics,
             inner,

@@ -69,7 +69,7 @@ where
                 let context = context_of(&req, watch)?;
                 read_edit(req, context, &rules).await
             };
-            let edit = match edit.await {
+            let edit = match edit.await.and_then(allowed) {
                 Ok(edit) => edit,
                 Err(error) => return Ok(error.into_response()),
             };
@@ -89,6 +89,19 @@ where
             response.extensions_mut().insert(model);
             Ok(response)
         })
+    }
+}
+
+/// The request, if the caller's key may use its model (`403 MODEL_ACCESS_DENIED` otherwise),
+/// checked before any source is read or any money held.
+fn allowed(edit: EditRequest) -> Result<EditRequest, GatewayError> {
+    match &edit.principal.key {
+        Some(grant) if !grant.limits.allows_model(&edit.params.model) => {
+            Err(GatewayError::ModelAccessDenied {
+                model: edit.params.model.clone(),
+            })
+        }
+        _ => Ok(edit),
     }
 }
 

@@ -220,6 +220,7 @@ async fn serve_connection<S>(
         inner: service,
         options: options.clone(),
         connection: Some(registered.clone()),
+        peer: Some(peer.ip()),
     };
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
@@ -258,6 +259,7 @@ struct Bounded<S> {
     inner: S,
     options: ServeOptions,
     connection: Option<Arc<Registered>>,
+    peer: Option<std::net::IpAddr>,
 }
 
 impl<S> Service<Request<Incoming>> for Bounded<S>
@@ -277,7 +279,10 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let req = req.map(|body| TimedBody::new(body, self.options.body_read_timeout));
+        let mut req = req.map(|body| TimedBody::new(body, self.options.body_read_timeout));
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(crate::auth::ClientIp(peer));
+        }
         let answer = self.inner.clone().oneshot(req);
         let limit = self.options.request_timeout;
         let connection = self.connection.clone();

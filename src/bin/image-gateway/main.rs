@@ -122,8 +122,12 @@ async fn run() -> Result<(), Box<dyn Error>> {
             .map_err(|e| format!("cannot use Redis (GATEWAY_REDIS_URL): {e}"))?;
         rate_limit = rate_limit.redis(shared);
     }
-    let mut builder = Gateway::builder()
-        .keys(stores.keys)
+    let mut builder = Gateway::builder();
+    builder = match stores.registry {
+        Some(registry) => builder.managed_keys(registry),
+        None => builder.keys(stores.keys),
+    };
+    builder = builder
         .backend(backend(&config)?)
         .store(stores.files)
         .generations(stores.generations)
@@ -176,6 +180,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     }
     if config.admin_key.is_some() {
         println!("admin API enabled: POST /admin/v1/accounts/{{user_id}}/deposits");
+        println!("  keys: POST|GET /admin/v1/users/{{user_id}}/keys, GET|PATCH|DELETE /admin/v1/keys/{{id}}, POST /admin/v1/keys/{{id}}/rotate");
     }
     let mut options = ServeOptions::default();
     options.metrics = Some(metrics.clone());

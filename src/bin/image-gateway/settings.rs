@@ -30,7 +30,7 @@ settings! {
     "GATEWAY_ADDR", "127.0.0.1:8080",
         "listen address, host:port (a name such as localhost:8080 is resolved)";
     "GATEWAY_DATA_DIR", "./gateway-data",
-        "files under files/, generations.db, ledger.db, the demo key";
+        "files under files/, generations.db, ledger.db, keys.db, the demo key";
     "GATEWAY_DATABASE_URL", "",
         "postgres://user:password@host:port/database: ledger, records and keys in PostgreSQL, shared by replicas; unset: SQLite in the data dir";
     "GATEWAY_API_KEYS", "",
@@ -40,7 +40,7 @@ settings! {
     "GATEWAY_DEMO_BALANCE", "0",
         "opening balance of every configured user, credited on the first start only";
     "GATEWAY_ADMIN_KEY", "",
-        "enables POST /admin/v1/accounts/{user_id}/deposits for this key";
+        "enables the admin API for this key: deposits, keys (create, list, limit, rotate, revoke), /metrics";
     "GATEWAY_HOLD_TTL_SECS", "600",
         "how long money held by a crashed process stays held";
     "GATEWAY_REFERENCE_LATENCY_MS", "0",

@@ -4,7 +4,7 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use image_gateway::auth::{KeyStore, PgKeys};
+use image_gateway::auth::{KeyRegistry, KeyStore, PgKeys, SqliteKeys, WithFixedKeys};
 use image_gateway::idempotency::{IdempotencyRecords, PgIdempotency, SqliteIdempotency};
 use image_gateway::ledger::{Durability, Ledger, PgLedger, SqliteLedger};
 use image_gateway::postgres::Postgres;
@@ -21,6 +21,8 @@ pub struct Stores {
     pub generations: Arc<dyn Generations>,
     pub idempotency: Arc<dyn IdempotencyRecords>,
     pub keys: Arc<dyn KeyStore>,
+    /// The store of keys managed through the admin API, when the stores have one.
+    pub registry: Option<Arc<dyn KeyRegistry>>,
     pub files: Arc<dyn FileStore>,
     /// What to say on start.
     pub described: &'static str,
@@ -28,7 +30,8 @@ pub struct Stores {
 
 impl Stores {
     /// PostgreSQL when a database URL is set (its schema migrated, the configured keys
-    /// added to its key table), else SQLite files in the data dir with the keys in memory.
+    /// added to its key table), else SQLite files in the data dir: the configured keys in
+    /// memory, the managed ones in `keys.db`.
     pub async fn open(config: &Config, keys: &Keys) -> Result<Stores, Box<dyn Error>> {
         let local = || -> Result<Arc<dyn FileStore>, Box<dyn Error>> {
             let store = LocalFileStore::open(&config.data_dir)?;
@@ -43,6 +46,10 @@ impl Stores {
                 );
             }
             let dir = &config.data_dir;
+            let managed = SqliteKeys::open(dir.join("keys.db"))
+                .map_err(|e| format!("cannot open the key store (keys.db): {e}"))?;
+            let registry: Arc<dyn KeyRegistry> =
+                Arc::new(WithFixedKeys::new(keys.to_static()?, Arc::new(managed)));
             return Ok(Stores {
                 // Commits survive a killed process; deposits are fsynced whatever happens.
                 ledger: Arc::new(SqliteLedger::open_with(
@@ -51,7 +58,8 @@ impl Stores {
                 )?),
                 generations: Arc::new(SqliteGenerations::open(dir.join("generations.db"))?),
                 idempotency: Arc::new(SqliteIdempotency::open(dir.join("generations.db"))?),
-                keys: Arc::new(keys.to_static()?),
+                keys: Arc::new(registry.clone()),
+                registry: Some(registry),
                 files: local()?,
                 described: "SQLite in the data dir",
             });
@@ -79,6 +87,7 @@ impl Stores {
             generations: Arc::new(PgGenerations::new(db.clone())),
             idempotency: Arc::new(PgIdempotency::new(db)),
             keys: Arc::new(stored),
+            registry: None,
             described: "PostgreSQL (GATEWAY_DATABASE_URL)",
         })
     }

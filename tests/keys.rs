@@ -1,0 +1,403 @@
+//! The key lifecycle through the binary: create (shown once), list (never the key), revoke
+//! and rotate under concurrent use, expiry, and each key's daily limit, model and IP
+//! allow-lists; keys outlive a restart.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::binary::{gateway_binary, Process};
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+const ADMIN_KEY: &str = "adm_keys_secret_0123456789";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn start(dir: &std::path::Path, port: u16) -> Process {
+    Process::start_with(
+        &gateway_binary(),
+        dir,
+        port,
+        &[("GATEWAY_ADMIN_KEY", ADMIN_KEY)],
+    )
+}
+
+async fn admin(server: &TestServer, method: Method, path: &str, body: Value) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    server.send(req).await
+}
+
+async fn create(server: &TestServer, user: &str, body: Value) -> (String, String) {
+    let made = admin(
+        server,
+        Method::POST,
+        &format!("/admin/v1/users/{user}/keys"),
+        body,
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.body);
+    let made = made.json();
+    (
+        made["key"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn balance_status(server: &TestServer, key: &str) -> StatusCode {
+    server
+        .call(Method::GET, "/api/v1/balance", key)
+        .await
+        .status
+}
+
+fn edit(n: u32, model: &str) -> Form {
+    Form::new()
+        .text("model", model)
+        .text("prompt", "make it blue")
+        .text("n", &n.to_string())
+        .file("image", "a.png", "image/png", &png(8, 8))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_made_listed_revoked_and_kept_across_a_restart() {
+    let dir = temp_dir("keys-lifecycle");
+    let port = free_port();
+    let gateway = start(&dir, port);
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+
+    // Only the admin key opens the key routes.
+    let as_user = server
+        .call(Method::GET, "/admin/v1/users/alice/keys", ALICE_KEY)
+        .await;
+    assert_eq!(as_user.error().1, "invalid_api_key");
+
+    let (key, id) = create(&server, "alice", json!({"name": "laptop"})).await;
+    assert!(key.starts_with("pk_live_") && key.len() == 40, "{key}");
+    assert_eq!(balance_status(&server, &key).await, StatusCode::OK);
+    let balance = server
+        .call(Method::GET, "/api/v1/balance", &key)
+        .await
+        .json();
+    assert_eq!(
+        balance["available"], 100,
+        "the same account as the configured key"
+    );
+    // A key for a user nobody configured makes that user; deposits reach it.
+    let (carol, _) = create(&server, "carol", json!({})).await;
+    assert_eq!(balance_status(&server, &carol).await, StatusCode::OK);
+    let deposit = admin(
+        &server,
+        Method::POST,
+        "/admin/v1/accounts/carol/deposits",
+        json!({"amount": 5, "reference": "r1"}),
+    )
+    .await;
+    assert_eq!(deposit.status, StatusCode::OK);
+
+    let listed = admin(
+        &server,
+        Method::GET,
+        "/admin/v1/users/alice/keys",
+        json!({}),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let text = String::from_utf8(listed.body.to_vec()).unwrap();
+    assert!(!text.contains(&key), "the key is shown once, never listed");
+    assert!(
+        !text.contains(ALICE_KEY),
+        "configured keys are not listed either"
+    );
+    let listed = listed.json();
+    let entry = &listed["data"][0];
+    assert_eq!(entry["id"], id.as_str());
+    assert_eq!(entry["name"], "laptop");
+    assert_eq!(entry["prefix"], &key[..12]);
+    assert!(entry["last_used"].as_u64().unwrap() >= now() - 5);
+    assert!(entry["revoked_at"].is_null());
+
+    // Bad input is refused with a reason; nothing is made.
+    for (body, param) in [
+        (json!({"ips": ["10.0.0.0/33"]}), "ips"),
+        (json!({"expires_at": 1}), "expires_at"),
+        (json!({"name": "x".repeat(101)}), "name"),
+    ] {
+        let refused = admin(&server, Method::POST, "/admin/v1/users/alice/keys", body).await;
+        assert_eq!(
+            refused.error(),
+            (400, "invalid_request".into(), Some(param.into()))
+        );
+    }
+    let unknown = admin(
+        &server,
+        Method::POST,
+        "/admin/v1/users/alice/keys",
+        json!({"admin": true}),
+    )
+    .await;
+    assert_eq!(unknown.error().1, "invalid_request");
+    assert_eq!(
+        admin(
+            &server,
+            Method::GET,
+            "/admin/v1/users/alice/keys",
+            json!({})
+        )
+        .await
+        .json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Revoked while requests with it are in flight: every request sent after the revoke's
+    // answer is 401; the ones before it were 200 or 401, never anything else.
+    let hammer = {
+        let server = TestServer::at(server.addr);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..200 {
+                seen.push(balance_status(&server, &key).await);
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let revoked = admin(
+        &server,
+        Method::DELETE,
+        &format!("/admin/v1/keys/{id}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(revoked.json()["revoked"], true);
+    for _ in 0..20 {
+        assert_eq!(
+            balance_status(&server, &key).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let seen = hammer.await.unwrap();
+    assert!(seen
+        .iter()
+        .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED));
+    // Once refused, never served again.
+    let first_refused = seen.iter().position(|s| *s == StatusCode::UNAUTHORIZED);
+    if let Some(at) = first_refused {
+        assert!(seen[at..].iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    }
+    let again = admin(
+        &server,
+        Method::DELETE,
+        &format!("/admin/v1/keys/{id}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(again.error().1, "key_not_found");
+
+    // A restart keeps carol's key and alice's revocation.
+    drop(gateway);
+    let _gateway = start(&dir, port);
+    assert_eq!(balance_status(&server, &carol).await, StatusCode::OK);
+    assert_eq!(
+        balance_status(&server, &key).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(balance_status(&server, ALICE_KEY).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_the_old_key_for_its_grace_and_expiry_ends_a_key() {
+    let dir = temp_dir("keys-rotate");
+    let port = free_port();
+    let _gateway = start(&dir, port);
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+
+    let limits = json!({"name": "ci", "daily_limit": 500, "models": ["gpt-image-2"]});
+    let (old, old_id) = create(&server, "alice", limits).await;
+    let (short, _) = create(&server, "alice", json!({"expires_at": now() + 2})).await;
+    assert_eq!(balance_status(&server, &short).await, StatusCode::OK);
+
+    // Requests with the old key go on while it is rotated: none of them fails.
+    let hammer = {
+        let server = TestServer::at(server.addr);
+        let old = old.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..100 {
+                seen.push(balance_status(&server, &old).await);
+            }
+            seen
+        })
+    };
+    let rotated = admin(
+        &server,
+        Method::POST,
+        &format!("/admin/v1/keys/{old_id}/rotate"),
+        json!({"grace_seconds": 3}),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    let rotated = rotated.json();
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated["name"], "ci");
+    assert_eq!(rotated["limits"]["daily_limit"], 500, "limits carry over");
+    assert_eq!(rotated["replaces"]["id"], old_id.as_str());
+    let old_until = rotated["replaces"]["expires_at"].as_u64().unwrap();
+    assert!(old_until >= now() + 2 && old_until <= now() + 3);
+    assert!(hammer.await.unwrap().iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(balance_status(&server, &new).await, StatusCode::OK);
+    assert_eq!(
+        balance_status(&server, &old).await,
+        StatusCode::OK,
+        "within its grace"
+    );
+
+    // Past the grace and the expiry: both ended keys are 401, the new key works.
+    let until = old_until.max(now() + 2) + 1;
+    while now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        balance_status(&server, &old).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        balance_status(&server, &short).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(balance_status(&server, &new).await, StatusCode::OK);
+    let rotate_ended = admin(
+        &server,
+        Method::POST,
+        &format!("/admin/v1/keys/{old_id}/rotate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(rotate_ended.error().1, "key_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
+    let dir = temp_dir("keys-limits");
+    let port = free_port();
+    let _gateway = start(&dir, port);
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let balance = || async {
+        server
+            .call(Method::GET, "/api/v1/balance", ALICE_KEY)
+            .await
+            .json()["available"]
+            .as_i64()
+            .unwrap()
+    };
+
+    // 10 per image, 30 a day: 20 passes, 20 more would pass the limit, 10 reaches it exactly.
+    let (capped, capped_id) = create(&server, "alice", json!({"daily_limit": 30})).await;
+    assert_eq!(
+        server
+            .edit_form(&capped, edit(2, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let over = server.edit_form(&capped, edit(2, "gpt-image-2")).await;
+    assert_eq!(over.error().0, 429);
+    assert_eq!(over.error().1, "daily_limit_exceeded");
+    let retry: u64 = over.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry));
+    assert_eq!(
+        server
+            .edit_form(&capped, edit(1, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let at_limit = server.edit_form(&capped, edit(1, "gpt-image-2")).await;
+    assert_eq!(at_limit.error().1, "daily_limit_exceeded");
+    assert_eq!(
+        balance().await,
+        70,
+        "30 charged, the refusals charged nothing"
+    );
+    // Another key of the same user is not held back by this one's limit.
+    assert_eq!(
+        server
+            .edit_form(ALICE_KEY, edit(1, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Raised without a restart: the next request sees it.
+    let raised = admin(
+        &server,
+        Method::PATCH,
+        &format!("/admin/v1/keys/{capped_id}"),
+        json!({"daily_limit": 40}),
+    )
+    .await;
+    assert_eq!(raised.json()["limits"]["daily_limit"], 40);
+    assert_eq!(
+        server
+            .edit_form(&capped, edit(1, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(balance().await, 50);
+
+    // A model outside the allow-list: 403 before anything is held.
+    let (narrow, _) = create(&server, "alice", json!({"models": ["gpt-image-1"]})).await;
+    let denied = server.edit_form(&narrow, edit(1, "gpt-image-2")).await;
+    assert_eq!(
+        denied.error(),
+        (403, "MODEL_ACCESS_DENIED".into(), Some("model".into()))
+    );
+    assert_eq!(balance().await, 50);
+
+    // Networks: the test connects from 127.0.0.1.
+    let (elsewhere, _) = create(
+        &server,
+        "alice",
+        json!({"ips": ["10.0.0.0/8", "2001:db8::/32"]}),
+    )
+    .await;
+    let refused = server.edit_form(&elsewhere, edit(1, "gpt-image-2")).await;
+    assert_eq!(refused.error(), (403, "ip_not_allowed".into(), None));
+    assert_eq!(
+        balance_status(&server, &elsewhere).await,
+        StatusCode::FORBIDDEN
+    );
+    let (local, _) = create(&server, "alice", json!({"ips": ["127.0.0.0/8"]})).await;
+    assert_eq!(
+        server
+            .edit_form(&local, edit(1, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(balance().await, 40);
+}

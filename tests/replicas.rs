@@ -375,3 +375,73 @@ async fn files_generations_and_retries_follow_the_client_across_replicas() {
     assert_eq!(first.generation_ids(), second.generation_ids());
     assert_eq!(balance(&b).await.0, before.0 - 10, "charged once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_on_one_replica_is_limited_and_revoked_on_both() {
+    let Some(url) = fresh_postgres("keys across replicas").await else {
+        return;
+    };
+    const ADMIN: &str = "adm_replicas_0123456789";
+    let admin_env = vec![("GATEWAY_ADMIN_KEY", ADMIN.to_owned())];
+    let ((_a, a), (_b, b)) = two_replicas(&url, admin_env).await;
+    let admin = |server: &TestServer, method: Method, path: String, body: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))
+            .unwrap();
+        let server = TestServer::at(server.addr);
+        async move { server.send(req).await }
+    };
+    // 10 per image, 50 a day: ten concurrent edits over both replicas, exactly five pass.
+    let made = admin(
+        &a,
+        Method::POST,
+        "/admin/v1/users/alice/keys".into(),
+        r#"{"daily_limit":50}"#,
+    )
+    .await;
+    assert_eq!(made.status.as_u16(), 201);
+    let made = made.json();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    let edits = (0..10).map(|i| {
+        let server = TestServer::at(if i % 2 == 0 { a.addr } else { b.addr });
+        let key = key.clone();
+        tokio::spawn(async move { server.edit_form(&key, edit()).await.status.as_u16() })
+    });
+    let mut statuses = Vec::new();
+    for status in futures_util::future::join_all(edits).await {
+        statuses.push(status.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429]);
+    assert_eq!(balance(&a).await, (50, 0));
+
+    // Listed on the other replica; revoked there, refused here from the next request.
+    let listed = admin(&b, Method::GET, "/admin/v1/users/alice/keys".into(), "")
+        .await
+        .json();
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        1,
+        "configured keys are not listed"
+    );
+    let revoked = admin(&b, Method::DELETE, format!("/admin/v1/keys/{id}"), "").await;
+    assert_eq!(revoked.status.as_u16(), 200);
+    for server in [&a, &b] {
+        let reply = server.call(Method::GET, "/api/v1/balance", &key).await;
+        assert_eq!(reply.status.as_u16(), 401);
+    }
+    assert_eq!(
+        a.call(Method::GET, "/api/v1/balance", ALICE_KEY)
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+}

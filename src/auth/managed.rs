@@ -17,6 +17,10 @@ pub const KEY_PREFIX: &str = "pk_live_";
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 const SHOWN: usize = KEY_PREFIX.len() + 4;
 
+/// How stale a key's `last_used` may be: it is written at most once a minute per key.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const LAST_USED_STEP: u64 = 60;
+
 /// The id of a managed key: what the admin API names it by (never the key itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

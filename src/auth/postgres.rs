@@ -1,12 +1,21 @@
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use super::{ApiKey, KeyStore, Principal, UserId};
+use uuid::Uuid;
+
+use super::managed::{fresh_key, shown_prefix, LAST_USED_STEP};
+use super::{
+    ApiKey, IssuedKey, KeyGrant, KeyId, KeyLimits, KeyRecord, KeyRegistry, KeyStore, NewKey,
+    Principal, UserId,
+};
 use crate::clock::unix_now;
 use crate::postgres::{seconds, Postgres};
 use crate::BoxError;
 
-/// API keys in PostgreSQL, shared by every replica, kept as SHA-256 digests only.
+/// API keys in PostgreSQL, shared by every replica, kept as SHA-256 digests only: the
+/// configured keys ([`PgKeys::add`]) and the keys managed through the admin API
+/// ([`KeyRegistry`]), whose revocation, expiry and limits every replica sees from its next
+/// request (each request reads its key's row; nothing is cached).
 ///
 /// A key is looked up by its digest (an index lookup: keys are long random tokens, so the
 /// digest says nothing useful about a near guess). A key added on one replica is valid on
@@ -48,19 +57,131 @@ impl PgKeys {
     }
 }
 
+/// The columns a [`KeyRecord`] is read from, in [`record_of`]'s order.
+const RECORD: &str =
+    "id, user_id, name, prefix, created, last_used, expires_at, revoked_at, limits";
+
+/// A managed key's row; `None` for a configured key's (it has no id).
+fn record_of(row: &tokio_postgres::Row) -> Result<Option<KeyRecord>, BoxError> {
+    let Some(id) = row.try_get::<_, Option<Uuid>>(0)? else {
+        return Ok(None);
+    };
+    let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Some(KeyRecord {
+        id: KeyId::parse(&id.to_string()).ok_or("corrupt key id")?,
+        user: row.try_get(1)?,
+        name: row.try_get(2)?,
+        prefix: row.try_get(3)?,
+        created: unsigned(row.try_get(4)?),
+        last_used: row.try_get::<_, Option<i64>>(5)?.map(unsigned),
+        expires_at: row.try_get::<_, Option<i64>>(6)?.map(unsigned),
+        revoked_at: row.try_get::<_, Option<i64>>(7)?.map(unsigned),
+        limits: serde_json::from_str(row.try_get(8)?)?,
+    }))
+}
+
+/// The condition of a live managed key, with the time as `$2`.
+const LIVE: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+
+impl PgKeys {
+    async fn insert(&self, user: &UserId, new: NewKey) -> Result<IssuedKey, BoxError> {
+        let key = fresh_key();
+        let record = KeyRecord {
+            id: KeyId::new(),
+            user: user.as_str().to_owned(),
+            name: new.name,
+            prefix: shown_prefix(&key),
+            created: unix_now(),
+            last_used: None,
+            expires_at: new.expires_at,
+            revoked_at: None,
+            limits: new.limits,
+        };
+        let client = self.db.client().await?;
+        client
+            .execute(
+                "INSERT INTO api_keys (digest, user_id, name, created, id, prefix, expires_at, limits)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &Sha256::digest(key.as_bytes()).to_vec(),
+                    &record.user,
+                    &record.name,
+                    &seconds(record.created),
+                    &record.id.as_uuid(),
+                    &record.prefix,
+                    &record.expires_at.map(seconds),
+                    &serde_json::to_string(&record.limits)?,
+                ],
+            )
+            .await?;
+        Ok(IssuedKey { key, record })
+    }
+
+    /// Sets one column of a live managed key; `false` when there is none with this id.
+    async fn set(
+        &self,
+        id: KeyId,
+        column: &'static str,
+        value: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<bool, BoxError> {
+        let client = self.db.client().await?;
+        let sql = format!("UPDATE api_keys SET {column} = $3 WHERE id = $1 AND {LIVE}");
+        let changed = client
+            .execute(&sql, &[&id.as_uuid(), &seconds(unix_now()), value])
+            .await?;
+        Ok(changed > 0)
+    }
+}
+
 #[async_trait]
 impl KeyStore for PgKeys {
     async fn principal(&self, key: &ApiKey) -> Result<Option<Principal>, BoxError> {
         let client = self.db.client().await?;
         let digest = Sha256::digest(key.expose().as_bytes()).to_vec();
         let row = client
-            .query_opt("SELECT user_id FROM api_keys WHERE digest = $1", &[&digest])
+            .query_opt(
+                &format!("SELECT {RECORD} FROM api_keys WHERE digest = $1"),
+                &[&digest],
+            )
             .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let user = UserId::new(row.get::<_, &str>(0)).map_err(|_| "corrupt user id in api_keys")?;
-        Ok(Some(Principal::new(user)))
+        let user = UserId::new(row.get::<_, &str>(1)).map_err(|_| "corrupt user id in api_keys")?;
+        let Some(record) = record_of(&row)? else {
+            return Ok(Some(Principal::new(user)));
+        };
+        let now = unix_now();
+        if record.revoked_at.is_some() || record.expires_at.is_some_and(|t| t <= now) {
+            return Ok(None);
+        }
+        if record.last_used.is_none_or(|t| t + LAST_USED_STEP <= now) {
+            // At most once a minute per key, off the request's path; several replicas may
+            // each write it once.
+            let db = self.db.clone();
+            let id = record.id.as_uuid();
+            tokio::spawn(async move {
+                let written = match db.client().await {
+                    Ok(client) => client
+                        .execute(
+                            "UPDATE api_keys SET last_used = $2 WHERE id = $1
+                             AND (last_used IS NULL OR last_used < $2 - 60)",
+                            &[&id, &seconds(now)],
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(BoxError::from),
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = written {
+                    tracing::warn!(%error, "recording a key's last use failed");
+                }
+            });
+        }
+        Ok(Some(Principal::new(user).with_grant(KeyGrant {
+            id: record.id,
+            limits: record.limits,
+        })))
     }
 
     async fn knows_user(&self, user: &UserId) -> Result<bool, BoxError> {
@@ -72,5 +193,123 @@ impl KeyStore for PgKeys {
             )
             .await?;
         Ok(row.is_some())
+    }
+}
+
+#[async_trait]
+impl KeyRegistry for PgKeys {
+    async fn create(&self, user: &UserId, new: NewKey) -> Result<IssuedKey, BoxError> {
+        self.insert(user, new).await
+    }
+
+    async fn list(&self, user: &UserId) -> Result<Vec<KeyRecord>, BoxError> {
+        let client = self.db.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RECORD} FROM api_keys WHERE user_id = $1 AND id IS NOT NULL
+                     ORDER BY created, id"
+                ),
+                &[&user.as_str()],
+            )
+            .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            records.extend(record_of(row)?);
+        }
+        Ok(records)
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, BoxError> {
+        let client = self.db.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {RECORD} FROM api_keys WHERE id = $1"),
+                &[&id.as_uuid()],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => record_of(&row)?,
+            None => None,
+        })
+    }
+
+    async fn set_limits(&self, id: KeyId, limits: KeyLimits) -> Result<bool, BoxError> {
+        self.set(id, "limits", &serde_json::to_string(&limits)?)
+            .await
+    }
+
+    async fn revoke(&self, id: KeyId, now: u64) -> Result<bool, BoxError> {
+        self.set(id, "revoked_at", &seconds(now)).await
+    }
+
+    async fn rotate(&self, id: KeyId, old_until: u64) -> Result<Option<IssuedKey>, BoxError> {
+        let Some(old) = self.get(id).await? else {
+            return Ok(None);
+        };
+        // The old key's end is set only while it is live: a rotation racing a revoke makes
+        // no new key for a revoked one.
+        let until = old.expires_at.map_or(old_until, |t| t.min(old_until));
+        if !self.set(id, "expires_at", &seconds(until)).await? {
+            return Ok(None);
+        }
+        let user = UserId::new(&old.user).map_err(|_| "corrupt user id in api_keys")?;
+        let new = NewKey {
+            name: old.name,
+            expires_at: old.expires_at,
+            limits: old.limits,
+        };
+        Ok(Some(self.insert(&user, new).await?))
+    }
+
+    async fn reserve(
+        &self,
+        id: KeyId,
+        day: u64,
+        amount: u64,
+        limit: u64,
+    ) -> Result<bool, BoxError> {
+        if amount > limit {
+            return Ok(false);
+        }
+        let client = self.db.client().await?;
+        // One statement: the row lock makes the check and the add one step on every replica.
+        let row = client
+            .query_opt(
+                "INSERT INTO key_spend (key_id, day, spent) VALUES ($1, $2, $3)
+                 ON CONFLICT (key_id, day) DO UPDATE SET spent = key_spend.spent + EXCLUDED.spent
+                 WHERE key_spend.spent + EXCLUDED.spent <= $4
+                 RETURNING spent",
+                &[
+                    &id.as_uuid(),
+                    &seconds(day),
+                    &seconds(amount),
+                    &seconds(limit),
+                ],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn refund(&self, id: KeyId, day: u64, amount: u64) -> Result<(), BoxError> {
+        let client = self.db.client().await?;
+        client
+            .execute(
+                "UPDATE key_spend SET spent = GREATEST(spent - $3, 0) WHERE key_id = $1 AND day = $2",
+                &[&id.as_uuid(), &seconds(day), &seconds(amount)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn spent(&self, id: KeyId, day: u64) -> Result<u64, BoxError> {
+        let client = self.db.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT spent FROM key_spend WHERE key_id = $1 AND day = $2",
+                &[&id.as_uuid(), &seconds(day)],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
 }

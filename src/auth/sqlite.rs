@@ -7,16 +7,13 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::managed::{fresh_key, shown_prefix};
+use super::managed::{fresh_key, shown_prefix, LAST_USED_STEP};
 use super::{
     ApiKey, IssuedKey, KeyGrant, KeyId, KeyLimits, KeyRecord, KeyRegistry, KeyStore, NewKey,
     Principal, UserId,
 };
 use crate::clock::unix_now;
 use crate::BoxError;
-
-/// How stale a key's `last_used` may be: it is written at most once a minute per key.
-const LAST_USED_STEP: u64 = 60;
 
 /// Managed keys in a SQLite file, for one process.
 ///

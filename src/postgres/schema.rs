@@ -98,6 +98,27 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX files_newest_first ON files (owner, created DESC, key);
     ",
     ),
+    (
+        3,
+        "
+    -- Keys managed through the admin API have an id; configured keys have none (and no
+    -- limits, expiry or revocation of their own).
+    ALTER TABLE api_keys
+        ADD COLUMN id         UUID UNIQUE,
+        ADD COLUMN prefix     TEXT NOT NULL DEFAULT '',
+        ADD COLUMN last_used  BIGINT,
+        ADD COLUMN expires_at BIGINT,
+        ADD COLUMN revoked_at BIGINT,
+        ADD COLUMN limits     TEXT NOT NULL DEFAULT '{}';
+    -- What each managed key spent (held or charged) per UTC day, for daily limits.
+    CREATE TABLE key_spend (
+        key_id UUID NOT NULL,
+        day    BIGINT NOT NULL,
+        spent  BIGINT NOT NULL CHECK (spent >= 0),
+        PRIMARY KEY (key_id, day)
+    );
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

@@ -86,8 +86,8 @@ impl Stores {
             ledger: Arc::new(PgLedger::new(db.clone())),
             generations: Arc::new(PgGenerations::new(db.clone())),
             idempotency: Arc::new(PgIdempotency::new(db)),
-            keys: Arc::new(stored),
-            registry: None,
+            keys: Arc::new(stored.clone()),
+            registry: Some(Arc::new(stored)),
             described: "PostgreSQL (GATEWAY_DATABASE_URL)",
         })
     }

@@ -171,7 +171,7 @@ impl KeyStore for PgKeys {
                         .await
                         .map(drop)
                         .map_err(BoxError::from),
-                    Err(error) => Err(error.into()),
+                    Err(error) => Err(error),
                 };
                 if let Err(error) = written {
                     tracing::warn!(%error, "recording a key's last use failed");

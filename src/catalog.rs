@@ -21,6 +21,29 @@ pub struct ModelSpec {
     max_images: u32,
     price_per_image: u64,
     qualities: Arc<[String]>,
+    prices: Arc<[PriceRule]>,
+}
+
+/// A price of one image for requests of one size, one quality, or both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PriceRule {
+    size: Option<String>,
+    quality: Option<String>,
+    price: u64,
+}
+
+impl PriceRule {
+    /// How well the rule fits a request: 2 for size and quality, 1 for one of them, `None`
+    /// when it does not apply.
+    fn fit(&self, size: &str, quality: &str) -> Option<u8> {
+        let size_fits = self.size.as_deref().map(|s| s == size);
+        let quality_fits = self.quality.as_deref().map(|q| q == quality);
+        match (size_fits, quality_fits) {
+            (Some(false), _) | (_, Some(false)) | (None, None) => None,
+            (Some(true), Some(true)) => Some(2),
+            _ => Some(1),
+        }
+    }
 }
 
 impl ModelSpec {
@@ -32,7 +55,36 @@ impl ModelSpec {
             max_images: max_images.max(1),
             price_per_image,
             qualities: DEFAULT_QUALITIES.iter().map(|q| (*q).to_owned()).collect(),
+            prices: Arc::new([]),
         }
+    }
+
+    /// The same model priced `price` per image for requests of `size` (as the client spelt
+    /// it: `1024x1536`, `auto`), of `quality`, or of both. A request pays the price of the
+    /// rule that names both its size and quality, else of one naming either (the first
+    /// added), else [`Self::price_per_image`]. A rule naming neither is ignored.
+    pub fn with_price(mut self, size: Option<&str>, quality: Option<&str>, price: u64) -> Self {
+        let mut prices = self.prices.to_vec();
+        prices.push(PriceRule {
+            size: size.map(str::to_owned),
+            quality: quality.map(str::to_owned),
+            price,
+        });
+        self.prices = prices.into();
+        self
+    }
+
+    /// The price of one image of `size` and `quality` (see [`Self::with_price`]).
+    pub fn price_for(&self, size: &str, quality: &str) -> u64 {
+        let mut best: Option<(u8, u64)> = None;
+        for rule in self.prices.iter() {
+            if let Some(fit) = rule.fit(size, quality) {
+                if best.is_none_or(|(b, _)| fit > b) {
+                    best = Some((fit, rule.price));
+                }
+            }
+        }
+        best.map_or(self.price_per_image, |(_, price)| price)
     }
 
     /// The same model taking exactly `qualities` (e.g. `["standard", "hd"]`).
@@ -68,7 +120,7 @@ impl ModelSpec {
         self.max_images
     }
 
-    /// The price of one returned image.
+    /// The price of one returned image when no size or quality rule applies.
     pub fn price_per_image(&self) -> u64 {
         self.price_per_image
     }
@@ -128,5 +180,24 @@ impl Catalog {
             })
             .collect();
         serde_json::json!({ "object": "list", "data": data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_specific_price_rule_wins() {
+        let spec = ModelSpec::new(4, 10)
+            .with_price(None, Some("high"), 30)
+            .with_price(Some("1536x1024"), None, 15)
+            .with_price(Some("1536x1024"), Some("high"), 45)
+            .with_price(None, None, 1);
+        assert_eq!(spec.price_for("1024x1024", "low"), 10);
+        assert_eq!(spec.price_for("1024x1024", "high"), 30);
+        assert_eq!(spec.price_for("1536x1024", "low"), 15);
+        assert_eq!(spec.price_for("1536x1024", "high"), 45);
+        assert_eq!(spec.price_for("auto", "auto"), 10);
     }
 }

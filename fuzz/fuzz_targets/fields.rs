@@ -2,12 +2,14 @@
 //! `generation_id`: never a panic, and what they accept prints back the same.
 #![no_main]
 
-use image_gateway::job::{Background, OutputFormat, Quality, Size, parse_n};
 use image_gateway::id::GenerationId;
+use image_gateway::job::{parse_n, Background, OutputFormat, Quality, Size};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(size) = s.parse::<Size>() {
         assert!(s.len() <= 16);
         assert_eq!(size.to_string().parse::<Size>().ok(), Some(size));

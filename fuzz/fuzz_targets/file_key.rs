@@ -8,14 +8,21 @@ use image_gateway::store::{sanitize_name, FileCursor, FileKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(raw) = std::str::from_utf8(data) else { return };
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Some(key) = FileKey::parse(raw) {
         let parts: Vec<&str> = key.as_str().split('/').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0], "files");
         assert_eq!(parts[1], key.owner().as_str());
-        assert!(parts.iter().all(|p| !p.is_empty() && *p != "." && *p != ".."));
-        assert!(key.as_str().bytes().all(|b| b.is_ascii_graphic() && b != b'\\' && b != b'%'));
+        assert!(parts
+            .iter()
+            .all(|p| !p.is_empty() && *p != "." && *p != ".."));
+        assert!(key
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'\\' && b != b'%'));
     }
     let owner = UserId::new("fuzz").unwrap();
     if let Ok(cursor) = FileCursor::parse_owned(raw, &owner) {

@@ -6,13 +6,15 @@
 use bytes::Bytes;
 use image_gateway::auth::{Principal, UserId};
 use image_gateway::catalog::{Catalog, ModelSpec};
-use image_gateway::multipart::MultipartLimits;
 use image_gateway::job::Operation;
+use image_gateway::multipart::MultipartLimits;
 use image_gateway::request::{parse_multipart, Rules};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, rest)) = data.split_first() else { return };
+    let Some((&chunk, rest)) = data.split_first() else {
+        return;
+    };
     let (boundary, body) = match rest.iter().position(|&b| b == b'\n') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, &[][..]),
@@ -25,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     let catalog = Catalog::new([("gpt-image-2".to_string(), ModelSpec::new(10, 1))]);
     let principal = Principal::new(UserId::new("fuzz").expect("user"));
     let limits = MultipartLimits::default();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let result = runtime.block_on(parse_multipart(
         futures_util::stream::iter(chunks),
         boundary,

@@ -24,7 +24,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(kind) = ImageKind::sniff(data) else { return };
+    let Some(kind) = ImageKind::sniff(data) else {
+        return;
+    };
     let backend = ReferenceBackend::new()
         .decode_budget(4 << 20)
         .max_output_pixels(256 * 256);

@@ -47,12 +47,17 @@ fn gateway() -> &'static Gateway {
     GATEWAY.get_or_init(|| {
         let _guard = runtime().enter();
         let keys = StaticKeys::new().with_key("fuzz", KEY).expect("key");
-        Gateway::builder().keys(keys).admin_key("admin_fuzz").build()
+        Gateway::builder()
+            .keys(keys)
+            .admin_key("admin_fuzz")
+            .build()
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, body)) = data.split_first() else { return };
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
     let method = if pick & 0x80 == 0 { "POST" } else { "GET" };
     let path = PATHS[usize::from(pick >> 4 & 0x7) % PATHS.len()];
     let content_type = TYPES[usize::from(pick >> 2 & 0x3)];

@@ -80,7 +80,9 @@ where
     /// has been charged. The job (and the leases it carries, such as the caller's in-flight
     /// slot) lives until the backend's work has ended.
     async fn bill(mut self, job: EditJob) -> Result<EditOutcome, GatewayError> {
-        let price = Amount::new(self.catalog.get(&job.params.model)?.price_per_image());
+        let size = job.params.size.to_string();
+        let spec = self.catalog.get(&job.params.model)?;
+        let price = Amount::new(spec.price_for(&size, job.params.quality.as_str()));
         let n = job.params.n;
         let amount = price.times(n).ok_or_else(|| {
             GatewayError::invalid_request("n x price is beyond any balance", Some("n"))

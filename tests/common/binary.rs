@@ -50,7 +50,19 @@ impl Process {
 
     /// Starts the binary with the test settings, `env` added over them.
     pub fn start_with(binary: &Path, data: &Path, port: u16, env: &[(&str, &str)]) -> Process {
+        Process::start_args(binary, data, port, &[], env)
+    }
+
+    /// Starts the binary with `args`, the test settings and `env` over them.
+    pub fn start_args(
+        binary: &Path,
+        data: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
         let mut child = Command::new(binary)
+            .args(args)
             .env("GATEWAY_ADDR", format!("127.0.0.1:{port}"))
             .env("GATEWAY_DATA_DIR", data)
             .env("GATEWAY_API_KEYS", format!("alice:{ALICE_KEY}"))

@@ -5,11 +5,13 @@
 //! cargo run --release            # or: image-gateway --help
 //! ```
 //!
-//! Every setting is an environment variable; [`settings::SETTINGS`] lists them, and
-//! `--help` prints that list. `GET /openapi.json` (no key needed) describes every endpoint.
+//! Every setting is an environment variable or a key of `--config gateway.toml`;
+//! [`table::SETTINGS`] lists them, and `--help` prints that list. `GET /openapi.json` (no key needed) describes every endpoint.
 
 // Paths spelled out: `examples/gateway.rs` includes this file as a module, and from there
 // the module files are found only by an explicit path (relative to this file).
+#[path = "file.rs"]
+mod file;
 #[path = "keys.rs"]
 mod keys;
 #[path = "openapi.rs"]
@@ -18,8 +20,11 @@ mod openapi;
 mod settings;
 #[path = "stores.rs"]
 mod stores;
+#[path = "table.rs"]
+mod table;
 
 use std::error::Error;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +43,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use file::FileSettings;
 use settings::Config;
 use stores::Stores;
 
@@ -51,40 +57,60 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MAX_IMAGES: u32 = 10;
 
 pub fn main() {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("--help" | "-h") => {
-            print!("{}", settings::help());
-            return;
+    let mut config_path = None;
+    let mut print_config = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--help" | "-h" => {
+                print!("{}", settings::help());
+                return;
+            }
+            "--version" | "-V" => {
+                println!("image-gateway {}", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            "--print-config" => print_config = true,
+            "--config" => match args.next() {
+                Some(path) => config_path = Some(path),
+                None => {
+                    eprintln!("image-gateway: --config needs a file (try --help)");
+                    std::process::exit(2);
+                }
+            },
+            other => match other.strip_prefix("--config=") {
+                Some(path) => config_path = Some(path.to_owned()),
+                None => {
+                    eprintln!("image-gateway: unknown argument `{other}` (try --help)");
+                    std::process::exit(2);
+                }
+            },
         }
-        Some("--version" | "-V") => {
-            println!("image-gateway {}", env!("CARGO_PKG_VERSION"));
-            return;
-        }
-        Some(other) => {
-            eprintln!("image-gateway: unknown argument `{other}` (try --help)");
-            std::process::exit(2);
-        }
+    }
+    // One readable line with the cause, not a `Debug` dump, and a failing exit status.
+    let fail = |error: Box<dyn Error>| -> ! {
+        eprintln!("image-gateway: {error}");
+        std::process::exit(1);
+    };
+    let (config, file) =
+        settings::load(config_path.as_deref().map(Path::new)).unwrap_or_else(|e| fail(e));
+    if print_config {
+        print!("{}", settings::print(&file));
+        return;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("image-gateway: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(format!("cannot start the runtime: {e}").into()),
     };
-    // One readable line with the cause, not a `Debug` dump, and a failing exit status.
-    if let Err(error) = runtime.block_on(run()) {
-        eprintln!("image-gateway: {error}");
-        std::process::exit(1);
+    if let Err(error) = runtime.block_on(run(config, file)) {
+        fail(error);
     }
 }
 
-async fn run() -> Result<(), Box<dyn Error>> {
-    let config = Config::read(|name| std::env::var(name).ok())?;
+async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     let log_filter: tracing_subscriber::filter::Targets = config
         .log_filter
         .parse()
@@ -128,7 +154,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         None => builder.keys(stores.keys),
     };
     builder = builder
-        .backend(backend(&config)?)
+        .backend(backend(&config, &file)?)
         .store(stores.files)
         .generations(stores.generations)
         .idempotency(stores.idempotency)
@@ -152,12 +178,10 @@ async fn run() -> Result<(), Box<dyn Error>> {
         Metrics::new()
     };
     builder = builder.metrics(metrics.clone());
-    let gateway = builder
-        .model(
-            DEFAULT_MODEL,
-            ModelSpec::new(MAX_IMAGES, config.price_per_image),
-        )
-        .build();
+    for (name, spec, _) in models(&config, &file) {
+        builder = builder.model(name, spec);
+    }
+    let gateway = builder.build();
     // The one sweep of this ledger: releases the holds of a run that was killed.
     tokio::spawn(gateway.expiry_sweep().run());
     let readiness = gateway.readiness();
@@ -298,8 +322,44 @@ async fn shutdown_signal() {
     println!("shutting down: finishing in-flight requests");
 }
 
+/// The models served: the config file's `[models]`, else `gpt-image-2` at
+/// `GATEWAY_PRICE_PER_IMAGE`; each with its upstream name.
+fn models(config: &Config, file: &FileSettings) -> Vec<(String, ModelSpec, String)> {
+    let default_upstream = || {
+        config
+            .upstream
+            .as_ref()
+            .map_or(DEFAULT_MODEL.to_owned(), |u| u.model.clone())
+    };
+    if file.models.is_empty() {
+        let spec = ModelSpec::new(MAX_IMAGES, config.price_per_image);
+        return vec![(DEFAULT_MODEL.to_owned(), spec, default_upstream())];
+    }
+    file.models
+        .iter()
+        .map(|(name, model)| {
+            let mut spec = ModelSpec::new(
+                model.max_images.unwrap_or(MAX_IMAGES),
+                model.price_per_image.unwrap_or(config.price_per_image),
+            );
+            if let Some(qualities) = &model.qualities {
+                spec = spec.with_qualities(qualities.iter().cloned());
+            }
+            for rule in &model.prices {
+                spec = spec.with_price(rule.size.as_deref(), rule.quality.as_deref(), rule.price);
+            }
+            let upstream = match &model.upstream_model {
+                Some(upstream) => upstream.clone(),
+                None if name == DEFAULT_MODEL => default_upstream(),
+                None => name.clone(),
+            };
+            (name.clone(), spec, upstream)
+        })
+        .collect()
+}
+
 /// The upstream model API when one is configured, else the model-free reference backend.
-fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
+fn backend(config: &Config, file: &FileSettings) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
     let Some(upstream) = &config.upstream else {
         let mut reference = ReferenceBackend::new()
             .latency(config.latency)
@@ -310,8 +370,10 @@ fn backend(config: &Config) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
         }
         return Ok(Arc::new(reference));
     };
-    let mut builder =
-        UpstreamBackend::builder(upstream.url.clone()).model(DEFAULT_MODEL, upstream.model.clone());
+    let mut builder = UpstreamBackend::builder(upstream.url.clone());
+    for (name, _, upstream_name) in models(config, file) {
+        builder = builder.model(name, upstream_name);
+    }
     if let Some(key) = &upstream.key {
         builder = builder.api_key(key.clone());
     }

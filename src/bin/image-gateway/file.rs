@@ -1,0 +1,374 @@
+//! `--config gateway.toml`: every setting of [`SETTINGS`] under its name in lower case without
+//! the `GATEWAY_` prefix (`RUST_LOG` is `log`), plus a `[models]` table. The environment
+//! overrides the file. Anything the file gets wrong is refused at start with the file, the
+//! line and the reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::table::SETTINGS;
+
+/// One model of the `[models]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The largest `n` (1 to 10; default 10).
+    pub max_images: Option<u32>,
+    /// The price of one image when no rule of `prices` applies (default `price_per_image`).
+    pub price_per_image: Option<u64>,
+    /// The qualities the model takes (default auto, low, medium, high).
+    pub qualities: Option<Vec<String>>,
+    /// The upstream's name for the model (default: `upstream_model` for `gpt-image-2`, else
+    /// the same name).
+    pub upstream_model: Option<String>,
+    /// Prices for a size, a quality, or both.
+    #[serde(default)]
+    pub prices: Vec<PriceConfig>,
+}
+
+/// A price rule of a model: `{ size = "1536x1024", quality = "high", price = 12 }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub size: Option<String>,
+    pub quality: Option<String>,
+    pub price: u64,
+}
+
+/// The settings a file gave, each with the line it is on.
+#[derive(Default)]
+pub struct FileSettings {
+    path: String,
+    values: HashMap<&'static str, (String, usize)>,
+    /// The `[models]` table, by name.
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The file key of a setting: `GATEWAY_RATE_LIMIT` is `rate_limit`, `RUST_LOG` is `log`.
+pub fn key_of(name: &str) -> String {
+    match name.strip_prefix("GATEWAY_") {
+        Some(rest) => rest.to_ascii_lowercase(),
+        None => "log".to_owned(),
+    }
+}
+
+/// Whether a setting takes a non-negative integer (its default is one).
+fn integer_setting(default: &str) -> bool {
+    !default.is_empty() && default.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether a setting is an on/off switch.
+fn switch_setting(default: &str) -> bool {
+    matches!(default, "on" | "off")
+}
+
+impl FileSettings {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<FileSettings, Box<dyn Error>> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file {shown}: {e}"))?;
+        FileSettings::parse(&shown, &text)
+    }
+
+    /// Checks `text` as the file `path`.
+    pub fn parse(path: &str, text: &str) -> Result<FileSettings, Box<dyn Error>> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let at = |offset: usize, reason: String| -> Box<dyn Error> {
+            format!("{path}:{}: {reason}", line_of(offset)).into()
+        };
+        let table: BTreeMap<String, Spanned<Value>> = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            at(offset, e.message().trim().to_owned())
+        })?;
+        let mut file = FileSettings {
+            path: path.to_owned(),
+            ..FileSettings::default()
+        };
+        for (key, value) in table {
+            let offset = value.span().start;
+            if key == "models" {
+                file.models = models(value.into_inner(), |reason| at(offset, reason))?;
+                continue;
+            }
+            let Some(setting) = SETTINGS.iter().find(|s| key_of(s.name) == key) else {
+                return Err(at(offset, format!("unknown setting `{key}`")));
+            };
+            let text = scalar(value.get_ref(), setting.default)
+                .map_err(|reason| at(offset, format!("`{key}` {reason}")))?;
+            file.values.insert(setting.name, (text, line_of(offset)));
+        }
+        Ok(file)
+    }
+
+    /// The file's value of the setting `name`, as text.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.values.get(name).map(|(value, _)| value.clone())
+    }
+
+    /// Where the setting `name` was given, as `path:line`, if the file gave it.
+    pub fn location(&self, name: &str) -> Option<String> {
+        let (_, line) = self.values.get(name)?;
+        Some(format!("{}:{line}", self.path))
+    }
+}
+
+/// A setting's value as the text its environment variable would hold.
+fn scalar(value: &Value, default: &str) -> Result<String, String> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Integer(i) if *i >= 0 => i.to_string(),
+        Value::Integer(_) => return Err("must not be negative".into()),
+        Value::Boolean(b) => if *b { "on" } else { "off" }.to_owned(),
+        Value::Array(items) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) if !s.contains(',') => parts.push(s.clone()),
+                    _ => return Err("must be a list of strings without commas".into()),
+                }
+            }
+            parts.join(",")
+        }
+        _ => return Err("must be a string, an integer, a boolean or a list of strings".into()),
+    };
+    if integer_setting(default) {
+        // Normalised ("007" is 7), so what `--print-config` writes back is a TOML integer.
+        let value: u64 = text
+            .parse()
+            .map_err(|_| "must be a non-negative integer".to_owned())?;
+        return Ok(value.to_string());
+    }
+    if switch_setting(default) && !matches!(text.as_str(), "on" | "off") {
+        return Err("must be true or false (or \"on\" / \"off\")".into());
+    }
+    Ok(text)
+}
+
+/// The `[models]` table: each entry a model, checked.
+fn models(
+    value: Value,
+    at: impl Fn(String) -> Box<dyn Error>,
+) -> Result<BTreeMap<String, ModelConfig>, Box<dyn Error>> {
+    let Value::Table(table) = value else {
+        return Err(at("`models` must be a table of models".into()));
+    };
+    let mut models = BTreeMap::new();
+    for (name, entry) in table {
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(at(format!(
+                "model name `{name}` must be 1 to 64 visible characters"
+            )));
+        }
+        let model: ModelConfig = entry
+            .try_into()
+            .map_err(|e: toml::de::Error| at(format!("models.{name}: {}", e.message().trim())))?;
+        if model.max_images.is_some_and(|n| !(1..=10).contains(&n)) {
+            return Err(at(format!("models.{name}: max_images must be 1 to 10")));
+        }
+        if model.qualities.as_ref().is_some_and(Vec::is_empty) {
+            return Err(at(format!("models.{name}: qualities must not be empty")));
+        }
+        if let Some(rule) = model
+            .prices
+            .iter()
+            .find(|p| p.size.is_none() && p.quality.is_none())
+        {
+            return Err(at(format!(
+                "models.{name}: the price rule {} names neither a size nor a quality",
+                rule.price
+            )));
+        }
+        models.insert(name, model);
+    }
+    Ok(models)
+}
+
+/// `--print-config`: the effective settings as a file, secrets masked, with where each
+/// came from.
+pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSettings) -> String {
+    let mut out = String::from("# image-gateway: the effective settings (secrets masked)\n");
+    for setting in SETTINGS {
+        let key = key_of(setting.name);
+        let (value, from) = match lookup(setting.name) {
+            Some((value, from)) => (value, from),
+            None if setting.default.is_empty() => {
+                out.push_str(&format!("# {key} = (unset)\n"));
+                continue;
+            }
+            None => (setting.default.to_owned(), "default".to_owned()),
+        };
+        let value = mask(setting.name, &value);
+        let rendered =
+            if integer_setting(setting.default) && value.bytes().all(|b| b.is_ascii_digit()) {
+                value
+            } else {
+                toml_string(&value)
+            };
+        out.push_str(&format!("{key} = {rendered}  # {from}\n"));
+    }
+    for (name, model) in &file.models {
+        out.push_str(&format!("\n[models.{}]\n", toml_string(name)));
+        if let Some(n) = model.max_images {
+            out.push_str(&format!("max_images = {n}\n"));
+        }
+        if let Some(price) = model.price_per_image {
+            out.push_str(&format!("price_per_image = {price}\n"));
+        }
+        if let Some(qualities) = &model.qualities {
+            let list: Vec<String> = qualities.iter().map(|q| toml_string(q)).collect();
+            out.push_str(&format!("qualities = [{}]\n", list.join(", ")));
+        }
+        if let Some(upstream) = &model.upstream_model {
+            out.push_str(&format!("upstream_model = {}\n", toml_string(upstream)));
+        }
+        for rule in &model.prices {
+            let mut parts = Vec::new();
+            if let Some(size) = &rule.size {
+                parts.push(format!("size = {}", toml_string(size)));
+            }
+            if let Some(quality) = &rule.quality {
+                parts.push(format!("quality = {}", toml_string(quality)));
+            }
+            parts.push(format!("price = {}", rule.price));
+            out.push_str(&format!(
+                "[[models.{}.prices]]\n{}\n",
+                toml_string(name),
+                parts.join("\n")
+            ));
+        }
+    }
+    out
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A setting's value with its secrets replaced by `****`.
+fn mask(name: &str, value: &str) -> String {
+    match name {
+        "GATEWAY_ADMIN_KEY" | "GATEWAY_UPSTREAM_KEY" | "GATEWAY_S3_SECRET_ACCESS_KEY" => {
+            "****".to_owned()
+        }
+        "GATEWAY_API_KEYS" => value
+            .split(',')
+            .map(|entry| match entry.split_once(':') {
+                Some((user, _)) => format!("{}:****", user.trim()),
+                None => "****".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        "GATEWAY_DATABASE_URL" | "GATEWAY_REDIS_URL" => mask_url_password(value),
+        _ => value.to_owned(),
+    }
+}
+
+/// `scheme://user:password@host/...` with the password masked.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_has_a_file_key_and_a_default_file_loads() {
+        let mut text = String::new();
+        for setting in SETTINGS {
+            if !setting.default.is_empty() {
+                let value = if integer_setting(setting.default) {
+                    setting.default.to_owned()
+                } else {
+                    toml_string(setting.default)
+                };
+                text.push_str(&format!("{} = {value}\n", key_of(setting.name)));
+            }
+        }
+        let file = FileSettings::parse("t.toml", &text).unwrap();
+        assert_eq!(file.get("GATEWAY_ADDR").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(file.location("GATEWAY_ADDR").as_deref(), Some("t.toml:1"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            (
+                "addr = \"x\"\nprise_per_image = 3\n",
+                "t.toml:2: unknown setting `prise_per_image`",
+            ),
+            (
+                "\n\nrate_limit = \"fast\"\n",
+                "t.toml:3: `rate_limit` must be a non-negative integer",
+            ),
+            (
+                "url_fetch = 1\n",
+                "t.toml:1: `url_fetch` must be true or false",
+            ),
+            ("addr = \n", "t.toml:1:"),
+            (
+                "price_per_image = -1\n",
+                "t.toml:1: `price_per_image` must not be negative",
+            ),
+            ("[models.m]\nprice = 3\n", "models.m: unknown field `price`"),
+            (
+                "[models.m]\nmax_images = 11\n",
+                "models.m: max_images must be 1 to 10",
+            ),
+            (
+                "[[models.m.prices]]\nprice = 3\n",
+                "names neither a size nor a quality",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = FileSettings::parse("t.toml", text)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            mask("GATEWAY_API_KEYS", "alice:pk_1,bob:pk_2"),
+            "alice:****,bob:****"
+        );
+        assert_eq!(mask("GATEWAY_ADMIN_KEY", "adm"), "****");
+        assert_eq!(
+            mask("GATEWAY_DATABASE_URL", "postgres://u:secret@h:5432/db"),
+            "postgres://u:****@h:5432/db"
+        );
+        assert_eq!(
+            mask("GATEWAY_REDIS_URL", "redis://h:6379"),
+            "redis://h:6379"
+        );
+    }
+}

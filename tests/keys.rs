@@ -401,3 +401,136 @@ async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
     );
     assert_eq!(balance().await, 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_log_filters_by_key_model_and_time_and_the_admin_reads_any_user() {
+    let dir = temp_dir("keys-usage");
+    let port = free_port();
+    let _gateway = start(&dir, port);
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let started = now();
+    let (first, first_id) = create(&server, "alice", json!({"name": "first"})).await;
+    let (second, _) = create(&server, "alice", json!({"name": "second"})).await;
+    assert_eq!(
+        server
+            .edit_form(&first, edit(2, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .edit_form(&second, edit(1, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .edit_form(ALICE_KEY, edit(1, "gpt-image-2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A size the model refuses: held, then released in full.
+    let refused = server
+        .edit_form(&first, edit(1, "gpt-image-2").text("size", "9000x9000"))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+
+    let usage = |key: String, query: String| {
+        let server = TestServer::at(server.addr);
+        async move {
+            let reply = server
+                .call(Method::GET, &format!("/api/v1/usage{query}"), &key)
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{query}: {:?}", reply.body);
+            reply.json()["data"].as_array().unwrap().clone()
+        }
+    };
+    let all = usage(first.clone(), String::new()).await;
+    assert_eq!(all.len(), 3, "the charges, of every key of the user");
+    let entry = &all[0];
+    assert_eq!(entry["key_id"], first_id.as_str());
+    assert_eq!(
+        (
+            &entry["n_requested"],
+            &entry["n_returned"],
+            &entry["held"],
+            &entry["charged"],
+            &entry["released"]
+        ),
+        (&json!(2), &json!(2), &json!(20), &json!(20), &json!(0))
+    );
+    assert_eq!(
+        all[2]["key_id"],
+        Value::Null,
+        "the configured key is no managed key"
+    );
+
+    let by_key = usage(first.clone(), format!("?key={first_id}")).await;
+    assert_eq!(by_key.len(), 1);
+    let with_releases = usage(first.clone(), format!("?key={first_id}&status=all")).await;
+    assert_eq!(with_releases.len(), 2);
+    let released = &with_releases[1];
+    assert_eq!(released["status"], "released");
+    assert_eq!(
+        (
+            &released["held"],
+            &released["charged"],
+            &released["released"]
+        ),
+        (&json!(10), &json!(0), &json!(10))
+    );
+    assert!(usage(first.clone(), "?model=gpt-image-1".into())
+        .await
+        .is_empty());
+    assert_eq!(
+        usage(first.clone(), "?model=gpt-image-2&limit=2".into())
+            .await
+            .len(),
+        2
+    );
+    assert!(usage(first.clone(), format!("?from={}", now() + 100))
+        .await
+        .is_empty());
+    assert!(usage(first.clone(), format!("?to={started}"))
+        .await
+        .is_empty());
+    assert_eq!(
+        usage(first.clone(), format!("?from={started}&to={}", now() + 1))
+            .await
+            .len(),
+        3
+    );
+    let bad = server
+        .call(Method::GET, "/api/v1/usage?from=yesterday", &first)
+        .await;
+    assert_eq!(
+        bad.error(),
+        (400, "invalid_request".into(), Some("from".into()))
+    );
+
+    // The admin reads any user's log with the same filters; a user key cannot.
+    let read = admin(
+        &server,
+        Method::GET,
+        &format!("/admin/v1/users/alice/usage?key={first_id}&status=all"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.json()["data"].as_array().unwrap().len(), 2);
+    let nobody = admin(
+        &server,
+        Method::GET,
+        "/admin/v1/users/nobody/usage",
+        json!({}),
+    )
+    .await;
+    assert_eq!(nobody.json()["data"].as_array().unwrap().len(), 0);
+    let as_user = server
+        .call(Method::GET, "/admin/v1/users/alice/usage", ALICE_KEY)
+        .await;
+    assert_eq!(as_user.status, StatusCode::UNAUTHORIZED);
+}

@@ -16,7 +16,9 @@ use crate::limit::body_error;
 use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// The operators' door: `POST /admin/v1/accounts/{user_id}/deposits` with
-/// `{"amount": <integer>, "reference": "<unique per account>"}`, authorised by its own key.
+/// `{"amount": <integer>, "reference": "<unique per account>"}`, any user's usage at
+/// `GET /admin/v1/users/{user_id}/usage` (the query of `GET /api/v1/usage`), and with a
+/// [registry](Self::registry) the key routes; authorised by its own key.
 ///
 /// User API keys never pass here: the admin key is checked against its own SHA-256 digest in
 /// constant time, and the user key store is not consulted. A deposit whose reference was
@@ -86,6 +88,21 @@ where
         ResponseFuture::answer(async move {
             if !authorised {
                 return Err(GatewayError::InvalidApiKey);
+            }
+            if let Some(user) = req
+                .uri()
+                .path()
+                .strip_prefix("/admin/v1/users/")
+                .and_then(|rest| rest.strip_suffix("/usage"))
+            {
+                if req.method() != Method::GET {
+                    return Err(GatewayError::MethodNotAllowed);
+                }
+                let user = UserId::new(user).map_err(|_| {
+                    GatewayError::invalid_request("user id is not valid", Some("user_id"))
+                })?;
+                let body = super::api::usage(&*ledger, &user, req.uri().query()).await?;
+                return Ok(crate::body::json_ok(&body));
             }
             if crate::auth::admin::serves(req.uri().path()) {
                 let registry = registry.ok_or(GatewayError::RouteNotFound)?;

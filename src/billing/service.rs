@@ -87,7 +87,8 @@ where
         let amount = price.times(n).ok_or_else(|| {
             GatewayError::invalid_request("n x price is beyond any balance", Some("n"))
         })?;
-        let memo = Memo::new(job.request_id.as_str(), job.params.model.clone(), n);
+        let key = job.principal.key.as_ref().map(|grant| grant.id.to_string());
+        let memo = Memo::new(job.request_id.as_str(), job.params.model.clone(), n).with_key(key);
         let spend = reserve(self.registry.clone(), &job.principal, amount).await?;
         let hold = match self
             .ledger

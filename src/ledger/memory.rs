@@ -65,6 +65,7 @@ impl State {
             reference: None,
             memo: None,
             units_returned: None,
+            held: None,
             at: unix_now(),
         });
         let last = self.journal.len() - 1;
@@ -95,6 +96,7 @@ impl State {
         let entry = self.record(&hold.account, kind, charge.signed(), Some(id));
         entry.memo = Some(hold.memo.clone());
         entry.units_returned = units;
+        entry.held = Some(hold.amount.get());
         let kept = (kind == EntryKind::Expire).then_some(hold);
         self.ended.insert(id, kept);
         Ok(true)
@@ -128,6 +130,7 @@ impl State {
             charge.signed(),
             Some(id),
         );
+        entry.held = Some(hold.amount.get());
         entry.memo = Some(hold.memo);
         entry.units_returned = Some(units);
         Ok(Settlement::AfterExpiry)

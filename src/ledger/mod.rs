@@ -148,6 +148,8 @@ pub struct Memo {
     pub model: String,
     /// How many images were asked for.
     pub units_requested: u32,
+    /// The id of the managed key the request came with, if any (the usage log's `key`).
+    pub key: Option<String>,
 }
 
 impl Memo {
@@ -177,7 +179,14 @@ impl Memo {
             request_id: request_id.into(),
             model: model.into(),
             units_requested: units,
+            key: None,
         }
+    }
+
+    /// The same memo naming the key the request came with.
+    pub fn with_key(mut self, key: Option<String>) -> Self {
+        self.key = key;
+        self
     }
 }
 
@@ -272,6 +281,8 @@ pub struct JournalEntry {
     pub memo: Option<Memo>,
     /// Images returned (on settle).
     pub units_returned: Option<u32>,
+    /// On the end of a hold (settle, release, expiry, late settle): what it held.
+    pub held: Option<u64>,
     /// Unix seconds.
     pub at: u64,
 }

@@ -60,10 +60,14 @@ struct HoldRow {
     request_id: String,
     model: String,
     units: i32,
+    key_id: Option<String>,
 }
 
+/// The columns [`HoldRow::of`] reads, in its order.
+const HOLD_COLUMNS: &str = "account, amount, request_id, model, units, key_id";
+
 impl HoldRow {
-    /// From `account, amount, request_id, model, units`.
+    /// From [`HOLD_COLUMNS`].
     fn of(row: &Row) -> HoldRow {
         HoldRow {
             account: row.get(0),
@@ -71,6 +75,7 @@ impl HoldRow {
             request_id: row.get(2),
             model: row.get(3),
             units: row.get(4),
+            key_id: row.get(5),
         }
     }
 }
@@ -96,7 +101,7 @@ async fn end_hold(
     let uuid = id.as_uuid();
     let Some(row) = tx
         .query_opt(
-            "DELETE FROM holds WHERE id = $1 RETURNING account, amount, request_id, model, units",
+            &format!("DELETE FROM holds WHERE id = $1 RETURNING {HOLD_COLUMNS}"),
             &[&uuid],
         )
         .await
@@ -109,8 +114,8 @@ async fn end_hold(
         return Err(LedgerError::ChargeExceedsHold);
     }
     tx.execute(
-        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &uuid,
             &hold.account,
@@ -119,6 +124,7 @@ async fn end_hold(
             &hold.model,
             &hold.units,
             &(kind == EntryKind::Expire),
+            &hold.key_id,
         ],
     )
     .await
@@ -146,8 +152,8 @@ async fn journal_end(
     let returned = units_returned.map(|u| i32::try_from(u).unwrap_or(i32::MAX));
     tx.execute(
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
-                              units_returned, at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                              units_returned, at, key_id, held)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
             &hold.account,
             &kind.as_str(),
@@ -158,6 +164,8 @@ async fn journal_end(
             &hold.units,
             &returned,
             &seconds(unix_now()),
+            &hold.key_id,
+            &hold.amount,
         ],
     )
     .await
@@ -185,8 +193,10 @@ async fn settle_ended(
 ) -> Result<Settlement, LedgerError> {
     let claimed = tx
         .query_opt(
-            "UPDATE ended_holds SET expired = false WHERE id = $1 AND expired
-             RETURNING account, amount, request_id, model, units",
+            &format!(
+                "UPDATE ended_holds SET expired = false WHERE id = $1 AND expired
+                 RETURNING {HOLD_COLUMNS}"
+            ),
             &[&id.as_uuid()],
         )
         .await
@@ -248,8 +258,9 @@ impl Ledger for PgLedger {
                 let now = unix_now();
                 let units = i32::try_from(memo.units_requested).unwrap_or(i32::MAX);
                 tx.execute(
-                    "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units,
+                                        key_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     &[
                         &id.as_uuid(),
                         &owner,
@@ -258,14 +269,15 @@ impl Ledger for PgLedger {
                         &memo.request_id,
                         &memo.model,
                         &units,
+                        &memo.key,
                     ],
                 )
                 .await
                 .map_err(storage)?;
                 tx.execute(
                     "INSERT INTO journal (account, kind, amount, hold_id, request_id, model,
-                                          units, at)
-                     VALUES ($1, 'hold', $2, $3, $4, $5, $6, $7)",
+                                          units, at, key_id)
+                     VALUES ($1, 'hold', $2, $3, $4, $5, $6, $7, $8)",
                     &[
                         &owner,
                         &amount.signed(),
@@ -274,6 +286,7 @@ impl Ledger for PgLedger {
                         &memo.model,
                         &units,
                         &seconds(now),
+                        &memo.key,
                     ],
                 )
                 .await
@@ -450,7 +463,7 @@ impl Ledger for PgLedger {
         let rows = client
             .query(
                 "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
-                        units_returned, at
+                        units_returned, at, key_id, held
                  FROM journal WHERE account = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&account.as_str(), &after, &limit],
             )
@@ -460,7 +473,8 @@ impl Ledger for PgLedger {
         rows.iter()
             .map(|r| {
                 let units: Option<i32> = r.get(7);
-                let memo = Memo::from_columns(r.get(5), r.get(6), units.map(i64::from))?;
+                let memo = Memo::from_columns(r.get(5), r.get(6), units.map(i64::from))?
+                    .map(|m| m.with_key(r.get(10)));
                 let kind: String = r.get(1);
                 Ok(JournalEntry {
                     seq: r.get::<_, i64>(0).max(0) as u64,
@@ -473,6 +487,9 @@ impl Ledger for PgLedger {
                     units_returned: r
                         .get::<_, Option<i32>>(8)
                         .and_then(|u| u32::try_from(u).ok()),
+                    held: r
+                        .get::<_, Option<i64>>(11)
+                        .and_then(|h| u64::try_from(h).ok()),
                     at: r.get::<_, i64>(9).max(0) as u64,
                 })
             })

@@ -119,6 +119,16 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     ",
     ),
+    (
+        4,
+        "
+    -- The key a hold was taken with (the usage log's `key` filter), and on a hold's end
+    -- entry what it held.
+    ALTER TABLE holds ADD COLUMN key_id TEXT;
+    ALTER TABLE ended_holds ADD COLUMN key_id TEXT;
+    ALTER TABLE journal ADD COLUMN key_id TEXT, ADD COLUMN held BIGINT;
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

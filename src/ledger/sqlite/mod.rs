@@ -36,6 +36,7 @@ impl SqliteLedger {
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, LedgerError> {
         let db = Connection::open(path).map_err(storage)?;
         db.execute_batch(SCHEMA).map_err(storage)?;
+        schema::add_columns(&db).map_err(storage)?;
         let synchronous = match durability {
             Durability::PowerLoss => "PRAGMA synchronous = FULL;",
             Durability::ProcessCrash => "PRAGMA synchronous = NORMAL;",
@@ -129,8 +130,8 @@ fn end_hold(
     tx.execute("DELETE FROM holds WHERE id = ?1", params![id.to_string()])
         .map_err(storage)?;
     tx.execute(
-        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             id.to_string(),
             account,
@@ -138,7 +139,8 @@ fn end_hold(
             hold.request_id,
             hold.model,
             hold.units,
-            kind == EntryKind::Expire
+            kind == EntryKind::Expire,
+            hold.key_id
         ],
     )
     .map_err(storage)?;
@@ -161,12 +163,13 @@ struct HoldRow {
     units: i64,
     /// For an ended hold: whether it expired and no late settle has charged it yet.
     expired: bool,
+    key_id: Option<String>,
 }
 
 const OPEN_HOLD: &str =
-    "SELECT account, amount, request_id, model, units, 0 FROM holds WHERE id = ?1";
-const ENDED_HOLD: &str =
-    "SELECT account, amount, request_id, model, units, expired FROM ended_holds WHERE id = ?1";
+    "SELECT account, amount, request_id, model, units, 0, key_id FROM holds WHERE id = ?1";
+const ENDED_HOLD: &str = "SELECT account, amount, request_id, model, units, expired, key_id
+     FROM ended_holds WHERE id = ?1";
 
 /// The hold `id` by `query` ([`OPEN_HOLD`] or [`ENDED_HOLD`]), if there is one.
 fn hold_row(
@@ -182,6 +185,7 @@ fn hold_row(
             model: r.get(3)?,
             units: r.get(4)?,
             expired: r.get(5)?,
+            key_id: r.get(6)?,
         })
     })
     .optional()
@@ -199,8 +203,8 @@ fn journal_end(
 ) -> Result<(), LedgerError> {
     tx.execute(
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
-                              units_returned, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                              units_returned, at, key_id, held)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             hold.account,
             kind.as_str(),
@@ -210,7 +214,9 @@ fn journal_end(
             hold.model,
             hold.units,
             units_returned,
-            unix_now() as i64
+            unix_now() as i64,
+            hold.key_id,
+            hold.amount
         ],
     )
     .map_err(storage)?;
@@ -298,8 +304,9 @@ impl Ledger for SqliteLedger {
             let now = unix_now();
             let expires_at = deadline(now, ttl);
             tx.execute(
-                "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units,
+                                    key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id.to_string(),
                     account.as_str(),
@@ -307,13 +314,15 @@ impl Ledger for SqliteLedger {
                     expires_at as i64,
                     memo.request_id,
                     memo.model,
-                    memo.units_requested
+                    memo.units_requested,
+                    memo.key
                 ],
             )
             .map_err(storage)?;
             tx.execute(
-                "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units, at)
-                 VALUES (?1, 'hold', ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units, at,
+                                      key_id)
+                 VALUES (?1, 'hold', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     account.as_str(),
                     amount.signed(),
@@ -321,7 +330,8 @@ impl Ledger for SqliteLedger {
                     memo.request_id,
                     memo.model,
                     memo.units_requested,
-                    now as i64
+                    now as i64,
+                    memo.key
                 ],
             )
             .map_err(storage)?;
@@ -492,7 +502,7 @@ impl Ledger for SqliteLedger {
             let mut stmt = tx
                 .prepare(
                     "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
-                            units_returned, at
+                            units_returned, at, key_id, held
                      FROM journal WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(storage)?;
@@ -511,16 +521,30 @@ impl Ledger for SqliteLedger {
                             r.get::<_, Option<i64>>(7)?,
                             r.get::<_, Option<i64>>(8)?,
                             r.get::<_, i64>(9)?,
+                            r.get::<_, Option<String>>(10)?,
+                            r.get::<_, Option<i64>>(11)?,
                         ))
                     },
                 )
                 .map_err(storage)?;
             let mut entries = Vec::new();
             for row in rows {
-                let (seq, kind, amount, hold, reference, request_id, model, units, returned, at) =
-                    row.map_err(storage)?;
+                let (
+                    seq,
+                    kind,
+                    amount,
+                    hold,
+                    reference,
+                    request_id,
+                    model,
+                    units,
+                    returned,
+                    at,
+                    key,
+                    held,
+                ) = row.map_err(storage)?;
                 let corrupt = || LedgerError::Storage("corrupt journal row".into());
-                let memo = Memo::from_columns(request_id, model, units)?;
+                let memo = Memo::from_columns(request_id, model, units)?.map(|m| m.with_key(key));
                 entries.push(JournalEntry {
                     seq: seq as u64,
                     account: owner.clone(),
@@ -533,6 +557,7 @@ impl Ledger for SqliteLedger {
                     reference,
                     memo,
                     units_returned: returned.and_then(|u| u32::try_from(u).ok()),
+                    held: held.and_then(|h| u64::try_from(h).ok()),
                     at: at.max(0) as u64,
                 });
             }

@@ -61,3 +61,25 @@ CREATE INDEX IF NOT EXISTS journal_account ON journal (account, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, reference)
     WHERE kind = 'deposit';
 ";
+
+/// Columns added after the first schema, added to a database made before them: the key a
+/// hold was taken with (for the usage log's `key` filter), and on a hold's end entry the
+/// amount it held.
+pub(super) fn add_columns(db: &rusqlite::Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in [
+        ("holds", "key_id", "TEXT"),
+        ("ended_holds", "key_id", "TEXT"),
+        ("journal", "key_id", "TEXT"),
+        ("journal", "held", "INTEGER"),
+    ] {
+        let present = db
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([column])?;
+        if !present {
+            db.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}

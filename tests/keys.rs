@@ -369,6 +369,23 @@ async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
     );
     assert_eq!(balance().await, 50);
 
+    // Six concurrent edits of 10 against a limit of 30: the holds count as they are taken,
+    // so exactly three pass.
+    let (racing, _) = create(&server, "alice", json!({"daily_limit": 30})).await;
+    let edits = (0..6).map(|_| {
+        let server = TestServer::at(server.addr);
+        let key = racing.clone();
+        tokio::spawn(async move { server.edit_form(&key, edit(1, "gpt-image-2")).await.status })
+    });
+    let mut passed = 0;
+    for status in futures_util::future::join_all(edits).await {
+        let status = status.unwrap();
+        assert!(status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS);
+        passed += usize::from(status == StatusCode::OK);
+    }
+    assert_eq!(passed, 3);
+    assert_eq!(balance().await, 20);
+
     // A model outside the allow-list: 403 before anything is held.
     let (narrow, _) = create(&server, "alice", json!({"models": ["gpt-image-1"]})).await;
     let denied = server.edit_form(&narrow, edit(1, "gpt-image-2")).await;
@@ -376,7 +393,7 @@ async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
         denied.error(),
         (403, "MODEL_ACCESS_DENIED".into(), Some("model".into()))
     );
-    assert_eq!(balance().await, 50);
+    assert_eq!(balance().await, 20);
 
     // Networks: the test connects from 127.0.0.1.
     let (elsewhere, _) = create(
@@ -399,7 +416,7 @@ async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
             .status,
         StatusCode::OK
     );
-    assert_eq!(balance().await, 40);
+    assert_eq!(balance().await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,8 @@ const PATHS: [&str; 8] = [
     "/api/v1/upload",
     "/api/v1/files",
     "/api/v1/files/files/fuzz/0b7e7d4c-6f51-4a5b-9d6e-2a0c9b3e8f11_a.png",
-    "/api/v1/usage?limit=2",
+    // The body is the query here (the usage log's filters).
+    "/api/v1/usage",
     "/admin/v1/accounts/fuzz/deposits",
 ];
 const TYPES: [&str; 4] = [
@@ -61,10 +62,23 @@ fuzz_target!(|data: &[u8]| {
     let method = if pick & 0x80 == 0 { "POST" } else { "GET" };
     let path = PATHS[usize::from(pick >> 4 & 0x7) % PATHS.len()];
     let content_type = TYPES[usize::from(pick >> 2 & 0x3)];
-    let key = if pick & 0x2 == 0 { KEY } else { "pk_wrong" };
+    let key = match (pick & 0x2 == 0, path.starts_with("/admin/")) {
+        (true, _) => KEY,
+        (false, true) => "admin_fuzz",
+        (false, false) => "pk_wrong",
+    };
+    let query = std::str::from_utf8(body)
+        .ok()
+        .filter(|q| q.bytes().all(|b| b.is_ascii_graphic() && b != b'#'));
+    // A query the URI type refuses would never reach a server: the bare path instead.
+    let uri = match (path, query) {
+        ("/api/v1/usage", Some(query)) => http::Uri::try_from(format!("{path}?{query}")).ok(),
+        _ => None,
+    }
+    .unwrap_or_else(|| http::Uri::from_static(path));
     let request = Request::builder()
         .method(method)
-        .uri(path)
+        .uri(uri)
         .header("authorization", format!("Bearer {key}"))
         .header("content-type", content_type)
         .body(Full::new(Bytes::copy_from_slice(body)))

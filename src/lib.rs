@@ -64,6 +64,8 @@ pub mod billing;
 mod body;
 pub mod catalog;
 pub mod clock;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod error;
 pub mod fetch;
 pub mod files;

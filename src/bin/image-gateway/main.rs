@@ -31,6 +31,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
+use image_gateway::console::ConsoleLayer;
 use image_gateway::fetch::UrlFetcher;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::metrics::{Metrics, MetricsService};
@@ -187,6 +188,7 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     let readiness = gateway.readiness();
     let service = ServiceBuilder::new()
         .option_layer(cors(&config.cors_origins)?)
+        .layer(ConsoleLayer)
         .service(openapi::WithOpenApi {
             gateway,
             document: openapi::document()?,
@@ -227,6 +229,7 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
         }
     };
     println!("health: GET /healthz, GET /readyz (no key)");
+    println!("console: http://{addr}/console/");
     if !config.cors_origins.is_empty() {
         println!("CORS allowed for: {}", config.cors_origins.join(", "));
     }

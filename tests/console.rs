@@ -97,7 +97,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         "the browser run failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("CHARGED 20"), "{stdout}");
+    assert!(stdout.contains("CHARGED 30"), "{stdout}");
 
     // What the browser did is what the gateway holds.
     let server = TestServer::at(
@@ -111,7 +111,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         .json();
     assert_eq!(
         (balance["available"].as_i64(), balance["held"].as_i64()),
-        (Some(80), Some(0))
+        (Some(70), Some(0))
     );
     let files = server
         .call(Method::GET, "/api/v1/files", ALICE_KEY)
@@ -125,8 +125,8 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         .collect();
     assert_eq!(
         keys.len(),
-        2,
-        "the upload deleted, both outputs kept: {keys:?}"
+        3,
+        "the uploads deleted, the outputs kept: {keys:?}"
     );
     assert!(keys.iter().all(|k| k.contains("_generation.")));
     for page in [

@@ -1,7 +1,7 @@
 // The console in Debian's chromium, driven by playwright-core: sign in (a bad key first),
-// upload, edit with partial images arriving, chain an edit, see the balance move by what
-// was charged, download history as a ZIP, delete a file, make and revoke a key, and use it
-// at phone width. Screenshots of each page go to $SHOTS.
+// upload, edit with partial images arriving, chain an edit, compose, see the balance move by
+// what was charged, download history as a ZIP, delete files, make and revoke a key, and use
+// it at phone width. Screenshots of each page go to $SHOTS.
 // Environment: GATEWAY_URL, GATEWAY_KEY, ADMIN_KEY, PRICE, BALANCE, SOURCE_PATH, SHOTS.
 import fs from "node:fs";
 import path from "node:path";
@@ -109,6 +109,16 @@ await prompt.press("Enter");
 await page.waitForFunction(() => document.querySelectorAll(".card .meta").length === 2 &&
   [...document.querySelectorAll(".card .meta")].every((m) => m.textContent.includes("cost")));
 check("the chained edit finished", (await page.locator(".card").count()) === 2);
+
+// Compose: the chained result beside a new upload.
+await page.getByLabel("Compose (up to 3)").check({ force: true });
+await page.locator("#source-file").setInputFiles(process.env.SOURCE_PATH);
+await page.waitForFunction(() => document.querySelectorAll("#sources li").length === 2);
+await prompt.fill("side by side");
+await prompt.press("Enter");
+await page.waitForFunction(() => document.querySelectorAll(".card .meta").length === 3 &&
+  [...document.querySelectorAll(".card .meta")].every((m) => m.textContent.includes("cost")));
+check("a compose of two sources finished", (await page.locator(".card").count()) === 3);
 await shot("04-images");
 await page.locator(".card .zoom").first().click();
 await page.locator("#zoom-img").waitFor();
@@ -117,30 +127,33 @@ await page.keyboard.press("Escape");
 
 // The balance moved by exactly what was charged.
 await page.getByRole("link", { name: "Account" }).click();
-await page.waitForFunction((want) => document.querySelector("#available").textContent === want, String(balance - 2 * price));
+await page.waitForFunction((want) => document.querySelector("#available").textContent === want, String(balance - 3 * price));
 check("balance moved by the charges", true);
-await page.waitForFunction(() => document.querySelectorAll("#usage tr").length === 2);
-check("usage lists both edits", true);
+await page.waitForFunction(() => document.querySelectorAll("#usage tr").length === 3);
+check("usage lists the three", true);
 await shot("06-account");
 
-// History: both generations, downloaded together as a ZIP.
+// History: the three generations, downloaded together as a ZIP.
 await page.getByRole("link", { name: "History" }).click();
-await page.waitForFunction(() => document.querySelectorAll("#history .card img").length === 2);
+await page.waitForFunction(() => document.querySelectorAll("#history .card img").length === 3);
 for (const box of await page.locator("#history input[type=checkbox]").all()) await box.check();
 const [zip] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download selected as ZIP" }).click()]);
 const zipPath = path.join(shots, "generations.zip");
 await zip.saveAs(zipPath);
 const zipped = fs.readFileSync(zipPath);
-check("a ZIP of both", zip.suggestedFilename() === "generations.zip" && zipped.subarray(0, 2).toString() === "PK" && zipped.readUInt16LE(zipped.length - 12) === 2);
+check("a ZIP of the three", zip.suggestedFilename() === "generations.zip" && zipped.subarray(0, 2).toString() === "PK" && zipped.readUInt16LE(zipped.length - 12) === 3);
 await shot("07-history");
 
-// Files: the upload and both outputs; delete the upload.
+// Files: two uploads and three outputs; delete one upload, then the other by selection.
 await page.getByRole("link", { name: "Files" }).click();
-await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 3);
+await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 5);
 await shot("08-files");
-await page.locator("#files tr", { hasText: "source.png" }).getByRole("button", { name: /Delete/ }).click();
-await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 2);
-check("a file deleted", !(await page.locator("#files").textContent()).includes("source.png"));
+await page.locator("#files tr", { hasText: "source.png" }).first().getByRole("button", { name: /Delete/ }).click();
+await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 4);
+await page.locator("#files tr", { hasText: "source.png" }).getByRole("checkbox").check();
+await page.getByRole("button", { name: "Delete selected" }).click();
+await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 3);
+check("files deleted one and by selection", !(await page.locator("#files").textContent()).includes("source.png"));
 
 // Keys: the admin makes a key (shown once) and revokes it.
 await page.getByRole("link", { name: "Keys" }).click();
@@ -173,4 +186,4 @@ await shot("10-phone");
 
 check("no script errors, CSP violations or outside requests", problems.length === 0, JSON.stringify(problems));
 await browser.close();
-console.log(`CHARGED ${2 * price}`);
+console.log(`CHARGED ${3 * price}`);

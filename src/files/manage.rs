@@ -2,14 +2,16 @@ use http::{header, HeaderValue, Response};
 
 use crate::auth::Principal;
 use crate::page::{percent_decode, PageQuery};
-use crate::store::{content_type_of, FileCursor, FileKey, FileStore};
+use crate::store::{content_type_of, FileCursor, FileKey, FileStore, Quota};
 use crate::{GatewayError, ResponseBody};
 
 /// `GET /api/v1/files?limit=&after=`: the caller's files, newest first, a page at a time;
-/// `after` is the previous page's `next_after`.
+/// `after` is the previous page's `next_after`. The first page also says what the caller
+/// stores in all and its quota (`null` where unlimited).
 pub(super) async fn list(
     query: Option<&str>,
     store: &dyn FileStore,
+    quota: Quota,
     principal: &Principal,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let query = PageQuery::parse(query)?;
@@ -32,11 +34,16 @@ pub(super) async fn list(
             })
         })
         .collect();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "data": data,
         "has_more": page.has_more,
         "next_after": next_after,
     });
+    if after.is_none() {
+        let used = store.usage(principal.user_id()).await?;
+        body["usage"] = serde_json::json!({"bytes": used.bytes, "files": used.files});
+        body["quota"] = serde_json::json!({"bytes": quota.bytes, "files": quota.files});
+    }
     Ok(crate::body::json_ok(&body))
 }
 

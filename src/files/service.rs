@@ -9,7 +9,7 @@ use super::{manage, upload, FILES_PATH, UPLOAD_PATH};
 use crate::auth::Principal;
 use crate::future::ResponseFuture;
 use crate::multipart::MultipartLimits;
-use crate::store::FileStore;
+use crate::store::{FileStore, Quota};
 use crate::{GatewayError, RequestBody, ResponseBody};
 
 /// Serves the upload and file-management endpoints over a [`FileStore`].
@@ -21,6 +21,7 @@ pub struct FileApi {
     store: Arc<dyn FileStore>,
     limits: MultipartLimits,
     max_file: u64,
+    quota: Quota,
 }
 
 impl FileApi {
@@ -30,7 +31,16 @@ impl FileApi {
             store,
             limits: MultipartLimits::default(),
             max_file: upload::DEFAULT_MAX_FILE_BYTES,
+            quota: Quota::UNLIMITED,
         }
+    }
+
+    /// The quota the file list reports beside what the caller stores (enforce it with
+    /// [`QuotaStore`](crate::store::QuotaStore); the gateway builder does both). Default:
+    /// unlimited.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// The most bytes one uploaded file may have (default 10 MB, as the File Upload API
@@ -75,6 +85,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (store, limits, max_file) = (self.store.clone(), self.limits, self.max_file);
+        let quota = self.quota;
         ResponseFuture::answer(async move {
             let principal = Principal::of_request(req.extensions())?;
             let path = req.uri().path().to_owned();
@@ -84,7 +95,7 @@ where
                     upload::upload(req, &*store, &principal, limits, max_file).await
                 }
                 (Method::GET, FILES_PATH, _) => {
-                    manage::list(req.uri().query(), &*store, &principal).await
+                    manage::list(req.uri().query(), &*store, quota, &principal).await
                 }
                 (Method::GET, _, Some(key)) => manage::get(key, &*store, &principal).await,
                 (Method::DELETE, _, Some(key)) => manage::delete(key, &*store, &principal).await,

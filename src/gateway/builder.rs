@@ -293,7 +293,8 @@ impl GatewayBuilder {
             catalog: catalog.clone(),
             files: FileApi::new(store)
                 .limits(self.multipart)
-                .max_file(self.upload_max_file),
+                .max_file(self.upload_max_file)
+                .quota(self.quota),
             account: AccountApi::new(ledger.clone()),
         };
         let inner = ServiceBuilder::new()

@@ -147,6 +147,8 @@ await shot("07-history");
 // Files: two uploads and three outputs; delete one upload, then the other by selection.
 await page.getByRole("link", { name: "Files" }).click();
 await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 5);
+const used = await page.locator("#files-used").textContent();
+check("quota used is shown", used.includes("of 190.7 MB") && used.includes("5 of 10000 files"), used);
 await shot("08-files");
 await page.locator("#files tr", { hasText: "source.png" }).first().getByRole("button", { name: /Delete/ }).click();
 await page.waitForFunction(() => document.querySelectorAll("#files tr").length === 4);

@@ -627,21 +627,22 @@ async function loadFiles() {
   say("Loading your files...");
   const rows = [];
   let after = null;
-  let total = 0;
-  let count = 0;
+  let used = null;
   for (let pages = 0; pages < 100; pages += 1) {
     const page = await api(`/api/v1/files?limit=100${after ? `&after=${encodeURIComponent(after)}` : ""}`);
-    for (const file of page.data) {
-      total += file.size;
-      count += 1;
-      rows.push(fileRow(file));
-    }
+    if (page.usage) used = page;
+    for (const file of page.data) rows.push(fileRow(file));
     if (!page.has_more) break;
     after = page.next_after;
   }
   $("#files").replaceChildren(...rows);
-  $("#files-used").textContent = `${count} file(s), ${bytes(total)} stored.`;
-  say(count ? "" : "No files stored.");
+  if (used) {
+    const of = (n, max, show) => (max === null || max === undefined ? show(n) : `${show(n)} of ${show(max)}`);
+    $("#files-used").textContent =
+      `Quota used: ${of(used.usage.bytes, used.quota.bytes, bytes)}, ` +
+      `${of(used.usage.files, used.quota.files, String)} files.`;
+  }
+  say(rows.length ? "" : "No files stored.");
 }
 
 function fileRow(file) {

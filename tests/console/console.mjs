@@ -46,7 +46,7 @@ page.on("console", (message) => {
   }
 });
 page.on("pageerror", (error) => problems.push(error.message));
-page.on("dialog", (dialog) => dialog.accept());
+page.on("dialog", (dialog) => (dialog.type() === "prompt" ? dialog.accept("700") : dialog.accept()));
 page.on("request", (request) => {
   if (!request.url().startsWith(base) && !request.url().startsWith("data:") && !request.url().startsWith("blob:")) {
     problems.push(`request outside the gateway: ${request.url()}`);
@@ -171,6 +171,9 @@ const made = await page.locator("#new-key-value").textContent();
 check("a new key shown once", made.startsWith("pk_live_") && made.length === 40, made);
 await page.locator("#keys tr", { hasText: "from the console" }).waitFor();
 await shot("09-keys");
+await page.locator("#keys tr", { hasText: "from the console" }).getByRole("button", { name: /daily limit/ }).click();
+await page.locator("#keys tr", { hasText: "700/day" }).waitFor();
+check("a key's daily limit changed", true);
 const fresh = await fetch(`${base}/api/v1/balance`, { headers: { authorization: `Bearer ${made}` } });
 check("the new key works", fresh.status === 200);
 await page.locator("#keys tr", { hasText: "from the console" }).getByRole("button", { name: /Revoke/ }).click();

@@ -777,6 +777,14 @@ async function loadKeys() {
           ended === "live"
             ? element("button", {
                 type: "button",
+                text: "Daily limit",
+                "aria-label": `Set the daily limit of ${key.prefix}`,
+                onclick: () => setDailyLimit(key),
+              })
+            : null,
+          ended === "live"
+            ? element("button", {
+                type: "button",
                 class: "danger",
                 text: "Revoke",
                 "aria-label": `Revoke ${key.prefix}`,
@@ -788,6 +796,23 @@ async function loadKeys() {
     }),
   );
   say(`${answer.data.length} key(s).`);
+}
+
+async function setDailyLimit(key) {
+  const current = key.limits.daily_limit === undefined ? "" : String(key.limits.daily_limit);
+  const answer = window.prompt(`Daily limit of ${key.prefix}... (empty: none)`, current);
+  if (answer === null) return;
+  const limits = { ...key.limits };
+  if (answer.trim() === "") delete limits.daily_limit;
+  else limits.daily_limit = Number(answer.trim());
+  try {
+    // PATCH replaces every limit: the models and networks go along unchanged.
+    await api(`/admin/v1/keys/${key.id}`, { method: "PATCH", json: limits, admin: true });
+    await loadKeys();
+    say(`Daily limit of ${key.prefix}... set.`);
+  } catch (error) {
+    failedAdmin(error);
+  }
 }
 
 async function revoke(key) {

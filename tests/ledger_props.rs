@@ -297,3 +297,77 @@ fn journal_is_append_only_and_persists() {
         assert_eq!(settle.memo.as_ref().unwrap().request_id, "r1");
     });
 }
+
+/// Many operations at once, so the SQLite writer commits them in shared batches: refusals,
+/// unknown holds and deposits mixed in with holds and settles. A failed operation is rolled
+/// back alone; every other one commits, and the money adds up exactly.
+#[test]
+fn concurrent_operations_share_commits_and_a_failure_rolls_back_alone() {
+    let path = std::env::temp_dir().join(format!("igw-batch-{}.db", uuid::Uuid::new_v4()));
+    let ann = UserId::new("ann").unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    multi.block_on(async {
+        let ledger = std::sync::Arc::new(SqliteLedger::open(&path).unwrap());
+        ledger.deposit(&ann, 100, "opening").await.unwrap();
+        let tasks = (0..40).map(|i| {
+            let (ledger, ann) = (ledger.clone(), ann.clone());
+            tokio::spawn(async move {
+                if i % 10 == 9 {
+                    // A deposit (fsynced on its own) and a settle of a hold that never was.
+                    ledger
+                        .deposit(&ann, 5, &format!("top-up-{i}"))
+                        .await
+                        .unwrap();
+                    let unknown = ledger.settle(HoldId::new(), Amount::new(1), 1).await;
+                    assert!(
+                        matches!(unknown, Err(LedgerError::UnknownHold)),
+                        "{unknown:?}"
+                    );
+                    return 0;
+                }
+                let memo = Memo::new(format!("r{i}"), "m", 2);
+                let hold = match ledger
+                    .hold(&ann, Amount::new(10), Duration::from_secs(60), memo)
+                    .await
+                {
+                    Ok(hold) => hold,
+                    Err(LedgerError::InsufficientBalance { .. }) => return 0,
+                    Err(other) => panic!("{other:?}"),
+                };
+                if i % 2 == 0 {
+                    let over = ledger.settle(hold.id, Amount::new(11), 2).await;
+                    assert!(matches!(over, Err(LedgerError::ChargeExceedsHold)));
+                    ledger.settle(hold.id, Amount::new(5), 1).await.unwrap();
+                    5
+                } else {
+                    ledger.release(hold.id).await.unwrap();
+                    0
+                }
+            })
+        });
+        let mut charged = 0;
+        for task in futures_util::future::join_all(tasks).await {
+            charged += task.unwrap();
+        }
+        let b = ledger.balance(&ann).await.unwrap();
+        assert_eq!(b.held, 0);
+        assert_eq!(b.deposited, 100 + 4 * 5);
+        assert_eq!(b.charged, charged as u64);
+        assert_eq!(b.available, b.deposited - b.charged as i64);
+        let journal = ledger.journal(&ann, None, 1000).await.unwrap();
+        let holds = journal
+            .iter()
+            .filter(|e| format!("{:?}", e.kind) == "Hold")
+            .count();
+        let ends = journal
+            .iter()
+            .filter(|e| matches!(format!("{:?}", e.kind).as_str(), "Settle" | "Release"))
+            .count();
+        assert_eq!(holds, ends, "every hold that was taken ended once");
+        assert!(holds >= 10, "the opening balance alone pays for ten holds");
+    });
+}

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{
@@ -14,16 +14,23 @@ use crate::auth::UserId;
 use crate::clock::unix_now;
 
 mod schema;
+mod writer;
 
 pub use schema::Durability;
 use schema::SCHEMA;
+use writer::Writer;
 
-/// A ledger in a SQLite file: WAL mode, every operation one `IMMEDIATE` transaction, so
-/// several processes sharing the file still never overdraw an account.
+/// A ledger in a SQLite file, WAL mode.
+///
+/// Writes go through one writer thread that commits every operation waiting for it in one
+/// `IMMEDIATE` transaction (group commit, see `writer`): concurrent requests share a commit
+/// and its fsync. Reads (balances, the journal) use a connection of their own and never wait
+/// for the writer. Several processes sharing the file still never overdraw an account: each
+/// batch holds SQLite's write lock from its first check to its commit.
 #[derive(Clone, Debug)]
 pub struct SqliteLedger {
-    db: Arc<Mutex<Connection>>,
-    durability: Durability,
+    writer: Writer,
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl SqliteLedger {
@@ -34,6 +41,7 @@ impl SqliteLedger {
 
     /// Opens (or creates) the ledger at `path` with the given durability.
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, LedgerError> {
+        let path = path.as_ref();
         let db = Connection::open(path).map_err(storage)?;
         db.execute_batch(SCHEMA).map_err(storage)?;
         schema::add_columns(&db).map_err(storage)?;
@@ -42,19 +50,23 @@ impl SqliteLedger {
             Durability::ProcessCrash => "PRAGMA synchronous = NORMAL;",
         };
         db.execute_batch(synchronous).map_err(storage)?;
+        db.set_prepared_statement_cache_capacity(64);
+        let reader = Connection::open(path).map_err(storage)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            .map_err(storage)?;
         Ok(SqliteLedger {
-            db: Arc::new(Mutex::new(db)),
-            durability,
+            writer: Writer::start(db, durability == Durability::ProcessCrash)?,
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
-    /// Runs `work` in one IMMEDIATE transaction on the blocking pool; it commits only when
-    /// `work` returns `Ok`.
+    /// Runs `work` in the writer's next batch; answers once its commit returned.
     async fn transaction<T: Send + 'static>(
         &self,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        self.run(false, work).await
+        self.writer.submit(false, work).await
     }
 
     /// As [`Self::transaction`], fsyncing the commit whatever the durability setting.
@@ -62,39 +74,43 @@ impl SqliteLedger {
         &self,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        self.run(true, work).await
+        self.writer.submit(true, work).await
     }
 
-    async fn run<T: Send + 'static>(
+    /// Runs `work` on the read connection, in one read transaction (one snapshot).
+    async fn read<T: Send + 'static>(
         &self,
-        fsync: bool,
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let db = self.db.clone();
-        let switch = fsync && self.durability == Durability::ProcessCrash;
+        let db = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
-            if switch {
-                db.execute_batch("PRAGMA synchronous = FULL;")
-                    .map_err(storage)?;
-            }
-            let result = (|| {
-                let tx = db
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(storage)?;
-                let value = work(&tx)?;
-                tx.commit().map_err(storage)?;
-                Ok(value)
-            })();
-            if switch {
-                db.execute_batch("PRAGMA synchronous = NORMAL;")
-                    .map_err(storage)?;
-            }
-            result
+            let tx = db.transaction().map_err(storage)?;
+            work(&tx)
         })
         .await
         .map_err(|e| LedgerError::Storage(e.into()))?
     }
+}
+
+/// Runs one statement, prepared once per connection: the writer runs the same few
+/// statements for every edit, so SQLite parses each once instead of on every call.
+fn exec(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
+/// [`exec`] for a statement that answers one row.
+fn query_row<T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    tx.prepare_cached(sql)?.query_row(params, row)
 }
 
 fn storage(error: rusqlite::Error) -> LedgerError {
@@ -102,7 +118,8 @@ fn storage(error: rusqlite::Error) -> LedgerError {
 }
 
 fn ensure_account(tx: &rusqlite::Transaction<'_>, account: &UserId) -> Result<(), LedgerError> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT OR IGNORE INTO accounts (account) VALUES (?1)",
         params![account.as_str()],
     )
@@ -127,9 +144,14 @@ fn end_hold(
     if charge.signed() > *amount {
         return Err(LedgerError::ChargeExceedsHold);
     }
-    tx.execute("DELETE FROM holds WHERE id = ?1", params![id.to_string()])
-        .map_err(storage)?;
-    tx.execute(
+    exec(
+        tx,
+        "DELETE FROM holds WHERE id = ?1",
+        params![id.to_string()],
+    )
+    .map_err(storage)?;
+    exec(
+        tx,
         "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -144,7 +166,8 @@ fn end_hold(
         ],
     )
     .map_err(storage)?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE accounts SET held = held - ?2, charged = charged + ?3,
                 available = available + ?2 - ?3 WHERE account = ?1",
         params![account, amount, charge.signed()],
@@ -177,7 +200,7 @@ fn hold_row(
     query: &str,
     id: HoldId,
 ) -> Result<Option<HoldRow>, LedgerError> {
-    tx.query_row(query, params![id.to_string()], |r| {
+    query_row(tx, query, params![id.to_string()], |r| {
         Ok(HoldRow {
             account: r.get(0)?,
             amount: r.get(1)?,
@@ -201,7 +224,8 @@ fn journal_end(
     id: HoldId,
     units_returned: Option<u32>,
 ) -> Result<(), LedgerError> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
                               units_returned, at, key_id, held)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -240,12 +264,14 @@ fn settle_ended(
     if charge.signed() > hold.amount {
         return Err(LedgerError::ChargeExceedsHold);
     }
-    tx.execute(
+    exec(
+        tx,
         "UPDATE ended_holds SET expired = 0 WHERE id = ?1",
         params![id.to_string()],
     )
     .map_err(storage)?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE accounts SET charged = charged + ?2, available = available - ?2
          WHERE account = ?1",
         params![hold.account, charge.signed()],
@@ -264,7 +290,8 @@ fn settle_ended(
 
 /// Whether `id` is a hold that ended (settled, released or expired).
 fn has_ended(tx: &rusqlite::Transaction<'_>, id: HoldId) -> Result<bool, LedgerError> {
-    tx.query_row(
+    query_row(
+        tx,
         "SELECT 1 FROM ended_holds WHERE id = ?1",
         params![id.to_string()],
         |_| Ok(()),
@@ -294,7 +321,8 @@ impl Ledger for SqliteLedger {
                 )
                 .map_err(storage)?;
             hold_refusal(available, amount)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE accounts SET available = available - ?2, held = held + ?2
                  WHERE account = ?1",
                 params![account.as_str(), amount.signed()],
@@ -303,7 +331,8 @@ impl Ledger for SqliteLedger {
             let id = HoldId::new();
             let now = unix_now();
             let expires_at = deadline(now, ttl);
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units,
                                     key_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -319,7 +348,8 @@ impl Ledger for SqliteLedger {
                 ],
             )
             .map_err(storage)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units, at,
                                       key_id)
                  VALUES (?1, 'hold', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -400,7 +430,7 @@ impl Ledger for SqliteLedger {
 
     async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
         let account = account.clone();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let row = tx
                 .query_row(
                     "SELECT available, held, charged, deposited FROM accounts WHERE account = ?1",
@@ -451,7 +481,8 @@ impl Ledger for SqliteLedger {
             if available.checked_add(amount).is_none() || deposited.checked_add(amount).is_none() {
                 return Err(LedgerError::Overflow);
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE accounts SET available = available + ?2, deposited = deposited + ?2
                  WHERE account = ?1",
                 params![account.as_str(), amount],
@@ -466,7 +497,7 @@ impl Ledger for SqliteLedger {
         self.transaction(move |tx| {
             let due: Vec<String> = {
                 let mut stmt = tx
-                    .prepare("SELECT id FROM holds WHERE expires_at <= ?1")
+                    .prepare_cached("SELECT id FROM holds WHERE expires_at <= ?1")
                     .map_err(storage)?;
                 let rows = stmt
                     .query_map(params![now as i64], |r| r.get::<_, String>(0))
@@ -498,9 +529,9 @@ impl Ledger for SqliteLedger {
         limit: usize,
     ) -> Result<Vec<JournalEntry>, LedgerError> {
         let owner = account.clone();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx
-                .prepare(
+                .prepare_cached(
                     "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
                             units_returned, at, key_id, held
                      FROM journal WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",

@@ -1,0 +1,169 @@
+//! Group commit: one thread owns the ledger's write connection and commits every operation
+//! waiting for it in one transaction, so concurrent holds and settles share one commit (and,
+//! with `synchronous = FULL`, one fsync) instead of taking turns at the file.
+//!
+//! Each operation runs inside a savepoint of the batch's transaction: one that fails (an
+//! insufficient balance, an unknown hold) is rolled back alone, the others commit. Callers
+//! are answered only once the batch's commit returned, so an answer is never ahead of what is
+//! on disk; a failed commit answers every operation of the batch with the error.
+
+use std::sync::mpsc;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::LedgerError;
+
+/// The most operations one commit takes: enough to share an fsync among every request a
+/// busy gateway has in flight, small enough that a batch's first caller does not wait long.
+const MAX_BATCH: usize = 64;
+
+/// One queued operation: runs on the writer's transaction, answers after the commit.
+trait Operation: Send {
+    /// Runs the work; `false` when it failed (its savepoint is rolled back).
+    fn run(&mut self, tx: &Transaction<'_>) -> bool;
+    /// Answers the caller: the work's result once `committed` is `Ok`, else the commit's
+    /// error.
+    fn answer(self: Box<Self>, committed: Result<(), &rusqlite::Error>);
+}
+
+struct Pending<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, LedgerError>>,
+    reply: oneshot::Sender<Result<T, LedgerError>>,
+}
+
+impl<T, F> Operation for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&Transaction<'_>) -> Result<T, LedgerError> + Send,
+{
+    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(tx);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), &rusqlite::Error>) {
+        let result = match (committed, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(error), _) => Err(LedgerError::Storage(error.to_string().into())),
+            (Ok(()), None) => Err(LedgerError::Storage("the operation never ran".into())),
+        };
+        // A caller that stopped waiting (a cancelled request) learns nothing; what was
+        // committed stays committed, which the ledger's idempotent ends allow for.
+        let _ = self.reply.send(result);
+    }
+}
+
+struct Job {
+    op: Box<dyn Operation>,
+    /// Fsynced whatever the durability setting (deposits).
+    durable: bool,
+}
+
+/// The handle callers queue operations on; the thread stops when every handle is dropped.
+#[derive(Clone, Debug)]
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the thread that owns `db`. `relaxed` is the connection's usual
+    /// `synchronous = NORMAL` (then a durable operation is committed alone under `FULL`).
+    pub(super) fn start(db: Connection, relaxed: bool) -> Result<Writer, LedgerError> {
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-ledger-writer".into())
+            .spawn(move || run(db, queue, relaxed))
+            .map_err(|e| LedgerError::Storage(e.into()))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Runs `work` in the next batch and answers once it is committed.
+    pub(super) async fn submit<T, F>(&self, durable: bool, work: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op = Box::new(Pending {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.jobs
+            .send(Job { op, durable })
+            .map_err(|_| LedgerError::Storage("the ledger's writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LedgerError::Storage("the ledger's writer has stopped".into()))?
+    }
+}
+
+fn run(mut db: Connection, queue: mpsc::Receiver<Job>, relaxed: bool) {
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return, // every handle dropped
+            },
+        };
+        if first.durable {
+            commit(&mut db, vec![first], relaxed);
+            continue;
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                // A durable operation waits for the next commit of its own.
+                Ok(job) if job.durable => {
+                    carried = Some(job);
+                    break;
+                }
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit(&mut db, batch, false);
+    }
+}
+
+/// Runs `batch` in one transaction and answers each operation after the commit.
+fn commit(db: &mut Connection, mut batch: Vec<Job>, fsync: bool) {
+    if fsync {
+        if let Err(error) = db.execute_batch("PRAGMA synchronous = FULL;") {
+            return answer_all(batch, Err(&error));
+        }
+    }
+    let committed = (|| {
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for job in &mut batch {
+            tx.execute_batch("SAVEPOINT op")?;
+            if job.op.run(&tx) {
+                tx.execute_batch("RELEASE op")?;
+            } else {
+                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            }
+        }
+        tx.commit()
+    })();
+    if fsync {
+        if let Err(error) = db.execute_batch("PRAGMA synchronous = NORMAL;") {
+            tracing::error!(%error, "restoring the ledger's synchronous setting failed");
+        }
+    }
+    answer_all(batch, committed.as_ref().map(|_| ()));
+}
+
+fn answer_all(batch: Vec<Job>, committed: Result<(), &rusqlite::Error>) {
+    for job in batch {
+        job.op.answer(committed);
+    }
+}

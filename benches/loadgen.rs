@@ -125,6 +125,8 @@ struct Args {
     duration: Duration,
     requests: Option<usize>,
     server_pid: Option<u32>,
+    /// The `gateway-sqlite` target's ledger: `power-loss` (the binary's) or `process-crash`.
+    durability: Durability,
 }
 
 fn args() -> Result<Args, Error> {
@@ -137,6 +139,7 @@ fn args() -> Result<Args, Error> {
         duration: Duration::from_secs(10),
         requests: None,
         server_pid: None,
+        durability: Durability::PowerLoss,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -150,6 +153,13 @@ fn args() -> Result<Args, Error> {
             "--duration" => args.duration = Duration::from_secs(value.parse()?),
             "--requests" => args.requests = Some(value.parse()?),
             "--server-pid" => args.server_pid = Some(value.parse()?),
+            "--durability" => {
+                args.durability = match value.as_str() {
+                    "process-crash" => Durability::ProcessCrash,
+                    "power-loss" => Durability::PowerLoss,
+                    _ => return Err("--durability is process-crash or power-loss".into()),
+                }
+            }
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -157,7 +167,7 @@ fn args() -> Result<Args, Error> {
 }
 
 /// Starts an in-process target on its own runtime thread; returns its address.
-fn start_target(target: &str) -> Result<SocketAddr, Error> {
+fn start_target(target: &str, durability: Durability) -> Result<SocketAddr, Error> {
     let image = fixed_image();
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
@@ -194,8 +204,7 @@ fn start_target(target: &str) -> Result<SocketAddr, Error> {
                 let dir = std::env::temp_dir().join(format!("igw-load-{}", uuid::Uuid::new_v4()));
                 std::fs::create_dir_all(&dir).expect("data dir");
                 let ledger: Arc<dyn Ledger> = Arc::new(
-                    SqliteLedger::open_with(dir.join("ledger.db"), Durability::ProcessCrash)
-                        .expect("ledger"),
+                    SqliteLedger::open_with(dir.join("ledger.db"), durability).expect("ledger"),
                 );
                 ledger
                     .deposit(&user, i64::MAX / 4, "load")
@@ -308,7 +317,7 @@ async fn main() -> Result<(), Error> {
     }
     let addr = match args.addr {
         Some(addr) => addr,
-        None => start_target(&args.target)?,
+        None => start_target(&args.target, args.durability)?,
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client: Http = Client::builder(TokioExecutor::new()).build_http();

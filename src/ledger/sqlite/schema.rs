@@ -9,8 +9,10 @@ pub enum Durability {
     PowerLoss,
     /// `synchronous = NORMAL` (WAL): commits survive a crash or kill of the process, and the
     /// WAL is fsynced at checkpoints; a power loss may roll back the last commits, to a
-    /// consistent earlier state (conservation still holds). Several times faster. Deposits
-    /// are fsynced all the same: a credit is never rolled back.
+    /// consistent earlier state (conservation still holds). Faster for a lone caller; under
+    /// concurrent load group commit shares each fsync among the waiting operations, and the
+    /// difference all but vanishes. Deposits are fsynced all the same: a credit is never
+    /// rolled back.
     ProcessCrash,
 }
 

@@ -21,15 +21,8 @@ impl PageQuery {
             limit: DEFAULT_PAGE,
             after: None,
         };
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value).ok_or_else(|| {
-                GatewayError::invalid_request("malformed percent-encoding in the query", None)
-            })?;
+        for pair in query_pairs(query) {
+            let (name, value) = pair?;
             match name {
                 "limit" => {
                     page.limit = value
@@ -49,6 +42,23 @@ impl PageQuery {
         }
         Ok(page)
     }
+}
+
+/// A query's `name=value` pairs, each value percent-decoded once (a broken escape is a 400).
+pub(crate) fn query_pairs(
+    query: Option<&str>,
+) -> impl Iterator<Item = Result<(&str, String), GatewayError>> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value).ok_or_else(|| {
+                GatewayError::invalid_request("malformed percent-encoding in the query", None)
+            })?;
+            Ok((name, value))
+        })
 }
 
 /// One round of percent-decoding; `None` for a broken escape or a result that is not UTF-8.

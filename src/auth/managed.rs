@@ -202,6 +202,18 @@ pub struct NewKey {
     pub limits: KeyLimits,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl NewKey {
+    /// The key a rotation makes in place of `old`: its name, expiry and limits.
+    pub(crate) fn succeeding(old: KeyRecord) -> NewKey {
+        NewKey {
+            name: old.name,
+            expires_at: old.expires_at,
+            limits: old.limits,
+        }
+    }
+}
+
 /// A key just made: the only time the key itself is shown.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct IssuedKey {

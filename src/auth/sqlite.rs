@@ -379,12 +379,7 @@ impl KeyRegistry for SqliteKeys {
             return Ok(None);
         }
         let user = UserId::new(&old.user).map_err(|_| "corrupt user id in api_keys")?;
-        let new = NewKey {
-            name: old.name,
-            expires_at: old.expires_at,
-            limits: old.limits,
-        };
-        Ok(Some(self.create(&user, new).await?))
+        Ok(Some(self.create(&user, NewKey::succeeding(old)).await?))
     }
 
     async fn reserve(

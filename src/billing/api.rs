@@ -8,7 +8,7 @@ use tower_service::Service;
 use crate::auth::{Principal, UserId};
 use crate::future::ResponseFuture;
 use crate::ledger::{EntryKind, JournalEntry, Ledger, Memo};
-use crate::page::{percent_decode, PageQuery, MAX_PAGE};
+use crate::page::{query_pairs, PageQuery, MAX_PAGE};
 use crate::{GatewayError, ResponseBody};
 
 /// Path of the balance endpoint.
@@ -103,15 +103,8 @@ impl UsageFilter {
                 )
             })
         };
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value).ok_or_else(|| {
-                GatewayError::invalid_request("malformed percent-encoding in the query", None)
-            })?;
+        for pair in query_pairs(query) {
+            let (name, value) = pair?;
             match name {
                 "from" => filter.from = Some(seconds(&value, "from")?),
                 "to" => filter.to = Some(seconds(&value, "to")?),

@@ -146,7 +146,9 @@ fn commit(db: &mut Connection, mut batch: Vec<Job>, fsync: bool) {
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for job in &mut batch {
             tx.execute_batch("SAVEPOINT op")?;
-            if job.op.run(&tx) {
+            // A panicking operation fails alone: the thread (and every later caller) lives on.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.op.run(&tx)));
+            if ran.unwrap_or(false) {
                 tx.execute_batch("RELEASE op")?;
             } else {
                 tx.execute_batch("ROLLBACK TO op; RELEASE op")?;

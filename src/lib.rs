@@ -89,6 +89,8 @@ pub mod request;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod source;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 pub mod store;
 
 pub use error::{ClientAborted, ErrorCode, GatewayError};

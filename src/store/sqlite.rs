@@ -6,21 +6,31 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
 use crate::id::GenerationId;
+use crate::sqlite::{WriteFailed, Writer};
 
 /// Generations in a SQLite file (WAL mode), so chains survive a restart.
 ///
 /// Commits survive a killed process (`synchronous = NORMAL`); a power loss may lose the
 /// newest records, whose images the clients already hold (a chain from one is then
 /// `404 generation_not_found`). A record is on the answer path of every edit, so it is not
-/// fsynced each time.
+/// fsynced each time. Writes go through one writer thread that commits every write waiting
+/// for it in one transaction (see [`crate::sqlite`]); reads use a connection of their own.
 #[derive(Clone, Debug)]
 pub struct SqliteGenerations {
-    db: Arc<Mutex<Connection>>,
+    writer: Writer,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl From<WriteFailed> for StoreError {
+    fn from(failed: WriteFailed) -> Self {
+        StoreError::new(failed)
+    }
 }
 
 impl SqliteGenerations {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
         let db = Connection::open(path).map_err(StoreError::new)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -35,44 +45,48 @@ impl SqliteGenerations {
              );",
         )
         .map_err(StoreError::new)?;
+        let reader = Connection::open(path).map_err(StoreError::new)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            .map_err(StoreError::new)?;
         Ok(SqliteGenerations {
-            db: Arc::new(Mutex::new(db)),
+            writer: Writer::start(db, "sqlite-generations-writer", false)
+                .map_err(StoreError::new)?,
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
-    async fn with_db<T: Send + 'static>(
+    /// Runs one statement in the writer's next batch; answers once it is committed.
+    async fn write(
         &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = db.lock().unwrap_or_else(|e| e.into_inner());
-            work(&db)
-        })
-        .await
-        .map_err(StoreError::new)?
-        .map_err(StoreError::new)
+        sql: &'static str,
+        values: impl rusqlite::Params + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit(false, move |tx| {
+                let mut statement = tx.prepare_cached(sql).map_err(StoreError::new)?;
+                statement.execute(values).map(drop).map_err(StoreError::new)
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl Generations for SqliteGenerations {
     async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
-        let g = generation.clone();
-        self.with_db(move |db| {
-            db.execute(
-                "INSERT INTO generations (id, owner, file_key, status, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    g.id.to_string(),
-                    g.owner.as_str(),
-                    g.file_key.as_str(),
-                    g.status.as_str(),
-                    g.created as i64
-                ],
-            )
-            .map(drop)
-        })
+        let g = generation;
+        let values = (
+            g.id.to_string(),
+            g.owner.as_str().to_owned(),
+            g.file_key.as_str().to_owned(),
+            g.status.as_str(),
+            g.created as i64,
+        );
+        self.write(
+            "INSERT INTO generations (id, owner, file_key, status, created)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            values,
+        )
         .await
     }
 
@@ -81,33 +95,33 @@ impl Generations for SqliteGenerations {
         id: GenerationId,
         status: GenerationStatus,
     ) -> Result<(), StoreError> {
-        self.with_db(move |db| {
-            db.execute(
-                "UPDATE generations SET status = ?2 WHERE id = ?1",
-                params![id.to_string(), status.as_str()],
-            )
-            .map(drop)
-        })
+        self.write(
+            "UPDATE generations SET status = ?2 WHERE id = ?1",
+            (id.to_string(), status.as_str()),
+        )
         .await
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
-        let row = self
-            .with_db(move |db| {
-                db.query_row(
-                    "SELECT file_key, status, created FROM generations WHERE id = ?1",
-                    params![id.to_string()],
-                    |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, i64>(2)?,
-                        ))
-                    },
-                )
+        let db = self.reader.clone();
+        let row = tokio::task::spawn_blocking(move || {
+            let db = db.lock().unwrap_or_else(|e| e.into_inner());
+            let mut statement = db.prepare_cached(
+                "SELECT file_key, status, created FROM generations WHERE id = ?1",
+            )?;
+            statement
+                .query_row(params![id.to_string()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
                 .optional()
-            })
-            .await?;
+        })
+        .await
+        .map_err(StoreError::new)?
+        .map_err(StoreError::new)?;
         let Some((key, status, created)) = row else {
             return Ok(None);
         };

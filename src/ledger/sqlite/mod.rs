@@ -14,16 +14,16 @@ use crate::auth::UserId;
 use crate::clock::unix_now;
 
 mod schema;
-mod writer;
 
 pub use schema::Durability;
 use schema::SCHEMA;
-use writer::Writer;
+
+use crate::sqlite::{WriteFailed, Writer};
 
 /// A ledger in a SQLite file, WAL mode.
 ///
 /// Writes go through one writer thread that commits every operation waiting for it in one
-/// `IMMEDIATE` transaction (group commit, see `writer`): concurrent requests share a commit
+/// `IMMEDIATE` transaction (group commit, see [`crate::sqlite`]): concurrent requests share a commit
 /// and its fsync. Reads (balances, the journal) use a connection of their own and never wait
 /// for the writer. Several processes sharing the file still never overdraw an account: each
 /// batch holds SQLite's write lock from its first check to its commit.
@@ -56,7 +56,12 @@ impl SqliteLedger {
             .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
             .map_err(storage)?;
         Ok(SqliteLedger {
-            writer: Writer::start(db, durability == Durability::ProcessCrash)?,
+            writer: Writer::start(
+                db,
+                "sqlite-ledger-writer",
+                durability == Durability::ProcessCrash,
+            )
+            .map_err(|e| LedgerError::Storage(e.into()))?,
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -111,6 +116,12 @@ fn query_row<T>(
     row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
     tx.prepare_cached(sql)?.query_row(params, row)
+}
+
+impl From<WriteFailed> for LedgerError {
+    fn from(failed: WriteFailed) -> Self {
+        LedgerError::Storage(failed.into())
+    }
 }
 
 fn storage(error: rusqlite::Error) -> LedgerError {

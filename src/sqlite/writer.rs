@@ -1,6 +1,6 @@
-//! Group commit: one thread owns the ledger's write connection and commits every operation
-//! waiting for it in one transaction, so concurrent holds and settles share one commit (and,
-//! with `synchronous = FULL`, one fsync) instead of taking turns at the file.
+//! Group commit: one thread owns a database's write connection and commits every operation
+//! waiting for it in one transaction, so concurrent requests share one commit (and, with
+//! `synchronous = FULL`, one fsync) instead of taking turns at the file.
 //!
 //! Each operation runs inside a savepoint of the batch's transaction: one that fails (an
 //! insufficient balance, an unknown hold) is rolled back alone, the others commit. Callers
@@ -12,7 +12,18 @@ use std::sync::mpsc;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::LedgerError;
+/// Why a queued operation has no result of its own: its batch's commit failed, or the writer
+/// is gone. Each store turns it into its own error type.
+#[derive(Debug)]
+pub(crate) struct WriteFailed(pub(crate) String);
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WriteFailed {}
 
 /// The most operations one commit takes: enough to share an fsync among every request a
 /// busy gateway has in flight, small enough that a batch's first caller does not wait long.
@@ -27,16 +38,17 @@ trait Operation: Send {
     fn answer(self: Box<Self>, committed: Result<(), &rusqlite::Error>);
 }
 
-struct Pending<T, F> {
+struct Pending<T, E, F> {
     work: Option<F>,
-    result: Option<Result<T, LedgerError>>,
-    reply: oneshot::Sender<Result<T, LedgerError>>,
+    result: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<T, F> Operation for Pending<T, F>
+impl<T, E, F> Operation for Pending<T, E, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>) -> Result<T, LedgerError> + Send,
+    E: From<WriteFailed> + Send,
+    F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send,
 {
     fn run(&mut self, tx: &Transaction<'_>) -> bool {
         let Some(work) = self.work.take() else {
@@ -51,11 +63,12 @@ where
     fn answer(self: Box<Self>, committed: Result<(), &rusqlite::Error>) {
         let result = match (committed, self.result) {
             (Ok(()), Some(result)) => result,
-            (Err(error), _) => Err(LedgerError::Storage(error.to_string().into())),
-            (Ok(()), None) => Err(LedgerError::Storage("the operation never ran".into())),
+            (Err(error), _) => Err(WriteFailed(error.to_string()).into()),
+            (Ok(()), None) => Err(WriteFailed("the operation never ran".into()).into()),
         };
         // A caller that stopped waiting (a cancelled request) learns nothing; what was
-        // committed stays committed, which the ledger's idempotent ends allow for.
+        // committed stays committed (the stores' writes are idempotent or expected to land
+        // after their caller left).
         let _ = self.reply.send(result);
     }
 }
@@ -68,27 +81,27 @@ struct Job {
 
 /// The handle callers queue operations on; the thread stops when every handle is dropped.
 #[derive(Clone, Debug)]
-pub(super) struct Writer {
+pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Writer {
-    /// Starts the thread that owns `db`. `relaxed` is the connection's usual
+    /// Starts the thread `name` that owns `db`. `relaxed` is the connection's usual
     /// `synchronous = NORMAL` (then a durable operation is committed alone under `FULL`).
-    pub(super) fn start(db: Connection, relaxed: bool) -> Result<Writer, LedgerError> {
+    pub(crate) fn start(db: Connection, name: &str, relaxed: bool) -> std::io::Result<Writer> {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
-            .name("sqlite-ledger-writer".into())
-            .spawn(move || run(db, queue, relaxed))
-            .map_err(|e| LedgerError::Storage(e.into()))?;
+            .name(name.into())
+            .spawn(move || run(db, queue, relaxed))?;
         Ok(Writer { jobs })
     }
 
     /// Runs `work` in the next batch and answers once it is committed.
-    pub(super) async fn submit<T, F>(&self, durable: bool, work: F) -> Result<T, LedgerError>
+    pub(crate) async fn submit<T, E, F>(&self, durable: bool, work: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
+        E: From<WriteFailed> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let op = Box::new(Pending {
@@ -96,12 +109,9 @@ impl Writer {
             result: None,
             reply,
         });
-        self.jobs
-            .send(Job { op, durable })
-            .map_err(|_| LedgerError::Storage("the ledger's writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| LedgerError::Storage("the ledger's writer has stopped".into()))?
+        let stopped = || WriteFailed("the database's writer has stopped".into()).into();
+        self.jobs.send(Job { op, durable }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -158,7 +168,7 @@ fn commit(db: &mut Connection, mut batch: Vec<Job>, fsync: bool) {
     })();
     if fsync {
         if let Err(error) = db.execute_batch("PRAGMA synchronous = NORMAL;") {
-            tracing::error!(%error, "restoring the ledger's synchronous setting failed");
+            tracing::error!(%error, "restoring a database's synchronous setting failed");
         }
     }
     answer_all(batch, committed.as_ref().map(|_| ()));

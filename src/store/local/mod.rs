@@ -1,5 +1,7 @@
+mod writer;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
+use std::io;
 use std::ops::Bound;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -7,18 +9,20 @@ use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use uuid::Uuid;
 
+use self::writer::Writer;
 use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 
 /// Files in a local directory, one file per key at `{root}/{key}`.
 ///
-/// Writes go to a temporary file in the same directory, are fsynced, renamed over the key and
-/// the directory is fsynced, so a crash leaves either the old file or the new one. Every path
-/// is checked on its own, whatever the caller checked: only plain components, and the
-/// canonical parent directory must lie under the canonical root. A `LocalFileStore` cannot
-/// be made to touch a file outside its root.
+/// A write is answered once it is durable, and a crash leaves either the old file or the new
+/// one: writes go to a temporary file in the same directory, are flushed, renamed over the
+/// key and flushed again. One thread does every write, taking all that wait into one batch
+/// with two flushes in all (see `writer`). Every path is checked on its own, whatever the
+/// caller checked: only plain components, and the canonical parent directory must lie under
+/// the canonical root (for writes, checked once per directory and process). A
+/// `LocalFileStore` cannot be made to touch a file outside its root.
 ///
 /// An index of every file (key, size, time) is read from the directory once, at
 /// [`open`](Self::open), and kept up to date by this store's own writes: a page of a listing
@@ -32,6 +36,7 @@ use crate::auth::UserId;
 pub struct LocalFileStore {
     root: PathBuf,
     index: Arc<Mutex<Index>>,
+    writer: Writer,
     min_free: u64,
 }
 
@@ -80,6 +85,7 @@ impl LocalFileStore {
         let root = root.as_ref().canonicalize()?;
         let index = index_of(&root)?;
         Ok(LocalFileStore {
+            writer: Writer::start(root.clone())?,
             root,
             index: Arc::new(Mutex::new(index)),
             min_free: 0,
@@ -117,8 +123,9 @@ impl LocalFileStore {
         &self.root
     }
 
-    /// The path of `key`, or an error if it could leave the root.
-    fn path_of(&self, key: &str, create_parent: bool) -> io::Result<PathBuf> {
+    /// The path of `key` if it is made of plain components (no `..`, no root, no empty or
+    /// `.` segment), without looking at the disk.
+    fn plain_path(&self, key: &str) -> io::Result<PathBuf> {
         let relative = Path::new(key);
         let plain = key
             .split('/')
@@ -129,11 +136,14 @@ impl LocalFileStore {
         if !plain {
             return Err(escape());
         }
-        let path = self.root.join(relative);
+        Ok(self.root.join(relative))
+    }
+
+    /// The path of `key`, or an error if it could leave the root (also through a symlinked
+    /// directory).
+    fn path_of(&self, key: &str) -> io::Result<PathBuf> {
+        let path = self.plain_path(key)?;
         let parent = path.parent().ok_or_else(escape)?;
-        if create_parent {
-            std::fs::create_dir_all(parent)?;
-        }
         match parent.canonicalize() {
             Ok(real) if real.starts_with(&self.root) => Ok(path),
             Ok(_) => Err(escape()),
@@ -143,32 +153,8 @@ impl LocalFileStore {
         }
     }
 
-    fn put_sync(&self, key: &FileKey, bytes: &[u8]) -> io::Result<()> {
-        let path = self.path_of(key.as_str(), true)?;
-        let dir = path.parent().ok_or_else(escape)?;
-        let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
-        let written = (|| {
-            let mut file = std::fs::File::create_new(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        match written {
-            Ok(()) => {
-                self.index()
-                    .insert(key.clone(), bytes.len() as u64, crate::clock::unix_now());
-                Ok(())
-            }
-            Err(error) => {
-                let _ = std::fs::remove_file(&temp);
-                Err(error)
-            }
-        }
-    }
-
     fn get_sync(&self, key: &FileKey) -> io::Result<Option<Bytes>> {
-        let path = self.path_of(key.as_str(), false)?;
+        let path = self.path_of(key.as_str())?;
         match std::fs::read(path) {
             Ok(bytes) => Ok(Some(Bytes::from(bytes))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -177,7 +163,7 @@ impl LocalFileStore {
     }
 
     fn delete_sync(&self, key: &FileKey) -> io::Result<bool> {
-        let path = self.path_of(key.as_str(), false)?;
+        let path = self.path_of(key.as_str())?;
         let removed = match std::fs::remove_file(path) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -229,8 +215,15 @@ fn escape() -> io::Error {
 impl FileStore for LocalFileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
         self.check_space(bytes.len() as u64)?;
-        let key = key.clone();
-        self.blocking(move |s| s.put_sync(&key, &bytes)).await
+        let path = self.plain_path(key.as_str()).map_err(StoreError::new)?;
+        let size = bytes.len() as u64;
+        self.writer
+            .put(path, bytes)
+            .await
+            .map_err(StoreError::new)?;
+        self.index()
+            .insert(key.clone(), size, crate::clock::unix_now());
+        Ok(())
     }
 
     async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
@@ -312,6 +305,7 @@ fn index_of(root: &Path) -> io::Result<Index> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn refuses_paths_that_leave_the_root() {
@@ -324,16 +318,71 @@ mod tests {
             "a/./b",
             "files/a\0b",
         ] {
-            assert!(store.path_of(raw, false).is_err(), "{raw:?}");
+            assert!(store.path_of(raw).is_err(), "{raw:?}");
         }
         // A symlinked directory pointing outside is refused by the canonical-prefix check.
         #[cfg(unix)]
         {
             std::fs::create_dir_all(dir.join("files")).unwrap();
             std::os::unix::fs::symlink("/tmp", dir.join("files/evil")).unwrap();
-            assert!(store.path_of("files/evil/x", false).is_err());
+            assert!(store.path_of("files/evil/x").is_err());
+            // The writer checks the directory itself before its first write there.
+            let evil = FileKey::parse("files/evil/0c3f3c8e-5d6a-4b7e-9a31-2f1f1c9d8e7a_x.png");
+            let put = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(store.put(&evil.unwrap(), Bytes::from_static(b"x")));
+            assert!(put.is_err());
+            assert_eq!(
+                std::fs::read_dir("/tmp")
+                    .unwrap()
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .contains("_x.png")
+                    })
+                    .count(),
+                0
+            );
         }
-        assert!(store.path_of("files/alice/x", false).is_ok());
+        assert!(store.path_of("files/alice/x").is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_batches_and_each_is_answered_with_its_own_outcome() {
+        let dir = std::env::temp_dir().join(format!("igw-batch-{}", Uuid::new_v4()));
+        let store = LocalFileStore::open(&dir).unwrap();
+        let alice = UserId::new("alice").unwrap();
+        let puts = (0..200u8).map(|i| {
+            let store = store.clone();
+            let key = FileKey::new(&alice, Uuid::new_v4(), "x.png");
+            tokio::spawn(async move {
+                store
+                    .put(&key, Bytes::from(vec![i; 1 + i as usize]))
+                    .await
+                    .map(|()| (key, i))
+            })
+        });
+        for put in futures_util::future::join_all(puts).await {
+            let (key, i) = put.unwrap().unwrap();
+            let stored = store.get(&key).await.unwrap().unwrap();
+            assert_eq!(stored, vec![i; 1 + i as usize]);
+        }
+        assert_eq!(store.usage(&alice).await.unwrap().files, 200);
+        let left: Vec<_> = std::fs::read_dir(dir.join("files/alice"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .collect();
+        assert!(left.is_empty(), "no temporary file is left: {left:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The binary in front of an upstream, against the upstream alone: the README's upstream rows.
+#
+# Starts `mock_upstream` (an OpenAI-compatible API that does no image work), loads it with wrk
+# directly, then the release binary on its durable defaults (SQLite ledger and records, local
+# files fsynced, a data dir on disk) forwarding to it, and loads that the same way: the
+# SDK-shaped multipart edit with a small and a 5 MB PNG. Each row prints req/s, p50, p99,
+# the server's CPU per request and its peak RSS. A last row holds 64 edits of 5 MB sources
+# open against a slow mock and prints how far the binary's RSS grew while they waited.
+#
+# Usage: bash benches/upstream.sh [seconds per run]   (installs wrk with apt-get if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+if ! command -v wrk >/dev/null; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release --bin image-gateway --example mock_upstream >/dev/null 2>&1
+work=$(mktemp -d "$PWD/target/upstream-bench.XXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Bodies as the OpenAI Python SDK sends an edit: `image` as a file part, then the fields.
+python3 - "$work" <<'EOF'
+import os, struct, sys, zlib
+def png(width, height, pixels):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\0" + pixels[y * width * 3:(y + 1) * width * 3] for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
+def body(image):
+    b = b"sdk-boundary-7d1f0c"
+    parts = [b"--" + b + b'\r\nContent-Disposition: form-data; name="image"; filename="image.png"\r\nContent-Type: image/png\r\n\r\n' + image + b"\r\n"]
+    for name, value in [("prompt", "make the sky purple"), ("model", "gpt-image-2"), ("n", "1"), ("size", "1024x1024")]:
+        parts.append(b"--" + b + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    return b"".join(parts) + b"--" + b + b"--\r\n"
+small = png(4, 4, bytes(range(48)))
+side = 1290  # 1290 x 1290 RGB, stored: about 5 MB
+large = png(side, side, os.urandom(side * side * 3))
+open(sys.argv[1] + "/small.body", "wb").write(body(small))
+open(sys.argv[1] + "/large.body", "wb").write(body(large))
+EOF
+
+cat >"$work/post.lua" <<'EOF'
+local f = assert(io.open(os.getenv("BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=sdk-boundary-7d1f0c"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("KEY")
+done = function(summary, latency, requests)
+  local failed = summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout
+  io.write(string.format("requests=%d rps=%.0f p50=%.2fms p99=%.2fms failed=%d\n",
+    summary.requests, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, failed))
+end
+EOF
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# One wrk run of `body` at `url` with `connections`; prints the summary with the server's CPU.
+load() {
+  local name=$1 pid=$2 url=$3 body=$4 connections=$5
+  local before after line requests
+  before=$(cpu_ticks "$pid")
+  line=$(BODY="$work/$body.body" KEY=${KEY:-none} wrk -t2 -c"$connections" -d"${seconds}s" \
+    -s "$work/post.lua" "$url" | tail -n 1)
+  after=$(cpu_ticks "$pid")
+  requests=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")
+  local ticks=$((after - before)) hz
+  hz=$(getconf CLK_TCK)
+  awk -v n="$name" -v l="$line" -v t="$ticks" -v r="$requests" -v hz="$hz" -v hwm="$(kib "$pid" VmHWM)" \
+    'BEGIN {printf "%-34s %s cpu/req=%.0fus peak_rss=%.0fMB\n", n, l, (r > 0 ? t / hz / r * 1e6 : 0), hwm / 1024}'
+}
+
+start_mock() {
+  target/release/examples/mock_upstream --addr 127.0.0.1:9181 --delay-ms "$1" >/dev/null &
+  mock=$!
+  pids+=("$mock")
+  wait_port 9181
+}
+
+# Each run gets a data dir of its own; all are removed at the end (files deleted in bulk
+# make the next file creations on the volume slower for a while).
+start_gateway() {
+  mkdir -p "$work/$1"
+  GATEWAY_ADDR=127.0.0.1:9182 GATEWAY_DATA_DIR="$work/$1" \
+    GATEWAY_UPSTREAM_URL=http://127.0.0.1:9181 GATEWAY_API_KEYS=bench:pk_live_upstream_bench \
+    GATEWAY_PRICE_PER_IMAGE=1 GATEWAY_DEMO_BALANCE=1000000000 GATEWAY_QUOTA_BYTES=1000000000000 \
+    GATEWAY_QUOTA_FILES=100000000 RUST_LOG=warn target/release/image-gateway >"$work/gateway.log" 2>&1 &
+  gateway=$!
+  pids+=("$gateway")
+  wait_port 9182
+}
+
+stop() {
+  kill "$1"
+  wait "$1" 2>/dev/null || true
+}
+
+edits=/v1/images/edits
+start_mock 0
+load "mock alone, small edit" "$mock" "http://127.0.0.1:9181$edits" small 16
+load "mock alone, 5 MB edit" "$mock" "http://127.0.0.1:9181$edits" large 16
+start_gateway small
+KEY=pk_live_upstream_bench load "gateway -> mock, small edit" "$gateway" "http://127.0.0.1:9182$edits" small 16
+stop "$gateway"
+start_gateway large
+KEY=pk_live_upstream_bench load "gateway -> mock, 5 MB edit" "$gateway" "http://127.0.0.1:9182$edits" large 16
+stop "$gateway"
+stop "$mock"
+
+# 64 edits of 5 MB sources waiting on a model that takes 5 s: RSS growth over the rest state.
+start_mock 5000
+start_gateway waiting
+rest=$(kib "$gateway" VmRSS)
+BODY="$work/large.body" KEY=pk_live_upstream_bench wrk -t2 -c64 -d4s --timeout 30s \
+  -s "$work/post.lua" "http://127.0.0.1:9182$edits" >/dev/null &
+pids+=("$!")
+peak=$rest
+for _ in $(seq 40); do
+  now=$(kib "$gateway" VmRSS)
+  ((now > peak)) && peak=$now
+  sleep 0.1
+done
+awk -v r="$rest" -v p="$peak" -v n="64 waiting 5 MB edits, RSS" \
+  'BEGIN {printf "%-34s rest=%.0fMB peak=%.0fMB growth=%.0fMB\n", n, r / 1024, p / 1024, (p - r) / 1024}'

@@ -1,0 +1,274 @@
+//! Group commit for files: one thread writes every file waiting for it and makes the whole
+//! batch durable together, so concurrent edits share two flushes instead of paying two
+//! fsyncs (file and directory) each.
+//!
+//! A batch is written to temporary files, flushed, renamed to the keys, and flushed again;
+//! callers are answered after the second flush. A crash at any point leaves each key either
+//! absent or whole: a rename is only made once its data is on disk, and a temporary file
+//! left behind is removed when the store opens.
+//!
+//! A large file (at least [`STAGE_ASIDE`]) is written to its temporary file on the blocking
+//! pool, in parallel with others, and only handed to the thread for the flushes: copying
+//! megabytes into the page cache is the larger cost there, and one thread would serialize it.
+//!
+//! On Linux a flush is one `syncfs` of the store's volume: one journal commit for the batch,
+//! whatever its size. On a volume shared with other heavy writers that flush also writes
+//! their data; give the data directory a volume of its own when that matters. Elsewhere
+//! each file and each directory touched is fsynced.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The most files one batch takes.
+const MAX_BATCH: usize = 64;
+/// A batch stops taking files past this many bytes, so a run of large uploads does not make
+/// the first caller's wait grow with the queue.
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Files of at least this size are written on the blocking pool before they are queued.
+const STAGE_ASIDE: usize = 256 * 1024;
+
+struct Put {
+    path: PathBuf,
+    data: Data,
+    reply: oneshot::Sender<io::Result<()>>,
+}
+
+/// What a queued put brings: bytes for the thread to write, or a temporary file (or its
+/// failure) written already.
+enum Data {
+    Bytes(Bytes),
+    Staged(io::Result<(PathBuf, File)>),
+}
+
+/// The handle puts are queued on; the thread stops when every handle is dropped.
+#[derive(Clone, Debug)]
+pub(super) struct Writer {
+    puts: mpsc::Sender<Put>,
+    dirs: Arc<Dirs>,
+}
+
+/// The root, and the parents known to be real directories under it: each is checked once
+/// per process.
+#[derive(Debug)]
+struct Dirs {
+    root: PathBuf,
+    checked: Mutex<HashSet<PathBuf>>,
+}
+
+impl Writer {
+    /// Starts the thread writing under `root` (canonical).
+    pub(super) fn start(root: PathBuf) -> io::Result<Writer> {
+        let volume = File::open(&root)?;
+        let dirs = Arc::new(Dirs {
+            root,
+            checked: Mutex::new(HashSet::new()),
+        });
+        let (puts, queue) = mpsc::channel();
+        let shared = dirs.clone();
+        std::thread::Builder::new()
+            .name("file-writer".into())
+            .spawn(move || run(&shared, &volume, &queue))?;
+        Ok(Writer { puts, dirs })
+    }
+
+    /// Writes `bytes` at `path` (lexically under the root; its parent is created and checked
+    /// here), answering once the file is durable.
+    pub(super) async fn put(&self, path: PathBuf, bytes: Bytes) -> io::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || io::Error::other("the file writer stopped");
+        if bytes.len() < STAGE_ASIDE {
+            let put = Put {
+                path,
+                data: Data::Bytes(bytes),
+                reply,
+            };
+            self.puts.send(put).map_err(|_| stopped())?;
+        } else {
+            // The task queues the file itself, so a caller that leaves while it is written
+            // leaves no temporary file behind: the thread finishes (or removes) it.
+            let (dirs, puts) = (self.dirs.clone(), self.puts.clone());
+            drop(tokio::task::spawn_blocking(move || {
+                let staged = stage(&dirs, &path, &bytes);
+                let put = Put {
+                    path,
+                    data: Data::Staged(staged),
+                    reply,
+                };
+                if let Err(refused) = puts.send(put) {
+                    if let Data::Staged(Ok((temp, _))) = refused.0.data {
+                        let _ = std::fs::remove_file(temp);
+                    }
+                }
+            }));
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn run(dirs: &Dirs, volume: &File, queue: &mpsc::Receiver<Put>) {
+    let weight = |put: &Put| match &put.data {
+        Data::Bytes(bytes) => bytes.len(),
+        Data::Staged(_) => 0,
+    };
+    while let Ok(first) = queue.recv() {
+        let mut size = weight(&first);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && size < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(put) => {
+                    size = size.saturating_add(weight(&put));
+                    batch.push(put);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(dirs, volume, batch);
+    }
+}
+
+/// One file of a batch on its way: its temporary file, or why it failed.
+struct Staged {
+    put: Put,
+    temp: io::Result<(PathBuf, File)>,
+}
+
+fn commit(dirs: &Dirs, volume: &File, batch: Vec<Put>) {
+    let mut staged: Vec<Staged> = batch
+        .into_iter()
+        .map(|mut put| {
+            let data = std::mem::replace(&mut put.data, Data::Bytes(Bytes::new()));
+            let temp = match data {
+                Data::Bytes(bytes) => stage(dirs, &put.path, &bytes),
+                Data::Staged(temp) => temp,
+            };
+            Staged { put, temp }
+        })
+        .collect();
+    let files: Vec<&File> = staged
+        .iter()
+        .filter_map(|s| s.temp.as_ref().ok().map(|(_, f)| f))
+        .collect();
+    if files.is_empty() {
+        return answer(staged);
+    }
+    if let Err(error) = flush(volume, files.iter().copied()) {
+        return fail(staged, &error);
+    }
+    let mut dirs = Vec::new();
+    for s in &mut staged {
+        let Ok((temp, _)) = &s.temp else { continue };
+        if let Err(error) = std::fs::rename(temp, &s.put.path) {
+            let _ = std::fs::remove_file(temp);
+            s.temp = Err(error);
+        } else if let Some(dir) = s.put.path.parent() {
+            if !dirs.iter().any(|d: &File| same_dir(d, dir)) {
+                if let Ok(d) = File::open(dir) {
+                    dirs.push(d);
+                }
+            }
+        }
+    }
+    match flush(volume, dirs.iter()) {
+        Ok(()) => answer(staged),
+        // The renames may or may not be on disk: the callers are told the writes failed, and
+        // the files are removed so nothing unanswered stays listed.
+        Err(error) => {
+            for s in &staged {
+                if s.temp.is_ok() {
+                    let _ = std::fs::remove_file(&s.put.path);
+                }
+            }
+            fail(staged, &error)
+        }
+    }
+}
+
+/// Whether `open` is the directory at `path` (compared by device and inode where there are
+/// such, else never: the directory is then fsynced twice, which is harmless).
+fn same_dir(open: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (open.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (open, path);
+        false
+    }
+}
+
+/// Writes `bytes` to a new temporary file beside `path`, not yet flushed.
+fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
+    let dir = path.parent().ok_or_else(super::escape)?;
+    let known = |dir: &Path| {
+        let checked = dirs.checked.lock().unwrap_or_else(|e| e.into_inner());
+        checked.contains(dir)
+    };
+    if !known(dir) {
+        std::fs::create_dir_all(dir)?;
+        if !dir.canonicalize()?.starts_with(&dirs.root) {
+            return Err(super::escape());
+        }
+        let mut checked = dirs.checked.lock().unwrap_or_else(|e| e.into_inner());
+        checked.insert(dir.to_path_buf());
+    }
+    let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
+    let written = File::create_new(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        Ok(file)
+    });
+    match written {
+        Ok(file) => Ok((temp, file)),
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(error)
+        }
+    }
+}
+
+/// Makes what was written to `files` (and the volume's metadata) durable.
+fn flush<'a>(volume: &File, files: impl Iterator<Item = &'a File>) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = files;
+        rustix::fs::syncfs(volume).map_err(io::Error::from)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = volume;
+        files.into_iter().try_for_each(File::sync_all)
+    }
+}
+
+/// Answers every put of the batch with its own outcome.
+fn answer(staged: Vec<Staged>) {
+    for s in staged {
+        // A caller that stopped waiting (a cancelled request) learns nothing; the file it
+        // asked for stays, like any write that finished after its client left.
+        let _ = s.put.reply.send(s.temp.map(drop));
+    }
+}
+
+/// Answers every put of the batch with `error`, removing what it wrote.
+fn fail(staged: Vec<Staged>, error: &io::Error) {
+    for s in staged {
+        if let Ok((temp, _)) = &s.temp {
+            let _ = std::fs::remove_file(temp);
+        }
+        let _ = s
+            .put
+            .reply
+            .send(Err(io::Error::new(error.kind(), error.to_string())));
+    }
+}

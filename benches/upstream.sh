@@ -8,10 +8,12 @@
 # the server's CPU per request and its peak RSS. A last row holds 64 edits of 5 MB sources
 # open against a slow mock and prints how far the binary's RSS grew while they waited.
 #
-# Usage: bash benches/upstream.sh [seconds per run]   (installs wrk with apt-get if missing)
+# Usage: bash benches/upstream.sh [seconds per run] [all|waiting]
+# (installs wrk with apt-get if missing; `waiting` runs the RSS row alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
+rows=${2:-all}
 if ! command -v wrk >/dev/null; then
   apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
 fi
@@ -108,6 +110,7 @@ stop() {
 }
 
 edits=/v1/images/edits
+if [[ $rows == all ]]; then
 start_mock 0
 load "mock alone, small edit" "$mock" "http://127.0.0.1:9181$edits" small 16
 load "mock alone, 5 MB edit" "$mock" "http://127.0.0.1:9181$edits" large 16
@@ -118,19 +121,23 @@ start_gateway large
 KEY=pk_live_upstream_bench load "gateway -> mock, 5 MB edit" "$gateway" "http://127.0.0.1:9182$edits" large 16
 stop "$gateway"
 stop "$mock"
+fi
 
-# 64 edits of 5 MB sources waiting on a model that takes 5 s: RSS growth over the rest state.
-start_mock 5000
+# 64 edits of 5 MB sources waiting on a model that takes 20 s: the binary's RSS at rest, its
+# peak while the 320 MB of bodies arrive, and what it holds while the 64 wait (the lowest
+# sample of the last 4 s, all bodies sent by then).
+start_mock 20000
 start_gateway waiting
 rest=$(kib "$gateway" VmRSS)
-BODY="$work/large.body" KEY=pk_live_upstream_bench wrk -t2 -c64 -d4s --timeout 30s \
+BODY="$work/large.body" KEY=pk_live_upstream_bench wrk -t2 -c64 -d14s --timeout 60s \
   -s "$work/post.lua" "http://127.0.0.1:9182$edits" >/dev/null &
 pids+=("$!")
-peak=$rest
-for _ in $(seq 40); do
-  now=$(kib "$gateway" VmRSS)
-  ((now > peak)) && peak=$now
-  sleep 0.1
+samples=()
+for _ in $(seq 24); do
+  sleep 0.5
+  samples+=("$(kib "$gateway" VmRSS)")
 done
-awk -v r="$rest" -v p="$peak" -v n="64 waiting 5 MB edits, RSS" \
-  'BEGIN {printf "%-34s rest=%.0fMB peak=%.0fMB growth=%.0fMB\n", n, r / 1024, p / 1024, (p - r) / 1024}'
+waiting=$(printf '%s\n' "${samples[@]: -8}" | sort -n | head -n 1)
+peak=$(printf '%s\n' "${samples[@]}" | sort -n | tail -n 1)
+awk -v r="$rest" -v p="$peak" -v w="$waiting" -v n="64 waiting 5 MB edits, RSS" \
+  'BEGIN {printf "%-34s rest=%.0fMB peak=%.0fMB waiting=%.0fMB growth_waiting=%.0fMB\n", n, r / 1024, p / 1024, w / 1024, (w - r) / 1024}'

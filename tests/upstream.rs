@@ -18,10 +18,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
+use image_gateway::auth::Principal;
 use image_gateway::auth::UserId;
-use image_gateway::backend::UpstreamBackend;
+use image_gateway::backend::{BackendError, ImageBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
+use image_gateway::job::{EditJob, EditParams, SourceImage};
 use image_gateway::ledger::{Ledger, MemoryLedger};
+use image_gateway::media::ImageKind;
 use image_gateway::Gateway;
 
 const UPSTREAM_KEY: &str = "sk-upstream-secret-4242";
@@ -38,6 +41,8 @@ enum Script {
     InvalidJson,
     Url,
     Flaky503ThenImages,
+    /// A 503 after the model worked for four seconds.
+    Late503,
     /// An event stream: two partial images, then one completed image per `n`.
     Stream,
 }
@@ -189,6 +194,10 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
         ),
         Script::Flaky503ThenImages if call == 0 => full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
         Script::Flaky503ThenImages => images(n),
+        Script::Late503 => {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            full(StatusCode::SERVICE_UNAVAILABLE, "{}")
+        }
         Script::Stream => {
             let event = |kind: &str, extra: &str| {
                 Ok(Frame::data(Bytes::from(format!(
@@ -429,6 +438,40 @@ async fn a_503_is_retried_once() {
     );
     assert_eq!(s.mock.calls.load(Ordering::SeqCst), 2);
     assert_eq!(s.available().await, (90, 0));
+}
+
+#[tokio::test]
+async fn the_sources_are_dropped_while_the_model_works_and_a_late_503_is_not_retried() {
+    let mock = start_mock(Script::Late503).await;
+    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
+        .build()
+        .unwrap();
+    let source = Bytes::from(png(64, 64));
+    let job = EditJob::new(
+        Principal::new(UserId::new("alice").unwrap()),
+        vec![SourceImage::new(source.clone(), ImageKind::Png)],
+        EditParams::new("gpt-image-2", "make it blue"),
+    );
+    let edit = tokio::spawn(async move { upstream.edit_owned(job).await });
+    // The mock has the body within milliseconds and answers after four seconds; two seconds
+    // after the body was sent the backend holds no reference to the image.
+    let mut unique_while_waiting = false;
+    while !edit.is_finished() {
+        unique_while_waiting |= source.is_unique();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        unique_while_waiting,
+        "the backend kept the source while the model worked"
+    );
+    let error = edit.await.unwrap().unwrap_err();
+    assert!(matches!(error, BackendError::Upstream { .. }), "{error:?}");
+    assert_eq!(
+        mock.calls.load(Ordering::SeqCst),
+        1,
+        "a 503 after the window is not sent again"
+    );
+    assert_eq!(mock.received.lock().unwrap()[0].files[0].1, source.to_vec());
 }
 
 #[tokio::test]

@@ -66,6 +66,14 @@ pub trait ImageBackend: Send + Sync + 'static {
     /// [`job.progress.partial`](crate::job::Progress::partial); they are never charged.
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError>;
 
+    /// Runs `job` as [`edit`](Self::edit) does, owning it. The gateway calls this one. A
+    /// backend that hands the sources to someone else (an upstream API) overrides it to drop
+    /// them once they are sent, instead of keeping megabytes per edit for the minutes a model
+    /// takes. The default borrows the job for [`edit`](Self::edit).
+    async fn edit_owned(&self, job: EditJob) -> Result<Vec<Image>, BackendError> {
+        self.edit(&job).await
+    }
+
     /// Whether dropping the future of [`edit`](Self::edit) stops the work (an HTTP call that
     /// is cut off, a timer). When `true`, a client that hangs up before the answer cancels
     /// the edit and is charged nothing. When `false` (the default, and the only safe answer
@@ -79,6 +87,10 @@ pub trait ImageBackend: Send + Sync + 'static {
 impl<B: ImageBackend + ?Sized> ImageBackend for Arc<B> {
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
         (**self).edit(job).await
+    }
+
+    async fn edit_owned(&self, job: EditJob) -> Result<Vec<Image>, BackendError> {
+        (**self).edit_owned(job).await
     }
 
     fn cancellable(&self) -> bool {

@@ -12,7 +12,9 @@ use crate::id::GenerationId;
 use crate::job::Outputs;
 use crate::job::{EditJob, Image, Rendered};
 use crate::metrics::Metrics;
-use crate::store::{put_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage};
+use crate::store::{
+    admit_all, write_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage,
+};
 use crate::GatewayError;
 
 /// The innermost service: runs the backend and records each returned image as a pending
@@ -65,20 +67,32 @@ impl Service<EditJob> for EditService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, job: EditJob) -> Self::Future {
+    fn call(&mut self, mut job: EditJob) -> Self::Future {
         let this = self.clone();
         ResponseFuture::new(async move {
-            let owner = job.principal.user_id();
-            if !job.uploads.is_empty() {
-                put_all(&*this.outputs.store, owner, &job.uploads).await?;
-            }
-            let started = Instant::now();
-            let answer = this.backend.edit(&job).await;
-            if let Some(metrics) = &this.metrics {
-                metrics.backend(job.operation, started.elapsed(), answer.as_ref().err());
-            }
+            let (principal, operation, n) = (job.principal.clone(), job.operation, job.params.n);
+            let owner = principal.user_id();
+            // Uploads are refused before the backend runs (no model time for an edit whose
+            // sources cannot be kept), then written while it works; the answer waits for both.
+            let uploads = std::mem::take(&mut job.uploads);
+            admit_all(&*this.outputs.store, owner, &uploads).await?;
+            let stored = async {
+                let stored = write_all(&*this.outputs.store, &uploads).await;
+                drop(uploads);
+                stored
+            };
+            let ran = async {
+                let started = Instant::now();
+                let answer = this.backend.edit_owned(job).await;
+                if let Some(metrics) = &this.metrics {
+                    metrics.backend(operation, started.elapsed(), answer.as_ref().err());
+                }
+                answer
+            };
+            let (stored, answer) = tokio::join!(stored, ran);
+            stored?;
             let mut images = answer?;
-            images.truncate(job.params.n as usize);
+            images.truncate(n as usize);
             if images.is_empty() {
                 tracing::warn!("image backend returned no images");
                 return Err(GatewayError::Upstream);
@@ -91,7 +105,7 @@ impl Service<EditJob> for EditService {
             let mut rendered = Rendered::new(created, this.outputs.clone());
             for image in images {
                 let id = GenerationId::new();
-                let key = output_key(&job.principal, id, &image);
+                let key = output_key(&principal, id, &image);
                 let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
                 if let Err(error) = this.outputs.generations.insert(&record).await {
                     rendered.discard().await;

@@ -338,9 +338,19 @@ impl<F: FileStore + ?Sized> FileStore for Arc<F> {
 }
 
 /// Stores every file of `files` (all of one owner), or none: the batch is first checked
-/// against the store's limits ([`FileStore::admits`]), and a write that fails takes back what
-/// the batch already wrote.
+/// against the store's limits ([`admit_all`]), then written ([`write_all`]).
 pub async fn put_all(
+    store: &dyn FileStore,
+    owner: &UserId,
+    files: &[(FileKey, Bytes)],
+) -> Result<(), StoreError> {
+    admit_all(store, owner, files).await?;
+    write_all(store, files).await
+}
+
+/// Whether the store takes every file of `files` (all of `owner`): [`FileStore::admits`]
+/// for the batch as a whole.
+pub async fn admit_all(
     store: &dyn FileStore,
     owner: &UserId,
     files: &[(FileKey, Bytes)],
@@ -348,16 +358,35 @@ pub async fn put_all(
     let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
     store
         .admits(owner, Usage::new(bytes, files.len() as u64))
-        .await?;
-    for (i, (key, bytes)) in files.iter().enumerate() {
-        if let Err(error) = store.put(key, bytes.clone()).await {
-            for (key, _) in &files[..i] {
-                let _ = store.delete(key).await;
+        .await
+}
+
+/// Writes every file of `files` at once (a store that batches its writes takes them in one
+/// batch), or none: when a write fails, the files the others wrote are deleted.
+pub async fn write_all(
+    store: &dyn FileStore,
+    files: &[(FileKey, Bytes)],
+) -> Result<(), StoreError> {
+    let puts = files
+        .iter()
+        .map(|(key, bytes)| store.put(key, bytes.clone()));
+    let outcomes = futures_util::future::join_all(puts).await;
+    let (mut written, mut failed) = (Vec::new(), None);
+    for ((key, _), outcome) in files.iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => written.push(key),
+            Err(error) => {
+                failed.get_or_insert(error);
             }
-            return Err(error);
         }
     }
-    Ok(())
+    let Some(error) = failed else {
+        return Ok(());
+    };
+    for key in written {
+        let _ = store.delete(key).await;
+    }
+    Err(error)
 }
 
 /// The content type of stored bytes, by their magic number (`application/octet-stream`

@@ -7,11 +7,15 @@ pub use answer::StreamEvent;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode, Url};
+use tokio::sync::oneshot;
 
 use super::{BackendError, Failure, ImageBackend};
 use crate::job::{EditJob, EditParams, Image, Operation, SourceImage};
@@ -20,6 +24,10 @@ use crate::job::{EditJob, EditParams, Image, Operation, SourceImage};
 const MAX_ANSWER_BYTES: usize = 128 * 1024 * 1024;
 /// The pause before the one retry of a request that never reached the upstream's model.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// How long the sources are kept for that retry once the request body has been sent. A
+/// refusal by a proxy in front of the model (502, 503) comes within it; past it the model is
+/// at work, the sources are dropped, and a late 502 or 503 is answered as it is.
+const RETRY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Forwards each job as the official OpenAI SDK sends it. An edit or a compose is multipart
 /// `POST {base}/v1/images/edits` with `image` (one source) or repeated `image[]` (several),
@@ -38,9 +46,11 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// | 400 blaming `size` | [`BackendError::UnsupportedSize`] (refunded) |
 /// | any other status, a timeout, a connection error, a malformed body | [`BackendError::Upstream`] |
 ///
-/// A request that fails to connect, or is answered 502 or 503, is sent once more after a
-/// short pause; nothing else is retried, so an upstream never produces images twice for one
-/// edit. Upstream messages, its URL and its key never reach the client: an
+/// A request that fails to connect, or is answered 502 or 503 within two seconds of its body
+/// having been sent, is sent once more after a short pause; nothing else is retried, so an
+/// upstream never produces images twice for one edit. Past those two seconds the job's
+/// sources are no longer held by the backend: an edit waiting minutes on a model keeps no
+/// copy of its images (with [`ImageBackend::edit_owned`], which the gateway calls). Upstream messages, its URL and its key never reach the client: an
 /// `Upstream` error's detail is for the operator's log only.
 ///
 /// Dropping the edit future (the client went away) drops the HTTP request, which closes the
@@ -219,22 +229,32 @@ impl UpstreamBackend {
         fields
     }
 
-    /// An edit or a compose as the SDK's multipart form.
-    fn form(&self, job: &EditJob) -> Form {
+    /// An edit or a compose as the SDK's multipart form; `sent` is told when the last image
+    /// part has been read into the request.
+    fn form(&self, job: &EditJob, sources: &Sources, sent: oneshot::Sender<()>) -> Form {
         let mut form = Form::new();
         for (name, value) in self.fields(job) {
             form = form.text(name, value);
         }
-        let field = if job.sources.len() == 1 {
+        let field = if sources.images.len() == 1 {
             "image"
         } else {
             "image[]"
         };
-        for (i, source) in job.sources.iter().enumerate() {
-            form = form.part(field, image_part(source, &format!("image-{i}")));
+        let mut parts: Vec<(&str, &SourceImage, String)> = sources
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, source)| (field, source, format!("image-{i}")))
+            .collect();
+        if let Some(mask) = &sources.mask {
+            parts.push(("mask", mask, "mask".to_owned()));
         }
-        if let Some(mask) = &job.mask {
-            form = form.part("mask", image_part(mask, "mask"));
+        let mut sent = Some(sent);
+        let last = parts.len().saturating_sub(1);
+        for (i, (field, source, stem)) in parts.into_iter().enumerate() {
+            let report = if i == last { sent.take() } else { None };
+            form = form.part(field, image_part(source, &stem, report));
         }
         form
     }
@@ -255,8 +275,14 @@ impl UpstreamBackend {
         serde_json::Value::Object(body)
     }
 
-    async fn send(&self, job: &EditJob) -> Result<reqwest::Response, reqwest::Error> {
-        let mut request = match job.operation {
+    /// The request for `job` with `sources`; `sent` is told when the body has been read.
+    fn request(
+        &self,
+        job: &EditJob,
+        sources: &Sources,
+        sent: oneshot::Sender<()>,
+    ) -> reqwest::RequestBuilder {
+        let request = match job.operation {
             Operation::Generate => self
                 .client
                 .post(self.generations.clone())
@@ -264,13 +290,66 @@ impl UpstreamBackend {
             Operation::Edit | Operation::Compose => self
                 .client
                 .post(self.endpoint.clone())
-                .multipart(self.form(job)),
+                .multipart(self.form(job, sources, sent)),
         };
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
         }
-        request.send().await
     }
+
+    /// Sends `job` once, or twice when the first attempt never reached the model (see the
+    /// type's docs). `kept` is dropped [`RETRY_WINDOW`] after the body was sent.
+    async fn send(
+        &self,
+        job: &EditJob,
+        mut kept: Option<Sources>,
+    ) -> Result<reqwest::Response, BackendError> {
+        let mut retried = false;
+        loop {
+            let Some(sources) = &kept else {
+                return Err(BackendError::failed(Failure::Other, "no sources to send"));
+            };
+            let (sent, body_read) = oneshot::channel();
+            let attempt = self.request(job, sources, sent).send();
+            tokio::pin!(attempt);
+            let window = async {
+                // Also resolves when the body is dropped unsent; the attempt ends first then.
+                let _ = body_read.await;
+                tokio::time::sleep(RETRY_WINDOW).await;
+            };
+            tokio::pin!(window);
+            let outcome = loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut attempt => break outcome,
+                    () = &mut window, if kept.is_some() => kept = None,
+                }
+            };
+            let again = !retried && kept.is_some();
+            match outcome {
+                Ok(r)
+                    if again
+                        && matches!(
+                            r.status(),
+                            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                        ) => {}
+                Ok(r) => return Ok(r),
+                // A failed connect never reached the model: safe to send again.
+                Err(e) if again && e.is_connect() => {}
+                Err(e) => return Err(transport(e)),
+            }
+            retried = true;
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+}
+
+/// The images a request sends, taken out of the job so the backend decides how long they
+/// live.
+struct Sources {
+    images: Vec<SourceImage>,
+    mask: Option<SourceImage>,
 }
 
 /// Whether the job is sent as a stream: its client streams and wants partial images (a
@@ -280,18 +359,36 @@ fn streams(job: &EditJob) -> bool {
 }
 
 /// One image as a file part named `stem.{ext}`. `Bytes` is shared, not copied, into the
-/// request body.
-fn image_part(source: &SourceImage, stem: &str) -> Part {
+/// request body; `read` is told when the body has taken them.
+fn image_part(source: &SourceImage, stem: &str, read: Option<oneshot::Sender<()>>) -> Part {
     let name = format!("{stem}.{}", source.kind.extension());
-    let part = Part::stream_with_length(
-        reqwest::Body::from(source.bytes.clone()),
-        source.bytes.len() as u64,
-    )
-    .file_name(name);
-    match part.mime_str(source.kind.mime()) {
-        Ok(part) => part,
-        // The MIME strings are constants that always parse; keep a part without one if not.
-        Err(_) => Part::stream(reqwest::Body::from(source.bytes.clone())),
+    let body = reqwest::Body::wrap_stream(Reported {
+        bytes: Some(source.bytes.clone()),
+        read,
+    });
+    let part = Part::stream_with_length(body, source.bytes.len() as u64).file_name(name);
+    // The MIME strings are constants that always parse.
+    part.mime_str(source.kind.mime())
+        .unwrap_or_else(|_| Part::bytes(Vec::new()))
+}
+
+/// One image's bytes as a body stream that reports when it has been read to its end.
+struct Reported {
+    bytes: Option<Bytes>,
+    read: Option<oneshot::Sender<()>>,
+}
+
+impl futures_util::Stream for Reported {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(bytes) = self.bytes.take() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        if let Some(read) = self.read.take() {
+            let _ = read.send(());
+        }
+        Poll::Ready(None)
     }
 }
 
@@ -303,31 +400,26 @@ impl ImageBackend for UpstreamBackend {
     }
 
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
-        let mut retried = false;
-        let response = loop {
-            match self.send(job).await {
-                Ok(r)
-                    if matches!(
-                        r.status(),
-                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                    ) && !retried => {}
-                Ok(r) => break r,
-                // A failed connect never reached the model: safe to send again.
-                Err(e) if e.is_connect() && !retried => {}
-                Err(e) => return Err(transport(e)),
-            }
-            retried = true;
-            tokio::time::sleep(RETRY_BACKOFF).await;
+        self.edit_owned(job.clone()).await
+    }
+
+    /// Takes the sources out of the job: after the body is sent and the retry window has
+    /// passed, the request no longer holds them.
+    async fn edit_owned(&self, mut job: EditJob) -> Result<Vec<Image>, BackendError> {
+        let sources = Sources {
+            images: std::mem::take(&mut job.sources),
+            mask: job.mask.take(),
         };
+        let response = self.send(&job, Some(sources)).await?;
         let event_stream = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if event_stream && response.status().is_success() {
-            return answer::streamed(job, response).await;
+            return answer::streamed(&job, response).await;
         }
-        answer::images(self, job, response).await
+        answer::images(self, &job, response).await
     }
 }
 

@@ -109,7 +109,7 @@ impl Writer {
             result: None,
             reply,
         });
-        let stopped = || WriteFailed("the database's writer has stopped".into()).into();
+        let stopped = || WriteFailed("the database's writer has stopped".into());
         self.jobs.send(Job { op, durable }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

@@ -113,99 +113,111 @@ impl Writer {
 }
 
 fn run(dirs: &Dirs, volume: &File, queue: &mpsc::Receiver<Put>) {
+    // Files whose data the last flush made durable: the next flush makes their renames
+    // durable together with the data of the batch after them, so under load each batch
+    // costs one flush.
+    let mut durable: Vec<Staged> = Vec::new();
+    loop {
+        let first = if durable.is_empty() {
+            match queue.recv() {
+                Ok(put) => Some(put),
+                Err(_) => return, // every handle dropped, nothing pending
+            }
+        } else {
+            None
+        };
+        let staged = gather(queue, first)
+            .into_iter()
+            .filter_map(|put| staged(dirs, put))
+            .collect::<Vec<_>>();
+        let renamed = rename_all(durable);
+        durable = Vec::new();
+        match flush(volume, &staged, &renamed) {
+            Ok(()) => {
+                answer(renamed);
+                durable = staged;
+            }
+            // The renames may or may not be on disk: their callers are told the writes
+            // failed, and the files are removed so nothing unanswered stays listed.
+            Err(error) => {
+                for s in &renamed {
+                    let _ = std::fs::remove_file(&s.put.path);
+                }
+                fail(renamed, &error);
+                fail(staged, &error);
+            }
+        }
+    }
+}
+
+/// `first` (when given) and whatever else waits, up to a batch's limits.
+fn gather(queue: &mpsc::Receiver<Put>, first: Option<Put>) -> Vec<Put> {
     let weight = |put: &Put| match &put.data {
         Data::Bytes(bytes) => bytes.len(),
         Data::Staged(_) => 0,
     };
-    while let Ok(first) = queue.recv() {
-        let mut size = weight(&first);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && size < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(put) => {
-                    size = size.saturating_add(weight(&put));
-                    batch.push(put);
-                }
-                Err(_) => break,
+    let mut size = first.as_ref().map_or(0, weight);
+    let mut batch: Vec<Put> = first.into_iter().collect();
+    while batch.len() < MAX_BATCH && size < MAX_BATCH_BYTES {
+        match queue.try_recv() {
+            Ok(put) => {
+                size = size.saturating_add(weight(&put));
+                batch.push(put);
             }
+            Err(_) => break,
         }
-        commit(dirs, volume, batch);
     }
+    batch
 }
 
-/// One file of a batch on its way: its temporary file, or why it failed.
+/// One file on its way: its temporary file, written and not yet renamed.
 struct Staged {
     put: Put,
-    temp: io::Result<(PathBuf, File)>,
+    temp: PathBuf,
+    /// Kept open for its fsync where there is no `syncfs`.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    file: File,
 }
 
-fn commit(dirs: &Dirs, volume: &File, batch: Vec<Put>) {
-    let mut staged: Vec<Staged> = batch
-        .into_iter()
-        .map(|mut put| {
-            let data = std::mem::replace(&mut put.data, Data::Bytes(Bytes::new()));
-            let temp = match data {
-                Data::Bytes(bytes) => stage(dirs, &put.path, &bytes),
-                Data::Staged(temp) => temp,
-            };
-            Staged { put, temp }
-        })
-        .collect();
-    let files: Vec<&File> = staged
-        .iter()
-        .filter_map(|s| s.temp.as_ref().ok().map(|(_, f)| f))
-        .collect();
-    if files.is_empty() {
-        return answer(staged);
-    }
-    if let Err(error) = flush(volume, files.iter().copied()) {
-        return fail(staged, &error);
-    }
-    let mut dirs = Vec::new();
-    for s in &mut staged {
-        let Ok((temp, _)) = &s.temp else { continue };
-        if let Err(error) = std::fs::rename(temp, &s.put.path) {
-            let _ = std::fs::remove_file(temp);
-            s.temp = Err(error);
-        } else if let Some(dir) = s.put.path.parent() {
-            if !dirs.iter().any(|d: &File| same_dir(d, dir)) {
-                if let Ok(d) = File::open(dir) {
-                    dirs.push(d);
-                }
-            }
+/// `put` written to its temporary file; a put that could not be is answered at once.
+fn staged(dirs: &Dirs, mut put: Put) -> Option<Staged> {
+    let data = std::mem::replace(&mut put.data, Data::Bytes(Bytes::new()));
+    let written = match data {
+        Data::Bytes(bytes) => stage(dirs, &put.path, &bytes),
+        Data::Staged(written) => written,
+    };
+    match written {
+        Ok((temp, file)) => {
+            // With `syncfs` the flush covers the volume: the file closes now.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            drop(file);
+            Some(Staged {
+                put,
+                temp,
+                #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                file,
+            })
         }
-    }
-    match flush(volume, dirs.iter()) {
-        Ok(()) => answer(staged),
-        // The renames may or may not be on disk: the callers are told the writes failed, and
-        // the files are removed so nothing unanswered stays listed.
         Err(error) => {
-            for s in &staged {
-                if s.temp.is_ok() {
-                    let _ = std::fs::remove_file(&s.put.path);
-                }
-            }
-            fail(staged, &error)
+            let _ = put.reply.send(Err(error));
+            None
         }
     }
 }
 
-/// Whether `open` is the directory at `path` (compared by device and inode where there are
-/// such, else never: the directory is then fsynced twice, which is harmless).
-fn same_dir(open: &File, path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        match (open.metadata(), std::fs::metadata(path)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (open, path);
-        false
-    }
+/// Renames each file to its key; one that fails is answered at once.
+fn rename_all(durable: Vec<Staged>) -> Vec<Staged> {
+    durable
+        .into_iter()
+        .filter_map(|s| match std::fs::rename(&s.temp, &s.put.path) {
+            Ok(()) => Some(s),
+            Err(error) => {
+                let _ = std::fs::remove_file(&s.temp);
+                let _ = s.put.reply.send(Err(error));
+                None
+            }
+        })
+        .collect()
 }
 
 /// Writes `bytes` to a new temporary file beside `path`, not yet flushed.
@@ -237,35 +249,40 @@ fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> 
     }
 }
 
-/// Makes what was written to `files` (and the volume's metadata) durable.
-fn flush<'a>(volume: &File, files: impl Iterator<Item = &'a File>) -> io::Result<()> {
+/// Makes durable the data of `staged` and the names of `renamed`.
+fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()> {
+    if staged.is_empty() && renamed.is_empty() {
+        return Ok(());
+    }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        let _ = files;
         rustix::fs::syncfs(volume).map_err(io::Error::from)
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         let _ = volume;
-        files.into_iter().try_for_each(File::sync_all)
+        staged.iter().try_for_each(|s| s.file.sync_all())?;
+        let mut dirs: Vec<&Path> = renamed.iter().filter_map(|s| s.put.path.parent()).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs.into_iter()
+            .try_for_each(|dir| File::open(dir)?.sync_all())
     }
 }
 
-/// Answers every put of the batch with its own outcome.
-fn answer(staged: Vec<Staged>) {
-    for s in staged {
+/// Answers every put of `renamed`: each is durable.
+fn answer(renamed: Vec<Staged>) {
+    for s in renamed {
         // A caller that stopped waiting (a cancelled request) learns nothing; the file it
         // asked for stays, like any write that finished after its client left.
-        let _ = s.put.reply.send(s.temp.map(drop));
+        let _ = s.put.reply.send(Ok(()));
     }
 }
 
-/// Answers every put of the batch with `error`, removing what it wrote.
-fn fail(staged: Vec<Staged>, error: &io::Error) {
-    for s in staged {
-        if let Ok((temp, _)) = &s.temp {
-            let _ = std::fs::remove_file(temp);
-        }
+/// Answers every put of `batch` with `error`, removing its temporary file.
+fn fail(batch: Vec<Staged>, error: &io::Error) {
+    for s in batch {
+        let _ = std::fs::remove_file(&s.temp);
         let _ = s
             .put
             .reply

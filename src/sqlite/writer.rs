@@ -154,15 +154,16 @@ fn commit(db: &mut Connection, mut batch: Vec<Job>, fsync: bool) {
     }
     let committed = (|| {
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Prepared once per connection, like the operations' own statements.
+        let step = |sql: &str| tx.prepare_cached(sql)?.execute([]).map(drop);
         for job in &mut batch {
-            tx.execute_batch("SAVEPOINT op")?;
+            step("SAVEPOINT op")?;
             // A panicking operation fails alone: the thread (and every later caller) lives on.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.op.run(&tx)));
-            if ran.unwrap_or(false) {
-                tx.execute_batch("RELEASE op")?;
-            } else {
-                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            if !ran.unwrap_or(false) {
+                step("ROLLBACK TO op")?;
             }
+            step("RELEASE op")?;
         }
         tx.commit()
     })();

@@ -38,7 +38,23 @@ pub struct LocalFileStore {
     index: Arc<Mutex<Index>>,
     writer: Writer,
     min_free: u64,
+    free: Arc<FreeSpace>,
 }
+
+/// The volume's free space as last read, less what was admitted since: read from the
+/// volume at most every [`FREE_SPACE_TTL`] instead of once per write.
+#[derive(Debug)]
+struct FreeSpace {
+    /// Bytes free, as of `read`.
+    bytes: std::sync::atomic::AtomicU64,
+    /// When the volume was last asked (milliseconds since the store opened).
+    read: std::sync::atomic::AtomicU64,
+    opened: std::time::Instant,
+}
+
+/// How old the free-space figure may get. What is written meanwhile is subtracted from it,
+/// so only other writers on the volume go unseen for this long.
+const FREE_SPACE_TTL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Every stored file, by owner: by key for writes, in list order for pages.
 #[derive(Debug, Default)]
@@ -89,6 +105,11 @@ impl LocalFileStore {
             root,
             index: Arc::new(Mutex::new(index)),
             min_free: 0,
+            free: Arc::new(FreeSpace {
+                bytes: 0.into(),
+                read: u64::MAX.into(),
+                opened: std::time::Instant::now(),
+            }),
         })
     }
 
@@ -104,15 +125,35 @@ impl LocalFileStore {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `Err(no_space)` when writing `adding` bytes would leave less than the floor free.
-    fn check_space(&self, adding: u64) -> Result<(), StoreError> {
+    /// `Err(no_space)` when writing `adding` bytes would leave less than the floor free; a
+    /// `write` takes them from the figure until the volume is asked again.
+    fn check_space(&self, adding: u64, write: bool) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
         if self.min_free == 0 {
             return Ok(());
         }
-        let stat =
-            rustix::fs::statvfs(&self.root).map_err(|e| StoreError::new(io::Error::from(e)))?;
-        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-        if free < self.min_free.saturating_add(adding) {
+        let free = &self.free;
+        let now = free.opened.elapsed().as_millis() as u64;
+        let read = free.read.load(Relaxed);
+        let stale =
+            read == u64::MAX || now.saturating_sub(read) >= FREE_SPACE_TTL.as_millis() as u64;
+        if stale {
+            let stat =
+                rustix::fs::statvfs(&self.root).map_err(|e| StoreError::new(io::Error::from(e)))?;
+            free.bytes
+                .store(stat.f_bavail.saturating_mul(stat.f_frsize), Relaxed);
+            free.read.store(now, Relaxed);
+        }
+        // Taken from the figure whether or not the write happens: a refused or failed write
+        // makes the next checks stricter for at most one TTL.
+        let before = if write {
+            free.bytes
+                .fetch_update(Relaxed, Relaxed, |f| Some(f.saturating_sub(adding)))
+                .unwrap_or(0)
+        } else {
+            free.bytes.load(Relaxed)
+        };
+        if before < self.min_free.saturating_add(adding) {
             return Err(StoreError::no_space());
         }
         Ok(())
@@ -214,7 +255,7 @@ fn escape() -> io::Error {
 #[async_trait]
 impl FileStore for LocalFileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
-        self.check_space(bytes.len() as u64)?;
+        self.check_space(bytes.len() as u64, true)?;
         let path = self.plain_path(key.as_str()).map_err(StoreError::new)?;
         let size = bytes.len() as u64;
         self.writer
@@ -253,7 +294,7 @@ impl FileStore for LocalFileStore {
     }
 
     async fn admits(&self, _owner: &UserId, adding: Usage) -> Result<(), StoreError> {
-        self.check_space(adding.bytes)
+        self.check_space(adding.bytes, false)
     }
 }
 

@@ -48,24 +48,33 @@ const BOUNDARY: &str = "----loadgen-boundary-5f2c";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// The name of an in-process target's runtime threads, by which their CPU time is found.
+/// The name of an in-process target's runtime threads (its blocking pool's too).
 const TARGET_THREAD: &str = "target-rt";
+/// The client's runtime threads.
+const CLIENT_THREAD: &str = "loadgen-client";
 
-/// CPU seconds (user + system) spent so far by this process's threads named `name`.
-fn cpu_seconds_of_threads(name: &str) -> Option<f64> {
+/// CPU seconds (user + system) the in-process target has spent so far: the whole process's,
+/// less the client's threads and the main thread. The target's threads of its own (the
+/// stores' writer threads, its runtime) are all counted, also those that have exited.
+fn server_cpu_seconds() -> Option<f64> {
     let ticks_per_second = 100.0; // USER_HZ on Linux
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let path = task.ok()?.path();
-        if std::fs::read_to_string(path.join("comm")).ok()?.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+                                  // utime and stime: the 12th and 13th fields after the parenthesised command name.
+    let ticks = |stat: &str| -> Option<u64> {
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let mut total = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let main = std::process::id().to_string();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let task = task.ok()?;
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).ok()?;
+        if name.trim() == CLIENT_THREAD || task.file_name().to_str() == Some(main.as_str()) {
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            total = total.saturating_sub(ticks(&stat)?);
+        }
     }
-    Some(ticks as f64 / ticks_per_second)
+    Some(total as f64 / ticks_per_second)
 }
 
 /// The smallest valid PNG (1 x 1), the image every instant edit returns.
@@ -306,8 +315,15 @@ async fn call(
     Ok((status, res.into_body().collect().await?.to_bytes()))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(CLIENT_THREAD)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<(), Error> {
     let args = args()?;
     if !["gateway", "gateway-sqlite", "gateway-discard", "bare"].contains(&args.target.as_str()) {
         return Err(format!("unknown target {}", args.target).into());
@@ -364,7 +380,7 @@ async fn main() -> Result<(), Error> {
         other => return Err(format!("unknown mix {other}").into()),
     };
 
-    let cpu_before = cpu_seconds_of_threads(TARGET_THREAD);
+    let cpu_before = server_cpu_seconds();
     let deadline = Instant::now() + args.duration;
     let budget = Arc::new(std::sync::atomic::AtomicUsize::new(
         args.requests.unwrap_or(usize::MAX),
@@ -427,9 +443,7 @@ async fn main() -> Result<(), Error> {
         pct(0.99),
         pct(0.999),
     );
-    if let (None, Some(before), Some(after)) =
-        (args.addr, cpu_before, cpu_seconds_of_threads(TARGET_THREAD))
-    {
+    if let (None, Some(before), Some(after)) = (args.addr, cpu_before, server_cpu_seconds()) {
         println!(
             "server CPU per request: {:.1} us",
             (after - before) * 1e6 / latencies.len().max(1) as f64

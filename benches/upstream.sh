@@ -8,7 +8,7 @@
 # the server's CPU per request and its peak RSS. A last row holds 64 edits of 5 MB sources
 # open against a slow mock and prints how far the binary's RSS grew while they waited.
 #
-# Usage: bash benches/upstream.sh [seconds per run] [all|waiting]
+# Usage: [GATEWAY_BIN=path] [BENCH_DIR=dir] bash benches/upstream.sh [seconds per run] [all|waiting]
 # (installs wrk with apt-get if missing; `waiting` runs the RSS row alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,10 @@ if ! command -v wrk >/dev/null; then
   apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release --bin image-gateway --example mock_upstream >/dev/null 2>&1
-work=$(mktemp -d "$PWD/target/upstream-bench.XXXX")
+# GATEWAY_BIN runs another build of the binary (an earlier commit's, for a before/after).
+gateway_bin=${GATEWAY_BIN:-target/release/image-gateway}
+# BENCH_DIR puts the data dirs elsewhere (a tmpfs shows what the fsyncs cost).
+work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/upstream-bench.XXXX")
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -98,7 +101,7 @@ start_gateway() {
   GATEWAY_ADDR=127.0.0.1:9182 GATEWAY_DATA_DIR="$work/$1" \
     GATEWAY_UPSTREAM_URL=http://127.0.0.1:9181 GATEWAY_API_KEYS=bench:pk_live_upstream_bench \
     GATEWAY_PRICE_PER_IMAGE=1 GATEWAY_DEMO_BALANCE=1000000000 GATEWAY_QUOTA_BYTES=1000000000000 \
-    GATEWAY_QUOTA_FILES=100000000 RUST_LOG=warn target/release/image-gateway >"$work/gateway.log" 2>&1 &
+    GATEWAY_QUOTA_FILES=100000000 RUST_LOG=warn "$gateway_bin" >"$work/gateway.log" 2>&1 &
   gateway=$!
   pids+=("$gateway")
   wait_port 9182

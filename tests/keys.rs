@@ -551,3 +551,60 @@ async fn the_usage_log_filters_by_key_model_and_time_and_the_admin_reads_any_use
         .await;
     assert_eq!(as_user.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_edit_whose_client_leaves_after_the_hold_gives_the_day_back() {
+    let dir = temp_dir("keys-leave");
+    let port = free_port();
+    let _gateway = Process::start_with(
+        &gateway_binary(),
+        &dir,
+        port,
+        &[
+            ("GATEWAY_ADMIN_KEY", ADMIN_KEY),
+            ("GATEWAY_REFERENCE_LATENCY_MS", "1500"),
+        ],
+    );
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let balance = || async {
+        let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+        let json = reply.json();
+        (
+            json["available"].as_i64().unwrap(),
+            json["held"].as_i64().unwrap(),
+        )
+    };
+    let (key, _) = create(&server, "alice", json!({"daily_limit": 20})).await;
+
+    // A streamed edit stops with its client: once its 10 is held, the client hangs up.
+    let leaving = {
+        let server = TestServer::at(server.addr);
+        let key = key.clone();
+        tokio::spawn(async move {
+            server
+                .edit_form(&key, edit(1, "gpt-image-2").text("stream", "true"))
+                .await
+        })
+    };
+    while balance().await.1 == 0 {
+        assert!(
+            !leaving.is_finished(),
+            "the edit ended before its hold was seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    leaving.abort();
+    while balance().await.1 != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance().await, (100, 0), "nothing was charged");
+
+    // The released hold gave its 10 back to the key's day: 20 can still be spent, not more.
+    for _ in 0..2 {
+        let done = server.edit_form(&key, edit(1, "gpt-image-2")).await;
+        assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
+    }
+    let over = server.edit_form(&key, edit(1, "gpt-image-2")).await;
+    assert_eq!(over.error().1, "daily_limit_exceeded");
+    assert_eq!(balance().await, (80, 0));
+}

@@ -413,6 +413,32 @@ mod tests {
             assert_eq!(stored, vec![i; 1 + i as usize]);
         }
         assert_eq!(store.usage(&alice).await.unwrap().files, 200);
+        let tmp_left = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(".tmp-")
+                })
+                .count()
+        };
+        assert_eq!(
+            tmp_left(&dir.join("files/alice")),
+            0,
+            "no temporary file is left"
+        );
+        // A directory removed by hand after its first write is made again by the next one.
+        std::fs::remove_dir_all(dir.join("files/alice")).unwrap();
+        let again = FileKey::new(&alice, Uuid::new_v4(), "x.png");
+        store
+            .put(&again, Bytes::from_static(b"again"))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&again).await.unwrap().unwrap(), "again");
+        assert_eq!(tmp_left(&dir.join("files/alice")), 0);
         let left: Vec<_> = std::fs::read_dir(dir.join("files/alice"))
             .unwrap()
             .filter(|e| {

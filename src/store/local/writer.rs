@@ -223,20 +223,21 @@ fn rename_all(durable: Vec<Staged>) -> Vec<Staged> {
 /// Writes `bytes` to a new temporary file beside `path`, not yet flushed.
 fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
     let dir = path.parent().ok_or_else(super::escape)?;
-    let known = |dir: &Path| {
-        let checked = dirs.checked.lock().unwrap_or_else(|e| e.into_inner());
-        checked.contains(dir)
-    };
-    if !known(dir) {
-        std::fs::create_dir_all(dir)?;
-        if !dir.canonicalize()?.starts_with(&dirs.root) {
-            return Err(super::escape());
-        }
-        let mut checked = dirs.checked.lock().unwrap_or_else(|e| e.into_inner());
-        checked.insert(dir.to_path_buf());
+    let known = dirs.known(dir);
+    if !known {
+        dirs.check(dir)?;
     }
     let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
-    let written = File::create_new(&temp).and_then(|mut file| {
+    let created = match File::create_new(&temp) {
+        // A directory checked earlier and removed since (by hand): made and checked again.
+        Err(error) if known && error.kind() == io::ErrorKind::NotFound => {
+            dirs.forget(dir);
+            dirs.check(dir)?;
+            File::create_new(&temp)
+        }
+        created => created,
+    };
+    let written = created.and_then(|mut file| {
         file.write_all(bytes)?;
         Ok(file)
     });
@@ -246,6 +247,31 @@ fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> 
             let _ = std::fs::remove_file(&temp);
             Err(error)
         }
+    }
+}
+
+impl Dirs {
+    fn checked(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        // Every update is one set call, so a poisoned lock still holds a whole set.
+        self.checked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self, dir: &Path) -> bool {
+        self.checked().contains(dir)
+    }
+
+    fn forget(&self, dir: &Path) {
+        self.checked().remove(dir);
+    }
+
+    /// Creates `dir` and checks that it lies under the root, symlinks resolved.
+    fn check(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        if !dir.canonicalize()?.starts_with(&self.root) {
+            return Err(super::escape());
+        }
+        self.checked().insert(dir.to_path_buf());
+        Ok(())
     }
 }
 

@@ -97,6 +97,8 @@ start_mock() {
 # Each run gets a data dir of its own; all are removed at the end (files deleted in bulk
 # make the next file creations on the volume slower for a while).
 start_gateway() {
+  # What an earlier run left to write back would otherwise be flushed by this run's syncs.
+  sync
   mkdir -p "$work/$1"
   GATEWAY_ADDR=127.0.0.1:9182 GATEWAY_DATA_DIR="$work/$1" \
     GATEWAY_UPSTREAM_URL=http://127.0.0.1:9181 GATEWAY_API_KEYS=bench:pk_live_upstream_bench \

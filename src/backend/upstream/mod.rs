@@ -48,10 +48,11 @@ const RETRY_WINDOW: Duration = Duration::from_secs(2);
 ///
 /// A request that fails to connect, or is answered 502 or 503 within two seconds of its body
 /// having been sent, is sent once more after a short pause; nothing else is retried, so an
-/// upstream never produces images twice for one edit. Past those two seconds the job's
-/// sources are no longer held by the backend: an edit waiting minutes on a model keeps no
-/// copy of its images (with [`ImageBackend::edit_owned`], which the gateway calls). Upstream messages, its URL and its key never reach the client: an
-/// `Upstream` error's detail is for the operator's log only.
+/// upstream never produces images twice for one edit. Past those two seconds the backend
+/// holds no copy of the job's images: an edit waiting minutes on a model keeps none (through
+/// [`ImageBackend::edit_owned`], which the gateway calls). A generation, which sends no
+/// image, is retried on a 502 or 503 whenever it comes. Upstream messages, its URL and its
+/// key never reach the client: an `Upstream` error's detail is for the operator's log only.
 ///
 /// Dropping the edit future (the client went away) drops the HTTP request, which closes the
 /// connection to the upstream.
@@ -231,7 +232,12 @@ impl UpstreamBackend {
 
     /// An edit or a compose as the SDK's multipart form; `sent` is told when the last image
     /// part has been read into the request.
-    fn form(&self, job: &EditJob, sources: &Sources, sent: oneshot::Sender<()>) -> Form {
+    fn form(
+        &self,
+        job: &EditJob,
+        sources: &Sources,
+        sent: oneshot::Sender<()>,
+    ) -> Result<Form, BackendError> {
         let mut form = Form::new();
         for (name, value) in self.fields(job) {
             form = form.text(name, value);
@@ -254,9 +260,9 @@ impl UpstreamBackend {
         let last = parts.len().saturating_sub(1);
         for (i, (field, source, stem)) in parts.into_iter().enumerate() {
             let report = if i == last { sent.take() } else { None };
-            form = form.part(field, image_part(source, &stem, report));
+            form = form.part(field, image_part(source, &stem, report)?);
         }
-        form
+        Ok(form)
     }
 
     /// A generation as the SDK's JSON body. Numbers go as numbers, as the SDK sends them.
@@ -281,7 +287,7 @@ impl UpstreamBackend {
         job: &EditJob,
         sources: &Sources,
         sent: oneshot::Sender<()>,
-    ) -> reqwest::RequestBuilder {
+    ) -> Result<reqwest::RequestBuilder, BackendError> {
         let request = match job.operation {
             Operation::Generate => self
                 .client
@@ -290,12 +296,12 @@ impl UpstreamBackend {
             Operation::Edit | Operation::Compose => self
                 .client
                 .post(self.endpoint.clone())
-                .multipart(self.form(job, sources, sent)),
+                .multipart(self.form(job, sources, sent)?),
         };
-        match &self.api_key {
+        Ok(match &self.api_key {
             Some(key) => request.bearer_auth(key),
             None => request,
-        }
+        })
     }
 
     /// Sends `job` once, or twice when the first attempt never reached the model (see the
@@ -310,8 +316,10 @@ impl UpstreamBackend {
             let Some(sources) = &kept else {
                 return Err(BackendError::failed(Failure::Other, "no sources to send"));
             };
+            // Only images are worth dropping; a generation keeps its retry.
+            let images = !sources.images.is_empty() || sources.mask.is_some();
             let (sent, body_read) = oneshot::channel();
-            let attempt = self.request(job, sources, sent).send();
+            let attempt = self.request(job, sources, sent)?.send();
             tokio::pin!(attempt);
             let window = async {
                 // Also resolves when the body is dropped unsent; the attempt ends first then.
@@ -323,7 +331,7 @@ impl UpstreamBackend {
                 tokio::select! {
                     biased;
                     outcome = &mut attempt => break outcome,
-                    () = &mut window, if kept.is_some() => kept = None,
+                    () = &mut window, if images && kept.is_some() => kept = None,
                 }
             };
             let again = !retried && kept.is_some();
@@ -360,16 +368,20 @@ fn streams(job: &EditJob) -> bool {
 
 /// One image as a file part named `stem.{ext}`. `Bytes` is shared, not copied, into the
 /// request body; `read` is told when the body has taken them.
-fn image_part(source: &SourceImage, stem: &str, read: Option<oneshot::Sender<()>>) -> Part {
+fn image_part(
+    source: &SourceImage,
+    stem: &str,
+    read: Option<oneshot::Sender<()>>,
+) -> Result<Part, BackendError> {
     let name = format!("{stem}.{}", source.kind.extension());
     let body = reqwest::Body::wrap_stream(Reported {
         bytes: Some(source.bytes.clone()),
         read,
     });
     let part = Part::stream_with_length(body, source.bytes.len() as u64).file_name(name);
-    // The MIME strings are constants that always parse.
+    // The MIME strings are constants, each of which parses (a unit test sends every one).
     part.mime_str(source.kind.mime())
-        .unwrap_or_else(|_| Part::bytes(Vec::new()))
+        .map_err(|e| BackendError::failed(Failure::Other, format!("image part: {e}")))
 }
 
 /// One image's bytes as a body stream that reports when it has been read to its end.
@@ -439,7 +451,22 @@ fn transport(error: reqwest::Error) -> BackendError {
 
 #[cfg(test)]
 mod tests {
-    use super::{endpoint, endpoint_of};
+    use super::{endpoint, endpoint_of, image_part};
+    use crate::job::SourceImage;
+    use crate::media::ImageKind;
+
+    #[test]
+    fn every_image_kind_makes_a_part() {
+        for kind in [
+            ImageKind::Jpeg,
+            ImageKind::Png,
+            ImageKind::Gif,
+            ImageKind::Webp,
+        ] {
+            let source = SourceImage::new(bytes::Bytes::from_static(b"x"), kind);
+            assert!(image_part(&source, "image-0", None).is_ok(), "{kind:?}");
+        }
+    }
 
     #[test]
     fn the_base_url_may_end_in_v1_or_not() {

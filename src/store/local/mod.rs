@@ -99,11 +99,11 @@ impl LocalFileStore {
     pub fn open(root: impl AsRef<Path>) -> io::Result<Self> {
         std::fs::create_dir_all(root.as_ref())?;
         let root = root.as_ref().canonicalize()?;
-        let index = index_of(&root)?;
+        let index = Arc::new(Mutex::new(index_of(&root)?));
         Ok(LocalFileStore {
-            writer: Writer::start(root.clone())?,
+            writer: Writer::start(root.clone(), index.clone())?,
             root,
-            index: Arc::new(Mutex::new(index)),
+            index,
             min_free: 0,
             free: Arc::new(FreeSpace {
                 bytes: 0.into(),
@@ -121,8 +121,7 @@ impl LocalFileStore {
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
-        // Every update is one map call, so a poisoned lock still holds a whole index.
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+        lock_index(&self.index)
     }
 
     /// `Err(no_space)` when writing `adding` bytes would leave less than the floor free; a
@@ -244,6 +243,11 @@ impl LocalFileStore {
     }
 }
 
+/// Every update is one map call, so a poisoned lock still holds a whole index.
+fn lock_index(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The refusal of a path outside the root. The key is not in the message: it is client input.
 fn escape() -> io::Error {
     io::Error::new(
@@ -257,14 +261,11 @@ impl FileStore for LocalFileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
         self.check_space(bytes.len() as u64, true)?;
         let path = self.plain_path(key.as_str()).map_err(StoreError::new)?;
-        let size = bytes.len() as u64;
+        // The writer indexes the file once it is durable, also when this caller has gone.
         self.writer
-            .put(path, bytes)
+            .put(key.clone(), path, bytes)
             .await
-            .map_err(StoreError::new)?;
-        self.index()
-            .insert(key.clone(), size, crate::clock::unix_now());
-        Ok(())
+            .map_err(StoreError::new)
     }
 
     async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
@@ -450,6 +451,36 @@ mod tests {
             })
             .collect();
         assert!(left.is_empty(), "no temporary file is left: {left:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_caller_left_is_finished_and_indexed() {
+        let dir = std::env::temp_dir().join(format!("igw-left-{}", Uuid::new_v4()));
+        let store = LocalFileStore::open(&dir).unwrap();
+        let alice = UserId::new("alice").unwrap();
+        let key = FileKey::new(&alice, Uuid::new_v4(), "big.png");
+        let size = 512 * 1024;
+        {
+            let put = store.put(&key, Bytes::from(vec![7u8; size]));
+            tokio::pin!(put);
+            assert!(futures_util::poll!(put.as_mut()).is_pending());
+        }
+        for _ in 0..500 {
+            if store.usage(&alice).await.unwrap().files == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store.usage(&alice).await.unwrap(),
+            Usage::new(size as u64, 1)
+        );
+        assert_eq!(
+            store.list(&alice, None, 10).await.unwrap().files[0].key,
+            key
+        );
+        assert_eq!(store.get(&key).await.unwrap().unwrap().len(), size);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -26,6 +26,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::Index;
+use crate::store::FileKey;
+
 /// The most files one batch takes.
 const MAX_BATCH: usize = 64;
 /// A batch stops taking files past this many bytes, so a run of large uploads does not make
@@ -35,6 +38,7 @@ const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 const STAGE_ASIDE: usize = 256 * 1024;
 
 struct Put {
+    key: FileKey,
     path: PathBuf,
     data: Data,
     reply: oneshot::Sender<io::Result<()>>,
@@ -44,7 +48,7 @@ struct Put {
 /// failure) written already.
 enum Data {
     Bytes(Bytes),
-    Staged(io::Result<(PathBuf, File)>),
+    Staged(io::Result<(PathBuf, File, u64)>),
 }
 
 /// The handle puts are queued on; the thread stops when every handle is dropped.
@@ -62,9 +66,13 @@ struct Dirs {
     checked: Mutex<HashSet<PathBuf>>,
 }
 
+/// Where a durable file is recorded before its caller is answered.
+type Indexed = Arc<Mutex<Index>>;
+
 impl Writer {
-    /// Starts the thread writing under `root` (canonical).
-    pub(super) fn start(root: PathBuf) -> io::Result<Writer> {
+    /// Starts the thread writing under `root` (canonical), recording each file in `index`
+    /// once it is durable.
+    pub(super) fn start(root: PathBuf, index: Indexed) -> io::Result<Writer> {
         let volume = File::open(&root)?;
         let dirs = Arc::new(Dirs {
             root,
@@ -74,17 +82,18 @@ impl Writer {
         let shared = dirs.clone();
         std::thread::Builder::new()
             .name("file-writer".into())
-            .spawn(move || run(&shared, &volume, &queue))?;
+            .spawn(move || run(&shared, &index, &volume, &queue))?;
         Ok(Writer { puts, dirs })
     }
 
     /// Writes `bytes` at `path` (lexically under the root; its parent is created and checked
     /// here), answering once the file is durable.
-    pub(super) async fn put(&self, path: PathBuf, bytes: Bytes) -> io::Result<()> {
+    pub(super) async fn put(&self, key: FileKey, path: PathBuf, bytes: Bytes) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
         let stopped = || io::Error::other("the file writer stopped");
         if bytes.len() < STAGE_ASIDE {
             let put = Put {
+                key,
                 path,
                 data: Data::Bytes(bytes),
                 reply,
@@ -97,12 +106,13 @@ impl Writer {
             drop(tokio::task::spawn_blocking(move || {
                 let staged = stage(&dirs, &path, &bytes);
                 let put = Put {
+                    key,
                     path,
                     data: Data::Staged(staged),
                     reply,
                 };
                 if let Err(refused) = puts.send(put) {
-                    if let Data::Staged(Ok((temp, _))) = refused.0.data {
+                    if let Data::Staged(Ok((temp, _, _))) = refused.0.data {
                         let _ = std::fs::remove_file(temp);
                     }
                 }
@@ -112,7 +122,7 @@ impl Writer {
     }
 }
 
-fn run(dirs: &Dirs, volume: &File, queue: &mpsc::Receiver<Put>) {
+fn run(dirs: &Dirs, index: &Mutex<Index>, volume: &File, queue: &mpsc::Receiver<Put>) {
     // Files whose data the last flush made durable: the next flush makes their renames
     // durable together with the data of the batch after them, so under load each batch
     // costs one flush.
@@ -134,7 +144,7 @@ fn run(dirs: &Dirs, volume: &File, queue: &mpsc::Receiver<Put>) {
         durable = Vec::new();
         match flush(volume, &staged, &renamed) {
             Ok(()) => {
-                answer(renamed);
+                answer(index, renamed);
                 durable = staged;
             }
             // The renames may or may not be on disk: their callers are told the writes
@@ -174,6 +184,7 @@ fn gather(queue: &mpsc::Receiver<Put>, first: Option<Put>) -> Vec<Put> {
 struct Staged {
     put: Put,
     temp: PathBuf,
+    size: u64,
     /// Kept open for its fsync where there is no `syncfs`.
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     file: File,
@@ -187,13 +198,14 @@ fn staged(dirs: &Dirs, mut put: Put) -> Option<Staged> {
         Data::Staged(written) => written,
     };
     match written {
-        Ok((temp, file)) => {
+        Ok((temp, file, size)) => {
             // With `syncfs` the flush covers the volume: the file closes now.
             #[cfg(any(target_os = "linux", target_os = "android"))]
             drop(file);
             Some(Staged {
                 put,
                 temp,
+                size,
                 #[cfg(not(any(target_os = "linux", target_os = "android")))]
                 file,
             })
@@ -220,8 +232,9 @@ fn rename_all(durable: Vec<Staged>) -> Vec<Staged> {
         .collect()
 }
 
-/// Writes `bytes` to a new temporary file beside `path`, not yet flushed.
-fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
+/// Writes `bytes` to a new temporary file beside `path`, not yet flushed: the file's path,
+/// its handle and its size.
+fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File, u64)> {
     let dir = path.parent().ok_or_else(super::escape)?;
     let known = dirs.known(dir);
     if !known {
@@ -242,7 +255,7 @@ fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> 
         Ok(file)
     });
     match written {
-        Ok(file) => Ok((temp, file)),
+        Ok(file) => Ok((temp, file, bytes.len() as u64)),
         Err(error) => {
             let _ = std::fs::remove_file(&temp);
             Err(error)
@@ -296,8 +309,14 @@ fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()>
     }
 }
 
-/// Answers every put of `renamed`: each is durable.
-fn answer(renamed: Vec<Staged>) {
+/// Indexes every put of `renamed` and answers it: each is durable.
+fn answer(index: &Mutex<Index>, renamed: Vec<Staged>) {
+    let now = crate::clock::unix_now();
+    let mut indexed = super::lock_index(index);
+    for s in &renamed {
+        indexed.insert(s.put.key.clone(), s.size, now);
+    }
+    drop(indexed);
     for s in renamed {
         // A caller that stopped waiting (a cancelled request) learns nothing; the file it
         // asked for stays, like any write that finished after its client left.

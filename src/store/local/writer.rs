@@ -41,7 +41,7 @@ struct Put {
     key: FileKey,
     path: PathBuf,
     data: Data,
-    reply: oneshot::Sender<io::Result<()>>,
+    reply: oneshot::Sender<io::Result<Durable>>,
 }
 
 /// What a queued put brings: bytes for the thread to write, or a temporary file (or its
@@ -118,11 +118,30 @@ impl Writer {
                 }
             }));
         }
-        answer.await.map_err(|_| stopped())?
+        let durable = answer.await.map_err(|_| stopped())??;
+        // Indexed here, in the caller's poll: a wrapper that counts writes in flight (the
+        // quota) stops counting this one in the same poll, so nothing counts it twice.
+        drop(durable);
+        Ok(())
     }
 }
 
-fn run(dirs: &Dirs, index: &Mutex<Index>, volume: &File, queue: &mpsc::Receiver<Put>) {
+/// A durable file, recorded in the index when this is dropped: by its caller on receipt, or
+/// by the channel when the caller has gone, so a file is always listed and counted.
+struct Durable {
+    index: Indexed,
+    key: FileKey,
+    size: u64,
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        let now = crate::clock::unix_now();
+        super::lock_index(&self.index).insert(self.key.clone(), self.size, now);
+    }
+}
+
+fn run(dirs: &Dirs, index: &Indexed, volume: &File, queue: &mpsc::Receiver<Put>) {
     // Files whose data the last flush made durable: the next flush makes their renames
     // durable together with the data of the batch after them, so under load each batch
     // costs one flush.
@@ -309,18 +328,18 @@ fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()>
     }
 }
 
-/// Indexes every put of `renamed` and answers it: each is durable.
-fn answer(index: &Mutex<Index>, renamed: Vec<Staged>) {
-    let now = crate::clock::unix_now();
-    let mut indexed = super::lock_index(index);
-    for s in &renamed {
-        indexed.insert(s.put.key.clone(), s.size, now);
-    }
-    drop(indexed);
+/// Answers every put of `renamed`: each is durable, and is indexed as its answer drops.
+fn answer(index: &Indexed, renamed: Vec<Staged>) {
     for s in renamed {
-        // A caller that stopped waiting (a cancelled request) learns nothing; the file it
-        // asked for stays, like any write that finished after its client left.
-        let _ = s.put.reply.send(Ok(()));
+        let durable = Durable {
+            index: index.clone(),
+            key: s.put.key,
+            size: s.size,
+        };
+        // A caller that stopped waiting (a cancelled request) gets nothing; its file stays,
+        // like any write that finished after its client left, and is indexed as the refused
+        // answer drops here.
+        let _ = s.put.reply.send(Ok(durable));
     }
 }
 

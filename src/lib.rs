@@ -17,7 +17,7 @@
 //! | [`limit`] | no more than the body limit (26 MiB) is ever read; over it is `413`, announced or while streaming |
 //! | [`request`] | JSON or multipart in, one validated [`EditRequest`](job::EditRequest) of the endpoint's operation or a spec error out, never a panic; part order free; type by magic bytes; each image cut off at 25 MiB; `stream: true` answered as server-sent events once the hold is taken |
 //! | [`idempotency`] | a retried `Idempotency-Key` request is answered with its first result and charged once |
-//! | [`source`] | keys, generation ids and URLs resolved to source bytes (and a mask), owner checked; `409 generation_not_ready` while outputs are stored; inline images stored as uploads once the hold is taken |
+//! | [`source`] | keys, generation ids and URLs resolved to source bytes (and a mask), owner checked; `409 generation_not_ready` while outputs are stored; inline images stored as uploads once the hold is taken, while the backend runs |
 //! | [`billing`] | hold `n x price` before the backend, settle what came back before any of it is reachable, release on any failure; balance, usage and admin endpoints |
 //! | [`backend`] | the [`ImageBackend`](backend::ImageBackend) seam, the innermost [`EditService`](backend::EditService), the model-free reference backend (renders bounded in number and memory) and the upstream backend |
 //! | [`files`] | upload (up to 5 files, bad ones refused alone and listed), the files list (newest first, stable paging), download and delete |
@@ -28,11 +28,12 @@
 //! |---|---|
 //! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
 //! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory and SQLite |
-//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic writes and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
+//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic, durable writes batched through one writer thread, and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
 //! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
 //! | [`catalog`] | models, their maximum `n` and price; `GET /v1/models` |
 //! | [`fetch`] | image URLs from requests: `data:` URIs decoded within a cap; `https://` URLs whose every address is public, checked after one resolution and on each redirect (the fetcher: feature `fetch`) |
 //! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
+//! | `sqlite` | group commit for the SQLite stores: one writer thread per database commits every write waiting for it in one transaction, each in a savepoint, answering after the commit (feature `sqlite`) |
 //! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect (feature `postgres`) |
 //! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
 //! | [`gateway`] | [`Gateway::builder`]: assembles the stack as one `tower::Service` |

@@ -14,7 +14,8 @@ use crate::sqlite::{WriteFailed, Writer};
 /// newest records, whose images the clients already hold (a chain from one is then
 /// `404 generation_not_found`). A record is on the answer path of every edit, so it is not
 /// fsynced each time. Writes go through one writer thread that commits every write waiting
-/// for it in one transaction (see [`crate::sqlite`]); reads use a connection of their own.
+/// for it in one transaction (the crate's `sqlite` module); reads use a connection of their
+/// own.
 #[derive(Clone, Debug)]
 pub struct SqliteGenerations {
     writer: Writer,

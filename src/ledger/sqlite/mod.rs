@@ -23,9 +23,9 @@ use crate::sqlite::{WriteFailed, Writer};
 /// A ledger in a SQLite file, WAL mode.
 ///
 /// Writes go through one writer thread that commits every operation waiting for it in one
-/// `IMMEDIATE` transaction (group commit, see [`crate::sqlite`]): concurrent requests share a commit
-/// and its fsync. Reads (balances, the journal) use a connection of their own and never wait
-/// for the writer. Several processes sharing the file still never overdraw an account: each
+/// `IMMEDIATE` transaction (group commit, in the crate's `sqlite` module): concurrent
+/// requests share a commit and its fsync. Reads (balances, the journal) use a connection of
+/// their own and never wait for the writer. Several processes sharing the file still never overdraw an account: each
 /// batch holds SQLite's write lock from its first check to its commit.
 #[derive(Clone, Debug)]
 pub struct SqliteLedger {

@@ -5,7 +5,7 @@ use std::io;
 use std::ops::Bound;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,20 +41,14 @@ pub struct LocalFileStore {
     free: Arc<FreeSpace>,
 }
 
-/// The volume's free space as last read, less what was admitted since: read from the
-/// volume at most every [`FREE_SPACE_TTL`] instead of once per write.
-#[derive(Debug)]
-struct FreeSpace {
-    /// Bytes free, as of `read`.
-    bytes: std::sync::atomic::AtomicU64,
-    /// When the volume was last asked (milliseconds since the store opened).
-    read: std::sync::atomic::AtomicU64,
-    opened: std::time::Instant,
-}
+/// The volume's free space as last read (and when), less what was written since: read from
+/// the volume at most every [`FREE_SPACE_TTL`] instead of once per write. `None` until the
+/// first check.
+type FreeSpace = Mutex<Option<(Instant, u64)>>;
 
 /// How old the free-space figure may get. What is written meanwhile is subtracted from it,
 /// so only other writers on the volume go unseen for this long.
-const FREE_SPACE_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+const FREE_SPACE_TTL: Duration = Duration::from_millis(500);
 
 /// Every stored file, by owner: by key for writes, in list order for pages.
 #[derive(Debug, Default)]
@@ -105,11 +99,7 @@ impl LocalFileStore {
             root,
             index,
             min_free: 0,
-            free: Arc::new(FreeSpace {
-                bytes: 0.into(),
-                read: u64::MAX.into(),
-                opened: std::time::Instant::now(),
-            }),
+            free: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -127,34 +117,27 @@ impl LocalFileStore {
     /// `Err(no_space)` when writing `adding` bytes would leave less than the floor free; a
     /// `write` takes them from the figure until the volume is asked again.
     fn check_space(&self, adding: u64, write: bool) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering::Relaxed;
         if self.min_free == 0 {
             return Ok(());
         }
-        let free = &self.free;
-        let now = free.opened.elapsed().as_millis() as u64;
-        let read = free.read.load(Relaxed);
-        let stale =
-            read == u64::MAX || now.saturating_sub(read) >= FREE_SPACE_TTL.as_millis() as u64;
-        if stale {
-            let stat =
-                rustix::fs::statvfs(&self.root).map_err(|e| StoreError::new(io::Error::from(e)))?;
-            free.bytes
-                .store(stat.f_bavail.saturating_mul(stat.f_frsize), Relaxed);
-            free.read.store(now, Relaxed);
-        }
-        // Taken from the figure whether or not the write happens: a refused or failed write
-        // makes the next checks stricter for at most one TTL.
-        let before = if write {
-            free.bytes
-                .fetch_update(Relaxed, Relaxed, |f| Some(f.saturating_sub(adding)))
-                .unwrap_or(0)
-        } else {
-            free.bytes.load(Relaxed)
+        // Held across the read of the volume: concurrent checks wait for one read.
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let (read, bytes) = match *free {
+            Some((read, bytes)) if read.elapsed() < FREE_SPACE_TTL => (read, bytes),
+            _ => {
+                let stat = rustix::fs::statvfs(&self.root)
+                    .map_err(|e| StoreError::new(io::Error::from(e)))?;
+                (Instant::now(), stat.f_bavail.saturating_mul(stat.f_frsize))
+            }
         };
-        if before < self.min_free.saturating_add(adding) {
+        if bytes < self.min_free.saturating_add(adding) {
+            *free = Some((read, bytes));
             return Err(StoreError::no_space());
         }
+        // An admitted write's bytes are taken from the figure (one that then fails makes the
+        // next checks stricter for at most one TTL).
+        let left = if write { bytes - adding } else { bytes };
+        *free = Some((read, left));
         Ok(())
     }
 
@@ -261,7 +244,7 @@ impl FileStore for LocalFileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
         self.check_space(bytes.len() as u64, true)?;
         let path = self.plain_path(key.as_str()).map_err(StoreError::new)?;
-        // The writer indexes the file once it is durable, also when this caller has gone.
+        // Indexed once durable: on the answer, or by the writer when this caller has gone.
         self.writer
             .put(key.clone(), path, bytes)
             .await
@@ -349,10 +332,30 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
+    /// A store in a new directory, and alice.
+    fn fresh(name: &str) -> (PathBuf, LocalFileStore, UserId) {
+        let dir = std::env::temp_dir().join(format!("igw-{name}-{}", Uuid::new_v4()));
+        let store = LocalFileStore::open(&dir).unwrap();
+        (dir, store, UserId::new("alice").unwrap())
+    }
+
+    /// How many temporary files `dir` holds.
+    fn temporaries(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .count()
+    }
+
     #[test]
     fn refuses_paths_that_leave_the_root() {
-        let dir = std::env::temp_dir().join(format!("igw-local-{}", Uuid::new_v4()));
-        let store = LocalFileStore::open(&dir).unwrap();
+        let (dir, store, _) = fresh("local");
         for raw in [
             "../x",
             "/etc/passwd",
@@ -375,19 +378,8 @@ mod tests {
                 .unwrap()
                 .block_on(store.put(&evil.unwrap(), Bytes::from_static(b"x")));
             assert!(put.is_err());
-            assert_eq!(
-                std::fs::read_dir("/tmp")
-                    .unwrap()
-                    .filter(|e| {
-                        e.as_ref()
-                            .unwrap()
-                            .file_name()
-                            .to_string_lossy()
-                            .contains("_x.png")
-                    })
-                    .count(),
-                0
-            );
+            // Refused before any file was made there (the check comes before the write).
+            assert!(!Path::new("/tmp/0c3f3c8e-5d6a-4b7e-9a31-2f1f1c9d8e7a_x.png").exists());
         }
         assert!(store.path_of("files/alice/x").is_ok());
         std::fs::remove_dir_all(dir).unwrap();
@@ -395,9 +387,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_batches_and_each_is_answered_with_its_own_outcome() {
-        let dir = std::env::temp_dir().join(format!("igw-batch-{}", Uuid::new_v4()));
-        let store = LocalFileStore::open(&dir).unwrap();
-        let alice = UserId::new("alice").unwrap();
+        let (dir, store, alice) = fresh("batch");
         let puts = (0..200u8).map(|i| {
             let store = store.clone();
             let key = FileKey::new(&alice, Uuid::new_v4(), "x.png");
@@ -414,20 +404,8 @@ mod tests {
             assert_eq!(stored, vec![i; 1 + i as usize]);
         }
         assert_eq!(store.usage(&alice).await.unwrap().files, 200);
-        let tmp_left = |dir: &Path| {
-            std::fs::read_dir(dir)
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with(".tmp-")
-                })
-                .count()
-        };
         assert_eq!(
-            tmp_left(&dir.join("files/alice")),
+            temporaries(&dir.join("files/alice")),
             0,
             "no temporary file is left"
         );
@@ -439,26 +417,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.get(&again).await.unwrap().unwrap(), "again");
-        assert_eq!(tmp_left(&dir.join("files/alice")), 0);
-        let left: Vec<_> = std::fs::read_dir(dir.join("files/alice"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".tmp-")
-            })
-            .collect();
-        assert!(left.is_empty(), "no temporary file is left: {left:?}");
+        assert_eq!(temporaries(&dir.join("files/alice")), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_free_space_floor_counts_what_was_written_since_the_volume_was_read() {
+        let (dir, store, alice) = fresh("floor");
+        let stat = rustix::fs::statvfs(&dir).unwrap();
+        let free = stat.f_bavail * stat.f_frsize;
+        // 40 MiB above the floor: one 25 MiB write fits, a second would pass the floor. The
+        // volume is read once, at the first check; the second write is refused by that figure
+        // less the first write, whether or not the disk shows it yet. (Other writers on the
+        // volume would have to move it by 10 MiB between two reads to change an outcome.)
+        let mib = 1024 * 1024;
+        let store = store.min_free_bytes(free - 40 * mib);
+        let big = Bytes::from(vec![1u8; 25 * mib as usize]);
+        let first = FileKey::new(&alice, Uuid::new_v4(), "a.png");
+        store.put(&first, big.clone()).await.unwrap();
+        let second = FileKey::new(&alice, Uuid::new_v4(), "b.png");
+        let refused = store.put(&second, big).await.unwrap_err();
+        assert_eq!(refused.to_string(), StoreError::no_space().to_string());
+        assert!(store.get(&second).await.unwrap().is_none());
+        // A refused write takes nothing, and an admission check takes nothing: 5 MiB still
+        // fits, 25 MiB does not.
+        assert!(store.admits(&alice, Usage::new(5 * mib, 1)).await.is_ok());
+        assert!(store.admits(&alice, Usage::new(5 * mib, 1)).await.is_ok());
+        assert!(store.admits(&alice, Usage::new(25 * mib, 1)).await.is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_whose_caller_left_is_finished_and_indexed() {
-        let dir = std::env::temp_dir().join(format!("igw-left-{}", Uuid::new_v4()));
-        let store = LocalFileStore::open(&dir).unwrap();
-        let alice = UserId::new("alice").unwrap();
+        let (dir, store, alice) = fresh("left");
         let key = FileKey::new(&alice, Uuid::new_v4(), "big.png");
         let size = 512 * 1024;
         {

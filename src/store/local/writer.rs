@@ -1,9 +1,11 @@
 //! Group commit for files: one thread writes every file waiting for it and makes the whole
-//! batch durable together, so concurrent edits share two flushes instead of paying two
+//! batch durable together, so concurrent edits share the flushes instead of paying two
 //! fsyncs (file and directory) each.
 //!
 //! A batch is written to temporary files, flushed, renamed to the keys, and flushed again;
-//! callers are answered after the second flush. A crash at any point leaves each key either
+//! callers are answered after the second flush. The two are pipelined: the flush that makes
+//! one batch's renames durable also makes the next batch's data durable, so under load each
+//! batch costs one flush. A crash at any point leaves each key either
 //! absent or whole: a rename is only made once its data is on disk, and a temporary file
 //! left behind is removed when the store opens.
 //!
@@ -170,7 +172,7 @@ fn run(dirs: &Dirs, index: &Indexed, volume: &File, queue: &mpsc::Receiver<Put>)
             // failed, and the files are removed so nothing unanswered stays listed.
             Err(error) => {
                 for s in &renamed {
-                    let _ = std::fs::remove_file(&s.put.path);
+                    let _ = std::fs::remove_file(&s.path);
                 }
                 fail(renamed, &error);
                 fail(staged, &error);
@@ -201,7 +203,9 @@ fn gather(queue: &mpsc::Receiver<Put>, first: Option<Put>) -> Vec<Put> {
 
 /// One file on its way: its temporary file, written and not yet renamed.
 struct Staged {
-    put: Put,
+    key: FileKey,
+    path: PathBuf,
+    reply: oneshot::Sender<io::Result<Durable>>,
     temp: PathBuf,
     size: u64,
     /// Kept open for its fsync where there is no `syncfs`.
@@ -210,10 +214,15 @@ struct Staged {
 }
 
 /// `put` written to its temporary file; a put that could not be is answered at once.
-fn staged(dirs: &Dirs, mut put: Put) -> Option<Staged> {
-    let data = std::mem::replace(&mut put.data, Data::Bytes(Bytes::new()));
+fn staged(dirs: &Dirs, put: Put) -> Option<Staged> {
+    let Put {
+        key,
+        path,
+        data,
+        reply,
+    } = put;
     let written = match data {
-        Data::Bytes(bytes) => stage(dirs, &put.path, &bytes),
+        Data::Bytes(bytes) => stage(dirs, &path, &bytes),
         Data::Staged(written) => written,
     };
     match written {
@@ -222,7 +231,9 @@ fn staged(dirs: &Dirs, mut put: Put) -> Option<Staged> {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             drop(file);
             Some(Staged {
-                put,
+                key,
+                path,
+                reply,
                 temp,
                 size,
                 #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -230,7 +241,7 @@ fn staged(dirs: &Dirs, mut put: Put) -> Option<Staged> {
             })
         }
         Err(error) => {
-            let _ = put.reply.send(Err(error));
+            let _ = reply.send(Err(error));
             None
         }
     }
@@ -240,11 +251,11 @@ fn staged(dirs: &Dirs, mut put: Put) -> Option<Staged> {
 fn rename_all(durable: Vec<Staged>) -> Vec<Staged> {
     durable
         .into_iter()
-        .filter_map(|s| match std::fs::rename(&s.temp, &s.put.path) {
+        .filter_map(|s| match std::fs::rename(&s.temp, &s.path) {
             Ok(()) => Some(s),
             Err(error) => {
                 let _ = std::fs::remove_file(&s.temp);
-                let _ = s.put.reply.send(Err(error));
+                let _ = s.reply.send(Err(error));
                 None
             }
         })
@@ -320,7 +331,7 @@ fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()>
     {
         let _ = volume;
         staged.iter().try_for_each(|s| s.file.sync_all())?;
-        let mut dirs: Vec<&Path> = renamed.iter().filter_map(|s| s.put.path.parent()).collect();
+        let mut dirs: Vec<&Path> = renamed.iter().filter_map(|s| s.path.parent()).collect();
         dirs.sort_unstable();
         dirs.dedup();
         dirs.into_iter()
@@ -333,13 +344,13 @@ fn answer(index: &Indexed, renamed: Vec<Staged>) {
     for s in renamed {
         let durable = Durable {
             index: index.clone(),
-            key: s.put.key,
+            key: s.key,
             size: s.size,
         };
         // A caller that stopped waiting (a cancelled request) gets nothing; its file stays,
         // like any write that finished after its client left, and is indexed as the refused
         // answer drops here.
-        let _ = s.put.reply.send(Ok(durable));
+        let _ = s.reply.send(Ok(durable));
     }
 }
 
@@ -348,7 +359,6 @@ fn fail(batch: Vec<Staged>, error: &io::Error) {
     for s in batch {
         let _ = std::fs::remove_file(&s.temp);
         let _ = s
-            .put
             .reply
             .send(Err(io::Error::new(error.kind(), error.to_string())));
     }

@@ -110,9 +110,10 @@ impl fmt::Display for Amount {
 pub struct HoldId(Uuid);
 
 impl HoldId {
-    /// A fresh id.
+    /// A fresh id, time-ordered (a UUIDv7, as [`crate::id::GenerationId::new`] and for the same
+    /// reason: the ledgers' hold tables take them in order).
     pub fn new() -> Self {
-        HoldId(Uuid::new_v4())
+        HoldId(Uuid::now_v7())
     }
 
     #[cfg(any(feature = "sqlite", feature = "postgres"))]

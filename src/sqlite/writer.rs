@@ -9,7 +9,7 @@
 
 use std::sync::mpsc;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 /// Why a queued operation has no result of its own: its batch's commit failed, or the writer
@@ -31,8 +31,9 @@ const MAX_BATCH: usize = 64;
 
 /// One queued operation: runs on the writer's transaction, answers after the commit.
 trait Operation: Send {
-    /// Runs the work; `false` when it failed (its savepoint is rolled back).
-    fn run(&mut self, tx: &Transaction<'_>) -> bool;
+    /// Runs the work inside the batch's transaction; `false` when it failed (its savepoint
+    /// is rolled back).
+    fn run(&mut self, db: &Connection) -> bool;
     /// Answers the caller: the work's result once `committed` is `Ok`, else the commit's
     /// error.
     fn answer(self: Box<Self>, committed: Result<(), &rusqlite::Error>);
@@ -48,13 +49,13 @@ impl<T, E, F> Operation for Pending<T, E, F>
 where
     T: Send,
     E: From<WriteFailed> + Send,
-    F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send,
+    F: FnOnce(&Connection) -> Result<T, E> + Send,
 {
-    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+    fn run(&mut self, db: &Connection) -> bool {
         let Some(work) = self.work.take() else {
             return false;
         };
-        let result = work(tx);
+        let result = work(db);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -96,12 +97,13 @@ impl Writer {
         Ok(Writer { jobs })
     }
 
-    /// Runs `work` in the next batch and answers once it is committed.
+    /// Runs `work` in the next batch (on the writer's connection, inside the batch's
+    /// transaction) and answers once it is committed.
     pub(crate) async fn submit<T, E, F>(&self, durable: bool, work: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<WriteFailed> + Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let op = Box::new(Pending {
@@ -115,7 +117,7 @@ impl Writer {
     }
 }
 
-fn run(mut db: Connection, queue: mpsc::Receiver<Job>, relaxed: bool) {
+fn run(db: Connection, queue: mpsc::Receiver<Job>, relaxed: bool) {
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
@@ -126,7 +128,7 @@ fn run(mut db: Connection, queue: mpsc::Receiver<Job>, relaxed: bool) {
             },
         };
         if first.durable {
-            commit(&mut db, vec![first], relaxed);
+            commit(&db, vec![first], relaxed);
             continue;
         }
         let mut batch = vec![first];
@@ -141,32 +143,39 @@ fn run(mut db: Connection, queue: mpsc::Receiver<Job>, relaxed: bool) {
                 Err(_) => break,
             }
         }
-        commit(&mut db, batch, false);
+        commit(&db, batch, false);
     }
 }
 
 /// Runs `batch` in one transaction and answers each operation after the commit.
-fn commit(db: &mut Connection, mut batch: Vec<Job>, fsync: bool) {
+fn commit(db: &Connection, mut batch: Vec<Job>, fsync: bool) {
     if fsync {
         if let Err(error) = db.execute_batch("PRAGMA synchronous = FULL;") {
             return answer_all(batch, Err(&error));
         }
     }
-    let committed = (|| {
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Prepared once per connection, like the operations' own statements.
-        let step = |sql: &str| tx.prepare_cached(sql)?.execute([]).map(drop);
+    // Every statement, the transaction's own included, is prepared once per connection:
+    // `BEGIN` and `COMMIT` are parsed again on each batch otherwise.
+    let step = |sql: &str| db.prepare_cached(sql)?.execute([]).map(drop);
+    let committed = step("BEGIN IMMEDIATE").and_then(|()| {
         for job in &mut batch {
             step("SAVEPOINT op")?;
             // A panicking operation fails alone: the thread (and every later caller) lives on.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.op.run(&tx)));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.op.run(db)));
             if !ran.unwrap_or(false) {
                 step("ROLLBACK TO op")?;
             }
             step("RELEASE op")?;
         }
-        tx.commit()
-    })();
+        step("COMMIT")
+    });
+    // A batch that failed before or at its commit leaves nothing behind (SQLite may have
+    // rolled it back itself already, then the connection is back in autocommit).
+    if committed.is_err() && !db.is_autocommit() {
+        if let Err(error) = step("ROLLBACK") {
+            tracing::error!(%error, "rolling back a failed batch failed");
+        }
+    }
     if fsync {
         if let Err(error) = db.execute_batch("PRAGMA synchronous = NORMAL;") {
             tracing::error!(%error, "restoring a database's synchronous setting failed");

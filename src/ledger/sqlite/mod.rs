@@ -69,7 +69,7 @@ impl SqliteLedger {
     /// Runs `work` in the writer's next batch; answers once its commit returned.
     async fn transaction<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
         self.writer.submit(false, work).await
     }
@@ -77,7 +77,7 @@ impl SqliteLedger {
     /// As [`Self::transaction`], fsyncing the commit whatever the durability setting.
     async fn durable_transaction<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
         self.writer.submit(true, work).await
     }
@@ -85,7 +85,7 @@ impl SqliteLedger {
     /// Runs `work` on the read connection, in one read transaction (one snapshot).
     async fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, LedgerError> + Send + 'static,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
         let db = self.reader.clone();
         tokio::task::spawn_blocking(move || {
@@ -101,7 +101,7 @@ impl SqliteLedger {
 /// Runs one statement, prepared once per connection: the writer runs the same few
 /// statements for every edit, so SQLite parses each once instead of on every call.
 fn exec(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> rusqlite::Result<usize> {
@@ -110,7 +110,7 @@ fn exec(
 
 /// [`exec`] for a statement that answers one row.
 fn query_row<T>(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     sql: &str,
     params: impl rusqlite::Params,
     row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
@@ -128,7 +128,7 @@ fn storage(error: rusqlite::Error) -> LedgerError {
     LedgerError::Storage(error.into())
 }
 
-fn ensure_account(tx: &rusqlite::Transaction<'_>, account: &UserId) -> Result<(), LedgerError> {
+fn ensure_account(tx: &rusqlite::Connection, account: &UserId) -> Result<(), LedgerError> {
     exec(
         tx,
         "INSERT OR IGNORE INTO accounts (account) VALUES (?1)",
@@ -140,7 +140,7 @@ fn ensure_account(tx: &rusqlite::Transaction<'_>, account: &UserId) -> Result<()
 
 /// Ends an open hold inside `tx`; `false` when it was not open.
 fn end_hold(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     id: HoldId,
     charge: Amount,
     units_returned: Option<u32>,
@@ -207,7 +207,7 @@ const ENDED_HOLD: &str = "SELECT account, amount, request_id, model, units, expi
 
 /// The hold `id` by `query` ([`OPEN_HOLD`] or [`ENDED_HOLD`]), if there is one.
 fn hold_row(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     query: &str,
     id: HoldId,
 ) -> Result<Option<HoldRow>, LedgerError> {
@@ -228,7 +228,7 @@ fn hold_row(
 
 /// Appends the journal entry of a hold's end.
 fn journal_end(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     hold: &HoldRow,
     kind: EntryKind,
     charge: Amount,
@@ -261,7 +261,7 @@ fn journal_end(
 /// Settles a hold that is no longer open: charges an expired one from the available
 /// balance, once; changes nothing for one that was settled or released.
 fn settle_ended(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     id: HoldId,
     charge: Amount,
     units_returned: u32,
@@ -300,7 +300,7 @@ fn settle_ended(
 }
 
 /// Whether `id` is a hold that ended (settled, released or expired).
-fn has_ended(tx: &rusqlite::Transaction<'_>, id: HoldId) -> Result<bool, LedgerError> {
+fn has_ended(tx: &rusqlite::Connection, id: HoldId) -> Result<bool, LedgerError> {
     query_row(
         tx,
         "SELECT 1 FROM ended_holds WHERE id = ?1",

@@ -256,6 +256,13 @@ impl Usage {
             files: self.files.saturating_add(other.files),
         }
     }
+
+    fn minus(self, other: Usage) -> Usage {
+        Usage {
+            bytes: self.bytes.saturating_sub(other.bytes),
+            files: self.files.saturating_sub(other.files),
+        }
+    }
 }
 
 /// Bytes by key. Implement it over your object store; four methods, no defaults.

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Notify;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -66,12 +68,43 @@ impl fmt::Display for Quota {
 /// [`usage`](FileStore::usage)) plus what is being written for it right now, so concurrent
 /// writes of one owner cannot pass the check together. The count is this process's: several
 /// processes writing for one owner into a shared store may pass it by one write each.
+///
+/// The inner store's figure and the writes in flight are read at different moments, so a
+/// write can be in both (recorded by the store, its `put` not yet returned) or, finishing
+/// while the figure is read, in neither. The second is closed by counting every write that
+/// ended during the read as well; the first only ever errs towards a refusal, so a write
+/// that would be refused while others of its owner are in flight waits for them and is
+/// decided again: a refusal is only given on a figure no write was racing.
 #[derive(Clone)]
 pub struct QuotaStore {
     inner: Arc<dyn FileStore>,
     quota: Quota,
-    writing: Arc<Mutex<HashMap<UserId, Usage>>>,
+    owners: Arc<Mutex<HashMap<UserId, Owner>>>,
+    /// Told whenever a write in flight ends.
+    ended: Arc<Notify>,
 }
+
+/// One owner's writes as this process sees them, kept while any is in flight or checked.
+#[derive(Default)]
+struct Owner {
+    /// Admitted and not yet ended.
+    in_flight: Usage,
+    /// Every write that ended since the entry was made, summed: what a check sees grow
+    /// while it reads the inner store ended during that read.
+    ended: Usage,
+    /// Checks reading the inner store's figure right now.
+    checking: usize,
+}
+
+impl Owner {
+    fn idle(&self) -> bool {
+        self.in_flight == Usage::default() && self.checking == 0
+    }
+}
+
+/// How often a check is made again because writes of its owner ended while it read, before
+/// it is decided on the conservative count.
+const MAX_RECHECKS: usize = 16;
 
 impl QuotaStore {
     /// `inner`, with `quota` per owner.
@@ -79,25 +112,86 @@ impl QuotaStore {
         QuotaStore {
             inner,
             quota,
-            writing: Arc::default(),
+            owners: Arc::default(),
+            ended: Arc::default(),
         }
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Owner>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts `adding` as being written for `owner`, or refuses it.
     async fn reserve(&self, owner: &UserId, adding: Usage) -> Result<Reserved<'_>, StoreError> {
-        let used = self.inner.usage(owner).await?;
-        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let in_flight = writing.get(owner).copied().unwrap_or_default();
-        let used = used.plus(in_flight);
-        if !self.quota.allows(used.plus(adding)) {
-            return Err(StoreError::quota_exceeded(used, adding, self.quota));
+        let mut rechecks = 0;
+        loop {
+            let check = Checking::start(self, owner);
+            let stored = self.inner.usage(owner).await?;
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the count is read: an end after it wakes this check.
+            ended.as_mut().enable();
+            {
+                let mut owners = self.owners();
+                let entry = owners.entry(owner.clone()).or_default();
+                let ended_meanwhile = entry.ended.minus(check.ended_before);
+                let used = stored.plus(entry.in_flight).plus(ended_meanwhile);
+                if self.quota.allows(used.plus(adding)) {
+                    entry.in_flight = entry.in_flight.plus(adding);
+                    drop(owners);
+                    return Ok(Reserved {
+                        store: self,
+                        owner: owner.clone(),
+                        adding,
+                    });
+                }
+                let racing = entry.in_flight != Usage::default();
+                let raced = ended_meanwhile != Usage::default();
+                if (!racing && !raced) || rechecks == MAX_RECHECKS {
+                    return Err(StoreError::quota_exceeded(used, adding, self.quota));
+                }
+                rechecks += 1;
+                if !racing {
+                    // Only the writes that ended during the read were in doubt: read again.
+                    continue;
+                }
+            }
+            drop(check);
+            ended.await;
         }
-        *writing.entry(owner.clone()).or_default() = in_flight.plus(adding);
-        Ok(Reserved {
-            store: self,
+    }
+}
+
+/// A check reading the inner store's figure: keeps its owner's entry (and so the sum of
+/// ended writes it compares against) alive until it is decided or cancelled.
+struct Checking<'a> {
+    store: &'a QuotaStore,
+    owner: UserId,
+    ended_before: Usage,
+}
+
+impl<'a> Checking<'a> {
+    fn start(store: &'a QuotaStore, owner: &UserId) -> Self {
+        let mut owners = store.owners();
+        let entry = owners.entry(owner.clone()).or_default();
+        entry.checking += 1;
+        Checking {
+            store,
             owner: owner.clone(),
-            adding,
-        })
+            ended_before: entry.ended,
+        }
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        let mut owners = self.store.owners();
+        if let Some(entry) = owners.get_mut(&self.owner) {
+            entry.checking = entry.checking.saturating_sub(1);
+            if entry.idle() {
+                owners.remove(&self.owner);
+            }
+        }
     }
 }
 
@@ -110,14 +204,16 @@ struct Reserved<'a> {
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        let mut writing = self.store.writing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(in_flight) = writing.get_mut(&self.owner) {
-            in_flight.bytes = in_flight.bytes.saturating_sub(self.adding.bytes);
-            in_flight.files = in_flight.files.saturating_sub(self.adding.files);
-            if *in_flight == Usage::default() {
-                writing.remove(&self.owner);
+        let mut owners = self.store.owners();
+        if let Some(entry) = owners.get_mut(&self.owner) {
+            entry.in_flight = entry.in_flight.minus(self.adding);
+            entry.ended = entry.ended.plus(self.adding);
+            if entry.idle() {
+                owners.remove(&self.owner);
             }
         }
+        drop(owners);
+        self.store.ended.notify_waiters();
     }
 }
 
@@ -166,6 +262,10 @@ impl FileStore for QuotaStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::task::JoinHandle;
+
     use super::*;
     use crate::store::MemoryFileStore;
 
@@ -196,5 +296,126 @@ mod tests {
         // Another owner has a quota of its own.
         let bob = UserId::new("bob").unwrap();
         store.admits(&bob, Usage::new(10, 2)).await.unwrap();
+    }
+
+    /// The memory store with delays: before a put is recorded, after it is recorded (before
+    /// `put` returns), and between reading the usage and answering it.
+    struct Slow {
+        inner: MemoryFileStore,
+        before_record: Duration,
+        after_record: Duration,
+        usage_answer: Duration,
+    }
+
+    #[async_trait]
+    impl FileStore for Slow {
+        async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
+            tokio::time::sleep(self.before_record).await;
+            self.inner.put(key, bytes).await?;
+            tokio::time::sleep(self.after_record).await;
+            Ok(())
+        }
+        async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn delete(&self, key: &FileKey) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn list(
+            &self,
+            owner: &UserId,
+            after: Option<&FileCursor>,
+            limit: usize,
+        ) -> Result<FilePage, StoreError> {
+            self.inner.list(owner, after, limit).await
+        }
+        async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
+            let usage = self.inner.usage(owner).await;
+            tokio::time::sleep(self.usage_answer).await;
+            usage
+        }
+    }
+
+    fn slow(before_record: u64, after_record: u64, usage_answer: u64) -> Arc<Slow> {
+        Arc::new(Slow {
+            inner: MemoryFileStore::new(),
+            before_record: Duration::from_millis(before_record),
+            after_record: Duration::from_millis(after_record),
+            usage_answer: Duration::from_millis(usage_answer),
+        })
+    }
+
+    fn put_later(
+        store: &QuotaStore,
+        owner: &UserId,
+        after_ms: u64,
+    ) -> JoinHandle<Result<(), StoreError>> {
+        let (store, key) = (
+            store.clone(),
+            FileKey::new(owner, uuid::Uuid::new_v4(), "x.png"),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            store.put(&key, Bytes::from_static(b"1234")).await
+        })
+    }
+
+    /// A write the inner store has recorded but whose `put` has not returned is in the store's
+    /// figure and in flight at once: a write that fits beside it is not refused for that.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_recorded_but_not_returned_is_not_counted_twice() {
+        let inner = slow(0, 300, 0);
+        let store = QuotaStore::new(inner.clone(), Quota::new(0, 2));
+        let alice = UserId::new("alice").unwrap();
+        let first = put_later(&store, &alice, 0);
+        let second = put_later(&store, &alice, 100);
+        second
+            .await
+            .unwrap()
+            .expect("two files fit in a quota of two");
+        first.await.unwrap().unwrap();
+        assert_eq!(inner.usage(&alice).await.unwrap(), Usage::new(8, 2));
+        // At the quota, and nothing in flight: refused at once.
+        let third = put_later(&store, &alice, 0).await.unwrap();
+        assert!(third.unwrap_err().to_string().contains("quota"));
+    }
+
+    /// A write that ends while another check reads the store's figure is in neither the
+    /// figure (read before it was recorded) nor in flight (ended before the check counts):
+    /// it is counted all the same.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_ending_during_a_check_is_counted() {
+        let inner = slow(50, 0, 200);
+        let store = QuotaStore::new(inner.clone(), Quota::new(0, 1));
+        let alice = UserId::new("alice").unwrap();
+        // The first is admitted at 200 ms and recorded at 250; the second reads the figure
+        // from 100 to 300 ms, an empty one.
+        let first = put_later(&store, &alice, 0);
+        let second = put_later(&store, &alice, 100);
+        first.await.unwrap().unwrap();
+        let refused = second.await.unwrap().unwrap_err();
+        assert!(refused.to_string().contains("quota"), "{refused}");
+        assert_eq!(inner.usage(&alice).await.unwrap(), Usage::new(4, 1));
+        assert!(store.owners().is_empty(), "no owner is kept once idle");
+    }
+
+    /// Many writers racing at a quota: exactly as many pass as fit, none is refused while
+    /// there was room, and nothing is left counted.
+    #[tokio::test(start_paused = true)]
+    async fn racing_writers_fill_the_quota_exactly() {
+        let inner = slow(30, 40, 20);
+        let store = QuotaStore::new(inner.clone(), Quota::new(0, 5));
+        let alice = UserId::new("alice").unwrap();
+        let writers: Vec<_> = (0..20).map(|i| put_later(&store, &alice, i * 7)).collect();
+        let mut passed = 0;
+        for writer in writers {
+            match writer.await.unwrap() {
+                Ok(()) => passed += 1,
+                Err(error) => assert!(error.to_string().contains("quota"), "{error}"),
+            }
+        }
+        assert_eq!(passed, 5);
+        assert_eq!(inner.usage(&alice).await.unwrap(), Usage::new(20, 5));
+        assert!(store.owners().is_empty());
     }
 }

@@ -25,6 +25,7 @@ use image_gateway::catalog::ModelSpec;
 use image_gateway::job::{EditJob, EditParams, SourceImage};
 use image_gateway::ledger::{Ledger, MemoryLedger};
 use image_gateway::media::ImageKind;
+use image_gateway::store::{FileStore, LocalFileStore, Quota, Usage};
 use image_gateway::Gateway;
 
 const UPSTREAM_KEY: &str = "sk-upstream-secret-4242";
@@ -524,6 +525,107 @@ async fn a_client_that_disconnects_cancels_the_upstream_call() {
         s.mock.cancelled.load(Ordering::SeqCst),
         s.available().await
     );
+}
+
+/// A multipart edit's source is written to the file store while the model works. A client
+/// that leaves then cancels the model's call and gets its hold back, and the upload written
+/// beside it is kept: listed once, counted once against the quota, found again on restart.
+#[tokio::test]
+async fn a_client_leaving_while_the_model_works_keeps_its_upload_listed_and_counted_once() {
+    let dir = temp_dir("upstream-leave");
+    let mock = start_mock(Script::Hang).await;
+    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
+        .model("gpt-image-2", "upstream-model-x")
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let alice = UserId::new("alice").unwrap();
+    ledger.deposit(&alice, 100, "c").await.unwrap();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .backend(upstream)
+        .ledger(ledger.clone())
+        .store(LocalFileStore::open(&dir).unwrap())
+        .quota(Quota::new(0, 2))
+        .model("gpt-image-2", ModelSpec::new(10, 10))
+        .build();
+    let server = TestServer::start(gateway).await;
+    let source = png(10, 10);
+    let (content_type, body) = edit(1).finish();
+    let addr = server.addr;
+    let client = tokio::spawn(async move {
+        let req = Request::post(EDITS)
+            .header("x-api-key", ALICE_KEY)
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .unwrap();
+        send(addr, req).await
+    });
+    while mock.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.abort();
+    let balance = || async { ledger.balance(&alice).await.unwrap() };
+    for _ in 0..200 {
+        if mock.cancelled.load(Ordering::SeqCst) && balance().await.held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        mock.cancelled.load(Ordering::SeqCst),
+        "the model's call was cancelled"
+    );
+    let b = balance().await;
+    assert_eq!(
+        (b.available, b.held, b.charged),
+        (100, 0, 0),
+        "nothing charged"
+    );
+
+    // The write outlives the request: it is listed once its file is durable (a busy disk
+    // can take a while).
+    let mut keys = Vec::new();
+    for _ in 0..400 {
+        let list = server
+            .call(http::Method::GET, "/api/v1/files", ALICE_KEY)
+            .await
+            .json();
+        keys = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["key"].as_str().unwrap().to_owned())
+            .collect::<Vec<String>>();
+        if !keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(keys.len(), 1, "the source, once: {keys:?}");
+    let path = format!("/api/v1/files/{}", keys[0]);
+    let stored = server.call(http::Method::GET, &path, ALICE_KEY).await;
+    assert_eq!(stored.status, StatusCode::OK);
+    assert_eq!(stored.body.as_ref(), source.as_slice());
+    // Found again by a store opened afresh on the directory, as after a restart.
+    let reopened = LocalFileStore::open(&dir).unwrap();
+    assert_eq!(
+        reopened.usage(&alice).await.unwrap(),
+        Usage::new(source.len() as u64, 1)
+    );
+    // Counted once: of a quota of two files, one is left, and only one.
+    let uploaded = server.upload(ALICE_KEY, &[("b.png", &source)]).await;
+    assert_eq!(uploaded.uploaded_keys().len(), 1);
+    let refused = server.upload(ALICE_KEY, &[("c.png", &source)]).await;
+    assert_eq!(
+        refused.error().0,
+        413,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@
 # directly, then the release binary on its durable defaults (SQLite ledger and records, local
 # files fsynced, a data dir on disk) forwarding to it, and loads that the same way: the
 # SDK-shaped multipart edit with a small and a 5 MB PNG. Each row prints req/s, p50, p99,
-# the server's CPU per request and its peak RSS. A last row holds 64 edits of 5 MB sources
+# the server's CPU per request and its peak RSS, then that CPU by thread (the runtime's
+# workers and each store's writer). A last row holds 64 edits of 5 MB sources
 # open against a slow mock and prints how far the binary's RSS grew while they waited.
 #
 # Usage: [GATEWAY_BIN=path] [BENCH_DIR=dir] bash benches/upstream.sh [seconds per run] [all|waiting]
@@ -69,14 +70,21 @@ end
 EOF
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks by thread name (`file-writer`, `sqlite-ledger-w`, `tokio-rt-worker`, ...).
+thread_ticks() {
+  for task in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+  done | awk '{ticks[$1] += $2} END {for (name in ticks) print name, ticks[name]}' | sort
+}
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # One wrk run of `body` at `url` with `connections`; prints the summary with the server's CPU.
 load() {
   local name=$1 pid=$2 url=$3 body=$4 connections=$5
-  local before after line requests
+  local before after line requests threads_before
   before=$(cpu_ticks "$pid")
+  threads_before=$(thread_ticks "$pid")
   line=$(BODY="$work/$body.body" KEY=${KEY:-none} wrk -t2 -c"$connections" -d"${seconds}s" \
     -s "$work/post.lua" "$url" | tail -n 1)
   after=$(cpu_ticks "$pid")
@@ -85,6 +93,9 @@ load() {
   hz=$(getconf CLK_TCK)
   awk -v n="$name" -v l="$line" -v t="$ticks" -v r="$requests" -v hz="$hz" -v hwm="$(kib "$pid" VmHWM)" \
     'BEGIN {printf "%-34s %s cpu/req=%.0fus peak_rss=%.0fMB\n", n, l, (r > 0 ? t / hz / r * 1e6 : 0), hwm / 1024}'
+  # Where that CPU went, by thread: the runtime and each store's writer.
+  join <(echo "$threads_before") <(thread_ticks "$pid") | awk -v r="$requests" -v hz="$hz" \
+    '$3 > $2 && r > 0 {printf "    %s=%.0fus", $1, ($3 - $2) / hz / r * 1e6} END {print ""}'
 }
 
 start_mock() {

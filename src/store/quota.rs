@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -80,8 +81,12 @@ pub struct QuotaStore {
     inner: Arc<dyn FileStore>,
     quota: Quota,
     owners: Arc<Mutex<HashMap<UserId, Owner>>>,
-    /// Told whenever a write in flight ends.
+    /// Told when a write in flight ends and a check waits for that.
     ended: Arc<Notify>,
+    /// Checks waiting for a write to end: counted under the `owners` lock and read by an
+    /// ending write after it took that lock, so no end a check waits for goes untold, and a
+    /// write that nobody waits for takes no second lock.
+    waiting: Arc<AtomicUsize>,
 }
 
 /// One owner's writes as this process sees them, kept while any is in flight or checked.
@@ -114,6 +119,7 @@ impl QuotaStore {
             quota,
             owners: Arc::default(),
             ended: Arc::default(),
+            waiting: Arc::default(),
         }
     }
 
@@ -155,7 +161,9 @@ impl QuotaStore {
                     // Only the writes that ended during the read were in doubt: read again.
                     continue;
                 }
+                self.waiting.fetch_add(1, Ordering::Relaxed);
             }
+            let _waiting = Waiting(&self.waiting);
             drop(check);
             ended.await;
         }
@@ -213,7 +221,18 @@ impl Drop for Reserved<'_> {
             }
         }
         drop(owners);
-        self.store.ended.notify_waiters();
+        if self.store.waiting.load(Ordering::Relaxed) > 0 {
+            self.store.ended.notify_waiters();
+        }
+    }
+}
+
+/// A check waiting for a write of its owner to end, until it wakes or is cancelled.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -356,7 +375,11 @@ mod tests {
         );
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
-            store.put(&key, Bytes::from_static(b"1234")).await
+            // A check left waiting with nothing to wake it fails the test, not hangs it.
+            let put = store.put(&key, Bytes::from_static(b"1234"));
+            tokio::time::timeout(Duration::from_secs(60), put)
+                .await
+                .expect("the write was decided")
         })
     }
 

@@ -9,11 +9,11 @@ use crate::GatewayError;
 pub struct GenerationId(Uuid);
 
 impl GenerationId {
-    /// A fresh random id (a UUIDv4). Not time-ordered like a hold's id: the id names the
-    /// output's file, and with UUIDv7 names (their first characters shared, the time) the
-    /// local store's file writer spent about three times the CPU per edit on ext4 (336-440
-    /// against 116-131 µs, `benches/upstream.sh`'s small edit), far more than an ordered
-    /// index saves the records.
+    /// A fresh random id (a UUIDv4). Not time-ordered like a hold's id, though that would
+    /// spare the records' index: the id names the output's file, and with UUIDv7 names the
+    /// local store's file writer spent more CPU per edit on ext4 in every alternated run
+    /// (151-479 against 116-219 µs, `benches/upstream.sh`'s small edit), more than the
+    /// ordered index saved.
     pub fn new() -> Self {
         GenerationId(Uuid::new_v4())
     }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -81,12 +80,6 @@ pub struct QuotaStore {
     inner: Arc<dyn FileStore>,
     quota: Quota,
     owners: Arc<Mutex<HashMap<UserId, Owner>>>,
-    /// Told when a write in flight ends and a check waits for that.
-    ended: Arc<Notify>,
-    /// Checks waiting for a write to end: counted under the `owners` lock and read by an
-    /// ending write after it took that lock, so no end a check waits for goes untold, and a
-    /// write that nobody waits for takes no second lock.
-    waiting: Arc<AtomicUsize>,
 }
 
 /// One owner's writes as this process sees them, kept while any is in flight or checked.
@@ -97,8 +90,11 @@ struct Owner {
     /// Every write that ended since the entry was made, summed: what a check sees grow
     /// while it reads the inner store ended during that read.
     ended: Usage,
-    /// Checks reading the inner store's figure right now.
+    /// Checks reading the inner store's figure or waiting for a write to end.
     checking: usize,
+    /// Told, while a check is on, when one of this owner's writes ends: only this owner's
+    /// writes wake (and so re-check) a waiting check.
+    ended_now: Arc<Notify>,
 }
 
 impl Owner {
@@ -118,8 +114,6 @@ impl QuotaStore {
             inner,
             quota,
             owners: Arc::default(),
-            ended: Arc::default(),
-            waiting: Arc::default(),
         }
     }
 
@@ -133,12 +127,13 @@ impl QuotaStore {
         loop {
             let check = Checking::start(self, owner);
             let stored = self.inner.usage(owner).await?;
-            let ended = self.ended.notified();
+            let ended = check.ended_now.notified();
             tokio::pin!(ended);
-            // Registered before the count is read: an end after it wakes this check.
-            ended.as_mut().enable();
             {
                 let mut owners = self.owners();
+                // Registered under the lock an ending write notifies under: an end after this
+                // decision wakes the check.
+                ended.as_mut().enable();
                 let entry = owners.entry(owner.clone()).or_default();
                 let ended_meanwhile = entry.ended.minus(check.ended_before);
                 let used = stored.plus(entry.in_flight).plus(ended_meanwhile);
@@ -161,21 +156,21 @@ impl QuotaStore {
                     // Only the writes that ended during the read were in doubt: read again.
                     continue;
                 }
-                self.waiting.fetch_add(1, Ordering::Relaxed);
             }
-            let _waiting = Waiting(&self.waiting);
-            drop(check);
+            // The check stays on while it waits, so the writes in flight tell it when they end.
             ended.await;
         }
     }
 }
 
-/// A check reading the inner store's figure: keeps its owner's entry (and so the sum of
-/// ended writes it compares against) alive until it is decided or cancelled.
+/// A check of one owner's quota, from its read of the inner store's figure until it is
+/// decided or cancelled: keeps the owner's entry (and so the sum of ended writes it compares
+/// against, and the notice it waits on) alive.
 struct Checking<'a> {
     store: &'a QuotaStore,
     owner: UserId,
     ended_before: Usage,
+    ended_now: Arc<Notify>,
 }
 
 impl<'a> Checking<'a> {
@@ -187,6 +182,7 @@ impl<'a> Checking<'a> {
             store,
             owner: owner.clone(),
             ended_before: entry.ended,
+            ended_now: entry.ended_now.clone(),
         }
     }
 }
@@ -216,23 +212,13 @@ impl Drop for Reserved<'_> {
         if let Some(entry) = owners.get_mut(&self.owner) {
             entry.in_flight = entry.in_flight.minus(self.adding);
             entry.ended = entry.ended.plus(self.adding);
+            if entry.checking > 0 {
+                entry.ended_now.notify_waiters();
+            }
             if entry.idle() {
                 owners.remove(&self.owner);
             }
         }
-        drop(owners);
-        if self.store.waiting.load(Ordering::Relaxed) > 0 {
-            self.store.ended.notify_waiters();
-        }
-    }
-}
-
-/// A check waiting for a write of its owner to end, until it wakes or is cancelled.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -318,11 +304,13 @@ mod tests {
     }
 
     /// The memory store with delays: before a put is recorded, after it is recorded (before
-    /// `put` returns), and between reading the usage and answering it.
+    /// `put` returns; only for `held`'s puts when set), and between reading the usage and
+    /// answering it.
     struct Slow {
         inner: MemoryFileStore,
         before_record: Duration,
         after_record: Duration,
+        held: Option<UserId>,
         usage_answer: Duration,
     }
 
@@ -331,7 +319,9 @@ mod tests {
         async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
             tokio::time::sleep(self.before_record).await;
             self.inner.put(key, bytes).await?;
-            tokio::time::sleep(self.after_record).await;
+            if self.held.as_ref().is_none_or(|held| held == key.owner()) {
+                tokio::time::sleep(self.after_record).await;
+            }
             Ok(())
         }
         async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
@@ -360,6 +350,7 @@ mod tests {
             inner: MemoryFileStore::new(),
             before_record: Duration::from_millis(before_record),
             after_record: Duration::from_millis(after_record),
+            held: None,
             usage_answer: Duration::from_millis(usage_answer),
         })
     }
@@ -439,6 +430,47 @@ mod tests {
         }
         assert_eq!(passed, 5);
         assert_eq!(inner.usage(&alice).await.unwrap(), Usage::new(20, 5));
+        assert!(store.owners().is_empty());
+    }
+
+    /// A check waiting for its owner's write is woken by that owner's writes only: a busy
+    /// other owner does not spend its re-checks and turn it into a refusal.
+    #[tokio::test(start_paused = true)]
+    async fn other_owners_writes_do_not_wake_a_waiting_check() {
+        let alice = UserId::new("alice").unwrap();
+        let bob = UserId::new("bob").unwrap();
+        let inner = Arc::new(Slow {
+            inner: MemoryFileStore::new(),
+            before_record: Duration::ZERO,
+            after_record: Duration::from_millis(1000),
+            held: Some(alice.clone()),
+            usage_answer: Duration::ZERO,
+        });
+        for i in 0..29 {
+            let key = FileKey::new(&alice, uuid::Uuid::new_v4(), &format!("{i}.png"));
+            inner
+                .inner
+                .put(&key, Bytes::from_static(b"1234"))
+                .await
+                .unwrap();
+        }
+        let store = QuotaStore::new(inner.clone(), Quota::new(0, 31));
+        // Alice's 30th is recorded at once and returns after 1 s; her 31st, at 100 ms, is
+        // counted with it twice (32 > 31) and waits. Meanwhile bob writes 30 files.
+        let thirtieth = put_later(&store, &alice, 0);
+        let thirty_first = put_later(&store, &alice, 100);
+        let bobs: Vec<_> = (0..30)
+            .map(|i| put_later(&store, &bob, 200 + i * 10))
+            .collect();
+        for put in bobs {
+            put.await.unwrap().unwrap();
+        }
+        thirtieth.await.unwrap().unwrap();
+        thirty_first
+            .await
+            .unwrap()
+            .expect("31 files fit in a quota of 31");
+        assert_eq!(inner.usage(&alice).await.unwrap().files, 31);
         assert!(store.owners().is_empty());
     }
 }

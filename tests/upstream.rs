@@ -22,6 +22,7 @@ use image_gateway::auth::Principal;
 use image_gateway::auth::UserId;
 use image_gateway::backend::{BackendError, ImageBackend, UpstreamBackend};
 use image_gateway::catalog::ModelSpec;
+use image_gateway::gateway::GatewayBuilder;
 use image_gateway::job::{EditJob, EditParams, SourceImage};
 use image_gateway::ledger::{Ledger, MemoryLedger};
 use image_gateway::media::ImageKind;
@@ -256,18 +257,25 @@ struct Setup {
 
 /// A gateway billing 10 a image in front of `upstream`; alice holds 100.
 async fn billed(upstream: UpstreamBackend) -> (TestServer, Arc<dyn Ledger>) {
+    billed_with(upstream, |builder| builder).await
+}
+
+/// As [`billed`], the gateway's builder given to `extra` last.
+async fn billed_with(
+    upstream: UpstreamBackend,
+    extra: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+) -> (TestServer, Arc<dyn Ledger>) {
     let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
     ledger
         .deposit(&UserId::new("alice").unwrap(), 100, "c")
         .await
         .unwrap();
-    let gateway = Gateway::builder()
+    let builder = Gateway::builder()
         .keys(keys())
         .backend(upstream)
         .ledger(ledger.clone())
-        .model("gpt-image-2", ModelSpec::new(10, 10))
-        .build();
-    (TestServer::start(gateway).await, ledger)
+        .model("gpt-image-2", ModelSpec::new(10, 10));
+    (TestServer::start(extra(builder).build()).await, ledger)
 }
 
 async fn setup(script: Script) -> Setup {
@@ -276,6 +284,15 @@ async fn setup(script: Script) -> Setup {
 
 /// As [`setup`], the upstream's URL given with `suffix` (`/v1`, `/`) after its host.
 async fn setup_at(script: Script, suffix: &str) -> Setup {
+    setup_with(script, suffix, |builder| builder).await
+}
+
+/// As [`setup_at`], the gateway's builder given to `extra` last.
+async fn setup_with(
+    script: Script,
+    suffix: &str,
+    extra: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+) -> Setup {
     let mock = start_mock(script).await;
     let upstream = UpstreamBackend::builder(format!("http://{}{suffix}", mock.addr))
         .api_key(UPSTREAM_KEY)
@@ -283,7 +300,7 @@ async fn setup_at(script: Script, suffix: &str) -> Setup {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let (server, ledger) = billed(upstream).await;
+    let (server, ledger) = billed_with(upstream, extra).await;
     Setup {
         mock,
         server,
@@ -498,6 +515,12 @@ async fn connection_refused_is_502_and_nothing_is_charged() {
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_the_upstream_call() {
     let s = setup(Script::Hang).await;
+    leave_while_the_model_works(&s).await;
+}
+
+/// Alice sends a one-image edit and hangs up once the model has it (her 10 held): the
+/// model's call is cancelled and the hold released.
+async fn leave_while_the_model_works(s: &Setup) {
     let (content_type, body) = edit(1).finish();
     let addr = s.server.addr;
     let client = tokio::spawn(async move {
@@ -533,52 +556,14 @@ async fn a_client_that_disconnects_cancels_the_upstream_call() {
 #[tokio::test]
 async fn a_client_leaving_while_the_model_works_keeps_its_upload_listed_and_counted_once() {
     let dir = temp_dir("upstream-leave");
-    let mock = start_mock(Script::Hang).await;
-    let upstream = UpstreamBackend::builder(format!("http://{}", mock.addr))
-        .model("gpt-image-2", "upstream-model-x")
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
-    let alice = UserId::new("alice").unwrap();
-    ledger.deposit(&alice, 100, "c").await.unwrap();
-    let gateway = Gateway::builder()
-        .keys(keys())
-        .backend(upstream)
-        .ledger(ledger.clone())
-        .store(LocalFileStore::open(&dir).unwrap())
-        .quota(Quota::new(0, 2))
-        .model("gpt-image-2", ModelSpec::new(10, 10))
-        .build();
-    let server = TestServer::start(gateway).await;
-    let source = png(10, 10);
-    let (content_type, body) = edit(1).finish();
-    let addr = server.addr;
-    let client = tokio::spawn(async move {
-        let req = Request::post(EDITS)
-            .header("x-api-key", ALICE_KEY)
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .unwrap();
-        send(addr, req).await
-    });
-    while mock.calls.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    client.abort();
-    let balance = || async { ledger.balance(&alice).await.unwrap() };
-    for _ in 0..200 {
-        if mock.cancelled.load(Ordering::SeqCst) && balance().await.held == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        mock.cancelled.load(Ordering::SeqCst),
-        "the model's call was cancelled"
-    );
-    let b = balance().await;
+    let store = LocalFileStore::open(&dir).unwrap();
+    let s = setup_with(Script::Hang, "", |builder| {
+        builder.store(store).quota(Quota::new(0, 2))
+    })
+    .await;
+    let (server, alice, source) = (&s.server, UserId::new("alice").unwrap(), png(10, 10));
+    leave_while_the_model_works(&s).await;
+    let b = s.ledger.balance(&alice).await.unwrap();
     assert_eq!(
         (b.available, b.held, b.charged),
         (100, 0, 0),

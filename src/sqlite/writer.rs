@@ -12,18 +12,18 @@ use std::sync::mpsc;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-/// Why a queued operation has no result of its own: its batch's commit failed, or the writer
-/// is gone. Each store turns it into its own error type.
+/// Why the database gave no answer of the operation's own: its batch's commit failed, the
+/// writer is gone, or a read could not start. Each store turns it into its own error type.
 #[derive(Debug)]
-pub(crate) struct WriteFailed(pub(crate) String);
+pub(crate) struct DbFailed(pub(crate) String);
 
-impl std::fmt::Display for WriteFailed {
+impl std::fmt::Display for DbFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for WriteFailed {}
+impl std::error::Error for DbFailed {}
 
 /// The most operations one commit takes: enough to share an fsync among every request a
 /// busy gateway has in flight, small enough that a batch's first caller does not wait long.
@@ -48,7 +48,7 @@ struct Pending<T, E, F> {
 impl<T, E, F> Operation for Pending<T, E, F>
 where
     T: Send,
-    E: From<WriteFailed> + Send,
+    E: From<DbFailed> + Send,
     F: FnOnce(&Connection) -> Result<T, E> + Send,
 {
     fn run(&mut self, db: &Connection) -> bool {
@@ -64,8 +64,8 @@ where
     fn answer(self: Box<Self>, committed: Result<(), &rusqlite::Error>) {
         let result = match (committed, self.result) {
             (Ok(()), Some(result)) => result,
-            (Err(error), _) => Err(WriteFailed(error.to_string()).into()),
-            (Ok(()), None) => Err(WriteFailed("the operation never ran".into()).into()),
+            (Err(error), _) => Err(DbFailed(error.to_string()).into()),
+            (Ok(()), None) => Err(DbFailed("the operation never ran".into()).into()),
         };
         // A caller that stopped waiting (a cancelled request) learns nothing; what was
         // committed stays committed (the stores' writes are idempotent or expected to land
@@ -102,7 +102,7 @@ impl Writer {
     pub(crate) async fn submit<T, E, F>(&self, durable: bool, work: F) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<WriteFailed> + Send + 'static,
+        E: From<DbFailed> + Send + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
@@ -111,7 +111,7 @@ impl Writer {
             result: None,
             reply,
         });
-        let stopped = || WriteFailed("the database's writer has stopped".into());
+        let stopped = || DbFailed("the database's writer has stopped".into());
         self.jobs.send(Job { op, durable }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

@@ -1,12 +1,11 @@
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
 use crate::id::GenerationId;
-use crate::sqlite::{WriteFailed, Writer};
+use crate::sqlite::{DbFailed, Reader, Writer};
 
 /// Generations in a SQLite file (WAL mode), so chains survive a restart.
 ///
@@ -19,11 +18,11 @@ use crate::sqlite::{WriteFailed, Writer};
 #[derive(Clone, Debug)]
 pub struct SqliteGenerations {
     writer: Writer,
-    reader: Arc<Mutex<Connection>>,
+    reader: Reader,
 }
 
-impl From<WriteFailed> for StoreError {
-    fn from(failed: WriteFailed) -> Self {
+impl From<DbFailed> for StoreError {
+    fn from(failed: DbFailed) -> Self {
         StoreError::new(failed)
     }
 }
@@ -46,14 +45,11 @@ impl SqliteGenerations {
              );",
         )
         .map_err(StoreError::new)?;
-        let reader = Connection::open(path).map_err(StoreError::new)?;
-        reader
-            .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
-            .map_err(StoreError::new)?;
+        let reader = Reader::open(path).map_err(StoreError::new)?;
         Ok(SqliteGenerations {
             writer: Writer::start(db, "sqlite-generations-writer", false)
                 .map_err(StoreError::new)?,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
         })
     }
 
@@ -104,25 +100,26 @@ impl Generations for SqliteGenerations {
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
-        let db = self.reader.clone();
-        let row = tokio::task::spawn_blocking(move || {
-            let db = db.lock().unwrap_or_else(|e| e.into_inner());
-            let mut statement = db.prepare_cached(
-                "SELECT file_key, status, created FROM generations WHERE id = ?1",
-            )?;
-            statement
-                .query_row(params![id.to_string()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                })
-                .optional()
-        })
-        .await
-        .map_err(StoreError::new)?
-        .map_err(StoreError::new)?;
+        let row = self
+            .reader
+            .read(move |db| {
+                let mut statement = db
+                    .prepare_cached(
+                        "SELECT file_key, status, created FROM generations WHERE id = ?1",
+                    )
+                    .map_err(StoreError::new)?;
+                statement
+                    .query_row(params![id.to_string()], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(StoreError::new)
+            })
+            .await?;
         let Some((key, status, created)) = row else {
             return Ok(None);
         };

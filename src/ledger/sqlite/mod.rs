@@ -1,5 +1,4 @@
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,19 +17,20 @@ mod schema;
 pub use schema::Durability;
 use schema::SCHEMA;
 
-use crate::sqlite::{WriteFailed, Writer};
+use crate::sqlite::{DbFailed, Reader, Writer};
 
 /// A ledger in a SQLite file, WAL mode.
 ///
 /// Writes go through one writer thread that commits every operation waiting for it in one
 /// `IMMEDIATE` transaction (group commit, in the crate's `sqlite` module): concurrent
 /// requests share a commit and its fsync. Reads (balances, the journal) use a connection of
-/// their own and never wait for the writer. Several processes sharing the file still never overdraw an account: each
-/// batch holds SQLite's write lock from its first check to its commit.
+/// their own and never wait for the writer. Several processes sharing the file still never
+/// overdraw an account: each batch holds SQLite's write lock from its first check to its
+/// commit.
 #[derive(Clone, Debug)]
 pub struct SqliteLedger {
     writer: Writer,
-    reader: Arc<Mutex<Connection>>,
+    reader: Reader,
 }
 
 impl SqliteLedger {
@@ -51,10 +51,7 @@ impl SqliteLedger {
         };
         db.execute_batch(synchronous).map_err(storage)?;
         db.set_prepared_statement_cache_capacity(64);
-        let reader = Connection::open(path).map_err(storage)?;
-        reader
-            .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
-            .map_err(storage)?;
+        let reader = Reader::open(path).map_err(storage)?;
         Ok(SqliteLedger {
             writer: Writer::start(
                 db,
@@ -62,7 +59,7 @@ impl SqliteLedger {
                 durability == Durability::ProcessCrash,
             )
             .map_err(|e| LedgerError::Storage(e.into()))?,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
         })
     }
 
@@ -87,14 +84,7 @@ impl SqliteLedger {
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let db = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = db.transaction().map_err(storage)?;
-            work(&tx)
-        })
-        .await
-        .map_err(|e| LedgerError::Storage(e.into()))?
+        self.reader.read(work).await
     }
 }
 
@@ -118,8 +108,8 @@ fn query_row<T>(
     tx.prepare_cached(sql)?.query_row(params, row)
 }
 
-impl From<WriteFailed> for LedgerError {
-    fn from(failed: WriteFailed) -> Self {
+impl From<DbFailed> for LedgerError {
+    fn from(failed: DbFailed) -> Self {
         LedgerError::Storage(failed.into())
     }
 }

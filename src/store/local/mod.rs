@@ -136,7 +136,11 @@ impl LocalFileStore {
         }
         // An admitted write's bytes are taken from the figure (one that then fails makes the
         // next checks stricter for at most one TTL).
-        let left = if write { bytes - adding } else { bytes };
+        let left = if write {
+            bytes.saturating_sub(adding)
+        } else {
+            bytes
+        };
         *free = Some((read, left));
         Ok(())
     }
@@ -167,9 +171,8 @@ impl LocalFileStore {
     fn path_of(&self, key: &str) -> io::Result<PathBuf> {
         let path = self.plain_path(key)?;
         let parent = path.parent().ok_or_else(escape)?;
-        match parent.canonicalize() {
-            Ok(real) if real.starts_with(&self.root) => Ok(path),
-            Ok(_) => Err(escape()),
+        match under_root(&self.root, parent) {
+            Ok(()) => Ok(path),
             // A missing parent holds no file; the caller sees "not found".
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(path),
             Err(e) => Err(e),
@@ -229,6 +232,15 @@ impl LocalFileStore {
 /// Every update is one map call, so a poisoned lock still holds a whole index.
 fn lock_index(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
     index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `dir` (existing) lies under `root` (canonical) once every symlink is resolved.
+fn under_root(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.canonicalize()?.starts_with(root) {
+        Ok(())
+    } else {
+        Err(escape())
+    }
 }
 
 /// The refusal of a path outside the root. The key is not in the message: it is client input.

@@ -310,9 +310,7 @@ impl Dirs {
     /// Creates `dir` and checks that it lies under the root, symlinks resolved.
     fn check(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        if !dir.canonicalize()?.starts_with(&self.root) {
-            return Err(super::escape());
-        }
+        super::under_root(&self.root, dir)?;
         self.checked().insert(dir.to_path_buf());
         Ok(())
     }

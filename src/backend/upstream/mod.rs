@@ -305,51 +305,58 @@ impl UpstreamBackend {
     }
 
     /// Sends `job` once, or twice when the first attempt never reached the model (see the
-    /// type's docs). `kept` is dropped [`RETRY_WINDOW`] after the body was sent.
+    /// type's docs).
     async fn send(
         &self,
         job: &EditJob,
-        mut kept: Option<Sources>,
+        sources: Sources,
     ) -> Result<reqwest::Response, BackendError> {
-        let mut retried = false;
-        loop {
-            let Some(sources) = &kept else {
-                return Err(BackendError::failed(Failure::Other, "no sources to send"));
-            };
-            // Only images are worth dropping; a generation keeps its retry.
-            let images = !sources.images.is_empty() || sources.mask.is_some();
-            let (sent, body_read) = oneshot::channel();
-            let attempt = self.request(job, sources, sent)?.send();
-            tokio::pin!(attempt);
-            let window = async {
-                // Also resolves when the body is dropped unsent; the attempt ends first then.
-                let _ = body_read.await;
-                tokio::time::sleep(RETRY_WINDOW).await;
-            };
-            tokio::pin!(window);
-            let outcome = loop {
-                tokio::select! {
-                    biased;
-                    outcome = &mut attempt => break outcome,
-                    () = &mut window, if images && kept.is_some() => kept = None,
-                }
-            };
-            let again = !retried && kept.is_some();
-            match outcome {
-                Ok(r)
-                    if again
-                        && matches!(
-                            r.status(),
-                            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                        ) => {}
-                Ok(r) => return Ok(r),
-                // A failed connect never reached the model: safe to send again.
-                Err(e) if again && e.is_connect() => {}
-                Err(e) => return Err(transport(e)),
+        let (outcome, kept) = self.attempt(job, sources).await?;
+        let never_reached_the_model = match &outcome {
+            Ok(r) => matches!(
+                r.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+            ),
+            // A failed connect never reached the model: safe to send again.
+            Err(e) => e.is_connect(),
+        };
+        let outcome = match kept {
+            Some(sources) if never_reached_the_model => {
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                self.attempt(job, sources).await?.0
             }
-            retried = true;
-            tokio::time::sleep(RETRY_BACKOFF).await;
-        }
+            _ => outcome,
+        };
+        outcome.map_err(transport)
+    }
+
+    /// One request with `sources`, and the sources again while a retry may still use them:
+    /// they are dropped [`RETRY_WINDOW`] after the body was sent.
+    async fn attempt(
+        &self,
+        job: &EditJob,
+        sources: Sources,
+    ) -> Result<(reqwest::Result<reqwest::Response>, Option<Sources>), BackendError> {
+        // Only images are worth dropping; a generation keeps its retry.
+        let images = !sources.images.is_empty() || sources.mask.is_some();
+        let (sent, body_read) = oneshot::channel();
+        let attempt = self.request(job, &sources, sent)?.send();
+        tokio::pin!(attempt);
+        let window = async {
+            // Also resolves when the body is dropped unsent; the attempt ends first then.
+            let _ = body_read.await;
+            tokio::time::sleep(RETRY_WINDOW).await;
+        };
+        tokio::pin!(window);
+        let mut kept = Some(sources);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                outcome = &mut attempt => break outcome,
+                () = &mut window, if images && kept.is_some() => kept = None,
+            }
+        };
+        Ok((outcome, kept))
     }
 }
 
@@ -422,7 +429,7 @@ impl ImageBackend for UpstreamBackend {
             images: std::mem::take(&mut job.sources),
             mask: job.mask.take(),
         };
-        let response = self.send(&job, Some(sources)).await?;
+        let response = self.send(&job, sources).await?;
         let event_stream = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)

@@ -186,3 +186,30 @@ async fn an_idle_keep_alive_connection_is_closed() {
         "still open: {closed:?}"
     );
 }
+
+/// The answer's status line to a `GET /v1/models` whose head carries `pad` bytes of one
+/// extra header, sent whole.
+async fn status_with_head_padding(addr: std::net::SocketAddr, pad: usize) -> String {
+    let head = format!(
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\nx-pad: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(pad)
+    );
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+/// hyper's read buffer is capped at 64 KiB per connection (it bounds what a connection
+/// holds after a large body); a request head must fit in it. Just under the cap a request is
+/// served; past it the head is refused `431` and the connection closed.
+#[tokio::test]
+async fn a_request_head_is_read_up_to_64_kib_and_refused_past_it() {
+    let server = TestServer::start(Gateway::builder().keys(keys()).build()).await;
+    let served = status_with_head_padding(server.addr, 60 * 1024).await;
+    assert_eq!(served, "HTTP/1.1 200 OK");
+    let refused = status_with_head_padding(server.addr, 70 * 1024).await;
+    assert!(refused.starts_with("HTTP/1.1 431"), "{refused:?}");
+}

@@ -304,13 +304,13 @@ mod tests {
     }
 
     /// The memory store with delays: before a put is recorded, after it is recorded (before
-    /// `put` returns; only for `held`'s puts when set), and between reading the usage and
-    /// answering it.
+    /// `put` returns; only for files named `held` when set), and between reading the usage
+    /// and answering it.
     struct Slow {
         inner: MemoryFileStore,
         before_record: Duration,
         after_record: Duration,
-        held: Option<UserId>,
+        held: Option<&'static str>,
         usage_answer: Duration,
     }
 
@@ -319,7 +319,7 @@ mod tests {
         async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
             tokio::time::sleep(self.before_record).await;
             self.inner.put(key, bytes).await?;
-            if self.held.as_ref().is_none_or(|held| held == key.owner()) {
+            if self.held.is_none_or(|name| key.as_str().ends_with(name)) {
                 tokio::time::sleep(self.after_record).await;
             }
             Ok(())
@@ -360,14 +360,25 @@ mod tests {
         owner: &UserId,
         after_ms: u64,
     ) -> JoinHandle<Result<(), StoreError>> {
+        put_file_later(store, owner, "x.png", b"1234", after_ms)
+    }
+
+    /// `bytes` as `owner`'s file `name`, written from a task of its own after `after_ms`.
+    fn put_file_later(
+        store: &QuotaStore,
+        owner: &UserId,
+        name: &str,
+        bytes: &'static [u8],
+        after_ms: u64,
+    ) -> JoinHandle<Result<(), StoreError>> {
         let (store, key) = (
             store.clone(),
-            FileKey::new(owner, uuid::Uuid::new_v4(), "x.png"),
+            FileKey::new(owner, uuid::Uuid::new_v4(), name),
         );
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
             // A check left waiting with nothing to wake it fails the test, not hangs it.
-            let put = store.put(&key, Bytes::from_static(b"1234"));
+            let put = store.put(&key, Bytes::from_static(bytes));
             tokio::time::timeout(Duration::from_secs(60), put)
                 .await
                 .expect("the write was decided")
@@ -443,7 +454,7 @@ mod tests {
             inner: MemoryFileStore::new(),
             before_record: Duration::ZERO,
             after_record: Duration::from_millis(1000),
-            held: Some(alice.clone()),
+            held: Some("_held.png"),
             usage_answer: Duration::ZERO,
         });
         for i in 0..29 {
@@ -457,7 +468,7 @@ mod tests {
         let store = QuotaStore::new(inner.clone(), Quota::new(0, 31));
         // Alice's 30th is recorded at once and returns after 1 s; her 31st, at 100 ms, is
         // counted with it twice (32 > 31) and waits. Meanwhile bob writes 30 files.
-        let thirtieth = put_later(&store, &alice, 0);
+        let thirtieth = put_file_later(&store, &alice, "held.png", b"1234", 0);
         let thirty_first = put_later(&store, &alice, 100);
         let bobs: Vec<_> = (0..30)
             .map(|i| put_later(&store, &bob, 200 + i * 10))
@@ -472,5 +483,43 @@ mod tests {
             .expect("31 files fit in a quota of 31");
         assert_eq!(inner.usage(&alice).await.unwrap().files, 31);
         assert!(store.owners().is_empty());
+    }
+
+    /// A check is decided again at most [`MAX_RECHECKS`] times: under a stream of its
+    /// owner's writes it ends on the conservative count (a refusal) instead of waiting for
+    /// the stream to stop. One wake fewer, and it waits for the write in doubt and passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_woken_past_its_rechecks_is_refused_on_the_conservative_count() {
+        let waits = |wakes| async move {
+            let alice = UserId::new("alice").unwrap();
+            let inner = Arc::new(Slow {
+                inner: MemoryFileStore::new(),
+                before_record: Duration::ZERO,
+                after_record: Duration::from_millis(1000),
+                held: Some("_held.png"),
+                usage_answer: Duration::ZERO,
+            });
+            let store = QuotaStore::new(inner.clone(), Quota::new(8, 0));
+            // 4 bytes recorded at once, returned after 1 s; 4 more fit (8 of 8) but are
+            // counted with the first twice (12) and wait. Empty files of alice's end
+            // meanwhile, each waking the waiting check once.
+            let held = put_file_later(&store, &alice, "held.png", b"1234", 0);
+            let waiting = put_later(&store, &alice, 100);
+            let stream: Vec<_> = (0..wakes)
+                .map(|i| put_file_later(&store, &alice, "empty.png", b"", 200 + i * 10))
+                .collect();
+            for put in stream {
+                put.await.unwrap().unwrap();
+            }
+            let decided = waiting.await.unwrap();
+            held.await.unwrap().unwrap();
+            decided
+        };
+        let last = MAX_RECHECKS as u64 - 1;
+        waits(last)
+            .await
+            .expect("woken 15 times, it still waits and passes");
+        let refused = waits(last + 1).await.unwrap_err();
+        assert!(refused.to_string().contains("quota"), "{refused}");
     }
 }

@@ -51,21 +51,69 @@ impl ResponseFuture<http::Response<crate::ResponseBody>, std::convert::Infallibl
     }
 }
 
-/// Runs `work` to its end whatever happens to the caller: polled once inline (work that is
-/// done at once needs no task), then, if it waits, on a task of its own that a dropped
-/// caller does not cancel. Money steps and the records that follow them run this way.
-pub(crate) async fn run_to_end<T: Send + 'static>(
-    work: impl Future<Output = Result<T, crate::GatewayError>> + Send + 'static,
-) -> Result<T, crate::GatewayError> {
-    let mut work = Box::pin(work);
-    // A drop falls between polls, so work done in its first poll cannot be cut.
-    if let Poll::Ready(done) = futures_util::poll!(work.as_mut()) {
-        return done;
+/// Runs `work` to its end whatever happens to the caller: it is polled where it is awaited,
+/// and handed to a task of its own only when the caller drops it before its end, so a
+/// dropped caller never cuts it and the usual path costs no task (no spawn, no wake-up of
+/// another worker when it ends). Money steps and the records that follow them run this way.
+/// A panic in the work answers `500`, as a failed task would.
+pub(crate) fn run_to_end<T, F>(work: F) -> RunToEnd<F>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, crate::GatewayError>> + Send + 'static,
+{
+    RunToEnd {
+        work: Some(Box::pin(work)),
     }
-    tokio::spawn(work).await.unwrap_or_else(|error| {
-        tracing::error!(%error, "a task that must run to its end failed");
-        Err(crate::GatewayError::Internal)
-    })
+}
+
+/// The future [`run_to_end`] returns.
+pub(crate) struct RunToEnd<F: Future + Send + 'static> {
+    /// `None` once the work has ended (answered or panicked).
+    work: Option<Pin<Box<F>>>,
+}
+
+impl<T, F> Future for RunToEnd<F>
+where
+    F: Future<Output = Result<T, crate::GatewayError>> + Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(work) = self.work.as_mut() else {
+            tracing::error!("work that ran to its end was polled again");
+            return Poll::Ready(Err(crate::GatewayError::Internal));
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        let done = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(done)) => done,
+            Err(_) => {
+                tracing::error!("work that must run to its end panicked");
+                Err(crate::GatewayError::Internal)
+            }
+        };
+        self.work = None;
+        Poll::Ready(done)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
+    fn drop(&mut self) {
+        let Some(work) = self.work.take() else {
+            return;
+        };
+        // The caller left between two polls: the rest runs on a task of its own, whose
+        // answer nobody waits for.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move {
+                work.await;
+            })),
+            Err(_) => {
+                tracing::error!("work that must run to its end was dropped outside a runtime")
+            }
+        }
+    }
 }
 
 impl<T, E> Future for ResponseFuture<T, E> {
@@ -79,5 +127,113 @@ impl<T, E> Future for ResponseFuture<T, E> {
 impl<T, E> fmt::Debug for ResponseFuture<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use super::{run_to_end, RunToEnd};
+    use crate::GatewayError;
+
+    /// Work that waits for `open`, then sets `ended`: polled once (it waits), then
+    /// answered with the runtime's count of live tasks.
+    struct Waiting {
+        open: oneshot::Sender<()>,
+        ended: Arc<AtomicBool>,
+        work: RunToEnd<Gated>,
+        tasks: usize,
+    }
+
+    type Gated = Pin<Box<dyn Future<Output = Result<u32, GatewayError>> + Send>>;
+
+    async fn waiting() -> Waiting {
+        let (open, gate) = oneshot::channel::<()>();
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
+        let work: Gated = Box::pin(async move {
+            let _ = gate.await;
+            flag.store(true, Ordering::SeqCst);
+            Ok(7)
+        });
+        let mut work = run_to_end(work);
+        assert!(futures_util::poll!(&mut work).is_pending());
+        let tasks = live_tasks();
+        Waiting {
+            open,
+            ended,
+            work,
+            tasks,
+        }
+    }
+
+    fn live_tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    #[tokio::test]
+    async fn work_awaited_to_its_end_runs_on_the_callers_task() {
+        let Waiting {
+            open,
+            ended,
+            work,
+            tasks,
+        } = waiting().await;
+        assert_eq!(tasks, 0, "waiting work has no task of its own");
+        open.send(()).unwrap();
+        assert_eq!(work.await.unwrap(), 7);
+        assert!(ended.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn work_dropped_while_it_waits_still_runs_to_its_end() {
+        let Waiting {
+            open, ended, work, ..
+        } = waiting().await;
+        drop(work);
+        assert_eq!(live_tasks(), 1, "the rest went to a task of its own");
+        open.send(()).unwrap();
+        for _ in 0..100 {
+            if ended.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the dropped work never ended");
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_work_answers_internal() {
+        let work = run_to_end(async {
+            if std::hint::black_box(true) {
+                panic!("a bug in a money step");
+            }
+            Ok(())
+        });
+        assert!(matches!(work.await, Err(GatewayError::Internal)));
+    }
+
+    #[tokio::test]
+    async fn a_panic_after_a_wait_answers_internal_too() {
+        let (open, gate) = oneshot::channel::<()>();
+        let mut work = Box::pin(run_to_end(async move {
+            let _ = gate.await;
+            if std::hint::black_box(true) {
+                panic!("a bug after the ledger answered");
+            }
+            Ok(())
+        }));
+        assert!(futures_util::poll!(work.as_mut()).is_pending());
+        open.send(()).unwrap();
+        assert!(matches!(work.await, Err(GatewayError::Internal)));
     }
 }

@@ -8,8 +8,9 @@ use crate::metrics::Metrics;
 /// when dropped without either (a panic, a runtime shutting down), by a release on a task
 /// spawned from `Drop`.
 ///
-/// Billing runs the whole billed edit on a task of its own, so a client that hangs up does
-/// not drop the guard: the work goes on and ends the hold itself. Releasing a hold that a
+/// Billing runs the whole billed edit to its end (a client that hangs up hands it to a task
+/// of its own), so a client that hangs up does not drop the guard: the work goes on and
+/// ends the hold itself. Releasing a hold that a
 /// settle already ended changes nothing (the ledger's settle and release are idempotent), so
 /// the release from `Drop` can never undo a charge.
 pub(crate) struct HoldGuard {

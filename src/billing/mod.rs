@@ -17,9 +17,11 @@
 //! | balance below the hold | `402 insufficient_balance`, nothing held |
 //! | balance negative | `402 OUTSTANDING_DEBT`, nothing held |
 //!
-//! The whole sequence runs on a task of its own, so a client that hangs up cannot cut it
-//! between two money steps; the request's [`Leases`](crate::lease::Leases) (its in-flight
-//! slot) live in that task until the backend's work has ended. While the backend works, the
+//! The whole sequence runs to its end: a client that hangs up cannot cut it between two
+//! money steps, since dropping the request's future hands the rest of the sequence to a task
+//! of its own (and only then: the usual edit runs on the connection's task). The request's
+//! [`Leases`](crate::lease::Leases) (its in-flight slot) live in that sequence until the
+//! backend's work has ended. While the backend works, the
 //! hold is renewed every third of its TTL, so the expiry sweep never takes it from a live
 //! request; if it expired all the same (a stalled process), the settle still charges, from
 //! the available balance, and logs an error. A hold guard releases on drop (a

@@ -65,9 +65,10 @@ where
     }
 
     fn call(&mut self, job: EditJob) -> Self::Future {
-        // The billed work runs on a task of its own, so the request's future (which a client
-        // that hangs up drops at any await) never cuts it between two money steps. The job's
-        // client watch tells it when the client is gone.
+        // The billed work runs to its end: the request's future (which a client that hangs
+        // up drops at any await) hands what is left to a task of its own instead of cutting
+        // it between two money steps. The job's client watch tells it when the client is
+        // gone.
         ResponseFuture::new(run_to_end(self.clone().bill(job).in_current_span()))
     }
 }

@@ -132,13 +132,12 @@ impl<T, E> fmt::Debug for ResponseFuture<T, E> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use tokio::sync::oneshot;
-
-    use std::future::Future;
-    use std::pin::Pin;
 
     use super::{run_to_end, RunToEnd};
     use crate::GatewayError;

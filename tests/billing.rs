@@ -14,7 +14,7 @@ use http_body_util::Full;
 use image_gateway::auth::UserId;
 use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
-use image_gateway::ledger::{Ledger, MemoryLedger, SqliteLedger};
+use image_gateway::ledger::{EntryKind, Ledger, MemoryLedger, SqliteLedger};
 use image_gateway::Gateway;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -45,6 +45,11 @@ impl ImageBackend for Scripted {
                 size: job.params.size,
             }),
             "crash" => Err(BackendError::upstream("boom")),
+            "panic" => {
+                // After a wait, so the panic comes in a later poll of the billed work.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                panic!("a bug in the backend");
+            }
             "hang" => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(vec![image])
@@ -549,4 +554,38 @@ async fn a_storage_error_after_the_backend_releases_the_hold() {
     assert!(!String::from_utf8_lossy(&reply.body).contains("disk full"));
     let b = ledger.balance(&alice()).await.unwrap();
     assert_eq!((b.available, b.held, b.charged), (100, 0, 0));
+}
+
+/// A backend that panics mid-edit: the client gets `500 internal_error` in the envelope,
+/// the hold is released exactly once (nothing charged, nothing left held), and the gateway
+/// goes on serving.
+#[tokio::test]
+async fn a_backend_that_panics_answers_500_and_releases_the_hold() {
+    let b = billed(Arc::new(MemoryLedger::new())).await;
+    b.ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let reply = b.server.edit_form(ALICE_KEY, form("panic", 2)).await;
+    assert_eq!(reply.error(), (500, "internal_error".into(), None));
+    assert!(!String::from_utf8_lossy(&reply.body).contains("a bug"));
+    // The release runs on a task the guard's drop spawned.
+    for _ in 0..100 {
+        if b.balance().await == (100, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let balance = b.ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        (balance.available, balance.held, balance.charged),
+        (100, 0, 0)
+    );
+    let journal = b.ledger.journal(&alice(), None, 100).await.unwrap();
+    let kinds: Vec<_> = journal.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == EntryKind::Release).count(),
+        1,
+        "{kinds:?}"
+    );
+    let reply = b.server.edit_form(ALICE_KEY, form("return 1", 1)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(b.balance().await, (90, 0));
 }

@@ -346,11 +346,26 @@ mod tests {
     }
 
     fn slow(before_record: u64, after_record: u64, usage_answer: u64) -> Arc<Slow> {
+        slow_holding(before_record, after_record, None, usage_answer)
+    }
+
+    /// A store that records at once and holds only files named `*_held.png` for 1 s after
+    /// recording them: the write in doubt, while every other write ends at once.
+    fn holding_one() -> Arc<Slow> {
+        slow_holding(0, 1000, Some("_held.png"), 0)
+    }
+
+    fn slow_holding(
+        before_record: u64,
+        after_record: u64,
+        held: Option<&'static str>,
+        usage_answer: u64,
+    ) -> Arc<Slow> {
         Arc::new(Slow {
             inner: MemoryFileStore::new(),
             before_record: Duration::from_millis(before_record),
             after_record: Duration::from_millis(after_record),
-            held: None,
+            held,
             usage_answer: Duration::from_millis(usage_answer),
         })
     }
@@ -450,13 +465,7 @@ mod tests {
     async fn other_owners_writes_do_not_wake_a_waiting_check() {
         let alice = UserId::new("alice").unwrap();
         let bob = UserId::new("bob").unwrap();
-        let inner = Arc::new(Slow {
-            inner: MemoryFileStore::new(),
-            before_record: Duration::ZERO,
-            after_record: Duration::from_millis(1000),
-            held: Some("_held.png"),
-            usage_answer: Duration::ZERO,
-        });
+        let inner = holding_one();
         for i in 0..29 {
             let key = FileKey::new(&alice, uuid::Uuid::new_v4(), &format!("{i}.png"));
             inner
@@ -492,13 +501,7 @@ mod tests {
     async fn a_check_woken_past_its_rechecks_is_refused_on_the_conservative_count() {
         let waits = |wakes| async move {
             let alice = UserId::new("alice").unwrap();
-            let inner = Arc::new(Slow {
-                inner: MemoryFileStore::new(),
-                before_record: Duration::ZERO,
-                after_record: Duration::from_millis(1000),
-                held: Some("_held.png"),
-                usage_answer: Duration::ZERO,
-            });
+            let inner = holding_one();
             let store = QuotaStore::new(inner.clone(), Quota::new(8, 0));
             // 4 bytes recorded at once, returned after 1 s; 4 more fit (8 of 8) but are
             // counted with the first twice (12) and wait. Empty files of alice's end

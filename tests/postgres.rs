@@ -183,6 +183,149 @@ async fn deposits_are_integers_once_per_reference_and_never_overflow() {
     assert!(b.deposit(&alice(), 1, "one-more").await.is_err());
 }
 
+/// A connection holding `account`'s row locked until [`unlock`]; a hold on it waits.
+async fn lock_account(url: &str, account: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM accounts WHERE account = '{account}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+async fn unlock(client: tokio_postgres::Client) {
+    client.batch_execute("COMMIT").await.unwrap();
+}
+
+/// Waits until some statement of the test's schema waits for a row lock.
+async fn until_one_waits_for_a_lock(url: &str) {
+    for _ in 0..200 {
+        let waiting = query(
+            url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO holds%'",
+        )
+        .await;
+        if waiting[0].get::<_, i64>(0) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no hold waited for the account's row");
+}
+
+/// Takes a hold of 10 for `alice` on its own task, with the request id `request`.
+fn spawn_hold(
+    ledger: &PgLedger,
+    request: &str,
+) -> tokio::task::JoinHandle<Result<image_gateway::ledger::Hold, LedgerError>> {
+    let (ledger, memo) = (ledger.clone(), Memo::new(request, "gpt-image-2", 1));
+    tokio::spawn(async move {
+        ledger
+            .hold(&alice(), Amount::new(10), Duration::from_secs(60), memo)
+            .await
+    })
+}
+
+/// The distinct transactions that wrote the open holds, and how many holds there are.
+async fn hold_commits(url: &str) -> (i64, i64) {
+    let rows = query(
+        url,
+        "SELECT count(DISTINCT xmin::text), count(*) FROM holds",
+    )
+    .await;
+    (rows[0].get(0), rows[0].get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_that_wait_together_commit_together() {
+    let Some((url, a, _)) = replicas("group commit").await else {
+        return;
+    };
+    let ledger = PgLedger::new(a);
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    // The first hold waits on the row while seven more queue behind it.
+    let lock = lock_account(&url, "alice").await;
+    let first = spawn_hold(&ledger, "r0");
+    until_one_waits_for_a_lock(&url).await;
+    let rest: Vec<_> = (1..8)
+        .map(|i| spawn_hold(&ledger, &format!("r{i}")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unlock(lock).await;
+    let mut holds = vec![first.await.unwrap().unwrap()];
+    for hold in join_all(rest).await {
+        holds.push(hold.unwrap().unwrap());
+    }
+    assert_eq!(
+        hold_commits(&url).await,
+        (2, 8),
+        "the first hold alone, the seven that queued behind it in one commit"
+    );
+    let settles = holds
+        .iter()
+        .map(|h| ledger.settle(h.id, Amount::new(10), 1));
+    for settled in join_all(settles).await {
+        assert_eq!(settled.unwrap(), Settlement::Settled);
+    }
+    let balance = ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        (balance.available, balance.held, balance.charged),
+        (920, 0, 80)
+    );
+    let journal = ledger.journal(&alice(), None, 100).await.unwrap();
+    let count = |kind| journal.iter().filter(|e| e.kind == kind).count();
+    assert_eq!((count(EntryKind::Hold), count(EntryKind::Settle)), (8, 8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_fails_in_a_batch_fails_alone() {
+    let Some((url, a, _)) = replicas("group commit failure").await else {
+        return;
+    };
+    let ledger = PgLedger::new(a);
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let lock = lock_account(&url, "alice").await;
+    let first = spawn_hold(&ledger, "r0");
+    until_one_waits_for_a_lock(&url).await;
+    // PostgreSQL refuses a NUL byte in text, so this hold's statement fails in the batch.
+    let rest: Vec<_> = (1..8)
+        .map(|i| spawn_hold(&ledger, &format!("r{i}{}", if i == 4 { "\0" } else { "" })))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unlock(lock).await;
+    first.await.unwrap().unwrap();
+    let outcomes: Vec<_> = join_all(rest)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for (i, outcome) in (1..8).zip(&outcomes) {
+        match outcome {
+            Err(LedgerError::Storage(_)) if i == 4 => {}
+            Ok(_) if i != 4 => {}
+            other => panic!("hold r{i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        hold_commits(&url).await,
+        (7, 7),
+        "the batch rolled back, and its six good holds committed each on its own"
+    );
+    let balance = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((balance.available, balance.held), (930, 70));
+    let journal = ledger.journal(&alice(), None, 100).await.unwrap();
+    assert_eq!(
+        journal.iter().filter(|e| e.kind == EntryKind::Hold).count(),
+        7
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_keys_made_on_one_replica_are_seen_by_the_other() {
     let Some((url, a, b)) = replicas("records").await else {

@@ -1,0 +1,250 @@
+//! A ledger in PostgreSQL, shared by every replica.
+//!
+//! # Guarantees
+//! - Every hold ends exactly once and no account is overdrawn, however many replicas share
+//!   the database: each operation acts only on rows it has locked (a hold on its account's
+//!   row from the check to the reservation, an end on the hold's row, which it deletes, a
+//!   late settle on its ended row's `expired` flag), so two replicas racing for one hold
+//!   serialize on that row and the second finds it gone.
+//! - A caller is answered only once its operation committed.
+//!
+//! # How
+//! What every edit does (a hold, its settle or release, a renewal) is one prepared statement
+//! ([`statement`]), and a replica commits the ones waiting at the same moment in one
+//! transaction on one connection ([`committer`]): concurrent edits share one round trip and
+//! one WAL flush. A statement that meets an uncommon case changes nothing, and the operation
+//! runs as the general transaction ([`transaction`]) instead; deposits and the expiry sweep
+//! always do.
+//!
+//! Batches of two replicas can lock the same rows in opposite orders; PostgreSQL then
+//! aborts one (a deadlock, after `deadlock_timeout`), and its operations run again alone.
+
+mod committer;
+mod statement;
+mod transaction;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+
+use self::committer::{Committer, Ran};
+use self::statement::Op;
+use super::{
+    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
+    Settlement,
+};
+use crate::auth::UserId;
+use crate::clock::unix_now;
+use crate::postgres::{seconds, Postgres};
+
+/// A ledger in PostgreSQL, shared by every replica (see the [module](self)).
+#[derive(Clone, Debug)]
+pub struct PgLedger {
+    db: Postgres,
+    committer: Committer,
+}
+
+impl PgLedger {
+    /// The ledger in `db`.
+    pub fn new(db: Postgres) -> Self {
+        PgLedger {
+            committer: Committer::new(db.clone()),
+            db,
+        }
+    }
+
+    /// Runs `op`'s statement in the committer's next batch, or alone when its batch was
+    /// rolled back; answers its row once committed.
+    async fn run(&self, op: Op) -> Result<tokio_postgres::Row, LedgerError> {
+        match self.committer.run(op).await? {
+            Ran::Row(row) => Ok(row),
+            Ran::Alone(op) => {
+                let client = self.db.client().await.map_err(LedgerError::Storage)?;
+                let statement = client.prepare_cached(op.sql()).await.map_err(storage)?;
+                client
+                    .query_one(&statement, &op.params())
+                    .await
+                    .map_err(storage)
+            }
+        }
+    }
+
+    /// Runs `work` in one transaction, committed when it returns `Ok`.
+    async fn transaction<T>(
+        &self,
+        work: impl for<'t> FnOnce(
+            &'t Transaction<'t>,
+        )
+            -> futures_util::future::BoxFuture<'t, Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        let mut client = self.db.client().await.map_err(LedgerError::Storage)?;
+        let tx = client.transaction().await.map_err(storage)?;
+        let value = work(&tx).await?;
+        tx.commit().await.map_err(storage)?;
+        Ok(value)
+    }
+}
+
+fn storage(error: tokio_postgres::Error) -> LedgerError {
+    LedgerError::Storage(error.into())
+}
+
+#[async_trait]
+impl Ledger for PgLedger {
+    async fn hold(
+        &self,
+        account: &UserId,
+        amount: Amount,
+        ttl: Duration,
+        memo: Memo,
+    ) -> Result<Hold, LedgerError> {
+        let id = HoldId::new();
+        let owner = account.as_str().to_owned();
+        let now = unix_now();
+        let (expires_at, at) = (seconds(deadline(now, ttl)), seconds(now));
+        let op = Op::hold(owner.clone(), amount, id, expires_at, memo.clone(), at);
+        let row = self.run(op).await?;
+        match statement::held(&row, amount) {
+            Some(held) => held?,
+            None => {
+                self.transaction(|tx| {
+                    Box::pin(
+                        async move { transaction::hold(tx, &owner, amount, id, ttl, &memo).await },
+                    )
+                })
+                .await?
+            }
+        }
+        Ok(Hold {
+            id,
+            account: account.clone(),
+            amount,
+        })
+    }
+
+    async fn settle(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+    ) -> Result<Settlement, LedgerError> {
+        let op = Op::end(
+            hold,
+            charge,
+            EntryKind::Settle,
+            Some(units_returned),
+            seconds(unix_now()),
+        );
+        if statement::changed(&self.run(op).await?) {
+            return Ok(Settlement::Settled);
+        }
+        self.transaction(|tx| Box::pin(transaction::settle(tx, hold, charge, units_returned)))
+            .await
+    }
+
+    async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
+        let op = Op::end(
+            hold,
+            Amount::ZERO,
+            EntryKind::Release,
+            None,
+            seconds(unix_now()),
+        );
+        if statement::changed(&self.run(op).await?) {
+            return Ok(());
+        }
+        self.transaction(|tx| Box::pin(transaction::release(tx, hold)))
+            .await
+    }
+
+    async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
+        let op = Op::renew(hold, seconds(deadline(unix_now(), ttl)));
+        if statement::changed(&self.run(op).await?) {
+            return Ok(true);
+        }
+        self.transaction(|tx| Box::pin(transaction::renew(tx, hold, ttl)))
+            .await
+    }
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
+        let client = self.db.client().await.map_err(LedgerError::Storage)?;
+        let row = client
+            .query_opt(
+                "SELECT available, held, charged, deposited FROM accounts WHERE account = $1",
+                &[&account.as_str()],
+            )
+            .await
+            .map_err(storage)?;
+        Ok(row.map_or_else(Balance::default, |r| Balance {
+            available: r.get(0),
+            held: r.get::<_, i64>(1).max(0) as u64,
+            charged: r.get::<_, i64>(2).max(0) as u64,
+            deposited: r.get(3),
+        }))
+    }
+
+    async fn deposit(
+        &self,
+        account: &UserId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<bool, LedgerError> {
+        let owner = account.as_str().to_owned();
+        let reference = reference.to_owned();
+        self.transaction(|tx| {
+            Box::pin(async move { transaction::deposit(tx, &owner, amount, &reference).await })
+        })
+        .await
+    }
+
+    async fn expire(&self, now: u64) -> Result<usize, LedgerError> {
+        self.transaction(|tx| Box::pin(transaction::expire(tx, now)))
+            .await
+    }
+
+    async fn journal(
+        &self,
+        account: &UserId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError> {
+        let client = self.db.client().await.map_err(LedgerError::Storage)?;
+        let after = i64::try_from(after_seq.unwrap_or(0)).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
+                        units_returned, at, key_id, held
+                 FROM journal WHERE account = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&account.as_str(), &after, &limit],
+            )
+            .await
+            .map_err(storage)?;
+        let corrupt = || LedgerError::Storage("corrupt journal row".into());
+        rows.iter()
+            .map(|r| {
+                let units: Option<i32> = r.get(7);
+                let memo = Memo::from_columns(r.get(5), r.get(6), units.map(i64::from))?
+                    .map(|m| m.with_key(r.get(10)));
+                let kind: String = r.get(1);
+                Ok(JournalEntry {
+                    seq: r.get::<_, i64>(0).max(0) as u64,
+                    account: account.clone(),
+                    kind: EntryKind::parse(&kind).ok_or_else(corrupt)?,
+                    amount: r.get(2),
+                    hold: r.get::<_, Option<uuid::Uuid>>(3).map(HoldId::from_uuid),
+                    reference: r.get(4),
+                    memo,
+                    units_returned: r
+                        .get::<_, Option<i32>>(8)
+                        .and_then(|u| u32::try_from(u).ok()),
+                    held: r
+                        .get::<_, Option<i64>>(11)
+                        .and_then(|h| u64::try_from(h).ok()),
+                    at: r.get::<_, i64>(9).max(0) as u64,
+                })
+            })
+            .collect()
+    }
+}

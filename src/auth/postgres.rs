@@ -138,12 +138,10 @@ impl KeyStore for PgKeys {
     async fn principal(&self, key: &ApiKey) -> Result<Option<Principal>, BoxError> {
         let client = self.db.client().await?;
         let digest = Sha256::digest(key.expose().as_bytes()).to_vec();
-        let row = client
-            .query_opt(
-                &format!("SELECT {RECORD} FROM api_keys WHERE digest = $1"),
-                &[&digest],
-            )
+        let select = client
+            .prepare_cached(&format!("SELECT {RECORD} FROM api_keys WHERE digest = $1"))
             .await?;
+        let row = client.query_opt(&select, &[&digest]).await?;
         let Some(row) = row else {
             return Ok(None);
         };

@@ -33,12 +33,15 @@ impl IdempotencyRecords for PgIdempotency {
     ) -> Result<Begin, StoreError> {
         let mut client = self.db.client().await.map_err(StoreError::new)?;
         let tx = client.transaction().await.map_err(StoreError::new)?;
-        let inserted = tx
-            .execute(
+        let claim = tx
+            .prepare_cached(
                 "INSERT INTO idempotency (user_id, key, fingerprint, started)
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&user.as_str(), &key, &fingerprint, &seconds(now)],
             )
+            .await
+            .map_err(StoreError::new)?;
+        let inserted = tx
+            .execute(&claim, &[&user.as_str(), &key, &fingerprint, &seconds(now)])
             .await
             .map_err(StoreError::new)?;
         if inserted == 0 {
@@ -84,10 +87,16 @@ impl IdempotencyRecords for PgIdempotency {
         generations: &[GenerationId],
     ) -> Result<(), StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
-        client
-            .execute(
+        let update = client
+            .prepare_cached(
                 "UPDATE idempotency SET created = $3, generations = $4
                  WHERE user_id = $1 AND key = $2",
+            )
+            .await
+            .map_err(StoreError::new)?;
+        client
+            .execute(
+                &update,
                 &[
                     &user.as_str(),
                     &key,

@@ -22,10 +22,16 @@ impl PgGenerations {
 impl Generations for PgGenerations {
     async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
-        client
-            .execute(
+        let insert = client
+            .prepare_cached(
                 "INSERT INTO generations (id, owner, file_key, status, created)
                  VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await
+            .map_err(StoreError::new)?;
+        client
+            .execute(
+                &insert,
                 &[
                     &generation.id.as_uuid(),
                     &generation.owner.as_str(),
@@ -45,11 +51,12 @@ impl Generations for PgGenerations {
         status: GenerationStatus,
     ) -> Result<(), StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
+        let update = client
+            .prepare_cached("UPDATE generations SET status = $2 WHERE id = $1")
+            .await
+            .map_err(StoreError::new)?;
         client
-            .execute(
-                "UPDATE generations SET status = $2 WHERE id = $1",
-                &[&id.as_uuid(), &status.as_str()],
-            )
+            .execute(&update, &[&id.as_uuid(), &status.as_str()])
             .await
             .map_err(StoreError::new)?;
         Ok(())
@@ -57,11 +64,12 @@ impl Generations for PgGenerations {
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
+        let select = client
+            .prepare_cached("SELECT file_key, status, created FROM generations WHERE id = $1")
+            .await
+            .map_err(StoreError::new)?;
         let Some(row) = client
-            .query_opt(
-                "SELECT file_key, status, created FROM generations WHERE id = $1",
-                &[&id.as_uuid()],
-            )
+            .query_opt(&select, &[&id.as_uuid()])
             .await
             .map_err(StoreError::new)?
         else {

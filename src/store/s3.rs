@@ -105,10 +105,16 @@ impl FileStore for S3FileStore {
             .await
             .map_err(StoreError::new)?;
         let client = self.db.client().await.map_err(StoreError::new)?;
-        client
-            .execute(
+        let index = client
+            .prepare_cached(
                 "INSERT INTO files (key, owner, size, created) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, created = EXCLUDED.created",
+            )
+            .await
+            .map_err(StoreError::new)?;
+        client
+            .execute(
+                &index,
                 &[
                     &key.as_str(),
                     &key.owner().as_str(),
@@ -198,11 +204,14 @@ impl FileStore for S3FileStore {
 
     async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
-        let row = client
-            .query_one(
+        let sum = client
+            .prepare_cached(
                 "SELECT COALESCE(SUM(size), 0)::BIGINT, COUNT(*) FROM files WHERE owner = $1",
-                &[&owner.as_str()],
             )
+            .await
+            .map_err(StoreError::new)?;
+        let row = client
+            .query_one(&sum, &[&owner.as_str()])
             .await
             .map_err(StoreError::new)?;
         let (bytes, files): (i64, i64) = (row.get(0), row.get(1));

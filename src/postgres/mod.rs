@@ -8,6 +8,10 @@
 //!   key store is one statement or one transaction, keyed by account, hold, generation, key:
 //!   the rules of each trait hold across processes, not just within one.
 //!
+//! The statements a request runs are prepared once per pooled connection
+//! (`prepare_cached`): a statement sent as text alone is parsed and described by the server
+//! on every call, one more round trip each time.
+//!
 //! Its parts are [`PgLedger`](crate::ledger::PgLedger),
 //! [`PgGenerations`](crate::store::PgGenerations),
 //! [`PgIdempotency`](crate::idempotency::PgIdempotency) and [`PgKeys`](crate::auth::PgKeys),

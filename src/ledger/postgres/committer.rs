@@ -102,6 +102,9 @@ async fn serve(db: Postgres, mut queue: mpsc::Receiver<Job>) {
                 }
             },
         };
+        // Holds in the order of their accounts: two replicas' batches of holds then take
+        // the accounts' rows in one order and never deadlock on them.
+        batch.sort_by(|a, b| a.op.account().cmp(&b.op.account()));
         if commit(&client, &mut batch).await {
             connection = Some(client);
         }

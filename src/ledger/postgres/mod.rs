@@ -16,8 +16,10 @@
 //! runs as the general transaction ([`transaction`]) instead; deposits and the expiry sweep
 //! always do.
 //!
-//! Batches of two replicas can lock the same rows in opposite orders; PostgreSQL then
-//! aborts one (a deadlock, after `deadlock_timeout`), and its operations run again alone.
+//! A batch takes its holds' accounts in one order (sorted), so two replicas' batches of holds
+//! never deadlock. Batches that also end holds can still lock two accounts in opposite
+//! orders (an end finds its account from its hold's row); PostgreSQL then aborts one after
+//! `deadlock_timeout` (1 s by default), and its operations run again, each alone.
 
 mod committer;
 mod statement;

@@ -140,6 +140,15 @@ impl Op {
         }
     }
 
+    /// The account whose row the statement locks first, when it names one (a hold); an end
+    /// or a renewal names only its hold.
+    pub(super) fn account(&self) -> Option<&str> {
+        match self {
+            Op::Hold { account, .. } => Some(account),
+            Op::End { .. } | Op::Renew { .. } => None,
+        }
+    }
+
     /// The statement's text; connections prepare it once and keep it.
     pub(super) fn sql(&self) -> &'static str {
         match self {

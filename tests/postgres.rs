@@ -243,18 +243,30 @@ async fn hold_commits(url: &str) -> (i64, i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holds_that_wait_together_commit_together() {
+async fn holds_and_records_that_wait_together_commit_together() {
     let Some((url, a, _)) = replicas("group commit").await else {
         return;
     };
-    let ledger = PgLedger::new(a);
+    let (ledger, records) = (PgLedger::new(a.clone()), PgGenerations::new(a));
     ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
-    // The first hold waits on the row while seven more queue behind it.
+    // The first hold waits on the row while seven more and three generation records queue
+    // behind it.
     let lock = lock_account(&url, "alice").await;
     let first = spawn_hold(&ledger, "r0");
     until_one_waits_for_a_lock(&url).await;
     let rest: Vec<_> = (1..8)
         .map(|i| spawn_hold(&ledger, &format!("r{i}")))
+        .collect();
+    let inserts: Vec<_> = (0..3)
+        .map(|_| {
+            let records = records.clone();
+            tokio::spawn(async move {
+                let id = GenerationId::new();
+                let key = FileKey::new(&alice(), id.as_uuid(), "generation.png");
+                let generation = Generation::new(id, key, GenerationStatus::Pending, 1);
+                records.insert(&generation).await
+            })
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     unlock(lock).await;
@@ -262,10 +274,24 @@ async fn holds_that_wait_together_commit_together() {
     for hold in join_all(rest).await {
         holds.push(hold.unwrap().unwrap());
     }
+    for inserted in join_all(inserts).await {
+        inserted.unwrap().unwrap();
+    }
     assert_eq!(
         hold_commits(&url).await,
         (2, 8),
         "the first hold alone, the seven that queued behind it in one commit"
+    );
+    let shared = query(
+        &url,
+        "SELECT count(*) FROM generations WHERE xmin::text IN
+             (SELECT xmin::text FROM holds WHERE request_id <> 'r0')",
+    )
+    .await;
+    assert_eq!(
+        shared[0].get::<_, i64>(0),
+        3,
+        "the records in the holds' commit"
     );
     let settles = holds
         .iter()

@@ -10,18 +10,22 @@
 //!
 //! The statements a request runs are prepared once per pooled connection
 //! (`prepare_cached`): a statement sent as text alone is parsed and described by the server
-//! on every call, one more round trip each time.
+//! on every call, one more round trip each time. What every edit writes (its hold and its
+//! end, its generation records) goes through one [group commit](committer) per process.
 //!
 //! Its parts are [`PgLedger`](crate::ledger::PgLedger),
 //! [`PgGenerations`](crate::store::PgGenerations),
 //! [`PgIdempotency`](crate::idempotency::PgIdempotency) and [`PgKeys`](crate::auth::PgKeys),
 //! each made from one shared [`Postgres`].
 
+mod committer;
 mod schema;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Row};
 
+use self::committer::Committer;
+pub(crate) use self::committer::Operation;
 use crate::BoxError;
 
 /// Connections a [`Postgres`] keeps open at most.
@@ -32,6 +36,7 @@ const POOL_SIZE: usize = 16;
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    committer: Committer,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -61,7 +66,10 @@ impl Postgres {
             },
         );
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build()?;
-        let db = Postgres { pool };
+        let db = Postgres {
+            committer: Committer::new(pool.clone()),
+            pool,
+        };
         let mut client = db.client().await?;
         schema::migrate(&mut client).await?;
         Ok(db)
@@ -70,6 +78,11 @@ impl Postgres {
     /// A connection from the pool.
     pub(crate) async fn client(&self) -> Result<Object, BoxError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Runs `op` in the next group commit (see [`committer`]); its rows once committed.
+    pub(crate) async fn commit(&self, op: impl Operation) -> Result<Vec<Row>, BoxError> {
+        self.committer.run(Box::new(op)).await
     }
 }
 

@@ -1,8 +1,9 @@
 use async_trait::async_trait;
+use tokio_postgres::types::ToSql;
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
 use crate::id::GenerationId;
-use crate::postgres::{seconds, Postgres};
+use crate::postgres::{seconds, Operation, Postgres};
 
 /// Generation records in PostgreSQL, shared by every replica: an output recorded by one is
 /// found (and chained) by another.
@@ -18,30 +19,58 @@ impl PgGenerations {
     }
 }
 
+/// A write of the records, committed with whatever else is waiting (the edit's ledger
+/// statements among them): both are one statement on one row.
+enum Record {
+    Insert {
+        id: uuid::Uuid,
+        owner: String,
+        file_key: String,
+        status: &'static str,
+        created: i64,
+    },
+    Status {
+        id: uuid::Uuid,
+        status: &'static str,
+    },
+}
+
+impl Operation for Record {
+    fn sql(&self) -> &'static str {
+        match self {
+            Record::Insert { .. } => {
+                "INSERT INTO generations (id, owner, file_key, status, created)
+                 VALUES ($1, $2, $3, $4, $5)"
+            }
+            Record::Status { .. } => "UPDATE generations SET status = $2 WHERE id = $1",
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        match self {
+            Record::Insert {
+                id,
+                owner,
+                file_key,
+                status,
+                created,
+            } => vec![id, owner, file_key, status, created],
+            Record::Status { id, status } => vec![id, status],
+        }
+    }
+}
+
 #[async_trait]
 impl Generations for PgGenerations {
     async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
-        let client = self.db.client().await.map_err(StoreError::new)?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO generations (id, owner, file_key, status, created)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(StoreError::new)?;
-        client
-            .execute(
-                &insert,
-                &[
-                    &generation.id.as_uuid(),
-                    &generation.owner.as_str(),
-                    &generation.file_key.as_str(),
-                    &generation.status.as_str(),
-                    &seconds(generation.created),
-                ],
-            )
-            .await
-            .map_err(StoreError::new)?;
+        let record = Record::Insert {
+            id: generation.id.as_uuid(),
+            owner: generation.owner.as_str().to_owned(),
+            file_key: generation.file_key.as_str().to_owned(),
+            status: generation.status.as_str(),
+            created: seconds(generation.created),
+        };
+        self.db.commit(record).await.map_err(StoreError::new)?;
         Ok(())
     }
 
@@ -50,15 +79,11 @@ impl Generations for PgGenerations {
         id: GenerationId,
         status: GenerationStatus,
     ) -> Result<(), StoreError> {
-        let client = self.db.client().await.map_err(StoreError::new)?;
-        let update = client
-            .prepare_cached("UPDATE generations SET status = $2 WHERE id = $1")
-            .await
-            .map_err(StoreError::new)?;
-        client
-            .execute(&update, &[&id.as_uuid(), &status.as_str()])
-            .await
-            .map_err(StoreError::new)?;
+        let record = Record::Status {
+            id: id.as_uuid(),
+            status: status.as_str(),
+        };
+        self.db.commit(record).await.map_err(StoreError::new)?;
         Ok(())
     }
 

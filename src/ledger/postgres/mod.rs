@@ -11,8 +11,8 @@
 //! # How
 //! What every edit does (a hold, its settle or release, a renewal) is one prepared statement
 //! ([`statement`]), and a replica commits the ones waiting at the same moment in one
-//! transaction on one connection ([`committer`]): concurrent edits share one round trip and
-//! one WAL flush. A statement that meets an uncommon case changes nothing, and the operation
+//! transaction on one connection (the [group commit](crate::postgres) of its `Postgres`):
+//! concurrent edits share one round trip and one WAL flush. A statement that meets an uncommon case changes nothing, and the operation
 //! runs as the general transaction ([`transaction`]) instead; deposits and the expiry sweep
 //! always do.
 //!
@@ -21,7 +21,6 @@
 //! orders (an end finds its account from its hold's row); PostgreSQL then aborts one after
 //! `deadlock_timeout` (1 s by default), and its operations run again, each alone.
 
-mod committer;
 mod statement;
 mod transaction;
 
@@ -30,7 +29,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 
-use self::committer::{Committer, Ran};
 use self::statement::Op;
 use super::{
     deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
@@ -44,32 +42,20 @@ use crate::postgres::{seconds, Postgres};
 #[derive(Clone, Debug)]
 pub struct PgLedger {
     db: Postgres,
-    committer: Committer,
 }
 
 impl PgLedger {
     /// The ledger in `db`.
     pub fn new(db: Postgres) -> Self {
-        PgLedger {
-            committer: Committer::new(db.clone()),
-            db,
-        }
+        PgLedger { db }
     }
 
-    /// Runs `op`'s statement in the committer's next batch, or alone when its batch was
-    /// rolled back; answers its row once committed.
+    /// Runs `op`'s statement in the next group commit; its one row once committed.
     async fn run(&self, op: Op) -> Result<tokio_postgres::Row, LedgerError> {
-        match self.committer.run(op).await? {
-            Ran::Row(row) => Ok(row),
-            Ran::Alone(op) => {
-                let client = self.db.client().await.map_err(LedgerError::Storage)?;
-                let statement = client.prepare_cached(op.sql()).await.map_err(storage)?;
-                client
-                    .query_one(&statement, &op.params())
-                    .await
-                    .map_err(storage)
-            }
-        }
+        let rows = self.db.commit(op).await.map_err(LedgerError::Storage)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| LedgerError::Storage("the ledger's statement answered no row".into()))
     }
 
     /// Runs `work` in one transaction, committed when it returns `Ok`.

@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::super::{hold_refusal, Amount, EntryKind, HoldId, LedgerError, Memo};
+use crate::postgres::Operation;
 
 /// Reserves the amount if the account's available balance covers it, and records the hold
 /// and its journal entry. The account's row is locked (`FOR UPDATE`) before the check, and
@@ -139,18 +140,19 @@ impl Op {
             expires_at,
         }
     }
+}
 
-    /// The account whose row the statement locks first, when it names one (a hold); an end
-    /// or a renewal names only its hold.
-    pub(super) fn account(&self) -> Option<&str> {
+impl Operation for Op {
+    /// A hold locks its account's row first; an end or a renewal names only its hold (an
+    /// end finds its account from the hold's row).
+    fn lock_order(&self) -> Option<&str> {
         match self {
             Op::Hold { account, .. } => Some(account),
             Op::End { .. } | Op::Renew { .. } => None,
         }
     }
 
-    /// The statement's text; connections prepare it once and keep it.
-    pub(super) fn sql(&self) -> &'static str {
+    fn sql(&self) -> &'static str {
         match self {
             Op::Hold { .. } => HOLD,
             Op::End { .. } => END,
@@ -158,8 +160,7 @@ impl Op {
         }
     }
 
-    /// The statement's parameters, in its order.
-    pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         match self {
             Op::Hold {
                 account,

@@ -352,6 +352,66 @@ async fn a_statement_that_fails_in_a_batch_fails_alone() {
     );
 }
 
+/// Two replicas batch holds and ends over two accounts at once, each ending on one replica
+/// what the other held: their batches take the accounts' rows in whatever order their ends
+/// find them, so PostgreSQL may abort one as a deadlock, whose statements then run alone.
+/// Every operation still succeeds once and the money adds up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_batching_over_two_accounts_keep_the_money_exact() {
+    let Some((_, a, b)) = replicas("crossed batches").await else {
+        return;
+    };
+    let ledgers = [PgLedger::new(a), PgLedger::new(b)];
+    let users = [alice(), UserId::new("bob").unwrap()];
+    for user in &users {
+        ledgers[0].deposit(user, 100_000, "opening").await.unwrap();
+    }
+    let workers = (0..16).map(|w| {
+        let (ledgers, users) = (ledgers.clone(), users.clone());
+        tokio::spawn(async move {
+            let mut charged = [0u64; 2];
+            for i in 0..12 {
+                let account = (w + i) % 2;
+                let memo = Memo::new(format!("w{w}-{i}"), "gpt-image-2", 1);
+                let hold = ledgers[w % 2]
+                    .hold(
+                        &users[account],
+                        Amount::new(10),
+                        Duration::from_secs(60),
+                        memo,
+                    )
+                    .await
+                    .unwrap();
+                let other = &ledgers[(w + 1) % 2];
+                if i % 3 == 2 {
+                    other.release(hold.id).await.unwrap();
+                } else {
+                    let settled = other.settle(hold.id, Amount::new(7), 1).await.unwrap();
+                    assert_eq!(settled, Settlement::Settled);
+                    charged[account] += 7;
+                }
+            }
+            charged
+        })
+    });
+    let mut charged = [0u64; 2];
+    for worker in join_all(workers).await {
+        let worker = worker.unwrap();
+        charged[0] += worker[0];
+        charged[1] += worker[1];
+    }
+    for (user, charged) in users.iter().zip(charged) {
+        let balance = ledgers[1].balance(user).await.unwrap();
+        assert_eq!(balance.held, 0, "{user}");
+        assert_eq!(balance.charged, charged, "{user}");
+        assert_eq!(balance.available, 100_000 - charged as i64, "{user}");
+        let journal = ledgers[0].journal(user, None, 1_000).await.unwrap();
+        let count = |kind| journal.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(count(EntryKind::Hold), 96, "{user}");
+        assert_eq!(count(EntryKind::Settle) + count(EntryKind::Release), 96);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_keys_made_on_one_replica_are_seen_by_the_other() {
     let Some((url, a, b)) = replicas("records").await else {

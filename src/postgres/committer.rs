@@ -43,13 +43,36 @@ pub(crate) trait Operation: Send + Sync + 'static {
     /// Its parameters, in its order.
     fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
 
-    /// The row it locks first, when statements of other replicas' batches may lock it too
-    /// (a hold names its account). A batch runs these in this order, so two batches never
-    /// take two such rows in opposite orders.
-    fn lock_order(&self) -> Option<&str> {
-        None
+    /// The ledger account it changes, which other replicas' statements may change at once.
+    /// A batch locks all of its accounts first, in one order (see [`LOCK_ACCOUNTS`]).
+    fn account(&self) -> Account<'_> {
+        Account::None
     }
 }
+
+/// The account an [`Operation`] changes.
+pub(crate) enum Account<'a> {
+    /// None (a generation record, a hold's renewal).
+    None,
+    /// This one (a hold).
+    Named(&'a str),
+    /// The one of this open hold (its end).
+    OfHold(uuid::Uuid),
+}
+
+/// The first statement of a batch that changes accounts: locks every account it changes, in
+/// the order of their names (PostgreSQL locks the rows of a `FOR UPDATE` after it sorted
+/// them). Every batch takes its accounts in that one order, so two replicas' batches never
+/// wait for each other in a circle: without it, one batch ending a hold of account A (whose
+/// row the end finds on the hold) while holding B, and another the other way round, is a
+/// deadlock PostgreSQL resolves only after `deadlock_timeout` (1 s by default), by aborting
+/// one. A hold that is gone by then has no account to lock; its end changes nothing.
+const LOCK_ACCOUNTS: &str = "
+SELECT account FROM accounts
+WHERE account = ANY($1::text[])
+   OR account IN (SELECT account FROM holds WHERE id = ANY($2::uuid[]))
+ORDER BY account
+FOR UPDATE";
 
 /// What became of a queued statement.
 enum Ran {
@@ -122,8 +145,6 @@ async fn serve(pool: Pool, mut queue: mpsc::Receiver<Job>) {
                 }
             },
         };
-        // A stable sort: statements that lock no shared row first, in arrival order.
-        batch.sort_by(|a, b| a.op.lock_order().cmp(&b.op.lock_order()));
         if commit(&client, &mut batch).await {
             connection = Some(client);
         }
@@ -154,17 +175,44 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
         return fit;
     }
 
+    let (mut named, mut of_holds) = (Vec::new(), Vec::new());
+    for job in batch.iter() {
+        match job.op.account() {
+            Account::None => {}
+            Account::Named(account) => named.push(account),
+            Account::OfHold(hold) => of_holds.push(hold),
+        }
+    }
+    let lock = if named.is_empty() && of_holds.is_empty() {
+        None
+    } else {
+        match client.prepare_cached(LOCK_ACCOUNTS).await {
+            Ok(lock) => Some(lock),
+            Err(error) => {
+                answer_all(batch, &error);
+                return false;
+            }
+        }
+    };
+
     // One pipeline, one round trip: tokio-postgres sends requests in the order they are
     // first polled, and `join!` and `join_all` poll in order.
+    let locked = async {
+        match &lock {
+            Some(lock) => client.query(lock, &[&named, &of_holds]).await.map(drop),
+            None => Ok(()),
+        }
+    };
     let rows = batch
         .iter()
         .zip(&statements)
         .map(|(job, statement)| async move {
             let params = job.op.params();
-            client.query(statement, &params).await
+            client.query(statement, &params).await.map(Some)
         });
-    let (begun, rows, committed) = futures_util::join!(
+    let (begun, locked, rows, committed) = futures_util::join!(
         client.batch_execute("BEGIN"),
+        locked,
         join_all(rows),
         client.batch_execute("COMMIT"),
     );
@@ -174,10 +222,10 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
     }
     // Only the server's refusal proves the transaction aborted; an error of the client's
     // own (a lost connection) proves nothing.
-    if rows
-        .iter()
-        .any(|r| r.as_ref().is_err_and(|e| e.as_db_error().is_some()))
-    {
+    let refused = |result: &Result<_, tokio_postgres::Error>| {
+        result.as_ref().is_err_and(|e| e.as_db_error().is_some())
+    };
+    if refused(&locked.map(|()| None)) || rows.iter().any(refused) {
         for job in batch.drain(..) {
             let _ = job.reply.send(Ok(Ran::Alone(job.op)));
         }
@@ -188,6 +236,7 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
         return false;
     }
     for (job, rows) in batch.drain(..).zip(rows) {
+        let rows = rows.map(Option::unwrap_or_default);
         let _ = job.reply.send(rows.map(Ran::Rows).map_err(BoxError::from));
     }
     true

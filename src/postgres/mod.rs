@@ -25,7 +25,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use self::committer::Committer;
-pub(crate) use self::committer::Operation;
+pub(crate) use self::committer::{Account, Operation};
 use crate::BoxError;
 
 /// Connections a [`Postgres`] keeps open at most.

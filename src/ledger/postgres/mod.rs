@@ -12,14 +12,15 @@
 //! What every edit does (a hold, its settle or release, a renewal) is one prepared statement
 //! ([`statement`]), and a replica commits the ones waiting at the same moment in one
 //! transaction on one connection (the [group commit](crate::postgres) of its `Postgres`):
-//! concurrent edits share one round trip and one WAL flush. A statement that meets an uncommon case changes nothing, and the operation
-//! runs as the general transaction ([`transaction`]) instead; deposits and the expiry sweep
-//! always do.
+//! concurrent edits share one round trip and one WAL flush. A statement that meets an
+//! uncommon case changes nothing, and the operation runs as the general transaction
+//! ([`transaction`]) instead; deposits and the expiry sweep always do.
 //!
-//! A batch takes its holds' accounts in one order (sorted), so two replicas' batches of holds
-//! never deadlock. Batches that also end holds can still lock two accounts in opposite
-//! orders (an end finds its account from its hold's row); PostgreSQL then aborts one after
-//! `deadlock_timeout` (1 s by default), and its operations run again, each alone.
+//! A batch first locks every account it changes, in the order of their names, so the
+//! batches of two replicas never wait for each other in a circle (an end finds its account
+//! on its hold's row; without that first lock, ends and holds of two accounts crossing
+//! between replicas deadlocked, which PostgreSQL resolves only after `deadlock_timeout`).
+//! Should a batch still be aborted, its operations run again, each alone.
 
 mod statement;
 mod transaction;

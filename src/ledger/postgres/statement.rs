@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::super::{hold_refusal, Amount, EntryKind, HoldId, LedgerError, Memo};
-use crate::postgres::Operation;
+use crate::postgres::{Account, Operation};
 
 /// Reserves the amount if the account's available balance covers it, and records the hold
 /// and its journal entry. The account's row is locked (`FOR UPDATE`) before the check, and
@@ -143,12 +143,11 @@ impl Op {
 }
 
 impl Operation for Op {
-    /// A hold locks its account's row first; an end or a renewal names only its hold (an
-    /// end finds its account from the hold's row).
-    fn lock_order(&self) -> Option<&str> {
+    fn account(&self) -> Account<'_> {
         match self {
-            Op::Hold { account, .. } => Some(account),
-            Op::End { .. } | Op::Renew { .. } => None,
+            Op::Hold { account, .. } => Account::Named(account),
+            Op::End { id, .. } => Account::OfHold(*id),
+            Op::Renew { .. } => Account::None,
         }
     }
 

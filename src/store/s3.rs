@@ -5,11 +5,12 @@ use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
+use tokio_postgres::types::ToSql;
 
 use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
 use crate::clock::unix_now;
-use crate::postgres::{seconds, Postgres};
+use crate::postgres::{seconds, Operation, Postgres};
 use crate::BoxError;
 
 /// Where an S3-compatible bucket is, and the credentials to use it.
@@ -96,6 +97,26 @@ fn path_of(key: &FileKey) -> Path {
     Path::from(key.as_str())
 }
 
+/// A stored file's row in the index, written with whatever else is waiting to commit: one
+/// statement on the file's own row.
+struct Indexed {
+    key: String,
+    owner: String,
+    size: i64,
+    created: i64,
+}
+
+impl Operation for Indexed {
+    fn sql(&self) -> &'static str {
+        "INSERT INTO files (key, owner, size, created) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, created = EXCLUDED.created"
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.key, &self.owner, &self.size, &self.created]
+    }
+}
+
 #[async_trait]
 impl FileStore for S3FileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
@@ -104,26 +125,13 @@ impl FileStore for S3FileStore {
             .put(&path_of(key), PutPayload::from_bytes(bytes))
             .await
             .map_err(StoreError::new)?;
-        let client = self.db.client().await.map_err(StoreError::new)?;
-        let index = client
-            .prepare_cached(
-                "INSERT INTO files (key, owner, size, created) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, created = EXCLUDED.created",
-            )
-            .await
-            .map_err(StoreError::new)?;
-        client
-            .execute(
-                &index,
-                &[
-                    &key.as_str(),
-                    &key.owner().as_str(),
-                    &i64::try_from(size).unwrap_or(i64::MAX),
-                    &seconds(unix_now()),
-                ],
-            )
-            .await
-            .map_err(StoreError::new)?;
+        let indexed = Indexed {
+            key: key.as_str().to_owned(),
+            owner: key.owner().as_str().to_owned(),
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            created: seconds(unix_now()),
+        };
+        self.db.commit(indexed).await.map_err(StoreError::new)?;
         Ok(())
     }
 

@@ -34,7 +34,7 @@
 //! | [`fetch`] | image URLs from requests: `data:` URIs decoded within a cap; `https://` URLs whose every address is public, checked after one resolution and on each redirect (the fetcher: feature `fetch`) |
 //! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
 //! | `sqlite` | group commit for the SQLite stores: one writer thread per database commits every write waiting for it in one transaction, each in a savepoint, answering after the commit; reads on a read-only connection beside it (feature `sqlite`) |
-//! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect (feature `postgres`) |
+//! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect; what every edit writes goes through one group commit per process (feature `postgres`) |
 //! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
 //! | [`gateway`] | [`Gateway::builder`]: assembles the stack as one `tower::Service` |
 //! | [`health`] | `GET /healthz` and `GET /readyz` (ledger and store answer a read; `503` while draining), before any key check |

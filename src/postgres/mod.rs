@@ -11,7 +11,8 @@
 //! The statements a request runs are prepared once per pooled connection
 //! (`prepare_cached`): a statement sent as text alone is parsed and described by the server
 //! on every call, one more round trip each time. What every edit writes (its hold and its
-//! end, its generation records) goes through one [group commit](committer) per process.
+//! end, its generation records) goes through one group commit per process: a task
+//! that commits every such statement waiting at one moment in one transaction.
 //!
 //! Its parts are [`PgLedger`](crate::ledger::PgLedger),
 //! [`PgGenerations`](crate::store::PgGenerations),

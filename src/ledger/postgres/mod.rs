@@ -1,12 +1,4 @@
-//! A ledger in PostgreSQL, shared by every replica.
-//!
-//! # Guarantees
-//! - Every hold ends exactly once and no account is overdrawn, however many replicas share
-//!   the database: each operation acts only on rows it has locked (a hold on its account's
-//!   row from the check to the reservation, an end on the hold's row, which it deletes, a
-//!   late settle on its ended row's `expired` flag), so two replicas racing for one hold
-//!   serialize on that row and the second finds it gone.
-//! - A caller is answered only once its operation committed.
+//! The PostgreSQL ledger: [`PgLedger`].
 //!
 //! # How
 //! What every edit does (a hold, its settle or release, a renewal) is one prepared statement
@@ -39,7 +31,18 @@ use crate::auth::UserId;
 use crate::clock::unix_now;
 use crate::postgres::{seconds, Postgres};
 
-/// A ledger in PostgreSQL, shared by every replica (see the [module](self)).
+/// A ledger in PostgreSQL, shared by every replica.
+///
+/// # Guarantees
+/// - Every hold ends exactly once and no account is overdrawn, however many replicas share
+///   the database: each operation acts only on rows it has locked (a hold on its account's
+///   row from the check to the reservation, an end on the hold's row, which it deletes, a
+///   late settle on its ended row's `expired` flag), so two replicas racing for one hold
+///   serialize on that row and the second finds it gone.
+/// - A caller is answered only once its operation committed.
+/// - Concurrent operations of one process share commits: a hold, an end and a renewal are
+///   one statement each, committed with whatever else waits (the group commit of its
+///   [`Postgres`]); an uncommon case runs as a transaction of its own.
 #[derive(Clone, Debug)]
 pub struct PgLedger {
     db: Postgres,

@@ -352,6 +352,47 @@ async fn a_statement_that_fails_in_a_batch_fails_alone() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_connection_dies_is_answered_and_the_next_batch_reconnects() {
+    let Some((url, a, _)) = replicas("committer reconnects").await else {
+        return;
+    };
+    let ledger = PgLedger::new(a);
+    ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
+    let lock = lock_account(&url, "alice").await;
+    let first = spawn_hold(&ledger, "r0");
+    until_one_waits_for_a_lock(&url).await;
+    let rest: Vec<_> = (1..8)
+        .map(|i| spawn_hold(&ledger, &format!("r{i}")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server ends the committer's connection while its statement waits.
+    let ended = query(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO holds%'",
+    )
+    .await;
+    assert_eq!(ended.len(), 1);
+    let lost = first.await.unwrap();
+    assert!(matches!(lost, Err(LedgerError::Storage(_))), "{lost:?}");
+    unlock(lock).await;
+    for hold in join_all(rest).await {
+        hold.unwrap().unwrap();
+    }
+    let balance = ledger.balance(&alice()).await.unwrap();
+    assert_eq!(
+        (balance.available, balance.held),
+        (930, 70),
+        "the lost hold took nothing; the seven behind it took theirs"
+    );
+    assert_eq!(
+        hold_commits(&url).await,
+        (1, 7),
+        "one commit on a new connection"
+    );
+}
+
 /// Two replicas batch holds and ends over two accounts at once, each ending on one replica
 /// what the other held: their batches take the accounts' rows in whatever order their ends
 /// find them, so PostgreSQL may abort one as a deadlock, whose statements then run alone.

@@ -147,12 +147,15 @@ async fn serve(pool: Pool, mut queue: mpsc::Receiver<Job>) {
         };
         if commit(&client, &mut batch).await {
             connection = Some(client);
+        } else {
+            // A connection that failed a batch is not used again, by this task or the pool:
+            // its server process may have ended without the client knowing yet.
+            drop(Object::take(client));
         }
     }
 }
 
-/// Commits `batch` on `client` and answers every job of it; `false` when the connection is
-/// not fit for another batch.
+/// Commits `batch` on `client` and answers every job of it; `false` when anything failed.
 async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
     let mut statements = Vec::with_capacity(batch.len());
     for job in batch.iter() {
@@ -166,7 +169,7 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
     }
     if let ([job], [statement]) = (batch.as_slice(), statements.as_slice()) {
         let result = client.query(statement, &job.op.params()).await;
-        let fit = result.is_ok() || !client.is_closed();
+        let fit = result.is_ok();
         if let Some(job) = batch.pop() {
             let _ = job
                 .reply
@@ -229,7 +232,7 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
         for job in batch.drain(..) {
             let _ = job.reply.send(Ok(Ran::Alone(job.op)));
         }
-        return !client.is_closed();
+        return false;
     }
     if let Err(error) = committed {
         answer_all(batch, &error);

@@ -184,7 +184,13 @@ async fn deposits_are_integers_once_per_reference_and_never_overflow() {
 }
 
 /// A connection holding `account`'s row locked until [`unlock`]; a hold on it waits.
-async fn lock_account(url: &str, account: &str) -> tokio_postgres::Client {
+struct RowLock {
+    client: tokio_postgres::Client,
+    /// The server process of `client`.
+    pid: i32,
+}
+
+async fn lock_account(url: &str, account: &str) -> RowLock {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -195,24 +201,27 @@ async fn lock_account(url: &str, account: &str) -> tokio_postgres::Client {
         ))
         .await
         .unwrap();
-    client
+    let pid = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    RowLock { client, pid }
 }
 
-async fn unlock(client: tokio_postgres::Client) {
-    client.batch_execute("COMMIT").await.unwrap();
+async fn unlock(lock: RowLock) {
+    lock.client.batch_execute("COMMIT").await.unwrap();
 }
 
-/// Waits until some statement of the test's schema waits for a row lock.
-async fn until_one_waits_for_a_lock(url: &str) {
+/// Waits until a statement waits for `lock`; the server process running it.
+async fn until_one_waits_for(url: &str, lock: &RowLock) -> i32 {
+    let waiting = format!(
+        "SELECT pid FROM pg_stat_activity WHERE {} = ANY(pg_blocking_pids(pid))",
+        lock.pid
+    );
     for _ in 0..200 {
-        let waiting = query(
-            url,
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO holds%'",
-        )
-        .await;
-        if waiting[0].get::<_, i64>(0) > 0 {
-            return;
+        if let Some(row) = query(url, &waiting).await.first() {
+            return row.get(0);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -253,7 +262,7 @@ async fn holds_and_records_that_wait_together_commit_together() {
     // behind it.
     let lock = lock_account(&url, "alice").await;
     let first = spawn_hold(&ledger, "r0");
-    until_one_waits_for_a_lock(&url).await;
+    until_one_waits_for(&url, &lock).await;
     let rest: Vec<_> = (1..8)
         .map(|i| spawn_hold(&ledger, &format!("r{i}")))
         .collect();
@@ -268,7 +277,7 @@ async fn holds_and_records_that_wait_together_commit_together() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     unlock(lock).await;
     let mut holds = vec![first.await.unwrap().unwrap()];
     for hold in join_all(rest).await {
@@ -318,12 +327,12 @@ async fn a_statement_that_fails_in_a_batch_fails_alone() {
     ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
     let lock = lock_account(&url, "alice").await;
     let first = spawn_hold(&ledger, "r0");
-    until_one_waits_for_a_lock(&url).await;
+    until_one_waits_for(&url, &lock).await;
     // PostgreSQL refuses a NUL byte in text, so this hold's statement fails in the batch.
     let rest: Vec<_> = (1..8)
         .map(|i| spawn_hold(&ledger, &format!("r{i}{}", if i == 4 { "\0" } else { "" })))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     unlock(lock).await;
     first.await.unwrap().unwrap();
     let outcomes: Vec<_> = join_all(rest)
@@ -361,19 +370,14 @@ async fn a_batch_whose_connection_dies_is_answered_and_the_next_batch_reconnects
     ledger.deposit(&alice(), 1_000, "opening").await.unwrap();
     let lock = lock_account(&url, "alice").await;
     let first = spawn_hold(&ledger, "r0");
-    until_one_waits_for_a_lock(&url).await;
+    let waiting = until_one_waits_for(&url, &lock).await;
     let rest: Vec<_> = (1..8)
         .map(|i| spawn_hold(&ledger, &format!("r{i}")))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // The server ends the committer's connection while its statement waits.
-    let ended = query(
-        &url,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO holds%'",
-    )
-    .await;
-    assert_eq!(ended.len(), 1);
+    let ended = query(&url, &format!("SELECT pg_terminate_backend({waiting})")).await;
+    assert!(ended[0].get::<_, bool>(0));
     let lost = first.await.unwrap();
     assert!(matches!(lost, Err(LedgerError::Storage(_))), "{lost:?}");
     unlock(lock).await;

@@ -211,7 +211,7 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
         .zip(&statements)
         .map(|(job, statement)| async move {
             let params = job.op.params();
-            client.query(statement, &params).await.map(Some)
+            client.query(statement, &params).await
         });
     let (begun, locked, rows, committed) = futures_util::join!(
         client.batch_execute("BEGIN"),
@@ -223,12 +223,7 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
         answer_all(batch, &error);
         return false;
     }
-    // Only the server's refusal proves the transaction aborted; an error of the client's
-    // own (a lost connection) proves nothing.
-    let refused = |result: &Result<_, tokio_postgres::Error>| {
-        result.as_ref().is_err_and(|e| e.as_db_error().is_some())
-    };
-    if refused(&locked.map(|()| None)) || rows.iter().any(refused) {
+    if refused(&locked) || rows.iter().any(refused) {
         for job in batch.drain(..) {
             let _ = job.reply.send(Ok(Ran::Alone(job.op)));
         }
@@ -239,10 +234,15 @@ async fn commit(client: &Object, batch: &mut Vec<Job>) -> bool {
         return false;
     }
     for (job, rows) in batch.drain(..).zip(rows) {
-        let rows = rows.map(Option::unwrap_or_default);
         let _ = job.reply.send(rows.map(Ran::Rows).map_err(BoxError::from));
     }
     true
+}
+
+/// Whether the server refused the statement, which proves its transaction aborted; an error
+/// of the client's own (a lost connection) proves nothing.
+fn refused<T>(result: &Result<T, tokio_postgres::Error>) -> bool {
+    result.as_ref().is_err_and(|e| e.as_db_error().is_some())
 }
 
 fn answer_all(batch: &mut Vec<Job>, error: &dyn std::fmt::Display) {

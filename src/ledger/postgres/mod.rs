@@ -82,6 +82,12 @@ fn storage(error: tokio_postgres::Error) -> LedgerError {
     LedgerError::Storage(error.into())
 }
 
+/// A count of images as PostgreSQL's `INTEGER`; the gateway's counts are far below
+/// `i32::MAX`.
+fn units(count: u32) -> i32 {
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
 #[async_trait]
 impl Ledger for PgLedger {
     async fn hold(

@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::super::{hold_refusal, Amount, EntryKind, HoldId, LedgerError, Memo};
+use super::units;
 use crate::postgres::{Account, Operation};
 
 /// Reserves the amount if the account's available balance covers it, and records the hold
@@ -104,7 +105,7 @@ impl Op {
         memo: Memo,
         at: i64,
     ) -> Op {
-        let units = i32::try_from(memo.units_requested).unwrap_or(i32::MAX);
+        let units = units(memo.units_requested);
         Op::Hold {
             account,
             amount: amount.signed(),
@@ -128,7 +129,7 @@ impl Op {
             id: id.as_uuid(),
             charge: charge.signed(),
             kind: kind.as_str(),
-            units_returned: units_returned.map(|u| i32::try_from(u).unwrap_or(i32::MAX)),
+            units_returned: units_returned.map(units),
             at,
         }
     }

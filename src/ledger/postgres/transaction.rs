@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use super::super::{
     deadline, hold_refusal, Amount, EntryKind, HoldId, LedgerError, Memo, Settlement,
 };
-use super::storage;
+use super::{storage, units};
 use crate::clock::unix_now;
 use crate::postgres::seconds;
 
@@ -112,7 +112,7 @@ async fn journal_end(
     id: HoldId,
     units_returned: Option<u32>,
 ) -> Result<(), LedgerError> {
-    let returned = units_returned.map(|u| i32::try_from(u).unwrap_or(i32::MAX));
+    let returned = units_returned.map(units);
     tx.execute(
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
                               units_returned, at, key_id, held)
@@ -214,7 +214,7 @@ pub(super) async fn hold(
     .await
     .map_err(storage)?;
     let now = unix_now();
-    let units = i32::try_from(memo.units_requested).unwrap_or(i32::MAX);
+    let units = units(memo.units_requested);
     tx.execute(
         "INSERT INTO holds (id, account, amount, expires_at, request_id, model, units, key_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

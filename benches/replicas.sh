@@ -16,6 +16,8 @@ base=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 cargo build --release --bin image-gateway --example loadgen >/dev/null 2>&1
 # GATEWAY_BIN runs another build of the binary (an earlier commit's, for a before/after).
 gateway_bin=${GATEWAY_BIN:-target/release/image-gateway}
+source benches/volume.sh
+quiet_volume "$PWD/target"
 work=$(mktemp -d "$PWD/target/replicas-bench.XXXX")
 schema="bench_$(basename "$work" | tr -dc 'a-zA-Z0-9' | tr 'A-Z' 'a-z')"
 pids=()
@@ -23,7 +25,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql "$base" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  deleted_files "$PWD/target" "$work"
 }
 trap cleanup EXIT
 psql "$base" -qc "CREATE SCHEMA $schema" >/dev/null

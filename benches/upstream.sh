@@ -9,8 +9,15 @@
 # workers and each store's writer). A last row holds 64 edits of 5 MB sources
 # open against a slow mock and prints how far the binary's RSS grew while they waited.
 #
-# Usage: [GATEWAY_BIN=path] [BENCH_DIR=dir] bash benches/upstream.sh [seconds per run] [all|waiting]
-# (installs wrk with apt-get if missing; `waiting` runs the RSS row alone)
+# Usage: [GATEWAY_BIN=path] [COMPARE=path] [ROUNDS=n] [BENCH_DIR=dir]
+#        bash benches/upstream.sh [seconds per run] [all|waiting]
+# (installs wrk with apt-get if missing; `waiting` runs the RSS row alone). COMPARE names a
+# second build (an earlier commit's): each gateway row then alternates the two, ROUNDS times.
+#
+# Compare builds in one invocation, never across invocations: a run right after an earlier
+# invocation deleted its files pays for the deletion (`benches/volume.sh`). So the small
+# rows' data dirs, 20,000 files each, are deleted only on exit, and the script waits out a
+# deletion an earlier bench recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -19,15 +26,21 @@ if ! command -v wrk >/dev/null; then
   apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release --bin image-gateway --example mock_upstream >/dev/null 2>&1
-# GATEWAY_BIN runs another build of the binary (an earlier commit's, for a before/after).
+# GATEWAY_BIN runs another build than this tree's; COMPARE names a second to alternate with.
 gateway_bin=${GATEWAY_BIN:-target/release/image-gateway}
+builds=("$gateway_bin")
+if [[ -n ${COMPARE:-} ]]; then builds+=("$COMPARE"); fi
+rounds=${ROUNDS:-1}
 # BENCH_DIR puts the data dirs elsewhere (a tmpfs shows what the fsyncs cost).
-work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/upstream-bench.XXXX")
+base=${BENCH_DIR:-$PWD/target}
+source benches/volume.sh
+quiet_volume "$base"
+work=$(mktemp -d "$base/upstream-bench.XXXX")
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  deleted_files "$base" "$work"
 }
 trap cleanup EXIT
 
@@ -105,8 +118,7 @@ start_mock() {
   wait_port 9181
 }
 
-# Each run gets a data dir of its own; all are removed at the end (files deleted in bulk
-# make the next file creations on the volume slower for a while).
+# Each run gets a data dir of its own (`$1`), served by the build `$2` (default the first).
 start_gateway() {
   # What an earlier run left to write back would otherwise be flushed by this run's syncs.
   sync
@@ -114,7 +126,7 @@ start_gateway() {
   GATEWAY_ADDR=127.0.0.1:9182 GATEWAY_DATA_DIR="$work/$1" \
     GATEWAY_UPSTREAM_URL=http://127.0.0.1:9181 GATEWAY_API_KEYS=bench:pk_live_upstream_bench \
     GATEWAY_PRICE_PER_IMAGE=1 GATEWAY_DEMO_BALANCE=1000000000 GATEWAY_QUOTA_BYTES=1000000000000 \
-    GATEWAY_QUOTA_FILES=100000000 RUST_LOG=warn "$gateway_bin" >"$work/gateway.log" 2>&1 &
+    GATEWAY_QUOTA_FILES=100000000 RUST_LOG=warn "${2:-$gateway_bin}" >"$work/gateway.log" 2>&1 &
   gateway=$!
   pids+=("$gateway")
   wait_port 9182
@@ -130,12 +142,25 @@ if [[ $rows == all ]]; then
 start_mock 0
 load "mock alone, small edit" "$mock" "http://127.0.0.1:9181$edits" small 16
 load "mock alone, 5 MB edit" "$mock" "http://127.0.0.1:9181$edits" large 16
-start_gateway small
-KEY=pk_live_upstream_bench load "gateway -> mock, small edit" "$gateway" "http://127.0.0.1:9182$edits" small 16
-stop "$gateway"
-start_gateway large
-KEY=pk_live_upstream_bench load "gateway -> mock, 5 MB edit" "$gateway" "http://127.0.0.1:9182$edits" large 16
-stop "$gateway"
+# Each build in turn, `rounds` times; with two, each row names its build.
+label() { if ((${#builds[@]} > 1)); then echo " [${builds[$1]}]"; fi; }
+for round in $(seq "$rounds"); do
+  for i in "${!builds[@]}"; do
+    start_gateway "small-$round-$i" "${builds[$i]}"
+    KEY=pk_live_upstream_bench load "gateway -> mock, small edit$(label "$i")" "$gateway" "http://127.0.0.1:9182$edits" small 16
+    stop "$gateway"
+  done
+done
+for round in $(seq "$rounds"); do
+  for i in "${!builds[@]}"; do
+    start_gateway "large-$round-$i" "${builds[$i]}"
+    KEY=pk_live_upstream_bench load "gateway -> mock, 5 MB edit$(label "$i")" "$gateway" "http://127.0.0.1:9182$edits" large 16
+    stop "$gateway"
+    # A few hundred large files: deleting them now costs the next runs little, and keeps
+    # several GB off the disk.
+    rm -rf "$work/large-$round-$i"
+  done
+done
 stop "$mock"
 fi
 

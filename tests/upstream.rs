@@ -55,6 +55,9 @@ struct Received {
     authorization: Option<String>,
     texts: Vec<(String, String)>,
     files: Vec<(String, Vec<u8>)>,
+    /// The `Content-Length` sent, if any, and the body's length as read.
+    declared_length: Option<usize>,
+    length: usize,
 }
 
 struct Mock {
@@ -108,7 +111,12 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
         ..Received::default()
     };
     let content_type = req.headers()["content-type"].to_str().unwrap().to_owned();
+    received.declared_length = req
+        .headers()
+        .get("content-length")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    received.length = body.len();
     if content_type == "application/json" {
         // A generation: its fields recorded as text, numbers and booleans as JSON writes them.
         let json: serde_json::Map<String, serde_json::Value> =
@@ -361,6 +369,8 @@ async fn forwards_the_sdk_shape_and_bills_what_came_back() {
     assert_eq!(text("output_format").as_deref(), Some("png"));
     assert_eq!(text("response_format").as_deref(), Some("b64_json"));
     assert_eq!(received.files, vec![("image".to_string(), png(10, 10))]);
+    // The form's length is known before it is sent: no chunked encoding.
+    assert_eq!(received.declared_length, Some(received.length));
 
     // Several sources go as repeated image[] parts, in order.
     let form = Form::new()

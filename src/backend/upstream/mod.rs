@@ -1,24 +1,22 @@
 //! An [`ImageBackend`] that forwards edits to any OpenAI-compatible images API.
 
 mod answer;
+mod form;
 pub mod sse;
 
 pub use answer::StreamEvent;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode, Url};
 use tokio::sync::oneshot;
 
 use super::{BackendError, Failure, ImageBackend};
 use crate::job::{EditJob, EditParams, Image, Operation, SourceImage};
+use form::Form;
 
 /// The largest upstream answer read (a JSON body of base64 images, or one image by URL).
 const MAX_ANSWER_BYTES: usize = 128 * 1024 * 1024;
@@ -230,39 +228,24 @@ impl UpstreamBackend {
         fields
     }
 
-    /// An edit or a compose as the SDK's multipart form; `sent` is told when the last image
-    /// part has been read into the request.
-    fn form(
-        &self,
-        job: &EditJob,
-        sources: &Sources,
-        sent: oneshot::Sender<()>,
-    ) -> Result<Form, BackendError> {
+    /// An edit or a compose as the SDK's multipart form.
+    fn form(&self, job: &EditJob, sources: &Sources) -> Form {
         let mut form = Form::new();
         for (name, value) in self.fields(job) {
-            form = form.text(name, value);
+            form.text(name, &value);
         }
         let field = if sources.images.len() == 1 {
             "image"
         } else {
             "image[]"
         };
-        let mut parts: Vec<(&str, &SourceImage, String)> = sources
-            .images
-            .iter()
-            .enumerate()
-            .map(|(i, source)| (field, source, format!("image-{i}")))
-            .collect();
+        for (i, source) in sources.images.iter().enumerate() {
+            form.image(field, &file_name(&format!("image-{i}"), source), source);
+        }
         if let Some(mask) = &sources.mask {
-            parts.push(("mask", mask, "mask".to_owned()));
+            form.image("mask", &file_name("mask", mask), mask);
         }
-        let mut sent = Some(sent);
-        let last = parts.len().saturating_sub(1);
-        for (i, (field, source, stem)) in parts.into_iter().enumerate() {
-            let report = if i == last { sent.take() } else { None };
-            form = form.part(field, image_part(source, &stem, report)?);
-        }
-        Ok(form)
+        form
     }
 
     /// A generation as the SDK's JSON body. Numbers go as numbers, as the SDK sends them.
@@ -287,21 +270,24 @@ impl UpstreamBackend {
         job: &EditJob,
         sources: &Sources,
         sent: oneshot::Sender<()>,
-    ) -> Result<reqwest::RequestBuilder, BackendError> {
+    ) -> reqwest::RequestBuilder {
         let request = match job.operation {
             Operation::Generate => self
                 .client
                 .post(self.generations.clone())
                 .json(&self.generation_body(job)),
-            Operation::Edit | Operation::Compose => self
-                .client
-                .post(self.endpoint.clone())
-                .multipart(self.form(job, sources, sent)?),
+            Operation::Edit | Operation::Compose => {
+                let form = self.form(job, sources);
+                self.client
+                    .post(self.endpoint.clone())
+                    .header(reqwest::header::CONTENT_TYPE, form.content_type())
+                    .body(reqwest::Body::wrap(form.finish(sent)))
+            }
         };
-        Ok(match &self.api_key {
+        match &self.api_key {
             Some(key) => request.bearer_auth(key),
             None => request,
-        })
+        }
     }
 
     /// Sends `job` once, or twice when the first attempt never reached the model (see the
@@ -340,7 +326,7 @@ impl UpstreamBackend {
         // Only images are worth dropping; a generation keeps its retry.
         let images = !sources.images.is_empty() || sources.mask.is_some();
         let (sent, body_read) = oneshot::channel();
-        let attempt = self.request(job, &sources, sent)?.send();
+        let attempt = self.request(job, &sources, sent).send();
         tokio::pin!(attempt);
         let window = async {
             // Also resolves when the body is dropped unsent; the attempt ends first then.
@@ -373,42 +359,9 @@ fn streams(job: &EditJob) -> bool {
     job.params.partial_images > 0 && job.progress.is_streamed()
 }
 
-/// One image as a file part named `stem.{ext}`. `Bytes` is shared, not copied, into the
-/// request body; `read` is told when the body has taken them.
-fn image_part(
-    source: &SourceImage,
-    stem: &str,
-    read: Option<oneshot::Sender<()>>,
-) -> Result<Part, BackendError> {
-    let name = format!("{stem}.{}", source.kind.extension());
-    let body = reqwest::Body::wrap_stream(Reported {
-        bytes: Some(source.bytes.clone()),
-        read,
-    });
-    let part = Part::stream_with_length(body, source.bytes.len() as u64).file_name(name);
-    // The MIME strings are constants, each of which parses (a unit test sends every one).
-    part.mime_str(source.kind.mime())
-        .map_err(|e| BackendError::failed(Failure::Other, format!("image part: {e}")))
-}
-
-/// One image's bytes as a body stream that reports when it has been read to its end.
-struct Reported {
-    bytes: Option<Bytes>,
-    read: Option<oneshot::Sender<()>>,
-}
-
-impl futures_util::Stream for Reported {
-    type Item = Result<Bytes, std::convert::Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(bytes) = self.bytes.take() {
-            return Poll::Ready(Some(Ok(bytes)));
-        }
-        if let Some(read) = self.read.take() {
-            let _ = read.send(());
-        }
-        Poll::Ready(None)
-    }
+/// `stem.{ext}`, the extension of the type the bytes show.
+fn file_name(stem: &str, source: &SourceImage) -> String {
+    format!("{stem}.{}", source.kind.extension())
 }
 
 #[async_trait]
@@ -458,22 +411,7 @@ fn transport(error: reqwest::Error) -> BackendError {
 
 #[cfg(test)]
 mod tests {
-    use super::{endpoint, endpoint_of, image_part};
-    use crate::job::SourceImage;
-    use crate::media::ImageKind;
-
-    #[test]
-    fn every_image_kind_makes_a_part() {
-        for kind in [
-            ImageKind::Jpeg,
-            ImageKind::Png,
-            ImageKind::Gif,
-            ImageKind::Webp,
-        ] {
-            let source = SourceImage::new(bytes::Bytes::from_static(b"x"), kind);
-            assert!(image_part(&source, "image-0", None).is_ok(), "{kind:?}");
-        }
-    }
+    use super::{endpoint, endpoint_of};
 
     #[test]
     fn the_base_url_may_end_in_v1_or_not() {

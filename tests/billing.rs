@@ -472,7 +472,7 @@ async fn concurrent_requests_with_one_key_run_once() {
 #[tokio::test]
 async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
     use image_gateway::idempotency::SqliteIdempotency;
-    use image_gateway::store::{LocalFileStore, SqliteGenerations};
+    use image_gateway::store::{Generations, LocalFileStore, SqliteGenerations};
     let dir = temp_dir("idempotency-restart");
     let start = |dir: std::path::PathBuf| async move {
         let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
@@ -490,6 +490,19 @@ async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
     ledger.deposit(&alice(), 100, "c").await.unwrap();
     let first = server.send(keyed("across-restart", form("any", 1))).await;
     let ids = first.generation_ids();
+    // A restart comes after the old process has ended: its outputs are stored (a second
+    // store opened on the directory meanwhile would clear the first one's temporary files).
+    let records = SqliteGenerations::open(dir.join("generations.db")).unwrap();
+    for id in &ids {
+        let id = image_gateway::id::GenerationId::parse(id).unwrap();
+        for _ in 0..500 {
+            let status = records.get(id).await.unwrap().map(|g| g.status);
+            if status != Some(image_gateway::store::GenerationStatus::Pending) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     drop(server);
     drop(ledger);
 

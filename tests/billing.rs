@@ -472,7 +472,7 @@ async fn concurrent_requests_with_one_key_run_once() {
 #[tokio::test]
 async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
     use image_gateway::idempotency::SqliteIdempotency;
-    use image_gateway::store::{Generations, LocalFileStore, SqliteGenerations};
+    use image_gateway::store::{GenerationStatus, Generations, LocalFileStore, SqliteGenerations};
     let dir = temp_dir("idempotency-restart");
     let start = |dir: std::path::PathBuf| async move {
         let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
@@ -495,13 +495,19 @@ async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
     let records = SqliteGenerations::open(dir.join("generations.db")).unwrap();
     for id in &ids {
         let id = image_gateway::id::GenerationId::parse(id).unwrap();
+        let mut status = None;
         for _ in 0..500 {
-            let status = records.get(id).await.unwrap().map(|g| g.status);
-            if status != Some(image_gateway::store::GenerationStatus::Pending) {
+            status = records.get(id).await.unwrap().map(|g| g.status);
+            if status != Some(GenerationStatus::Pending) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert_eq!(
+            status,
+            Some(GenerationStatus::Ready),
+            "the first run's output"
+        );
     }
     drop(server);
     drop(ledger);

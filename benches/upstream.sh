@@ -9,10 +9,11 @@
 # workers and each store's writer). A last row holds 64 edits of 5 MB sources
 # open against a slow mock and prints how far the binary's RSS grew while they waited.
 #
-# Usage: [GATEWAY_BIN=path] [COMPARE=path] [ROUNDS=n] [BENCH_DIR=dir]
-#        bash benches/upstream.sh [seconds per run] [all|waiting]
-# (installs wrk with apt-get if missing; `waiting` runs the RSS row alone). COMPARE names a
-# second build (an earlier commit's): each gateway row then alternates the two, ROUNDS times.
+# Usage: [GATEWAY_BIN=path] [COMPARE=path] [ROUNDS=n] [BENCH_DIR=dir] [CONNECTIONS=n]
+#        bash benches/upstream.sh [seconds per run] [all|small|waiting]
+# (installs wrk with apt-get if missing; `small` runs the small-edit rows alone, `waiting`
+# the RSS row alone; CONNECTIONS, default 16, sets the small and 5 MB rows' wrk connections).
+# COMPARE names a second build (an earlier commit's): each gateway row then alternates the two, ROUNDS times.
 #
 # Compare builds in one invocation, never across invocations: a run right after an earlier
 # invocation deleted its files pays for the deletion (`benches/volume.sh`). So the small
@@ -22,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 rows=${2:-all}
+connections=${CONNECTIONS:-16}
 if ! command -v wrk >/dev/null; then
   apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
 fi
@@ -98,7 +100,7 @@ load() {
   local before after line requests threads_before
   before=$(cpu_ticks "$pid")
   threads_before=$(thread_ticks "$pid")
-  line=$(BODY="$work/$body.body" KEY=${KEY:-none} wrk -t2 -c"$connections" -d"${seconds}s" \
+  line=$(BODY="$work/$body.body" KEY=${KEY:-none} wrk -t"$((connections < 2 ? 1 : 2))" -c"$connections" -d"${seconds}s" \
     -s "$work/post.lua" "$url" | tail -n 1)
   after=$(cpu_ticks "$pid")
   requests=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")
@@ -138,10 +140,12 @@ stop() {
 }
 
 edits=/v1/images/edits
-if [[ $rows == all ]]; then
+if [[ $rows == all || $rows == small ]]; then
 start_mock 0
-load "mock alone, small edit" "$mock" "http://127.0.0.1:9181$edits" small 16
-load "mock alone, 5 MB edit" "$mock" "http://127.0.0.1:9181$edits" large 16
+load "mock alone, small edit" "$mock" "http://127.0.0.1:9181$edits" small "$connections"
+if [[ $rows == all ]]; then
+  load "mock alone, 5 MB edit" "$mock" "http://127.0.0.1:9181$edits" large "$connections"
+fi
 # One gateway row of `body` (`small` or `large`) for each build in turn, `rounds` times;
 # with two builds, each row names its build.
 gateway_rows() {
@@ -151,7 +155,7 @@ gateway_rows() {
       label=""
       if ((${#builds[@]} > 1)); then label=" [${builds[$i]}]"; fi
       start_gateway "$body-$round-$i" "${builds[$i]}"
-      KEY=pk_live_upstream_bench load "gateway -> mock, $what$label" "$gateway" "http://127.0.0.1:9182$edits" "$body" 16
+      KEY=pk_live_upstream_bench load "gateway -> mock, $what$label" "$gateway" "http://127.0.0.1:9182$edits" "$body" "$connections"
       stop "$gateway"
       # The large rows' few hundred files: deleting them now costs the next runs little and
       # keeps several GB off the disk. The small rows' 20,000 wait for the exit.
@@ -160,9 +164,10 @@ gateway_rows() {
   done
 }
 gateway_rows small "small edit"
-gateway_rows large "5 MB edit"
+if [[ $rows == all ]]; then gateway_rows large "5 MB edit"; fi
 stop "$mock"
 fi
+if [[ $rows == small ]]; then exit 0; fi
 
 # 64 edits of 5 MB sources waiting on a model that takes 20 s: the binary's RSS at rest, its
 # peak while the 320 MB of bodies arrive, and what it holds while the 64 wait (the lowest

@@ -6,6 +6,13 @@
 //! insufficient balance, an unknown hold) is rolled back alone, the others commit. Callers
 //! are answered only once the batch's commit returned, so an answer is never ahead of what is
 //! on disk; a failed commit answers every operation of the batch with the error.
+//!
+//! Each operation says whether its answer must wait for an fsync. The connection runs at
+//! `synchronous = NORMAL` (WAL: a commit survives a killed process, not a power cut); the
+//! operations of a batch that need no fsync are committed and answered first, then those
+//! that do, in a second commit under `FULL`. SQLite appends commits to the WAL in order, so
+//! that fsync also makes every earlier commit durable: a power cut can lose only the last
+//! unsynced commits, never one that a synced commit came after.
 
 use std::sync::mpsc;
 
@@ -76,8 +83,8 @@ where
 
 struct Job {
     op: Box<dyn Operation>,
-    /// Fsynced whatever the durability setting (deposits).
-    durable: bool,
+    /// Answered only after an fsync.
+    fsync: bool,
 }
 
 /// The handle callers queue operations on; the thread stops when every handle is dropped.
@@ -87,19 +94,19 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread `name` that owns `db`. `relaxed` is the connection's usual
-    /// `synchronous = NORMAL` (then a durable operation is committed alone under `FULL`).
-    pub(crate) fn start(db: Connection, name: &str, relaxed: bool) -> std::io::Result<Writer> {
+    /// Starts the thread `name` that owns `db` (in WAL mode; the thread sets its
+    /// `synchronous`).
+    pub(crate) fn start(db: Connection, name: &str) -> std::io::Result<Writer> {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(db, queue, relaxed))?;
+            .spawn(move || run(db, queue))?;
         Ok(Writer { jobs })
     }
 
     /// Runs `work` in the next batch (on the writer's connection, inside the batch's
-    /// transaction) and answers once it is committed.
-    pub(crate) async fn submit<T, E, F>(&self, durable: bool, work: F) -> Result<T, E>
+    /// transaction) and answers once it is committed, and fsynced when `fsync`.
+    pub(crate) async fn submit<T, E, F>(&self, fsync: bool, work: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<DbFailed> + Send + 'static,
@@ -112,48 +119,68 @@ impl Writer {
             reply,
         });
         let stopped = || DbFailed("the database's writer has stopped".into());
-        self.jobs.send(Job { op, durable }).map_err(|_| stopped())?;
+        self.jobs.send(Job { op, fsync }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
-fn run(db: Connection, queue: mpsc::Receiver<Job>, relaxed: bool) {
-    let mut carried: Option<Job> = None;
-    loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return, // every handle dropped
-            },
-        };
-        if first.durable {
-            commit(&db, vec![first], relaxed);
-            continue;
-        }
+fn run(db: Connection, queue: mpsc::Receiver<Job>) {
+    let mut synced = Synchronous::new(db);
+    while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                // A durable operation waits for the next commit of its own.
-                Ok(job) if job.durable => {
-                    carried = Some(job);
-                    break;
-                }
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        commit(&db, batch, false);
+        // Every operation of the batch was in flight at once, so any order is one they
+        // could have run in: those that wait for no fsync go first and are not held up by it.
+        let (fsynced, relaxed): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.fsync);
+        if !relaxed.is_empty() {
+            commit(&mut synced, relaxed, false);
+        }
+        if !fsynced.is_empty() {
+            commit(&mut synced, fsynced, true);
+        }
+    }
+    // Every handle dropped.
+}
+
+/// The write connection and its `synchronous` setting, changed only when a commit needs the
+/// other one.
+struct Synchronous {
+    db: Connection,
+    full: Option<bool>,
+}
+
+impl Synchronous {
+    fn new(db: Connection) -> Self {
+        Synchronous { db, full: None }
+    }
+
+    /// The connection, set to fsync its commits or not.
+    fn set(&mut self, full: bool) -> rusqlite::Result<&Connection> {
+        if self.full != Some(full) {
+            self.full = None;
+            let pragma = if full {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            self.db.prepare_cached(pragma)?.execute([])?;
+            self.full = Some(full);
+        }
+        Ok(&self.db)
     }
 }
 
 /// Runs `batch` in one transaction and answers each operation after the commit.
-fn commit(db: &Connection, mut batch: Vec<Job>, fsync: bool) {
-    if fsync {
-        if let Err(error) = db.execute_batch("PRAGMA synchronous = FULL;") {
-            return answer_all(batch, Err(&error));
-        }
-    }
+fn commit(synced: &mut Synchronous, mut batch: Vec<Job>, fsync: bool) {
+    let db = match synced.set(fsync) {
+        Ok(db) => db,
+        Err(error) => return answer_all(batch, Err(&error)),
+    };
     // Every statement, the transaction's own included, is prepared once per connection:
     // `BEGIN` and `COMMIT` are parsed again on each batch otherwise.
     let step = |sql: &str| db.prepare_cached(sql)?.execute([]).map(drop);
@@ -176,16 +203,62 @@ fn commit(db: &Connection, mut batch: Vec<Job>, fsync: bool) {
             tracing::error!(%error, "rolling back a failed batch failed");
         }
     }
-    if fsync {
-        if let Err(error) = db.execute_batch("PRAGMA synchronous = NORMAL;") {
-            tracing::error!(%error, "restoring a database's synchronous setting failed");
-        }
-    }
     answer_all(batch, committed.as_ref().map(|_| ()));
 }
 
 fn answer_all(batch: Vec<Job>, committed: Result<(), &rusqlite::Error>) {
     for job in batch {
         job.op.answer(committed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DbFailed, Writer};
+
+    /// `PRAGMA synchronous` as the operation saw it: 1 is `NORMAL`, 2 `FULL`.
+    fn synchronous(db: &rusqlite::Connection) -> Result<i64, DbFailed> {
+        db.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(|e| DbFailed(e.to_string()))
+    }
+
+    #[tokio::test]
+    async fn only_operations_that_ask_for_an_fsync_are_committed_under_full() {
+        let path = std::env::temp_dir().join(format!("igw-writer-{}.db", uuid::Uuid::new_v4()));
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER);")
+            .unwrap();
+        let writer = Writer::start(db, "test-writer").unwrap();
+        // Both kinds queued at once land in one batch, split in two commits.
+        let ops = (0..16).map(|i| {
+            let writer = writer.clone();
+            async move {
+                let fsync = i % 2 == 0;
+                let seen = writer
+                    .submit(fsync, move |db| {
+                        db.execute("INSERT INTO t (v) VALUES (?1)", [i])
+                            .map_err(|e| DbFailed(e.to_string()))?;
+                        synchronous(db)
+                    })
+                    .await
+                    .unwrap();
+                (fsync, seen)
+            }
+        });
+        for (fsync, seen) in futures_util::future::join_all(ops).await {
+            assert_eq!(seen, if fsync { 2 } else { 1 }, "fsync asked: {fsync}");
+        }
+        let rows: i64 = writer
+            .submit(false, |db| {
+                db.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .map_err(|e| DbFailed(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 16, "every operation of both commits landed");
+        drop(writer);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

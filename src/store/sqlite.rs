@@ -47,8 +47,7 @@ impl SqliteGenerations {
         .map_err(StoreError::new)?;
         let reader = Reader::open(path).map_err(StoreError::new)?;
         Ok(SqliteGenerations {
-            writer: Writer::start(db, "sqlite-generations-writer", false)
-                .map_err(StoreError::new)?,
+            writer: Writer::start(db, "sqlite-generations-writer").map_err(StoreError::new)?,
             reader,
         })
     }

@@ -23,7 +23,8 @@ use crate::sqlite::{DbFailed, Reader, Writer};
 ///
 /// Writes go through one writer thread that commits every operation waiting for it in one
 /// `IMMEDIATE` transaction (group commit, in the crate's `sqlite` module): concurrent
-/// requests share a commit and its fsync. Reads (balances, the journal) use a connection of
+/// requests share a commit and its fsync, and holds do not wait for settles' fsyncs (see
+/// [`Durability`]). Reads (balances, the journal) use a connection of
 /// their own and never wait for the writer. Several processes sharing the file still never
 /// overdraw an account: each batch holds SQLite's write lock from its first check to its
 /// commit.
@@ -31,10 +32,11 @@ use crate::sqlite::{DbFailed, Reader, Writer};
 pub struct SqliteLedger {
     writer: Writer,
     reader: Reader,
+    durability: Durability,
 }
 
 impl SqliteLedger {
-    /// Opens (or creates) the ledger at `path`, fsyncing every commit.
+    /// Opens (or creates) the ledger at `path`, fsyncing every settle and deposit.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
         Self::open_with(path, Durability::PowerLoss)
     }
@@ -45,38 +47,24 @@ impl SqliteLedger {
         let db = Connection::open(path).map_err(storage)?;
         db.execute_batch(SCHEMA).map_err(storage)?;
         schema::add_columns(&db).map_err(storage)?;
-        let synchronous = match durability {
-            Durability::PowerLoss => "PRAGMA synchronous = FULL;",
-            Durability::ProcessCrash => "PRAGMA synchronous = NORMAL;",
-        };
-        db.execute_batch(synchronous).map_err(storage)?;
         db.set_prepared_statement_cache_capacity(64);
         let reader = Reader::open(path).map_err(storage)?;
         Ok(SqliteLedger {
-            writer: Writer::start(
-                db,
-                "sqlite-ledger-writer",
-                durability == Durability::ProcessCrash,
-            )
-            .map_err(|e| LedgerError::Storage(e.into()))?,
+            writer: Writer::start(db, "sqlite-ledger-writer")
+                .map_err(|e| LedgerError::Storage(e.into()))?,
             reader,
+            durability,
         })
     }
 
-    /// Runs `work` in the writer's next batch; answers once its commit returned.
+    /// Runs `work` in the writer's next batch; answers once its commit returned, and was
+    /// fsynced when `fsync`.
     async fn transaction<T: Send + 'static>(
         &self,
+        fsync: bool,
         work: impl FnOnce(&rusqlite::Connection) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        self.writer.submit(false, work).await
-    }
-
-    /// As [`Self::transaction`], fsyncing the commit whatever the durability setting.
-    async fn durable_transaction<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&rusqlite::Connection) -> Result<T, LedgerError> + Send + 'static,
-    ) -> Result<T, LedgerError> {
-        self.writer.submit(true, work).await
+        self.writer.submit(fsync, work).await
     }
 
     /// Runs `work` on the read connection, in one read transaction (one snapshot).
@@ -312,7 +300,7 @@ impl Ledger for SqliteLedger {
         memo: Memo,
     ) -> Result<Hold, LedgerError> {
         let account = account.clone();
-        self.transaction(move |tx| {
+        self.transaction(false, move |tx| {
             ensure_account(tx, &account)?;
             let available: i64 = tx
                 .query_row(
@@ -381,7 +369,7 @@ impl Ledger for SqliteLedger {
         charge: Amount,
         units_returned: u32,
     ) -> Result<Settlement, LedgerError> {
-        self.transaction(move |tx| {
+        self.transaction(self.durability == Durability::PowerLoss, move |tx| {
             if end_hold(tx, hold, charge, Some(units_returned), EntryKind::Settle)? {
                 return Ok(Settlement::Settled);
             }
@@ -391,7 +379,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
-        self.transaction(move |tx| {
+        self.transaction(false, move |tx| {
             if end_hold(tx, hold, Amount::ZERO, None, EntryKind::Release)? {
                 return Ok(());
             }
@@ -411,7 +399,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
-        self.transaction(move |tx| {
+        self.transaction(false, move |tx| {
             let renewed = tx
                 .execute(
                     "UPDATE holds SET expires_at = ?2 WHERE id = ?1",
@@ -459,7 +447,7 @@ impl Ledger for SqliteLedger {
         reference: &str,
     ) -> Result<bool, LedgerError> {
         let (account, reference) = (account.clone(), reference.to_owned());
-        self.durable_transaction(move |tx| {
+        self.transaction(true, move |tx| {
             ensure_account(tx, &account)?;
             let inserted = tx
                 .execute(
@@ -495,7 +483,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn expire(&self, now: u64) -> Result<usize, LedgerError> {
-        self.transaction(move |tx| {
+        self.transaction(false, move |tx| {
             let due: Vec<String> = {
                 let mut stmt = tx
                     .prepare_cached("SELECT id FROM holds WHERE expires_at <= ?1")

@@ -1,18 +1,26 @@
 //! The SQLite ledger's tables and durability settings.
 
 /// How hard each commit is pushed to disk.
+///
+/// Only a settle has to reach the disk before its answer: it is what makes delivered images
+/// paid for. A hold, a renewal, a release and the expiry sweep are committed without an
+/// fsync under either setting. A power cut can lose only the last of them, never one that a
+/// synced commit came after (SQLite appends commits to the WAL in order, and each fsync
+/// flushes all of it), and losing them loses nothing owed: a hold that vanishes vanishes
+/// with the request that made it (the process is gone), and a hold whose release or
+/// renewal vanished is released by the sweep at the next start. Deposits are fsynced under
+/// either setting: a credit is never rolled back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
-    /// `synchronous = FULL`: every commit is fsynced; survives power loss. The default.
+    /// Every settle is fsynced before it is answered; survives power loss. The default.
     #[default]
     PowerLoss,
-    /// `synchronous = NORMAL` (WAL): commits survive a crash or kill of the process, and the
-    /// WAL is fsynced at checkpoints; a power loss may roll back the last commits, to a
-    /// consistent earlier state (conservation still holds). Faster for a lone caller; under
-    /// concurrent load group commit shares each fsync among the waiting operations, and the
-    /// difference all but vanishes. Deposits are fsynced all the same: a credit is never
-    /// rolled back.
+    /// Settles survive a crash or kill of the process, and the WAL is fsynced at checkpoints;
+    /// a power loss may roll back the last commits, to a consistent earlier state
+    /// (conservation still holds). Faster for a lone caller; under concurrent load group
+    /// commit shares each fsync among the waiting operations, and the difference all but
+    /// vanishes.
     ProcessCrash,
 }
 

@@ -51,8 +51,9 @@ impl Stores {
             let registry: Arc<dyn KeyRegistry> =
                 Arc::new(WithFixedKeys::new(keys.to_static()?, Arc::new(managed)));
             return Ok(Stores {
-                // Every commit fsynced: with group commit, concurrent edits share the fsync,
-                // and the load harness measures no cost over crash-only durability.
+                // Every settle and deposit fsynced before it is answered: with group commit,
+                // concurrent edits share the fsync, and the load harness measures no cost
+                // over crash-only durability.
                 ledger: Arc::new(SqliteLedger::open_with(
                     dir.join("ledger.db"),
                     Durability::PowerLoss,

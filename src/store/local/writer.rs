@@ -2,12 +2,17 @@
 //! batch durable together, so concurrent edits share the flushes instead of paying two
 //! fsyncs (file and directory) each.
 //!
-//! A batch is written to temporary files, flushed, renamed to the keys, and flushed again;
+//! A batch is written to temporary files, flushed, moved to the keys, and flushed again;
 //! callers are answered after the second flush. The two are pipelined: the flush that makes
-//! one batch's renames durable also makes the next batch's data durable, so under load each
+//! one batch's names durable also makes the next batch's data durable, so under load each
 //! batch costs one flush. A crash at any point leaves each key either
-//! absent or whole: a rename is only made once its data is on disk, and a temporary file
-//! left behind is removed when the store opens.
+//! absent or whole: a file gets its key only once its data is on disk.
+//!
+//! On Linux a temporary file has no name (`O_TMPFILE`): it is linked at its key once
+//! durable, so each file costs the directory one entry, not a temporary name added and
+//! removed, and a crash leaves no temporary file behind. Where that is not supported (a
+//! file system without `O_TMPFILE`, no `/proc`), the temporary file is named beside its key
+//! and renamed there; one left behind by a crash is removed when the store opens.
 //!
 //! A large file (at least [`STAGE_ASIDE`]) is written to its temporary file on the blocking
 //! pool, in parallel with others, and only handed to the thread for the flushes: copying
@@ -50,7 +55,40 @@ struct Put {
 /// failure) written already.
 enum Data {
     Bytes(Bytes),
-    Staged(io::Result<(PathBuf, File, u64)>),
+    Staged(io::Result<Written>),
+}
+
+/// A temporary file with its bytes written, not yet flushed.
+struct Written {
+    temp: Temp,
+    file: File,
+    size: u64,
+}
+
+/// Where a written file waits for its key.
+enum Temp {
+    /// Nowhere: an `O_TMPFILE` file, linked at its key through its handle.
+    Unnamed,
+    /// A temporary name beside the key.
+    Named(PathBuf),
+}
+
+impl Written {
+    /// Gives the file its key (replacing any file there).
+    fn place(&self, path: &Path) -> io::Result<()> {
+        match &self.temp {
+            Temp::Named(temp) => std::fs::rename(temp, path),
+            Temp::Unnamed => link(&self.file, path),
+        }
+    }
+
+    /// Removes what is left of a file that will not get its key.
+    fn discard(self) {
+        if let Temp::Named(temp) = &self.temp {
+            let _ = std::fs::remove_file(temp);
+        }
+        // An unnamed file is freed as its handle drops.
+    }
 }
 
 /// The handle puts are queued on; the thread stops when every handle is dropped.
@@ -66,6 +104,8 @@ pub(super) struct Writer {
 struct Dirs {
     root: PathBuf,
     checked: Mutex<HashSet<PathBuf>>,
+    /// Whether temporary files can be unnamed here (tried once, at start).
+    unnamed: bool,
 }
 
 /// Where a durable file is recorded before its caller is answered.
@@ -76,9 +116,11 @@ impl Writer {
     /// once it is durable.
     pub(super) fn start(root: PathBuf, index: Indexed) -> io::Result<Writer> {
         let volume = File::open(&root)?;
+        let unnamed = unnamed_files_work(&root);
         let dirs = Arc::new(Dirs {
             root,
             checked: Mutex::new(HashSet::new()),
+            unnamed,
         });
         let (puts, queue) = mpsc::channel();
         let shared = dirs.clone();
@@ -114,8 +156,8 @@ impl Writer {
                     reply,
                 };
                 if let Err(refused) = puts.send(put) {
-                    if let Data::Staged(Ok((temp, _, _))) = refused.0.data {
-                        let _ = std::fs::remove_file(temp);
+                    if let Data::Staged(Ok(written)) = refused.0.data {
+                        written.discard();
                     }
                 }
             }));
@@ -161,7 +203,7 @@ fn run(dirs: &Dirs, index: &Indexed, volume: &File, queue: &mpsc::Receiver<Put>)
             .into_iter()
             .filter_map(|put| staged(dirs, put))
             .collect::<Vec<_>>();
-        let renamed = rename_all(durable);
+        let renamed = place_all(durable);
         durable = Vec::new();
         match flush(volume, &staged, &renamed) {
             Ok(()) => {
@@ -201,16 +243,12 @@ fn gather(queue: &mpsc::Receiver<Put>, first: Option<Put>) -> Vec<Put> {
     batch
 }
 
-/// One file on its way: its temporary file, written and not yet renamed.
+/// One file on its way: its temporary file, written and not yet under its key.
 struct Staged {
     key: FileKey,
     path: PathBuf,
     reply: oneshot::Sender<io::Result<Durable>>,
-    temp: PathBuf,
-    size: u64,
-    /// Kept open for its fsync where there is no `syncfs`.
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    file: File,
+    written: Written,
 }
 
 /// `put` written to its temporary file; a put that could not be is answered at once.
@@ -226,20 +264,12 @@ fn staged(dirs: &Dirs, put: Put) -> Option<Staged> {
         Data::Staged(written) => written,
     };
     match written {
-        Ok((temp, file, size)) => {
-            // With `syncfs` the flush covers the volume: the file closes now.
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            drop(file);
-            Some(Staged {
-                key,
-                path,
-                reply,
-                temp,
-                size,
-                #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                file,
-            })
-        }
+        Ok(written) => Some(Staged {
+            key,
+            path,
+            reply,
+            written,
+        }),
         Err(error) => {
             let _ = reply.send(Err(error));
             None
@@ -247,14 +277,14 @@ fn staged(dirs: &Dirs, put: Put) -> Option<Staged> {
     }
 }
 
-/// Renames each file to its key; one that fails is answered at once.
-fn rename_all(durable: Vec<Staged>) -> Vec<Staged> {
+/// Gives each file its key; one that fails is answered at once.
+fn place_all(durable: Vec<Staged>) -> Vec<Staged> {
     durable
         .into_iter()
-        .filter_map(|s| match std::fs::rename(&s.temp, &s.path) {
+        .filter_map(|s| match s.written.place(&s.path) {
             Ok(()) => Some(s),
             Err(error) => {
-                let _ = std::fs::remove_file(&s.temp);
+                s.written.discard();
                 let _ = s.reply.send(Err(error));
                 None
             }
@@ -262,34 +292,105 @@ fn rename_all(durable: Vec<Staged>) -> Vec<Staged> {
         .collect()
 }
 
-/// Writes `bytes` to a new temporary file beside `path`, not yet flushed: the file's path,
-/// its handle and its size.
-fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File, u64)> {
+/// Writes `bytes` to a new temporary file for `path`, not yet flushed.
+fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<Written> {
     let dir = path.parent().ok_or_else(super::escape)?;
     let known = dirs.known(dir);
     if !known {
         dirs.check(dir)?;
     }
-    let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
-    let created = match File::create_new(&temp) {
+    let created = match create_temp(dirs, dir) {
         // A directory checked earlier and removed since (by hand): made and checked again.
         Err(error) if known && error.kind() == io::ErrorKind::NotFound => {
             dirs.forget(dir);
             dirs.check(dir)?;
-            File::create_new(&temp)
+            create_temp(dirs, dir)
         }
         created => created,
     };
-    let written = created.and_then(|mut file| {
-        file.write_all(bytes)?;
-        Ok(file)
-    });
-    match written {
-        Ok(file) => Ok((temp, file, bytes.len() as u64)),
+    let (temp, mut file) = created?;
+    match file.write_all(bytes) {
+        Ok(()) => Ok(Written {
+            temp,
+            file,
+            size: bytes.len() as u64,
+        }),
         Err(error) => {
-            let _ = std::fs::remove_file(&temp);
+            Written {
+                temp,
+                file,
+                size: 0,
+            }
+            .discard();
             Err(error)
         }
+    }
+}
+
+/// A new temporary file in `dir`: unnamed where that works, else named.
+fn create_temp(dirs: &Dirs, dir: &Path) -> io::Result<(Temp, File)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if dirs.unnamed {
+        return unnamed_in(dir).map(|file| (Temp::Unnamed, file));
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = dirs;
+    let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
+    let file = File::create_new(&temp)?;
+    Ok((Temp::Named(temp), file))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn unnamed_in(dir: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::from_raw_mode(0o644))?;
+    Ok(File::from(fd))
+}
+
+/// Links the unnamed `file` at `path`, replacing any file there.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn link(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    use rustix::fs::{AtFlags, CWD};
+    // The file's own entry under `/proc` names it without any privilege.
+    let handle = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let link_at =
+        |to: &Path| rustix::fs::linkat(CWD, handle.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW);
+    match link_at(path) {
+        Err(rustix::io::Errno::EXIST) => {
+            // A link never replaces: linked beside the key, then renamed over it.
+            let dir = path.parent().ok_or_else(super::escape)?;
+            let temp = dir.join(format!(".tmp-{}", Uuid::new_v4()));
+            link_at(&temp)?;
+            std::fs::rename(&temp, path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&temp);
+            })
+        }
+        linked => linked.map_err(io::Error::from),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn link(_file: &File, _path: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Whether an unnamed file can be made and linked under `root` (not on every file system,
+/// and not without `/proc`).
+fn unnamed_files_work(root: &Path) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let probe = root.join(format!(".tmp-{}", Uuid::new_v4()));
+        let linked = unnamed_in(root).and_then(|file| link(&file, &probe));
+        let _ = std::fs::remove_file(&probe);
+        linked.is_ok()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = root;
+        false
     }
 }
 
@@ -328,7 +429,7 @@ fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()>
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         let _ = volume;
-        staged.iter().try_for_each(|s| s.file.sync_all())?;
+        staged.iter().try_for_each(|s| s.written.file.sync_all())?;
         let mut dirs: Vec<&Path> = renamed.iter().filter_map(|s| s.path.parent()).collect();
         dirs.sort_unstable();
         dirs.dedup();
@@ -343,7 +444,7 @@ fn answer(index: &Indexed, renamed: Vec<Staged>) {
         let durable = Durable {
             index: index.clone(),
             key: s.key,
-            size: s.size,
+            size: s.written.size,
         };
         // A caller that stopped waiting (a cancelled request) gets nothing; its file stays,
         // like any write that finished after its client left, and is indexed as the refused
@@ -355,9 +456,62 @@ fn answer(index: &Indexed, renamed: Vec<Staged>) {
 /// Answers every put of `batch` with `error`, removing its temporary file.
 fn fail(batch: Vec<Staged>, error: &io::Error) {
     for s in batch {
-        let _ = std::fs::remove_file(&s.temp);
+        s.written.discard();
         let _ = s
             .reply
             .send(Err(io::Error::new(error.kind(), error.to_string())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use super::{stage, unnamed_files_work, Dirs, Temp};
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn either_kind_of_temporary_file_reaches_its_key_and_replaces_what_was_there() {
+        let root = std::env::temp_dir().join(format!("igw-temp-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        // This crate's CI runs on Linux, where the unnamed kind must be the one in use.
+        let unnamed = unnamed_files_work(&root);
+        assert_eq!(unnamed, cfg!(target_os = "linux"));
+        for unnamed in [false, unnamed] {
+            let dirs = Dirs {
+                root: root.clone(),
+                checked: Mutex::new(HashSet::new()),
+                unnamed,
+            };
+            let path = root.join(format!("files/alice/{unnamed}.png"));
+            for bytes in [&b"first"[..], &b"second, longer"[..]] {
+                let written = stage(&dirs, &path, bytes).unwrap();
+                assert_eq!(matches!(written.temp, Temp::Unnamed), unnamed);
+                written.place(&path).unwrap();
+                assert_eq!(std::fs::read(&path).unwrap(), bytes, "unnamed: {unnamed}");
+            }
+        }
+        let expected: Vec<String> = if unnamed {
+            vec!["false.png".into(), "true.png".into()]
+        } else {
+            vec!["false.png".into()]
+        };
+        assert_eq!(
+            names(&root.join("files/alice")),
+            expected,
+            "no temporary file is left"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -17,8 +17,8 @@ use crate::auth::UserId;
 /// Files in a local directory, one file per key at `{root}/{key}`.
 ///
 /// A write is answered once it is durable, and a crash leaves either the old file or the new
-/// one: writes go to a temporary file in the same directory, are flushed, renamed over the
-/// key and flushed again. One thread does every write, taking all that wait into one batch
+/// one: writes go to a temporary file in the same directory (unnamed on Linux), are flushed,
+/// put at the key and flushed again. One thread does every write, taking all that wait into one batch
 /// with two flushes in all (see `writer`). Every path is checked on its own, whatever the
 /// caller checked: only plain components, and the canonical parent directory must lie under
 /// the canonical root (for writes, checked once per directory and process). A

@@ -35,6 +35,8 @@ use crate::auth::UserId;
 #[derive(Clone, Debug)]
 pub struct LocalFileStore {
     root: PathBuf,
+    /// The root, open: reads resolve keys beneath it (see [`Self::open_file`]).
+    root_dir: Arc<std::fs::File>,
     index: Arc<Mutex<Index>>,
     writer: Writer,
     min_free: u64,
@@ -96,6 +98,7 @@ impl LocalFileStore {
         let index = Arc::new(Mutex::new(index_of(&root)?));
         Ok(LocalFileStore {
             writer: Writer::start(root.clone(), index.clone())?,
+            root_dir: Arc::new(std::fs::File::open(&root)?),
             root,
             index,
             min_free: 0,
@@ -169,7 +172,12 @@ impl LocalFileStore {
     /// The path of `key`, or an error if it could leave the root (also through a symlinked
     /// directory).
     fn path_of(&self, key: &str) -> io::Result<PathBuf> {
-        let path = self.plain_path(key)?;
+        self.checked(self.plain_path(key)?)
+    }
+
+    /// `path` (plain, under the root lexically) once its canonical parent is found under the
+    /// root too; a missing parent passes, since it holds no file.
+    fn checked(&self, path: PathBuf) -> io::Result<PathBuf> {
         let parent = path.parent().ok_or_else(escape)?;
         match under_root(&self.root, parent) {
             Ok(()) => Ok(path),
@@ -179,13 +187,43 @@ impl LocalFileStore {
         }
     }
 
-    fn get_sync(&self, key: &FileKey) -> io::Result<Option<Bytes>> {
-        let path = self.path_of(key.as_str())?;
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+    /// Opens the file of `key` for reading; `None` when there is none.
+    ///
+    /// On Linux the kernel resolves the key beneath the open root in one `openat2`
+    /// (`RESOLVE_BENEATH`): no step of it may leave the root, symlinks included, and nothing
+    /// can change between a check and the open. That is one system call where checking the
+    /// canonical parent first takes one per component of the path. Whatever it refuses or
+    /// cannot do (an absolute symlink back into the root, a kernel without `openat2`) is
+    /// decided by that check instead, so both ways allow the same files.
+    fn open_file(&self, key: &str) -> io::Result<Option<std::fs::File>> {
+        let path = self.plain_path(key)?;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::fs::{Mode, OFlags, ResolveFlags};
+            let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+            let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&*self.root_dir, key, flags, Mode::empty(), beneath) {
+                Ok(fd) => return Ok(Some(std::fs::File::from(fd))),
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(_) => {}
+            }
+        }
+        let path = self.checked(path)?;
+        match std::fs::File::open(path) {
+            Ok(file) => Ok(Some(file)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn get_sync(&self, key: &FileKey) -> io::Result<Option<Bytes>> {
+        let Some(mut file) = self.open_file(key.as_str())? else {
+            return Ok(None);
+        };
+        // Sized by the file's length (std asks for it), as `fs::read` is.
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok(Some(Bytes::from(bytes)))
     }
 
     fn delete_sync(&self, key: &FileKey) -> io::Result<bool> {
@@ -395,6 +433,48 @@ mod tests {
         }
         assert!(store.path_of("files/alice/x").is_ok());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Reads resolve beneath the root in the kernel where they can, and by the canonical
+    /// check where that refuses: both must allow the same files.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn reads_follow_symlinks_only_while_they_stay_under_the_root() {
+        use std::os::unix::fs::symlink;
+        let (dir, store, alice) = fresh("beneath");
+        let name = format!("{}_x.png", Uuid::new_v4());
+        let key = |owner: &str| FileKey::parse(&format!("files/{owner}/{name}")).unwrap();
+        store
+            .put(
+                &FileKey::parse(&format!("files/{alice}/{name}")).unwrap(),
+                Bytes::from_static(b"inside"),
+            )
+            .await
+            .unwrap();
+        // The same name outside the root, where an escaping link would lead.
+        let outside = std::env::temp_dir().join(format!("igw-outside-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join(&name), b"outside").unwrap();
+        let files = dir.join("files");
+        symlink(alice.as_str(), files.join("relative")).unwrap();
+        symlink(files.join(alice.to_string()), files.join("absolute")).unwrap();
+        symlink(&outside, files.join("away")).unwrap();
+        symlink(
+            "../../../../../../../../..".to_string() + outside.to_str().unwrap(),
+            files.join("up"),
+        )
+        .unwrap();
+
+        for owner in [alice.as_str(), "relative", "absolute"] {
+            let read = store.get(&key(owner)).await.unwrap();
+            assert_eq!(read.as_deref(), Some(&b"inside"[..]), "{owner}");
+        }
+        for owner in ["away", "up"] {
+            assert!(store.get(&key(owner)).await.is_err(), "{owner}");
+        }
+        assert_eq!(store.get(&key("nobody")).await.unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(outside).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,10 +84,16 @@ impl Written {
 
     /// Removes what is left of a file that will not get its key.
     fn discard(self) {
-        if let Temp::Named(temp) = &self.temp {
+        self.temp.remove();
+    }
+}
+
+impl Temp {
+    /// Removes a named temporary file; an unnamed one is freed as its handle drops.
+    fn remove(&self) {
+        if let Temp::Named(temp) = self {
             let _ = std::fs::remove_file(temp);
         }
-        // An unnamed file is freed as its handle drops.
     }
 }
 
@@ -309,29 +315,29 @@ fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<Written> {
         created => created,
     };
     let (temp, mut file) = created?;
-    match file.write_all(bytes) {
-        Ok(()) => Ok(Written {
-            temp,
-            file,
-            size: bytes.len() as u64,
-        }),
-        Err(error) => {
-            Written {
-                temp,
-                file,
-                size: 0,
-            }
-            .discard();
-            Err(error)
-        }
+    if let Err(error) = file.write_all(bytes) {
+        temp.remove();
+        return Err(error);
     }
+    Ok(Written {
+        temp,
+        file,
+        size: bytes.len() as u64,
+    })
 }
 
 /// A new temporary file in `dir`: unnamed where that works, else named.
+///
+/// Unnamed files were tried once, at the root; a directory under it may still lie on a
+/// file system without them (a mount inside the data directory), so one refused here is
+/// made named instead. Any other cause (the directory gone) fails the named file the same
+/// way, and that is the error returned.
 fn create_temp(dirs: &Dirs, dir: &Path) -> io::Result<(Temp, File)> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if dirs.unnamed {
-        return unnamed_in(dir).map(|file| (Temp::Unnamed, file));
+        if let Ok(file) = unnamed_in(dir) {
+            return Ok((Temp::Unnamed, file));
+        }
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = dirs;

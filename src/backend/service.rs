@@ -73,7 +73,8 @@ impl Service<EditJob> for EditService {
             let (principal, operation, n) = (job.principal.clone(), job.operation, job.params.n);
             let owner = principal.user_id();
             // Uploads are refused before the backend runs (no model time for an edit whose
-            // sources cannot be kept), then written while it works; the answer waits for both.
+            // sources cannot be kept), then written while it works and while its images are
+            // recorded; the answer waits for both.
             let uploads = std::mem::take(&mut job.uploads);
             admit_all(&*this.outputs.store, owner, &uploads).await?;
             let stored = async {
@@ -87,34 +88,56 @@ impl Service<EditJob> for EditService {
                 if let Some(metrics) = &this.metrics {
                     metrics.backend(operation, started.elapsed(), answer.as_ref().err());
                 }
-                answer
+                this.record(&principal, n, answer?).await
             };
-            let (stored, answer) = tokio::join!(stored, ran);
-            stored?;
-            let mut images = answer?;
-            images.truncate(n as usize);
-            if images.is_empty() {
-                tracing::warn!("image backend returned no images");
-                return Err(GatewayError::Upstream);
-            }
-            // Refused now, before anything is charged, rather than after the settle.
-            let bytes = images.iter().map(|i| i.bytes.len() as u64).sum();
-            let adding = Usage::new(bytes, images.len() as u64);
-            this.outputs.store.admits(owner, adding).await?;
-            let created = unix_now();
-            let mut rendered = Rendered::new(created, this.outputs.clone());
-            for image in images {
-                let id = GenerationId::new();
-                let key = output_key(&principal, id, &image);
-                let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
-                if let Err(error) = this.outputs.generations.insert(&record).await {
-                    rendered.discard().await;
-                    return Err(error.into());
+            let (stored, rendered) = tokio::join!(stored, ran);
+            match (stored, rendered) {
+                (Ok(()), rendered) => rendered,
+                // Sources that could not be kept fail the edit, as before the backend ran.
+                (Err(error), rendered) => {
+                    if let Ok(rendered) = rendered {
+                        rendered.discard().await;
+                    }
+                    Err(error.into())
                 }
-                rendered.push(id, image, key);
             }
-            Ok(rendered)
         })
+    }
+}
+
+impl EditService {
+    /// The backend's `images` (cut to `n`), each recorded as a pending generation.
+    async fn record(
+        &self,
+        principal: &Principal,
+        n: u32,
+        mut images: Vec<Image>,
+    ) -> Result<Rendered, GatewayError> {
+        images.truncate(n as usize);
+        if images.is_empty() {
+            tracing::warn!("image backend returned no images");
+            return Err(GatewayError::Upstream);
+        }
+        // Refused now, before anything is charged, rather than after the settle.
+        let bytes = images.iter().map(|i| i.bytes.len() as u64).sum();
+        let adding = Usage::new(bytes, images.len() as u64);
+        self.outputs
+            .store
+            .admits(principal.user_id(), adding)
+            .await?;
+        let created = unix_now();
+        let mut rendered = Rendered::new(created, self.outputs.clone());
+        for image in images {
+            let id = GenerationId::new();
+            let key = output_key(principal, id, &image);
+            let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
+            if let Err(error) = self.outputs.generations.insert(&record).await {
+                rendered.discard().await;
+                return Err(error.into());
+            }
+            rendered.push(id, image, key);
+        }
+        Ok(rendered)
     }
 }
 

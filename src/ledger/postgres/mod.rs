@@ -13,6 +13,12 @@
 //! on its hold's row; without that first lock, ends and holds of two accounts crossing
 //! between replicas deadlocked, which PostgreSQL resolves only after `deadlock_timeout`).
 //! Should a batch still be aborted, its operations run again, each alone.
+//!
+//! Every commit waits for the WAL flush, holds included. The SQLite ledger commits holds
+//! unsynced because a power cut that loses one also ends the process whose request made
+//! it. A PostgreSQL server can crash, or fail over, while the gateway lives on: an unsynced
+//! hold lost that way would leave a live request working against a hold that no longer
+//! exists, and its settle would find nothing to charge.
 
 mod statement;
 mod transaction;

@@ -16,13 +16,16 @@ use crate::auth::UserId;
 
 /// Files in a local directory, one file per key at `{root}/{key}`.
 ///
-/// A write is answered once it is durable, and a crash leaves either the old file or the new
-/// one: writes go to a temporary file in the same directory (unnamed on Linux), are flushed,
-/// put at the key and flushed again. One thread does every write, taking all that wait into one batch
-/// with two flushes in all (see `writer`). Every path is checked on its own, whatever the
-/// caller checked: only plain components, and the canonical parent directory must lie under
-/// the canonical root (for writes, checked once per directory and process). A
-/// `LocalFileStore` cannot be made to touch a file outside its root.
+/// A write is answered once its data is durable and it is at its key, and a crash leaves
+/// either the old file or the new one: writes go to a temporary file in the same directory
+/// (unnamed on Linux), are flushed, put at the key, answered, and flushed again (a power cut
+/// before that second flush may lose the newest keys, never leave one over partial data).
+/// One thread does every write, taking all that wait into one batch with two flushes in all
+/// (see `writer`). Every path is checked on its own, whatever the caller checked: only plain
+/// components, and the canonical parent directory must lie under the canonical root (for
+/// writes, checked once per directory and process; a read on Linux is resolved beneath the
+/// root by the kernel, in the open itself). A `LocalFileStore` cannot be made to touch a
+/// file outside its root.
 ///
 /// An index of every file (key, size, time) is read from the directory once, at
 /// [`open`](Self::open), and kept up to date by this store's own writes: a page of a listing

@@ -2,11 +2,16 @@
 //! batch durable together, so concurrent edits share the flushes instead of paying two
 //! fsyncs (file and directory) each.
 //!
-//! A batch is written to temporary files, flushed, moved to the keys, and flushed again;
-//! callers are answered after the second flush. The two are pipelined: the flush that makes
-//! one batch's names durable also makes the next batch's data durable, so under load each
-//! batch costs one flush. A crash at any point leaves each key either
-//! absent or whole: a file gets its key only once its data is on disk.
+//! A batch is written to temporary files, flushed, and moved to the keys; callers are
+//! answered then, and the next flush makes the keys durable. That flush is also the next
+//! batch's first, so under load each batch costs one flush. A crash at any point leaves each
+//! key either absent or whole: a file gets its key only once its data is on disk.
+//!
+//! An answered file outlives the process (its key is the kernel's from the answer on). A
+//! power cut within one flush of the answer may lose the key, as it may lose the newest
+//! commits of a SQLite database at `synchronous = NORMAL` (the generation records): the
+//! file is then absent, never a key over partial data. Waiting for that second flush
+//! before answering put a second flush on the path of every edit with an upload.
 //!
 //! On Linux a temporary file has no name (`O_TMPFILE`): it is linked at its key once
 //! durable, so each file costs the directory one entry, not a temporary name added and
@@ -137,7 +142,7 @@ impl Writer {
     }
 
     /// Writes `bytes` at `path` (lexically under the root; its parent is created and checked
-    /// here), answering once the file is durable.
+    /// here), answering once its data is durable and it is at `path`.
     pub(super) async fn put(&self, key: FileKey, path: PathBuf, bytes: Bytes) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
         let stopped = || io::Error::other("the file writer stopped");
@@ -176,8 +181,8 @@ impl Writer {
     }
 }
 
-/// A durable file, recorded in the index when this is dropped: by its caller on receipt, or
-/// by the channel when the caller has gone, so a file is always listed and counted.
+/// A file at its key, recorded in the index when this is dropped: by its caller on receipt,
+/// or by the channel when the caller has gone, so a file is always listed and counted.
 struct Durable {
     index: Indexed,
     key: FileKey,
@@ -192,9 +197,9 @@ impl Drop for Durable {
 }
 
 fn run(dirs: &Dirs, index: &Indexed, volume: &File, queue: &mpsc::Receiver<Put>) {
-    // Files whose data the last flush made durable: the next flush makes their renames
-    // durable together with the data of the batch after them, so under load each batch
-    // costs one flush.
+    // Files whose data the last flush made durable: they are put at their keys and
+    // answered, and the next flush makes their keys durable together with the data of the
+    // batch after them, so under load each batch costs one flush.
     let mut durable: Vec<Staged> = Vec::new();
     loop {
         let first = if durable.is_empty() {
@@ -209,20 +214,16 @@ fn run(dirs: &Dirs, index: &Indexed, volume: &File, queue: &mpsc::Receiver<Put>)
             .into_iter()
             .filter_map(|put| staged(dirs, put))
             .collect::<Vec<_>>();
-        let renamed = place_all(durable);
+        // Each file is answered once its data is durable and it is under its key; the flush
+        // below makes the key itself durable (see the module's docs).
+        let placed = answer(index, place_all(durable));
         durable = Vec::new();
-        match flush(volume, &staged, &renamed) {
-            Ok(()) => {
-                answer(index, renamed);
-                durable = staged;
-            }
-            // The renames may or may not be on disk: their callers are told the writes
-            // failed, and the files are removed so nothing unanswered stays listed.
+        match flush(volume, &staged, &placed) {
+            Ok(()) => durable = staged,
             Err(error) => {
-                for s in &renamed {
-                    let _ = std::fs::remove_file(&s.path);
+                if !placed.is_empty() {
+                    tracing::error!(%error, files = placed.len(), "flushing the keys of written files failed: a power cut may lose them");
                 }
-                fail(renamed, &error);
                 fail(staged, &error);
             }
         }
@@ -423,9 +424,9 @@ impl Dirs {
     }
 }
 
-/// Makes durable the data of `staged` and the names of `renamed`.
-fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()> {
-    if staged.is_empty() && renamed.is_empty() {
+/// Makes durable the data of `staged` and the keys (paths) of `placed`.
+fn flush(volume: &File, staged: &[Staged], placed: &[PathBuf]) -> io::Result<()> {
+    if staged.is_empty() && placed.is_empty() {
         return Ok(());
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -436,7 +437,7 @@ fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()>
     {
         let _ = volume;
         staged.iter().try_for_each(|s| s.written.file.sync_all())?;
-        let mut dirs: Vec<&Path> = renamed.iter().filter_map(|s| s.path.parent()).collect();
+        let mut dirs: Vec<&Path> = placed.iter().filter_map(|path| path.parent()).collect();
         dirs.sort_unstable();
         dirs.dedup();
         dirs.into_iter()
@@ -444,19 +445,24 @@ fn flush(volume: &File, staged: &[Staged], renamed: &[Staged]) -> io::Result<()>
     }
 }
 
-/// Answers every put of `renamed`: each is durable, and is indexed as its answer drops.
-fn answer(index: &Indexed, renamed: Vec<Staged>) {
-    for s in renamed {
-        let durable = Durable {
-            index: index.clone(),
-            key: s.key,
-            size: s.written.size,
-        };
-        // A caller that stopped waiting (a cancelled request) gets nothing; its file stays,
-        // like any write that finished after its client left, and is indexed as the refused
-        // answer drops here.
-        let _ = s.reply.send(Ok(durable));
-    }
+/// Answers every put of `placed`: each is under its key, and is indexed as its answer
+/// drops. Returns their paths, for the flush that makes the keys durable.
+fn answer(index: &Indexed, placed: Vec<Staged>) -> Vec<PathBuf> {
+    placed
+        .into_iter()
+        .map(|s| {
+            let durable = Durable {
+                index: index.clone(),
+                key: s.key,
+                size: s.written.size,
+            };
+            // A caller that stopped waiting (a cancelled request) gets nothing; its file
+            // stays, like any write that finished after its client left, and is indexed as
+            // the refused answer drops here.
+            let _ = s.reply.send(Ok(durable));
+            s.path
+        })
+        .collect()
 }
 
 /// Answers every put of `batch` with `error`, removing its temporary file.

@@ -53,7 +53,7 @@ struct Put {
     key: FileKey,
     path: PathBuf,
     data: Data,
-    reply: oneshot::Sender<io::Result<Durable>>,
+    reply: oneshot::Sender<io::Result<Placed>>,
 }
 
 /// What a queued put brings: bytes for the thread to write, or a temporary file (or its
@@ -119,12 +119,12 @@ struct Dirs {
     unnamed: bool,
 }
 
-/// Where a durable file is recorded before its caller is answered.
+/// Where a file at its key is recorded as its caller is answered.
 type Indexed = Arc<Mutex<Index>>;
 
 impl Writer {
     /// Starts the thread writing under `root` (canonical), recording each file in `index`
-    /// once it is durable.
+    /// once it is at its key.
     pub(super) fn start(root: PathBuf, index: Indexed) -> io::Result<Writer> {
         let volume = File::open(&root)?;
         let unnamed = unnamed_files_work(&root);
@@ -173,23 +173,23 @@ impl Writer {
                 }
             }));
         }
-        let durable = answer.await.map_err(|_| stopped())??;
+        let placed = answer.await.map_err(|_| stopped())??;
         // Indexed here, in the caller's poll: a wrapper that counts writes in flight (the
         // quota) stops counting this one in the same poll, so nothing counts it twice.
-        drop(durable);
+        drop(placed);
         Ok(())
     }
 }
 
 /// A file at its key, recorded in the index when this is dropped: by its caller on receipt,
 /// or by the channel when the caller has gone, so a file is always listed and counted.
-struct Durable {
+struct Placed {
     index: Indexed,
     key: FileKey,
     size: u64,
 }
 
-impl Drop for Durable {
+impl Drop for Placed {
     fn drop(&mut self) {
         let now = crate::clock::unix_now();
         super::lock_index(&self.index).insert(self.key.clone(), self.size, now);
@@ -254,7 +254,7 @@ fn gather(queue: &mpsc::Receiver<Put>, first: Option<Put>) -> Vec<Put> {
 struct Staged {
     key: FileKey,
     path: PathBuf,
-    reply: oneshot::Sender<io::Result<Durable>>,
+    reply: oneshot::Sender<io::Result<Placed>>,
     written: Written,
 }
 
@@ -451,7 +451,7 @@ fn answer(index: &Indexed, placed: Vec<Staged>) -> Vec<PathBuf> {
     placed
         .into_iter()
         .map(|s| {
-            let durable = Durable {
+            let file = Placed {
                 index: index.clone(),
                 key: s.key,
                 size: s.written.size,
@@ -459,7 +459,7 @@ fn answer(index: &Indexed, placed: Vec<Staged>) -> Vec<PathBuf> {
             // A caller that stopped waiting (a cancelled request) gets nothing; its file
             // stays, like any write that finished after its client left, and is indexed as
             // the refused answer drops here.
-            let _ = s.reply.send(Ok(durable));
+            let _ = s.reply.send(Ok(file));
             s.path
         })
         .collect()

@@ -14,7 +14,12 @@ use http_body_util::Full;
 use image_gateway::auth::UserId;
 use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
+use image_gateway::gateway::GatewayBuilder;
+use image_gateway::id::GenerationId;
 use image_gateway::ledger::{EntryKind, Ledger, MemoryLedger, SqliteLedger};
+use image_gateway::store::{
+    Generation, GenerationStatus, Generations, LocalFileStore, MemoryGenerations, StoreError,
+};
 use image_gateway::Gateway;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -557,22 +562,81 @@ impl image_gateway::store::Generations for BrokenGenerations {
     }
 }
 
-#[tokio::test]
-async fn a_storage_error_after_the_backend_releases_the_hold() {
+/// Sends a two-image edit to a gateway built on `builder` whose storage fails after the
+/// backend answered: `500 internal_error` with nothing of `hidden` in it, nothing charged,
+/// the hold released.
+async fn fails_as_storage_error(builder: GatewayBuilder, hidden: &str) {
     let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
     ledger.deposit(&alice(), 100, "c").await.unwrap();
-    let gateway = Gateway::builder()
+    let gateway = builder
         .keys(keys())
-        .generations(BrokenGenerations)
         .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, PRICE))
         .build();
     let server = TestServer::start(gateway).await;
     let reply = server.edit_form(ALICE_KEY, form("any", 2)).await;
     assert_eq!(reply.error(), (500, "internal_error".into(), None));
-    assert!(!String::from_utf8_lossy(&reply.body).contains("disk full"));
+    assert!(!String::from_utf8_lossy(&reply.body).contains(hidden));
     let b = ledger.balance(&alice()).await.unwrap();
     assert_eq!((b.available, b.held, b.charged), (100, 0, 0));
+}
+
+#[tokio::test]
+async fn a_storage_error_after_the_backend_releases_the_hold() {
+    fails_as_storage_error(
+        Gateway::builder().generations(BrokenGenerations),
+        "disk full",
+    )
+    .await;
+}
+
+/// Generation records in memory, remembering which ids were inserted.
+#[derive(Clone, Default)]
+struct Recorded {
+    records: Arc<MemoryGenerations>,
+    inserted: Arc<std::sync::Mutex<Vec<GenerationId>>>,
+}
+
+#[async_trait]
+impl Generations for Recorded {
+    async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
+        self.inserted.lock().unwrap().push(generation.id);
+        self.records.insert(generation).await
+    }
+    async fn set_status(
+        &self,
+        id: GenerationId,
+        status: GenerationStatus,
+    ) -> Result<(), StoreError> {
+        self.records.set_status(id, status).await
+    }
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        self.records.get(id).await
+    }
+}
+
+/// The upload of a multipart edit is written while the backend works and its images are
+/// recorded. When that write fails after the backend answered (here a real local store
+/// whose `files` is a plain file, so no owner's directory can be made under it), the edit
+/// fails as a storage error: nothing is charged, the hold is released, and every image
+/// recorded meanwhile is marked failed, so none of them is ever reachable.
+#[tokio::test]
+async fn an_upload_that_cannot_be_written_fails_the_edit_after_its_images_were_recorded() {
+    let dir = temp_dir("unwritable");
+    let store = LocalFileStore::open(&dir).unwrap();
+    std::fs::write(dir.join("files"), b"not a directory").unwrap();
+    let generations = Recorded::default();
+    let builder = Gateway::builder()
+        .store(store)
+        .generations(generations.clone());
+    fails_as_storage_error(builder, "directory").await;
+    let inserted = generations.inserted.lock().unwrap().clone();
+    assert_eq!(inserted.len(), 2, "the backend's two images were recorded");
+    for id in inserted {
+        let record = generations.records.get(id).await.unwrap().unwrap();
+        assert_eq!(record.status, GenerationStatus::Failed, "{id}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A backend that panics mid-edit: the client gets `500 internal_error` in the envelope,

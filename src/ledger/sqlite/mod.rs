@@ -302,13 +302,13 @@ impl Ledger for SqliteLedger {
         let account = account.clone();
         self.transaction(false, move |tx| {
             ensure_account(tx, &account)?;
-            let available: i64 = tx
-                .query_row(
-                    "SELECT available FROM accounts WHERE account = ?1",
-                    params![account.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(storage)?;
+            let available: i64 = query_row(
+                tx,
+                "SELECT available FROM accounts WHERE account = ?1",
+                params![account.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
             hold_refusal(available, amount)?;
             exec(
                 tx,
@@ -384,12 +384,12 @@ impl Ledger for SqliteLedger {
                 return Ok(());
             }
             // An expired hold released: nothing was delivered, so no late settle may charge it.
-            let closed = tx
-                .execute(
-                    "UPDATE ended_holds SET expired = 0 WHERE id = ?1",
-                    params![hold.to_string()],
-                )
-                .map_err(storage)?;
+            let closed = exec(
+                tx,
+                "UPDATE ended_holds SET expired = 0 WHERE id = ?1",
+                params![hold.to_string()],
+            )
+            .map_err(storage)?;
             if closed == 0 {
                 return Err(LedgerError::UnknownHold);
             }
@@ -400,12 +400,12 @@ impl Ledger for SqliteLedger {
 
     async fn renew(&self, hold: HoldId, ttl: Duration) -> Result<bool, LedgerError> {
         self.transaction(false, move |tx| {
-            let renewed = tx
-                .execute(
-                    "UPDATE holds SET expires_at = ?2 WHERE id = ?1",
-                    params![hold.to_string(), deadline(unix_now(), ttl) as i64],
-                )
-                .map_err(storage)?;
+            let renewed = exec(
+                tx,
+                "UPDATE holds SET expires_at = ?2 WHERE id = ?1",
+                params![hold.to_string(), deadline(unix_now(), ttl) as i64],
+            )
+            .map_err(storage)?;
             if renewed > 0 {
                 Ok(true)
             } else if has_ended(tx, hold)? {
@@ -420,21 +420,21 @@ impl Ledger for SqliteLedger {
     async fn balance(&self, account: &UserId) -> Result<Balance, LedgerError> {
         let account = account.clone();
         self.read(move |tx| {
-            let row = tx
-                .query_row(
-                    "SELECT available, held, charged, deposited FROM accounts WHERE account = ?1",
-                    params![account.as_str()],
-                    |r| {
-                        Ok(Balance {
-                            available: r.get(0)?,
-                            held: r.get::<_, i64>(1)?.max(0) as u64,
-                            charged: r.get::<_, i64>(2)?.max(0) as u64,
-                            deposited: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(storage)?;
+            let row = query_row(
+                tx,
+                "SELECT available, held, charged, deposited FROM accounts WHERE account = ?1",
+                params![account.as_str()],
+                |r| {
+                    Ok(Balance {
+                        available: r.get(0)?,
+                        held: r.get::<_, i64>(1)?.max(0) as u64,
+                        charged: r.get::<_, i64>(2)?.max(0) as u64,
+                        deposited: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(storage)?;
             Ok(row.unwrap_or_default())
         })
         .await
@@ -449,24 +449,24 @@ impl Ledger for SqliteLedger {
         let (account, reference) = (account.clone(), reference.to_owned());
         self.transaction(true, move |tx| {
             ensure_account(tx, &account)?;
-            let inserted = tx
-                .execute(
-                    "INSERT OR IGNORE INTO journal (account, kind, amount, reference, at)
-                     VALUES (?1, 'deposit', ?2, ?3, ?4)",
-                    params![account.as_str(), amount, reference, unix_now() as i64],
-                )
-                .map_err(storage)?;
+            let inserted = exec(
+                tx,
+                "INSERT OR IGNORE INTO journal (account, kind, amount, reference, at)
+                 VALUES (?1, 'deposit', ?2, ?3, ?4)",
+                params![account.as_str(), amount, reference, unix_now() as i64],
+            )
+            .map_err(storage)?;
             if inserted == 0 {
                 return Ok(false);
             }
             // SQLite turns an overflowing integer sum into a float; money never goes there.
-            let (available, deposited): (i64, i64) = tx
-                .query_row(
-                    "SELECT available, deposited FROM accounts WHERE account = ?1",
-                    params![account.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(storage)?;
+            let (available, deposited): (i64, i64) = query_row(
+                tx,
+                "SELECT available, deposited FROM accounts WHERE account = ?1",
+                params![account.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(storage)?;
             if available.checked_add(amount).is_none() || deposited.checked_add(amount).is_none() {
                 return Err(LedgerError::Overflow);
             }

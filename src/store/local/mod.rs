@@ -1,3 +1,4 @@
+mod direct;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};

@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -316,7 +316,7 @@ fn stage(dirs: &Dirs, path: &Path, bytes: &[u8]) -> io::Result<Written> {
         created => created,
     };
     let (temp, mut file) = created?;
-    if let Err(error) = file.write_all(bytes) {
+    if let Err(error) = super::direct::write_all(&mut file, bytes) {
         temp.remove();
         return Err(error);
     }

@@ -135,11 +135,16 @@ fn sniffed(head: &[u8], param: &'static str) -> Result<ImageKind, GatewayError> 
     ImageKind::sniff(head).ok_or(GatewayError::ImageTypeUnsupported { param })
 }
 
+/// Where a joined part starts in its buffer: at a multiple of 4 KiB, the alignment the
+/// kernel asks of a write that goes to the disk direct, so the local file store writes a
+/// large upload from this buffer instead of copying it first (`store::local::direct`).
+const JOIN_ALIGN: usize = 4096;
+
 /// One part's data while it is read: slices of the body's chunks, or once past
-/// [`JOIN_AS_READ`], one buffer.
+/// [`JOIN_AS_READ`], one buffer whose bytes from `start` on are the part's.
 enum PartData {
     Slices(Vec<Bytes>),
-    Joined(Vec<u8>),
+    Joined { buffer: Vec<u8>, start: usize },
 }
 
 impl Default for PartData {
@@ -152,7 +157,7 @@ impl PartData {
     fn len(&self) -> usize {
         match self {
             PartData::Slices(slices) => slices.iter().map(Bytes::len).sum(),
-            PartData::Joined(buffer) => buffer.len(),
+            PartData::Joined { buffer, start } => buffer.len() - *start,
         }
     }
 
@@ -160,19 +165,23 @@ impl PartData {
     fn push(&mut self, chunk: Bytes, capacity: usize) {
         let needed = self.len() + chunk.len();
         match self {
-            PartData::Joined(buffer) => buffer.extend_from_slice(&chunk),
+            PartData::Joined { buffer, .. } => buffer.extend_from_slice(&chunk),
             PartData::Slices(slices) if needed <= JOIN_AS_READ => slices.push(chunk),
             PartData::Slices(slices) => {
-                let mut buffer = Vec::new();
-                // A capacity the allocator refuses (limits set beyond memory) means growing.
-                if buffer.try_reserve_exact(capacity.max(needed)).is_err() {
-                    buffer.reserve(needed);
+                let mut buffer: Vec<u8> = Vec::new();
+                // A capacity the allocator refuses (limits set beyond memory) means growing
+                // (and, once the buffer moves, losing the alignment: the store then copies).
+                let wanted = capacity.max(needed) + JOIN_ALIGN;
+                if buffer.try_reserve_exact(wanted).is_err() {
+                    buffer.reserve(needed + JOIN_ALIGN);
                 }
+                let start = buffer.as_ptr().align_offset(JOIN_ALIGN).min(JOIN_ALIGN);
+                buffer.resize(start, 0);
                 for slice in slices.drain(..) {
                     buffer.extend_from_slice(&slice);
                 }
                 buffer.extend_from_slice(&chunk);
-                *self = PartData::Joined(buffer);
+                *self = PartData::Joined { buffer, start };
             }
         }
     }
@@ -183,7 +192,7 @@ impl PartData {
             PartData::Slices(slices) => Bytes::from(slices.concat()),
             // Capacity past the part's end stays reserved but untouched: it costs address
             // space, not memory, and shrinking would make the allocator hand the pages back.
-            PartData::Joined(buffer) => Bytes::from(buffer),
+            PartData::Joined { buffer, start } => Bytes::from(buffer).slice(start..),
         }
     }
 }
@@ -239,6 +248,10 @@ mod tests {
                 let read = read(&image[..len], chunk, 25 << 20).unwrap();
                 assert_eq!(read.kind, ImageKind::Png);
                 assert!(read.bytes == image[..len], "len {len} chunk {chunk}");
+                // A joined part starts aligned, so a store can write it direct, uncopied.
+                if len > JOIN_AS_READ && chunk < len {
+                    assert_eq!(read.bytes.as_ptr().align_offset(JOIN_ALIGN), 0, "len {len}");
+                }
             }
         }
     }

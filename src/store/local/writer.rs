@@ -20,8 +20,9 @@
 //! and renamed there; one left behind by a crash is removed when the store opens.
 //!
 //! A large file (at least [`STAGE_ASIDE`]) is written to its temporary file on the blocking
-//! pool, in parallel with others, and only handed to the thread for the flushes: copying
-//! megabytes into the page cache is the larger cost there, and one thread would serialize it.
+//! pool, in parallel with others, and only handed to the thread for the flushes: writing
+//! megabytes is the larger cost there, and one thread would serialize it. Such a file goes
+//! to the disk direct, past the page cache, where the file system takes it (`direct`).
 //!
 //! On Linux a flush is one `syncfs` of the store's volume: one journal commit for the batch,
 //! whatever its size. On a volume shared with other heavy writers that flush also writes

@@ -89,7 +89,7 @@ mod linux {
             } else {
                 let chunk = &rest[..rest.len().min(CHUNK)];
                 if bounce.is_empty() {
-                    bounce = vec![0; CHUNK + BLOCK];
+                    bounce = vec![0; rest.len().min(CHUNK) + BLOCK];
                 }
                 let start = bounce.as_ptr().align_offset(BLOCK);
                 let aligned = &mut bounce[start..start + chunk.len()];

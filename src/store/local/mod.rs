@@ -24,7 +24,8 @@ use crate::auth::UserId;
 /// One thread does every write, taking all that wait into one batch with two flushes in all
 /// (see `writer`). A file of at least 256 KiB is written past the page cache (`O_DIRECT`)
 /// where the file system takes it: it is flushed before its answer anyway, and this spares
-/// copying it into new page-cache pages first (a read of it soon after comes from the disk). Every path is checked on its own, whatever the caller checked: only plain
+/// copying it into new page-cache pages first (a read of it soon after comes from the
+/// disk). Every path is checked on its own, whatever the caller checked: only plain
 /// components, and the canonical parent directory must lie under the canonical root (for
 /// writes, checked once per directory and process; a read on Linux is resolved beneath the
 /// root by the kernel, in the open itself). A `LocalFileStore` cannot be made to touch a

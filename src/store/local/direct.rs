@@ -1,5 +1,6 @@
 //! Large files skip the page cache: their bytes go to the disk straight from the process
-//! (`O_DIRECT`), so a write costs a copy into one reused buffer, not a page-cache page
+//! (`O_DIRECT`), so a write costs at most one copy into a bounce buffer (none when the
+//! caller's bytes are aligned, as a joined multipart upload's are), not a page-cache page
 //! allocated, filled and written back for every 4 KiB.
 //!
 //! Why: every stored file is flushed before its caller is answered, so its bytes must reach
@@ -30,7 +31,7 @@ pub(super) const DIRECT_FROM: usize = 256 * 1024;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const BLOCK: usize = 4096;
 
-/// The bounce buffer's size: each direct write of unaligned bytes moves this much.
+/// The bounce buffer's most: each direct write of unaligned bytes moves at most this much.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const CHUNK: usize = 1024 * 1024;
 

@@ -91,16 +91,14 @@ impl Service<EditJob> for EditService {
                 this.record(&principal, n, answer?).await
             };
             let (stored, rendered) = tokio::join!(stored, ran);
-            match (stored, rendered) {
-                (Ok(()), rendered) => rendered,
-                // Sources that could not be kept fail the edit, as before the backend ran.
-                (Err(error), rendered) => {
-                    if let Ok(rendered) = rendered {
-                        rendered.discard().await;
-                    }
-                    Err(error.into())
+            // Sources that could not be kept fail the edit, as before the backend ran.
+            if let Err(error) = stored {
+                if let Ok(rendered) = rendered {
+                    rendered.discard().await;
                 }
+                return Err(error.into());
             }
+            rendered
         })
     }
 }

@@ -419,8 +419,9 @@ fn noisy_png(side: u32) -> Vec<u8> {
 }
 
 /// Large sources are written past the page cache (whole blocks direct, the tail through
-/// it): a part under 1 MiB from a bounce buffer, a larger one from its aligned buffer. Each
-/// comes back byte for byte, by the files API and as an edit's source, also after a restart.
+/// it), one under the 1 MiB at which multipart joins a part as it arrives and one past it,
+/// with a length that is not a whole number of blocks. Each comes back byte for byte, by
+/// the files API and as an edit's source, also after a restart.
 #[tokio::test]
 async fn large_sources_on_local_files_come_back_whole() {
     let dir = temp_dir("large-sources");

@@ -19,6 +19,7 @@ use self::params::{parameter, parameters};
 pub(crate) use self::parser::{MultipartError, PartHead, Parts};
 use crate::job::SourceImage;
 use crate::media::{ImageKind, SNIFF_LEN};
+use crate::store::DIRECT_ALIGN;
 use crate::{BoxError, GatewayError};
 
 /// Bounds on what one multipart body may make the gateway read and hold.
@@ -135,16 +136,52 @@ fn sniffed(head: &[u8], param: &'static str) -> Result<ImageKind, GatewayError> 
     ImageKind::sniff(head).ok_or(GatewayError::ImageTypeUnsupported { param })
 }
 
-/// Where a joined part starts in its buffer: at a multiple of 4 KiB, the alignment the
-/// kernel asks of a write that goes to the disk direct, so the local file store writes a
-/// large upload from this buffer instead of copying it first (`store::local::direct`).
-const JOIN_ALIGN: usize = 4096;
-
 /// One part's data while it is read: slices of the body's chunks, or once past
-/// [`JOIN_AS_READ`], one buffer whose bytes from `start` on are the part's.
+/// [`JOIN_AS_READ`], one buffer.
 enum PartData {
     Slices(Vec<Bytes>),
-    Joined { buffer: Vec<u8>, start: usize },
+    Joined(Joined),
+}
+
+/// Bytes copied into one buffer, from a boundary of [`DIRECT_ALIGN`] on: a store that writes
+/// past the page cache writes them from here, with no copy of its own (the local store's
+/// large files).
+struct Joined {
+    buffer: Vec<u8>,
+    /// Where the bytes start in `buffer`.
+    start: usize,
+}
+
+impl Joined {
+    /// `slices` copied into a buffer with room for `capacity` bytes (at least theirs).
+    fn new(slices: &[Bytes], capacity: usize) -> Joined {
+        let len = slices.iter().map(Bytes::len).sum::<usize>();
+        let mut buffer: Vec<u8> = Vec::new();
+        // A capacity the allocator refuses (limits set beyond memory) means growing (and,
+        // once the buffer moves, losing the alignment: the store then copies).
+        if buffer
+            .try_reserve_exact(capacity.max(len) + DIRECT_ALIGN)
+            .is_err()
+        {
+            buffer.reserve(len + DIRECT_ALIGN);
+        }
+        let start = buffer.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        buffer.resize(start, 0);
+        for slice in slices {
+            buffer.extend_from_slice(slice);
+        }
+        Joined { buffer, start }
+    }
+
+    fn len(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+
+    fn into_bytes(self) -> Bytes {
+        // Capacity past the part's end stays reserved but untouched: it costs address
+        // space, not memory, and shrinking would make the allocator hand the pages back.
+        Bytes::from(self.buffer).slice(self.start..)
+    }
 }
 
 impl Default for PartData {
@@ -157,7 +194,7 @@ impl PartData {
     fn len(&self) -> usize {
         match self {
             PartData::Slices(slices) => slices.iter().map(Bytes::len).sum(),
-            PartData::Joined { buffer, start } => buffer.len() - *start,
+            PartData::Joined(joined) => joined.len(),
         }
     }
 
@@ -165,23 +202,11 @@ impl PartData {
     fn push(&mut self, chunk: Bytes, capacity: usize) {
         let needed = self.len() + chunk.len();
         match self {
-            PartData::Joined { buffer, .. } => buffer.extend_from_slice(&chunk),
+            PartData::Joined(joined) => joined.buffer.extend_from_slice(&chunk),
             PartData::Slices(slices) if needed <= JOIN_AS_READ => slices.push(chunk),
             PartData::Slices(slices) => {
-                let mut buffer: Vec<u8> = Vec::new();
-                // A capacity the allocator refuses (limits set beyond memory) means growing
-                // (and, once the buffer moves, losing the alignment: the store then copies).
-                let wanted = capacity.max(needed) + JOIN_ALIGN;
-                if buffer.try_reserve_exact(wanted).is_err() {
-                    buffer.reserve(needed + JOIN_ALIGN);
-                }
-                let start = buffer.as_ptr().align_offset(JOIN_ALIGN).min(JOIN_ALIGN);
-                buffer.resize(start, 0);
-                for slice in slices.drain(..) {
-                    buffer.extend_from_slice(&slice);
-                }
-                buffer.extend_from_slice(&chunk);
-                *self = PartData::Joined { buffer, start };
+                slices.push(chunk);
+                *self = PartData::Joined(Joined::new(slices, capacity.max(needed)));
             }
         }
     }
@@ -189,10 +214,11 @@ impl PartData {
     fn into_bytes(self) -> Bytes {
         match self {
             PartData::Slices(mut slices) if slices.len() == 1 => slices.pop().unwrap_or_default(),
-            PartData::Slices(slices) => Bytes::from(slices.concat()),
-            // Capacity past the part's end stays reserved but untouched: it costs address
-            // space, not memory, and shrinking would make the allocator hand the pages back.
-            PartData::Joined { buffer, start } => Bytes::from(buffer).slice(start..),
+            PartData::Slices(slices) => {
+                let len = slices.iter().map(Bytes::len).sum();
+                Joined::new(&slices, len).into_bytes()
+            }
+            PartData::Joined(joined) => joined.into_bytes(),
         }
     }
 }
@@ -248,9 +274,14 @@ mod tests {
                 let read = read(&image[..len], chunk, 25 << 20).unwrap();
                 assert_eq!(read.kind, ImageKind::Png);
                 assert!(read.bytes == image[..len], "len {len} chunk {chunk}");
-                // A joined part starts aligned, so a store can write it direct, uncopied.
-                if len > JOIN_AS_READ && chunk < len {
-                    assert_eq!(read.bytes.as_ptr().align_offset(JOIN_ALIGN), 0, "len {len}");
+                // A part of several chunks is joined from an aligned start, so a store can
+                // write it direct, uncopied.
+                if chunk < len {
+                    assert_eq!(
+                        read.bytes.as_ptr().align_offset(DIRECT_ALIGN),
+                        0,
+                        "len {len}"
+                    );
                 }
             }
         }

@@ -36,6 +36,7 @@ use bytes::Bytes;
 pub use generations::{Generation, GenerationStatus, Generations, MemoryGenerations};
 pub use key::{sanitize_name, FileKey};
 pub use local::LocalFileStore;
+pub(crate) use local::DIRECT_ALIGN;
 pub use memory::MemoryFileStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgGenerations;

@@ -27,9 +27,9 @@ pub(super) const DIRECT_FROM: usize = 256 * 1024;
 
 /// The alignment of memory, offsets and lengths of a direct write: the largest logical
 /// block size of common disks. A disk that needs more refuses the write, and the bytes go
-/// through the page cache instead.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const BLOCK: usize = 4096;
+/// through the page cache instead. Bytes that start at such a boundary are written from
+/// where they are, without a bounce copy.
+pub(crate) const BLOCK: usize = 4096;
 
 /// The bounce buffer's most: each direct write of unaligned bytes moves at most this much.
 #[cfg(any(target_os = "linux", target_os = "android"))]

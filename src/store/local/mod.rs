@@ -1,6 +1,8 @@
 mod direct;
 mod writer;
 
+pub(crate) use direct::BLOCK as DIRECT_ALIGN;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::Bound;

@@ -47,8 +47,9 @@ const MAX_BATCH: usize = 64;
 /// A batch stops taking files past this many bytes, so a run of large uploads does not make
 /// the first caller's wait grow with the queue.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
-/// Files of at least this size are written on the blocking pool before they are queued.
-const STAGE_ASIDE: usize = 256 * 1024;
+/// Files of at least this size are written on the blocking pool before they are queued:
+/// those written direct, whose writes wait for the disk, so none waits on the thread.
+const STAGE_ASIDE: usize = super::direct::DIRECT_FROM;
 
 struct Put {
     key: FileKey,

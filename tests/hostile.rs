@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use http::Method;
 use image_gateway::backend::ReferenceBackend;
@@ -41,9 +42,10 @@ fn durable(
     (builder, ledger)
 }
 
-/// Sends a JSON edit on a raw socket and hangs up after `after`, answer or not.
-async fn edit_then_hang_up(server: &TestServer, json: String, after: Duration) {
-    let socket = send_edit(server, json, "x-pad: 0").await;
+/// Sends an edit (content type and body) on a raw socket and hangs up after `after`, answer
+/// or not.
+async fn edit_then_hang_up(server: &TestServer, body: (String, Bytes), after: Duration) {
+    let socket = send_edit(server, body, "x-pad: 0").await;
     tokio::time::sleep(after).await;
     drop(socket);
 }
@@ -55,7 +57,7 @@ async fn edit_then_hang_up_once_held(
     json: String,
     header: &str,
 ) {
-    let socket = send_edit(server, json, header).await;
+    let socket = send_edit(server, json_body(json), header).await;
     for _ in 0..500 {
         if ledger.balance(&alice()).await.unwrap().held > 0 {
             drop(socket);
@@ -66,14 +68,20 @@ async fn edit_then_hang_up_once_held(
     panic!("the edit never took its hold");
 }
 
-async fn send_edit(server: &TestServer, json: String, header: &str) -> TcpStream {
+/// A JSON edit's content type and body.
+fn json_body(json: String) -> (String, Bytes) {
+    ("application/json".into(), Bytes::from(json))
+}
+
+async fn send_edit(server: &TestServer, body: (String, Bytes), header: &str) -> TcpStream {
+    let (content_type, body) = body;
     let mut socket = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
-        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        json.len()
+        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\n{header}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
     );
     socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(json.as_bytes()).await.unwrap();
+    socket.write_all(&body).await.unwrap();
     socket
 }
 
@@ -177,8 +185,8 @@ async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged_on_
 /// How many edits the attack sends at once.
 const BATCH: usize = 12;
 
-/// 120 edits cut off across the billed window; then every reachable output was charged, and
-/// nothing else, with the ledger conserved.
+/// 120 edits cut off across the billed window, JSON by key and multipart in turn; then
+/// every reachable output was charged, and nothing else, with the ledger conserved.
 async fn timed_disconnects_leave_no_image_uncharged(
     builder: image_gateway::gateway::GatewayBuilder,
     ledger: Arc<dyn Ledger>,
@@ -213,15 +221,27 @@ async fn timed_disconnects_leave_no_image_uncharged(
 
     // 120 edits, each cut off at a different moment across that window: before the backend,
     // while it works, between its answer and the settle, while outputs are stored, after.
+    // Every other one is multipart: its upload is written while the backend works and its
+    // images are recorded, and it is cut off across that too.
+    let source = png(32, 32);
     let mut attacks = Vec::new();
     for i in 0..120u64 {
-        let json = format!(
-            r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":{}}}"#,
-            1 + i % 3
-        );
+        let n = 1 + i % 3;
+        let body = if i % 2 == 0 {
+            json_body(format!(
+                r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","n":{n}}}"#
+            ))
+        } else {
+            Form::new()
+                .file("image", "src.png", "image/png", &source)
+                .text("model", "gpt-image-2")
+                .text("prompt", "p")
+                .text("n", &n.to_string())
+                .finish()
+        };
         let server = TestServer::at(server.addr);
         attacks.push(tokio::spawn(async move {
-            edit_then_hang_up(&server, json, window * i as u32 / 120).await;
+            edit_then_hang_up(&server, body, window * i as u32 / 120).await;
         }));
         if attacks.len() == BATCH {
             for attack in attacks.drain(..) {
@@ -237,6 +257,15 @@ async fn timed_disconnects_leave_no_image_uncharged(
     assert!(
         outputs.len() > BATCH,
         "no attacked edit got through (only the timing ones): the attack proved nothing"
+    );
+    let sources = all_files(&server)
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with("_src.png"))
+        .count();
+    assert!(
+        sources > 1,
+        "no multipart edit got its source stored: its half of the attack proved nothing"
     );
     assert_eq!(
         balance.charged,
@@ -489,7 +518,7 @@ async fn a_client_gone_between_the_backend_answer_and_the_settle_is_charged_befo
 ) {
     let dir = temp_dir("gated-settle");
     let (server, ledger, json) = gated(&dir, false).await;
-    let socket = send_edit(&server, json, "x-pad: 0").await;
+    let socket = send_edit(&server, json_body(json), "x-pad: 0").await;
     // The backend has answered and the settle is waiting: the client leaves now.
     ledger.reached.notified().await;
     drop(socket);

@@ -36,7 +36,11 @@ pub(crate) fn json_ok<B: From<Bytes>>(body: &serde_json::Value) -> Response<B> {
 const CHUNK_INPUT: usize = 48 * 1024;
 
 /// A response body: one buffer, or images encoded as base64 between JSON pieces.
-pub struct ResponseBody(Kind);
+pub struct ResponseBody(Kind, Option<Kept>);
+
+/// Something kept as long as the body is being sent (the server's mark that its connection
+/// is busy): dropped at the body's end, or with the body when its reader leaves.
+type Kept = Box<dyn Send + Sync>;
 
 enum Kind {
     Full(Option<Bytes>),
@@ -64,7 +68,7 @@ pub(crate) enum Piece {
 impl ResponseBody {
     /// An empty body.
     pub fn empty() -> Self {
-        ResponseBody(Kind::Full(None))
+        ResponseBody(Kind::Full(None), None)
     }
 
     /// `pieces` in order, base64 ones encoded as they are sent; a small body (at most one
@@ -83,14 +87,23 @@ impl ResponseBody {
             remaining,
         };
         if remaining <= CHUNK_INPUT as u64 {
-            return ResponseBody(Kind::Encoded(encoded)).into_bytes().into();
+            return ResponseBody(Kind::Encoded(encoded), None)
+                .into_bytes()
+                .into();
         }
-        ResponseBody(Kind::Encoded(encoded))
+        ResponseBody(Kind::Encoded(encoded), None)
     }
 
     /// Frames sent by whoever holds the other end of `frames`, as they come.
     pub(crate) fn stream(frames: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
-        ResponseBody(Kind::Stream(frames))
+        ResponseBody(Kind::Stream(frames), None)
+    }
+
+    /// Keeps `kept` until the body has been sent to its end or dropped: what must last as
+    /// long as the answer is in progress, not only until its head.
+    pub(crate) fn keep_while_sent(mut self, kept: impl Send + Sync + 'static) -> Self {
+        self.1 = Some(Box::new(kept));
+        self
     }
 
     /// The whole body in one buffer (every frame is ready at once; a streamed body gives
@@ -131,7 +144,7 @@ impl Default for ResponseBody {
 
 impl From<Bytes> for ResponseBody {
     fn from(bytes: Bytes) -> Self {
-        ResponseBody(Kind::Full((!bytes.is_empty()).then_some(bytes)))
+        ResponseBody(Kind::Full((!bytes.is_empty()).then_some(bytes)), None)
     }
 }
 
@@ -186,9 +199,10 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let chunk = match &mut self.0 {
             Kind::Full(bytes) => bytes.take(),
-            Kind::Stream(frames) => {
-                return frames.poll_recv(cx).map(|f| f.map(|c| Ok(Frame::data(c))))
-            }
+            Kind::Stream(frames) => match frames.poll_recv(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => return Poll::Pending,
+            },
             Kind::Encoded(encoded) => {
                 let chunk = encoded.next_chunk();
                 if let Some(chunk) = &chunk {
@@ -197,6 +211,9 @@ impl Body for ResponseBody {
                 chunk
             }
         };
+        if chunk.is_none() {
+            self.1 = None;
+        }
         Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
     }
 

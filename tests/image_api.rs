@@ -442,7 +442,7 @@ async fn raw_stream(b: &Billed, json: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_client_that_leaves_after_the_first_partial_pays_nothing_and_nothing_is_stored() {
+async fn a_client_that_leaves_after_the_first_partial_is_charged_and_its_images_are_kept() {
     let b = billed(Duration::from_millis(600)).await;
     let (status, events, _) = stream(
         &b,
@@ -453,28 +453,30 @@ async fn a_client_that_leaves_after_the_first_partial_pays_nothing_and_nothing_i
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(events[0]["type"], "image_generation.partial_image");
-    // The hold is released once the work is cancelled; nothing was charged.
+    // A partial image is work done: the job runs to its end and is charged for both images.
     let mut money = b.money().await;
-    for _ in 0..100 {
+    for _ in 0..200 {
         if money.1 == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         money = b.money().await;
     }
-    assert_eq!(money, (1000, 0, 0));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        b.money().await,
-        (1000, 0, 0),
-        "the cancelled work never settles"
-    );
-    let listed = b
-        .server
-        .call(Method::GET, "/api/v1/files", ALICE_KEY)
-        .await
-        .json();
-    assert_eq!(listed["data"].as_array().map(Vec::len), Some(0), "{listed}");
+    assert_eq!(money, (1000 - 2 * PRICE as i64, 0, 2 * PRICE));
+    // Both outputs are kept for the client that left: listed, and usable by id.
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..200 {
+        listed = b
+            .server
+            .call(Method::GET, "/api/v1/files", ALICE_KEY)
+            .await
+            .json();
+        if listed["data"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");
 }
 
 #[tokio::test]

@@ -553,7 +553,7 @@ async fn the_usage_log_filters_by_key_model_and_time_and_the_admin_reads_any_use
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_edit_whose_client_leaves_after_the_hold_gives_the_day_back() {
+async fn a_streamed_edit_whose_client_leaves_after_the_hold_is_charged_to_the_day() {
     let dir = temp_dir("keys-leave");
     let port = free_port();
     let _gateway = Process::start_with(
@@ -576,7 +576,7 @@ async fn a_streamed_edit_whose_client_leaves_after_the_hold_gives_the_day_back()
     };
     let (key, _) = create(&server, "alice", json!({"daily_limit": 20})).await;
 
-    // A streamed edit stops with its client: once its 10 is held, the client hangs up.
+    // Once its 10 is held (the render under way), the client of a streamed edit hangs up.
     let leaving = {
         let server = TestServer::at(server.addr);
         let key = key.clone();
@@ -597,13 +597,11 @@ async fn a_streamed_edit_whose_client_leaves_after_the_hold_gives_the_day_back()
     while balance().await.1 != 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(balance().await, (100, 0), "nothing was charged");
+    assert_eq!(balance().await, (90, 0), "the begun render was charged");
 
-    // The released hold gave its 10 back to the key's day: 20 can still be spent, not more.
-    for _ in 0..2 {
-        let done = server.edit_form(&key, edit(1, "gpt-image-2")).await;
-        assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
-    }
+    // Its 10 counts against the key's day: 10 can still be spent, not more.
+    let done = server.edit_form(&key, edit(1, "gpt-image-2")).await;
+    assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
     let over = server.edit_form(&key, edit(1, "gpt-image-2")).await;
     assert_eq!(over.error().1, "daily_limit_exceeded");
     assert_eq!(balance().await, (80, 0));

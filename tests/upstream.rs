@@ -26,7 +26,7 @@ use image_gateway::gateway::GatewayBuilder;
 use image_gateway::job::{EditJob, EditParams, SourceImage};
 use image_gateway::ledger::{Ledger, MemoryLedger};
 use image_gateway::media::ImageKind;
-use image_gateway::store::{FileStore, LocalFileStore, Quota, Usage};
+use image_gateway::store::{FileStore, LocalFileStore, Quota};
 use image_gateway::Gateway;
 
 const UPSTREAM_KEY: &str = "sk-upstream-secret-4242";
@@ -39,6 +39,8 @@ enum Script {
     ServerError,
     Unauthorized,
     Hang,
+    /// Images after the model worked for a second and a half.
+    Slow,
     Truncated,
     InvalidJson,
     Url,
@@ -66,6 +68,8 @@ struct Mock {
     calls: AtomicUsize,
     received: Mutex<Vec<Received>>,
     cancelled: AtomicBool,
+    /// Images the model answered in all: what the provider would bill.
+    rendered: AtomicUsize,
 }
 
 struct CancelFlag(Arc<Mock>, bool);
@@ -153,6 +157,7 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
     mock.received.lock().unwrap().push(received);
     let script = *mock.script.lock().unwrap();
     let images = |k: usize| {
+        mock.rendered.fetch_add(k, Ordering::SeqCst);
         let data: Vec<_> = (0..k)
             .map(|_| serde_json::json!({"b64_json": b64_png()}))
             .collect();
@@ -182,6 +187,10 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
         Script::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             images(1)
+        }
+        Script::Slow => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            images(n)
         }
         Script::Truncated => {
             let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
@@ -240,6 +249,7 @@ async fn start_mock(script: Script) -> Arc<Mock> {
         calls: AtomicUsize::new(0),
         received: Mutex::new(Vec::new()),
         cancelled: AtomicBool::new(false),
+        rendered: AtomicUsize::new(0),
     });
     let served = mock.clone();
     tokio::spawn(async move {
@@ -523,16 +533,67 @@ async fn connection_refused_is_502_and_nothing_is_charged() {
 }
 
 #[tokio::test]
-async fn a_client_that_disconnects_cancels_the_upstream_call() {
-    let s = setup(Script::Hang).await;
-    leave_while_the_model_works(&s).await;
+async fn clients_that_leave_upstream_jobs_are_charged_for_every_image_the_model_rendered() {
+    let s = setup(Script::Slow).await;
+    let alice = UserId::new("alice").unwrap();
+    // Five clients give up while the model works on their edits.
+    for _ in 0..5 {
+        leave_while_the_model_works(&s).await;
+    }
+    let b = wait_for_no_hold(&s.ledger, &alice).await;
+    assert!(
+        !s.mock.cancelled.load(Ordering::SeqCst),
+        "no upstream call was cut off"
+    );
+    let rendered = s.mock.rendered.load(Ordering::SeqCst) as u64;
+    assert_eq!(rendered, 5, "the model rendered every edit");
+    assert_eq!(
+        (b.available, b.held, b.charged),
+        (100 - 10 * rendered as i64, 0, 10 * rendered),
+        "every rendered image charged, once"
+    );
+    // Each output is kept for its owner: listed with the five sources.
+    let list = s
+        .server
+        .call(http::Method::GET, "/api/v1/files?limit=100", ALICE_KEY)
+        .await
+        .json();
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    let outputs = names
+        .iter()
+        .filter(|k| k.ends_with("_generation.png"))
+        .count();
+    assert_eq!(outputs, 5, "{names:?}");
 }
 
-/// Alice sends a one-image edit and hangs up once the model has it (her 10 held): the
-/// model's call is cancelled and the hold released.
+/// Waits until `user` has nothing held (every job ended), and returns the balance.
+async fn wait_for_no_hold(
+    ledger: &Arc<dyn Ledger>,
+    user: &UserId,
+) -> image_gateway::ledger::Balance {
+    for _ in 0..500 {
+        let b = ledger.balance(user).await.unwrap();
+        if b.held == 0 {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "a hold never ended: {:?}",
+        ledger.balance(user).await.unwrap()
+    );
+}
+
+/// Alice sends a one-image edit and hangs up once the model has it (her 10 held).
 async fn leave_while_the_model_works(s: &Setup) {
     let (content_type, body) = edit(1).finish();
     let addr = s.server.addr;
+    let calls = s.mock.calls.load(Ordering::SeqCst);
     let client = tokio::spawn(async move {
         let req = Request::post(EDITS)
             .header("x-api-key", ALICE_KEY)
@@ -541,47 +602,36 @@ async fn leave_while_the_model_works(s: &Setup) {
             .unwrap();
         send(addr, req).await
     });
-    while s.mock.calls.load(Ordering::SeqCst) == 0 {
+    while s.mock.calls.load(Ordering::SeqCst) == calls {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(s.available().await, (90, 10));
+    assert_eq!(s.available().await.1 % 10, 0);
+    assert!(s.available().await.1 >= 10, "the edit's 10 is held");
     client.abort();
-    for _ in 0..100 {
-        if s.mock.cancelled.load(Ordering::SeqCst) && s.available().await == (100, 0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "upstream call not cancelled ({}) or hold not released ({:?})",
-        s.mock.cancelled.load(Ordering::SeqCst),
-        s.available().await
-    );
 }
 
 /// A multipart edit's source is written to the file store while the model works. A client
-/// that leaves then cancels the model's call and gets its hold back, and the upload written
-/// beside it is kept: listed once, counted once against the quota, found again on restart.
+/// that leaves then gets its job finished and charged, and the upload written beside it is
+/// kept: listed once, counted once against the quota, found again on restart.
 #[tokio::test]
 async fn a_client_leaving_while_the_model_works_keeps_its_upload_listed_and_counted_once() {
     let dir = temp_dir("upstream-leave");
     let store = LocalFileStore::open(&dir).unwrap();
-    let s = setup_with(Script::Hang, "", |builder| {
-        builder.store(store).quota(Quota::new(0, 2))
+    let s = setup_with(Script::Slow, "", |builder| {
+        builder.store(store).quota(Quota::new(0, 3))
     })
     .await;
     let (server, alice, source) = (&s.server, UserId::new("alice").unwrap(), png(10, 10));
     leave_while_the_model_works(&s).await;
-    let b = s.ledger.balance(&alice).await.unwrap();
+    let b = wait_for_no_hold(&s.ledger, &alice).await;
     assert_eq!(
         (b.available, b.held, b.charged),
-        (100, 0, 0),
-        "nothing charged"
+        (90, 0, 10),
+        "the render charged"
     );
 
-    // The write outlives the request: it is listed once its file is durable (a busy disk
-    // can take a while).
+    // The writes outlive the request: listed once durable (a busy disk can take a while).
     let mut keys = Vec::new();
     for _ in 0..400 {
         let list = server
@@ -594,23 +644,28 @@ async fn a_client_leaving_while_the_model_works_keeps_its_upload_listed_and_coun
             .iter()
             .map(|f| f["key"].as_str().unwrap().to_owned())
             .collect::<Vec<String>>();
-        if !keys.is_empty() {
+        if keys.len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(keys.len(), 1, "the source, once: {keys:?}");
-    let path = format!("/api/v1/files/{}", keys[0]);
+    assert_eq!(
+        keys.len(),
+        2,
+        "the source and the output, once each: {keys:?}"
+    );
+    let source_key = keys
+        .iter()
+        .find(|k| !k.ends_with("_generation.png"))
+        .expect("the source is listed");
+    let path = format!("/api/v1/files/{source_key}");
     let stored = server.call(http::Method::GET, &path, ALICE_KEY).await;
     assert_eq!(stored.status, StatusCode::OK);
     assert_eq!(stored.body.as_ref(), source.as_slice());
     // Found again by a store opened afresh on the directory, as after a restart.
     let reopened = LocalFileStore::open(&dir).unwrap();
-    assert_eq!(
-        reopened.usage(&alice).await.unwrap(),
-        Usage::new(source.len() as u64, 1)
-    );
-    // Counted once: of a quota of two files, one is left, and only one.
+    assert_eq!(reopened.usage(&alice).await.unwrap().files, 2);
+    // Counted once: of a quota of three files, one is left, and only one.
     let uploaded = server.upload(ALICE_KEY, &[("b.png", &source)]).await;
     assert_eq!(uploaded.uploaded_keys().len(), 1);
     let refused = server.upload(ALICE_KEY, &[("c.png", &source)]).await;

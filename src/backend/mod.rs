@@ -74,10 +74,16 @@ pub trait ImageBackend: Send + Sync + 'static {
         self.edit(&job).await
     }
 
-    /// Whether dropping the future of [`edit`](Self::edit) stops the work (an HTTP call that
-    /// is cut off, a timer). When `true`, a client that hangs up before the answer cancels
-    /// the edit and is charged nothing. When `false` (the default, and the only safe answer
-    /// for work on threads of its own), the edit runs to its end and is charged.
+    /// Whether work this backend has begun may be abandoned at nobody's cost. When `true`,
+    /// a client that leaves before the answer drops the edit's future and is charged
+    /// nothing. When `false` (the default), begun work runs to its end, is charged and its
+    /// images are kept for the caller.
+    ///
+    /// Answer `true` only when dropping the future really stops the work **and** nothing
+    /// already spent on it is billed to anyone: a model API bills a request it has started
+    /// whether or not its answer is read, and work on threads of its own runs on after the
+    /// drop, so neither may answer `true`. A job whose client leaves before the backend
+    /// was given it is cancelled whatever this answers.
     fn cancellable(&self) -> bool {
         false
     }

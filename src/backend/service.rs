@@ -77,6 +77,8 @@ impl Service<EditJob> for EditService {
             // recorded; the answer waits for both.
             let uploads = std::mem::take(&mut job.uploads);
             admit_all(&*this.outputs.store, owner, &uploads).await?;
+            // From here the work is owed: a client that leaves no longer cancels it.
+            job.progress.start();
             let stored = async {
                 let stored = write_all(&*this.outputs.store, &uploads).await;
                 drop(uploads);

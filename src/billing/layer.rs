@@ -47,10 +47,11 @@ impl BillingLayer {
         self
     }
 
-    /// Whether a client that hangs up before the backend answered cancels the backend's
-    /// work (and is charged nothing). Set it only for a backend whose work stops when its
-    /// future is dropped ([`ImageBackend::cancellable`](crate::backend::ImageBackend::cancellable));
-    /// otherwise the work runs to its end and is charged, never free. Default: `false`.
+    /// Whether a client that leaves after the backend began cancels the backend's work (and
+    /// is charged nothing). Set it only for a backend whose abandoned work costs nobody
+    /// anything ([`ImageBackend::cancellable`](crate::backend::ImageBackend::cancellable));
+    /// otherwise begun work runs to its end and is charged, never free. Work not yet begun
+    /// is cancelled either way. Default: `false`.
     pub fn cancel_abandoned(mut self, cancel: bool) -> Self {
         self.cancel_abandoned = cancel;
         self

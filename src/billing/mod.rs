@@ -11,8 +11,9 @@
 //! | images returned | settled for `returned x price`, then published; the rest of the hold is freed |
 //! | backend error, content policy, unsupported size, storage error before the settle | released whole; nothing published |
 //! | the settle itself fails | released; the images are discarded, never reachable |
-//! | the client hangs up, backend [cancellable](crate::backend::ImageBackend::cancellable) | the work is cancelled and the hold released whole |
-//! | the client hangs up, any other backend | the work runs on, is charged and published (listed in the caller's files) |
+//! | the client leaves before the backend was given the job (sources being stored, waiting its turn) | the job is cancelled, the hold released whole, nothing of it stored |
+//! | the client leaves once the backend has begun (sync, streamed, after any partial image) | the work runs on, is charged for what it returns and published (listed in the caller's files, by generation id) |
+//! | the same, backend [cancellable](crate::backend::ImageBackend::cancellable) (its abandoned work costs nobody) | the work is cancelled and the hold released whole |
 //! | the process died holding it | released by expiry, at the next start or sweep |
 //! | balance below the hold | `402 insufficient_balance`, nothing held |
 //! | balance negative | `402 OUTSTANDING_DEBT`, nothing held |

@@ -12,7 +12,7 @@ use crate::clock::unix_now;
 
 use crate::catalog::Catalog;
 use crate::future::{run_to_end, ResponseFuture};
-use crate::job::{EditJob, EditOutcome, Rendered, Stage};
+use crate::job::{EditJob, EditOutcome, Progress, Rendered, Stage};
 
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
@@ -80,7 +80,7 @@ where
     /// Hold, work, settle, publish: in this order, so an image is reachable only once it
     /// has been charged. The job (and the leases it carries, such as the caller's in-flight
     /// slot) lives until the backend's work has ended.
-    async fn bill(mut self, job: EditJob) -> Result<EditOutcome, GatewayError> {
+    async fn bill(mut self, mut job: EditJob) -> Result<EditOutcome, GatewayError> {
         let size = job.params.size.to_string();
         let spec = self.catalog.get(&job.params.model)?;
         let price = Amount::new(spec.price_for(&size, job.params.quality.as_str()));
@@ -110,11 +110,13 @@ where
         }
         job.progress.held();
         let client = job.client.clone();
-        // A streamed job's client that leaves is owed only what was completed: the work
-        // stops with it, whatever the backend.
-        let cancel = self.cancel_abandoned || job.params.stream;
+        let progress = job.progress.clone();
+        // Kept until the job ends, whatever the backend does with the job itself (an
+        // upstream drops it once its request is sent): the caller's in-flight slot counts
+        // the job's work, not the request.
+        let _leases = std::mem::take(&mut job.leases);
         let work = self.inner.clone().oneshot(job);
-        let rendered = match self.watch(hold.id, work, client, cancel).await {
+        let rendered = match self.watch(hold.id, work, client, &progress).await {
             Ok(rendered) => rendered,
             Err(error) => {
                 guard.release().await;
@@ -134,15 +136,16 @@ where
     }
 
     /// Runs the inner service, renewing the hold while it works so the expiry sweep never
-    /// takes it from a live request. A client that hangs up cancels the work only when the
-    /// backend declared that dropping its future stops it; otherwise the work runs on and
-    /// is charged. A `cancel` watch stops the work when the client leaves.
+    /// takes it from a live request. A client that leaves before the backend was given the
+    /// job cancels it; once the backend has begun, the work is owed (a render's time, an
+    /// upstream's bill) and runs on to be charged, unless the backend declared that
+    /// dropping its future stops the work at nobody's cost.
     async fn watch(
         &mut self,
         hold: HoldId,
         work: impl std::future::Future<Output = Result<Rendered, GatewayError>>,
         mut client: ClientWatch,
-        cancel: bool,
+        progress: &Progress,
     ) -> Result<Rendered, GatewayError> {
         tokio::pin!(work);
         // Most work never waits a third of a TTL: no timer for work that is done at once.
@@ -151,6 +154,7 @@ where
         }
         let every = (self.hold_ttl / 3).max(Duration::from_millis(100));
         let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut watching = true;
         loop {
             tokio::select! {
                 done = &mut work => return done,
@@ -159,9 +163,15 @@ where
                     Ok(false) => tracing::error!(%hold, "a live request's hold expired; its settle will charge late"),
                     Err(error) => tracing::error!(%error, %hold, "renewing a hold failed"),
                 },
-                () = client.gone(), if cancel => {
-                    tracing::info!("client gone; the backend's work is cancelled");
-                    return Err(GatewayError::RequestTimeout);
+                () = client.gone(), if watching => {
+                    // `work` is polled only here, so it cannot begin between this check
+                    // and its drop.
+                    if self.cancel_abandoned || !progress.has_started() {
+                        tracing::info!("client gone; the job's work is cancelled");
+                        return Err(GatewayError::RequestTimeout);
+                    }
+                    tracing::info!("client gone; the job's work runs to its end and is charged");
+                    watching = false;
                 }
             }
         }

@@ -1,7 +1,7 @@
-//! What a streamed job tells its client before its answer: that its hold is taken, and its
-//! partial images.
+//! What a job tells whoever waits for it before its answer: that its hold is taken, that its
+//! backend has begun, and its partial images.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -15,6 +15,8 @@ pub enum Step {
     /// The hold is taken: the stream may start (an error before this is a plain JSON
     /// answer with its own status).
     Held,
+    /// The backend has begun the job's work: from here on it is owed, whoever still waits.
+    Started,
     /// A preview of the first image, `index` counting from 0.
     Partial {
         /// OpenAI's `partial_image_index`.
@@ -36,6 +38,8 @@ pub struct Progress {
     max_partials: u8,
     /// Partials sent so far, by every clone of this handle.
     sent: Arc<AtomicU8>,
+    /// Whether the backend has begun, as every clone of this handle sees it.
+    started: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -46,6 +50,7 @@ impl Progress {
             sender: Some(sender),
             max_partials,
             sent: Arc::default(),
+            started: Arc::default(),
         };
         (progress, receiver)
     }
@@ -75,6 +80,21 @@ impl Progress {
     /// Tells the stream that the hold is taken.
     pub(crate) fn held(&self) {
         self.send(Step::Held);
+    }
+
+    /// Marks the job's work begun: called right before the backend is given the job. From
+    /// then on the work may cost someone (a render's time, an upstream's bill), so a client
+    /// that leaves no longer cancels it (unless the backend is
+    /// [cancellable](crate::backend::ImageBackend::cancellable)).
+    pub(crate) fn start(&self) {
+        if !self.started.swap(true, Ordering::AcqRel) {
+            self.send(Step::Started);
+        }
+    }
+
+    /// Whether the backend has been given the job.
+    pub fn has_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 
     fn send(&self, step: Step) {

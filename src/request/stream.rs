@@ -14,8 +14,10 @@
 //! comment line (`: keep-alive`) goes out whenever nothing else has for the keep-alive
 //! period, so proxies do not cut a long render.
 //!
-//! A client that leaves mid-stream drops the body; the job's work is cancelled and its hold
-//! released, so it pays only for images whose `completed` events were due before it left.
+//! A client that leaves mid-stream drops the body. Before the backend was given the job,
+//! that cancels it (hold released); after, the job is owed work (a partial image is work
+//! done): it runs to its end, is charged for the images it returns, and they are stored
+//! and listed as if the stream had been read.
 
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ const FRAME_BUFFER: usize = 2;
 
 /// Runs `edit` through `inner` on a task of its own and answers with its event stream (or,
 /// when it fails before its hold is taken, with the error). `client` is dropped when the
-/// stream's reader is gone, which tells billing to cancel the work.
+/// stream's reader is gone, which tells billing the client left.
 pub(crate) async fn respond<S>(
     inner: S,
     mut edit: EditRequest,
@@ -113,6 +115,7 @@ impl Relay {
     async fn step(&mut self, step: Step) -> Result<(), Gone> {
         match step {
             Step::Held => self.start(Ok(())),
+            Step::Started => Ok(()),
             Step::Partial { index, image } if self.started() => {
                 self.send(self.names.partial(index, &image.bytes)).await
             }

@@ -14,7 +14,9 @@
 //! - a first request must begin within [`ServeOptions::header_read_timeout`] of the accept,
 //!   on either protocol (a socket that sends nothing, or only the HTTP/2 preface, is
 //!   closed); a request head must arrive within the same time (slowloris);
-//! - a connection with no request in flight for [`ServeOptions::idle_timeout`] is closed;
+//! - a connection with no request in flight for [`ServeOptions::idle_timeout`] is closed; a
+//!   request is in flight until its answer's body is sent, so a stream or a large answer
+//!   being read keeps its connection busy;
 //!   HTTP/2 peers are pinged every [`ServeOptions::http2_keep_alive_interval`] and dropped
 //!   when they stop answering;
 //! - a request body must arrive within [`ServeOptions::body_read_timeout`] ([`TimedBody`]),
@@ -292,7 +294,6 @@ where
         let connection = self.connection.clone();
         let in_request = connection.as_ref().map(|c| c.begin());
         crate::ResponseFuture::new(async move {
-            let _in_request = in_request;
             let response = match tokio::time::timeout(limit, answer).await {
                 Ok(answered) => answered?,
                 Err(_) => GatewayError::RequestTimeout.into_response(),
@@ -302,7 +303,13 @@ where
                     connection.aborted();
                 }
             }
-            Ok(response)
+            // The request is in flight until its answer's body is sent, not only its head: a
+            // stream that waits for a long render, or a large answer read slowly, keeps its
+            // connection busy (never closed as idle, never evicted to make room).
+            Ok(match in_request {
+                Some(in_request) => response.map(|body| body.keep_while_sent(in_request)),
+                None => response,
+            })
         })
     }
 }

@@ -366,10 +366,9 @@ fn file_name(stem: &str, source: &SourceImage) -> String {
 
 #[async_trait]
 impl ImageBackend for UpstreamBackend {
-    /// A dropped call closes its connection: the upstream stops answering it.
-    fn cancellable(&self) -> bool {
-        true
-    }
+    // Not cancellable (the default): a provider bills a request it has started whether or
+    // not its answer is read, so a job whose client left reads the answer (or the stream)
+    // to its end, is charged and keeps its images.
 
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
         self.edit_owned(job.clone()).await

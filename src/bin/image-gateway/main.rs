@@ -210,6 +210,7 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     }
     let mut options = ServeOptions::default();
     options.metrics = Some(metrics.clone());
+    options.idle_timeout = config.idle_timeout;
     let scrape = match &config.metrics_addr {
         Some(addr) => {
             let listener = TcpListener::bind(addr)

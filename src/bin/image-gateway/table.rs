@@ -83,6 +83,8 @@ settings! {
         "tests only: a PEM root certificate to trust for fetched URLs, which also lets them reach loopback addresses by name";
     "GATEWAY_STREAM_KEEPALIVE_SECS", "15",
         "a streamed answer (stream: true) silent this long sends a keep-alive comment";
+    "GATEWAY_IDLE_TIMEOUT_SECS", "60",
+        "a connection with no request in flight this long is closed (a stream or an answer being sent is in flight)";
     "GATEWAY_SHUTDOWN_DELAY_SECS", "0",
         "on SIGTERM, /readyz answers 503 draining for this long before the listener closes (a balancer's time to notice)";
     "GATEWAY_METRICS_ADDR", "",

@@ -107,6 +107,15 @@ pub enum GatewayError {
         /// Sent as `Retry-After`: the time to the next UTC day.
         retry_after: Duration,
     },
+    /// 404 `job_not_found`: no such job, or another caller's.
+    JobNotFound,
+    /// 409 `job_not_cancellable`: the job's backend has begun, or the job has ended.
+    JobNotCancellable,
+    /// 429 `too_many_queued_jobs`: the caller has as many unfinished async jobs as allowed.
+    TooManyQueuedJobs {
+        /// Sent as `Retry-After`.
+        retry_after: Duration,
+    },
     /// 502 `upstream_error`: the image backend failed. The message is generic on purpose.
     Upstream,
     /// 404 `not_found`: no such route.
@@ -180,6 +189,7 @@ impl GatewayError {
             ModelNotFound { model } => Row::new(404, "model_not_found", Request, Some("model"), format!("the model `{model}` does not exist")),
             GenerationNotFound => Row::new(404, "generation_not_found", Request, Some("generation_id"), "generation not found"),
             ImageNotFound => Row::new(404, "IMAGE_NOT_FOUND", Request, Some("image_key"), "the file behind image_key no longer exists"),
+            JobNotFound => Row::new(404, "job_not_found", Request, Some("job_id"), "job not found"),
             RouteNotFound => Row::new(404, "not_found", Request, None, "no such endpoint"),
             AccountNotFound => Row::new(404, "account_not_found", Request, Some("user_id"), "no user with this id holds an API key"),
             KeyNotFound => Row::new(404, "key_not_found", Request, Some("key_id"), "no live API key has this id"),
@@ -188,10 +198,12 @@ impl GatewayError {
             GenerationNotReady { retry_after } => Row::new(409, "generation_not_ready", Request, Some("generation_id"), "the generation is still being stored; retry shortly").retry_after(*retry_after),
             IdempotencyKeyInUse { retry_after } => Row::new(409, "idempotency_key_in_use", Request, None, "a request with this Idempotency-Key is still running; retry shortly").retry_after(*retry_after),
             IdempotencyKeyReused => Row::new(409, "idempotency_key_reused", Request, None, "this Idempotency-Key was already used for a different request; use a new key for a new request"),
+            JobNotCancellable => Row::new(409, "job_not_cancellable", Request, Some("job_id"), "the job has begun or ended; only a queued job can be cancelled"),
             PayloadTooLarge => Row::new(413, "request_too_large", Request, None, "the request body exceeds the size limit"),
             StorageQuotaExceeded { message } => Row::new(413, "storage_quota_exceeded", Request, None, message.clone()),
             RateLimitExceeded { retry_after } => Row::new(429, "rate_limit_exceeded", RateLimit, None, "rate limit exceeded; retry later").retry_after(*retry_after),
             DailyLimitExceeded { retry_after } => Row::new(429, "daily_limit_exceeded", RateLimit, None, "this API key's daily spend limit is reached (open holds count); it resets at 00:00 UTC").retry_after(*retry_after),
+            TooManyQueuedJobs { retry_after } => Row::new(429, "too_many_queued_jobs", RateLimit, None, "too many unfinished async jobs; wait for one to end").retry_after(*retry_after),
             Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
             Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
             LimitsUnavailable => Row::new(503, "limits_unavailable", Server, None, "the gateway cannot check rate limits right now; nothing was run or charged; retry shortly").retry_after(Duration::from_secs(1)),

@@ -26,6 +26,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`jobs`] | jobs that outlive their connections: records ([`JobRecords`](jobs::JobRecords): memory, SQLite), `Prefer: respond-async`, the job API (`/v1/images/jobs`), event logs for reattaching |
 //! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
 //! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory and SQLite |
 //! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic, durable writes batched through one writer thread, and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
@@ -76,6 +77,7 @@ pub mod health;
 pub mod id;
 pub mod idempotency;
 pub mod job;
+pub mod jobs;
 pub mod lease;
 pub mod ledger;
 pub mod limit;

@@ -227,3 +227,377 @@ async fn leaving_a_stream_after_partials_charges_the_job_every_round() {
         assert_eq!(files(&server, round as usize).await.len() as i64, round);
     }
 }
+
+const BOB: &str = "pk_live_bob_0123456789abcdef";
+
+/// POSTs a generation with `Prefer: respond-async` as `key`.
+async fn submit(server: &TestServer, key: &str, json: &str) -> Reply {
+    let req = http::Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json.to_owned(),
+        )))
+        .unwrap();
+    server.send(req).await
+}
+
+/// Reads the job at `id` until it has ended; returns it.
+async fn ended(server: &TestServer, key: &str, id: &str) -> serde_json::Value {
+    let path = format!("/v1/images/jobs/{id}");
+    for _ in 0..1000 {
+        let reply = server.call(Method::GET, &path, key).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let job = reply.json();
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never ended");
+}
+
+/// Reads an event stream until it ends or `stop` events have come: their ids and types.
+async fn job_events(
+    server: &TestServer,
+    id: &str,
+    last: Option<&str>,
+    stop: Option<usize>,
+) -> Vec<(String, String)> {
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    let resume = last
+        .map(|l| format!("last-event-id: {l}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "GET /v1/images/jobs/{id}/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE_KEY}\r\n{resume}\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = Vec::new();
+    loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            let id = event.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = event.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                let json: serde_json::Value = serde_json::from_str(data).unwrap();
+                let kind = json["type"].as_str().unwrap_or("error").to_owned();
+                events.push((id.to_owned(), kind));
+            }
+        }
+        if stop.is_some_and(|s| events.len() >= s) || text.ends_with("\r\n0\r\n\r\n") {
+            break;
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_job_is_accepted_at_once_then_read_back_with_the_synchronous_answer() {
+    let keys = format!("alice:{ALICE_KEY},bob:{BOB}");
+    let (process, server, dir) = start(&[
+        ("GATEWAY_API_KEYS", &keys),
+        ("GATEWAY_REFERENCE_LATENCY_MS", "300"),
+    ]);
+    let body = r#"{"model":"gpt-image-2","prompt":"p","n":2,"size":"16x16"}"#;
+    let accepted = submit(&server, ALICE_KEY, body).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{:?}", accepted.body);
+    let job = accepted.json();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["object"], "image.job");
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["model"], "gpt-image-2");
+    assert_eq!(job["n"], 2);
+    assert!(job["created_at"].as_u64().unwrap() > 0);
+    assert_eq!(
+        accepted.headers["location"],
+        format!("/v1/images/jobs/{id}").as_str()
+    );
+    assert_eq!(accepted.headers["preference-applied"], "respond-async");
+    assert_eq!(accepted.headers["x-job-id"], id.as_str());
+    // Its 20 is held from the start.
+    assert_eq!(money(&server).await.1, 20);
+
+    // Another user's job is not found, nor is a job id that names nothing.
+    let theirs = server
+        .call(Method::GET, &format!("/v1/images/jobs/{id}"), BOB)
+        .await;
+    assert_eq!(theirs.error().1, "job_not_found");
+    let unknown = server
+        .call(Method::GET, "/v1/images/jobs/not-a-job", ALICE_KEY)
+        .await;
+    assert_eq!(
+        unknown.error(),
+        (404, "job_not_found".into(), Some("job_id".into()))
+    );
+
+    let done = ended(&server, ALICE_KEY, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["started_at"].as_u64().unwrap() >= done["created_at"].as_u64().unwrap());
+    assert!(done["finished_at"].as_u64().unwrap() >= done["started_at"].as_u64().unwrap());
+    let result = &done["result"];
+    assert!(result["created"].as_u64().unwrap() > 0);
+    let ids = result["picklyone_generation_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(result["data"].as_array().unwrap().len(), 2);
+    use base64::Engine;
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(result["data"][0]["b64_json"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(inspect(&image), (image::ImageFormat::Png, 16, 16));
+    // The same keys as a synchronous answer, and its images chain like one.
+    let sync = generate(&server, body, &[]).await.json();
+    let keys_of = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys_of(result), keys_of(&sync));
+    let chained = server
+        .edit_generation(ALICE_KEY, ids[0].as_str().unwrap())
+        .await;
+    assert_eq!(chained.status, StatusCode::OK);
+    assert_eq!(settled_money(&server).await, (50, 0, 50));
+
+    // Listed newest first, without image bytes, paged.
+    let second = submit(
+        &server,
+        ALICE_KEY,
+        r#"{"model":"gpt-image-2","prompt":"q","size":"16x16"}"#,
+    )
+    .await
+    .json();
+    let list = server
+        .call(Method::GET, "/v1/images/jobs?limit=1", ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(list["data"][0]["id"], second["id"]);
+    assert_eq!(list["has_more"], true);
+    let after = list["next_after"].as_str().unwrap();
+    let rest = server
+        .call(
+            Method::GET,
+            &format!("/v1/images/jobs?after={after}"),
+            ALICE_KEY,
+        )
+        .await
+        .json();
+    assert_eq!(rest["data"][0]["id"], id.as_str());
+    assert_eq!(
+        rest["data"][0]["picklyone_generation_ids"],
+        result["picklyone_generation_ids"]
+    );
+    assert!(rest["data"][0].get("result").is_none(), "{rest}");
+    assert_eq!(rest["has_more"], false);
+    let bobs = server
+        .call(Method::GET, "/v1/images/jobs", BOB)
+        .await
+        .json();
+    assert_eq!(bobs["data"].as_array().unwrap().len(), 0);
+    ended(&server, ALICE_KEY, second["id"].as_str().unwrap()).await;
+
+    // Kept across a restart: the record is in the data dir.
+    process.kill();
+    let port = server.addr.port();
+    let _again = Process::start_with(
+        &gateway_binary(),
+        &dir,
+        port,
+        &[("GATEWAY_API_KEYS", &keys)],
+    );
+    let after_restart = ended(&server, ALICE_KEY, &id).await;
+    assert_eq!(after_restart["result"], done["result"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_submission_is_refused_as_a_synchronous_one_would_be() {
+    let (_process, server, _dir) = start(&[
+        ("GATEWAY_DEMO_BALANCE", "5"),
+        ("GATEWAY_MAX_QUEUED_JOBS", "1"),
+    ]);
+    let poor = submit(
+        &server,
+        ALICE_KEY,
+        r#"{"model":"gpt-image-2","prompt":"p"}"#,
+    )
+    .await;
+    assert_eq!(poor.error().1, "insufficient_balance");
+    assert!(poor.headers.get("x-job-id").is_none());
+    let bad = submit(&server, ALICE_KEY, r#"{"model":"gpt-image-2","prompt":""}"#).await;
+    assert_eq!(bad.error().0, 400);
+    let nobody = submit(
+        &server,
+        "pk_live_nobody_000000000000",
+        r#"{"model":"gpt-image-2","prompt":"p"}"#,
+    )
+    .await;
+    assert_eq!(nobody.error().0, 401);
+    // A webhook is refused: this gateway delivers none.
+    let req = http::Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .header("webhook-url", "https://example.com/hook")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-image-2","prompt":"p"}"#,
+        )))
+        .unwrap();
+    let hooked = server.send(req).await;
+    assert_eq!(
+        hooked.error(),
+        (400, "invalid_request".into(), Some("webhook_url".into()))
+    );
+    let (available, held, _) = money(&server).await;
+    assert_eq!((available, held), (5, 0), "nothing held or charged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_is_cancelled_and_refunded_and_a_running_one_is_not() {
+    let (_process, server, _dir) = start(&[
+        ("GATEWAY_MAX_RUNNING_JOBS", "1"),
+        ("GATEWAY_MAX_QUEUED_JOBS", "2"),
+        ("GATEWAY_REFERENCE_LATENCY_MS", "1500"),
+    ]);
+    let body = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let first = submit(&server, ALICE_KEY, body).await.json();
+    let first = first["id"].as_str().unwrap().to_owned();
+    let second = submit(&server, ALICE_KEY, body).await.json();
+    let second = second["id"].as_str().unwrap().to_owned();
+    // Past the queue bound: refused, with a time to wait.
+    let third = submit(&server, ALICE_KEY, body).await;
+    assert_eq!(third.error().1, "too_many_queued_jobs");
+    assert!(third.headers.contains_key("retry-after"));
+    assert_eq!(money(&server).await.1, 20, "two holds");
+    // The first runs (the only turn); the second waits for it.
+    let path = |id: &str| format!("/v1/images/jobs/{id}");
+    for _ in 0..500 {
+        let job = server
+            .call(Method::GET, &path(&first), ALICE_KEY)
+            .await
+            .json();
+        if job["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let running = server.call(Method::DELETE, &path(&first), ALICE_KEY).await;
+    assert_eq!(
+        running.error(),
+        (409, "job_not_cancellable".into(), Some("job_id".into()))
+    );
+    let cancelled = server.call(Method::DELETE, &path(&second), ALICE_KEY).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    assert_eq!(cancelled.json()["status"], "cancelled");
+    assert_eq!(
+        money(&server).await.1,
+        10,
+        "the cancelled job's hold is released"
+    );
+    let again = server.call(Method::DELETE, &path(&second), ALICE_KEY).await;
+    assert_eq!(again.error().1, "job_not_cancellable");
+    assert_eq!(
+        ended(&server, ALICE_KEY, &first).await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        ended(&server, ALICE_KEY, &second).await["status"],
+        "cancelled"
+    );
+    assert_eq!(settled_money(&server).await, (90, 0, 10));
+    assert_eq!(
+        files(&server, 1).await.len(),
+        1,
+        "only the first job's image"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_s_events_resume_after_the_last_one_read() {
+    let (_process, server, _dir) = start(&[("GATEWAY_REFERENCE_LATENCY_MS", "1500")]);
+    let job = submit(
+        &server,
+        ALICE_KEY,
+        r#"{"model":"gpt-image-2","prompt":"p","size":"64x64","partial_images":2}"#,
+    )
+    .await
+    .json();
+    let id = job["id"].as_str().unwrap();
+    let first = job_events(&server, id, None, Some(1)).await;
+    assert_eq!(
+        first,
+        [(
+            "partial-0".to_owned(),
+            "image_generation.partial_image".to_owned()
+        )]
+    );
+    // The stream broke after the first event: reattached, nothing is lost or repeated.
+    let rest = job_events(&server, id, Some("partial-0"), None).await;
+    let ids: Vec<&str> = rest.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids, ["partial-1", "completed-0"], "{rest:?}");
+    assert_eq!(rest[1].1, "image_generation.completed");
+    // Once ended, the events are rebuilt from the record: the completed image.
+    assert_eq!(ended(&server, ALICE_KEY, id).await["status"], "succeeded");
+    let replay = job_events(&server, id, None, None).await;
+    assert_eq!(
+        replay,
+        [(
+            "completed-0".to_owned(),
+            "image_generation.completed".to_owned()
+        )]
+    );
+    assert!(job_events(&server, id, Some("completed-0"), None)
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_fails_and_is_refunded() {
+    let (_process, server, _dir) = start(&[
+        ("GATEWAY_JOB_TIMEOUT_SECS", "1"),
+        ("GATEWAY_REFERENCE_LATENCY_MS", "4000"),
+    ]);
+    let job = submit(
+        &server,
+        ALICE_KEY,
+        r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
+    )
+    .await
+    .json();
+    let done = ended(&server, ALICE_KEY, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"]["code"], "upstream_error");
+    assert_eq!(done["error"]["type"], "server_error");
+    assert_eq!(settled_money(&server).await, (100, 0, 0));
+    let events = job_events(&server, job["id"].as_str().unwrap(), None, None).await;
+    assert_eq!(events, [("error".to_owned(), "error".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_open_when_the_process_was_killed_end_refunded_or_charged_once() {
+    let (process, server, dir) = start(&[("GATEWAY_REFERENCE_LATENCY_MS", "3000")]);
+    let body = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let job = submit(&server, ALICE_KEY, body).await.json();
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(money(&server).await.1, 50);
+    process.kill();
+    let port = server.addr.port();
+    let _again = Process::start_with(&gateway_binary(), &dir, port, &[]);
+    // Every job has ended; the holds expire (2 s in tests) back to alice.
+    for id in &ids {
+        let job = ended(&server, ALICE_KEY, id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["error"]["code"], "upstream_error");
+    }
+    assert_eq!(settled_money(&server).await, (100, 0, 0));
+    assert!(files(&server, 0).await.is_empty());
+}

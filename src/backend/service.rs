@@ -1,10 +1,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use tower_service::Service;
 
-use super::ImageBackend;
+use super::{BackendError, Failure, ImageBackend};
 use crate::auth::Principal;
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
@@ -29,6 +31,10 @@ pub struct EditService {
     backend: Arc<dyn ImageBackend>,
     outputs: Outputs,
     metrics: Option<Metrics>,
+    /// Jobs whose backend may run at once; the others wait, queued.
+    running: Option<Arc<Semaphore>>,
+    /// How long the backend may take on one job.
+    timeout: Option<Duration>,
 }
 
 impl EditService {
@@ -42,7 +48,18 @@ impl EditService {
             backend,
             outputs: Outputs { store, generations },
             metrics: None,
+            running: None,
+            timeout: None,
         }
+    }
+
+    /// At most `running` jobs given to the backend at once (the others wait their turn,
+    /// queued and still cancellable), each failing `502 upstream_error` when the backend
+    /// has not answered within `timeout`. Default: neither bound.
+    pub fn limits(mut self, running: Option<usize>, timeout: Option<Duration>) -> Self {
+        self.running = running.map(|n| Arc::new(Semaphore::new(n.max(1))));
+        self.timeout = timeout;
+        self
     }
 
     /// Records each backend call's time and failure in `metrics`.
@@ -77,7 +94,18 @@ impl Service<EditJob> for EditService {
             // recorded; the answer waits for both.
             let uploads = std::mem::take(&mut job.uploads);
             admit_all(&*this.outputs.store, owner, &uploads).await?;
-            // From here the work is owed: a client that leaves no longer cancels it.
+            // Queued until a turn is free; then the work is owed: a client that leaves no
+            // longer cancels it. The turn is kept until the job's images are recorded.
+            let _turn = match &this.running {
+                Some(running) => Some(
+                    running
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| GatewayError::Internal)?,
+                ),
+                None => None,
+            };
             job.progress.start();
             let stored = async {
                 let stored = write_all(&*this.outputs.store, &uploads).await;
@@ -86,7 +114,17 @@ impl Service<EditJob> for EditService {
             };
             let ran = async {
                 let started = Instant::now();
-                let answer = this.backend.edit_owned(job).await;
+                let answer = match this.timeout {
+                    None => this.backend.edit_owned(job).await,
+                    Some(limit) => tokio::time::timeout(limit, this.backend.edit_owned(job))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(BackendError::failed(
+                                Failure::Timeout,
+                                format!("the job took longer than {} s", limit.as_secs()),
+                            ))
+                        }),
+                };
                 if let Some(metrics) = &this.metrics {
                     metrics.backend(operation, started.elapsed(), answer.as_ref().err());
                 }

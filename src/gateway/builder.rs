@@ -14,6 +14,7 @@ use crate::files::FileApi;
 use crate::health::{Health, Readiness};
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::job::Operation;
+use crate::jobs::{JobApi, JobBoard, JobRecords, MemoryJobs};
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimitLayer, DEFAULT_BODY_LIMIT};
 use crate::metrics::Metrics;
@@ -45,8 +46,37 @@ pub struct GatewayBuilder {
     stream_keepalive: Duration,
     upload_max_file: u64,
     metrics: Option<Metrics>,
+    jobs: Option<Arc<dyn JobRecords>>,
+    job_limits: JobLimits,
     #[cfg(feature = "fetch")]
     fetcher: Option<crate::fetch::UrlFetcher>,
+}
+
+/// The bounds of a gateway's jobs; see [`GatewayBuilder::job_limits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobLimits {
+    /// Unfinished async jobs per caller; past it `429 too_many_queued_jobs`. Default 100.
+    pub max_queued: u64,
+    /// Jobs whose backend runs at once, process-wide; more wait `queued` (their hold
+    /// taken, cancellable). `None`, the default: no bound beyond the backend's own.
+    pub max_running: Option<usize>,
+    /// How long a backend may take on one job before it fails `502 upstream_error` and is
+    /// refunded. `None`, the default: no bound.
+    pub timeout: Option<Duration>,
+    /// How long an ended job's record stays readable. Default one day.
+    pub retention: Duration,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_queued: crate::jobs::DEFAULT_MAX_QUEUED_JOBS,
+            max_running: None,
+            timeout: None,
+            retention: crate::jobs::DEFAULT_JOB_RETENTION,
+        }
+    }
 }
 
 impl Default for GatewayBuilder {
@@ -69,6 +99,8 @@ impl Default for GatewayBuilder {
             stream_keepalive: crate::request::DEFAULT_KEEPALIVE,
             upload_max_file: crate::files::DEFAULT_MAX_FILE_BYTES,
             metrics: None,
+            jobs: None,
+            job_limits: JobLimits::default(),
             #[cfg(feature = "fetch")]
             fetcher: None,
         }
@@ -216,6 +248,20 @@ impl GatewayBuilder {
         self
     }
 
+    /// Where job records are kept. Default: [`MemoryJobs`] (lost on exit; use `SqliteJobs`
+    /// or your own so async jobs can be read back after a restart).
+    pub fn jobs(mut self, records: impl JobRecords) -> Self {
+        self.jobs = Some(Arc::new(records));
+        self
+    }
+
+    /// The bounds of jobs: queued per caller, running at once, a backend's time per job,
+    /// the records' retention. Default: [`JobLimits::default`].
+    pub fn job_limits(mut self, limits: JobLimits) -> Self {
+        self.job_limits = limits;
+        self
+    }
+
     /// Fetches `https://` image references (compose's `image_urls`, OpenAI's `image_url`)
     /// with `fetcher`. Default: none, and such references are refused with a 400 that says
     /// to upload the image or send it as a `data:` URI.
@@ -268,7 +314,9 @@ impl GatewayBuilder {
         if let Some(registry) = &self.registry {
             billing = billing.daily_limits(registry.clone());
         }
-        let mut edits = EditService::new(backend, store.clone(), generations.clone());
+        let limits = self.job_limits;
+        let mut edits = EditService::new(backend, store.clone(), generations.clone())
+            .limits(limits.max_running, limits.timeout);
         if let Some(metrics) = &self.metrics {
             billing = billing.metrics(metrics.clone());
             edits = edits.metrics(metrics.clone());
@@ -282,9 +330,14 @@ impl GatewayBuilder {
             .layer(sources)
             .layer(billing)
             .service(edits);
+        let records = self.jobs.unwrap_or_else(|| Arc::new(MemoryJobs::new()));
+        let board = JobBoard::new(records, store.clone(), generations.clone())
+            .bounds(limits.max_queued, limits.retention, self.stream_keepalive)
+            .metrics(self.metrics.clone());
         let normalize = NormalizeLayer::new(catalog.clone())
             .limits(self.multipart)
-            .stream_keepalive(self.stream_keepalive);
+            .stream_keepalive(self.stream_keepalive)
+            .jobs(board.clone());
         let endpoint = |operation| normalize.clone().operation(operation).layer(jobs.clone());
         let routes = Routes {
             edits: endpoint(Operation::Edit),
@@ -296,6 +349,7 @@ impl GatewayBuilder {
                 .max_file(self.upload_max_file)
                 .quota(self.quota),
             account: AccountApi::new(ledger.clone()),
+            jobs: JobApi::new(board.clone()),
         };
         let inner = ServiceBuilder::new()
             .layer(AuthLayer::new(keys.clone()))
@@ -303,6 +357,7 @@ impl GatewayBuilder {
             .layer(BodyLimitLayer::new(self.body_limit))
             .service(routes);
         Gateway {
+            jobs: board,
             health: Health {
                 ledger: ledger.clone(),
                 store: health_store,

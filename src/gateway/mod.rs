@@ -58,7 +58,7 @@ use http_body::Body as _;
 use tower_service::Service;
 use tracing::Instrument;
 
-pub use builder::{GatewayBuilder, DEFAULT_MODEL};
+pub use builder::{GatewayBuilder, JobLimits, DEFAULT_MODEL};
 pub use routes::{COMPOSE_PATH, EDITS_PATH, GENERATIONS_PATH, MODELS_PATH};
 
 use crate::auth::{ApiKey, Auth, UserId};
@@ -66,6 +66,7 @@ use crate::billing::{AdminApi, ExpirySweep};
 use crate::future::ResponseFuture;
 use crate::health::{Health, Readiness};
 use crate::id::RequestId;
+use crate::jobs::JobBoard;
 use crate::limit::BodyLimit;
 use crate::metrics::{route_of, Answered, Metrics, ModelLabel, METRICS_PATH};
 use crate::ratelimit::RateLimit;
@@ -76,6 +77,7 @@ use routes::Routes;
 #[derive(Clone, Debug)]
 pub struct Gateway {
     health: Health,
+    jobs: JobBoard,
     admin: Option<AdminApi>,
     sweep: ExpirySweep,
     metrics: Option<Metrics>,
@@ -93,6 +95,13 @@ impl Gateway {
     /// stay held (the money is neither spent nor available) until some process sweeps.
     pub fn expiry_sweep(&self) -> ExpirySweep {
         self.sweep.clone()
+    }
+
+    /// The gateway's jobs: for the embedder to end, at start, the jobs a process that died
+    /// left open ([`JobBoard::interrupted`]), and to sweep ended records past their
+    /// retention ([`JobBoard::sweep`]).
+    pub fn jobs(&self) -> JobBoard {
+        self.jobs.clone()
     }
 
     /// The handle that turns `/readyz` to `503 draining`, for the embedder's shutdown:

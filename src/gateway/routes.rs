@@ -10,6 +10,7 @@ use crate::catalog::Catalog;
 use crate::files::FileApi;
 use crate::future::ResponseFuture;
 use crate::idempotency::Idempotency;
+use crate::jobs::JobApi;
 use crate::request::Normalize;
 use crate::source::ResolveSource;
 use crate::{GatewayError, RequestBody, ResponseBody};
@@ -24,17 +25,18 @@ pub const COMPOSE_PATH: &str = "/v1/images/compose";
 pub const MODELS_PATH: &str = "/v1/models";
 
 /// The image endpoints' shared stack, below each one's normalization.
-pub(crate) type Jobs = Idempotency<ResolveSource<Billing<EditService>>>;
+pub(crate) type Pipeline = Idempotency<ResolveSource<Billing<EditService>>>;
 
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]
 pub(crate) struct Routes {
-    pub(crate) edits: Normalize<Jobs>,
-    pub(crate) generations: Normalize<Jobs>,
-    pub(crate) compose: Normalize<Jobs>,
+    pub(crate) edits: Normalize<Pipeline>,
+    pub(crate) generations: Normalize<Pipeline>,
+    pub(crate) compose: Normalize<Pipeline>,
     pub(crate) catalog: Catalog,
     pub(crate) files: FileApi,
     pub(crate) account: AccountApi,
+    pub(crate) jobs: JobApi,
 }
 
 impl<B> Service<Request<B>> for Routes
@@ -61,6 +63,7 @@ where
             }
             (MODELS_PATH, _) => GatewayError::MethodNotAllowed,
             _ if FileApi::serves(path) => return self.files.call(req),
+            _ if JobApi::serves(path) => return self.jobs.call(req),
             _ if AccountApi::serves(path) => return self.account.call(req),
             _ => GatewayError::RouteNotFound,
         };

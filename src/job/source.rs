@@ -29,6 +29,16 @@ impl Operation {
         }
     }
 
+    /// The operation [`as_str`](Self::as_str) names.
+    pub fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "edit" => Operation::Edit,
+            "generate" => Operation::Generate,
+            "compose" => Operation::Compose,
+            _ => return None,
+        })
+    }
+
     /// The prefix of its stream events' `type`: OpenAI names generation events
     /// `image_generation.*` and edit events `image_edit.*`; a compose answers like an edit.
     pub fn event_prefix(self) -> &'static str {

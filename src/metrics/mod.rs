@@ -25,6 +25,8 @@
 //! | `image_gateway_errors_total` | code | error answers by the error table's code (`rate_limit_exceeded`, `storage_quota_exceeded`, ...) |
 //! | `image_gateway_backend_errors_total` | kind | backend failures (`upstream_timeout`, `upstream_status`, ...) |
 //! | `image_gateway_connections_open` | | connections [`serve`](crate::server::serve) holds |
+//! | `image_gateway_jobs` | state | async jobs of this process `queued` or `running` now |
+//! | `image_gateway_jobs_ended_total` | state | async jobs ended: `succeeded`, `failed`, `cancelled` |
 //! | `image_gateway_user_requests_total` | user | only with [`Metrics::with_user_labels`] |
 //!
 //! A streamed answer's duration ends when its head is sent, and its body's size is not known
@@ -100,6 +102,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UserLabels {
     user: String,
 }
@@ -138,6 +145,8 @@ struct Inner {
     // Registered always (a scrape shows it at 0), moved only by `server::serve`.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     connections_open: Gauge,
+    jobs: Family<StateLabels, Gauge>,
+    jobs_ended: Family<StateLabels, Counter>,
     user_requests: Option<Family<UserLabels, Counter>>,
 }
 
@@ -253,6 +262,14 @@ impl Metrics {
             "Client connections being served",
             connections_open.clone(),
         );
+        let jobs = Family::default();
+        registry.register("jobs", "Async jobs queued or running here", jobs.clone());
+        let jobs_ended = Family::default();
+        registry.register(
+            "jobs_ended",
+            "Async jobs ended, by state",
+            jobs_ended.clone(),
+        );
         let user_requests = user_labels.then(|| {
             let family = Family::default();
             registry.register("user_requests", "Requests by user id", family.clone());
@@ -275,6 +292,8 @@ impl Metrics {
                 errors,
                 backend_errors,
                 connections_open,
+                jobs,
+                jobs_ended,
                 user_requests,
             }),
         }
@@ -286,6 +305,29 @@ impl Metrics {
         // Writing into a `String` cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
+    }
+
+    /// Moves one async job from state `from` (none: it is new) to `to`: `queued` and
+    /// `running` are counted as they are now, the ends as they happen.
+    pub(crate) fn job_moved(&self, from: Option<&'static str>, to: &'static str) {
+        let open = |state: &str| matches!(state, "queued" | "running");
+        if let Some(from) = from.filter(|f| open(f)) {
+            self.inner
+                .jobs
+                .get_or_create(&StateLabels { state: from })
+                .dec();
+        }
+        if open(to) {
+            self.inner
+                .jobs
+                .get_or_create(&StateLabels { state: to })
+                .inc();
+        } else {
+            self.inner
+                .jobs_ended
+                .get_or_create(&StateLabels { state: to })
+                .inc();
+        }
     }
 
     /// Counts one answered request.
@@ -428,6 +470,11 @@ pub(crate) fn route_of(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         METRICS_PATH => METRICS_PATH,
+        "/v1/images/jobs" => "/v1/images/jobs",
+        _ if path.starts_with("/v1/images/jobs/") && path.ends_with("/events") => {
+            "/v1/images/jobs/{id}/events"
+        }
+        _ if path.starts_with("/v1/images/jobs/") => "/v1/images/jobs/{id}",
         _ if path.starts_with("/api/v1/files/") => "/api/v1/files/{key}",
         _ if path.starts_with("/admin/") => "/admin",
         _ => "other",

@@ -129,6 +129,33 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ALTER TABLE journal ADD COLUMN key_id TEXT, ADD COLUMN held BIGINT;
     ",
     ),
+    (
+        5,
+        "
+    -- Jobs: what a request's work became once its hold was taken, readable by its owner
+    -- from any replica.
+    CREATE TABLE jobs (
+        id             UUID PRIMARY KEY,
+        owner          TEXT NOT NULL,
+        operation      TEXT NOT NULL,
+        model          TEXT NOT NULL,
+        n              INTEGER NOT NULL,
+        status         TEXT NOT NULL,
+        created_at     BIGINT NOT NULL,
+        started_at     BIGINT,
+        finished_at    BIGINT,
+        size           TEXT NOT NULL,
+        quality        TEXT NOT NULL,
+        background     TEXT NOT NULL,
+        output_format  TEXT NOT NULL,
+        output_created BIGINT,
+        generations    TEXT,
+        error          TEXT
+    );
+    CREATE INDEX jobs_by_owner ON jobs (owner, id DESC);
+    CREATE INDEX jobs_open ON jobs (owner) WHERE status IN ('queued', 'running');
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

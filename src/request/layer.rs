@@ -6,6 +6,7 @@ use super::stream::DEFAULT_KEEPALIVE;
 use super::{Normalize, Rules};
 use crate::catalog::Catalog;
 use crate::job::Operation;
+use crate::jobs::JobBoard;
 use crate::multipart::MultipartLimits;
 
 /// Applies [`Normalize`] to a typed edit service: the door from HTTP to [`EditRequest`].
@@ -15,6 +16,7 @@ use crate::multipart::MultipartLimits;
 pub struct NormalizeLayer {
     rules: Rules,
     keepalive: Duration,
+    jobs: Option<JobBoard>,
 }
 
 impl NormalizeLayer {
@@ -23,7 +25,16 @@ impl NormalizeLayer {
         NormalizeLayer {
             rules: Rules::new(Operation::Edit, catalog),
             keepalive: DEFAULT_KEEPALIVE,
+            jobs: None,
         }
+    }
+
+    /// Answers requests that carry `Prefer: respond-async` with `202 Accepted` and runs
+    /// them as jobs on `board`. Default: none, and the preference is ignored (answered
+    /// synchronously, without `Preference-Applied`).
+    pub fn jobs(mut self, board: JobBoard) -> Self {
+        self.jobs = Some(board);
+        self
     }
 
     /// Normalizes requests of `operation` (the endpoint this layer serves) instead.
@@ -50,6 +61,6 @@ impl<S> Layer<S> for NormalizeLayer {
     type Service = Normalize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Normalize::new(inner, self.rules.clone(), self.keepalive)
+        Normalize::new(inner, self.rules.clone(), self.keepalive, self.jobs.clone())
     }
 }

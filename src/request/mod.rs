@@ -33,6 +33,7 @@
 //! not a UUID: `400 invalid_generation_id`; a malformed or foreign `image_key`:
 //! `400 invalid_image_key`; an unknown model: `404 model_not_found`.
 
+mod deferred;
 mod form;
 mod json;
 mod layer;

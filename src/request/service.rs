@@ -8,10 +8,11 @@ use tower_service::Service;
 
 use std::time::Duration;
 
-use super::{parse_json, parse_multipart, stream, Rules};
+use super::{deferred, parse_json, parse_multipart, stream, Rules};
 use crate::auth::Principal;
 use crate::future::ResponseFuture;
 use crate::job::{EditOutcome, EditRequest, Operation, RequestContext, Stage};
+use crate::jobs::JobBoard;
 use crate::metrics::ModelLabel;
 use crate::multipart::boundary_of;
 
@@ -30,14 +31,16 @@ pub struct Normalize<S> {
     inner: S,
     rules: Rules,
     keepalive: Duration,
+    jobs: Option<JobBoard>,
 }
 
 impl<S> Normalize<S> {
-    pub(crate) fn new(inner: S, rules: Rules, keepalive: Duration) -> Self {
+    pub(crate) fn new(inner: S, rules: Rules, keepalive: Duration, jobs: Option<JobBoard>) -> Self {
         Normalize {
             inner,
             rules,
             keepalive,
+            jobs,
         }
     }
 }
@@ -61,11 +64,16 @@ where
         let inner = self.inner.clone();
         let rules = self.rules.clone();
         let keepalive = self.keepalive;
+        let jobs = self
+            .jobs
+            .clone()
+            .filter(|_| deferred::prefers_async(req.headers()));
         // Dropped with the answer (or, streamed, with its body): work that outlives it learns
         // the client left.
         let (client, watch) = ClientWatch::new();
         ResponseFuture::new(async move {
             let edit = async {
+                webhook_refused(req.headers())?;
                 let context = context_of(&req, watch)?;
                 read_edit(req, context, &rules).await
             };
@@ -77,7 +85,10 @@ where
             span.record("model", edit.params.model.as_str());
             span.record("n", edit.params.n);
             let model = ModelLabel(edit.params.model.clone());
-            let mut response = if edit.params.stream {
+            let mut response = if let Some(jobs) = jobs {
+                drop(client);
+                deferred::submit(inner, edit, jobs).await
+            } else if edit.params.stream {
                 stream::respond(inner, edit, client, keepalive).await
             } else {
                 let _client = client;
@@ -90,6 +101,18 @@ where
             Ok(response)
         })
     }
+}
+
+/// `Webhook-Url`: job callbacks are not delivered by this gateway, so a request that asks
+/// for one is refused (`400`, param `webhook_url`) rather than accepted and never called.
+fn webhook_refused(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    if headers.contains_key("webhook-url") {
+        return Err(GatewayError::invalid_request(
+            "this gateway does not deliver webhooks; poll GET /v1/images/jobs/{id} or read its events",
+            Some("webhook_url"),
+        ));
+    }
+    Ok(())
 }
 
 /// The request, if the caller's key may use its model (`403 MODEL_ACCESS_DENIED` otherwise),

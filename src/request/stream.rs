@@ -22,12 +22,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::Response;
 use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
 
-use crate::clock::unix_now;
-use crate::job::{EditOutcome, EditParams, EditRequest, Operation, Progress, Stage, Step};
+use crate::job::{EditOutcome, EditRequest, Progress, Stage, Step};
+use crate::jobs::{error_frame, event_stream, Names};
 use crate::lease::ClientHandle;
 use crate::{GatewayError, ResponseBody};
 
@@ -63,24 +63,11 @@ where
     };
     tokio::spawn(drive(inner.oneshot(edit), steps, relay, keepalive, client));
     match started.await {
-        Ok(Ok(())) => sse_response(body),
+        Ok(Ok(())) => event_stream(ResponseBody::stream(body)),
         Ok(Err(error)) => error.into_response(),
         // The task ended without a word: it only does so when its runtime shuts down.
         Err(_) => GatewayError::Internal.into_response(),
     }
-}
-
-fn sse_response(body: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Asks nginx-style proxies not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
 }
 
 /// The reader left: the job's task stops.
@@ -138,14 +125,7 @@ impl Relay {
                 }
                 Ok(())
             }
-            Err(error) if self.started() => {
-                let json = error.to_json();
-                self.send(Bytes::from(format!(
-                    "data: {}\n\n",
-                    String::from_utf8_lossy(&json)
-                )))
-                .await
-            }
+            Err(error) if self.started() => self.send(error_frame(&error)).await,
             Err(error) => self.start(Err(error)),
         }
     }
@@ -182,72 +162,4 @@ async fn drive(
         relay.step(step).await?;
     }
     relay.end(outcome).await
-}
-
-/// What every event of one job repeats: its names and the parameters it echoes.
-struct Names {
-    prefix: &'static str,
-    size: String,
-    quality: String,
-    background: &'static str,
-    output_format: &'static str,
-}
-
-impl Names {
-    fn of(operation: Operation, params: &EditParams) -> Names {
-        Names {
-            prefix: operation.event_prefix(),
-            size: params.size.to_string(),
-            quality: params.quality.to_string(),
-            background: params.background.as_str(),
-            output_format: params.output_format.as_str(),
-        }
-    }
-
-    fn partial(&self, index: u8, bytes: &[u8]) -> Bytes {
-        self.event(
-            "partial_image",
-            bytes,
-            &format!(",\"partial_image_index\":{index}"),
-        )
-    }
-
-    /// A completed image. OpenAI's usage counts tokens; the gateway bills by image, so its
-    /// token counts are zero and `images` says what the event is billed as.
-    fn completed(&self, generation_id: String, bytes: &[u8]) -> Bytes {
-        let extra = format!(
-            ",\"usage\":{{\"input_tokens\":0,\"input_tokens_details\":{{\"image_tokens\":0,\
-             \"text_tokens\":0}},\"output_tokens\":0,\"total_tokens\":0,\"images\":1}},\
-             \"picklyone_generation_id\":\"{generation_id}\""
-        );
-        self.event("completed", bytes, &extra)
-    }
-
-    /// One event: the JSON is written by hand, as every value in it is base64, a number,
-    /// a UUID or one of the gateway's own words, none of which need escaping.
-    fn event(&self, kind: &str, bytes: &[u8], extra: &str) -> Bytes {
-        use base64::Engine;
-        use std::fmt::Write;
-        let prefix = self.prefix;
-        let encoded = base64::encoded_len(bytes.len(), true).unwrap_or(0);
-        let mut frame = String::with_capacity(encoded + 256 + extra.len());
-        // Writing to a String cannot fail.
-        let _ = write!(
-            frame,
-            "event: {prefix}.{kind}\ndata: {{\"type\":\"{prefix}.{kind}\",\"b64_json\":\""
-        );
-        // Encoded straight into the frame: the image's base64 is made once, not copied.
-        base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut frame);
-        let _ = write!(
-            frame,
-            "\",\"created_at\":{},\"size\":\"{}\",\"quality\":\"{}\",\"background\":\"{}\",\
-             \"output_format\":\"{}\"{extra}}}\n\n",
-            unix_now(),
-            self.size,
-            self.quality,
-            self.background,
-            self.output_format,
-        );
-        Bytes::from(frame)
-    }
 }

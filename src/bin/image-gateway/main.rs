@@ -163,6 +163,8 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
         .hold_ttl(config.hold_ttl)
         .quota(config.quota)
         .stream_keepalive(config.stream_keepalive)
+        .jobs(stores.jobs)
+        .job_limits(config.job_limits)
         .upload_max_file(config.upload_max_file)
         .rate_limit(rate_limit);
     if let Some(fetch) = &config.url_fetch {
@@ -185,6 +187,22 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     let gateway = builder.build();
     // The one sweep of this ledger: releases the holds of a run that was killed.
     tokio::spawn(gateway.expiry_sweep().run());
+    let jobs = gateway.jobs();
+    if stores.sole_runner {
+        let ended = jobs.interrupted().await?;
+        if ended > 0 {
+            println!("jobs: {ended} left open by an earlier run recorded failed");
+        }
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            if let Err(error) = jobs.sweep().await {
+                tracing::warn!(%error, "sweeping ended job records failed");
+            }
+        }
+    });
     let readiness = gateway.readiness();
     let service = ServiceBuilder::new()
         .option_layer(cors(&config.cors_origins)?)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use image_gateway::fetch::FetchConfig;
+use image_gateway::gateway::JobLimits;
 use image_gateway::ratelimit::RateLimitLayer;
 use image_gateway::store::{Quota, S3Config};
 
@@ -38,6 +39,7 @@ pub struct Config {
     pub stream_keepalive: Duration,
     pub shutdown_delay: Duration,
     pub idle_timeout: Duration,
+    pub job_limits: JobLimits,
     pub metrics_addr: Option<String>,
     pub metrics_user_labels: bool,
     pub rate_limit: RateLimitLayer,
@@ -126,6 +128,21 @@ impl Config {
             stream_keepalive: Duration::from_secs(integer("GATEWAY_STREAM_KEEPALIVE_SECS")?.max(1)),
             shutdown_delay: Duration::from_secs(integer("GATEWAY_SHUTDOWN_DELAY_SECS")?),
             idle_timeout: Duration::from_secs(integer("GATEWAY_IDLE_TIMEOUT_SECS")?.max(1)),
+            job_limits: {
+                let mut limits = JobLimits::default();
+                limits.max_queued = integer("GATEWAY_MAX_QUEUED_JOBS")?;
+                limits.max_running = match integer("GATEWAY_MAX_RUNNING_JOBS")? {
+                    0 => None,
+                    n => Some(
+                        usize::try_from(n).map_err(|_| "GATEWAY_MAX_RUNNING_JOBS is too large")?,
+                    ),
+                };
+                limits.timeout = Some(Duration::from_secs(
+                    integer("GATEWAY_JOB_TIMEOUT_SECS")?.max(1),
+                ));
+                limits.retention = Duration::from_secs(integer("GATEWAY_JOB_RETENTION_SECS")?);
+                limits
+            },
             metrics_addr: text("GATEWAY_METRICS_ADDR"),
             metrics_user_labels: switch("GATEWAY_METRICS_USER_LABELS", text)?,
             rate_limit,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use image_gateway::auth::{KeyRegistry, KeyStore, PgKeys, SqliteKeys, WithFixedKeys};
 use image_gateway::idempotency::{IdempotencyRecords, PgIdempotency, SqliteIdempotency};
+use image_gateway::jobs::{JobRecords, PgJobs, SqliteJobs};
 use image_gateway::ledger::{Durability, Ledger, PgLedger, SqliteLedger};
 use image_gateway::postgres::Postgres;
 use image_gateway::store::{
@@ -24,6 +25,11 @@ pub struct Stores {
     /// The store of keys managed through the admin API, when the stores have one.
     pub registry: Option<Arc<dyn KeyRegistry>>,
     pub files: Arc<dyn FileStore>,
+    /// Where job records are kept.
+    pub jobs: Arc<dyn JobRecords>,
+    /// Whether this process alone runs the jobs of its records (so, at start, the open
+    /// ones were left by a run that died).
+    pub sole_runner: bool,
     /// What to say on start.
     pub described: &'static str,
 }
@@ -63,6 +69,8 @@ impl Stores {
                 keys: Arc::new(registry.clone()),
                 registry: Some(registry),
                 files: local()?,
+                jobs: Arc::new(SqliteJobs::open(dir.join("jobs.db"))?),
+                sole_runner: true,
                 described: "SQLite in the data dir",
             });
         };
@@ -85,6 +93,8 @@ impl Stores {
         };
         Ok(Stores {
             files,
+            jobs: Arc::new(PgJobs::new(db.clone())),
+            sole_runner: false,
             ledger: Arc::new(PgLedger::new(db.clone())),
             generations: Arc::new(PgGenerations::new(db.clone())),
             idempotency: Arc::new(PgIdempotency::new(db)),

@@ -83,6 +83,14 @@ settings! {
         "tests only: a PEM root certificate to trust for fetched URLs, which also lets them reach loopback addresses by name";
     "GATEWAY_STREAM_KEEPALIVE_SECS", "15",
         "a streamed answer (stream: true) silent this long sends a keep-alive comment";
+    "GATEWAY_MAX_QUEUED_JOBS", "100",
+        "unfinished async jobs (Prefer: respond-async) per user; past it 429 too_many_queued_jobs";
+    "GATEWAY_MAX_RUNNING_JOBS", "0",
+        "jobs given to the backend at once, process-wide; the others wait queued (cancellable); 0 is no bound beyond the backend's";
+    "GATEWAY_JOB_TIMEOUT_SECS", "900",
+        "a job whose backend has not answered by then fails 502 upstream_error and is refunded";
+    "GATEWAY_JOB_RETENTION_SECS", "86400",
+        "how long an ended job's record stays readable (its images are files and follow the files' rules)";
     "GATEWAY_IDLE_TIMEOUT_SECS", "60",
         "a connection with no request in flight this long is closed (a stream or an answer being sent is in flight)";
     "GATEWAY_SHUTDOWN_DELAY_SECS", "0",

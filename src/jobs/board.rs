@@ -1,0 +1,426 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::events::{ended_events, EventId, EventLog};
+use super::record::{JobOutput, JobRecord, JobRecords, JobStatus};
+use crate::auth::UserId;
+use crate::clock::unix_now;
+use crate::id::{GenerationId, JobId};
+use crate::job::{EditOutcome, GeneratedImage, Image, OutputFormat, Progress};
+use crate::lease::ClientHandle;
+use crate::metrics::Metrics;
+use crate::store::{FileStore, GenerationStatus, Generations};
+use crate::GatewayError;
+
+/// The default bound on one caller's unfinished async jobs.
+pub const DEFAULT_MAX_QUEUED_JOBS: u64 = 100;
+
+/// The default time an ended job's record stays readable.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(86_400);
+
+/// How long a caller over its queue bound is told to wait.
+const QUEUE_RETRY: Duration = Duration::from_secs(5);
+
+/// The jobs of a gateway: their records, and the jobs running in this process (their
+/// cancel handles and event logs). Cheap to clone; every clone is the same board.
+#[derive(Clone)]
+pub struct JobBoard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    records: Arc<dyn JobRecords>,
+    store: Arc<dyn FileStore>,
+    generations: Arc<dyn Generations>,
+    live: Mutex<HashMap<JobId, Arc<Live>>>,
+    max_queued: u64,
+    retention: Duration,
+    keepalive: Duration,
+    metrics: Option<Metrics>,
+}
+
+/// A job running in this process.
+pub(crate) struct Live {
+    owner: UserId,
+    /// Dropped to tell billing that nobody wants the job any more: a queued job is then
+    /// cancelled; a running one runs on.
+    cancel: Mutex<Option<ClientHandle>>,
+    progress: Progress,
+    pub(crate) log: EventLog,
+    status: watch::Sender<JobStatus>,
+}
+
+impl std::fmt::Debug for JobBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBoard").finish_non_exhaustive()
+    }
+}
+
+impl JobBoard {
+    /// A board keeping records in `records`; results are read back from `store` through
+    /// `generations`.
+    pub fn new(
+        records: Arc<dyn JobRecords>,
+        store: Arc<dyn FileStore>,
+        generations: Arc<dyn Generations>,
+    ) -> Self {
+        JobBoard {
+            inner: Arc::new(Inner {
+                records,
+                store,
+                generations,
+                live: Mutex::default(),
+                max_queued: DEFAULT_MAX_QUEUED_JOBS,
+                retention: DEFAULT_JOB_RETENTION,
+                keepalive: crate::request::DEFAULT_KEEPALIVE,
+                metrics: None,
+            }),
+        }
+    }
+
+    /// The same board with other bounds: `max_queued` unfinished async jobs per caller,
+    /// ended records readable for `retention`, event streams' keep-alive period.
+    pub fn bounds(self, max_queued: u64, retention: Duration, keepalive: Duration) -> Self {
+        let inner = Inner {
+            records: self.inner.records.clone(),
+            store: self.inner.store.clone(),
+            generations: self.inner.generations.clone(),
+            live: Mutex::default(),
+            max_queued,
+            retention,
+            keepalive,
+            metrics: self.inner.metrics.clone(),
+        };
+        JobBoard {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same board counting its jobs in `metrics`.
+    pub(crate) fn metrics(self, metrics: Option<Metrics>) -> Self {
+        let inner = Inner {
+            records: self.inner.records.clone(),
+            store: self.inner.store.clone(),
+            generations: self.inner.generations.clone(),
+            live: Mutex::default(),
+            max_queued: self.inner.max_queued,
+            retention: self.inner.retention,
+            keepalive: self.inner.keepalive,
+            metrics,
+        };
+        JobBoard {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn moved(&self, from: Option<JobStatus>, to: JobStatus) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.job_moved(from.map(JobStatus::as_str), to.as_str());
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Live>>> {
+        self.inner.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live_job(&self, id: JobId) -> Option<Arc<Live>> {
+        self.live().get(&id).cloned()
+    }
+
+    /// `429 too_many_queued_jobs` when `owner` has as many unfinished jobs as allowed.
+    pub(crate) async fn admit(&self, owner: &UserId) -> Result<(), GatewayError> {
+        if self.inner.records.open(owner).await? >= self.inner.max_queued {
+            return Err(GatewayError::TooManyQueuedJobs {
+                retry_after: QUEUE_RETRY,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `record` (queued, its hold taken) and keeps what its job needs while it runs
+    /// here.
+    pub(crate) async fn accept(
+        &self,
+        record: &JobRecord,
+        cancel: ClientHandle,
+        progress: Progress,
+    ) -> Result<Arc<Live>, GatewayError> {
+        self.inner.records.insert(record).await?;
+        let live = Arc::new(Live {
+            owner: record.owner.clone(),
+            cancel: Mutex::new(Some(cancel)),
+            progress,
+            log: EventLog::default(),
+            status: watch::channel(JobStatus::Queued).0,
+        });
+        self.live().insert(record.id, live.clone());
+        self.moved(None, JobStatus::Queued);
+        Ok(live)
+    }
+
+    /// Marks the job running (its backend has begun).
+    pub(crate) async fn started(&self, record: &mut JobRecord, live: &Live) {
+        record.status = JobStatus::Running;
+        record.started_at = Some(unix_now());
+        live.status.send_replace(JobStatus::Running);
+        self.moved(Some(JobStatus::Queued), JobStatus::Running);
+        if let Err(error) = self.inner.records.update(record).await {
+            tracing::error!(%error, job = %record.id, "recording a job's start failed");
+        }
+    }
+
+    /// Ends the job with its outcome: recorded, its events completed, no longer live.
+    pub(crate) async fn finish(
+        &self,
+        record: &mut JobRecord,
+        live: &Live,
+        outcome: Result<EditOutcome, GatewayError>,
+        names: &super::events::Names,
+    ) {
+        let before = record.status;
+        let cancelled = live
+            .cancel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        match outcome {
+            Ok(outcome) => {
+                // The answer may come before its images are stored (a store that waits
+                // stores on a task of its own): the job succeeds once they are readable.
+                self.ready(&outcome).await;
+                for (i, image) in (0u32..).zip(&outcome.images) {
+                    let frame = names.completed(image.id.to_string(), &image.image.bytes);
+                    live.log.push(EventId::Completed(i), frame);
+                }
+                record.status = JobStatus::Succeeded;
+                record.output = Some(JobOutput {
+                    created: outcome.created,
+                    generations: outcome.images.iter().map(|i| i.id).collect(),
+                });
+            }
+            Err(GatewayError::RequestTimeout) if cancelled && !live.progress.has_started() => {
+                record.status = JobStatus::Cancelled;
+            }
+            Err(error) => {
+                live.log
+                    .push(EventId::Error, super::events::error_frame(&error));
+                record.status = JobStatus::Failed;
+                record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
+            }
+        }
+        record.finished_at = Some(unix_now());
+        if let Err(error) = self.inner.records.update(record).await {
+            tracing::error!(%error, job = %record.id, "recording a job's end failed");
+        }
+        self.moved(Some(before), record.status);
+        live.log.end();
+        live.status.send_replace(record.status);
+        self.live().remove(&record.id);
+    }
+
+    /// Waits until every image of `outcome` is stored (or failed to be), so a job never
+    /// reads as succeeded before its result can be read.
+    async fn ready(&self, outcome: &EditOutcome) {
+        for image in &outcome.images {
+            let mut wait = Duration::from_millis(5);
+            for _ in 0..40 {
+                match self.inner.generations.get(image.id).await {
+                    Ok(Some(g)) if g.status == GenerationStatus::Pending => {}
+                    _ => break,
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// The owner's job `id`, while its record is kept (`404 job_not_found` otherwise).
+    pub(crate) async fn get(&self, owner: &UserId, id: JobId) -> Result<JobRecord, GatewayError> {
+        let record = self.inner.records.get(owner, id).await?;
+        record
+            .filter(|r| self.kept(r))
+            .ok_or(GatewayError::JobNotFound)
+    }
+
+    /// Whether an ended record is still within its retention.
+    fn kept(&self, record: &JobRecord) -> bool {
+        let retention = self.inner.retention.as_secs();
+        record
+            .finished_at
+            .is_none_or(|ended| ended.saturating_add(retention) >= unix_now())
+    }
+
+    /// The owner's jobs, newest first.
+    pub(crate) async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, GatewayError> {
+        let mut records = self.inner.records.list(owner, after, limit).await?;
+        records.retain(|r| self.kept(r));
+        Ok(records)
+    }
+
+    /// Cancels the owner's queued job `id`: its hold is released and it ends `cancelled`.
+    /// A job whose backend has begun, or that has ended, is `409 job_not_cancellable`.
+    pub(crate) async fn cancel(
+        &self,
+        owner: &UserId,
+        id: JobId,
+    ) -> Result<JobRecord, GatewayError> {
+        let record = self.get(owner, id).await?;
+        let live = self
+            .live_job(id)
+            .filter(|live| &live.owner == owner)
+            .ok_or(GatewayError::JobNotCancellable)?;
+        if live.progress.has_started() {
+            return Err(GatewayError::JobNotCancellable);
+        }
+        let mut status = live.status.subscribe();
+        drop(live.cancel.lock().unwrap_or_else(|e| e.into_inner()).take());
+        // Billing sees the handle gone at once, and cancels unless the backend was given
+        // the job in between.
+        let seen = status
+            .wait_for(|s| *s != JobStatus::Queued)
+            .await
+            .map(|s| *s)
+            .unwrap_or(record.status);
+        match seen {
+            JobStatus::Cancelled => self.get(owner, id).await,
+            _ => Err(GatewayError::JobNotCancellable),
+        }
+    }
+
+    /// The images of a succeeded job, read back from the store: its generation ids and
+    /// their bytes, in order.
+    pub(crate) async fn images(
+        &self,
+        output: &JobOutput,
+    ) -> Result<Vec<(GenerationId, Bytes)>, GatewayError> {
+        let mut images = Vec::with_capacity(output.generations.len());
+        for id in &output.generations {
+            let generation = self
+                .inner
+                .generations
+                .get(*id)
+                .await?
+                .ok_or(GatewayError::GenerationNotFound)?;
+            if generation.status == GenerationStatus::Pending {
+                return Err(GatewayError::GenerationNotReady {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            let bytes = self
+                .inner
+                .store
+                .get(&generation.file_key)
+                .await?
+                .ok_or(GatewayError::ImageNotFound)?;
+            images.push((*id, bytes));
+        }
+        Ok(images)
+    }
+
+    /// The body a synchronous request of a succeeded job would have been answered with.
+    pub(crate) async fn result(&self, output: &JobOutput) -> Result<Bytes, GatewayError> {
+        let images = self.images(output).await?;
+        let generated = images
+            .into_iter()
+            .map(|(id, bytes)| GeneratedImage::new(id, Image::new(bytes, OutputFormat::Png)))
+            .collect();
+        Ok(EditOutcome::new(output.created, generated).to_json())
+    }
+
+    /// Sends the job's events after `after` to `frames`: as they come while it runs here,
+    /// rebuilt from its record once it has ended. A job open in another process is
+    /// followed through its record until it ends.
+    pub(crate) async fn follow(
+        &self,
+        record: JobRecord,
+        after: Option<EventId>,
+        frames: tokio::sync::mpsc::Sender<Bytes>,
+    ) {
+        let mut record = record;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            if let Some(live) = self.live_job(record.id) {
+                live.log.follow(after, frames, self.inner.keepalive).await;
+                return;
+            }
+            if record.status.is_ended() {
+                break;
+            }
+            // Open, and not here: another replica runs it.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = frames.closed() => return,
+            }
+            wait = (wait * 2).min(self.inner.keepalive);
+            if frames
+                .send(Bytes::from_static(b": keep-alive\n\n"))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match self.get(&record.owner, record.id).await {
+                Ok(now) => record = now,
+                Err(_) => return,
+            }
+        }
+        let images = match &record.output {
+            Some(output) => match self.images(output).await {
+                Ok(images) => images,
+                Err(error) => {
+                    let _ = frames.send(super::events::error_frame(&error)).await;
+                    return;
+                }
+            },
+            None => Vec::new(),
+        };
+        let images: Vec<(String, Bytes)> = images
+            .into_iter()
+            .map(|(id, bytes)| (id.to_string(), bytes))
+            .collect();
+        for (id, frame) in ended_events(&record, &images) {
+            if after.is_some_and(|after| id <= after) {
+                continue;
+            }
+            if frames.send(id.frame(&frame)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Ends the jobs a process that died left open. Their hold is released by the ledger's
+    /// expiry (or was settled, when the process died after the charge: the images are then
+    /// in the caller's files), so each is recorded failed with a `502 upstream_error`
+    /// telling the caller it was interrupted. Call it once, at start, before serving.
+    pub async fn interrupted(&self) -> Result<usize, GatewayError> {
+        let open = self.inner.records.unfinished().await?;
+        let error = GatewayError::Upstream;
+        for mut record in open.iter().cloned() {
+            if self.live_job(record.id).is_some() {
+                continue;
+            }
+            record.status = JobStatus::Failed;
+            record.finished_at = Some(unix_now());
+            record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
+            self.inner.records.update(&record).await?;
+            // Counted ended here; it was never counted open in this process.
+            self.moved(None, JobStatus::Failed);
+        }
+        Ok(open.len())
+    }
+
+    /// Removes the ended records past their retention; how many.
+    pub async fn sweep(&self) -> Result<usize, GatewayError> {
+        let before = unix_now().saturating_sub(self.inner.retention.as_secs());
+        Ok(self.inner.records.forget(before).await?)
+    }
+}

@@ -1,0 +1,220 @@
+use async_trait::async_trait;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus};
+use crate::auth::UserId;
+use crate::id::{GenerationId, JobId};
+use crate::job::Operation;
+use crate::postgres::{seconds, Postgres};
+use crate::store::StoreError;
+
+/// Job records in PostgreSQL, shared by every replica: a job accepted by one is read back,
+/// listed and cancelled-or-refused through any other.
+#[derive(Clone, Debug)]
+pub struct PgJobs {
+    db: Postgres,
+}
+
+impl PgJobs {
+    /// The records in `db`.
+    pub fn new(db: Postgres) -> Self {
+        PgJobs { db }
+    }
+
+    async fn execute(&self, sql: &str, values: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.db.client().await.map_err(StoreError::new)?;
+        let statement = client.prepare_cached(sql).await.map_err(StoreError::new)?;
+        client
+            .execute(&statement, values)
+            .await
+            .map_err(StoreError::new)
+    }
+
+    async fn select(
+        &self,
+        sql: &str,
+        values: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let client = self.db.client().await.map_err(StoreError::new)?;
+        let statement = client.prepare_cached(sql).await.map_err(StoreError::new)?;
+        let rows = client
+            .query(&statement, values)
+            .await
+            .map_err(StoreError::new)?;
+        rows.iter().map(record_of).collect()
+    }
+
+    async fn write(&self, sql: &str, job: &JobRecord) -> Result<(), StoreError> {
+        let (created, generations) = output_columns(job);
+        let n = i32::try_from(job.n).unwrap_or(i32::MAX);
+        let at = |t: Option<u64>| t.map(seconds);
+        self.execute(
+            sql,
+            &[
+                &job.id.as_uuid(),
+                &job.owner.as_str(),
+                &job.operation.as_str(),
+                &job.model,
+                &n,
+                &job.status.as_str(),
+                &seconds(job.created_at),
+                &at(job.started_at),
+                &at(job.finished_at),
+                &job.echo.size,
+                &job.echo.quality,
+                &job.echo.background,
+                &job.echo.output_format,
+                &created,
+                &generations,
+                &job.error,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+const SELECT: &str = "SELECT id, owner, operation, model, n, status, created_at, started_at, \
+                      finished_at, size, quality, background, output_format, output_created, \
+                      generations, error FROM jobs";
+
+/// The output's columns: its `created` and its generation ids, comma-separated.
+fn output_columns(job: &JobRecord) -> (Option<i64>, Option<String>) {
+    match &job.output {
+        Some(output) => (
+            Some(seconds(output.created)),
+            Some(
+                output
+                    .generations
+                    .iter()
+                    .map(GenerationId::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ),
+        None => (None, None),
+    }
+}
+
+/// A row, as [`SELECT`] orders it; rows are only written here, so one that does not parse
+/// is corruption.
+fn record_of(row: &Row) -> Result<JobRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::new(format!("corrupt job record: {what}"));
+    let get = |i: usize| -> Result<String, StoreError> { row.try_get(i).map_err(StoreError::new) };
+    let time = |i: usize| -> Result<Option<u64>, StoreError> {
+        let t: Option<i64> = row.try_get(i).map_err(StoreError::new)?;
+        Ok(t.map(|t| t.max(0) as u64))
+    };
+    let id: uuid::Uuid = row.try_get(0).map_err(StoreError::new)?;
+    let n: i32 = row.try_get(4).map_err(StoreError::new)?;
+    let generations: Option<String> = row.try_get(14).map_err(StoreError::new)?;
+    let output = match (time(13)?, generations) {
+        (Some(created), Some(list)) => Some(JobOutput {
+            created,
+            generations: list
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| GenerationId::parse(s).map_err(|_| corrupt("generation")))
+                .collect::<Result<_, _>>()?,
+        }),
+        _ => None,
+    };
+    Ok(JobRecord {
+        id: JobId::from(id),
+        owner: UserId::new(&get(1)?).map_err(|_| corrupt("owner"))?,
+        operation: Operation::parse(&get(2)?).ok_or_else(|| corrupt("operation"))?,
+        model: get(3)?,
+        n: u32::try_from(n).map_err(|_| corrupt("n"))?,
+        status: JobStatus::parse(&get(5)?).ok_or_else(|| corrupt("status"))?,
+        created_at: time(6)?.unwrap_or(0),
+        started_at: time(7)?,
+        finished_at: time(8)?,
+        echo: Echo {
+            size: get(9)?,
+            quality: get(10)?,
+            background: get(11)?,
+            output_format: get(12)?,
+        },
+        output,
+        error: row.try_get(15).map_err(StoreError::new)?,
+    })
+}
+
+#[async_trait]
+impl JobRecords for PgJobs {
+    async fn insert(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO jobs (id, owner, operation, model, n, status, created_at, started_at,
+                               finished_at, size, quality, background, output_format,
+                               output_created, generations, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            job,
+        )
+        .await
+    }
+
+    async fn update(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE jobs SET operation = $3, model = $4, n = $5, status = $6, created_at = $7,
+                             started_at = $8, finished_at = $9, size = $10, quality = $11,
+                             background = $12, output_format = $13, output_created = $14,
+                             generations = $15, error = $16
+             WHERE id = $1 AND owner = $2",
+            job,
+        )
+        .await
+    }
+
+    async fn get(&self, owner: &UserId, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("{SELECT} WHERE id = $1 AND owner = $2");
+        let mut found = self.select(&sql, &[&id.as_uuid(), &owner.as_str()]).await?;
+        Ok(found.pop())
+    }
+
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map(|a| a.as_uuid());
+        let sql = format!(
+            "{SELECT} WHERE owner = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        self.select(&sql, &[&owner.as_str(), &after, &limit]).await
+    }
+
+    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+        let client = self.db.client().await.map_err(StoreError::new)?;
+        let statement = client
+            .prepare_cached(
+                "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
+            )
+            .await
+            .map_err(StoreError::new)?;
+        let row = client
+            .query_one(&statement, &[&owner.as_str()])
+            .await
+            .map_err(StoreError::new)?;
+        let count: i64 = row.try_get(0).map_err(StoreError::new)?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!("{SELECT} WHERE status IN ('queued', 'running')");
+        self.select(&sql, &[]).await
+    }
+
+    async fn forget(&self, before: u64) -> Result<usize, StoreError> {
+        let removed = self
+            .execute(
+                "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled')
+                 AND finished_at < $1",
+                &[&seconds(before)],
+            )
+            .await?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    }
+}

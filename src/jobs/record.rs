@@ -1,0 +1,295 @@
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::auth::UserId;
+use crate::id::{GenerationId, JobId};
+use crate::job::{EditParams, Operation};
+use crate::store::StoreError;
+
+/// Where a job is in its life. `queued` and `running` are open; the other three are ends,
+/// and a job reaches exactly one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Its hold is taken; its backend has not been given it yet. Cancellable.
+    Queued,
+    /// Its backend has begun: the job is owed and runs to its end.
+    Running,
+    /// It returned images, charged and stored.
+    Succeeded,
+    /// It ended with an error; its hold was released.
+    Failed,
+    /// Cancelled while queued; its hold was released.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The word the API and the records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status of `word`, as [`as_str`](Self::as_str) writes it.
+    pub fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job has ended.
+    pub fn is_ended(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// The parameters every event of a job echoes (OpenAI's stream events carry them), kept so
+/// an ended job's events can be sent again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Echo {
+    /// `size`, as the request named it.
+    pub size: String,
+    /// `quality`.
+    pub quality: String,
+    /// `background`.
+    pub background: String,
+    /// `output_format`.
+    pub output_format: String,
+}
+
+impl Echo {
+    /// What the events of a job with `params` echo.
+    pub(crate) fn of(params: &EditParams) -> Echo {
+        Echo {
+            size: params.size.to_string(),
+            quality: params.quality.to_string(),
+            background: params.background.as_str().to_owned(),
+            output_format: params.output_format.as_str().to_owned(),
+        }
+    }
+}
+
+/// What a succeeded job returned: the `created` of its answer and its images' generations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobOutput {
+    /// Unix seconds at which the job finished, the answer's `created`.
+    pub created: u64,
+    /// Its images, in the answer's order.
+    pub generations: Vec<GenerationId>,
+}
+
+/// One job as its record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// Who asked (and pays); no one else sees it.
+    pub owner: UserId,
+    /// Which endpoint asked.
+    pub operation: Operation,
+    /// The model asked for.
+    pub model: String,
+    /// Images asked for.
+    pub n: u32,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Unix seconds: accepted (its hold taken), begun, ended.
+    pub created_at: u64,
+    /// When its backend began.
+    pub started_at: Option<u64>,
+    /// When it ended.
+    pub finished_at: Option<u64>,
+    /// What its events echo.
+    pub echo: Echo,
+    /// A succeeded job's images.
+    pub output: Option<JobOutput>,
+    /// A failed job's error envelope, as the synchronous request would have been answered.
+    pub error: Option<String>,
+}
+
+impl JobRecord {
+    /// A job of `owner` accepted now, queued.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        id: JobId,
+        owner: UserId,
+        operation: Operation,
+        model: String,
+        n: u32,
+        created_at: u64,
+        echo: Echo,
+    ) -> Self {
+        JobRecord {
+            id,
+            owner,
+            operation,
+            model,
+            n,
+            status: JobStatus::Queued,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            echo,
+            output: None,
+            error: None,
+        }
+    }
+}
+
+/// Where job records are kept: in memory, SQLite, or your own.
+///
+/// # Contract
+/// - `insert` adds a record whose id is new; `update` replaces the record of its id (its
+///   status, times, output and error; never its owner).
+/// - `get` and `list` answer the owner's records only: another caller's job is `None`, as
+///   an unknown one is.
+/// - `list` is newest first (ids are time-ordered), `after` excluded, at most `limit`.
+/// - `open` counts the owner's queued and running jobs.
+/// - `unfinished` lists every open job, whoever owns it (a process that starts finds those
+///   of a process that died); `forget` removes ended jobs that ended before `before`.
+#[async_trait]
+pub trait JobRecords: Send + Sync + 'static {
+    /// Adds a record.
+    async fn insert(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Replaces the record of `job.id`.
+    async fn update(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// The owner's job `id`.
+    async fn get(&self, owner: &UserId, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+    /// The owner's jobs, newest first, after `after`.
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// How many of the owner's jobs are queued or running.
+    async fn open(&self, owner: &UserId) -> Result<u64, StoreError>;
+    /// Every queued or running job.
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
+    /// Removes the jobs that ended before `before` (Unix seconds); how many.
+    async fn forget(&self, before: u64) -> Result<usize, StoreError>;
+}
+
+/// Job records in this process (lost on exit).
+#[derive(Debug, Default)]
+pub struct MemoryJobs {
+    jobs: Mutex<BTreeMap<JobId, JobRecord>>,
+}
+
+impl MemoryJobs {
+    /// No jobs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, JobRecord>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl JobRecords for MemoryJobs {
+    async fn insert(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.jobs().insert(job.id, job.clone());
+        Ok(())
+    }
+
+    async fn update(&self, job: &JobRecord) -> Result<(), StoreError> {
+        if let Some(kept) = self.jobs().get_mut(&job.id) {
+            *kept = JobRecord {
+                owner: kept.owner.clone(),
+                ..job.clone()
+            };
+        }
+        Ok(())
+    }
+
+    async fn get(&self, owner: &UserId, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.jobs().get(&id).filter(|j| &j.owner == owner).cloned())
+    }
+
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let jobs = self.jobs();
+        let older = match after {
+            Some(after) => jobs.range(..after),
+            None => jobs.range(..),
+        };
+        Ok(older
+            .rev()
+            .filter(|(_, j)| &j.owner == owner)
+            .take(limit)
+            .map(|(_, j)| j.clone())
+            .collect())
+    }
+
+    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+        let jobs = self.jobs();
+        let open = jobs
+            .values()
+            .filter(|j| &j.owner == owner && !j.status.is_ended());
+        Ok(open.count() as u64)
+    }
+
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let jobs = self.jobs();
+        let open = jobs.values().filter(|j| !j.status.is_ended());
+        Ok(open.cloned().collect())
+    }
+
+    async fn forget(&self, before: u64) -> Result<usize, StoreError> {
+        let mut jobs = self.jobs();
+        let count = jobs.len();
+        jobs.retain(|_, j| !(j.status.is_ended() && j.finished_at.unwrap_or(0) < before));
+        Ok(count - jobs.len())
+    }
+}
+
+#[async_trait]
+impl<T: JobRecords + ?Sized> JobRecords for std::sync::Arc<T> {
+    async fn insert(&self, job: &JobRecord) -> Result<(), StoreError> {
+        (**self).insert(job).await
+    }
+    async fn update(&self, job: &JobRecord) -> Result<(), StoreError> {
+        (**self).update(job).await
+    }
+    async fn get(&self, owner: &UserId, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        (**self).get(owner, id).await
+    }
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).list(owner, after, limit).await
+    }
+    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+        (**self).open(owner).await
+    }
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).unfinished().await
+    }
+    async fn forget(&self, before: u64) -> Result<usize, StoreError> {
+        (**self).forget(before).await
+    }
+}

@@ -1,0 +1,279 @@
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus};
+use crate::auth::UserId;
+use crate::id::{GenerationId, JobId};
+use crate::job::Operation;
+use crate::sqlite::{Reader, Writer};
+use crate::store::StoreError;
+
+/// Job records in a SQLite file (WAL mode), so a job's record outlives the process that
+/// ran it. Writes go through the crate's group-commit writer, reads through a connection
+/// of their own, as the other SQLite stores do.
+#[derive(Clone, Debug)]
+pub struct SqliteJobs {
+    writer: Writer,
+    reader: Reader,
+}
+
+const COLUMNS: &str = "id, owner, operation, model, n, status, created_at, started_at, \
+                       finished_at, size, quality, background, output_format, output_created, \
+                       generations, error";
+
+impl SqliteJobs {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let db = Connection::open(path).map_err(StoreError::new)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS jobs (
+                 id             TEXT PRIMARY KEY,
+                 owner          TEXT NOT NULL,
+                 operation      TEXT NOT NULL,
+                 model          TEXT NOT NULL,
+                 n              INTEGER NOT NULL,
+                 status         TEXT NOT NULL,
+                 created_at     INTEGER NOT NULL,
+                 started_at     INTEGER,
+                 finished_at    INTEGER,
+                 size           TEXT NOT NULL,
+                 quality        TEXT NOT NULL,
+                 background     TEXT NOT NULL,
+                 output_format  TEXT NOT NULL,
+                 output_created INTEGER,
+                 generations    TEXT,
+                 error          TEXT
+             );
+             CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
+             CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status)
+                 WHERE status IN ('queued', 'running');",
+        )
+        .map_err(StoreError::new)?;
+        let reader = Reader::open(path).map_err(StoreError::new)?;
+        Ok(SqliteJobs {
+            writer: Writer::start(db, "sqlite-jobs-writer").map_err(StoreError::new)?,
+            reader,
+        })
+    }
+
+    async fn write(&self, sql: &'static str, job: &JobRecord) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.writer
+            .submit(false, move |tx| {
+                let mut statement = tx.prepare_cached(sql).map_err(StoreError::new)?;
+                let (created, generations) = match &job.output {
+                    Some(output) => (
+                        Some(output.created as i64),
+                        Some(
+                            output
+                                .generations
+                                .iter()
+                                .map(GenerationId::to_string)
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ),
+                    ),
+                    None => (None, None),
+                };
+                statement
+                    .execute(params![
+                        job.id.to_string(),
+                        job.owner.as_str(),
+                        job.operation.as_str(),
+                        job.model,
+                        job.n,
+                        job.status.as_str(),
+                        job.created_at as i64,
+                        job.started_at.map(|t| t as i64),
+                        job.finished_at.map(|t| t as i64),
+                        job.echo.size,
+                        job.echo.quality,
+                        job.echo.background,
+                        job.echo.output_format,
+                        created,
+                        generations,
+                        job.error,
+                    ])
+                    .map(drop)
+                    .map_err(StoreError::new)
+            })
+            .await
+    }
+
+    async fn select(
+        &self,
+        sql: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.reader
+            .read(move |db| {
+                let mut statement = db.prepare_cached(sql).map_err(StoreError::new)?;
+                let rows = statement
+                    .query_map(rusqlite::params_from_iter(values), record_of)
+                    .map_err(StoreError::new)?;
+                let mut jobs = Vec::new();
+                for row in rows {
+                    jobs.push(row.map_err(StoreError::new)??);
+                }
+                Ok(jobs)
+            })
+            .await
+    }
+}
+
+/// A row, as [`COLUMNS`] orders it. Rows are only written by this store, so one that does
+/// not parse is corruption, answered as a store error.
+fn record_of(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
+    let corrupt = |what: &str| StoreError::new(format!("corrupt job record: {what}"));
+    let text = |i: usize| row.get::<_, String>(i);
+    let time = |i: usize| {
+        row.get::<_, Option<i64>>(i)
+            .map(|t| t.map(|t| t.max(0) as u64))
+    };
+    let (id, owner, operation, status) = (text(0)?, text(1)?, text(2)?, text(5)?);
+    let generations: Option<String> = row.get(14)?;
+    let output_created = time(13)?;
+    let record = (|| {
+        let output = match (output_created, generations) {
+            (Some(created), Some(list)) => Some(JobOutput {
+                created,
+                generations: list
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| GenerationId::parse(s).map_err(|_| corrupt("generation")))
+                    .collect::<Result<_, _>>()?,
+            }),
+            _ => None,
+        };
+        Ok(JobRecord {
+            id: JobId::parse(&id).map_err(|_| corrupt("id"))?,
+            owner: UserId::new(&owner).map_err(|_| corrupt("owner"))?,
+            operation: Operation::parse(&operation).ok_or_else(|| corrupt("operation"))?,
+            model: text(3).map_err(StoreError::new)?,
+            n: row.get(4).map_err(StoreError::new)?,
+            status: JobStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+            created_at: time(6).map_err(StoreError::new)?.unwrap_or(0),
+            started_at: time(7).map_err(StoreError::new)?,
+            finished_at: time(8).map_err(StoreError::new)?,
+            echo: Echo {
+                size: text(9).map_err(StoreError::new)?,
+                quality: text(10).map_err(StoreError::new)?,
+                background: text(11).map_err(StoreError::new)?,
+                output_format: text(12).map_err(StoreError::new)?,
+            },
+            output,
+            error: row.get(15).map_err(StoreError::new)?,
+        })
+    })();
+    Ok(record)
+}
+
+#[async_trait]
+impl JobRecords for SqliteJobs {
+    async fn insert(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO jobs (id, owner, operation, model, n, status, created_at, started_at,
+                               finished_at, size, quality, background, output_format,
+                               output_created, generations, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            job,
+        )
+        .await
+    }
+
+    async fn update(&self, job: &JobRecord) -> Result<(), StoreError> {
+        // The owner (?2) is the key's second half: a record never changes hands.
+        self.write(
+            "UPDATE jobs SET operation = ?3, model = ?4, n = ?5, status = ?6, created_at = ?7,
+                             started_at = ?8, finished_at = ?9, size = ?10, quality = ?11,
+                             background = ?12, output_format = ?13, output_created = ?14,
+                             generations = ?15, error = ?16
+             WHERE id = ?1 AND owner = ?2",
+            job,
+        )
+        .await
+    }
+
+    async fn get(&self, owner: &UserId, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let (owner, id) = (owner.as_str().to_owned(), id.to_string());
+        self.reader
+            .read(move |db| {
+                let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1 AND owner = ?2");
+                let mut statement = db.prepare_cached(&sql).map_err(StoreError::new)?;
+                statement
+                    .query_row(params![id, owner], record_of)
+                    .optional()
+                    .map_err(StoreError::new)?
+                    .transpose()
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        use rusqlite::types::Value;
+        let after = after.map_or(Value::Null, |a| Value::Text(a.to_string()));
+        self.select(
+            "SELECT id, owner, operation, model, n, status, created_at, started_at, finished_at,
+                    size, quality, background, output_format, output_created, generations, error
+             FROM jobs WHERE owner = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+            vec![
+                Value::Text(owner.as_str().to_owned()),
+                after,
+                Value::Integer(limit as i64),
+            ],
+        )
+        .await
+    }
+
+    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+        let owner = owner.as_str().to_owned();
+        self.reader
+            .read(move |db| {
+                let mut statement = db
+                    .prepare_cached(
+                        "SELECT count(*) FROM jobs
+                         WHERE owner = ?1 AND status IN ('queued', 'running')",
+                    )
+                    .map_err(StoreError::new)?;
+                statement
+                    .query_row(params![owner], |row| row.get::<_, i64>(0))
+                    .map(|count| count.max(0) as u64)
+                    .map_err(StoreError::new)
+            })
+            .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.select(
+            "SELECT id, owner, operation, model, n, status, created_at, started_at, finished_at,
+                    size, quality, background, output_format, output_created, generations, error
+             FROM jobs WHERE status IN ('queued', 'running')",
+            Vec::new(),
+        )
+        .await
+    }
+
+    async fn forget(&self, before: u64) -> Result<usize, StoreError> {
+        self.writer
+            .submit(false, move |tx| {
+                tx.execute(
+                    "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled')
+                     AND finished_at < ?1",
+                    params![before as i64],
+                )
+                .map_err(StoreError::new)
+            })
+            .await
+    }
+}

@@ -3,6 +3,8 @@
 //! abandoned work, and the async job API.
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -600,4 +602,49 @@ async fn jobs_open_when_the_process_was_killed_end_refunded_or_charged_once() {
     }
     assert_eq!(settled_money(&server).await, (100, 0, 0));
     assert!(files(&server, 0).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_submits_an_async_job_and_reads_it_back() {
+    let (_process, server, _dir) = start(&[("GATEWAY_REFERENCE_LATENCY_MS", "300")]);
+    let script = r#"
+import base64, os, time, openai
+client = openai.OpenAI(base_url=os.environ["GATEWAY_URL"] + "/v1", api_key=os.environ["GATEWAY_KEY"], max_retries=0)
+raw = client.images.with_raw_response.generate(
+    model="gpt-image-2", prompt="a red fox", size="1024x1024",
+    extra_headers={"Prefer": "respond-async"})
+assert raw.status_code == 202, raw.status_code
+assert raw.headers["preference-applied"] == "respond-async"
+job = raw.http_response.json()
+assert job["object"] == "image.job" and job["status"] == "queued", job
+for _ in range(500):
+    job = client.get(f"/images/jobs/{job['id']}", cast_to=object)
+    if job["status"] not in ("queued", "running"):
+        break
+    time.sleep(0.02)
+assert job["status"] == "succeeded", job
+png = base64.b64decode(job["result"]["data"][0]["b64_json"])
+assert png[:8] == b"\x89PNG\r\n\x1a\n"
+listed = client.get("/images/jobs", cast_to=object)
+assert listed["data"][0]["id"] == job["id"], listed
+print("ok", len(job["result"]["picklyone_generation_ids"]))
+"#;
+    let (python, url) = (python::python(), format!("http://{}", server.addr));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .env("GATEWAY_URL", url)
+            .env("GATEWAY_KEY", ALICE_KEY)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok 1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(settled_money(&server).await, (90, 0, 10));
 }

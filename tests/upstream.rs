@@ -49,6 +49,9 @@ enum Script {
     Late503,
     /// An event stream: two partial images, then one completed image per `n`.
     Stream,
+    /// The same with a second and a half between the partials and the completed images;
+    /// each completed image is counted rendered once it is sent.
+    SlowStream,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -232,6 +235,50 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
             frames.extend((0..n).map(|_| event("completed", "")));
             let mut res =
                 Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            res.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            res
+        }
+        Script::SlowStream => {
+            let event = |kind: &str, extra: &str| {
+                Bytes::from(format!(
+                    "event: image_edit.{kind}\ndata: {{\"type\":\"image_edit.{kind}\",\"b64_json\":\"{}\"{extra}}}\n\n",
+                    b64_png()
+                ))
+            };
+            let mut frames = vec![
+                (
+                    Duration::ZERO,
+                    event("partial_image", ",\"partial_image_index\":0"),
+                    false,
+                ),
+                (
+                    Duration::ZERO,
+                    event("partial_image", ",\"partial_image_index\":1"),
+                    false,
+                ),
+            ];
+            frames.extend((0..n).map(|i| {
+                let wait = if i == 0 {
+                    Duration::from_millis(1500)
+                } else {
+                    Duration::ZERO
+                };
+                (wait, event("completed", ""), true)
+            }));
+            let counted = mock.clone();
+            let body = futures_util::stream::unfold(frames.into_iter(), move |mut frames| {
+                let counted = counted.clone();
+                async move {
+                    let (wait, frame, completed) = frames.next()?;
+                    tokio::time::sleep(wait).await;
+                    if completed {
+                        counted.rendered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Some((Ok::<_, std::io::Error>(Frame::data(frame)), frames))
+                }
+            });
+            let mut res = Response::new(StreamBody::new(body).boxed());
             res.headers_mut()
                 .insert("content-type", "text/event-stream".parse().unwrap());
             res
@@ -831,4 +878,40 @@ async fn an_upstream_event_stream_is_relayed_and_its_completed_images_charged() 
     assert_eq!(received.text("stream"), Some("true"));
     assert_eq!(received.text("partial_images"), Some("2"));
     assert_eq!(s.available().await, (80, 0));
+}
+
+/// A streamed edit whose client leaves after the first partial image: the gateway reads the
+/// upstream's stream to its end (the provider bills it), charges the image and keeps it.
+#[tokio::test]
+async fn a_streamed_upstream_job_left_after_a_partial_is_read_to_its_end_and_charged() {
+    let s = setup(Script::SlowStream).await;
+    let (content_type, body) = edit(1)
+        .text("stream", "true")
+        .text("partial_images", "2")
+        .finish();
+    let mut socket = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let head = format!(
+        "POST {EDITS} HTTP/1.1\r\nhost: x\r\nx-api-key: {ALICE_KEY}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body).await.unwrap();
+    let mut read = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !read.contains("image_edit.partial_image") {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a partial: {read}");
+        read.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(socket);
+    let alice = UserId::new("alice").unwrap();
+    let b = wait_for_no_hold(&s.ledger, &alice).await;
+    assert_eq!(
+        s.mock.rendered.load(Ordering::SeqCst),
+        1,
+        "the stream was read to its end"
+    );
+    assert_eq!((b.available, b.held, b.charged), (90, 0, 10));
+    assert!(!s.mock.cancelled.load(Ordering::SeqCst));
 }

@@ -391,13 +391,16 @@ async fn an_async_job_is_accepted_at_once_then_read_back_with_the_synchronous_an
         )
         .await
         .json();
-    assert_eq!(rest["data"][0]["id"], id.as_str());
+    // Newest first: the chained edit, the synchronous generation (every answer whose hold
+    // was taken is a job), then the first job.
+    let rest = rest["data"].as_array().unwrap().clone();
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    assert_eq!(rest[2]["id"], id.as_str());
     assert_eq!(
-        rest["data"][0]["picklyone_generation_ids"],
+        rest[2]["picklyone_generation_ids"],
         result["picklyone_generation_ids"]
     );
-    assert!(rest["data"][0].get("result").is_none(), "{rest}");
-    assert_eq!(rest["has_more"], false);
+    assert!(rest[2].get("result").is_none(), "{rest:?}");
     let bobs = server
         .call(Method::GET, "/v1/images/jobs", BOB)
         .await
@@ -647,4 +650,60 @@ print("ok", len(job["result"]["picklyone_generation_ids"]))
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(settled_money(&server).await, (90, 0, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_and_streamed_answers_name_their_job_and_a_broken_stream_reattaches() {
+    let (_process, server, _dir) = start(&[("GATEWAY_REFERENCE_LATENCY_MS", "1500")]);
+    let sync = generate(
+        &server,
+        r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(sync.status, StatusCode::OK);
+    let id = sync.headers["x-job-id"].to_str().unwrap().to_owned();
+    let job = ended(&server, ALICE_KEY, &id).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(
+        job["result"]["picklyone_generation_ids"],
+        sync.json()["picklyone_generation_ids"]
+    );
+    // Refused before its hold: no job.
+    let refused = generate(&server, r#"{"model":"gpt-image-2","prompt":""}"#, &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.headers.get("x-job-id").is_none());
+
+    // A stream names its job in its head; broken after the first partial, it is read on
+    // through the job's events, nothing lost.
+    let (head, mut socket) = send_and_read_head(
+        &server,
+        "/v1/images/generations",
+        r#"{"model":"gpt-image-2","prompt":"p","stream":true,"partial_images":2,"size":"64x64"}"#,
+    )
+    .await;
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-job-id: "))
+        .expect("x-job-id in the stream's head")
+        .trim()
+        .to_owned();
+    let mut text = head;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !text.contains("partial_image") {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(socket);
+    let rest = job_events(&server, &id, Some("partial-0"), None).await;
+    let ids: Vec<&str> = rest.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids, ["partial-1", "completed-0"], "{rest:?}");
+    assert_eq!(ended(&server, ALICE_KEY, &id).await["status"], "succeeded");
+    // A synchronous or streamed job is not cancelled through the API: its client leaves.
+    let delete = server
+        .call(Method::DELETE, &format!("/v1/images/jobs/{id}"), ALICE_KEY)
+        .await;
+    assert_eq!(delete.error().1, "job_not_cancellable");
+    assert_eq!(settled_money(&server).await, (80, 0, 20));
 }

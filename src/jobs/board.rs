@@ -46,9 +46,12 @@ struct Inner {
 /// A job running in this process.
 pub(crate) struct Live {
     owner: UserId,
-    /// Dropped to tell billing that nobody wants the job any more: a queued job is then
-    /// cancelled; a running one runs on.
+    /// An async job's handle: dropped to tell billing that nobody wants the job any more
+    /// (a queued job is then cancelled; a running one runs on). A synchronous or streamed
+    /// job has none: its client cancels it by leaving.
     cancel: Mutex<Option<ClientHandle>>,
+    /// When its backend began (Unix seconds; 0 before).
+    started_at: std::sync::atomic::AtomicU64,
     progress: Progress,
     pub(crate) log: EventLog,
     status: watch::Sender<JobStatus>,
@@ -146,13 +149,14 @@ impl JobBoard {
     pub(crate) async fn accept(
         &self,
         record: &JobRecord,
-        cancel: ClientHandle,
+        cancel: Option<ClientHandle>,
         progress: Progress,
     ) -> Result<Arc<Live>, GatewayError> {
         self.inner.records.insert(record).await?;
         let live = Arc::new(Live {
             owner: record.owner.clone(),
-            cancel: Mutex::new(Some(cancel)),
+            cancel: Mutex::new(cancel),
+            started_at: std::sync::atomic::AtomicU64::new(0),
             progress,
             log: EventLog::default(),
             status: watch::channel(JobStatus::Queued).0,
@@ -162,15 +166,17 @@ impl JobBoard {
         Ok(live)
     }
 
-    /// Marks the job running (its backend has begun).
-    pub(crate) async fn started(&self, record: &mut JobRecord, live: &Live) {
+    /// Marks the job running (its backend has begun). Only this process knows it: the
+    /// record keeps `queued` until the job ends, and a read here shows the live state (one
+    /// write fewer per job; another replica shows such a job `queued`).
+    pub(crate) fn started(&self, record: &mut JobRecord, live: &Live) {
+        let now = unix_now();
         record.status = JobStatus::Running;
-        record.started_at = Some(unix_now());
+        record.started_at = Some(now);
+        live.started_at
+            .store(now, std::sync::atomic::Ordering::Release);
         live.status.send_replace(JobStatus::Running);
         self.moved(Some(JobStatus::Queued), JobStatus::Running);
-        if let Err(error) = self.inner.records.update(record).await {
-            tracing::error!(%error, job = %record.id, "recording a job's start failed");
-        }
     }
 
     /// Ends the job with its outcome: recorded, its events completed, no longer live.
@@ -178,20 +184,15 @@ impl JobBoard {
         &self,
         record: &mut JobRecord,
         live: &Live,
-        outcome: Result<EditOutcome, GatewayError>,
+        outcome: &Result<EditOutcome, GatewayError>,
         names: &super::events::Names,
     ) {
         let before = record.status;
-        let cancelled = live
-            .cancel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none();
         match outcome {
             Ok(outcome) => {
                 // The answer may come before its images are stored (a store that waits
                 // stores on a task of its own): the job succeeds once they are readable.
-                self.ready(&outcome).await;
+                self.ready(outcome).await;
                 for (i, image) in (0u32..).zip(&outcome.images) {
                     let frame = names.completed(image.id.to_string(), &image.image.bytes);
                     live.log.push(EventId::Completed(i), frame);
@@ -202,12 +203,14 @@ impl JobBoard {
                     generations: outcome.images.iter().map(|i| i.id).collect(),
                 });
             }
-            Err(GatewayError::RequestTimeout) if cancelled && !live.progress.has_started() => {
+            // Billing cancels a job whose client (or `DELETE`) left before its backend
+            // began, and only then, with this error: nothing was done, nothing charged.
+            Err(GatewayError::RequestTimeout) if !live.progress.has_started() => {
                 record.status = JobStatus::Cancelled;
             }
             Err(error) => {
                 live.log
-                    .push(EventId::Error, super::events::error_frame(&error));
+                    .push(EventId::Error, super::events::error_frame(error));
                 record.status = JobStatus::Failed;
                 record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
             }
@@ -241,9 +244,18 @@ impl JobBoard {
     /// The owner's job `id`, while its record is kept (`404 job_not_found` otherwise).
     pub(crate) async fn get(&self, owner: &UserId, id: JobId) -> Result<JobRecord, GatewayError> {
         let record = self.inner.records.get(owner, id).await?;
-        record
+        let mut record = record
             .filter(|r| self.kept(r))
-            .ok_or(GatewayError::JobNotFound)
+            .ok_or(GatewayError::JobNotFound)?;
+        if let Some(live) = self.live_job(id) {
+            let status = *live.status.borrow();
+            if !record.status.is_ended() && !status.is_ended() {
+                record.status = status;
+                let at = live.started_at.load(std::sync::atomic::Ordering::Acquire);
+                record.started_at = (at > 0).then_some(at);
+            }
+        }
+        Ok(record)
     }
 
     /// Whether an ended record is still within its retention.
@@ -282,7 +294,11 @@ impl JobBoard {
             return Err(GatewayError::JobNotCancellable);
         }
         let mut status = live.status.subscribe();
-        drop(live.cancel.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let Some(handle) = live.cancel.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            // A synchronous or streamed job, or one already being cancelled.
+            return Err(GatewayError::JobNotCancellable);
+        };
+        drop(handle);
         // Billing sees the handle gone at once, and cancels unless the backend was given
         // the job in between.
         let seen = status

@@ -1,11 +1,18 @@
-//! `Prefer: respond-async` (RFC 7240): a job answered `202 Accepted` once its hold is
-//! taken, then run to its end on a task of its own and read back through the job API.
+//! Every request's work as a job on the [`JobBoard`]: recorded once its hold is taken,
+//! whichever way its client waits for it.
 //!
-//! Everything a synchronous request checks is checked first, and answered as it would be
-//! (400, 401, 402, 404, 409, 413, 429); the job's record is written with its hold taken,
-//! before the `202`. From then on nobody waits on the connection: the job's "client" is
-//! the board's cancel handle, which `DELETE /v1/images/jobs/{id}` drops (a queued job is
-//! then cancelled and refunded; a begun one runs on).
+//! - Synchronous: the answer waits for the job's end and carries `x-job-id`.
+//! - `Prefer: respond-async` (RFC 7240): `202 Accepted` once the hold is taken; the job is
+//!   then read back through the job API. Everything a synchronous request checks is
+//!   checked first and answered as it would be (400, 401, 402, 404, 409, 413, 429). Its
+//!   "client" is the board's cancel handle, which `DELETE /v1/images/jobs/{id}` drops (a
+//!   queued job is then cancelled and refunded; a begun one runs on).
+//! - Streamed: see [`stream`](super::stream), which records its job the same way.
+//!
+//! The job is driven on a task of its own, so its record reaches its end even when the
+//! client is gone; the client's leaving reaches billing through its `ClientWatch`.
+
+use std::sync::Arc;
 
 use http::{header, HeaderValue, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
@@ -30,8 +37,90 @@ pub(crate) fn prefers_async(headers: &http::HeaderMap) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
-/// Runs `edit` through `inner` as an async job on `board`: `202` with the job once its hold
-/// is taken, or the error a synchronous request would have been answered.
+/// What one job records on the board as it goes: accepted with its hold, begun, its
+/// partial images, its end.
+pub(crate) struct Track {
+    board: JobBoard,
+    record: JobRecord,
+    names: Names,
+    progress: Progress,
+    live: Option<Arc<Live>>,
+}
+
+impl Track {
+    /// The job of `edit`, whose steps go to `progress`.
+    pub(crate) fn new(board: JobBoard, edit: &EditRequest, progress: Progress) -> Track {
+        let record = JobRecord::queued(
+            JobId::new(),
+            edit.principal.user_id().clone(),
+            edit.operation,
+            edit.params.model.clone(),
+            edit.params.n,
+            unix_now(),
+            Echo::of(&edit.params),
+        );
+        Track {
+            board,
+            names: Names::of(edit.operation, &edit.params),
+            record,
+            progress,
+            live: None,
+        }
+    }
+
+    /// The job's id, once it is recorded.
+    pub(crate) fn id(&self) -> Option<JobId> {
+        self.live.as_ref().map(|_| self.record.id)
+    }
+
+    /// Records the job (its hold is taken); `cancel` is an async job's cancel handle.
+    pub(crate) async fn accept(
+        &mut self,
+        cancel: Option<ClientHandle>,
+    ) -> Result<JobRecord, GatewayError> {
+        if self.live.is_none() {
+            let live = self
+                .board
+                .accept(&self.record, cancel, self.progress.clone())
+                .await?;
+            self.live = Some(live);
+        }
+        Ok(self.record.clone())
+    }
+
+    /// Records a step after the hold: the backend began, or showed a partial image.
+    pub(crate) fn step(&mut self, step: &Step) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        match step {
+            Step::Started => self.board.started(&mut self.record, live),
+            Step::Partial { index, image } => {
+                let frame = self.names.partial(*index, &image.bytes);
+                live.log.push(EventId::Partial(*index), frame);
+            }
+            Step::Held => {}
+        }
+    }
+
+    /// Records the job's end. A job never accepted (refused before its hold) leaves no
+    /// record; one that ended without a hold (an idempotent replay) is recorded now.
+    pub(crate) async fn end(mut self, outcome: Result<EditOutcome, GatewayError>) {
+        if self.live.is_none() && outcome.is_ok() {
+            if let Err(error) = self.accept(None).await {
+                tracing::error!(%error, "recording a replayed job failed");
+            }
+        }
+        if let Some(live) = self.live.take() {
+            self.board
+                .finish(&mut self.record, &live, &outcome, &self.names)
+                .await;
+        }
+    }
+}
+
+/// Runs `edit` through `inner` as an async job on `board`: `202` with the job once its
+/// hold is taken, or the error a synchronous request would have been answered.
 pub(crate) async fn submit<S>(
     inner: S,
     mut edit: EditRequest,
@@ -47,26 +136,10 @@ where
     edit.client = watch;
     let (progress, steps) = Progress::channel(edit.params.partial_images);
     edit.progress = progress.clone();
-    let record = JobRecord::queued(
-        JobId::new(),
-        edit.principal.user_id().clone(),
-        edit.operation,
-        edit.params.model.clone(),
-        edit.params.n,
-        unix_now(),
-        Echo::of(&edit.params),
-    );
-    let names = Names::of(edit.operation, &edit.params);
+    let track = Track::new(board, &edit, progress);
     let (accepted, answer) = oneshot::channel();
-    let run = Run {
-        board,
-        record,
-        names,
-        progress,
-        pending: Some((accepted, cancel)),
-        live: None,
-    };
-    tokio::spawn(run.drive(inner.oneshot(edit), steps));
+    let waiter = Waiter::Accepted(Some((accepted, cancel)));
+    tokio::spawn(drive(inner.oneshot(edit), steps, track, waiter));
     match answer.await {
         Ok(Ok(record)) => accepted_response(&record),
         Ok(Err(error)) => error.into_response(),
@@ -75,113 +148,133 @@ where
     }
 }
 
-/// `202 Accepted`, the job's body, where to find it, and that the preference was honoured.
-fn accepted_response(record: &JobRecord) -> Response<ResponseBody> {
-    let mut response = crate::body::json(StatusCode::ACCEPTED, job_json(record, None, false));
-    let headers = response.headers_mut();
-    let location = format!("{}/{}", crate::jobs::JOBS_PATH, record.id);
-    // A job id is a UUID: always a valid header value.
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, value);
-    }
-    headers.insert(
-        "preference-applied",
-        HeaderValue::from_static("respond-async"),
-    );
-    if let Ok(value) = HeaderValue::from_str(&record.id.to_string()) {
-        headers.insert("x-job-id", value);
-    }
+/// Runs `edit` through `inner` as a job on `board` and answers with its outcome and its
+/// `x-job-id`. `client` is dropped with this future (the client left), which billing
+/// sees; the job's record is kept on a task of its own either way.
+pub(crate) async fn answer<S>(
+    inner: S,
+    mut edit: EditRequest,
+    client: ClientHandle,
+    board: JobBoard,
+) -> Response<ResponseBody>
+where
+    S: Stage<EditRequest, EditOutcome>,
+{
+    let _client = client;
+    let (progress, steps) = Progress::channel(edit.params.partial_images);
+    edit.progress = progress.clone();
+    let track = Track::new(board, &edit, progress);
+    let (ended, answer) = oneshot::channel();
+    tokio::spawn(drive(
+        inner.oneshot(edit),
+        steps,
+        track,
+        Waiter::Ended(ended),
+    ));
+    let Ok((id, outcome)) = answer.await else {
+        return GatewayError::Internal.into_response();
+    };
+    let mut response = match outcome {
+        Ok(outcome) => outcome.into_response(),
+        Err(error) => error.into_response(),
+    };
+    with_job_id(&mut response, id);
     response
 }
 
-/// One async job's task: records its steps and its end on the board.
-struct Run {
-    board: JobBoard,
-    record: JobRecord,
-    names: Names,
-    progress: Progress,
-    /// Until the job is accepted: whom to answer, and the handle that cancels it.
-    pending: Option<(
-        oneshot::Sender<Result<JobRecord, GatewayError>>,
-        ClientHandle,
-    )>,
-    live: Option<std::sync::Arc<Live>>,
+/// Adds `x-job-id` when there is a job.
+pub(crate) fn with_job_id(response: &mut Response<ResponseBody>, id: Option<JobId>) {
+    // A job id is a UUID: always a valid header value.
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id.to_string()).ok()) {
+        response.headers_mut().insert("x-job-id", value);
+    }
 }
 
-impl Run {
-    async fn drive(
-        mut self,
-        job: impl std::future::Future<Output = Result<EditOutcome, GatewayError>>,
-        mut steps: mpsc::UnboundedReceiver<Step>,
-    ) {
-        tokio::pin!(job);
-        let outcome = loop {
-            tokio::select! {
-                Some(step) = steps.recv() => self.step(step).await,
-                outcome = &mut job => break outcome,
-            }
-        };
-        // Steps sent in the poll that ended the job come before its end.
-        while let Ok(step) = steps.try_recv() {
-            self.step(step).await;
-        }
-        if self.live.is_none() {
-            match outcome {
-                // Refused before its hold: answered as a synchronous request would be.
-                Err(error) => {
-                    if let Some((answer, _)) = self.pending.take() {
-                        let _ = answer.send(Err(error));
-                    }
-                    return;
-                }
-                // An idempotent replay takes no hold: accepted and ended at once.
-                Ok(_) => self.accept().await,
-            }
-        }
-        if let Some(live) = self.live.take() {
-            self.board
-                .finish(&mut self.record, &live, outcome, &self.names)
-                .await;
-        }
+/// `202 Accepted`, the job's body, where to find it, and that the preference was honoured.
+fn accepted_response(record: &JobRecord) -> Response<ResponseBody> {
+    let mut response = crate::body::json(StatusCode::ACCEPTED, job_json(record, None, false));
+    let location = format!("{}/{}", crate::jobs::JOBS_PATH, record.id);
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
+    with_job_id(&mut response, Some(record.id));
+    response
+}
 
-    async fn step(&mut self, step: Step) {
-        match step {
-            Step::Held => self.accept().await,
-            Step::Started => {
-                if let Some(live) = &self.live {
-                    self.board.started(&mut self.record, live).await;
-                }
-            }
-            Step::Partial { index, image } => {
-                if let Some(live) = &self.live {
-                    let frame = self.names.partial(index, &image.bytes);
-                    live.log.push(EventId::Partial(index), frame);
-                }
-            }
+/// Who waits on a job driven by [`drive`].
+enum Waiter {
+    /// An async submission: answered once the job is recorded, or with its refusal. Holds
+    /// the job's cancel handle until then.
+    Accepted(
+        Option<(
+            oneshot::Sender<Result<JobRecord, GatewayError>>,
+            ClientHandle,
+        )>,
+    ),
+    /// A synchronous request: answered with the outcome (and the job's id, if it has one).
+    Ended(oneshot::Sender<(Option<JobId>, Result<EditOutcome, GatewayError>)>),
+}
+
+/// Drives one job to its end, recording its steps on the board and telling its waiter.
+async fn drive(
+    job: impl std::future::Future<Output = Result<EditOutcome, GatewayError>>,
+    mut steps: mpsc::UnboundedReceiver<Step>,
+    mut track: Track,
+    mut waiter: Waiter,
+) {
+    tokio::pin!(job);
+    let outcome = loop {
+        tokio::select! {
+            Some(step) = steps.recv() => on_step(&mut track, &mut waiter, step).await,
+            outcome = &mut job => break outcome,
         }
+    };
+    // Steps sent in the poll that ended the job come before its end.
+    while let Ok(step) = steps.try_recv() {
+        on_step(&mut track, &mut waiter, step).await;
     }
-
-    /// Writes the job's record and answers `202`, once.
-    async fn accept(&mut self) {
-        let Some((answer, cancel)) = self.pending.take() else {
-            return;
-        };
-        match self
-            .board
-            .accept(&self.record, cancel, self.progress.clone())
-            .await
-        {
-            Ok(live) => {
-                self.live = Some(live);
-                let _ = answer.send(Ok(self.record.clone()));
-            }
-            // The job runs on (its hold is taken and ends with it; its images, if any, are
-            // charged and listed in the caller's files), but it has no record to read.
+    match waiter {
+        Waiter::Ended(ended) => {
+            let _ = ended.send((track.id(), outcome.clone()));
+            track.end(outcome).await;
+        }
+        Waiter::Accepted(None) => track.end(outcome).await,
+        Waiter::Accepted(Some((accepted, cancel))) => match outcome {
+            // Refused before its hold: answered as a synchronous request would be.
             Err(error) => {
-                tracing::error!(%error, job = %self.record.id, "recording an accepted job failed");
-                let _ = answer.send(Err(error));
+                let _ = accepted.send(Err(error));
+            }
+            // An idempotent replay takes no hold: accepted and ended at once.
+            Ok(outcome) => {
+                let _ = accepted.send(track.accept(Some(cancel)).await);
+                track.end(Ok(outcome)).await;
+            }
+        },
+    }
+}
+
+async fn on_step(track: &mut Track, waiter: &mut Waiter, step: Step) {
+    match (&step, waiter) {
+        (Step::Held, Waiter::Accepted(pending)) => {
+            if let Some((accepted, cancel)) = pending.take() {
+                // Without a record the job runs on (its hold ends with it; its images are
+                // charged and listed in the caller's files), and the client is told.
+                let recorded = track.accept(Some(cancel)).await;
+                if let Err(error) = &recorded {
+                    tracing::error!(%error, "recording an accepted job failed");
+                }
+                let _ = accepted.send(recorded);
             }
         }
+        (Step::Held, Waiter::Ended(_)) => {
+            if let Err(error) = track.accept(None).await {
+                tracing::error!(%error, "recording a job failed; it is answered without an id");
+            }
+        }
+        _ => track.step(&step),
     }
 }

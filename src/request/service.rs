@@ -64,10 +64,8 @@ where
         let inner = self.inner.clone();
         let rules = self.rules.clone();
         let keepalive = self.keepalive;
-        let jobs = self
-            .jobs
-            .clone()
-            .filter(|_| deferred::prefers_async(req.headers()));
+        let board = self.jobs.clone();
+        let wants_async = board.is_some() && deferred::prefers_async(req.headers());
         // Dropped with the answer (or, streamed, with its body): work that outlives it learns
         // the client left.
         let (client, watch) = ClientWatch::new();
@@ -85,16 +83,21 @@ where
             span.record("model", edit.params.model.as_str());
             span.record("n", edit.params.n);
             let model = ModelLabel(edit.params.model.clone());
-            let mut response = if let Some(jobs) = jobs {
-                drop(client);
-                deferred::submit(inner, edit, jobs).await
-            } else if edit.params.stream {
-                stream::respond(inner, edit, client, keepalive).await
-            } else {
-                let _client = client;
-                match inner.oneshot(edit).await {
-                    Ok(outcome) => outcome.into_response(),
-                    Err(error) => error.into_response(),
+            let mut response = match board {
+                Some(board) if wants_async => {
+                    drop(client);
+                    deferred::submit(inner, edit, board).await
+                }
+                board if edit.params.stream => {
+                    stream::respond(inner, edit, client, keepalive, board).await
+                }
+                Some(board) => deferred::answer(inner, edit, client, board).await,
+                None => {
+                    let _client = client;
+                    match inner.oneshot(edit).await {
+                        Ok(outcome) => outcome.into_response(),
+                        Err(error) => error.into_response(),
+                    }
                 }
             };
             response.extensions_mut().insert(model);

@@ -26,8 +26,10 @@ use http::Response;
 use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
 
+use super::deferred::{with_job_id, Track};
+use crate::id::JobId;
 use crate::job::{EditOutcome, EditRequest, Progress, Stage, Step};
-use crate::jobs::{error_frame, event_stream, Names};
+use crate::jobs::{error_frame, event_stream, JobBoard, Names};
 use crate::lease::ClientHandle;
 use crate::{GatewayError, ResponseBody};
 
@@ -41,29 +43,44 @@ const FRAME_BUFFER: usize = 2;
 
 /// Runs `edit` through `inner` on a task of its own and answers with its event stream (or,
 /// when it fails before its hold is taken, with the error). `client` is dropped when the
-/// stream's reader is gone, which tells billing the client left.
+/// stream's reader is gone, which tells billing the client left. With a `board`, the job
+/// is recorded there (its head carries `x-job-id`), its events go to its log too, and the
+/// task follows the job to its end after the reader left, so its record ends with it.
 pub(crate) async fn respond<S>(
     inner: S,
     mut edit: EditRequest,
     client: ClientHandle,
     keepalive: Duration,
+    board: Option<JobBoard>,
 ) -> Response<ResponseBody>
 where
     S: Stage<EditRequest, EditOutcome>,
 {
     let (progress, steps) = Progress::channel(edit.params.partial_images);
-    edit.progress = progress;
+    edit.progress = progress.clone();
     let names = Names::of(edit.operation, &edit.params);
+    let track = board.map(|board| Track::new(board, &edit, progress));
     let (start, started) = oneshot::channel();
     let (frames, body) = mpsc::channel(FRAME_BUFFER);
     let relay = Relay {
         start: Some(start),
         frames,
         names,
+        job: None,
     };
-    tokio::spawn(drive(inner.oneshot(edit), steps, relay, keepalive, client));
+    let run = Run {
+        relay,
+        track,
+        client: Some(client),
+        keepalive,
+    };
+    tokio::spawn(run.drive(inner.oneshot(edit), steps));
     match started.await {
-        Ok(Ok(())) => event_stream(ResponseBody::stream(body)),
+        Ok(Ok(id)) => {
+            let mut response = event_stream(ResponseBody::stream(body));
+            with_job_id(&mut response, id);
+            response
+        }
         Ok(Err(error)) => error.into_response(),
         // The task ended without a word: it only does so when its runtime shuts down.
         Err(_) => GatewayError::Internal.into_response(),
@@ -76,16 +93,19 @@ struct Gone;
 /// The job's side of one stream: the one-time signal that decides the answer's head, and
 /// the frames of its body.
 struct Relay {
-    start: Option<oneshot::Sender<Result<(), GatewayError>>>,
+    start: Option<oneshot::Sender<Result<Option<JobId>, GatewayError>>>,
     frames: mpsc::Sender<Bytes>,
     names: Names,
+    /// The job's id, once it is recorded: sent in the answer's head.
+    job: Option<JobId>,
 }
 
 impl Relay {
     /// Decides the answer's head, once.
     fn start(&mut self, decision: Result<(), GatewayError>) -> Result<(), Gone> {
+        let job = self.job;
         match self.start.take() {
-            Some(sender) => sender.send(decision).map_err(|_| Gone),
+            Some(sender) => sender.send(decision.map(|()| job)).map_err(|_| Gone),
             None => Ok(()),
         }
     }
@@ -131,35 +151,96 @@ impl Relay {
     }
 }
 
-/// Drives the job, turning its steps into frames, until it ends or the reader leaves.
-async fn drive(
-    job: impl std::future::Future<Output = Result<EditOutcome, GatewayError>>,
-    mut steps: mpsc::UnboundedReceiver<Step>,
-    mut relay: Relay,
+/// One streamed job's task: the relay to its reader, and its record.
+struct Run {
+    relay: Relay,
+    track: Option<Track>,
+    /// Dropped when the reader leaves: the job learns its client is gone.
+    client: Option<ClientHandle>,
     keepalive: Duration,
-    client: ClientHandle,
-) -> Result<(), Gone> {
-    // Dropped when this task returns: the job learns its client is gone.
-    let _client = client;
-    tokio::pin!(job);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    let outcome = loop {
-        tokio::select! {
-            Some(step) = steps.recv() => {
-                relay.step(step).await?;
-                ticks.reset();
+}
+
+impl Run {
+    /// Drives the job, turning its steps into frames, until it ends; without a record to
+    /// keep, until the reader leaves.
+    async fn drive(
+        mut self,
+        job: impl std::future::Future<Output = Result<EditOutcome, GatewayError>>,
+        mut steps: mpsc::UnboundedReceiver<Step>,
+    ) {
+        tokio::pin!(job);
+        let keepalive = self.keepalive;
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let outcome = loop {
+            let reading = self.client.is_some();
+            tokio::select! {
+                Some(step) = steps.recv() => {
+                    if self.step(step).await.is_err() {
+                        return;
+                    }
+                    ticks.reset();
+                }
+                outcome = &mut job => break outcome,
+                () = self.relay.frames.closed(), if reading => {
+                    if self.gone().is_err() {
+                        return;
+                    }
+                }
+                _ = ticks.tick(), if reading && self.relay.started() => {
+                    let comment = Bytes::from_static(b": keep-alive\n\n");
+                    if self.relay.send(comment).await.is_err() && self.gone().is_err() {
+                        return;
+                    }
+                }
             }
-            outcome = &mut job => break outcome,
-            () = relay.frames.closed() => return Err(Gone),
-            _ = ticks.tick(), if relay.started() => {
-                relay.send(Bytes::from_static(b": keep-alive\n\n")).await?;
+        };
+        // Steps the job sent in the poll that ended it (its hold, its last partials) come
+        // before its end.
+        while let Ok(step) = steps.try_recv() {
+            if self.step(step).await.is_err() {
+                return;
             }
         }
-    };
-    // Steps the job sent in the poll that ended it (its hold, its last partials) come
-    // before its end.
-    while let Ok(step) = steps.try_recv() {
-        relay.step(step).await?;
+        match self.track.take() {
+            Some(track) => {
+                if self.client.is_some() {
+                    let _ = self.relay.end(outcome.clone()).await;
+                }
+                track.end(outcome).await;
+            }
+            None => {
+                let _ = self.relay.end(outcome).await;
+            }
+        }
     }
-    relay.end(outcome).await
+
+    /// Records and relays one step; `Err` when the reader left and nothing else needs
+    /// the job's steps.
+    async fn step(&mut self, step: Step) -> Result<(), Gone> {
+        if let Some(track) = &mut self.track {
+            match &step {
+                Step::Held => {
+                    if let Err(error) = track.accept(None).await {
+                        tracing::error!(%error, "recording a streamed job failed");
+                    }
+                    self.relay.job = track.id();
+                }
+                other => track.step(other),
+            }
+        }
+        if self.client.is_some() && self.relay.step(step).await.is_err() {
+            return self.gone();
+        }
+        Ok(())
+    }
+
+    /// The reader left: billing is told; the task goes on only to keep the job's record.
+    fn gone(&mut self) -> Result<(), Gone> {
+        self.client = None;
+        match self.track {
+            Some(_) => Ok(()),
+            None => Err(Gone),
+        }
+    }
 }

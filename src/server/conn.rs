@@ -40,6 +40,8 @@ pub(super) struct Conn {
     idle_since: AtomicU64,
     /// Told to close: evicted to make room, or the server is shutting down.
     close: Notify,
+    /// A request began or ended: the watchdog computes its deadline again.
+    activity: Notify,
     /// Whether it was told, so one connection is never evicted twice.
     told: AtomicBool,
     /// Requests whose client broke off the body (reset streams, mostly).
@@ -100,6 +102,7 @@ impl Registry {
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(self.millis()),
             close: Notify::new(),
+            activity: Notify::new(),
             told: AtomicBool::new(false),
             aborted: AtomicU64::new(0),
         });
@@ -165,6 +168,7 @@ impl Registered {
     pub(super) fn begin(&self) -> InRequest {
         self.conn.active.fetch_add(1, Ordering::AcqRel);
         self.conn.started.fetch_add(1, Ordering::Relaxed);
+        self.conn.activity.notify_one();
         InRequest {
             registry: self.registry.clone(),
             conn: self.conn.clone(),
@@ -197,6 +201,9 @@ impl Registered {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = conn.close.notified() => return Close::Told,
+                // Without it, a watchdog asleep on the first-request deadline would keep an
+                // idle connection open that long after its last request.
+                () = conn.activity.notified() => {}
             }
         }
     }
@@ -235,6 +242,7 @@ impl Drop for InRequest {
             .idle_since
             .store(self.registry.millis(), Ordering::Relaxed);
         self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        self.conn.activity.notify_one();
     }
 }
 

@@ -101,6 +101,7 @@ impl ResponseBody {
 
     /// Keeps `kept` until the body has been sent to its end or dropped: what must last as
     /// long as the answer is in progress, not only until its head.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn keep_while_sent(mut self, kept: impl Send + Sync + 'static) -> Self {
         self.1 = Some(Box::new(kept));
         self

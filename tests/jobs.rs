@@ -707,3 +707,230 @@ async fn synchronous_and_streamed_answers_name_their_job_and_a_broken_stream_rea
     assert_eq!(delete.error().1, "job_not_cancellable");
     assert_eq!(settled_money(&server).await, (80, 0, 20));
 }
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// One request a webhook receiver got: its path, its three webhook headers, its body.
+#[derive(Clone, Debug)]
+struct Hook {
+    path: String,
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+/// A webhook receiver on 127.0.0.1, recording each request. With `refusals`, it answers
+/// `302` (to a path of its own) first, then `500`, then `200` to every later request;
+/// without, `200` at once.
+struct Receiver {
+    addr: SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Hook>>>,
+}
+
+impl Receiver {
+    async fn start_on(listener: tokio::net::TcpListener, refusals: bool) -> Receiver {
+        use hyper::service::service_fn;
+        let addr = listener.local_addr().unwrap();
+        let got: std::sync::Arc<std::sync::Mutex<Vec<Hook>>> = Default::default();
+        let seen = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .map(|v| v.to_str().unwrap().to_owned())
+                                    .unwrap_or_default()
+                            };
+                            let mut hook = Hook {
+                                path: req.uri().path().to_owned(),
+                                id: header("webhook-id"),
+                                timestamp: header("webhook-timestamp"),
+                                signature: header("webhook-signature"),
+                                body: String::new(),
+                            };
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            hook.body = String::from_utf8(body.to_vec()).unwrap();
+                            let count = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(hook);
+                                seen.len()
+                            };
+                            let mut answer = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"{}"),
+                            ));
+                            *answer.status_mut() = match count {
+                                _ if !refusals => StatusCode::OK,
+                                1 => {
+                                    answer
+                                        .headers_mut()
+                                        .insert("location", "/redirected".parse().unwrap());
+                                    StatusCode::FOUND
+                                }
+                                2 => StatusCode::INTERNAL_SERVER_ERROR,
+                                _ => StatusCode::OK,
+                            };
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    /// The requests so far, once there are at least `count` (within 20 s).
+    async fn hooks(&self, count: usize) -> Vec<Hook> {
+        for _ in 0..2000 {
+            let got = self.got.lock().unwrap().clone();
+            if got.len() >= count {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the receiver got {:?}", self.got.lock().unwrap());
+    }
+}
+
+/// Checks a webhook's signature with Python's own HMAC, not the gateway's.
+fn verify(hook: &Hook) {
+    let script = "import base64,hmac,hashlib,sys\n\
+        key=base64.b64decode(sys.argv[1][6:])\n\
+        signed=(sys.argv[2]+'.'+sys.argv[3]+'.'+sys.argv[4]).encode()\n\
+        print('v1,'+base64.b64encode(hmac.new(key,signed,hashlib.sha256).digest()).decode())";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            WEBHOOK_SECRET,
+            &hook.id,
+            &hook.timestamp,
+            &hook.body,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        hook.signature,
+        "{hook:?}"
+    );
+}
+
+/// A submission with a `Webhook-Url`.
+async fn submit_with_hook(server: &TestServer, url: &str) -> Reply {
+    let req = http::Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .header("webhook-url", url)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
+        )))
+        .unwrap();
+    server.send(req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_until_taken_and_survive_a_restart() {
+    let env = [
+        ("GATEWAY_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("GATEWAY_WEBHOOK_ALLOW_HTTP_LOOPBACK", "true"),
+        ("GATEWAY_WEBHOOK_RETRY_BASE_MS", "100"),
+        ("GATEWAY_REFERENCE_LATENCY_MS", "200"),
+    ];
+    let (process, server, dir) = start(&env);
+
+    // SSRF targets are refused at submit; nothing is held for them.
+    for bad in [
+        "https://127.0.0.1/hook",
+        "https://10.1.2.3/hook",
+        "http://10.1.2.3:8080/hook",
+        "https://localhost/hook",
+        "ftp://example.com/hook",
+        "not a url",
+    ] {
+        let refused = submit_with_hook(&server, bad).await;
+        assert_eq!(
+            refused.error(),
+            (400, "invalid_request".into(), Some("webhook_url".into())),
+            "{bad}"
+        );
+    }
+    // Only an async job calls back.
+    let sync = http::Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("content-type", "application/json")
+        .header("webhook-url", "http://127.0.0.1:9/hook")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-image-2","prompt":"p"}"#,
+        )))
+        .unwrap();
+    assert_eq!(
+        server.send(sync).await.error().2.as_deref(),
+        Some("webhook_url")
+    );
+    assert_eq!(money(&server).await, (100, 0, 0));
+
+    // A receiver that redirects, then fails, then takes it: the same event each time.
+    let receiver = Receiver::start_on(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        true,
+    )
+    .await;
+    let url = format!("http://{}/hook", receiver.addr);
+    let job = submit_with_hook(&server, &url).await.json();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let hooks = receiver.hooks(3).await;
+    assert!(
+        hooks.iter().all(|h| h.path == "/hook"),
+        "no redirect followed: {hooks:?}"
+    );
+    assert!(hooks
+        .iter()
+        .all(|h| h.id == hooks[0].id && h.id.starts_with("msg_")));
+    for hook in &hooks {
+        verify(hook);
+    }
+    let event: serde_json::Value = serde_json::from_str(&hooks[2].body).unwrap();
+    assert_eq!(event["type"], "image.job.succeeded");
+    assert!(event["timestamp"].as_u64().unwrap() > 0);
+    assert_eq!(event["data"]["id"], id.as_str());
+    assert_eq!(event["data"]["status"], "succeeded");
+    assert_eq!(event["data"]["n"], 1);
+    let job = ended(&server, ALICE_KEY, &id).await;
+    assert_eq!(
+        event["data"]["picklyone_generation_ids"],
+        job["result"]["picklyone_generation_ids"]
+    );
+    assert!(event["data"].get("b64_json").is_none() && !hooks[2].body.contains("b64"));
+    // Taken: no more attempts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.got.lock().unwrap().len(), 3);
+
+    // A receiver down across a restart still gets its event.
+    let down = free_port();
+    let url = format!("http://127.0.0.1:{down}/hook");
+    let job = submit_with_hook(&server, &url).await.json();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(ended(&server, ALICE_KEY, &id).await["status"], "succeeded");
+    process.kill();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", down))
+        .await
+        .unwrap();
+    let late = Receiver::start_on(listener, false).await;
+    let _again = Process::start_with(&gateway_binary(), &dir, server.addr.port(), &env);
+    let hooks = late.hooks(1).await;
+    let event: serde_json::Value = serde_json::from_str(&hooks[0].body).unwrap();
+    assert_eq!(event["data"]["id"], id.as_str());
+    verify(&hooks[0]);
+}

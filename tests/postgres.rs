@@ -47,8 +47,8 @@ async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schem
     .await;
     assert_eq!(
         tables[0].get::<_, i64>(0),
-        11,
-        "ten tables and the migrations table"
+        12,
+        "eleven tables and the migrations table"
     );
 }
 

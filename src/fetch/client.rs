@@ -72,7 +72,7 @@ impl UrlFetcher {
             .no_proxy()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .dns_resolver(Arc::new(CheckedResolver { allow_loopback }))
+            .dns_resolver(Arc::new(CheckedResolver::new(allow_loopback)))
             .redirect(Policy::custom(move |attempt| {
                 redirect(attempt, allow_loopback)
             }));
@@ -161,8 +161,15 @@ fn redirect(attempt: Attempt<'_>, allow_loopback: bool) -> reqwest::redirect::Ac
 
 /// Resolves a name once and hands the connector only addresses that passed the rules; a
 /// name with any refused address is refused whole, so a rebinding answer cannot slip one in.
-struct CheckedResolver {
+pub(crate) struct CheckedResolver {
     allow_loopback: bool,
+}
+
+impl CheckedResolver {
+    /// Public addresses only; with `allow_loopback`, loopback ones too.
+    pub(crate) fn new(allow_loopback: bool) -> Self {
+        CheckedResolver { allow_loopback }
+    }
 }
 
 impl Resolve for CheckedResolver {

@@ -22,6 +22,8 @@ pub(crate) mod capped;
 mod client;
 
 #[cfg(feature = "fetch")]
+pub(crate) use client::CheckedResolver;
+#[cfg(feature = "fetch")]
 pub use client::{FetchConfig, FetchConfigError, UrlFetcher};
 
 use base64::Engine;

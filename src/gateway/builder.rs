@@ -14,7 +14,7 @@ use crate::files::FileApi;
 use crate::health::{Health, Readiness};
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::job::Operation;
-use crate::jobs::{JobApi, JobBoard, JobRecords, MemoryJobs};
+use crate::jobs::{JobApi, JobBoard, JobRecords, MemoryJobs, WebhookConfig};
 use crate::ledger::{Ledger, MemoryLedger};
 use crate::limit::{BodyLimitLayer, DEFAULT_BODY_LIMIT};
 use crate::metrics::Metrics;
@@ -48,6 +48,7 @@ pub struct GatewayBuilder {
     metrics: Option<Metrics>,
     jobs: Option<Arc<dyn JobRecords>>,
     job_limits: JobLimits,
+    webhooks: Option<WebhookConfig>,
     #[cfg(feature = "fetch")]
     fetcher: Option<crate::fetch::UrlFetcher>,
 }
@@ -101,6 +102,7 @@ impl Default for GatewayBuilder {
             metrics: None,
             jobs: None,
             job_limits: JobLimits::default(),
+            webhooks: None,
             #[cfg(feature = "fetch")]
             fetcher: None,
         }
@@ -262,6 +264,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Announces async jobs' ends to the `Webhook-Url` they were submitted with, signed
+    /// with `webhooks`' secret; spawn [`Gateway::webhook_deliverer`] to send them. Default:
+    /// none, and a `Webhook-Url` is refused (`400`, `param: webhook_url`).
+    pub fn webhooks(mut self, webhooks: WebhookConfig) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Fetches `https://` image references (compose's `image_urls`, OpenAI's `image_url`)
     /// with `fetcher`. Default: none, and such references are refused with a 400 that says
     /// to upload the image or send it as a `data:` URI.
@@ -333,7 +343,8 @@ impl GatewayBuilder {
         let records = self.jobs.unwrap_or_else(|| Arc::new(MemoryJobs::new()));
         let board = JobBoard::new(records, store.clone(), generations.clone())
             .bounds(limits.max_queued, limits.retention, self.stream_keepalive)
-            .metrics(self.metrics.clone());
+            .metrics(self.metrics.clone())
+            .webhooks(self.webhooks);
         let normalize = NormalizeLayer::new(catalog.clone())
             .limits(self.multipart)
             .stream_keepalive(self.stream_keepalive)

@@ -104,6 +104,14 @@ impl Gateway {
         self.jobs.clone()
     }
 
+    /// The sender of webhooks, when the gateway has them
+    /// ([`GatewayBuilder::webhooks`]), for the embedder to spawn once:
+    /// `tokio::spawn(deliverer.run())`.
+    #[cfg(feature = "fetch")]
+    pub fn webhook_deliverer(&self) -> Option<crate::jobs::WebhookDeliverer> {
+        self.jobs.deliverer()
+    }
+
     /// The handle that turns `/readyz` to `503 draining`, for the embedder's shutdown:
     /// drain, wait for the balancer to notice, then stop accepting.
     pub fn readiness(&self) -> Readiness {

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use super::events::{ended_events, EventId, EventLog};
 use super::record::{JobOutput, JobRecord, JobRecords, JobStatus};
+use super::webhook::{delivery_of, WebhookConfig};
 use crate::auth::UserId;
 use crate::clock::unix_now;
 use crate::id::{GenerationId, JobId};
@@ -41,6 +42,7 @@ struct Inner {
     retention: Duration,
     keepalive: Duration,
     metrics: Option<Metrics>,
+    webhooks: Option<WebhookConfig>,
 }
 
 /// A job running in this process.
@@ -81,6 +83,7 @@ impl JobBoard {
                 retention: DEFAULT_JOB_RETENTION,
                 keepalive: crate::request::DEFAULT_KEEPALIVE,
                 metrics: None,
+                webhooks: None,
             }),
         }
     }
@@ -88,35 +91,75 @@ impl JobBoard {
     /// The same board with other bounds: `max_queued` unfinished async jobs per caller,
     /// ended records readable for `retention`, event streams' keep-alive period.
     pub fn bounds(self, max_queued: u64, retention: Duration, keepalive: Duration) -> Self {
-        let inner = Inner {
-            records: self.inner.records.clone(),
-            store: self.inner.store.clone(),
-            generations: self.inner.generations.clone(),
+        self.with(|inner| {
+            inner.max_queued = max_queued;
+            inner.retention = retention;
+            inner.keepalive = keepalive;
+        })
+    }
+
+    /// The same board counting its jobs in `metrics`.
+    pub(crate) fn metrics(self, metrics: Option<Metrics>) -> Self {
+        self.with(|inner| inner.metrics = metrics)
+    }
+
+    /// The same board announcing async jobs' ends to their `Webhook-Url` with `webhooks`.
+    pub(crate) fn webhooks(self, webhooks: Option<WebhookConfig>) -> Self {
+        self.with(|inner| inner.webhooks = webhooks)
+    }
+
+    /// A board like this one, changed by `change`; built before any job runs on it.
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let old = &self.inner;
+        let mut inner = Inner {
+            records: old.records.clone(),
+            store: old.store.clone(),
+            generations: old.generations.clone(),
             live: Mutex::default(),
-            max_queued,
-            retention,
-            keepalive,
-            metrics: self.inner.metrics.clone(),
+            max_queued: old.max_queued,
+            retention: old.retention,
+            keepalive: old.keepalive,
+            metrics: old.metrics.clone(),
+            webhooks: old.webhooks.clone(),
         };
+        change(&mut inner);
         JobBoard {
             inner: Arc::new(inner),
         }
     }
 
-    /// The same board counting its jobs in `metrics`.
-    pub(crate) fn metrics(self, metrics: Option<Metrics>) -> Self {
-        let inner = Inner {
-            records: self.inner.records.clone(),
-            store: self.inner.store.clone(),
-            generations: self.inner.generations.clone(),
-            live: Mutex::default(),
-            max_queued: self.inner.max_queued,
-            retention: self.inner.retention,
-            keepalive: self.inner.keepalive,
-            metrics,
+    /// The deliverer of this board's webhooks, when it has them.
+    #[cfg(feature = "fetch")]
+    pub(crate) fn deliverer(&self) -> Option<super::WebhookDeliverer> {
+        let config = self.inner.webhooks.clone()?;
+        Some(super::WebhookDeliverer::new(
+            self.inner.records.clone(),
+            config,
+        ))
+    }
+
+    /// Checks a submitted `Webhook-Url`: `400` (`param: webhook_url`) when this board sends
+    /// no webhooks or the URL is refused by their rules.
+    pub(crate) async fn check_webhook(&self, raw: &str) -> Result<String, GatewayError> {
+        match &self.inner.webhooks {
+            Some(webhooks) => webhooks.check(raw).await,
+            None => Err(GatewayError::invalid_request(
+                "webhook_url: this gateway has no webhook secret configured, so it sends no webhooks",
+                Some("webhook_url"),
+            )),
+        }
+    }
+
+    /// Puts the announcement of `record`'s end in the outbox, when it has a webhook.
+    async fn announce(&self, record: &JobRecord) {
+        let (Some(webhooks), Some(delivery)) = (&self.inner.webhooks, delivery_of(record)) else {
+            return;
         };
-        JobBoard {
-            inner: Arc::new(inner),
+        match self.inner.records.enqueue(&delivery).await {
+            Ok(()) => webhooks.wake(),
+            Err(error) => {
+                tracing::error!(%error, job = %record.id, "queueing a job's webhook failed")
+            }
         }
     }
 
@@ -220,6 +263,7 @@ impl JobBoard {
             tracing::error!(%error, job = %record.id, "recording a job's end failed");
         }
         self.moved(Some(before), record.status);
+        self.announce(record).await;
         live.log.end();
         live.status.send_replace(record.status);
         self.live().remove(&record.id);
@@ -428,6 +472,7 @@ impl JobBoard {
             record.finished_at = Some(unix_now());
             record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
             self.inner.records.update(&record).await?;
+            self.announce(&record).await;
             // Counted ended here; it was never counted open in this process.
             self.moved(None, JobStatus::Failed);
         }

@@ -16,23 +16,31 @@
 //! - [`JobBoard`]: the records and the jobs running in this process (cancel handles,
 //!   event logs); the queue bound and the records' retention.
 //! - [`JobApi`]: the endpoints above.
+//! - [`WebhookConfig`], `WebhookDeliverer`: an async job's end announced to its
+//!   `Webhook-Url`, signed as Standard Webhooks sign, from a durable outbox.
 
 mod api;
 mod board;
+#[cfg(feature = "fetch")]
+mod deliver;
 mod events;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod record;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod webhook;
 
 pub(crate) use api::job_json;
 pub use api::{JobApi, JOBS_PATH};
 pub(crate) use board::Live;
 pub use board::{JobBoard, DEFAULT_JOB_RETENTION, DEFAULT_MAX_QUEUED_JOBS};
+#[cfg(feature = "fetch")]
+pub use deliver::WebhookDeliverer;
 pub(crate) use events::{error_frame, event_stream, EventId, Names};
 #[cfg(feature = "postgres")]
 pub use postgres::PgJobs;
-pub use record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus, MemoryJobs};
+pub use record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus, MemoryJobs};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteJobs;
+pub use webhook::{WebhookConfig, WebhookSecretError};

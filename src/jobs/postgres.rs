@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus};
+use super::record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus};
 use crate::auth::UserId;
 use crate::id::{GenerationId, JobId};
 use crate::job::Operation;
@@ -68,6 +68,7 @@ impl PgJobs {
                 &created,
                 &generations,
                 &job.error,
+                &job.webhook,
             ],
         )
         .await
@@ -77,7 +78,7 @@ impl PgJobs {
 
 const SELECT: &str = "SELECT id, owner, operation, model, n, status, created_at, started_at, \
                       finished_at, size, quality, background, output_format, output_created, \
-                      generations, error FROM jobs";
+                      generations, error, webhook FROM jobs";
 
 /// The output's columns: its `created` and its generation ids, comma-separated.
 fn output_columns(job: &JobRecord) -> (Option<i64>, Option<String>) {
@@ -138,6 +139,7 @@ fn record_of(row: &Row) -> Result<JobRecord, StoreError> {
         },
         output,
         error: row.try_get(15).map_err(StoreError::new)?,
+        webhook: row.try_get(16).map_err(StoreError::new)?,
     })
 }
 
@@ -147,8 +149,9 @@ impl JobRecords for PgJobs {
         self.write(
             "INSERT INTO jobs (id, owner, operation, model, n, status, created_at, started_at,
                                finished_at, size, quality, background, output_format,
-                               output_created, generations, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                               output_created, generations, error, webhook)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     $17)",
             job,
         )
         .await
@@ -159,7 +162,7 @@ impl JobRecords for PgJobs {
             "UPDATE jobs SET operation = $3, model = $4, n = $5, status = $6, created_at = $7,
                              started_at = $8, finished_at = $9, size = $10, quality = $11,
                              background = $12, output_format = $13, output_created = $14,
-                             generations = $15, error = $16
+                             generations = $15, error = $16, webhook = $17
              WHERE id = $1 AND owner = $2",
             job,
         )
@@ -205,6 +208,80 @@ impl JobRecords for PgJobs {
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
         let sql = format!("{SELECT} WHERE status IN ('queued', 'running')");
         self.select(&sql, &[]).await
+    }
+
+    async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let attempts = i32::try_from(delivery.attempts).unwrap_or(i32::MAX);
+        self.execute(
+            "INSERT INTO deliveries (id, url, body, attempts, next_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &delivery.id,
+                &delivery.url,
+                &delivery.body,
+                &attempts,
+                &seconds(delivery.next_at),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Claims the due deliveries for this replica: each is pushed a minute ahead as it is
+    /// read (`FOR UPDATE SKIP LOCKED`), so two replicas never send one at once; an attempt
+    /// then sets its real next time.
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let client = self.db.client().await.map_err(StoreError::new)?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE deliveries SET next_at = $1 + 60 WHERE id IN (
+                     SELECT id FROM deliveries WHERE next_at <= $1 ORDER BY next_at
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, url, body, attempts, next_at",
+            )
+            .await
+            .map_err(StoreError::new)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&statement, &[&seconds(now), &limit])
+            .await
+            .map_err(StoreError::new)?;
+        rows.iter()
+            .map(|row| {
+                let attempts: i32 = row.try_get(3).map_err(StoreError::new)?;
+                let next_at: i64 = row.try_get(4).map_err(StoreError::new)?;
+                Ok(Delivery {
+                    id: row.try_get(0).map_err(StoreError::new)?,
+                    url: row.try_get(1).map_err(StoreError::new)?,
+                    body: row.try_get(2).map_err(StoreError::new)?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    next_at: next_at.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn attempted(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_at: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+        match next_at {
+            None => {
+                self.execute("DELETE FROM deliveries WHERE id = $1", &[&id])
+                    .await
+            }
+            Some(at) => {
+                self.execute(
+                    "UPDATE deliveries SET attempts = $2, next_at = $3 WHERE id = $1",
+                    &[&id, &attempts, &seconds(at)],
+                )
+                .await
+            }
+        }
+        .map(drop)
     }
 
     async fn forget(&self, before: u64) -> Result<usize, StoreError> {

@@ -120,6 +120,8 @@ pub struct JobRecord {
     pub output: Option<JobOutput>,
     /// A failed job's error envelope, as the synchronous request would have been answered.
     pub error: Option<String>,
+    /// Where its end is announced (an async job's `Webhook-Url`, checked at submit).
+    pub webhook: Option<String>,
 }
 
 impl JobRecord {
@@ -147,6 +149,7 @@ impl JobRecord {
             echo,
             output: None,
             error: None,
+            webhook: None,
         }
     }
 }
@@ -183,12 +186,42 @@ pub trait JobRecords: Send + Sync + 'static {
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Removes the jobs that ended before `before` (Unix seconds); how many.
     async fn forget(&self, before: u64) -> Result<usize, StoreError>;
+
+    /// Adds a webhook delivery to send.
+    async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError>;
+    /// Up to `limit` deliveries still to send whose time has come at `now`.
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Records an attempt at `delivery`: its new `attempts`, and its next time, or `None`
+    /// when it is over (delivered, or given up).
+    async fn attempted(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_at: Option<u64>,
+    ) -> Result<(), StoreError>;
+}
+
+/// One webhook event to send, kept until a receiver took it (a `2xx`) or its attempts
+/// ran out, across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// `webhook-id`: one per event, the same on every attempt (receivers deduplicate by it).
+    pub id: String,
+    /// Where it goes.
+    pub url: String,
+    /// The JSON body, signed as sent.
+    pub body: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix seconds).
+    pub next_at: u64,
 }
 
 /// Job records in this process (lost on exit).
 #[derive(Debug, Default)]
 pub struct MemoryJobs {
     jobs: Mutex<BTreeMap<JobId, JobRecord>>,
+    deliveries: Mutex<BTreeMap<String, Delivery>>,
 }
 
 impl MemoryJobs {
@@ -262,6 +295,39 @@ impl JobRecords for MemoryJobs {
         jobs.retain(|_, j| !(j.status.is_ended() && j.finished_at.unwrap_or(0) < before));
         Ok(count - jobs.len())
     }
+
+    async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        deliveries.insert(delivery.id.clone(), delivery.clone());
+        Ok(())
+    }
+
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        let due = deliveries.values().filter(|d| d.next_at <= now);
+        Ok(due.take(limit).cloned().collect())
+    }
+
+    async fn attempted(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_at: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        match next_at {
+            None => {
+                deliveries.remove(id);
+            }
+            Some(next_at) => {
+                if let Some(d) = deliveries.get_mut(id) {
+                    d.attempts = attempts;
+                    d.next_at = next_at;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -291,5 +357,19 @@ impl<T: JobRecords + ?Sized> JobRecords for std::sync::Arc<T> {
     }
     async fn forget(&self, before: u64) -> Result<usize, StoreError> {
         (**self).forget(before).await
+    }
+    async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        (**self).enqueue(delivery).await
+    }
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        (**self).due(now, limit).await
+    }
+    async fn attempted(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_at: Option<u64>,
+    ) -> Result<(), StoreError> {
+        (**self).attempted(id, attempts, next_at).await
     }
 }

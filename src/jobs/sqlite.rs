@@ -3,7 +3,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus};
+use super::record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus};
 use crate::auth::UserId;
 use crate::id::{GenerationId, JobId};
 use crate::job::Operation;
@@ -21,7 +21,7 @@ pub struct SqliteJobs {
 
 const COLUMNS: &str = "id, owner, operation, model, n, status, created_at, started_at, \
                        finished_at, size, quality, background, output_format, output_created, \
-                       generations, error";
+                       generations, error, webhook";
 
 impl SqliteJobs {
     /// Opens (or creates) the database at `path`.
@@ -48,8 +48,17 @@ impl SqliteJobs {
                  output_format  TEXT NOT NULL,
                  output_created INTEGER,
                  generations    TEXT,
-                 error          TEXT
+                 error          TEXT,
+                 webhook        TEXT
              );
+             CREATE TABLE IF NOT EXISTS deliveries (
+                 id       TEXT PRIMARY KEY,
+                 url      TEXT NOT NULL,
+                 body     TEXT NOT NULL,
+                 attempts INTEGER NOT NULL,
+                 next_at  INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
              CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
              CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status)
                  WHERE status IN ('queued', 'running');",
@@ -99,6 +108,7 @@ impl SqliteJobs {
                         created,
                         generations,
                         job.error,
+                        job.webhook,
                     ])
                     .map(drop)
                     .map_err(StoreError::new)
@@ -169,6 +179,7 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
             },
             output,
             error: row.get(15).map_err(StoreError::new)?,
+            webhook: row.get(16).map_err(StoreError::new)?,
         })
     })();
     Ok(record)
@@ -180,8 +191,9 @@ impl JobRecords for SqliteJobs {
         self.write(
             "INSERT INTO jobs (id, owner, operation, model, n, status, created_at, started_at,
                                finished_at, size, quality, background, output_format,
-                               output_created, generations, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                               output_created, generations, error, webhook)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17)",
             job,
         )
         .await
@@ -193,7 +205,7 @@ impl JobRecords for SqliteJobs {
             "UPDATE jobs SET operation = ?3, model = ?4, n = ?5, status = ?6, created_at = ?7,
                              started_at = ?8, finished_at = ?9, size = ?10, quality = ?11,
                              background = ?12, output_format = ?13, output_created = ?14,
-                             generations = ?15, error = ?16
+                             generations = ?15, error = ?16, webhook = ?17
              WHERE id = ?1 AND owner = ?2",
             job,
         )
@@ -225,7 +237,8 @@ impl JobRecords for SqliteJobs {
         let after = after.map_or(Value::Null, |a| Value::Text(a.to_string()));
         self.select(
             "SELECT id, owner, operation, model, n, status, created_at, started_at, finished_at,
-                    size, quality, background, output_format, output_created, generations, error
+                    size, quality, background, output_format, output_created, generations, error,
+                    webhook
              FROM jobs WHERE owner = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
             vec![
                 Value::Text(owner.as_str().to_owned()),
@@ -257,11 +270,74 @@ impl JobRecords for SqliteJobs {
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.select(
             "SELECT id, owner, operation, model, n, status, created_at, started_at, finished_at,
-                    size, quality, background, output_format, output_created, generations, error
+                    size, quality, background, output_format, output_created, generations, error,
+                    webhook
              FROM jobs WHERE status IN ('queued', 'running')",
             Vec::new(),
         )
         .await
+    }
+
+    async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let d = delivery.clone();
+        self.writer
+            .submit(false, move |tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO deliveries (id, url, body, attempts, next_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![d.id, d.url, d.body, d.attempts, d.next_at as i64],
+                )
+                .map(drop)
+                .map_err(StoreError::new)
+            })
+            .await
+    }
+
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.reader
+            .read(move |db| {
+                let mut statement = db
+                    .prepare_cached(
+                        "SELECT id, url, body, attempts, next_at FROM deliveries
+                         WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2",
+                    )
+                    .map_err(StoreError::new)?;
+                let rows = statement
+                    .query_map(params![now as i64, limit as i64], |row| {
+                        Ok(Delivery {
+                            id: row.get(0)?,
+                            url: row.get(1)?,
+                            body: row.get(2)?,
+                            attempts: row.get(3)?,
+                            next_at: row.get::<_, i64>(4)?.max(0) as u64,
+                        })
+                    })
+                    .map_err(StoreError::new)?;
+                rows.collect::<Result<_, _>>().map_err(StoreError::new)
+            })
+            .await
+    }
+
+    async fn attempted(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_at: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .submit(true, move |tx| {
+                match next_at {
+                    None => tx.execute("DELETE FROM deliveries WHERE id = ?1", params![id]),
+                    Some(at) => tx.execute(
+                        "UPDATE deliveries SET attempts = ?2, next_at = ?3 WHERE id = ?1",
+                        params![id, attempts, at as i64],
+                    ),
+                }
+                .map(drop)
+                .map_err(StoreError::new)
+            })
+            .await
     }
 
     async fn forget(&self, before: u64) -> Result<usize, StoreError> {

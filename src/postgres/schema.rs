@@ -150,9 +150,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
         output_format  TEXT NOT NULL,
         output_created BIGINT,
         generations    TEXT,
-        error          TEXT
+        error          TEXT,
+        webhook        TEXT
     );
     CREATE INDEX jobs_by_owner ON jobs (owner, id DESC);
+    -- Webhook events still to send, claimed by one replica at a time.
+    CREATE TABLE deliveries (
+        id       TEXT PRIMARY KEY,
+        url      TEXT NOT NULL,
+        body     TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_at  BIGINT NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_at);
     CREATE INDEX jobs_open ON jobs (owner) WHERE status IN ('queued', 'running');
     ",
     ),

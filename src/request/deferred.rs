@@ -125,10 +125,18 @@ pub(crate) async fn submit<S>(
     inner: S,
     mut edit: EditRequest,
     board: JobBoard,
+    webhook: Option<String>,
 ) -> Response<ResponseBody>
 where
     S: Stage<EditRequest, EditOutcome>,
 {
+    let webhook = match webhook {
+        Some(raw) => match board.check_webhook(&raw).await {
+            Ok(url) => Some(url),
+            Err(error) => return error.into_response(),
+        },
+        None => None,
+    };
     if let Err(error) = board.admit(edit.principal.user_id()).await {
         return error.into_response();
     }
@@ -136,7 +144,8 @@ where
     edit.client = watch;
     let (progress, steps) = Progress::channel(edit.params.partial_images);
     edit.progress = progress.clone();
-    let track = Track::new(board, &edit, progress);
+    let mut track = Track::new(board, &edit, progress);
+    track.record.webhook = webhook;
     let (accepted, answer) = oneshot::channel();
     let waiter = Waiter::Accepted(Some((accepted, cancel)));
     tokio::spawn(drive(inner.oneshot(edit), steps, track, waiter));

@@ -71,11 +71,11 @@ where
         let (client, watch) = ClientWatch::new();
         ResponseFuture::new(async move {
             let edit = async {
-                webhook_refused(req.headers())?;
+                let webhook = webhook_of(req.headers(), wants_async)?;
                 let context = context_of(&req, watch)?;
-                read_edit(req, context, &rules).await
+                Ok::<_, GatewayError>((read_edit(req, context, &rules).await?, webhook))
             };
-            let edit = match edit.await.and_then(allowed) {
+            let (edit, webhook) = match edit.await.and_then(|(e, w)| Ok((allowed(e)?, w))) {
                 Ok(edit) => edit,
                 Err(error) => return Ok(error.into_response()),
             };
@@ -86,7 +86,7 @@ where
             let mut response = match board {
                 Some(board) if wants_async => {
                     drop(client);
-                    deferred::submit(inner, edit, board).await
+                    deferred::submit(inner, edit, board, webhook).await
                 }
                 board if edit.params.stream => {
                     stream::respond(inner, edit, client, keepalive, board).await
@@ -106,16 +106,25 @@ where
     }
 }
 
-/// `Webhook-Url`: job callbacks are not delivered by this gateway, so a request that asks
-/// for one is refused (`400`, param `webhook_url`) rather than accepted and never called.
-fn webhook_refused(headers: &http::HeaderMap) -> Result<(), GatewayError> {
-    if headers.contains_key("webhook-url") {
-        return Err(GatewayError::invalid_request(
-            "this gateway does not deliver webhooks; poll GET /v1/images/jobs/{id} or read its events",
-            Some("webhook_url"),
+/// The `Webhook-Url` header, if any: only an async submission may name one (`400`,
+/// `param: webhook_url` otherwise), and its text must be visible ASCII.
+fn webhook_of(
+    headers: &http::HeaderMap,
+    wants_async: bool,
+) -> Result<Option<String>, GatewayError> {
+    let Some(value) = headers.get("webhook-url") else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| GatewayError::invalid_request(why.to_owned(), Some("webhook_url"));
+    if !wants_async {
+        return Err(refuse(
+            "webhook_url: a webhook is sent for async jobs only (with Prefer: respond-async)",
         ));
     }
-    Ok(())
+    let text = value
+        .to_str()
+        .map_err(|_| refuse("webhook_url: not a valid URL"))?;
+    Ok(Some(text.to_owned()))
 }
 
 /// The request, if the caller's key may use its model (`403 MODEL_ACCESS_DENIED` otherwise),

@@ -184,7 +184,13 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     for (name, spec, _) in models(&config, &file) {
         builder = builder.model(name, spec);
     }
+    if let Some(webhooks) = &config.webhooks {
+        builder = builder.webhooks(webhooks.clone());
+    }
     let gateway = builder.build();
+    if let Some(deliverer) = gateway.webhook_deliverer() {
+        tokio::spawn(deliverer.run());
+    }
     // The one sweep of this ledger: releases the holds of a run that was killed.
     tokio::spawn(gateway.expiry_sweep().run());
     let jobs = gateway.jobs();

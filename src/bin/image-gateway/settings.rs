@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use image_gateway::fetch::FetchConfig;
 use image_gateway::gateway::JobLimits;
+use image_gateway::jobs::WebhookConfig;
 use image_gateway::ratelimit::RateLimitLayer;
 use image_gateway::store::{Quota, S3Config};
 
@@ -40,6 +41,7 @@ pub struct Config {
     pub shutdown_delay: Duration,
     pub idle_timeout: Duration,
     pub job_limits: JobLimits,
+    pub webhooks: Option<WebhookConfig>,
     pub metrics_addr: Option<String>,
     pub metrics_user_labels: bool,
     pub rate_limit: RateLimitLayer,
@@ -128,6 +130,27 @@ impl Config {
             stream_keepalive: Duration::from_secs(integer("GATEWAY_STREAM_KEEPALIVE_SECS")?.max(1)),
             shutdown_delay: Duration::from_secs(integer("GATEWAY_SHUTDOWN_DELAY_SECS")?),
             idle_timeout: Duration::from_secs(integer("GATEWAY_IDLE_TIMEOUT_SECS")?.max(1)),
+            webhooks: match text("GATEWAY_WEBHOOK_SECRET") {
+                None => None,
+                Some(secret) => {
+                    let loopback = match text("GATEWAY_WEBHOOK_ALLOW_HTTP_LOOPBACK").as_deref() {
+                        Some("on" | "true") => true,
+                        Some("off" | "false") | None => false,
+                        Some(_) => {
+                            return Err(
+                                "GATEWAY_WEBHOOK_ALLOW_HTTP_LOOPBACK must be on or off".into()
+                            )
+                        }
+                    };
+                    let base = integer("GATEWAY_WEBHOOK_RETRY_BASE_MS")?;
+                    Some(
+                        WebhookConfig::new(&secret)
+                            .map_err(|e| format!("GATEWAY_WEBHOOK_SECRET: {e}"))?
+                            .allow_http_loopback(loopback)
+                            .base_delay(Duration::from_millis(base)),
+                    )
+                }
+            },
             job_limits: {
                 let mut limits = JobLimits::default();
                 limits.max_queued = integer("GATEWAY_MAX_QUEUED_JOBS")?;

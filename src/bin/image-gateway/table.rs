@@ -91,6 +91,12 @@ settings! {
         "a job whose backend has not answered by then fails 502 upstream_error and is refunded";
     "GATEWAY_JOB_RETENTION_SECS", "86400",
         "how long an ended job's record stays readable (its images are files and follow the files' rules)";
+    "GATEWAY_WEBHOOK_SECRET", "",
+        "whsec_<base64 of 24-64 bytes>: async jobs may name a Webhook-Url, called signed (Standard Webhooks) when they end; unset: Webhook-Url is refused";
+    "GATEWAY_WEBHOOK_ALLOW_HTTP_LOOPBACK", "off",
+        "development and tests only: on (or true) also admits http://127.0.0.1:PORT/... webhook URLs";
+    "GATEWAY_WEBHOOK_RETRY_BASE_MS", "5000",
+        "the unit of the webhook retry schedule (5 s: retries after 5 s, 30 s, 2 min, ... for about 33 hours)";
     "GATEWAY_IDLE_TIMEOUT_SECS", "60",
         "a connection with no request in flight this long is closed (a stream or an answer being sent is in flight)";
     "GATEWAY_SHUTDOWN_DELAY_SECS", "0",

@@ -847,6 +847,7 @@ async fn webhooks_are_signed_retried_until_taken_and_survive_a_restart() {
         ("GATEWAY_WEBHOOK_ALLOW_HTTP_LOOPBACK", "true"),
         ("GATEWAY_WEBHOOK_RETRY_BASE_MS", "100"),
         ("GATEWAY_REFERENCE_LATENCY_MS", "200"),
+        ("GATEWAY_ADMIN_KEY", "admin_0123456789abcdef"),
     ];
     let (process, server, dir) = start(&env);
 
@@ -916,6 +917,20 @@ async fn webhooks_are_signed_retried_until_taken_and_survive_a_restart() {
     // Taken: no more attempts.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.got.lock().unwrap().len(), 3);
+    // Counted: the job by state, the attempts by outcome.
+    let scrape = server
+        .call(Method::GET, "/metrics", "admin_0123456789abcdef")
+        .await;
+    let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    for line in [
+        "image_gateway_webhook_deliveries_total{outcome=\"retried\"} 2",
+        "image_gateway_webhook_deliveries_total{outcome=\"delivered\"} 1",
+        "image_gateway_jobs_ended_total{state=\"succeeded\"} 1",
+        "image_gateway_jobs{state=\"running\"} 0",
+        "image_gateway_jobs{state=\"queued\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 
     // A receiver down across a restart still gets its event.
     let down = free_port();

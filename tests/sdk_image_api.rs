@@ -88,7 +88,8 @@ async fn the_python_sdk_generates_edits_with_a_mask_streams_and_lists_models() {
         .unwrap();
     assert_eq!(
         (balance.available, balance.held, balance.charged),
-        (960, 0, 40)
+        (940, 0, 60),
+        "four images read, and the two of the stream left after a partial"
     );
 }
 
@@ -128,6 +129,7 @@ async fn the_node_sdk_generates_edits_with_a_mask_streams_and_lists_models() {
         .unwrap();
     assert_eq!(
         (balance.available, balance.held, balance.charged),
-        (970, 0, 30)
+        (950, 0, 50),
+        "three images read, and the two of the stream left after a partial"
     );
 }

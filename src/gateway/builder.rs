@@ -344,7 +344,8 @@ impl GatewayBuilder {
         let board = JobBoard::new(records, store.clone(), generations.clone())
             .bounds(limits.max_queued, limits.retention, self.stream_keepalive)
             .metrics(self.metrics.clone())
-            .webhooks(self.webhooks);
+            .webhooks(self.webhooks)
+            .job_timeout(limits.timeout);
         let normalize = NormalizeLayer::new(catalog.clone())
             .limits(self.multipart)
             .stream_keepalive(self.stream_keepalive)

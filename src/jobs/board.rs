@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_QUEUED_JOBS: u64 = 100;
 /// The default time an ended job's record stays readable.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(86_400);
 
+/// How long an open job may go without ending, when jobs have no timeout, before it is
+/// taken for one whose process died.
+const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(86_400);
+
 /// How long a caller over its queue bound is told to wait.
 const QUEUE_RETRY: Duration = Duration::from_secs(5);
 
@@ -43,6 +47,9 @@ struct Inner {
     keepalive: Duration,
     metrics: Option<Metrics>,
     webhooks: Option<WebhookConfig>,
+    /// How long an open job may go without ending before it is taken for one whose process
+    /// died (another replica's, or an earlier run's): the job timeout and a minute.
+    stale_after: Duration,
 }
 
 /// A job running in this process.
@@ -84,6 +91,7 @@ impl JobBoard {
                 keepalive: crate::request::DEFAULT_KEEPALIVE,
                 metrics: None,
                 webhooks: None,
+                stale_after: DEFAULT_STALE_AFTER,
             }),
         }
     }
@@ -96,6 +104,13 @@ impl JobBoard {
             inner.retention = retention;
             inner.keepalive = keepalive;
         })
+    }
+
+    /// The same board taking an open job that has not ended within `timeout` (and a minute)
+    /// for one whose process died: it reads `failed`, and no longer counts as queued.
+    pub(crate) fn job_timeout(self, timeout: Option<Duration>) -> Self {
+        let stale_after = timeout.map_or(DEFAULT_STALE_AFTER, |t| t + Duration::from_secs(60));
+        self.with(|inner| inner.stale_after = stale_after)
     }
 
     /// The same board counting its jobs in `metrics`.
@@ -121,6 +136,7 @@ impl JobBoard {
             keepalive: old.keepalive,
             metrics: old.metrics.clone(),
             webhooks: old.webhooks.clone(),
+            stale_after: old.stale_after,
         };
         change(&mut inner);
         JobBoard {
@@ -132,10 +148,8 @@ impl JobBoard {
     #[cfg(feature = "fetch")]
     pub(crate) fn deliverer(&self) -> Option<super::WebhookDeliverer> {
         let config = self.inner.webhooks.clone()?;
-        Some(super::WebhookDeliverer::new(
-            self.inner.records.clone(),
-            config,
-        ))
+        let (records, metrics) = (self.inner.records.clone(), self.inner.metrics.clone());
+        Some(super::WebhookDeliverer::new(records, config, metrics))
     }
 
     /// Checks a submitted `Webhook-Url`: `400` (`param: webhook_url`) when this board sends
@@ -179,7 +193,8 @@ impl JobBoard {
 
     /// `429 too_many_queued_jobs` when `owner` has as many unfinished jobs as allowed.
     pub(crate) async fn admit(&self, owner: &UserId) -> Result<(), GatewayError> {
-        if self.inner.records.open(owner).await? >= self.inner.max_queued {
+        let since = unix_now().saturating_sub(self.inner.stale_after.as_secs());
+        if self.inner.records.open(owner, since).await? >= self.inner.max_queued {
             return Err(GatewayError::TooManyQueuedJobs {
                 retry_after: QUEUE_RETRY,
             });
@@ -291,15 +306,45 @@ impl JobBoard {
         let mut record = record
             .filter(|r| self.kept(r))
             .ok_or(GatewayError::JobNotFound)?;
-        if let Some(live) = self.live_job(id) {
+        self.current(&mut record).await;
+        Ok(record)
+    }
+
+    /// Brings a read record up to date: a job running here shows its live state; an open
+    /// one past its time whose process died is ended `failed` (its hold was released by
+    /// the ledger's expiry).
+    async fn current(&self, record: &mut JobRecord) {
+        if record.status.is_ended() {
+            return;
+        }
+        if let Some(live) = self.live_job(record.id) {
             let status = *live.status.borrow();
-            if !record.status.is_ended() && !status.is_ended() {
+            if !status.is_ended() {
                 record.status = status;
                 let at = live.started_at.load(std::sync::atomic::Ordering::Acquire);
                 record.started_at = (at > 0).then_some(at);
             }
+            return;
         }
-        Ok(record)
+        let stale = record.created_at + self.inner.stale_after.as_secs() < unix_now();
+        if stale {
+            if let Err(error) = self.interrupt(record).await {
+                tracing::error!(%error, job = %record.id, "ending a job left open failed");
+            }
+        }
+    }
+
+    /// Ends `record`, left open by a process that died, `failed`.
+    async fn interrupt(&self, record: &mut JobRecord) -> Result<(), GatewayError> {
+        record.status = JobStatus::Failed;
+        record.finished_at = Some(unix_now());
+        let error = GatewayError::Upstream;
+        record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
+        self.inner.records.update(record).await?;
+        self.announce(record).await;
+        // Counted ended here; it was never counted open in this process.
+        self.moved(None, JobStatus::Failed);
+        Ok(())
     }
 
     /// Whether an ended record is still within its retention.
@@ -319,6 +364,9 @@ impl JobBoard {
     ) -> Result<Vec<JobRecord>, GatewayError> {
         let mut records = self.inner.records.list(owner, after, limit).await?;
         records.retain(|r| self.kept(r));
+        for record in &mut records {
+            self.current(record).await;
+        }
         Ok(records)
     }
 
@@ -463,18 +511,10 @@ impl JobBoard {
     /// telling the caller it was interrupted. Call it once, at start, before serving.
     pub async fn interrupted(&self) -> Result<usize, GatewayError> {
         let open = self.inner.records.unfinished().await?;
-        let error = GatewayError::Upstream;
         for mut record in open.iter().cloned() {
-            if self.live_job(record.id).is_some() {
-                continue;
+            if self.live_job(record.id).is_none() {
+                self.interrupt(&mut record).await?;
             }
-            record.status = JobStatus::Failed;
-            record.finished_at = Some(unix_now());
-            record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
-            self.inner.records.update(&record).await?;
-            self.announce(&record).await;
-            // Counted ended here; it was never counted open in this process.
-            self.moved(None, JobStatus::Failed);
         }
         Ok(open.len())
     }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use super::record::{Delivery, JobRecords};
 use super::webhook::WebhookConfig;
 use crate::clock::unix_now;
+use crate::metrics::Metrics;
 
 /// How long a receiver has to answer one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -18,6 +19,7 @@ pub struct WebhookDeliverer {
     records: Arc<dyn JobRecords>,
     config: WebhookConfig,
     client: reqwest::Client,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for WebhookDeliverer {
@@ -27,7 +29,11 @@ impl std::fmt::Debug for WebhookDeliverer {
 }
 
 impl WebhookDeliverer {
-    pub(crate) fn new(records: Arc<dyn JobRecords>, config: WebhookConfig) -> Self {
+    pub(crate) fn new(
+        records: Arc<dyn JobRecords>,
+        config: WebhookConfig,
+        metrics: Option<Metrics>,
+    ) -> Self {
         let allow_loopback = config.allow_http_loopback;
         let client = reqwest::Client::builder()
             .https_only(!allow_loopback)
@@ -43,6 +49,7 @@ impl WebhookDeliverer {
             records,
             config,
             client,
+            metrics,
         }
     }
 
@@ -95,12 +102,19 @@ impl WebhookDeliverer {
         let next = if delivered {
             None
         } else {
-            let next = self.config.next_after(attempts);
-            if next.is_none() {
-                tracing::warn!(id = %delivery.id, attempts, "a webhook delivery was given up");
-            }
-            next
+            self.config.next_after(attempts)
         };
+        let outcome = match (delivered, next) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "retried",
+            (false, None) => {
+                tracing::warn!(id = %delivery.id, attempts, "a webhook delivery was given up");
+                "given_up"
+            }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.webhook(outcome);
+        }
         if let Err(error) = self.records.attempted(&delivery.id, attempts, next).await {
             // Sent again at its old time: at least once, never lost.
             tracing::error!(%error, id = %delivery.id, "recording a webhook attempt failed");

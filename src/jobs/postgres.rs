@@ -189,16 +189,17 @@ impl JobRecords for PgJobs {
         self.select(&sql, &[&owner.as_str(), &after, &limit]).await
     }
 
-    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+    async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
         let statement = client
             .prepare_cached(
-                "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
+                "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')
+                 AND created_at >= $2",
             )
             .await
             .map_err(StoreError::new)?;
         let row = client
-            .query_one(&statement, &[&owner.as_str()])
+            .query_one(&statement, &[&owner.as_str(), &seconds(since)])
             .await
             .map_err(StoreError::new)?;
         let count: i64 = row.try_get(0).map_err(StoreError::new)?;

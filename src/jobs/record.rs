@@ -162,7 +162,7 @@ impl JobRecord {
 /// - `get` and `list` answer the owner's records only: another caller's job is `None`, as
 ///   an unknown one is.
 /// - `list` is newest first (ids are time-ordered), `after` excluded, at most `limit`.
-/// - `open` counts the owner's queued and running jobs.
+/// - `open` counts the owner's queued and running jobs created at or after `since`.
 /// - `unfinished` lists every open job, whoever owns it (a process that starts finds those
 ///   of a process that died); `forget` removes ended jobs that ended before `before`.
 #[async_trait]
@@ -180,8 +180,8 @@ pub trait JobRecords: Send + Sync + 'static {
         after: Option<JobId>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError>;
-    /// How many of the owner's jobs are queued or running.
-    async fn open(&self, owner: &UserId) -> Result<u64, StoreError>;
+    /// How many of the owner's jobs created at or after `since` are queued or running.
+    async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError>;
     /// Every queued or running job.
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Removes the jobs that ended before `before` (Unix seconds); how many.
@@ -275,11 +275,11 @@ impl JobRecords for MemoryJobs {
             .collect())
     }
 
-    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+    async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError> {
         let jobs = self.jobs();
         let open = jobs
             .values()
-            .filter(|j| &j.owner == owner && !j.status.is_ended());
+            .filter(|j| &j.owner == owner && !j.status.is_ended() && j.created_at >= since);
         Ok(open.count() as u64)
     }
 
@@ -349,8 +349,8 @@ impl<T: JobRecords + ?Sized> JobRecords for std::sync::Arc<T> {
     ) -> Result<Vec<JobRecord>, StoreError> {
         (**self).list(owner, after, limit).await
     }
-    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
-        (**self).open(owner).await
+    async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError> {
+        (**self).open(owner, since).await
     }
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
         (**self).unfinished().await

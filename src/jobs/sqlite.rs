@@ -249,18 +249,19 @@ impl JobRecords for SqliteJobs {
         .await
     }
 
-    async fn open(&self, owner: &UserId) -> Result<u64, StoreError> {
+    async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError> {
         let owner = owner.as_str().to_owned();
         self.reader
             .read(move |db| {
                 let mut statement = db
                     .prepare_cached(
                         "SELECT count(*) FROM jobs
-                         WHERE owner = ?1 AND status IN ('queued', 'running')",
+                         WHERE owner = ?1 AND status IN ('queued', 'running')
+                         AND created_at >= ?2",
                     )
                     .map_err(StoreError::new)?;
                 statement
-                    .query_row(params![owner], |row| row.get::<_, i64>(0))
+                    .query_row(params![owner, since as i64], |row| row.get::<_, i64>(0))
                     .map(|count| count.max(0) as u64)
                     .map_err(StoreError::new)
             })

@@ -27,6 +27,7 @@
 //! | `image_gateway_connections_open` | | connections [`serve`](crate::server::serve) holds |
 //! | `image_gateway_jobs` | state | async jobs of this process `queued` or `running` now |
 //! | `image_gateway_jobs_ended_total` | state | async jobs ended: `succeeded`, `failed`, `cancelled` |
+//! | `image_gateway_webhook_deliveries_total` | outcome | webhook attempts: `delivered`, `retried`, `given_up` |
 //! | `image_gateway_user_requests_total` | user | only with [`Metrics::with_user_labels`] |
 //!
 //! A streamed answer's duration ends when its head is sent, and its body's size is not known
@@ -107,6 +108,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UserLabels {
     user: String,
 }
@@ -147,6 +153,7 @@ struct Inner {
     connections_open: Gauge,
     jobs: Family<StateLabels, Gauge>,
     jobs_ended: Family<StateLabels, Counter>,
+    webhooks: Family<OutcomeLabels, Counter>,
     user_requests: Option<Family<UserLabels, Counter>>,
 }
 
@@ -270,6 +277,12 @@ impl Metrics {
             "Async jobs ended, by state",
             jobs_ended.clone(),
         );
+        let webhooks = Family::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts by outcome",
+            webhooks.clone(),
+        );
         let user_requests = user_labels.then(|| {
             let family = Family::default();
             registry.register("user_requests", "Requests by user id", family.clone());
@@ -294,6 +307,7 @@ impl Metrics {
                 connections_open,
                 jobs,
                 jobs_ended,
+                webhooks,
                 user_requests,
             }),
         }
@@ -328,6 +342,15 @@ impl Metrics {
                 .get_or_create(&StateLabels { state: to })
                 .inc();
         }
+    }
+
+    /// Counts one webhook attempt: `delivered`, `retried` or `given_up`.
+    #[cfg_attr(not(feature = "fetch"), allow(dead_code))]
+    pub(crate) fn webhook(&self, outcome: &'static str) {
+        self.inner
+            .webhooks
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts one answered request.

@@ -61,6 +61,12 @@ pub(crate) struct Live {
     cancel: Mutex<Option<ClientHandle>>,
     /// When its backend began (Unix seconds; 0 before).
     started_at: std::sync::atomic::AtomicU64,
+    /// Whether it is an async job, whose client reads its result back through the API (and
+    /// whose record is written from its start).
+    deferred: bool,
+    /// The record as accepted: what a read answers here before a synchronous job's record
+    /// is written.
+    record: JobRecord,
     progress: Progress,
     pub(crate) log: EventLog,
     status: watch::Sender<JobStatus>,
@@ -202,17 +208,24 @@ impl JobBoard {
         Ok(())
     }
 
-    /// Records `record` (queued, its hold taken) and keeps what its job needs while it runs
-    /// here.
+    /// Takes `record` on (queued, its hold taken) and keeps what its job needs while it
+    /// runs here. An async job (`cancel` is its handle) is written now, before its `202`,
+    /// so it can be read back from anywhere; a synchronous or streamed job, whose client
+    /// waits for it, is written once, at its end (one write per job on the answer's path),
+    /// and read from this process until then.
     pub(crate) async fn accept(
         &self,
         record: &JobRecord,
         cancel: Option<ClientHandle>,
         progress: Progress,
     ) -> Result<Arc<Live>, GatewayError> {
-        self.inner.records.insert(record).await?;
+        if cancel.is_some() {
+            self.inner.records.insert(record).await?;
+        }
         let live = Arc::new(Live {
+            record: record.clone(),
             owner: record.owner.clone(),
+            deferred: cancel.is_some(),
             cancel: Mutex::new(cancel),
             started_at: std::sync::atomic::AtomicU64::new(0),
             progress,
@@ -249,8 +262,13 @@ impl JobBoard {
         match outcome {
             Ok(outcome) => {
                 // The answer may come before its images are stored (a store that waits
-                // stores on a task of its own): the job succeeds once they are readable.
-                self.ready(outcome).await;
+                // stores on a task of its own): an async job, read back through the API,
+                // succeeds once they are readable. A synchronous or streamed job's client
+                // has its images already; reading it back at once may answer `409
+                // generation_not_ready` for a moment, as a chained edit does.
+                if live.deferred {
+                    self.ready(outcome).await;
+                }
                 for (i, image) in (0u32..).zip(&outcome.images) {
                     let frame = names.completed(image.id.to_string(), &image.image.bytes);
                     live.log.push(EventId::Completed(i), frame);
@@ -274,7 +292,12 @@ impl JobBoard {
             }
         }
         record.finished_at = Some(unix_now());
-        if let Err(error) = self.inner.records.update(record).await {
+        let written = if live.deferred {
+            self.inner.records.update(record).await
+        } else {
+            self.inner.records.insert(record).await
+        };
+        if let Err(error) = written {
             tracing::error!(%error, job = %record.id, "recording a job's end failed");
         }
         self.moved(Some(before), record.status);
@@ -302,7 +325,14 @@ impl JobBoard {
 
     /// The owner's job `id`, while its record is kept (`404 job_not_found` otherwise).
     pub(crate) async fn get(&self, owner: &UserId, id: JobId) -> Result<JobRecord, GatewayError> {
-        let record = self.inner.records.get(owner, id).await?;
+        let record = match self.inner.records.get(owner, id).await? {
+            Some(record) => Some(record),
+            // A synchronous or streamed job running here is written at its end.
+            None => self
+                .live_job(id)
+                .filter(|live| &live.owner == owner)
+                .map(|live| live.record.clone()),
+        };
         let mut record = record
             .filter(|r| self.kept(r))
             .ok_or(GatewayError::JobNotFound)?;

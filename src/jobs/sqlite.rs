@@ -23,52 +23,66 @@ const COLUMNS: &str = "id, owner, operation, model, n, status, created_at, start
                        finished_at, size, quality, background, output_format, output_created, \
                        generations, error, webhook";
 
+/// Creates the tables, where they are not yet.
+fn create(db: &Connection) -> Result<(), StoreError> {
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 5000;
+         CREATE TABLE IF NOT EXISTS jobs (
+             id             TEXT PRIMARY KEY,
+             owner          TEXT NOT NULL,
+             operation      TEXT NOT NULL,
+             model          TEXT NOT NULL,
+             n              INTEGER NOT NULL,
+             status         TEXT NOT NULL,
+             created_at     INTEGER NOT NULL,
+             started_at     INTEGER,
+             finished_at    INTEGER,
+             size           TEXT NOT NULL,
+             quality        TEXT NOT NULL,
+             background     TEXT NOT NULL,
+             output_format  TEXT NOT NULL,
+             output_created INTEGER,
+             generations    TEXT,
+             error          TEXT,
+             webhook        TEXT
+         );
+         CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
+         CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status)
+             WHERE status IN ('queued', 'running');
+         CREATE TABLE IF NOT EXISTS deliveries (
+             id       TEXT PRIMARY KEY,
+             url      TEXT NOT NULL,
+             body     TEXT NOT NULL,
+             attempts INTEGER NOT NULL,
+             next_at  INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);",
+    )
+    .map_err(StoreError::new)
+}
+
 impl SqliteJobs {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let db = Connection::open(path).map_err(StoreError::new)?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS jobs (
-                 id             TEXT PRIMARY KEY,
-                 owner          TEXT NOT NULL,
-                 operation      TEXT NOT NULL,
-                 model          TEXT NOT NULL,
-                 n              INTEGER NOT NULL,
-                 status         TEXT NOT NULL,
-                 created_at     INTEGER NOT NULL,
-                 started_at     INTEGER,
-                 finished_at    INTEGER,
-                 size           TEXT NOT NULL,
-                 quality        TEXT NOT NULL,
-                 background     TEXT NOT NULL,
-                 output_format  TEXT NOT NULL,
-                 output_created INTEGER,
-                 generations    TEXT,
-                 error          TEXT,
-                 webhook        TEXT
-             );
-             CREATE TABLE IF NOT EXISTS deliveries (
-                 id       TEXT PRIMARY KEY,
-                 url      TEXT NOT NULL,
-                 body     TEXT NOT NULL,
-                 attempts INTEGER NOT NULL,
-                 next_at  INTEGER NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);
-             CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
-             CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status)
-                 WHERE status IN ('queued', 'running');",
-        )
-        .map_err(StoreError::new)?;
+        create(&db)?;
         let reader = Reader::open(path).map_err(StoreError::new)?;
         Ok(SqliteJobs {
             writer: Writer::start(db, "sqlite-jobs-writer").map_err(StoreError::new)?,
             reader,
         })
+    }
+
+    /// Job records in the database of `generations`, written through its writer: a job's
+    /// record joins the batch of the generation records written beside it, one commit for
+    /// both, instead of a commit and a thread of its own.
+    pub fn beside(generations: &crate::store::SqliteGenerations) -> Result<Self, StoreError> {
+        let (path, writer, reader) = generations.shared();
+        create(&Connection::open(path).map_err(StoreError::new)?)?;
+        Ok(SqliteJobs { writer, reader })
     }
 
     async fn write(&self, sql: &'static str, job: &JobRecord) -> Result<(), StoreError> {

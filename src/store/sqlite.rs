@@ -19,6 +19,7 @@ use crate::sqlite::{DbFailed, Reader, Writer};
 pub struct SqliteGenerations {
     writer: Writer,
     reader: Reader,
+    path: std::path::PathBuf,
 }
 
 impl From<DbFailed> for StoreError {
@@ -49,7 +50,14 @@ impl SqliteGenerations {
         Ok(SqliteGenerations {
             writer: Writer::start(db, "sqlite-generations-writer").map_err(StoreError::new)?,
             reader,
+            path: path.to_owned(),
         })
+    }
+
+    /// The database's file, writer and reader, for another store that shares them (its
+    /// writes then join the generations' batches: one commit for both).
+    pub(crate) fn shared(&self) -> (&Path, Writer, Reader) {
+        (&self.path, self.writer.clone(), self.reader.clone())
     }
 
     /// Runs one statement in the writer's next batch; answers once it is committed.

@@ -56,6 +56,9 @@ impl Stores {
                 .map_err(|e| format!("cannot open the key store (keys.db): {e}"))?;
             let registry: Arc<dyn KeyRegistry> =
                 Arc::new(WithFixedKeys::new(keys.to_static()?, Arc::new(managed)));
+            let generations = SqliteGenerations::open(dir.join("generations.db"))?;
+            // Job records beside the generation records: one writer, one commit for both.
+            let jobs = SqliteJobs::beside(&generations)?;
             return Ok(Stores {
                 // Every settle and deposit fsynced before it is answered: with group commit,
                 // concurrent edits share the fsync, and the load harness measures no cost
@@ -64,12 +67,12 @@ impl Stores {
                     dir.join("ledger.db"),
                     Durability::PowerLoss,
                 )?),
-                generations: Arc::new(SqliteGenerations::open(dir.join("generations.db"))?),
+                generations: Arc::new(generations),
                 idempotency: Arc::new(SqliteIdempotency::open(dir.join("generations.db"))?),
                 keys: Arc::new(registry.clone()),
                 registry: Some(registry),
                 files: local()?,
-                jobs: Arc::new(SqliteJobs::open(dir.join("jobs.db"))?),
+                jobs: Arc::new(jobs),
                 sole_runner: true,
                 described: "SQLite in the data dir",
             });

@@ -22,7 +22,7 @@ settings! {
     "GATEWAY_ADDR", "127.0.0.1:8080",
         "listen address, host:port (a name such as localhost:8080 is resolved)";
     "GATEWAY_DATA_DIR", "./gateway-data",
-        "files under files/, generations.db, ledger.db, keys.db, the demo key";
+        "files under files/, generations.db (with the job records), ledger.db, keys.db, the demo key";
     "GATEWAY_DATABASE_URL", "",
         "postgres://user:password@host:port/database: ledger, records and keys in PostgreSQL, shared by replicas; unset: SQLite in the data dir";
     "GATEWAY_API_KEYS", "",

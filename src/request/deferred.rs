@@ -17,6 +17,7 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::clock::unix_now;
 use crate::id::JobId;
@@ -148,7 +149,8 @@ where
     track.record.webhook = webhook;
     let (accepted, answer) = oneshot::channel();
     let waiter = Waiter::Accepted(Some((accepted, cancel)));
-    tokio::spawn(drive(inner.oneshot(edit), steps, track, waiter));
+    // In the request's span: the job's logs (billing's among them) keep its id.
+    tokio::spawn(drive(inner.oneshot(edit), steps, track, waiter).in_current_span());
     match answer.await {
         Ok(Ok(record)) => accepted_response(&record),
         Ok(Err(error)) => error.into_response(),
@@ -174,12 +176,7 @@ where
     edit.progress = progress.clone();
     let track = Track::new(board, &edit, progress);
     let (ended, answer) = oneshot::channel();
-    tokio::spawn(drive(
-        inner.oneshot(edit),
-        steps,
-        track,
-        Waiter::Ended(ended),
-    ));
+    tokio::spawn(drive(inner.oneshot(edit), steps, track, Waiter::Ended(ended)).in_current_span());
     let Ok((id, outcome)) = answer.await else {
         return GatewayError::Internal.into_response();
     };

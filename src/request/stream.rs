@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::Response;
 use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use super::deferred::{with_job_id, Track};
 use crate::id::JobId;
@@ -74,7 +75,7 @@ where
         client: Some(client),
         keepalive,
     };
-    tokio::spawn(run.drive(inner.oneshot(edit), steps));
+    tokio::spawn(run.drive(inner.oneshot(edit), steps).in_current_span());
     match started.await {
         Ok(Ok(id)) => {
             let mut response = event_stream(ResponseBody::stream(body));

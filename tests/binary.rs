@@ -23,13 +23,16 @@ fn run_with_args(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn help_lists_every_setting_the_readme_documents() {
+fn help_lists_every_setting_the_configuration_page_documents() {
     let (ok, help, _) = run_with_args(&["--help"]);
     assert!(ok);
     assert!(help.starts_with("image-gateway "), "{help}");
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let documented: Vec<&str> = readme
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let documented: Vec<&str> = page
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
@@ -37,7 +40,7 @@ fn help_lists_every_setting_the_readme_documents() {
         .collect();
     assert!(
         documented.len() >= 20,
-        "the README's settings table: {documented:?}"
+        "the settings table of docs/configuration.md: {documented:?}"
     );
     for name in &documented {
         assert!(help.contains(name), "--help does not print {name}");
@@ -50,7 +53,7 @@ fn help_lists_every_setting_the_readme_documents() {
     assert_eq!(
         printed + 1,
         documented.len(),
-        "README and --help list the same settings"
+        "docs/configuration.md and --help list the same settings"
     );
 
     let (ok, version, _) = run_with_args(&["--version"]);

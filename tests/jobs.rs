@@ -71,20 +71,21 @@ async fn files(server: &TestServer, count: usize) -> Vec<String> {
     keys
 }
 
-/// POSTs a generation as alice, with `headers`.
-async fn generate(server: &TestServer, json: &str, headers: &[(&str, &str)]) -> Reply {
+/// POSTs a generation as `key`, with `headers`.
+async fn post(server: &TestServer, key: &str, json: &str, headers: &[(&str, &str)]) -> Reply {
     let mut req = http::Request::post("/v1/images/generations")
-        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json");
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let req = req
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            json.to_owned(),
-        )))
-        .unwrap();
-    server.send(req).await
+    let body = http_body_util::Full::new(bytes::Bytes::from(json.to_owned()));
+    server.send(req.body(body).unwrap()).await
+}
+
+/// POSTs a generation as alice, with `headers`.
+async fn generate(server: &TestServer, json: &str, headers: &[(&str, &str)]) -> Reply {
+    post(server, ALICE_KEY, json, headers).await
 }
 
 /// Sends a JSON request on a raw socket and reads until the answer's head has arrived;
@@ -234,15 +235,7 @@ const BOB: &str = "pk_live_bob_0123456789abcdef";
 
 /// POSTs a generation with `Prefer: respond-async` as `key`.
 async fn submit(server: &TestServer, key: &str, json: &str) -> Reply {
-    let req = http::Request::post("/v1/images/generations")
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .header("prefer", "respond-async")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            json.to_owned(),
-        )))
-        .unwrap();
-    server.send(req).await
+    post(server, key, json, &[("prefer", "respond-async")]).await
 }
 
 /// Reads the job at `id` until it has ended; returns it.
@@ -445,16 +438,16 @@ async fn an_async_submission_is_refused_as_a_synchronous_one_would_be() {
     .await;
     assert_eq!(nobody.error().0, 401);
     // A webhook is refused: this gateway delivers none.
-    let req = http::Request::post("/v1/images/generations")
-        .header("authorization", format!("Bearer {ALICE_KEY}"))
-        .header("content-type", "application/json")
-        .header("prefer", "respond-async")
-        .header("webhook-url", "https://example.com/hook")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"model":"gpt-image-2","prompt":"p"}"#,
-        )))
-        .unwrap();
-    let hooked = server.send(req).await;
+    let hooked = post(
+        &server,
+        ALICE_KEY,
+        r#"{"model":"gpt-image-2","prompt":"p"}"#,
+        &[
+            ("prefer", "respond-async"),
+            ("webhook-url", "https://example.com/hook"),
+        ],
+    )
+    .await;
     assert_eq!(
         hooked.error(),
         (400, "invalid_request".into(), Some("webhook_url".into()))
@@ -828,16 +821,9 @@ fn verify(hook: &Hook) {
 
 /// A submission with a `Webhook-Url`.
 async fn submit_with_hook(server: &TestServer, url: &str) -> Reply {
-    let req = http::Request::post("/v1/images/generations")
-        .header("authorization", format!("Bearer {ALICE_KEY}"))
-        .header("content-type", "application/json")
-        .header("prefer", "respond-async")
-        .header("webhook-url", url)
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
-        )))
-        .unwrap();
-    server.send(req).await
+    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let headers = [("prefer", "respond-async"), ("webhook-url", url)];
+    post(server, ALICE_KEY, json, &headers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,18 +854,9 @@ async fn webhooks_are_signed_retried_until_taken_and_survive_a_restart() {
         );
     }
     // Only an async job calls back.
-    let sync = http::Request::post("/v1/images/generations")
-        .header("authorization", format!("Bearer {ALICE_KEY}"))
-        .header("content-type", "application/json")
-        .header("webhook-url", "http://127.0.0.1:9/hook")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"model":"gpt-image-2","prompt":"p"}"#,
-        )))
-        .unwrap();
-    assert_eq!(
-        server.send(sync).await.error().2.as_deref(),
-        Some("webhook_url")
-    );
+    let json = r#"{"model":"gpt-image-2","prompt":"p"}"#;
+    let sync = generate(&server, json, &[("webhook-url", "http://127.0.0.1:9/hook")]).await;
+    assert_eq!(sync.error().2.as_deref(), Some("webhook_url"));
     assert_eq!(money(&server).await, (100, 0, 0));
 
     // A receiver that redirects, then fails, then takes it: the same event each time.

@@ -55,9 +55,10 @@ impl Progress {
         (progress, receiver)
     }
 
-    /// Whether anyone listens: a backend may skip making previews when not.
+    /// Whether anyone listens for partial images: a backend may skip making previews when
+    /// not (no receiver, or none asked for).
     pub fn is_streamed(&self) -> bool {
-        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+        self.max_partials > 0 && self.sender.as_ref().is_some_and(|s| !s.is_closed())
     }
 
     /// Shows the `index`-th partial image (from 0). An index past the job's

@@ -160,13 +160,11 @@ pub(crate) fn job_json(record: &JobRecord, result: Option<&[u8]>, listed: bool) 
         if let Some(at) = record.finished_at {
             fields.insert("finished_at".into(), at.into());
         }
-        if let Some(error) = &record.error {
-            let envelope: serde_json::Value = serde_json::from_str(error).unwrap_or_default();
-            fields.insert("error".into(), envelope["error"].clone());
+        if let Some(error) = record.error_object() {
+            fields.insert("error".into(), error);
         }
         if let (Some(output), true) = (&record.output, listed) {
-            let ids: Vec<String> = output.generations.iter().map(ToString::to_string).collect();
-            fields.insert("picklyone_generation_ids".into(), ids.into());
+            fields.insert("picklyone_generation_ids".into(), output.ids().into());
         }
     }
     let mut text = job.to_string();

@@ -54,7 +54,6 @@ struct Inner {
 
 /// A job running in this process.
 pub(crate) struct Live {
-    owner: UserId,
     /// An async job's handle: dropped to tell billing that nobody wants the job any more
     /// (a queued job is then cancelled; a running one runs on). A synchronous or streamed
     /// job has none: its client cancels it by leaving.
@@ -224,7 +223,6 @@ impl JobBoard {
         }
         let live = Arc::new(Live {
             record: record.clone(),
-            owner: record.owner.clone(),
             deferred: cancel.is_some(),
             cancel: Mutex::new(cancel),
             started_at: std::sync::atomic::AtomicU64::new(0),
@@ -261,17 +259,13 @@ impl JobBoard {
         let before = record.status;
         match outcome {
             Ok(outcome) => {
-                // The answer may come before its images are stored (a store that waits
-                // stores on a task of its own): an async job, read back through the API,
-                // succeeds once they are readable. A synchronous or streamed job's client
-                // has its images already; reading it back at once may answer `409
-                // generation_not_ready` for a moment, as a chained edit does.
-                if live.deferred {
-                    self.ready(outcome).await;
-                }
-                for (i, image) in (0u32..).zip(&outcome.images) {
-                    let frame = names.completed(image.id.to_string(), &image.image.bytes);
-                    live.log.push(EventId::Completed(i), frame);
+                // Framed (base64 of every image) only for readers attached now; a reader
+                // that comes later gets the events rebuilt from the record.
+                if live.log.followed() {
+                    for (i, image) in (0u32..).zip(&outcome.images) {
+                        let frame = names.completed(image.id.to_string(), &image.image.bytes);
+                        live.log.push(EventId::Completed(i), frame);
+                    }
                 }
                 record.status = JobStatus::Succeeded;
                 record.output = Some(JobOutput {
@@ -287,8 +281,7 @@ impl JobBoard {
             Err(error) => {
                 live.log
                     .push(EventId::Error, super::events::error_frame(error));
-                record.status = JobStatus::Failed;
-                record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
+                record.fail(error);
             }
         }
         record.finished_at = Some(unix_now());
@@ -307,19 +300,29 @@ impl JobBoard {
         self.live().remove(&record.id);
     }
 
-    /// Waits until every image of `outcome` is stored (or failed to be), so a job never
-    /// reads as succeeded before its result can be read.
-    async fn ready(&self, outcome: &EditOutcome) {
-        for image in &outcome.images {
-            let mut wait = Duration::from_millis(5);
-            for _ in 0..40 {
-                match self.inner.generations.get(image.id).await {
-                    Ok(Some(g)) if g.status == GenerationStatus::Pending => {}
-                    _ => break,
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+    /// The generation `id` once its bytes are stored or failed to be: an answer may come
+    /// before its images are stored (a store that waits stores on a task of its own), so a
+    /// read right after waits a moment, up to about ten seconds, then answers `409
+    /// generation_not_ready`.
+    async fn stored(&self, id: GenerationId) -> Result<crate::store::Generation, GatewayError> {
+        let mut wait = Duration::from_millis(5);
+        loop {
+            let generation = self
+                .inner
+                .generations
+                .get(id)
+                .await?
+                .ok_or(GatewayError::GenerationNotFound)?;
+            if generation.status != GenerationStatus::Pending {
+                return Ok(generation);
             }
+            if wait > Duration::from_secs(5) {
+                return Err(GatewayError::GenerationNotReady {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
         }
     }
 
@@ -330,7 +333,7 @@ impl JobBoard {
             // A synchronous or streamed job running here is written at its end.
             None => self
                 .live_job(id)
-                .filter(|live| &live.owner == owner)
+                .filter(|live| &live.record.owner == owner)
                 .map(|live| live.record.clone()),
         };
         let mut record = record
@@ -366,10 +369,8 @@ impl JobBoard {
 
     /// Ends `record`, left open by a process that died, `failed`.
     async fn interrupt(&self, record: &mut JobRecord) -> Result<(), GatewayError> {
-        record.status = JobStatus::Failed;
+        record.fail(&GatewayError::Upstream);
         record.finished_at = Some(unix_now());
-        let error = GatewayError::Upstream;
-        record.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
         self.inner.records.update(record).await?;
         self.announce(record).await;
         // Counted ended here; it was never counted open in this process.
@@ -410,7 +411,7 @@ impl JobBoard {
         let record = self.get(owner, id).await?;
         let live = self
             .live_job(id)
-            .filter(|live| &live.owner == owner)
+            .filter(|live| &live.record.owner == owner)
             .ok_or(GatewayError::JobNotCancellable)?;
         if live.progress.has_started() {
             return Err(GatewayError::JobNotCancellable);
@@ -442,17 +443,7 @@ impl JobBoard {
     ) -> Result<Vec<(GenerationId, Bytes)>, GatewayError> {
         let mut images = Vec::with_capacity(output.generations.len());
         for id in &output.generations {
-            let generation = self
-                .inner
-                .generations
-                .get(*id)
-                .await?
-                .ok_or(GatewayError::GenerationNotFound)?;
-            if generation.status == GenerationStatus::Pending {
-                return Err(GatewayError::GenerationNotReady {
-                    retry_after: Duration::from_secs(1),
-                });
-            }
+            let generation = self.stored(*id).await?;
             let bytes = self
                 .inner
                 .store
@@ -483,12 +474,21 @@ impl JobBoard {
         after: Option<EventId>,
         frames: tokio::sync::mpsc::Sender<Bytes>,
     ) {
-        let mut record = record;
+        let (mut record, mut after) = (record, after);
         let mut wait = Duration::from_millis(200);
         loop {
             if let Some(live) = self.live_job(record.id) {
-                live.log.follow(after, frames, self.inner.keepalive).await;
-                return;
+                let Ok(last) = live.log.follow(after, &frames, self.inner.keepalive).await else {
+                    return;
+                };
+                // Ended: what the log did not carry comes from the record, written before
+                // the log was completed.
+                after = last.or(after);
+                match self.get(&record.owner, record.id).await {
+                    Ok(ended) => record = ended,
+                    Err(_) => return,
+                }
+                break;
             }
             if record.status.is_ended() {
                 break;
@@ -553,5 +553,100 @@ impl JobBoard {
     pub async fn sweep(&self) -> Result<usize, GatewayError> {
         let before = unix_now().saturating_sub(self.inner.retention.as_secs());
         Ok(self.inner.records.forget(before).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{EditParams, Operation};
+    use crate::jobs::{Echo, MemoryJobs};
+    use crate::store::{MemoryFileStore, MemoryGenerations};
+
+    /// A board over memory records, with a one-minute retention and jobs that time out
+    /// after ten seconds (so they are stale after seventy).
+    fn board() -> (JobBoard, Arc<MemoryJobs>) {
+        let records = Arc::new(MemoryJobs::new());
+        let board = JobBoard::new(
+            records.clone(),
+            Arc::new(MemoryFileStore::new()),
+            Arc::new(MemoryGenerations::new()),
+        )
+        .bounds(1, Duration::from_secs(60), Duration::from_secs(15))
+        .job_timeout(Some(Duration::from_secs(10)));
+        (board, records)
+    }
+
+    fn record(created_at: u64) -> JobRecord {
+        let params = EditParams::new("m", "p");
+        JobRecord::queued(
+            JobId::new(),
+            UserId::new("alice").unwrap(),
+            Operation::Generate,
+            "m".into(),
+            1,
+            created_at,
+            Echo::of(&params),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_ended_job_is_readable_for_its_retention_and_swept_after() {
+        let (board, records) = board();
+        let alice = UserId::new("alice").unwrap();
+        let now = unix_now();
+        let mut kept = record(now - 100);
+        kept.status = JobStatus::Succeeded;
+        kept.finished_at = Some(now - 30);
+        let mut old = record(now - 200);
+        old.status = JobStatus::Failed;
+        old.finished_at = Some(now - 61);
+        records.insert(&kept).await.unwrap();
+        records.insert(&old).await.unwrap();
+        assert_eq!(board.get(&alice, kept.id).await.unwrap().id, kept.id);
+        assert_eq!(
+            board.get(&alice, old.id).await.err(),
+            Some(GatewayError::JobNotFound),
+            "past its retention"
+        );
+        let listed = board.list(&alice, None, 10).await.unwrap();
+        assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [kept.id]);
+        assert_eq!(board.sweep().await.unwrap(), 1);
+        assert_eq!(records.get(&alice, old.id).await.unwrap(), None);
+        assert!(records.get(&alice, kept.id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_job_left_open_past_its_timeout_reads_failed_and_frees_the_queue() {
+        let (board, records) = board();
+        let alice = UserId::new("alice").unwrap();
+        let now = unix_now();
+        // Open, not running here, created 71 s ago: its process died.
+        let stale = record(now - 71);
+        records.insert(&stale).await.unwrap();
+        // Open and recent: it still counts against the bound of one.
+        let fresh = record(now - 5);
+        records.insert(&fresh).await.unwrap();
+        assert_eq!(
+            board.admit(&alice).await.err().map(|e| e.code()),
+            Some("too_many_queued_jobs")
+        );
+        let read = board.get(&alice, stale.id).await.unwrap();
+        assert_eq!(read.status, JobStatus::Failed);
+        assert_eq!(read.error_object().unwrap()["code"], "upstream_error");
+        assert_eq!(
+            records.get(&alice, stale.id).await.unwrap().unwrap().status,
+            JobStatus::Failed,
+            "the record is ended too"
+        );
+        assert_eq!(
+            board.get(&alice, fresh.id).await.unwrap().status,
+            JobStatus::Queued
+        );
+        // Once the fresh one is stale as well, the queue is free again.
+        let mut aged = fresh.clone();
+        aged.created_at = now - 80;
+        records.update(&aged).await.unwrap();
+        assert!(board.admit(&alice).await.is_ok());
     }
 }

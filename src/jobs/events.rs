@@ -172,6 +172,11 @@ impl EventLog {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Whether any reader follows the log now.
+    pub(crate) fn followed(&self) -> bool {
+        self.changed.receiver_count() > 0
+    }
+
     /// Marks the log complete: readers end once they have read it all.
     pub(crate) fn end(&self) {
         self.events().1 = true;
@@ -192,40 +197,37 @@ impl EventLog {
 
     /// Sends the events after `after`, then every later one as it comes, to `frames` until
     /// the log is complete or the reader leaves; a comment goes out whenever nothing else
-    /// has for `keepalive`.
+    /// has for `keepalive`. Answers the last event sent, once the log is complete (the
+    /// completed images of a job nobody followed at its end are not in it: the caller
+    /// sends those from the record), or `Err` when the reader left.
     pub(crate) async fn follow(
         &self,
         mut after: Option<EventId>,
-        frames: tokio::sync::mpsc::Sender<Bytes>,
+        frames: &tokio::sync::mpsc::Sender<Bytes>,
         keepalive: std::time::Duration,
-    ) {
+    ) -> Result<Option<EventId>, ()> {
         let mut changed = self.changed.subscribe();
         loop {
             changed.mark_unchanged();
             let (events, complete) = self.after(after);
             for (id, frame) in events {
-                if frames.send(id.frame(&frame)).await.is_err() {
-                    return;
-                }
+                frames.send(id.frame(&frame)).await.map_err(drop)?;
                 after = Some(id);
             }
             if complete {
-                return;
+                return Ok(after);
             }
             loop {
                 tokio::select! {
                     moved = changed.changed() => {
-                        if moved.is_err() {
-                            return;
-                        }
+                        moved.map_err(drop)?;
                         break;
                     }
                     () = tokio::time::sleep(keepalive) => {
-                        if frames.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                            return;
-                        }
+                        let comment = Bytes::from_static(b": keep-alive\n\n");
+                        frames.send(comment).await.map_err(drop)?;
                     }
-                    () = frames.closed() => return,
+                    () = frames.closed() => return Err(()),
                 }
             }
         }
@@ -278,19 +280,16 @@ mod tests {
         let follower = {
             let log = log.clone();
             tokio::spawn(async move {
-                log.follow(
-                    Some(EventId::Partial(0)),
-                    tx,
-                    std::time::Duration::from_secs(60),
-                )
-                .await
+                let keepalive = std::time::Duration::from_secs(60);
+                log.follow(Some(EventId::Partial(0)), &tx, keepalive).await
             })
         };
         assert_eq!(rx.recv().await.unwrap(), "id: partial-1\nb\n\n");
         log.push(EventId::Completed(0), Bytes::from_static(b"c\n\n"));
         assert_eq!(rx.recv().await.unwrap(), "id: completed-0\nc\n\n");
         log.end();
-        follower.await.unwrap();
+        let last = follower.await.unwrap();
+        assert_eq!(last, Ok(Some(EventId::Completed(0))), "the last event sent");
         assert!(rx.recv().await.is_none(), "the reader ends with the log");
     }
 }

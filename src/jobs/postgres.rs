@@ -4,7 +4,7 @@ use tokio_postgres::Row;
 
 use super::record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus};
 use crate::auth::UserId;
-use crate::id::{GenerationId, JobId};
+use crate::id::JobId;
 use crate::job::Operation;
 use crate::postgres::{seconds, Postgres};
 use crate::store::StoreError;
@@ -80,22 +80,13 @@ const SELECT: &str = "SELECT id, owner, operation, model, n, status, created_at,
                       finished_at, size, quality, background, output_format, output_created, \
                       generations, error, webhook FROM jobs";
 
-/// The output's columns: its `created` and its generation ids, comma-separated.
+/// The output's columns: its `created` and its generation ids.
 fn output_columns(job: &JobRecord) -> (Option<i64>, Option<String>) {
-    match &job.output {
-        Some(output) => (
-            Some(seconds(output.created)),
-            Some(
-                output
-                    .generations
-                    .iter()
-                    .map(GenerationId::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        ),
-        None => (None, None),
-    }
+    let output = job.output.as_ref();
+    (
+        output.map(|o| seconds(o.created)),
+        output.map(JobOutput::ids_column),
+    )
 }
 
 /// A row, as [`SELECT`] orders it; rows are only written here, so one that does not parse
@@ -110,17 +101,7 @@ fn record_of(row: &Row) -> Result<JobRecord, StoreError> {
     let id: uuid::Uuid = row.try_get(0).map_err(StoreError::new)?;
     let n: i32 = row.try_get(4).map_err(StoreError::new)?;
     let generations: Option<String> = row.try_get(14).map_err(StoreError::new)?;
-    let output = match (time(13)?, generations) {
-        (Some(created), Some(list)) => Some(JobOutput {
-            created,
-            generations: list
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|s| GenerationId::parse(s).map_err(|_| corrupt("generation")))
-                .collect::<Result<_, _>>()?,
-        }),
-        _ => None,
-    };
+    let output = JobOutput::from_columns(time(13)?, generations)?;
     Ok(JobRecord {
         id: JobId::from(id),
         owner: UserId::new(&get(1)?).map_err(|_| corrupt("owner"))?,

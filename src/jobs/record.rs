@@ -7,6 +7,7 @@ use crate::auth::UserId;
 use crate::id::{GenerationId, JobId};
 use crate::job::{EditParams, Operation};
 use crate::store::StoreError;
+use crate::GatewayError;
 
 /// Where a job is in its life. `queued` and `running` are open; the other three are ends,
 /// and a job reaches exactly one of them.
@@ -92,6 +93,41 @@ pub struct JobOutput {
     pub generations: Vec<GenerationId>,
 }
 
+impl JobOutput {
+    /// Its generation ids as text, in order.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.generations.iter().map(ToString::to_string).collect()
+    }
+
+    /// Its generation ids as a record's column keeps them: comma-separated.
+    pub(crate) fn ids_column(&self) -> String {
+        self.ids().join(",")
+    }
+
+    /// The output a record's two columns hold: none unless both are set; a malformed id
+    /// is corruption.
+    pub(crate) fn from_columns(
+        created: Option<u64>,
+        ids: Option<String>,
+    ) -> Result<Option<JobOutput>, StoreError> {
+        let (Some(created), Some(ids)) = (created, ids) else {
+            return Ok(None);
+        };
+        let generations = ids
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                GenerationId::parse(s)
+                    .map_err(|_| StoreError::new("corrupt job record: generation"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(JobOutput {
+            created,
+            generations,
+        }))
+    }
+}
+
 /// One job as its record keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -151,6 +187,21 @@ impl JobRecord {
             error: None,
             webhook: None,
         }
+    }
+}
+
+impl JobRecord {
+    /// Ends the job failed with `error`, whose envelope it keeps.
+    pub(crate) fn fail(&mut self, error: &GatewayError) {
+        self.status = JobStatus::Failed;
+        self.error = Some(String::from_utf8_lossy(&error.to_json()).into_owned());
+    }
+
+    /// A failed job's error as the API shows it: the envelope's object (`message`, `type`,
+    /// `param`, `code`).
+    pub(crate) fn error_object(&self) -> Option<serde_json::Value> {
+        let envelope: serde_json::Value = serde_json::from_str(self.error.as_deref()?).ok()?;
+        Some(envelope["error"].clone())
     }
 }
 

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus};
 use crate::auth::UserId;
-use crate::id::{GenerationId, JobId};
+use crate::id::JobId;
 use crate::job::Operation;
 use crate::sqlite::{Reader, Writer};
 use crate::store::StoreError;
@@ -90,20 +90,8 @@ impl SqliteJobs {
         self.writer
             .submit(false, move |tx| {
                 let mut statement = tx.prepare_cached(sql).map_err(StoreError::new)?;
-                let (created, generations) = match &job.output {
-                    Some(output) => (
-                        Some(output.created as i64),
-                        Some(
-                            output
-                                .generations
-                                .iter()
-                                .map(GenerationId::to_string)
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        ),
-                    ),
-                    None => (None, None),
-                };
+                let created = job.output.as_ref().map(|o| o.created as i64);
+                let generations = job.output.as_ref().map(JobOutput::ids_column);
                 statement
                     .execute(params![
                         job.id.to_string(),
@@ -164,17 +152,7 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
     let generations: Option<String> = row.get(14)?;
     let output_created = time(13)?;
     let record = (|| {
-        let output = match (output_created, generations) {
-            (Some(created), Some(list)) => Some(JobOutput {
-                created,
-                generations: list
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| GenerationId::parse(s).map_err(|_| corrupt("generation")))
-                    .collect::<Result<_, _>>()?,
-            }),
-            _ => None,
-        };
+        let output = JobOutput::from_columns(output_created, generations)?;
         Ok(JobRecord {
             id: JobId::parse(&id).map_err(|_| corrupt("id"))?,
             owner: UserId::new(&owner).map_err(|_| corrupt("owner"))?,

@@ -183,12 +183,10 @@ pub(crate) fn delivery_of(record: &JobRecord) -> Option<Delivery> {
     });
     if let Some(fields) = data.as_object_mut() {
         if let Some(output) = &record.output {
-            let ids: Vec<String> = output.generations.iter().map(ToString::to_string).collect();
-            fields.insert("picklyone_generation_ids".into(), ids.into());
+            fields.insert("picklyone_generation_ids".into(), output.ids().into());
         }
-        if let Some(error) = &record.error {
-            let envelope: serde_json::Value = serde_json::from_str(error).unwrap_or_default();
-            fields.insert("error".into(), envelope["error"].clone());
+        if let Some(error) = record.error_object() {
+            fields.insert("error".into(), error);
         }
     }
     let now = unix_now();

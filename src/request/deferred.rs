@@ -97,10 +97,16 @@ impl Track {
         match step {
             Step::Started => self.board.started(&mut self.record, live),
             Step::Partial { index, image } => {
-                let frame = self.names.partial(*index, &image.bytes);
-                live.log.push(EventId::Partial(*index), frame);
+                self.partial(*index, self.names.partial(*index, &image.bytes));
             }
             Step::Held => {}
+        }
+    }
+
+    /// Keeps a partial image's event, already framed, for readers of the job's events.
+    pub(crate) fn partial(&self, index: u8, frame: bytes::Bytes) {
+        if let Some(live) = &self.live {
+            live.log.push(EventId::Partial(index), frame);
         }
     }
 
@@ -172,7 +178,8 @@ where
     S: Stage<EditRequest, EditOutcome>,
 {
     let _client = client;
-    let (progress, steps) = Progress::channel(edit.params.partial_images);
+    // A synchronous answer shows no partial images: none are made.
+    let (progress, steps) = Progress::channel(0);
     edit.progress = progress.clone();
     let track = Track::new(board, &edit, progress);
     let (ended, answer) = oneshot::channel();

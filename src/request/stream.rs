@@ -123,11 +123,8 @@ impl Relay {
     async fn step(&mut self, step: Step) -> Result<(), Gone> {
         match step {
             Step::Held => self.start(Ok(())),
-            Step::Started => Ok(()),
-            Step::Partial { index, image } if self.started() => {
-                self.send(self.names.partial(index, &image.bytes)).await
-            }
-            Step::Partial { .. } => Ok(()),
+            // A partial is framed once by `Run::step`, for this stream and the job's log.
+            Step::Started | Step::Partial { .. } => Ok(()),
         }
     }
 
@@ -219,6 +216,18 @@ impl Run {
     /// Records and relays one step; `Err` when the reader left and nothing else needs
     /// the job's steps.
     async fn step(&mut self, step: Step) -> Result<(), Gone> {
+        if let Step::Partial { index, image } = &step {
+            // Framed once: the same bytes go to the reader and to the job's event log.
+            let frame = self.relay.names.partial(*index, &image.bytes);
+            if let Some(track) = &self.track {
+                track.partial(*index, frame.clone());
+            }
+            let reading = self.client.is_some() && self.relay.started();
+            if reading && self.relay.send(frame).await.is_err() {
+                return self.gone();
+            }
+            return Ok(());
+        }
         if let Some(track) = &mut self.track {
             match &step {
                 Step::Held => {

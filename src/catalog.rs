@@ -59,10 +59,10 @@ impl ModelSpec {
         }
     }
 
-    /// The same model priced `price` per image for requests of `size` (as the client spelt
-    /// it: `1024x1536`, `auto`), of `quality`, or of both. A request pays the price of the
-    /// rule that names both its size and quality, else of one naming either (the first
-    /// added), else [`Self::price_per_image`]. A rule naming neither is ignored.
+    /// The same model priced `price` per image for requests of `size` (`1024x1536`), of
+    /// `quality`, or of both. An image pays the price of the rule that names both its size
+    /// and quality, else of one naming either (the first added), else
+    /// [`Self::price_per_image`]. A rule naming neither is ignored.
     pub fn with_price(mut self, size: Option<&str>, quality: Option<&str>, price: u64) -> Self {
         let mut prices = self.prices.to_vec();
         prices.push(PriceRule {
@@ -74,8 +74,48 @@ impl ModelSpec {
         self
     }
 
-    /// The price of one image of `size` and `quality` (see [`Self::with_price`]).
+    /// The price of one image of `size` and `quality` as the job will produce them (see
+    /// [`Self::with_price`]). `auto`, which the backend resolves after the hold, is not a
+    /// discount: it is priced as the dearest value it could become.
     pub fn price_for(&self, size: &str, quality: &str) -> u64 {
+        self.price_bounds(size, quality).1
+    }
+
+    /// The cheapest and the dearest price one image of `size` and `quality` may cost: equal
+    /// unless one of them is `auto`. A size may become any size (a rule's, or one no rule
+    /// names); a quality any of the model's [`Self::qualities`].
+    pub fn price_bounds(&self, size: &str, quality: &str) -> (u64, u64) {
+        const AUTO: &str = "auto";
+        // "" stands for a size no rule names, which pays what a rule of quality alone says.
+        let sizes: Vec<&str> = if size == AUTO {
+            let named = self.prices.iter().filter_map(|r| r.size.as_deref());
+            named.chain([""]).collect()
+        } else {
+            vec![size]
+        };
+        let qualities: Vec<&str> = if quality == AUTO {
+            let known = self.qualities.iter().map(String::as_str);
+            let mut known: Vec<&str> = known.filter(|q| *q != AUTO).collect();
+            if known.is_empty() {
+                known.push("");
+            }
+            known
+        } else {
+            vec![quality]
+        };
+        let mut bounds: Option<(u64, u64)> = None;
+        for size in &sizes {
+            for quality in &qualities {
+                let price = self.rule_price(size, quality);
+                bounds =
+                    Some(bounds.map_or((price, price), |(lo, hi)| (lo.min(price), hi.max(price))));
+            }
+        }
+        bounds.unwrap_or((self.price_per_image, self.price_per_image))
+    }
+
+    /// The price of the rule that fits a concrete `size` and `quality` best.
+    fn rule_price(&self, size: &str, quality: &str) -> u64 {
         let mut best: Option<(u8, u64)> = None;
         for rule in self.prices.iter() {
             if let Some(fit) = rule.fit(size, quality) {
@@ -198,6 +238,11 @@ mod tests {
         assert_eq!(spec.price_for("1024x1024", "high"), 30);
         assert_eq!(spec.price_for("1536x1024", "low"), 15);
         assert_eq!(spec.price_for("1536x1024", "high"), 45);
-        assert_eq!(spec.price_for("auto", "auto"), 10);
+        // `auto` is priced as the dearest it could become.
+        assert_eq!(spec.price_for("auto", "low"), 15);
+        assert_eq!(spec.price_for("1024x1024", "auto"), 30);
+        assert_eq!(spec.price_for("auto", "auto"), 45);
+        assert_eq!(spec.price_bounds("auto", "auto"), (10, 45));
+        assert_eq!(spec.price_bounds("1536x1024", "low"), (15, 15));
     }
 }

@@ -41,6 +41,65 @@ impl ImageKind {
         }
     }
 
+    /// The width and height an image's header declares, read without decoding it; `None`
+    /// when the header is cut short or malformed. Bounded: a JPEG's segments are skipped by
+    /// their lengths, so the scan is linear in the bytes and allocates nothing.
+    pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+        let be16 = |at: usize| -> Option<u32> {
+            let b = bytes.get(at..at + 2)?;
+            Some(u32::from(u16::from_be_bytes([b[0], b[1]])))
+        };
+        let le16 = |at: usize| -> Option<u32> {
+            let b = bytes.get(at..at + 2)?;
+            Some(u32::from(u16::from_le_bytes([b[0], b[1]])))
+        };
+        let be32 = |at: usize| -> Option<u32> {
+            let b = bytes.get(at..at + 4)?;
+            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let le24 = |at: usize| -> Option<u32> {
+            let b = bytes.get(at..at + 3)?;
+            Some(u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16)
+        };
+        let (width, height) = match ImageKind::sniff(bytes)? {
+            // The signature, then IHDR: length, "IHDR", width, height.
+            ImageKind::Png if bytes.get(12..16) == Some(b"IHDR") => (be32(16)?, be32(20)?),
+            ImageKind::Png => return None,
+            ImageKind::Gif => (le16(6)?, le16(8)?),
+            ImageKind::Webp => match bytes.get(12..16)? {
+                b"VP8 " if bytes.get(23..26) == Some(&[0x9D, 0x01, 0x2A]) => {
+                    (le16(26)? & 0x3FFF, le16(28)? & 0x3FFF)
+                }
+                b"VP8L" if bytes.get(20) == Some(&0x2F) => {
+                    let bits = le24(21)? | u32::from(*bytes.get(24)?) << 24;
+                    ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+                }
+                b"VP8X" => (le24(24)? + 1, le24(27)? + 1),
+                _ => return None,
+            },
+            ImageKind::Jpeg => {
+                // Segments after SOI: FF, marker, then (for most) a big-endian length that
+                // counts itself. The first start-of-frame carries the size.
+                let mut at = 2;
+                loop {
+                    if *bytes.get(at)? != 0xFF {
+                        return None;
+                    }
+                    let marker = *bytes.get(at + 1)?;
+                    match marker {
+                        0xFF => at += 1,
+                        0xD0..=0xD9 | 0x01 => at += 2,
+                        0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                            break (be16(at + 7)?, be16(at + 5)?);
+                        }
+                        _ => at = at.checked_add(2)?.checked_add(be16(at + 2)? as usize)?,
+                    }
+                }
+            }
+        };
+        (width > 0 && height > 0).then_some((width, height))
+    }
+
     /// The usual file extension, without the dot.
     pub fn extension(self) -> &'static str {
         match self {
@@ -75,5 +134,32 @@ mod tests {
         assert_eq!(ImageKind::sniff(b"hello, I am text.png"), None);
         assert_eq!(ImageKind::sniff(b"\x89PN"), None);
         assert_eq!(ImageKind::sniff(b""), None);
+    }
+
+    #[test]
+    fn dimensions_from_headers() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&3840u32.to_be_bytes());
+        png.extend_from_slice(&2160u32.to_be_bytes());
+        assert_eq!(ImageKind::dimensions(&png), Some((3840, 2160)));
+        assert_eq!(ImageKind::dimensions(&png[..22]), None);
+        assert_eq!(
+            ImageKind::dimensions(b"GIF89a\x20\x03\x58\x02"),
+            Some((800, 600))
+        );
+        // SOI, an APP0 of 16 bytes, then SOF0: length 17, precision 8, height 480, width 640.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10];
+        jpeg.extend_from_slice(&[0; 14]);
+        jpeg.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08, 0x01, 0xE0, 0x02, 0x80]);
+        assert_eq!(ImageKind::dimensions(&jpeg), Some((640, 480)));
+        // A segment length that points past the end is no answer, not a panic.
+        assert_eq!(
+            ImageKind::dimensions(&[0xFF, 0xD8, 0xFF, 0xE0, 0xFF, 0xFF]),
+            None
+        );
+        let mut vp8x = b"RIFF\0\0\0\0WEBPVP8X".to_vec();
+        vp8x.extend_from_slice(&[0; 8]);
+        vp8x.extend_from_slice(&[0xFF, 0x03, 0x00, 0x7F, 0x02, 0x00]);
+        assert_eq!(ImageKind::dimensions(&vp8x), Some((1024, 640)));
     }
 }

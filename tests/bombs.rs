@@ -227,3 +227,108 @@ async fn sixteen_abandoned_large_renders_are_bounded_and_charged() {
         peak >> 20
     );
 }
+
+/// A JSON edit naming `keys` as OpenAI's `images` references.
+fn named_edit(keys: &[String]) -> String {
+    let images: Vec<String> = keys
+        .iter()
+        .map(|k| format!(r#"{{"file_id":"{k}"}}"#))
+        .collect();
+    format!(
+        r#"{{"model":"gpt-image-2","prompt":"p","images":[{}]}}"#,
+        images.join(",")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_sources_are_not_read_before_the_caller_could_pay() {
+    const ADMIN: &str = "adm_named_sources_0123456789";
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
+    let data = temp_dir("named-sources");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Process::start_with(
+        &binary,
+        &data,
+        port,
+        &[("GATEWAY_DEMO_BALANCE", "0"), ("GATEWAY_ADMIN_KEY", ADMIN)],
+    );
+    let client = TestServer::at(addr);
+    // Sixteen distinct 10 MB uploads: uploading is free, and each is a valid PNG's head
+    // followed by padding.
+    let mut big = png(8, 8);
+    big.resize(10 << 20, 0);
+    let mut keys = Vec::new();
+    for i in 0..16 {
+        let name = format!("big-{i}.png");
+        keys.extend(
+            client
+                .upload(ALICE_KEY, &[(&name, &big)])
+                .await
+                .uploaded_keys(),
+        );
+    }
+    let at_rest = server.peak_rss();
+
+    // The same image named twice is refused before anything is read.
+    let twice = client
+        .edit_json(ALICE_KEY, &named_edit(&[keys[0].clone(), keys[0].clone()]))
+        .await;
+    assert_eq!(
+        twice.error(),
+        (400, "invalid_request".into(), Some("images".into()))
+    );
+
+    // Twenty callers at once, each naming 160 MB, with no money: each is answered 402 and
+    // nothing is read (before, 2.9 GB was read and RSS grew by 2.1 GB).
+    let body = named_edit(&keys);
+    let edits: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, body) = (TestServer::at(addr), body.clone());
+            tokio::spawn(async move { client.edit_json(ALICE_KEY, &body).await })
+        })
+        .collect();
+    for edit in edits {
+        let reply = edit.await.unwrap();
+        assert_eq!(reply.error().1, "insufficient_balance", "{:?}", reply.body);
+    }
+    let peak = server.peak_rss();
+    println!(
+        "20 unpaid edits naming 160 MB each: peak RSS {} MiB, {} MiB at rest",
+        peak >> 20,
+        at_rest >> 20
+    );
+    assert!(
+        peak - at_rest < 32 << 20,
+        "unpaid edits grew the peak RSS by {} MiB",
+        (peak - at_rest) >> 20
+    );
+
+    // With money, a request may read 64 MiB of named images before its hold, no more: the
+    // seventh 10 MB source stops the reading, and nothing is charged.
+    let deposit = client
+        .send(
+            http::Request::post("/admin/v1/accounts/alice/deposits")
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    br#"{"amount": 100, "reference": "named sources"}"#,
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(deposit.status.as_u16(), 200, "{:?}", deposit.body);
+    let over = client.edit_json(ALICE_KEY, &body).await;
+    assert_eq!(
+        over.error(),
+        (400, "invalid_request".into(), Some("images".into()))
+    );
+    let balance = client
+        .call(http::Method::GET, "/api/v1/balance", ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(
+        (balance["available"].as_i64(), balance["held"].as_u64()),
+        (Some(100), Some(0))
+    );
+}

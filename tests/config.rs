@@ -36,12 +36,17 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 }
 
 fn edit(quality: &str, size: &str) -> Form {
+    edit_of(quality, size, 8)
+}
+
+/// An edit of a `side x side` source.
+fn edit_of(quality: &str, size: &str, side: u32) -> Form {
     Form::new()
         .text("model", "gpt-image-2")
         .text("prompt", "p")
         .text("quality", quality)
         .text("size", size)
-        .file("image", "a.png", "image/png", &png(8, 8))
+        .file("image", "a.png", "image/png", &png(side, side))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +110,37 @@ prices = [
         let reply = server.edit_form(ALICE_KEY, edit(quality, size)).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         assert_eq!(before - balance().await, price, "{quality} {size}");
+    }
+    // `auto` is not a discount: an edit at `size: auto` is made at its source's size and
+    // pays that size's rule; a `quality: auto` the backend resolves pays the dearest quality.
+    let deposit = server
+        .send(
+            http::Request::post("/admin/v1/accounts/alice/deposits")
+                .header("authorization", format!("Bearer {ADMIN_KEY}"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"amount": 200, "reference": "auto prices"}"#,
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(deposit.status, StatusCode::OK, "{:?}", deposit.body);
+    for (quality, size, side, price) in [
+        ("low", "auto", 16, 15),
+        ("low", "auto", 8, 10),
+        ("auto", "8x8", 8, 30),
+        ("auto", "auto", 16, 45),
+    ] {
+        let before = balance().await;
+        let reply = server
+            .edit_form(ALICE_KEY, edit_of(quality, size, side))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(
+            before - balance().await,
+            price,
+            "{quality} {size} of a {side}x{side} source"
+        );
     }
     // The file's qualities and max_images hold.
     let medium = server.edit_form(ALICE_KEY, edit("medium", "8x8")).await;

@@ -1,6 +1,7 @@
 //! The reference backend fed an arbitrary source file: PNG chunk filtering and every
 //! decoder behind it, under a small decode budget. Never a panic; an answer is an image of
-//! at most the output cap, or an error.
+//! at most the output cap, or an error. The header reader billing prices `auto` by reads
+//! every input too, and never panics.
 #![no_main]
 
 use image_gateway::job::{EditJob, EditParams, SourceImage};
@@ -24,6 +25,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let _ = ImageKind::dimensions(data);
     let Some(kind) = ImageKind::sniff(data) else {
         return;
     };

@@ -1,10 +1,15 @@
 //! Billing: nothing reaches the backend without a hold, every hold ends exactly once, and
 //! no image is reachable before it is charged.
 //!
-//! [`BillingLayer`] wraps the edit service. Per request it holds `n x price_per_image` on the
+//! [`BillingLayer`] wraps the edit service. Per request it holds `n x price` on the
 //! caller's account ([`Ledger::hold`]), runs the inner service (the backend, whose images come
 //! back recorded but not yet reachable), settles `returned x price`, and only then publishes
-//! the images (stores their bytes, marks their generations ready):
+//! the images (stores their bytes, marks their generations ready). The price is the rule of
+//! the size and quality the job will produce: `auto` on an edit or compose is its first
+//! source's size, and any `auto` still unresolved is priced as the dearest value it could
+//! become ([`ModelSpec::price_for`](crate::catalog::ModelSpec::price_for)). Before any source
+//! a request names is read or fetched, its caller's balance is checked against the least it
+//! could cost, so a caller who cannot pay spends no reads:
 //!
 //! | outcome | money |
 //! |---|---|
@@ -35,6 +40,7 @@ mod admin;
 mod api;
 mod guard;
 mod layer;
+mod price;
 mod service;
 
 use std::sync::Arc;
@@ -44,6 +50,8 @@ pub use admin::AdminApi;
 pub use api::{AccountApi, BALANCE_PATH, USAGE_PATH};
 pub use layer::BillingLayer;
 pub use service::Billing;
+
+pub(crate) use price::Admission;
 
 use crate::clock::unix_now;
 use crate::ledger::Ledger;

@@ -7,6 +7,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::guard::{HoldGuard, Spend};
+use super::price::{priced_size, total};
 use crate::auth::{utc_day, KeyRegistry, Principal};
 use crate::clock::unix_now;
 
@@ -81,13 +82,11 @@ where
     /// has been charged. The job (and the leases it carries, such as the caller's in-flight
     /// slot) lives until the backend's work has ended.
     async fn bill(mut self, mut job: EditJob) -> Result<EditOutcome, GatewayError> {
-        let size = job.params.size.to_string();
+        let size = priced_size(job.params.size, job.sources.first().map(|s| &s.bytes[..]));
         let spec = self.catalog.get(&job.params.model)?;
         let price = Amount::new(spec.price_for(&size, job.params.quality.as_str()));
         let n = job.params.n;
-        let amount = price.times(n).ok_or_else(|| {
-            GatewayError::invalid_request("n x price is beyond any balance", Some("n"))
-        })?;
+        let amount = total(price, n)?;
         let key = job.principal.key.as_ref().map(|grant| grant.id.to_string());
         let memo = Memo::new(job.request_id.as_str(), job.params.model.clone(), n).with_key(key);
         let spend = reserve(self.registry.clone(), &job.principal, amount).await?;

@@ -312,7 +312,8 @@ impl GatewayBuilder {
         let catalog = Catalog::new(models);
 
         let health_store = store.clone();
-        let sources = ResolveSourceLayer::new(store.clone(), generations.clone());
+        let sources = ResolveSourceLayer::new(store.clone(), generations.clone())
+            .admission(ledger.clone(), catalog.clone());
         #[cfg(feature = "fetch")]
         let sources = match fetcher {
             Some(fetcher) => sources.fetcher(fetcher),

@@ -270,7 +270,7 @@ impl RawFields {
             }
             ["images"] => {
                 check_count(self.references.len(), Operation::Edit, "images")?;
-                Ok(self.references.iter().map(|(_, r)| r.clone()).collect())
+                self.distinct_references()
             }
             [..] => Err(GatewayError::invalid_request(
                 "image_key, generation_id, images and image files are mutually exclusive; \
@@ -290,6 +290,12 @@ impl RawFields {
         }
         let param = given.first().copied().unwrap_or("image_keys");
         check_count(self.references.len(), Operation::Compose, param)?;
+        self.distinct_references()
+    }
+
+    /// The references, refused when one is named twice: a request reads each image it
+    /// names before its hold, so a repeated name would only multiply that unpaid work.
+    fn distinct_references(&self) -> Result<Vec<Reference>, GatewayError> {
         for (i, (param, reference)) in self.references.iter().enumerate() {
             let earlier = &self.references[..i];
             if earlier.iter().any(|(_, r)| same_reference(r, reference)) {

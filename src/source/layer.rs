@@ -5,6 +5,9 @@ use tower_layer::Layer;
 
 use super::service::Sources;
 use super::ResolveSource;
+use crate::billing::Admission;
+use crate::catalog::Catalog;
+use crate::ledger::Ledger;
 use crate::store::{FileStore, Generations};
 
 /// Applies [`ResolveSource`] to a service of [`EditJob`](crate::job::EditJob)s.
@@ -23,8 +26,17 @@ impl ResolveSourceLayer {
                 pending_timeout: Duration::from_secs(300),
                 #[cfg(feature = "fetch")]
                 fetcher: None,
+                admission: None,
             },
         }
+    }
+
+    /// Checks each caller's balance against the least a request could cost before any
+    /// source it names is read or fetched (`402` without reading). Default: no check, and
+    /// the hold alone refuses a caller who cannot pay, after the reads.
+    pub fn admission(mut self, ledger: Arc<dyn Ledger>, catalog: Catalog) -> Self {
+        self.sources.admission = Some(Admission::new(ledger, catalog));
+        self
     }
 
     /// How long a generation may stay pending before it is checked against the store

@@ -7,6 +7,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::auth::Principal;
+use crate::billing::Admission;
 use crate::job::{EditJob, EditOutcome, EditRequest, Operation, Reference, SourceImage, Stage};
 
 use crate::clock::unix_now;
@@ -19,6 +20,11 @@ use crate::GatewayError;
 
 /// How long a client is asked to wait for a pending generation.
 const RETRY_PENDING: Duration = Duration::from_secs(1);
+
+/// The most bytes of stored or fetched images one request may read before its hold (one
+/// more image may be in flight when it is reached): with the body limit, what a request can
+/// make the gateway hold in memory before anyone has paid.
+pub const MAX_NAMED_SOURCE_BYTES: usize = 64 << 20;
 
 /// Fetches the source image of each edit and hands the inner service an [`EditJob`].
 #[derive(Clone)]
@@ -37,6 +43,8 @@ pub(crate) struct Sources {
     /// Fetches `https://` references; without it they are refused.
     #[cfg(feature = "fetch")]
     pub(crate) fetcher: Option<crate::fetch::UrlFetcher>,
+    /// The balance check before any named source is read; without it, none.
+    pub(crate) admission: Option<Admission>,
 }
 
 /// Inline and fetched images still to store, under their new keys, once the hold is taken.
@@ -70,12 +78,25 @@ where
         let inner = self.inner.clone();
         let sources = self.sources.clone();
         ResponseFuture::new(async move {
+            if let Some(admission) = &sources.admission {
+                admission.check(&req).await?;
+            }
             let mut uploads = Uploads::new();
             let (mut images, mut keys) = (Vec::new(), Vec::new());
+            let mut read = 0usize;
             for reference in &req.sources {
                 let (image, key) = sources
                     .resolve(&req.principal, reference, &mut uploads)
                     .await?;
+                if !matches!(reference, Reference::Inline(_)) {
+                    read = read.saturating_add(image.bytes.len());
+                    if read > MAX_NAMED_SOURCE_BYTES {
+                        return Err(GatewayError::invalid_request(
+                            "the images this request names total more than 64 MiB",
+                            Some("images"),
+                        ));
+                    }
+                }
                 images.push(image);
                 keys.push(key);
             }
@@ -242,6 +263,7 @@ mod tests {
             pending_timeout: Duration::from_secs(300),
             #[cfg(feature = "fetch")]
             fetcher: None,
+            admission: None,
         };
         (sources, Principal::new(alice), id)
     }

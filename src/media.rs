@@ -100,6 +100,27 @@ impl ImageKind {
         (width > 0 && height > 0).then_some((width, height))
     }
 
+    /// Whether an image's header declares an alpha channel: a PNG of colour type 4 or 6 (or
+    /// with a `tRNS` chunk before its first `IDAT`, checked within the first 64 KiB), a WebP
+    /// whose extended header flags alpha or whose lossless header hints it.
+    pub fn has_alpha(bytes: &[u8]) -> bool {
+        match ImageKind::sniff(bytes) {
+            Some(ImageKind::Png) => {
+                let head = &bytes[..bytes.len().min(64 << 10)];
+                matches!(bytes.get(25), Some(4 | 6))
+                    || memchr::memmem::find(head, b"tRNS").is_some_and(|at| {
+                        memchr::memmem::find(head, b"IDAT").is_none_or(|data| at < data)
+                    })
+            }
+            Some(ImageKind::Webp) => match bytes.get(12..16) {
+                Some(b"VP8X") => bytes.get(20).is_some_and(|flags| flags & 0x10 != 0),
+                Some(b"VP8L") => bytes.get(24).is_some_and(|b| b & 0x10 != 0),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The usual file extension, without the dot.
     pub fn extension(self) -> &'static str {
         match self {

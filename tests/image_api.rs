@@ -124,6 +124,40 @@ async fn a_generation_is_billed_and_its_outputs_chain_into_an_edit_and_a_compose
 }
 
 #[tokio::test]
+async fn answers_say_what_was_made_as_openai_describes_its_images() {
+    let b = billed(Duration::ZERO).await;
+    let source = data_uri(&png(48, 32));
+    let cases = [
+        // (output_format, background asked, expected background, quality)
+        ("jpeg", "auto", "opaque", "high"),
+        ("png", "transparent", "transparent", "low"),
+        ("png", "auto", "transparent", "auto"),
+        ("webp", "opaque", "opaque", "medium"),
+    ];
+    for (format, asked, background, quality) in cases {
+        let reply = b
+            .post(
+                "/v1/images/edits",
+                &format!(
+                    r#"{{"model":"gpt-image-2","prompt":"p","n":2,"images":[{{"image_url":"{source}"}}],
+                    "size":"auto","output_format":"{format}","background":"{asked}","quality":"{quality}"}}"#
+                ),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let answer = reply.json();
+        // `auto` answers the size it became: the source's.
+        assert_eq!(answer["size"], "48x32", "{format}");
+        assert_eq!(answer["output_format"], format);
+        assert_eq!(answer["background"], background, "{format} {asked}");
+        assert_eq!(answer["quality"], quality);
+        assert_eq!(answer["usage"]["images"], 2);
+        assert_eq!(answer["usage"]["total_tokens"], 0);
+        assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[tokio::test]
 async fn a_compose_mixes_a_key_a_generation_and_a_data_uri_and_refuses_four_or_duplicates() {
     let b = billed(Duration::ZERO).await;
     let red = encode(&RgbaImage::from_pixel(8, 8, Rgba([255, 0, 0, 255])));

@@ -12,7 +12,7 @@ use crate::clock::unix_now;
 use crate::future::ResponseFuture;
 use crate::id::GenerationId;
 use crate::job::Outputs;
-use crate::job::{EditJob, Image, Rendered};
+use crate::job::{Background, EditJob, Image, Rendered};
 use crate::metrics::Metrics;
 use crate::store::{
     admit_all, write_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage,
@@ -88,6 +88,7 @@ impl Service<EditJob> for EditService {
         let this = self.clone();
         ResponseFuture::new(async move {
             let (principal, operation, n) = (job.principal.clone(), job.operation, job.params.n);
+            let asked = (job.params.quality.clone(), job.params.background);
             let owner = principal.user_id();
             // Uploads are refused before the backend runs (no model time for an edit whose
             // sources cannot be kept), then written while it works and while its images are
@@ -128,7 +129,8 @@ impl Service<EditJob> for EditService {
                 if let Some(metrics) = &this.metrics {
                     metrics.backend(operation, started.elapsed(), answer.as_ref().err());
                 }
-                this.record(&principal, n, answer?).await
+                this.record(&principal, n, (asked.0.as_str(), asked.1), answer?)
+                    .await
             };
             let (stored, rendered) = tokio::join!(stored, ran);
             // Sources that could not be kept fail the edit, as before the backend ran.
@@ -149,6 +151,7 @@ impl EditService {
         &self,
         principal: &Principal,
         n: u32,
+        asked: (&str, Background),
         mut images: Vec<Image>,
     ) -> Result<Rendered, GatewayError> {
         images.truncate(n as usize);
@@ -164,7 +167,7 @@ impl EditService {
             .admits(principal.user_id(), adding)
             .await?;
         let created = unix_now();
-        let mut rendered = Rendered::new(created, self.outputs.clone());
+        let mut rendered = Rendered::new(created, asked, self.outputs.clone());
         for image in images {
             let id = GenerationId::new();
             let key = output_key(principal, id, &image);

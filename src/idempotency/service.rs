@@ -8,13 +8,12 @@ use tracing::Instrument;
 
 use super::{Begin, IdempotencyRecords};
 use crate::auth::UserId;
-use crate::job::{EditOutcome, EditRequest, GeneratedImage, Image, OutputFormat, Stage};
+use crate::job::{EditOutcome, EditRequest, GeneratedImage, Image, Stage};
 
 use crate::clock::unix_now;
 use crate::future::{run_to_end, ResponseFuture};
 
 use crate::id::GenerationId;
-use crate::media::ImageKind;
 
 use crate::store::{FileStore, GenerationStatus, Generations};
 use crate::GatewayError;
@@ -142,12 +141,7 @@ async fn replay(
             .get(&generation.file_key)
             .await?
             .ok_or(GatewayError::ImageNotFound)?;
-        let format = match ImageKind::sniff(&bytes) {
-            Some(ImageKind::Jpeg) => OutputFormat::Jpeg,
-            Some(ImageKind::Webp) => OutputFormat::Webp,
-            _ => OutputFormat::Png,
-        };
-        images.push(GeneratedImage::new(*id, Image::new(bytes, format)));
+        images.push(GeneratedImage::new(*id, Image::stored(bytes)));
     }
     Ok(EditOutcome::new(created, images))
 }

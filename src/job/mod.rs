@@ -27,6 +27,7 @@ use std::future::Future;
 use bytes::Bytes;
 use tower_service::Service;
 
+pub(crate) use outcome::usage;
 pub use outcome::{EditOutcome, GeneratedImage};
 pub(crate) use params::{parse_flag, parse_integer, parse_token};
 pub use params::{
@@ -347,5 +348,15 @@ impl Image {
     /// An image of the given encoding.
     pub fn new(bytes: Bytes, format: OutputFormat) -> Self {
         Image { bytes, format }
+    }
+
+    /// A stored output read back, its encoding told by its bytes (PNG when they tell none).
+    pub fn stored(bytes: Bytes) -> Self {
+        let format = match crate::media::ImageKind::sniff(&bytes) {
+            Some(crate::media::ImageKind::Jpeg) => OutputFormat::Jpeg,
+            Some(crate::media::ImageKind::Webp) => OutputFormat::Webp,
+            _ => OutputFormat::Png,
+        };
+        Image::new(bytes, format)
     }
 }

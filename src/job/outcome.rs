@@ -1,9 +1,10 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response};
 
-use super::Image;
+use super::{Background, Image, OutputFormat};
 use crate::body::Piece;
 use crate::id::GenerationId;
+use crate::media::ImageKind;
 use crate::store::FileKey;
 use crate::ResponseBody;
 
@@ -17,6 +18,11 @@ pub struct EditOutcome {
     pub images: Vec<GeneratedImage>,
     /// The keys the edit's sources are stored under, sent as `x-source-image-keys`.
     pub source_keys: Vec<FileKey>,
+    /// The quality the job was made at, when known (the answer's `quality`).
+    pub quality: Option<String>,
+    /// The background the job asked for, when known; the answer's `background` is what the
+    /// first image really has where the request left it to the backend.
+    pub background: Option<Background>,
 }
 
 /// One produced image and its generation id.
@@ -43,7 +49,48 @@ impl EditOutcome {
             created,
             images,
             source_keys: Vec::new(),
+            quality: None,
+            background: None,
         }
+    }
+
+    /// The same outcome of a job made at `quality` with `background` asked.
+    pub fn described(mut self, quality: &str, background: Background) -> Self {
+        self.quality = Some(quality.to_owned());
+        self.background = Some(background);
+        self
+    }
+
+    /// OpenAI's fields of a GPT image answer beside `created` and `data`, of the images
+    /// really produced: `background`, `output_format`, `quality`, `size` (of the first
+    /// image; all of one job share them), each left out when unknown.
+    fn description(&self) -> String {
+        use std::fmt::Write;
+        let mut fields = String::new();
+        let Some(first) = self.images.first().map(|g| &g.image) else {
+            return fields;
+        };
+        let background = match self.background {
+            _ if first.format == OutputFormat::Jpeg => Some("opaque"),
+            Some(Background::Auto) | None if ImageKind::has_alpha(&first.bytes) => {
+                Some("transparent")
+            }
+            Some(Background::Auto) => Some("opaque"),
+            Some(asked) => Some(asked.as_str()),
+            None => None,
+        };
+        // Every value written is one of the gateway's own words or a number: no escaping.
+        if let Some(background) = background {
+            let _ = write!(fields, ",\"background\":\"{background}\"");
+        }
+        let _ = write!(fields, ",\"output_format\":\"{}\"", first.format.as_str());
+        if let Some(quality) = &self.quality {
+            let _ = write!(fields, ",\"quality\":\"{quality}\"");
+        }
+        if let Some((width, height)) = ImageKind::dimensions(&first.bytes) {
+            let _ = write!(fields, ",\"size\":\"{width}x{height}\"");
+        }
+        fields
     }
 
     /// The spec's response body:
@@ -52,7 +99,11 @@ impl EditOutcome {
     /// a chunk at a time. Base64 and UUID text never need JSON escaping.
     fn pieces(&self) -> Vec<Piece> {
         let mut pieces = Vec::with_capacity(2 * self.images.len() + 2);
-        let mut literal = format!("{{\"created\":{},\"data\":[", self.created);
+        let mut literal = format!(
+            "{{\"created\":{}{},\"data\":[",
+            self.created,
+            self.description()
+        );
         for (i, generated) in self.images.iter().enumerate() {
             if i > 0 {
                 literal.push(',');
@@ -71,7 +122,9 @@ impl EditOutcome {
             literal.push_str(&generated.id.to_string());
             literal.push('"');
         }
-        literal.push_str("]}");
+        literal.push_str("],\"usage\":");
+        literal.push_str(&usage(self.images.len()));
+        literal.push('}');
         pieces.push(Piece::Literal(literal));
         pieces
     }
@@ -99,10 +152,18 @@ impl EditOutcome {
     }
 }
 
+/// OpenAI's `usage` object for `images` images. It counts tokens; the gateway bills by
+/// image, so its token counts are zero and `images` says what the answer is billed as.
+pub(crate) fn usage(images: usize) -> String {
+    format!(
+        "{{\"input_tokens\":0,\"input_tokens_details\":{{\"image_tokens\":0,\"text_tokens\":0}},\
+         \"output_tokens\":0,\"total_tokens\":0,\"images\":{images}}}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::OutputFormat;
 
     #[test]
     fn body_is_the_spec_shape() {
@@ -119,8 +180,11 @@ mod tests {
             value,
             serde_json::json!({
                 "created": 1_776_864_985u64,
+                "output_format": "png",
                 "data": [{"b64_json": "iVBORw=="}],
                 "picklyone_generation_ids": [id.to_string()],
+                "usage": {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0,
+                    "text_tokens": 0}, "output_tokens": 0, "total_tokens": 0, "images": 1},
             })
         );
     }

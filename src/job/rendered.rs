@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{EditOutcome, GeneratedImage, Image};
+use super::{Background, EditOutcome, GeneratedImage, Image};
 use crate::id::GenerationId;
 use crate::store::{FileKey, FileStore, GenerationStatus, Generations};
 
@@ -20,6 +20,9 @@ pub(crate) struct Outputs {
 #[must_use = "publish or discard the images"]
 pub struct Rendered {
     created: u64,
+    /// The quality and background the job asked for, which its answer echoes.
+    quality: String,
+    background: Background,
     images: Vec<GeneratedImage>,
     keys: Vec<FileKey>,
     outputs: Outputs,
@@ -34,10 +37,17 @@ impl std::fmt::Debug for Rendered {
 }
 
 impl Rendered {
-    /// No images yet, of an edit finished at `created`; they go to `outputs`.
-    pub(crate) fn new(created: u64, outputs: Outputs) -> Self {
+    /// No images yet, of an edit finished at `created` at `quality` and `background`; they
+    /// go to `outputs`.
+    pub(crate) fn new(
+        created: u64,
+        (quality, background): (&str, Background),
+        outputs: Outputs,
+    ) -> Self {
         Rendered {
             created,
+            quality: quality.to_owned(),
+            background,
             images: Vec::new(),
             keys: Vec::new(),
             outputs,
@@ -72,7 +82,7 @@ impl Rendered {
                 .store(generated.id, key, generated.image.clone())
                 .await;
         }
-        EditOutcome::new(self.created, self.images)
+        EditOutcome::new(self.created, self.images).described(&self.quality, self.background)
     }
 
     /// Marks the generations failed: none of the images ever becomes reachable.

@@ -73,7 +73,9 @@ impl<B: Send + 'static> Service<Request<B>> for JobApi {
                 (Some(id), false, &Method::GET) => {
                     let record = board.get(&owner, id).await?;
                     let result = match (&record.output, record.status) {
-                        (Some(output), JobStatus::Succeeded) => Some(board.result(output).await?),
+                        (Some(output), JobStatus::Succeeded) => {
+                            Some(board.result(output, &record.echo).await?)
+                        }
                         _ => None,
                     };
                     Ok(json(

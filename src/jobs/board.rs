@@ -6,12 +6,12 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::events::{ended_events, EventId, EventLog};
-use super::record::{JobOutput, JobRecord, JobRecords, JobStatus};
+use super::record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus};
 use super::webhook::{delivery_of, WebhookConfig};
 use crate::auth::UserId;
 use crate::clock::unix_now;
 use crate::id::{GenerationId, JobId};
-use crate::job::{EditOutcome, GeneratedImage, Image, OutputFormat, Progress};
+use crate::job::{EditOutcome, GeneratedImage, Image, Progress};
 use crate::lease::ClientHandle;
 use crate::metrics::Metrics;
 use crate::store::{FileStore, GenerationStatus, Generations};
@@ -456,13 +456,19 @@ impl JobBoard {
     }
 
     /// The body a synchronous request of a succeeded job would have been answered with.
-    pub(crate) async fn result(&self, output: &JobOutput) -> Result<Bytes, GatewayError> {
+    pub(crate) async fn result(
+        &self,
+        output: &JobOutput,
+        echo: &Echo,
+    ) -> Result<Bytes, GatewayError> {
         let images = self.images(output).await?;
         let generated = images
             .into_iter()
-            .map(|(id, bytes)| GeneratedImage::new(id, Image::new(bytes, OutputFormat::Png)))
+            .map(|(id, bytes)| GeneratedImage::new(id, Image::stored(bytes)))
             .collect();
-        Ok(EditOutcome::new(output.created, generated).to_json())
+        Ok(EditOutcome::new(output.created, generated)
+            .described(&echo.quality, echo.background.parse().unwrap_or_default())
+            .to_json())
     }
 
     /// Sends the job's events after `after` to `frames`: as they come while it runs here,

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::record::{Echo, JobRecord};
 use crate::clock::unix_now;
-use crate::job::{EditParams, Operation};
+use crate::job::{usage, EditParams, Operation};
 use crate::{GatewayError, ResponseBody};
 
 /// A `text/event-stream` answer with `body`, which proxies are asked not to buffer.
@@ -65,13 +65,11 @@ impl Names {
         )
     }
 
-    /// A completed image. OpenAI's usage counts tokens; the gateway bills by image, so its
-    /// token counts are zero and `images` says what the event is billed as.
+    /// A completed image, billed as one image ([`usage`]).
     pub(crate) fn completed(&self, generation_id: String, bytes: &[u8]) -> Bytes {
         let extra = format!(
-            ",\"usage\":{{\"input_tokens\":0,\"input_tokens_details\":{{\"image_tokens\":0,\
-             \"text_tokens\":0}},\"output_tokens\":0,\"total_tokens\":0,\"images\":1}},\
-             \"picklyone_generation_id\":\"{generation_id}\""
+            ",\"usage\":{},\"picklyone_generation_id\":\"{generation_id}\"",
+            usage(1)
         );
         self.event("completed", bytes, &extra)
     }

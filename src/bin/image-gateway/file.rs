@@ -12,15 +12,18 @@ use toml::{Spanned, Value};
 
 use super::table::SETTINGS;
 
-/// One model of the `[models]` table.
+/// One model of the `[models]` table. Every check is made while it is read, so an error
+/// carries the place of the value that caused it.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The largest `n` (1 to 10; default 10).
+    #[serde(default, deserialize_with = "max_images")]
     pub max_images: Option<u32>,
     /// The price of one image when no rule of `prices` applies (default `price_per_image`).
     pub price_per_image: Option<u64>,
     /// The qualities the model takes (default auto, low, medium, high).
+    #[serde(default, deserialize_with = "qualities")]
     pub qualities: Option<Vec<String>>,
     /// The upstream's name for the model (default: `upstream_model` for `gpt-image-2`, else
     /// the same name).
@@ -31,12 +34,84 @@ pub struct ModelConfig {
 }
 
 /// A price rule of a model: `{ size = "1536x1024", quality = "high", price = 12 }`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug)]
 pub struct PriceConfig {
     pub size: Option<String>,
     pub quality: Option<String>,
     pub price: u64,
+}
+
+/// A price rule as written, before it is checked to name a size or a quality.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    size: Option<String>,
+    quality: Option<String>,
+    price: u64,
+}
+
+impl<'de> Deserialize<'de> for PriceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Checks the rule while its own value is read, so an error is placed at the rule.
+        struct Checked;
+        impl<'de> serde::de::Visitor<'de> for Checked {
+            type Value = PriceConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a price rule: { size, quality, price }")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PriceConfig, A::Error> {
+                let raw = RawPrice::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                PriceConfig::try_from(raw).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_map(Checked)
+    }
+}
+
+impl TryFrom<RawPrice> for PriceConfig {
+    type Error = String;
+
+    fn try_from(raw: RawPrice) -> Result<Self, String> {
+        if raw.size.is_none() && raw.quality.is_none() {
+            return Err(format!(
+                "the price rule {} names neither a size nor a quality",
+                raw.price
+            ));
+        }
+        Ok(PriceConfig {
+            size: raw.size,
+            quality: raw.quality,
+            price: raw.price,
+        })
+    }
+}
+
+fn max_images<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n = u32::deserialize(d)?;
+    if !(1..=10).contains(&n) {
+        return Err(serde::de::Error::custom("max_images must be 1 to 10"));
+    }
+    Ok(Some(n))
+}
+
+fn qualities<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let qualities = Vec::<String>::deserialize(d)?;
+    if qualities.is_empty() {
+        return Err(serde::de::Error::custom("qualities must not be empty"));
+    }
+    Ok(Some(qualities))
+}
+
+/// The `[models]` table alone, read again from the file's text when a model is refused: the
+/// text's reader knows where each value is, so the error names the value's line.
+#[derive(Deserialize)]
+struct ModelsOnly {
+    #[allow(dead_code)]
+    #[serde(default)]
+    models: BTreeMap<String, ModelConfig>,
 }
 
 /// The settings a file gave, each with the line it is on.
@@ -92,7 +167,14 @@ impl FileSettings {
         for (key, value) in table {
             let offset = value.span().start;
             if key == "models" {
-                file.models = models(value.into_inner(), |reason| at(offset, reason))?;
+                file.models = models(value.into_inner(), |reason| {
+                    // The value's own place, when the text's reader finds it.
+                    let place = toml::from_str::<ModelsOnly>(text)
+                        .err()
+                        .and_then(|e| e.span())
+                        .map_or(offset, |span| span.start);
+                    at(place, reason)
+                })?;
                 continue;
             }
             let Some(setting) = SETTINGS.iter().find(|s| key_of(s.name) == key) else {
@@ -167,22 +249,6 @@ fn models(
         let model: ModelConfig = entry
             .try_into()
             .map_err(|e: toml::de::Error| at(format!("models.{name}: {}", e.message().trim())))?;
-        if model.max_images.is_some_and(|n| !(1..=10).contains(&n)) {
-            return Err(at(format!("models.{name}: max_images must be 1 to 10")));
-        }
-        if model.qualities.as_ref().is_some_and(Vec::is_empty) {
-            return Err(at(format!("models.{name}: qualities must not be empty")));
-        }
-        if let Some(rule) = model
-            .prices
-            .iter()
-            .find(|p| p.size.is_none() && p.quality.is_none())
-        {
-            return Err(at(format!(
-                "models.{name}: the price rule {} names neither a size nor a quality",
-                rule.price
-            )));
-        }
         models.insert(name, model);
     }
     Ok(models)
@@ -336,14 +402,21 @@ mod tests {
                 "price_per_image = -1\n",
                 "t.toml:1: `price_per_image` must not be negative",
             ),
-            ("[models.m]\nprice = 3\n", "models.m: unknown field `price`"),
             (
-                "[models.m]\nmax_images = 11\n",
-                "models.m: max_images must be 1 to 10",
+                "[models.m]\nprice = 3\n",
+                "t.toml:2: models.m: unknown field `price`",
             ),
             (
-                "[[models.m.prices]]\nprice = 3\n",
-                "names neither a size nor a quality",
+                "[models.m]\nprice_per_image = 3\n\nmax_images = 11\n",
+                "t.toml:4: models.m: max_images must be 1 to 10",
+            ),
+            (
+                "[models.m]\nqualities = []\n",
+                "t.toml:2: models.m: qualities must not be empty",
+            ),
+            (
+                "[models.m]\nmax_images = 2\nprices = [\n  { size = \"8x8\", price = 1 },\n  { price = 3 },\n]\n",
+                "t.toml:5: models.m: the price rule 3 names neither a size nor a quality",
             ),
         ];
         for (text, expected) in cases {

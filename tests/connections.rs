@@ -90,10 +90,11 @@ async fn thousands_of_idle_sockets_of_both_protocols_do_not_lock_out_a_normal_cl
     }
     assert!(opened.len() >= 2000, "only {} sockets opened", opened.len());
 
+    // The rule is an answer within a second; an eviction at the cap takes microseconds.
     for attempt in 0..3 {
         let started = Instant::now();
         let answered = tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(1),
             server.call(http::Method::GET, "/api/v1/balance", ALICE_KEY),
         )
         .await;
@@ -109,7 +110,7 @@ async fn thousands_of_idle_sockets_of_both_protocols_do_not_lock_out_a_normal_cl
         .file("image", "a.png", "image/png", &png(8, 8))
         .text("model", "gpt-image-2")
         .text("prompt", "p");
-    let reply = tokio::time::timeout(Duration::from_secs(10), server.edit_form(ALICE_KEY, edit))
+    let reply = tokio::time::timeout(Duration::from_secs(1), server.edit_form(ALICE_KEY, edit))
         .await
         .expect("an edit was locked out");
     assert_eq!(reply.images().len(), 1);

@@ -46,8 +46,18 @@ impl Scrape {
         Scrape { text, samples }
     }
 
-    /// A series' value; an absent series is 0 (a counter not yet touched).
+    /// A series' value; a series missing from the scrape fails the test (a renamed or
+    /// unregistered series must not pass as 0).
+    #[track_caller]
     fn get(&self, series: &str) -> f64 {
+        match self.samples.get(series) {
+            Some(value) => *value,
+            None => panic!("{series} is missing from the scrape:\n{}", self.text),
+        }
+    }
+
+    /// A series' value in a scrape taken before anything touched it: absent is 0.
+    fn before(&self, series: &str) -> f64 {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
 }
@@ -138,7 +148,7 @@ async fn the_binary_counts_known_traffic_exactly_and_never_shows_a_key() {
     assert_eq!(wrong.error().1, "invalid_api_key");
 
     let after = scrape(scraper, None).await;
-    let moved = |series: &str| after.get(series) - before.get(series);
+    let moved = |series: &str| after.get(series) - before.before(series);
     assert_eq!(moved(EDIT_OK), 2.0);
     assert_eq!(
         moved(

@@ -606,3 +606,64 @@ async fn a_streamed_edit_whose_client_leaves_after_the_hold_is_charged_to_the_da
     assert_eq!(over.error().1, "daily_limit_exceeded");
     assert_eq!(balance().await, (80, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_and_its_predecessor_share_one_days_spend() {
+    rotated_keys_share_a_day(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_and_its_predecessor_share_one_days_spend_on_postgres() {
+    if let Some(url) = common::services::fresh_postgres("rotated keys on PostgreSQL").await {
+        rotated_keys_share_a_day(&[("GATEWAY_DATABASE_URL", &url)]).await;
+    }
+}
+
+/// A chain of rotated keys spends one day's limit, on the binary's key store (`env` picks it).
+async fn rotated_keys_share_a_day(env: &[(&str, &str)]) {
+    let dir = temp_dir("keys-rotated-spend");
+    let port = free_port();
+    let mut all = vec![("GATEWAY_ADMIN_KEY", ADMIN_KEY)];
+    all.extend_from_slice(env);
+    let _gateway = Process::start_with(&gateway_binary(), &dir, port, &all);
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    // Price 10: a limit of 30 is three images a day, whichever keys of the chain ask.
+    let (old, old_id) = create(&server, "alice", json!({"daily_limit": 30})).await;
+    let first = server.edit_form(&old, edit(1, "gpt-image-2")).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let rotated = admin(
+        &server,
+        Method::POST,
+        &format!("/admin/v1/keys/{old_id}/rotate"),
+        json!({"grace_seconds": 3600}),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    let rotated = rotated.json();
+    let (new, new_id) = (
+        rotated["key"].as_str().unwrap().to_owned(),
+        rotated["id"].as_str().unwrap().to_owned(),
+    );
+    // The new key starts the day at the old key's 10, not at zero.
+    let second = server.edit_form(&new, edit(1, "gpt-image-2")).await;
+    assert_eq!(second.status, StatusCode::OK, "{:?}", second.body);
+    let third = server.edit_form(&old, edit(1, "gpt-image-2")).await;
+    assert_eq!(third.status, StatusCode::OK, "{:?}", third.body);
+    for key in [&old, &new] {
+        let over = server.edit_form(key, edit(1, "gpt-image-2")).await;
+        assert_eq!(over.error().1, "daily_limit_exceeded");
+    }
+    // A second rotation joins the same chain.
+    let again = admin(
+        &server,
+        Method::POST,
+        &format!("/admin/v1/keys/{new_id}/rotate"),
+        json!({"grace_seconds": 3600}),
+    )
+    .await;
+    let newest = again.json()["key"].as_str().unwrap().to_owned();
+    let over = server.edit_form(&newest, edit(1, "gpt-image-2")).await;
+    assert_eq!(over.error().1, "daily_limit_exceeded");
+    let balance = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
+    assert_eq!(balance.json()["available"], 70, "three images of 10 charged");
+}

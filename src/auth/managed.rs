@@ -264,6 +264,9 @@ pub fn utc_day(unix: u64) -> u64 {
 /// - [`reserve`](Self::reserve) adds to a key's spend of a day only if the sum stays within
 ///   the limit, atomically against every other reservation on the store; every reservation
 ///   is later given back in full or in part by [`refund`](Self::refund), at most once.
+/// - A key [`rotate`](Self::rotate) made spends the same day as the key it replaced (and
+///   that key's predecessors): while both work, their spend is one sum under one limit, so
+///   a rotation never gives a day's limit twice.
 #[async_trait]
 pub trait KeyRegistry: KeyStore {
     /// Makes a key for `user`.

@@ -62,6 +62,10 @@ const RECORD: &str =
     "id, user_id, name, prefix, created, last_used, expires_at, revoked_at, limits";
 
 /// A managed key's row; `None` for a configured key's (it has no id).
+/// The key whose day the key `$1` spends: the first of its rotation chain.
+const SPENDS_AS: &str =
+    "COALESCE((SELECT spends_as FROM key_lineage WHERE key_id = $1), $1::uuid)";
+
 fn record_of(row: &tokio_postgres::Row) -> Result<Option<KeyRecord>, BoxError> {
     let Some(id) = row.try_get::<_, Option<Uuid>>(0)? else {
         return Ok(None);
@@ -252,7 +256,19 @@ impl KeyRegistry for PgKeys {
             return Ok(None);
         }
         let user = UserId::new(&old.user).map_err(|_| "corrupt user id in api_keys")?;
-        Ok(Some(self.insert(&user, NewKey::succeeding(old)).await?))
+        let issued = self.insert(&user, NewKey::succeeding(old)).await?;
+        // Written before the new key is shown to anyone, so its first request already
+        // spends the chain's day.
+        let client = self.db.client().await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO key_lineage (key_id, spends_as) VALUES ($2, {SPENDS_AS})"
+                ),
+                &[&id.as_uuid(), &issued.record.id.as_uuid()],
+            )
+            .await?;
+        Ok(Some(issued))
     }
 
     async fn reserve(
@@ -269,10 +285,12 @@ impl KeyRegistry for PgKeys {
         // One statement: the row lock makes the check and the add one step on every replica.
         let row = client
             .query_opt(
-                "INSERT INTO key_spend (key_id, day, spent) VALUES ($1, $2, $3)
-                 ON CONFLICT (key_id, day) DO UPDATE SET spent = key_spend.spent + EXCLUDED.spent
-                 WHERE key_spend.spent + EXCLUDED.spent <= $4
-                 RETURNING spent",
+                &format!(
+                    "INSERT INTO key_spend (key_id, day, spent) VALUES ({SPENDS_AS}, $2, $3)
+                     ON CONFLICT (key_id, day) DO UPDATE SET spent = key_spend.spent + EXCLUDED.spent
+                     WHERE key_spend.spent + EXCLUDED.spent <= $4
+                     RETURNING spent"
+                ),
                 &[
                     &id.as_uuid(),
                     &seconds(day),
@@ -288,7 +306,10 @@ impl KeyRegistry for PgKeys {
         let client = self.db.client().await?;
         client
             .execute(
-                "UPDATE key_spend SET spent = GREATEST(spent - $3, 0) WHERE key_id = $1 AND day = $2",
+                &format!(
+                    "UPDATE key_spend SET spent = GREATEST(spent - $3, 0)
+                     WHERE key_id = {SPENDS_AS} AND day = $2"
+                ),
                 &[&id.as_uuid(), &seconds(day), &seconds(amount)],
             )
             .await?;
@@ -299,7 +320,7 @@ impl KeyRegistry for PgKeys {
         let client = self.db.client().await?;
         let row = client
             .query_opt(
-                "SELECT spent FROM key_spend WHERE key_id = $1 AND day = $2",
+                &format!("SELECT spent FROM key_spend WHERE key_id = {SPENDS_AS} AND day = $2"),
                 &[&id.as_uuid(), &seconds(day)],
             )
             .await?;

@@ -105,7 +105,16 @@ const SCHEMA: &str = "
         day    INTEGER NOT NULL,
         spent  INTEGER NOT NULL CHECK (spent >= 0),
         PRIMARY KEY (key_id, day)
+    );
+    -- A rotated key's successor spends the day of the key it replaced: the first key of
+    -- the chain counts the whole chain's daily spend.
+    CREATE TABLE IF NOT EXISTS key_lineage (
+        key_id    TEXT PRIMARY KEY,
+        spends_as TEXT NOT NULL
     );";
+
+/// The key whose day the key `?1` spends: the first of its rotation chain.
+const SPENDS_AS: &str = "COALESCE((SELECT spends_as FROM key_lineage WHERE key_id = ?1), ?1)";
 
 impl SqliteKeys {
     /// Opens (or creates) the key file at `path` and reads every key into memory.
@@ -379,7 +388,19 @@ impl KeyRegistry for SqliteKeys {
             return Ok(None);
         }
         let user = UserId::new(&old.user).map_err(|_| "corrupt user id in api_keys")?;
-        Ok(Some(self.create(&user, NewKey::succeeding(old)).await?))
+        let issued = self.create(&user, NewKey::succeeding(old)).await?;
+        // Written before the new key is shown to anyone, so its first request already
+        // spends the chain's day.
+        let new = issued.record.id;
+        self.with_db(move |db| {
+            db.execute(
+                &format!("INSERT INTO key_lineage (key_id, spends_as) VALUES (?2, {SPENDS_AS})"),
+                params![id.to_string(), new.to_string()],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(Some(issued))
     }
 
     async fn reserve(
@@ -393,7 +414,7 @@ impl KeyRegistry for SqliteKeys {
             let tx = db.transaction()?;
             let spent: u64 = tx
                 .query_row(
-                    "SELECT spent FROM key_spend WHERE key_id = ?1 AND day = ?2",
+                    &format!("SELECT spent FROM key_spend WHERE key_id = {SPENDS_AS} AND day = ?2"),
                     params![id.to_string(), signed(day)],
                     |row| row.get::<_, i64>(0),
                 )
@@ -404,8 +425,10 @@ impl KeyRegistry for SqliteKeys {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO key_spend (key_id, day, spent) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key_id, day) DO UPDATE SET spent = ?3",
+                &format!(
+                    "INSERT INTO key_spend (key_id, day, spent) VALUES ({SPENDS_AS}, ?2, ?3)
+                     ON CONFLICT (key_id, day) DO UPDATE SET spent = ?3"
+                ),
                 params![id.to_string(), signed(day), signed(total)],
             )?;
             tx.commit()?;
@@ -417,7 +440,10 @@ impl KeyRegistry for SqliteKeys {
     async fn refund(&self, id: KeyId, day: u64, amount: u64) -> Result<(), BoxError> {
         self.with_db(move |db| {
             db.execute(
-                "UPDATE key_spend SET spent = MAX(spent - ?3, 0) WHERE key_id = ?1 AND day = ?2",
+                &format!(
+                    "UPDATE key_spend SET spent = MAX(spent - ?3, 0)
+                     WHERE key_id = {SPENDS_AS} AND day = ?2"
+                ),
                 params![id.to_string(), signed(day), signed(amount)],
             )?;
             Ok(())
@@ -429,7 +455,7 @@ impl KeyRegistry for SqliteKeys {
         self.with_db(move |db| {
             Ok(db
                 .query_row(
-                    "SELECT spent FROM key_spend WHERE key_id = ?1 AND day = ?2",
+                    &format!("SELECT spent FROM key_spend WHERE key_id = {SPENDS_AS} AND day = ?2"),
                     params![id.to_string(), signed(day)],
                     |row| row.get::<_, i64>(0),
                 )

@@ -166,6 +166,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX jobs_open ON jobs (owner) WHERE status IN ('queued', 'running');
     ",
     ),
+    (
+        6,
+        "
+    -- A rotated key's successor spends the day of the key it replaced: the first key of
+    -- the chain counts the whole chain's daily spend.
+    CREATE TABLE key_lineage (
+        key_id    UUID PRIMARY KEY,
+        spends_as UUID NOT NULL
+    );
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

@@ -665,5 +665,9 @@ async fn rotated_keys_share_a_day(env: &[(&str, &str)]) {
     let over = server.edit_form(&newest, edit(1, "gpt-image-2")).await;
     assert_eq!(over.error().1, "daily_limit_exceeded");
     let balance = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
-    assert_eq!(balance.json()["available"], 70, "three images of 10 charged");
+    assert_eq!(
+        balance.json()["available"],
+        70,
+        "three images of 10 charged"
+    );
 }

@@ -267,7 +267,12 @@ async fn settle_after_expiry_charges(ledger: &dyn Ledger) {
     assert_eq!((freed.available, freed.held, freed.charged), (50, 0, 0));
     // Meanwhile the account spent most of what the expiry freed.
     let other = ledger
-        .hold(&ann, Amount::new(30), Duration::from_secs(60), Memo::default())
+        .hold(
+            &ann,
+            Amount::new(30),
+            Duration::from_secs(60),
+            Memo::default(),
+        )
         .await
         .unwrap();
     let late = ledger.settle(hold.id, Amount::new(40), 1).await.unwrap();

@@ -301,3 +301,70 @@ async fn a_deposit_that_would_overflow_the_balance_is_refused_and_changes_nothin
     let journal = s.ledger.journal(&alice(), None, 10).await.unwrap();
     assert_eq!(journal.len(), 1);
 }
+
+/// The backend calls the binary at `addr` has made so far (its metrics' edit count).
+async fn renders(server: &TestServer) -> f64 {
+    let text = server.call(Method::GET, "/metrics", ADMIN).await;
+    let text = String::from_utf8(text.body.to_vec()).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("image_gateway_backend_duration_seconds_count{operation=\"edit\"}"))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_no_room_is_refused_before_its_work_and_work_that_ran_is_kept_and_charged() {
+    use common::binary::{gateway_binary, Process};
+    let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
+    let source = png(640, 480);
+    let data = temp_dir("quota-before-work");
+    let port = free_port();
+    // Room for the source and a few bytes: the first edit's output does not fit the bytes
+    // left, but its one file does.
+    let quota = (source.len() + 64).to_string();
+    let _gateway = Process::start_with(
+        &binary,
+        &data,
+        port,
+        &[
+            ("GATEWAY_QUOTA_BYTES", &quota),
+            ("GATEWAY_ADMIN_KEY", ADMIN),
+        ],
+    );
+    let server = TestServer::at(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let key = server
+        .upload(ALICE_KEY, &[("big.png", &source)])
+        .await
+        .uploaded_keys()
+        .remove(0);
+    let edit =
+        format!(r#"{{"model":"gpt-image-2","prompt":"p","image_key":"{key}","size":"auto"}}"#);
+    let available = || async {
+        server
+            .call(Method::GET, "/api/v1/balance", ALICE_KEY)
+            .await
+            .json()["available"]
+            .as_i64()
+            .unwrap()
+    };
+    // The work ran (there was room for an output when it began): it is kept past the
+    // quota, listed and charged, never refused after the fact.
+    let ran = server.edit_json(ALICE_KEY, &edit).await;
+    assert_eq!(ran.status, 200, "{:?}", ran.body);
+    let id = ran.generation_ids().remove(0);
+    assert_eq!(available().await, 90);
+    assert_eq!(renders(&server).await, 1.0);
+    let chained = server.edit_generation(ALICE_KEY, &id).await;
+    assert_ne!(chained.status, 200, "no room for the chained edit's output");
+    // Now at her quota: every further edit is refused before any render, charged nothing.
+    for _ in 0..5 {
+        let refused = server.edit_json(ALICE_KEY, &edit).await;
+        assert_eq!(refused.error().1, "storage_quota_exceeded");
+    }
+    assert_eq!(
+        renders(&server).await,
+        1.0,
+        "no render ran for a refused job"
+    );
+    assert_eq!(available().await, 90);
+}

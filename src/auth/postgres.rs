@@ -63,8 +63,7 @@ const RECORD: &str =
 
 /// A managed key's row; `None` for a configured key's (it has no id).
 /// The key whose day the key `$1` spends: the first of its rotation chain.
-const SPENDS_AS: &str =
-    "COALESCE((SELECT spends_as FROM key_lineage WHERE key_id = $1), $1::uuid)";
+const SPENDS_AS: &str = "COALESCE((SELECT spends_as FROM key_lineage WHERE key_id = $1), $1::uuid)";
 
 fn record_of(row: &tokio_postgres::Row) -> Result<Option<KeyRecord>, BoxError> {
     let Some(id) = row.try_get::<_, Option<Uuid>>(0)? else {
@@ -262,9 +261,7 @@ impl KeyRegistry for PgKeys {
         let client = self.db.client().await?;
         client
             .execute(
-                &format!(
-                    "INSERT INTO key_lineage (key_id, spends_as) VALUES ($2, {SPENDS_AS})"
-                ),
+                &format!("INSERT INTO key_lineage (key_id, spends_as) VALUES ($2, {SPENDS_AS})"),
                 &[&id.as_uuid(), &issued.record.id.as_uuid()],
             )
             .await?;

@@ -15,7 +15,7 @@ use crate::job::Outputs;
 use crate::job::{Background, EditJob, Image, Rendered};
 use crate::metrics::Metrics;
 use crate::store::{
-    admit_all, write_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage,
+    write_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage,
 };
 use crate::GatewayError;
 
@@ -29,6 +29,9 @@ use crate::GatewayError;
 #[derive(Clone)]
 pub struct EditService {
     backend: Arc<dyn ImageBackend>,
+    /// Where a job's uploads go and whose room is checked before its work begins (the
+    /// caller's quota, when the store keeps one).
+    room: Arc<dyn FileStore>,
     outputs: Outputs,
     metrics: Option<Metrics>,
     /// Jobs whose backend may run at once; the others wait, queued.
@@ -46,6 +49,7 @@ impl EditService {
     ) -> Self {
         EditService {
             backend,
+            room: store.clone(),
             outputs: Outputs { store, generations },
             metrics: None,
             running: None,
@@ -59,6 +63,17 @@ impl EditService {
     pub fn limits(mut self, running: Option<usize>, timeout: Option<Duration>) -> Self {
         self.running = running.map(|n| Arc::new(Semaphore::new(n.max(1))));
         self.timeout = timeout;
+        self
+    }
+
+    /// Stores the outputs of work that has run in `owed` (the
+    /// [`QuotaStore::owed`](crate::store::QuotaStore::owed) view of the store given to
+    /// [`new`](Self::new)): a caller's quota is checked for room for the job's `n` outputs
+    /// (a byte each) before the work begins, and work that ran is then kept and charged,
+    /// never refused for the quota afterwards (so never free). A job may take its caller
+    /// past the quota by its own outputs. Default: outputs go through the quota like uploads.
+    pub fn outputs_past_quota(mut self, owed: Arc<dyn FileStore>) -> Self {
+        self.outputs.store = owed;
         self
     }
 
@@ -94,7 +109,13 @@ impl Service<EditJob> for EditService {
             // sources cannot be kept), then written while it works and while its images are
             // recorded; the answer waits for both.
             let uploads = std::mem::take(&mut job.uploads);
-            admit_all(&*this.outputs.store, owner, &uploads).await?;
+            // Room for the uploads and the smallest output the job asks for (`n` files of
+            // at least a byte) is checked before the work, not after it: a caller at her
+            // quota is refused while it costs nothing.
+            let upload_bytes: u64 = uploads.iter().map(|(_, b)| b.len() as u64).sum();
+            let outputs = u64::from(n);
+            let needed = Usage::new(upload_bytes + outputs, uploads.len() as u64 + outputs);
+            this.room.admits(owner, needed).await?;
             // Queued until a turn is free; then the work is owed: a client that leaves no
             // longer cancels it. The turn is kept until the job's images are recorded.
             let _turn = match &this.running {
@@ -109,7 +130,7 @@ impl Service<EditJob> for EditService {
             };
             job.progress.start();
             let stored = async {
-                let stored = write_all(&*this.outputs.store, &uploads).await;
+                let stored = write_all(&*this.room, &uploads).await;
                 drop(uploads);
                 stored
             };
@@ -159,7 +180,9 @@ impl EditService {
             tracing::warn!("image backend returned no images");
             return Err(GatewayError::Upstream);
         }
-        // Refused now, before anything is charged, rather than after the settle.
+        // Refused now, before anything is charged, rather than after the settle. Past
+        // `outputs_past_quota` only the volume itself can refuse (its free-space floor):
+        // the caller's room was checked before the work.
         let bytes = images.iter().map(|i| i.bytes.len() as u64).sum();
         let adding = Usage::new(bytes, images.len() as u64);
         self.outputs

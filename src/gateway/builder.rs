@@ -301,8 +301,12 @@ impl GatewayBuilder {
         let mut store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryFileStore::new()));
+        // Outputs of work that ran are kept past the quota (checked before the work).
+        let mut owed = store.clone();
         if self.quota != Quota::UNLIMITED {
-            store = Arc::new(QuotaStore::new(store, self.quota));
+            let quoted = QuotaStore::new(store, self.quota);
+            owed = quoted.owed();
+            store = Arc::new(quoted);
         }
         let models = if self.models.is_empty() {
             vec![(DEFAULT_MODEL.to_owned(), ModelSpec::default())]
@@ -327,6 +331,7 @@ impl GatewayBuilder {
         }
         let limits = self.job_limits;
         let mut edits = EditService::new(backend, store.clone(), generations.clone())
+            .outputs_past_quota(owed)
             .limits(limits.max_running, limits.timeout);
         if let Some(metrics) = &self.metrics {
             billing = billing.metrics(metrics.clone());

@@ -671,3 +671,76 @@ async fn rotated_keys_share_a_day(env: &[(&str, &str)]) {
         "three images of 10 charged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_keys_on_postgres_are_listed_revocable_and_end_when_removed() {
+    let Some(url) = common::services::fresh_postgres("configured keys on PostgreSQL").await else {
+        return;
+    };
+    const BOB: &str = "pk_live_bob_configured_0123456789";
+    const CAROL: &str = "pk_live_carol_configured_012345678";
+    let dir = temp_dir("keys-configured-pg");
+    let port = free_port();
+    let start = |keys: String| {
+        Process::start_with(
+            &gateway_binary(),
+            &dir,
+            port,
+            &[
+                ("GATEWAY_ADMIN_KEY", ADMIN_KEY),
+                ("GATEWAY_DATABASE_URL", &url),
+                ("GATEWAY_API_KEYS", &keys),
+            ],
+        )
+    };
+    let all = format!("alice:{ALICE_KEY},bob:{BOB},carol:{CAROL}");
+    let gateway = start(all.clone());
+    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    // Listed like any managed key, with an id and a prefix, never the key.
+    let listed = admin(
+        &server,
+        Method::GET,
+        "/admin/v1/users/bob/keys",
+        json!(null),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    let listed = listed.json();
+    let bob = &listed["data"][0];
+    assert_eq!(bob["name"], "configured");
+    assert_eq!(bob["prefix"], &BOB[..12]);
+    assert!(
+        !listed.to_string().contains(BOB),
+        "the key itself is never shown"
+    );
+    let bob_id = bob["id"].as_str().unwrap().to_owned();
+    // Revocable like any other: at once, and it stays revoked across a restart.
+    assert_eq!(balance_status(&server, BOB).await, StatusCode::OK);
+    let revoked = admin(
+        &server,
+        Method::DELETE,
+        &format!("/admin/v1/keys/{bob_id}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{:?}", revoked.body);
+    assert_eq!(balance_status(&server, BOB).await, StatusCode::UNAUTHORIZED);
+    drop(gateway);
+    // Carol taken out of the configuration: her key ends at this start.
+    let gateway = start(format!("alice:{ALICE_KEY},bob:{BOB}"));
+    assert_eq!(balance_status(&server, BOB).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        balance_status(&server, CAROL).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(balance_status(&server, ALICE_KEY).await, StatusCode::OK);
+    let carol = admin(
+        &server,
+        Method::GET,
+        "/admin/v1/users/carol/keys",
+        json!(null),
+    )
+    .await;
+    assert!(carol.json()["data"][0]["revoked_at"].is_u64());
+    drop(gateway);
+}

@@ -31,17 +31,30 @@ impl PgKeys {
         PgKeys { db }
     }
 
-    /// Stores `key` for `user` under `name`; `false` when it was stored for `user` already
-    /// (several replicas adding the configured keys at start add each once). A key stored
-    /// for another user is an error: one key never opens two accounts.
-    pub async fn add(&self, user: &UserId, key: &str, name: &str) -> Result<bool, BoxError> {
+    /// Stores a key of the configuration, `key` for `user`, as a managed key named `origin`
+    /// (`configured` for `GATEWAY_API_KEYS`, `demo` for a replica's demo key): listed and
+    /// revocable like any other, without limits. `false` when it was stored already
+    /// (several replicas adding the configured keys at start add each once); a key an
+    /// admin revoked stays revoked. A key stored for another user is an error: one key
+    /// never opens two accounts.
+    pub async fn add(&self, user: &UserId, key: &str, origin: &str) -> Result<bool, BoxError> {
         let client = self.db.client().await?;
         let digest = Sha256::digest(key.as_bytes()).to_vec();
+        let id = KeyId::new().as_uuid();
+        let prefix = shown_prefix(key);
         let added = client
             .execute(
-                "INSERT INTO api_keys (digest, user_id, name, created) VALUES ($1, $2, $3, $4)
+                "INSERT INTO api_keys (digest, user_id, name, created, id, prefix, configured)
+                 VALUES ($1, $2, $3, $4, $5, $6, $3)
                  ON CONFLICT DO NOTHING",
-                &[&digest, &user.as_str(), &name, &seconds(unix_now())],
+                &[
+                    &digest,
+                    &user.as_str(),
+                    &origin,
+                    &seconds(unix_now()),
+                    &id,
+                    &prefix,
+                ],
             )
             .await?;
         if added > 0 {
@@ -53,7 +66,35 @@ impl PgKeys {
         if owner.get::<_, &str>(0) != user.as_str() {
             return Err(format!("the key given for `{user}` belongs to another user").into());
         }
+        // A configured key stored by an earlier version, without an id, gets one now.
+        client
+            .execute(
+                "UPDATE api_keys SET id = $2, prefix = $3, configured = $4
+                 WHERE digest = $1 AND id IS NULL",
+                &[&digest, &id, &prefix, &origin],
+            )
+            .await?;
         Ok(false)
+    }
+
+    /// Revokes every key of `GATEWAY_API_KEYS` origin (see [`add`](Self::add)) whose key is
+    /// not among `kept`: a key taken out of the configuration stops working at the next
+    /// start of any replica. Demo keys are each replica's own and are left alone. Answers
+    /// how many were revoked.
+    pub async fn retire_configured(&self, kept: &[&str]) -> Result<u64, BoxError> {
+        let client = self.db.client().await?;
+        let digests: Vec<Vec<u8>> = kept
+            .iter()
+            .map(|key| Sha256::digest(key.as_bytes()).to_vec())
+            .collect();
+        Ok(client
+            .execute(
+                "UPDATE api_keys SET revoked_at = $2
+                 WHERE configured = 'configured' AND revoked_at IS NULL
+                   AND NOT (digest = ANY($1))",
+                &[&digests, &seconds(unix_now())],
+            )
+            .await?)
     }
 }
 

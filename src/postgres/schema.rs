@@ -175,6 +175,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         key_id    UUID PRIMARY KEY,
         spends_as UUID NOT NULL
     );
+    -- Keys from a replica's configuration are managed keys too (listed, revocable): which
+    -- configuration gave one (`configured`: GATEWAY_API_KEYS, `demo`: a replica's demo
+    -- key), so a start can end those taken out of it.
+    ALTER TABLE api_keys ADD COLUMN configured TEXT;
     ",
     ),
 ];

@@ -80,12 +80,30 @@ impl Stores {
         let db = Postgres::connect(url)
             .await
             .map_err(|e| format!("cannot use the database (GATEWAY_DATABASE_URL): {e}"))?;
+        // The configured keys become managed keys (listed, revocable); those taken out of
+        // the configuration are revoked, so removing one ends it on every replica.
         let stored = PgKeys::new(db.clone());
+        let origin = if keys.demo.is_some() {
+            "demo"
+        } else {
+            "configured"
+        };
         for (user, key) in &keys.entries {
             stored
-                .add(user, key, "configured")
+                .add(user, key, origin)
                 .await
                 .map_err(|e| format!("cannot store the configured keys: {e}"))?;
+        }
+        let kept: Vec<&str> = match keys.demo {
+            Some(_) => Vec::new(),
+            None => keys.entries.iter().map(|(_, key)| key.as_str()).collect(),
+        };
+        let retired = stored
+            .retire_configured(&kept)
+            .await
+            .map_err(|e| format!("cannot retire removed configured keys: {e}"))?;
+        if retired > 0 {
+            tracing::info!(retired, "keys taken out of GATEWAY_API_KEYS revoked");
         }
         let files: Arc<dyn FileStore> = match &config.s3 {
             Some(s3) => Arc::new(

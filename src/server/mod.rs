@@ -5,12 +5,18 @@
 //! to close once its requests are answered, and waits up to the grace period for them.
 //!
 //! # Bounds against slow, silent and greedy clients
-//! - at most [`ServeOptions::max_connections`] connections at once. At the cap, the
-//!   connection idle for longest (no request in flight: silent, or kept alive between
-//!   requests) is closed to make room; only when every connection is busy does a new one
+//! - at most [`ServeOptions::max_connections`] connections at once. At the cap, the worst
+//!   offender is closed to make room: the connection idle for longest (no request in
+//!   flight: silent, or kept alive between requests), else the one reading a request body
+//!   at the lowest rate; only when every connection's request is at work does a new one
 //!   wait;
-//! - at most [`ServeOptions::max_connections_per_peer`] connections per peer address; more
-//!   are closed at once;
+//! - at most [`ServeOptions::max_connections_per_peer`] connections per peer address; at
+//!   that share the peer's own worst offender is closed for a newcomer (so silent sockets
+//!   never keep an answering client of their address out), and the newcomer is refused
+//!   only when all of the peer's connections are at work. A
+//!   [trusted proxy](ServeOptions::trusted_proxies) has no share: it carries many clients;
+//! - a request body must arrive at [`ServeOptions::min_body_rate`] on average once its first
+//!   10 s of waiting are over (`408`);
 //! - a first request must begin within [`ServeOptions::header_read_timeout`] of the accept,
 //!   on either protocol (a socket that sends nothing, or only the HTTP/2 preface, is
 //!   closed); a request head must arrive within the same time (slowloris);
@@ -46,6 +52,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::auth::ClientIp;
 use crate::{ClientAborted, GatewayError, ResponseBody};
 
 mod conn;
@@ -85,6 +92,14 @@ pub struct ServeOptions {
     pub max_connections_per_peer: usize,
     /// How long in-flight requests may run after shutdown begins (default 30 s).
     pub grace_period: Duration,
+    /// The least average rate, in bytes per second of waiting, at which a request body must
+    /// arrive once its first 10 s are over; slower is `408` (default 1024; 0: no minimum).
+    pub min_body_rate: u64,
+    /// Proxies whose `X-Forwarded-For` (or `Forwarded: for=`) is believed: a request from
+    /// one is from the address they name (the last one not itself a trusted proxy), which
+    /// keys' IP allow-lists check; a trusted proxy holds any number of connections. Default
+    /// none: a forwarded header is never believed, as any client can send one.
+    pub trusted_proxies: Vec<crate::auth::Cidr>,
     /// Where open connections are counted (`image_gateway_connections_open`); default none.
     pub metrics: Option<crate::metrics::Metrics>,
 }
@@ -100,6 +115,8 @@ impl Default for ServeOptions {
             max_connections: 1024,
             max_connections_per_peer: 256,
             grace_period: Duration::from_secs(30),
+            min_body_rate: 1024,
+            trusted_proxies: Vec::new(),
             metrics: None,
         }
     }
@@ -137,19 +154,19 @@ where
             },
             () = &mut shutdown => break,
         };
-        let Some(registered) =
-            registry.register(peer.ip(), options.max_connections_per_peer.max(1))
-        else {
-            tracing::debug!(%peer, "connection refused: the peer holds its share");
+        let share = (!ClientIp::is_trusted(&options.trusted_proxies, peer.ip()))
+            .then_some(options.max_connections_per_peer.max(1));
+        let Some(registered) = registry.register(peer.ip(), share) else {
+            tracing::debug!(%peer, "connection refused: the peer's connections are all at work");
             continue;
         };
-        // At the cap: make room by closing the connection idle for longest; wait only while
-        // every connection is busy, trying again now and then.
+        // At the cap: make room by closing the worst offender; wait only while every
+        // connection is at work, trying again now and then.
         let slot = loop {
             if let Ok(slot) = slots.clone().try_acquire_owned() {
                 break Some(slot);
             }
-            registry.evict_idle(&registered);
+            registry.make_room(&registered);
             tokio::select! {
                 slot = slots.clone().acquire_owned() => break slot.ok(),
                 () = tokio::time::sleep(EVICT_RETRY) => {}
@@ -235,8 +252,9 @@ async fn serve_connection<S>(
         ended = connection.as_mut() => Some(ended),
         why = registered.closing(options.header_read_timeout, options.idle_timeout) => {
             let idle = registered.active() == 0;
-            if idle && why == Close::Told {
-                // Evicted (someone needs the room now) or shutting down: no goodbye.
+            if (idle && why == Close::Told) || registered.cut() {
+                // Evicted (someone needs the room now; a slow body with it) or shutting
+                // down while idle: no goodbye.
                 None
             } else {
                 connection.as_mut().graceful_shutdown();
@@ -285,9 +303,18 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let mut req = req.map(|body| TimedBody::new(body, self.options.body_read_timeout));
+        let watch = self.connection.as_ref().map(|c| c.body_watch());
+        let (limit, rate) = (self.options.body_read_timeout, self.options.min_body_rate);
+        let mut req = req.map(|body| {
+            let body = TimedBody::new(body, limit).min_rate(rate);
+            match watch {
+                Some(watch) => body.watched(watch),
+                None => body,
+            }
+        });
         if let Some(peer) = self.peer {
-            req.extensions_mut().insert(crate::auth::ClientIp(peer));
+            let client = ClientIp::resolve(peer, req.headers(), &self.options.trusted_proxies);
+            req.extensions_mut().insert(client);
         }
         let answer = self.inner.clone().oneshot(req);
         let limit = self.options.request_timeout;

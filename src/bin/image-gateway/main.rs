@@ -235,6 +235,8 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     let mut options = ServeOptions::default();
     options.metrics = Some(metrics.clone());
     options.idle_timeout = config.idle_timeout;
+    options.min_body_rate = config.min_body_rate;
+    options.trusted_proxies = config.trusted_proxies.clone();
     let scrape = match &config.metrics_addr {
         Some(addr) => {
             let listener = TcpListener::bind(addr)

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use image_gateway::auth::Cidr;
 use image_gateway::fetch::FetchConfig;
 use image_gateway::gateway::JobLimits;
 use image_gateway::jobs::WebhookConfig;
@@ -40,6 +41,8 @@ pub struct Config {
     pub stream_keepalive: Duration,
     pub shutdown_delay: Duration,
     pub idle_timeout: Duration,
+    pub min_body_rate: u64,
+    pub trusted_proxies: Vec<Cidr>,
     pub job_limits: JobLimits,
     pub webhooks: Option<WebhookConfig>,
     pub metrics_addr: Option<String>,
@@ -130,6 +133,19 @@ impl Config {
             stream_keepalive: Duration::from_secs(integer("GATEWAY_STREAM_KEEPALIVE_SECS")?.max(1)),
             shutdown_delay: Duration::from_secs(integer("GATEWAY_SHUTDOWN_DELAY_SECS")?),
             idle_timeout: Duration::from_secs(integer("GATEWAY_IDLE_TIMEOUT_SECS")?.max(1)),
+            min_body_rate: integer("GATEWAY_MIN_BODY_RATE")?,
+            trusted_proxies: text("GATEWAY_TRUSTED_PROXIES")
+                .map(|list| {
+                    list.split(',')
+                        .map(|net| {
+                            Cidr::parse(net.trim()).ok_or_else(|| {
+                                format!("GATEWAY_TRUSTED_PROXIES: `{}` is not a CIDR", net.trim())
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
             webhooks: match text("GATEWAY_WEBHOOK_SECRET") {
                 None => None,
                 Some(secret) => {

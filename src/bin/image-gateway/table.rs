@@ -99,6 +99,10 @@ settings! {
         "the unit of the webhook retry schedule (5 s: retries after 5 s, 30 s, 2 min, ... for about 33 hours)";
     "GATEWAY_IDLE_TIMEOUT_SECS", "60",
         "a connection with no request in flight this long is closed (a stream or an answer being sent is in flight)";
+    "GATEWAY_MIN_BODY_RATE", "1024",
+        "bytes per second a request body must average once its first 10 s of waiting are over (408 below it); 0: no minimum";
+    "GATEWAY_TRUSTED_PROXIES", "",
+        "CIDRs of reverse proxies (10.0.0.0/8,192.0.2.7) whose X-Forwarded-For / Forwarded is believed for the client address (keys' IP allow-lists) and which have no per-address connection share; unset: none, forwarded headers are ignored";
     "GATEWAY_SHUTDOWN_DELAY_SECS", "0",
         "on SIGTERM, /readyz answers 503 draining for this long before the listener closes (a balancer's time to notice)";
     "GATEWAY_METRICS_ADDR", "",

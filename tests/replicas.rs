@@ -445,3 +445,200 @@ async fn a_key_made_on_one_replica_is_limited_and_revoked_on_both() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_uploading_for_one_user_at_once_keep_to_one_shared_quota() {
+    let Some(url) = fresh_postgres("shared quota").await else {
+        return;
+    };
+    let Some((endpoint, bucket)) = common::services::fresh_bucket("shared quota").await else {
+        return;
+    };
+    let env = [
+        ("GATEWAY_S3_BUCKET", bucket),
+        ("GATEWAY_S3_ENDPOINT", endpoint),
+        ("GATEWAY_S3_ACCESS_KEY_ID", "test".to_owned()),
+        ("GATEWAY_S3_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("GATEWAY_QUOTA_FILES", "5".to_owned()),
+    ];
+    let ((_a, a), (_b, b)) = two_replicas(&url, env.to_vec()).await;
+    let file = png(16, 16);
+    // Twenty uploads at once, alternating replicas: each process's own count sees only its
+    // half; the shared index's count sees all.
+    let uploads = (0..20).map(|i| {
+        let server = TestServer::at(if i % 2 == 0 { a.addr } else { b.addr });
+        let file = file.clone();
+        tokio::spawn(async move {
+            let name = format!("f{i}.png");
+            server
+                .upload(ALICE_KEY, &[(&name, &file)])
+                .await
+                .status
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for status in futures_util::future::join_all(uploads).await {
+        statuses.push(status.unwrap());
+    }
+    let stored = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(stored, 5, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 413),
+        "{statuses:?}"
+    );
+    for server in [&a, &b] {
+        let list = server
+            .call(Method::GET, "/api/v1/files", ALICE_KEY)
+            .await
+            .json();
+        assert_eq!(list["data"].as_array().unwrap().len(), 5, "{list}");
+    }
+}
+
+/// An object store that stops every put at `gate`: before the object is written, or after.
+#[derive(Debug)]
+struct Gated {
+    inner: std::sync::Arc<dyn object_store::ObjectStore>,
+    after: bool,
+    reached: tokio::sync::Notify,
+}
+
+impl std::fmt::Display for Gated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gated({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for Gated {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        if !self.after {
+            self.reached.notify_one();
+            std::future::pending::<()>().await;
+        }
+        let result = self.inner.put_opts(location, payload, opts).await?;
+        self.reached.notify_one();
+        std::future::pending::<()>().await;
+        Ok(result)
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        self.inner.delete(location).await
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+    {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy(from, to).await
+    }
+    async fn copy_if_not_exists(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_the_bucket_cut_at_any_step_leaves_no_object_unaccounted() {
+    use futures_util::TryStreamExt;
+    use image_gateway::auth::UserId;
+    use image_gateway::postgres::Postgres;
+    use image_gateway::store::{FileKey, FileStore, S3FileStore, Usage};
+    let Some(url) = fresh_postgres("cut bucket writes").await else {
+        return;
+    };
+    let Some((endpoint, bucket)) = common::services::fresh_bucket("cut bucket writes").await else {
+        return;
+    };
+    let s3: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region("us-east-1")
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap(),
+    );
+    let db = Postgres::connect(&url).await.unwrap();
+    let alice = UserId::new("alice").unwrap();
+    let objects = || async {
+        let listed: Vec<_> = s3.list(None).try_collect().await.unwrap();
+        listed.len()
+    };
+    for after in [false, true] {
+        let gated = std::sync::Arc::new(Gated {
+            inner: s3.clone(),
+            after,
+            reached: tokio::sync::Notify::new(),
+        });
+        let store = S3FileStore::new(gated.clone(), db.clone());
+        let key = FileKey::new(&alice, uuid::Uuid::new_v4(), "cut.png");
+        let writing = {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.put(&key, bytes::Bytes::from(png(8, 8))).await })
+        };
+        gated.reached.notified().await;
+        writing.abort();
+        let _ = writing.await;
+        // Cut: counted (its room kept), never listed, its object written only in the
+        // second case.
+        assert_eq!(
+            store.usage(&alice).await.unwrap().files,
+            1,
+            "after: {after}"
+        );
+        assert!(store.list(&alice, None, 10).await.unwrap().files.is_empty());
+        assert_eq!(objects().await, usize::from(after));
+        // The sweep ends it: the object (if any) and then the row.
+        assert_eq!(store.sweep_pending(Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(store.usage(&alice).await.unwrap(), Usage::new(0, 0));
+        assert_eq!(objects().await, 0, "after: {after}");
+    }
+    // A write that ends is listed and kept by the sweep.
+    let store = S3FileStore::new(s3.clone(), db.clone());
+    let key = FileKey::new(&alice, uuid::Uuid::new_v4(), "kept.png");
+    store
+        .put(&key, bytes::Bytes::from(png(8, 8)))
+        .await
+        .unwrap();
+    assert_eq!(store.sweep_pending(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(store.list(&alice, None, 10).await.unwrap().files.len(), 1);
+    assert_eq!(objects().await, 1);
+}

@@ -179,6 +179,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     -- configuration gave one (`configured`: GATEWAY_API_KEYS, `demo`: a replica's demo
     -- key), so a start can end those taken out of it.
     ALTER TABLE api_keys ADD COLUMN configured TEXT;
+    -- A file's row is written pending before its object, and marked stored after it: a
+    -- write cut between the two is found (and its object deleted) by the sweep.
+    ALTER TABLE files ADD COLUMN pending BOOLEAN NOT NULL DEFAULT false;
+    CREATE INDEX files_pending ON files (created) WHERE pending;
     ",
     ),
 ];

@@ -251,7 +251,7 @@ impl Usage {
         Usage { bytes, files }
     }
 
-    fn plus(self, other: Usage) -> Usage {
+    pub(crate) fn plus(self, other: Usage) -> Usage {
         Usage {
             bytes: self.bytes.saturating_add(other.bytes),
             files: self.files.saturating_add(other.files),
@@ -311,12 +311,37 @@ pub trait FileStore: Send + Sync + 'static {
         let _ = (owner, adding);
         Ok(())
     }
+
+    /// [`put`](Self::put), refused ([`StoreError::quota_exceeded`]) when the owner's usage
+    /// with this file would pass `quota`. [`QuotaStore`] checks the quota in its process
+    /// first and then writes through this: a store shared by several processes (one index
+    /// for all) checks and counts the file in one step here, so processes writing for one
+    /// owner at once cannot pass the quota together. Default: `put` (the process's check is
+    /// the whole check).
+    async fn put_within(
+        &self,
+        key: &FileKey,
+        bytes: Bytes,
+        quota: Quota,
+    ) -> Result<(), StoreError> {
+        let _ = quota;
+        self.put(key, bytes).await
+    }
 }
 
 #[async_trait]
 impl<F: FileStore + ?Sized> FileStore for Arc<F> {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
         (**self).put(key, bytes).await
+    }
+
+    async fn put_within(
+        &self,
+        key: &FileKey,
+        bytes: Bytes,
+        quota: Quota,
+    ) -> Result<(), StoreError> {
+        (**self).put_within(key, bytes, quota).await
     }
 
     async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {

@@ -36,7 +36,7 @@ impl Quota {
         }
     }
 
-    fn allows(&self, usage: Usage) -> bool {
+    pub(crate) fn allows(&self, usage: Usage) -> bool {
         self.bytes.is_none_or(|max| usage.bytes <= max)
             && self.files.is_none_or(|max| usage.files <= max)
     }
@@ -66,8 +66,10 @@ impl fmt::Display for Quota {
 ///
 /// Every write is counted against what the owner has stored (the inner store's
 /// [`usage`](FileStore::usage)) plus what is being written for it right now, so concurrent
-/// writes of one owner cannot pass the check together. The count is this process's: several
-/// processes writing for one owner into a shared store may pass it by one write each.
+/// writes of one owner cannot pass the check together. That count is this process's; each
+/// write then goes through the inner store's [`put_within`](FileStore::put_within), which a
+/// store shared by several processes ([`S3FileStore`](crate::store::S3FileStore)) answers
+/// with one check and count for all of them.
 ///
 /// The inner store's figure and the writes in flight are read at different moments, so a
 /// write can be in both (recorded by the store, its `put` not yet returned) or, finishing
@@ -255,7 +257,9 @@ impl FileStore for QuotaStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
         let adding = Usage::new(bytes.len() as u64, 1);
         let _reserved = self.reserve(key.owner(), adding).await?;
-        self.inner.put(key, bytes).await
+        // The inner store checks again where it is shared: this process's count cannot see
+        // another's writes in flight.
+        self.inner.put_within(key, bytes, self.quota).await
     }
 
     async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {

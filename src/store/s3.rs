@@ -7,7 +7,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use tokio_postgres::types::ToSql;
 
-use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
+use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, Quota, StoreError, Usage};
 use crate::auth::UserId;
 use crate::clock::unix_now;
 use crate::postgres::{seconds, Operation, Postgres};
@@ -48,10 +48,14 @@ impl S3Config {
 /// (newest first) and a quota check are one indexed query, not a walk of the bucket. Both
 /// are shared by every replica: a file stored by one is read, listed and deleted by another.
 ///
-/// An object is written before its index row, so a crash between the two leaves an object
-/// no listing shows and no quota counts, never a listed file without bytes; a delete takes
-/// the index row first, for the same reason. An object PUT is atomic: a reader sees the
-/// whole file or none.
+/// A write takes three steps: its index row, pending (counted by quotas, listed by
+/// nobody); the object; the row marked stored. A writer dropped or killed between any two
+/// leaves a pending row, which [`sweep_pending`](Self::sweep_pending) ends (the object
+/// deleted if it was written, then the row): no object outlives a write unaccounted, and
+/// no listed file lacks its bytes. With a quota ([`FileStore::put_within`]) the pending row
+/// is written under a per-owner lock after the owner's usage is summed, so replicas writing
+/// for one owner at once cannot pass it. A delete takes the index row first. An object PUT
+/// is atomic: a reader sees the whole file or none.
 #[derive(Clone)]
 pub struct S3FileStore {
     objects: Arc<dyn ObjectStore>,
@@ -97,42 +101,152 @@ fn path_of(key: &FileKey) -> Path {
     Path::from(key.as_str())
 }
 
-/// A stored file's row in the index, written with whatever else is waiting to commit: one
+/// A written object's row marked stored, with whatever else is waiting to commit: one
 /// statement on the file's own row.
-struct Indexed {
+struct Stored {
     key: String,
-    owner: String,
-    size: i64,
-    created: i64,
 }
 
-impl Operation for Indexed {
+impl Operation for Stored {
     fn sql(&self) -> &'static str {
-        "INSERT INTO files (key, owner, size, created) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, created = EXCLUDED.created"
+        "UPDATE files SET pending = false WHERE key = $1"
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.key, &self.owner, &self.size, &self.created]
+        vec![&self.key]
+    }
+}
+
+impl S3FileStore {
+    /// Writes `bytes` under `key` in the three steps of the type's docs; with `quota`, the
+    /// pending row only if the owner's usage with it stays within.
+    async fn write(
+        &self,
+        key: &FileKey,
+        bytes: Bytes,
+        quota: Option<Quota>,
+    ) -> Result<(), StoreError> {
+        let size = bytes.len() as u64;
+        self.pending(key, size, quota).await?;
+        if let Err(error) = self
+            .objects
+            .put(&path_of(key), PutPayload::from_bytes(bytes))
+            .await
+        {
+            // Nothing (or nothing whole) was stored: the row goes; left, the sweep takes it.
+            if let Ok(client) = self.db.client().await {
+                let _ = client
+                    .execute(
+                        "DELETE FROM files WHERE key = $1 AND pending",
+                        &[&key.as_str()],
+                    )
+                    .await;
+            }
+            return Err(StoreError::new(error));
+        }
+        let stored = Stored {
+            key: key.as_str().to_owned(),
+        };
+        self.db.commit(stored).await.map_err(StoreError::new)?;
+        Ok(())
+    }
+
+    /// The file's index row, pending; with `quota`, written in one transaction with the
+    /// owner's usage summed under a lock of that owner, and refused past the quota.
+    async fn pending(
+        &self,
+        key: &FileKey,
+        size: u64,
+        quota: Option<Quota>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.db.client().await.map_err(StoreError::new)?;
+        let tx = client.transaction().await.map_err(StoreError::new)?;
+        let owner = key.owner().as_str();
+        if let Some(quota) = quota {
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&owner])
+                .await
+                .map_err(StoreError::new)?;
+            // The file's own row, if it replaces one, does not count twice.
+            let row = tx
+                .query_one(
+                    "SELECT COALESCE(SUM(size), 0)::BIGINT, COUNT(*) FROM files
+                     WHERE owner = $1 AND key <> $2",
+                    &[&owner, &key.as_str()],
+                )
+                .await
+                .map_err(StoreError::new)?;
+            let (bytes, files): (i64, i64) = (row.get(0), row.get(1));
+            let used = Usage::new(bytes.max(0) as u64, files.max(0) as u64);
+            let adding = Usage::new(size, 1);
+            if !quota.allows(used.plus(adding)) {
+                return Err(StoreError::quota_exceeded(used, adding, quota));
+            }
+        }
+        tx.execute(
+            "INSERT INTO files (key, owner, size, created, pending) VALUES ($1, $2, $3, $4, true)
+             ON CONFLICT (key) DO UPDATE
+             SET size = EXCLUDED.size, created = EXCLUDED.created, pending = true",
+            &[
+                &key.as_str(),
+                &owner,
+                &i64::try_from(size).unwrap_or(i64::MAX),
+                &seconds(unix_now()),
+            ],
+        )
+        .await
+        .map_err(StoreError::new)?;
+        tx.commit().await.map_err(StoreError::new)
+    }
+
+    /// Ends the writes left pending for longer than `older_than` (their writer was dropped
+    /// or died): each one's object is deleted if it was written, then its row. Answers how
+    /// many were ended. Run it now and then, on any replica.
+    pub async fn sweep_pending(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let client = self.db.client().await.map_err(StoreError::new)?;
+        let before = seconds(unix_now().saturating_sub(older_than.as_secs()));
+        let rows = client
+            .query(
+                "SELECT key FROM files WHERE pending AND created <= $1 LIMIT 1000",
+                &[&before],
+            )
+            .await
+            .map_err(StoreError::new)?;
+        let mut ended = 0;
+        for row in rows {
+            let key: &str = row.get(0);
+            match self.objects.delete(&Path::from(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(StoreError::new(error)),
+            }
+            // Only if still pending: a write of the same key that finished meanwhile stays.
+            ended += client
+                .execute(
+                    "DELETE FROM files WHERE key = $1 AND pending AND created <= $2",
+                    &[&key, &before],
+                )
+                .await
+                .map_err(StoreError::new)? as usize;
+        }
+        Ok(ended)
     }
 }
 
 #[async_trait]
 impl FileStore for S3FileStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
-        let size = bytes.len() as u64;
-        self.objects
-            .put(&path_of(key), PutPayload::from_bytes(bytes))
-            .await
-            .map_err(StoreError::new)?;
-        let indexed = Indexed {
-            key: key.as_str().to_owned(),
-            owner: key.owner().as_str().to_owned(),
-            size: i64::try_from(size).unwrap_or(i64::MAX),
-            created: seconds(unix_now()),
-        };
-        self.db.commit(indexed).await.map_err(StoreError::new)?;
-        Ok(())
+        self.write(key, bytes, None).await
+    }
+
+    async fn put_within(
+        &self,
+        key: &FileKey,
+        bytes: Bytes,
+        quota: Quota,
+    ) -> Result<(), StoreError> {
+        self.write(key, bytes, Some(quota)).await
     }
 
     async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
@@ -168,7 +282,7 @@ impl FileStore for S3FileStore {
             None => {
                 client
                     .query(
-                        "SELECT key, size, created FROM files WHERE owner = $1
+                        "SELECT key, size, created FROM files WHERE owner = $1 AND NOT pending
                          ORDER BY created DESC, key LIMIT $2",
                         &[&owner.as_str(), &fetch],
                     )
@@ -177,7 +291,7 @@ impl FileStore for S3FileStore {
             Some(cursor) => {
                 client
                     .query(
-                        "SELECT key, size, created FROM files WHERE owner = $1
+                        "SELECT key, size, created FROM files WHERE owner = $1 AND NOT pending
                            AND (created < $2 OR (created = $2 AND key > $3))
                          ORDER BY created DESC, key LIMIT $4",
                         &[

@@ -193,6 +193,25 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     }
     // The one sweep of this ledger: releases the holds of a run that was killed.
     tokio::spawn(gateway.expiry_sweep().run());
+    if let Some(bucket) = stores.bucket.clone() {
+        // Writes to the bucket cut midway (a replica killed, a writer dropped) are ended:
+        // their objects deleted, their pending rows with them. A write takes seconds; one
+        // pending for 15 minutes was cut.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+            loop {
+                every.tick().await;
+                match bucket
+                    .sweep_pending(std::time::Duration::from_secs(900))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(ended = n, "writes to the bucket cut midway ended"),
+                    Err(error) => tracing::warn!(%error, "sweeping cut writes failed"),
+                }
+            }
+        });
+    }
     let jobs = gateway.jobs();
     if stores.sole_runner {
         let ended = jobs.interrupted().await?;

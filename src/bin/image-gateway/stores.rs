@@ -32,6 +32,8 @@ pub struct Stores {
     pub sole_runner: bool,
     /// What to say on start.
     pub described: &'static str,
+    /// The S3 store whose writes cut midway are swept, when files are in a bucket.
+    pub bucket: Option<S3FileStore>,
 }
 
 impl Stores {
@@ -75,6 +77,7 @@ impl Stores {
                 jobs: Arc::new(jobs),
                 sole_runner: true,
                 described: "SQLite in the data dir",
+                bucket: None,
             });
         };
         let db = Postgres::connect(url)
@@ -105,11 +108,15 @@ impl Stores {
         if retired > 0 {
             tracing::info!(retired, "keys taken out of GATEWAY_API_KEYS revoked");
         }
-        let files: Arc<dyn FileStore> = match &config.s3 {
-            Some(s3) => Arc::new(
+        let bucket = match &config.s3 {
+            Some(s3) => Some(
                 S3FileStore::s3(s3, db.clone())
                     .map_err(|e| format!("cannot use the S3 bucket (GATEWAY_S3_*): {e}"))?,
             ),
+            None => None,
+        };
+        let files: Arc<dyn FileStore> = match &bucket {
+            Some(bucket) => Arc::new(bucket.clone()),
             None => local()?,
         };
         Ok(Stores {
@@ -122,6 +129,7 @@ impl Stores {
             keys: Arc::new(stored.clone()),
             registry: Some(Arc::new(stored)),
             described: "PostgreSQL (GATEWAY_DATABASE_URL)",
+            bucket,
         })
     }
 }

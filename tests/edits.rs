@@ -45,9 +45,23 @@ async fn multipart_single_image_returns_edited_images() {
         let id = id.as_str().unwrap();
         assert_eq!(uuid::Uuid::parse_str(id).unwrap().to_string(), id);
     }
+    // The spec's fields, and OpenAI's description of what was made.
     assert_eq!(
         v.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["created", "data", "picklyone_generation_ids"]
+        [
+            "background",
+            "created",
+            "data",
+            "output_format",
+            "picklyone_generation_ids",
+            "quality",
+            "size",
+            "usage"
+        ]
+    );
+    assert_eq!(
+        (&v["size"], &v["output_format"]),
+        (&"64x32".into(), &"png".into())
     );
 }
 

@@ -235,6 +235,28 @@ impl Body for ResponseBody {
     }
 }
 
+/// The error of a request body read past its deadline or below its minimum rate (the
+/// server's [`TimedBody`](crate::server::TimedBody)): answered `408`, where a body cut off
+/// otherwise is `400`.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "server"), allow(unreachable_pub))]
+pub struct BodyTimeout(());
+
+impl BodyTimeout {
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn new() -> Self {
+        BodyTimeout(())
+    }
+}
+
+impl fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body was not received in time")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

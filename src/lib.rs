@@ -36,7 +36,7 @@
 //! | [`error`] | [`GatewayError`]: every row of the spec's table, declared once, rendered in the OpenAI envelope |
 //! | `sqlite` | group commit for the SQLite stores: one writer thread per database commits every write waiting for it in one transaction, each in a savepoint, answering after the commit; reads on a read-only connection beside it (feature `sqlite`) |
 //! | `postgres` | one database for every replica: the ledger, generation and idempotency records and the key store in PostgreSQL, migrated on connect; what every edit writes goes through one group commit per process (feature `postgres`) |
-//! | [`id`], [`media`], [`clock`] | request and generation ids, image types by magic number, Unix seconds |
+//! | [`id`], [`media`], [`clock`], [`address`] | request, generation and job ids, image types by magic number (and sizes from headers), Unix seconds, which IP addresses are public |
 //! | [`gateway`] | [`Gateway::builder`]: assembles the stack as one `tower::Service` |
 //! | [`health`] | `GET /healthz` and `GET /readyz` (ledger and store answer a read; `503` while draining), before any key check |
 //! | `server` | `serve`: an HTTP/1 + HTTP/2 accept loop with connection caps, deadlines and graceful shutdown (feature `server`) |
@@ -60,6 +60,7 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod address;
 pub mod auth;
 pub mod backend;
 pub mod billing;

@@ -148,7 +148,8 @@ impl Service<EditJob> for EditService {
                         }),
                 };
                 if let Some(metrics) = &this.metrics {
-                    metrics.backend(operation, started.elapsed(), answer.as_ref().err());
+                    let kind = answer.as_ref().err().map(BackendError::kind);
+                    metrics.backend(operation, started.elapsed(), kind);
                 }
                 this.record(&principal, n, (asked.0.as_str(), asked.1), answer?)
                     .await

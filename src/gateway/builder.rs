@@ -97,7 +97,7 @@ impl Default for GatewayBuilder {
             body_limit: DEFAULT_BODY_LIMIT,
             multipart: MultipartLimits::default(),
             quota: Quota::default(),
-            stream_keepalive: crate::request::DEFAULT_KEEPALIVE,
+            stream_keepalive: crate::jobs::DEFAULT_KEEPALIVE,
             upload_max_file: crate::files::DEFAULT_MAX_FILE_BYTES,
             metrics: None,
             jobs: None,

@@ -68,7 +68,7 @@ use crate::health::{Health, Readiness};
 use crate::id::RequestId;
 use crate::jobs::JobBoard;
 use crate::limit::BodyLimit;
-use crate::metrics::{route_of, Answered, Metrics, ModelLabel, METRICS_PATH};
+use crate::metrics::{Answered, Metrics, ModelLabel, METRICS_PATH};
 use crate::ratelimit::RateLimit;
 use crate::{ClientAborted, ErrorCode, GatewayError, RequestBody, ResponseBody};
 use routes::Routes;
@@ -217,5 +217,47 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The route a path belongs to: one of the gateway's own, so a client probing paths cannot
+/// add series.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        EDITS_PATH => EDITS_PATH,
+        GENERATIONS_PATH => GENERATIONS_PATH,
+        COMPOSE_PATH => COMPOSE_PATH,
+        MODELS_PATH => MODELS_PATH,
+        "/api/v1/upload" => "/api/v1/upload",
+        "/api/v1/files" => "/api/v1/files",
+        "/api/v1/balance" => "/api/v1/balance",
+        "/api/v1/usage" => "/api/v1/usage",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        METRICS_PATH => METRICS_PATH,
+        "/v1/images/jobs" => "/v1/images/jobs",
+        _ if path.starts_with("/v1/images/jobs/") && path.ends_with("/events") => {
+            "/v1/images/jobs/{id}/events"
+        }
+        _ if path.starts_with("/v1/images/jobs/") => "/v1/images/jobs/{id}",
+        _ if path.starts_with("/api/v1/files/") => "/api/v1/files/{key}",
+        _ if path.starts_with("/admin/") => "/admin",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_paths_share_one_route() {
+        assert_eq!(route_of("/v1/images/edits"), "/v1/images/edits");
+        assert_eq!(
+            route_of("/api/v1/files/files/u/x.png"),
+            "/api/v1/files/{key}"
+        );
+        assert_eq!(route_of("/wp-login.php"), "other");
+        assert_eq!(route_of("/v1/images/edits/../x"), "other");
     }
 }

@@ -19,6 +19,7 @@
 mod outcome;
 mod params;
 mod progress;
+mod remote;
 mod rendered;
 mod source;
 
@@ -35,6 +36,7 @@ pub use params::{
     MAX_PARTIAL_IMAGES, MAX_PROMPT_CHARS,
 };
 pub use progress::{Progress, Step};
+pub use remote::{RemoteUrl, MAX_URL_LEN};
 pub(crate) use rendered::Outputs;
 pub use rendered::Rendered;
 pub use source::{Operation, Reference, SourceImage};

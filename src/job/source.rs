@@ -69,8 +69,8 @@ pub enum Reference {
     /// Bytes sent in the request itself (a multipart file, a `data:` URI). Stored as an
     /// upload of the caller once the job's hold is taken, so a refused job stores nothing.
     Inline(SourceImage),
-    /// An `https://` URL, fetched under the SSRF rules of [`crate::fetch`].
-    Url(crate::fetch::RemoteUrl),
+    /// An `https://` URL, fetched under the SSRF rules of the fetcher (feature `fetch`).
+    Url(super::RemoteUrl),
 }
 
 impl Reference {

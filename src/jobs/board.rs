@@ -93,7 +93,7 @@ impl JobBoard {
                 live: Mutex::default(),
                 max_queued: DEFAULT_MAX_QUEUED_JOBS,
                 retention: DEFAULT_JOB_RETENTION,
-                keepalive: crate::request::DEFAULT_KEEPALIVE,
+                keepalive: super::DEFAULT_KEEPALIVE,
                 metrics: None,
                 webhooks: None,
                 stale_after: DEFAULT_STALE_AFTER,

@@ -44,3 +44,7 @@ pub use record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus, Me
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteJobs;
 pub use webhook::{WebhookConfig, WebhookSecretError};
+
+/// How often a silent stream (an answer streamed as it renders, or a job's events) sends a
+/// comment, by default: under the 30-60 s idle cut-off of common proxies.
+pub const DEFAULT_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);

@@ -100,12 +100,14 @@ impl JobOutput {
     }
 
     /// Its generation ids as a record's column keeps them: comma-separated.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn ids_column(&self) -> String {
         self.ids().join(",")
     }
 
     /// The output a record's two columns hold: none unless both are set; a malformed id
     /// is corruption.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_columns(
         created: Option<u64>,
         ids: Option<String>,

@@ -65,13 +65,7 @@ pub(crate) fn body_error(error: impl Into<BoxError>) -> GatewayError {
     }
 }
 
-/// Whether a body error is the server's read deadline passing.
-#[cfg(feature = "server")]
+/// Whether a body error is the server's read deadline (or minimum rate) passing.
 pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.is::<crate::server::BodyTimeout>()
-}
-
-#[cfg(not(feature = "server"))]
-pub(crate) fn is_timeout(_: &(dyn std::error::Error + 'static)) -> bool {
-    false
+    error.is::<crate::body::BodyTimeout>()
 }

@@ -2,11 +2,11 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::stream::DEFAULT_KEEPALIVE;
 use super::{Normalize, Rules};
 use crate::catalog::Catalog;
 use crate::job::Operation;
 use crate::jobs::JobBoard;
+use crate::jobs::DEFAULT_KEEPALIVE;
 use crate::multipart::MultipartLimits;
 
 /// Applies [`Normalize`] to a typed edit service: the door from HTTP to [`EditRequest`].

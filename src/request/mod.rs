@@ -41,9 +41,9 @@ mod multipart;
 mod service;
 mod stream;
 
+pub use crate::jobs::DEFAULT_KEEPALIVE;
 pub use form::Rules;
 pub use json::parse_json;
 pub use layer::NormalizeLayer;
 pub use multipart::parse_multipart;
 pub use service::Normalize;
-pub use stream::DEFAULT_KEEPALIVE;

@@ -34,10 +34,6 @@ use crate::jobs::{error_frame, event_stream, JobBoard, Names};
 use crate::lease::ClientHandle;
 use crate::{GatewayError, ResponseBody};
 
-/// How often a silent stream sends a comment, by default: under the 30-60 s idle cut-off
-/// of common proxies.
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
-
 /// Frames buffered between the job's task and the connection; a slow reader holds the
 /// task back rather than growing a queue.
 const FRAME_BUFFER: usize = 2;

@@ -58,8 +58,9 @@ use crate::{ClientAborted, GatewayError, ResponseBody};
 mod conn;
 mod timed_body;
 
+pub use crate::body::BodyTimeout;
 use conn::{Close, Registered, Registry};
-pub use timed_body::{BodyTimeout, TimedBody};
+pub use timed_body::TimedBody;
 
 /// How long an idle connection may take to close politely (HTTP/2 GOAWAY) before it is
 /// dropped.

@@ -1,4 +1,3 @@
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +9,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::conn::BodyWatch;
+use crate::body::BodyTimeout;
 
 /// How long a body is given before its rate is judged.
 const RATE_GRACE: Duration = Duration::from_secs(10);
@@ -104,18 +104,6 @@ impl<B> TimedBody<B> {
     }
 }
 
-/// The error of a [`TimedBody`] read past its deadline or below its minimum rate.
-#[derive(Debug)]
-pub struct BodyTimeout(());
-
-impl fmt::Display for BodyTimeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the request body was not received in time")
-    }
-}
-
-impl std::error::Error for BodyTimeout {}
-
 impl<B> Body for TimedBody<B>
 where
     B: Body,
@@ -158,12 +146,12 @@ where
         }
         pace.waiting_since.get_or_insert(now);
         if this.deadline.poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout(())))));
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout::new()))));
         }
         if pace.min_rate > 0 {
             while this.judged.as_mut().poll(cx).is_ready() {
                 if pace.too_slow(Instant::now()) {
-                    return Poll::Ready(Some(Err(Box::new(BodyTimeout(())))));
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout::new()))));
                 }
                 this.judged.as_mut().reset(Instant::now() + RATE_EVERY);
             }

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod node;
+pub mod python;
 #[cfg(all(feature = "postgres", feature = "redis"))]
 pub mod services;
 

@@ -1,11 +1,9 @@
 //! The official OpenAI SDKs (Python and Node), unchanged, across the whole image API on a
 //! billed gateway: models, generate, masked edits, streams read to the end and left early.
 
-mod common;
-#[path = "common/node.rs"]
-mod node;
-#[path = "common/python.rs"]
-mod python;
+use crate::common;
+use crate::common::node;
+use crate::common::python;
 
 use std::path::Path;
 use std::process::Command;

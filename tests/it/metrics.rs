@@ -2,7 +2,7 @@
 //! sent, held, charged and released; the scrape is behind the admin key on the public
 //! listener, open on its own listener, and never carries a key.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! nothing stored for an edit that is refused, a full volume answered clearly while money
 //! keeps working, and deposits that would overflow a balance.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

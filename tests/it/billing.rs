@@ -1,6 +1,6 @@
 //! Billing on the real stack: every outcome moves money exactly as the spec says.
 
-mod common;
+use crate::common;
 
 use image_gateway::job::{EditJob, Image};
 use std::sync::Arc;

@@ -3,9 +3,8 @@
 //! epilogue. The gateway reads them before it answers, so the whole answer arrives and the
 //! connection is not reset under the client.
 
-mod common;
-#[path = "common/node.rs"]
-mod node;
+use crate::common;
+use crate::common::node;
 
 use image_gateway::job::{EditJob, Image};
 use std::time::Duration;

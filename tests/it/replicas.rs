@@ -4,7 +4,7 @@
 //! limits fail closed while Redis is unreachable.
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! `https://` image URLs through the binary: an SSRF corpus refused before any connection,
 //! and a loopback TLS server reached only under the test-only root certificate setting.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,9 +2,8 @@
 //! than the idle rule, clients that leave a begun render, the in-flight bound held by
 //! abandoned work, and the async job API.
 
-mod common;
-#[path = "common/python.rs"]
-mod python;
+use crate::common;
+use crate::common::python;
 
 use std::net::SocketAddr;
 use std::time::Duration;

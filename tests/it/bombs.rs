@@ -4,7 +4,7 @@
 //! the largest legitimate source, eight at a time. The gateway must answer each one
 //! (rendered, or `400`), and its peak memory must stay inside the documented bound.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -2,7 +2,7 @@
 //! random deposits, holds, settles, releases, expiries and repeated calls keep every money
 //! rule at every step.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The gateway binary killed with SIGKILL while it holds money: after a restart the hold
 //! expires and the balance is whole; balances, the journal and the opening balance survive.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

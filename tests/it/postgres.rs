@@ -3,7 +3,7 @@
 //! them, and the schema migrates once however many replicas start at once.
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

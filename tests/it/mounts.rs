@@ -1,7 +1,7 @@
 //! The gateway mounted as the examples show: inside an axum app beside its own routes, and
 //! in a hand-written hyper accept loop.
 
-mod common;
+use crate::common;
 
 use axum::routing::get;
 use axum::Router;

@@ -3,7 +3,7 @@
 //! several peer addresses. A normal client must still be answered at once: idle
 //! connections are closed to make room at the cap, and no peer holds more than its share.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! and rotate under concurrent use, expiry, and each key's daily limit, model and IP
 //! allow-lists; keys outlive a restart.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

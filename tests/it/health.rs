@@ -1,7 +1,7 @@
 //! `/healthz` and `/readyz`: no key, cheap, honest about the ledger and the store, and
 //! `503 draining` from SIGTERM until the listener closes.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

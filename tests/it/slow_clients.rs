@@ -1,7 +1,7 @@
 //! Slowloris and friends: trickling clients are cut off by the server's deadlines while a
 //! normal client keeps being served, and connections beyond the cap wait their turn.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

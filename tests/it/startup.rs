@@ -1,7 +1,7 @@
 //! Starting the gateway binary as a newcomer would: a host name for the address, and
 //! settings that cannot work refused at once with one readable line, never a `Debug` dump.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

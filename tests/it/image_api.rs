@@ -1,7 +1,7 @@
 //! The whole image API on the real stack: generations, compose, OpenAI's JSON edit shape,
 //! masks, streaming and the model list, each billed by the same money rules.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

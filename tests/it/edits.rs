@@ -1,7 +1,7 @@
 //! `POST /v1/images/edits` on a real server: both body methods, every shape the OpenAI SDKs
 //! send, and every error of the spec's table this endpoint owns.
 
-mod common;
+use crate::common;
 
 use async_trait::async_trait;
 use bytes::Bytes;

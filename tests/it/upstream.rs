@@ -1,9 +1,8 @@
 //! The upstream backend against a scripted OpenAI-compatible mock: a real HTTP server on
 //! 127.0.0.1 that records what the gateway sent and answers as told.
 
-mod common;
-#[path = "common/python.rs"]
-mod python;
+use crate::common;
+use crate::common::python;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! mistakes are refused at start with the file, line and reason, and `--print-config` shows
 //! the effective settings with every secret masked.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

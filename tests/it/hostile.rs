@@ -3,7 +3,7 @@
 //! money rules must hold: every image that is reachable was charged, nothing else was, and
 //! `deposits = available + held + charged`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! The official OpenAI Python SDK, unchanged, against a real gateway.
 
-mod common;
-#[path = "common/python.rs"]
-mod python;
+use crate::common;
+use crate::common::python;
 
 use common::*;
 use std::process::Command;

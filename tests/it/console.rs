@@ -3,9 +3,8 @@
 //! written to `target/console-screenshots/`.
 #![cfg(feature = "console")]
 
-mod common;
-#[path = "common/node.rs"]
-mod node;
+use crate::common;
+use crate::common::node;
 
 use std::net::SocketAddr;
 use std::path::Path;

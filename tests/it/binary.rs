@@ -1,7 +1,7 @@
 //! The `image-gateway` binary as an operator meets it: `--help` and `--version`, a demo key
 //! that survives a restart, and CORS for browser clients (off unless origins are listed).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

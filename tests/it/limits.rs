@@ -1,6 +1,6 @@
 //! Limits on hostile or greedy clients, each proved just under and just over its bound.
 
-mod common;
+use crate::common;
 
 use image_gateway::job::{EditJob, Image};
 use std::num::NonZeroU32;

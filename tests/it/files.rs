@@ -1,7 +1,7 @@
 //! Uploads, stored sources, file management and chained edits on a real server with a real
 //! data directory (local file store + SQLite generations), as the example server runs them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -184,9 +184,7 @@ async fn spec_two_step_examples_run_unchanged() {
 }
 
 fn common_python() -> std::path::PathBuf {
-    #[path = "common/python.rs"]
-    mod python;
-    python::python()
+    common::python::python()
 }
 
 #[tokio::test]

@@ -28,7 +28,10 @@
 //! |---|---|
 //! | [`jobs`] | jobs that outlive their connections: records ([`JobRecords`](jobs::JobRecords): memory, SQLite), `Prefer: respond-async`, the job API (`/v1/images/jobs`), event logs for reattaching |
 //! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
-//! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory and SQLite |
+//! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory, SQLite and PostgreSQL (`PgLedger`, feature `postgres`) |
+//! | [`metrics`] | Prometheus counters and histograms of requests, money, backends, jobs and connections, served at `GET /metrics` |
+//! | [`multipart`] | the streaming `multipart/form-data` reader behind edits and uploads: bounded parts, headers and fields, never a panic |
+//! | `console` | the browser console at `/console/`: static files built in (feature `console`) |
 //! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic, durable writes batched through one writer thread, and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
 //! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
 //! | [`catalog`] | models, their maximum `n` and price; `GET /v1/models` |

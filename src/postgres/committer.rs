@@ -4,7 +4,7 @@
 //! transaction and, for a hold, its turn at the account's row.
 //!
 //! The batch is pipelined: `BEGIN`, every prepared statement and `COMMIT` are sent at once
-//! and answered in order, one round trip for the whole batch. Each [`Operation`] is one
+//! and answered in order, one round trip for the whole batch. Each [`Statement`] is one
 //! statement that is complete on its own, so whether its answer stands is whether its
 //! transaction committed:
 //! - every statement answered and `COMMIT` succeeded: each caller gets its rows;
@@ -36,7 +36,7 @@ const QUEUE: usize = 1_024;
 
 /// One statement for the committer. Its contract: it is complete on its own (committed
 /// alone or in any batch, it does the same), and it touches only rows it locks itself.
-pub(crate) trait Operation: Send + Sync + 'static {
+pub(crate) trait Statement: Send + Sync + 'static {
     /// The statement's text; each connection prepares it once and keeps it.
     fn sql(&self) -> &'static str;
 
@@ -50,7 +50,7 @@ pub(crate) trait Operation: Send + Sync + 'static {
     }
 }
 
-/// The account an [`Operation`] changes.
+/// The account an [`Statement`] changes.
 pub(crate) enum Account<'a> {
     /// None (a generation record, a hold's renewal).
     None,
@@ -79,11 +79,11 @@ enum Ran {
     /// Its rows, committed.
     Rows(Vec<Row>),
     /// Not run, or run in a batch that was rolled back: the caller runs it alone.
-    Alone(Box<dyn Operation>),
+    Alone(Box<dyn Statement>),
 }
 
 struct Job {
-    op: Box<dyn Operation>,
+    op: Box<dyn Statement>,
     reply: oneshot::Sender<Result<Ran, BoxError>>,
 }
 
@@ -105,7 +105,7 @@ impl Committer {
 
     /// Runs `op` in the next batch, or alone when its batch was rolled back; answers its
     /// rows once they are committed.
-    pub(super) async fn run(&self, op: Box<dyn Operation>) -> Result<Vec<Row>, BoxError> {
+    pub(super) async fn run(&self, op: Box<dyn Statement>) -> Result<Vec<Row>, BoxError> {
         let jobs = self.jobs.get_or_init(|| {
             let (jobs, queue) = mpsc::channel(QUEUE);
             tokio::spawn(serve(self.pool.clone(), queue));

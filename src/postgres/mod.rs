@@ -26,7 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use self::committer::Committer;
-pub(crate) use self::committer::{Account, Operation};
+pub(crate) use self::committer::{Account, Statement};
 use crate::BoxError;
 
 /// Connections a [`Postgres`] keeps open at most.
@@ -82,7 +82,7 @@ impl Postgres {
     }
 
     /// Runs `op` in the next group commit (see [`committer`]); its rows once committed.
-    pub(crate) async fn commit(&self, op: impl Operation) -> Result<Vec<Row>, BoxError> {
+    pub(crate) async fn commit(&self, op: impl Statement) -> Result<Vec<Row>, BoxError> {
         self.committer.run(Box::new(op)).await
     }
 }

@@ -37,7 +37,7 @@ impl std::error::Error for DbFailed {}
 const MAX_BATCH: usize = 64;
 
 /// One queued operation: runs on the writer's transaction, answers after the commit.
-trait Operation: Send {
+trait Write: Send {
     /// Runs the work inside the batch's transaction; `false` when it failed (its savepoint
     /// is rolled back).
     fn run(&mut self, db: &Connection) -> bool;
@@ -52,7 +52,7 @@ struct Pending<T, E, F> {
     reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<T, E, F> Operation for Pending<T, E, F>
+impl<T, E, F> Write for Pending<T, E, F>
 where
     T: Send,
     E: From<DbFailed> + Send,
@@ -82,7 +82,7 @@ where
 }
 
 struct Job {
-    op: Box<dyn Operation>,
+    op: Box<dyn Write>,
     /// Answered only after an fsync.
     fsync: bool,
 }

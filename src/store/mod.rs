@@ -266,7 +266,8 @@ impl Usage {
     }
 }
 
-/// Bytes by key. Implement it over your object store; four methods, no defaults.
+/// Bytes by key. Implement it over your object store: four methods; `usage`, `admits` and
+/// `put_within` have defaults.
 #[async_trait]
 pub trait FileStore: Send + Sync + 'static {
     /// Stores `bytes` under `key`, atomically, replacing any file there.

@@ -3,7 +3,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
 use crate::id::GenerationId;
-use crate::postgres::{seconds, Operation, Postgres};
+use crate::postgres::{seconds, Postgres, Statement};
 
 /// Generation records in PostgreSQL, shared by every replica: an output recorded by one is
 /// found (and chained) by another.
@@ -35,7 +35,7 @@ enum Record {
     },
 }
 
-impl Operation for Record {
+impl Statement for Record {
     fn sql(&self) -> &'static str {
         match self {
             Record::Insert { .. } => {

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, Quota, StoreError, Usage};
 use crate::auth::UserId;
 use crate::clock::unix_now;
-use crate::postgres::{seconds, Operation, Postgres};
+use crate::postgres::{seconds, Postgres, Statement};
 use crate::BoxError;
 
 /// Where an S3-compatible bucket is, and the credentials to use it.
@@ -107,7 +107,7 @@ struct Stored {
     key: String,
 }
 
-impl Operation for Stored {
+impl Statement for Stored {
     fn sql(&self) -> &'static str {
         "UPDATE files SET pending = false WHERE key = $1"
     }

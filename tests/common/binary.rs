@@ -35,6 +35,9 @@ pub fn gateway_binary() -> PathBuf {
 
 pub struct Process {
     pub child: Child,
+    /// Where it listens: the address it printed (port `0` asks for a free one, so no test
+    /// races another for a port).
+    pub addr: std::net::SocketAddr,
 }
 
 impl Process {
@@ -77,18 +80,18 @@ impl Process {
             .expect("the binary starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        loop {
+        let addr = loop {
             let line = lines
                 .next()
                 .expect("the binary printed its address")
                 .unwrap();
-            if line.contains("listening on") {
-                break;
+            if let Some((_, addr)) = line.split_once("listening on http://") {
+                break addr.trim().parse().expect("a socket address");
             }
-        }
+        };
         // Keep draining so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Process { child }
+        Process { child, addr }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.

@@ -99,19 +99,25 @@ fn demo_key_of(lines: &[String]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_key_survives_a_restart() {
     let data = temp_dir("demo-key");
-    let port = free_port();
     let (mut first, lines) = {
         let data = data.clone();
-        tokio::task::spawn_blocking(move || start_demo(&data, port))
+        tokio::task::spawn_blocking(move || start_demo(&data, 0))
             .await
             .unwrap()
     };
     let key = demo_key_of(&lines);
+    // The restart listens where the first start did.
+    let addr: std::net::SocketAddr = lines
+        .iter()
+        .find_map(|l| l.split_once("listening on http://"))
+        .map(|(_, addr)| addr.trim().parse().unwrap())
+        .expect("the address it listens on");
+    let port = addr.port();
     assert!(
         lines.iter().any(|l| l.contains("(user `demo`, new")),
         "{lines:?}"
     );
-    let server = TestServer::at(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = TestServer::at(addr);
     assert_eq!(
         server
             .call(Method::GET, "/api/v1/balance", &key)
@@ -166,8 +172,8 @@ fn preflight(server: &TestServer, origin: &str) -> Request<Empty<bytes::Bytes>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_origins_get_cors_and_a_preflight_needs_no_key() {
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
-    let port = free_port();
-    let _process = Process::start_with(
+    let port = 0;
+    let process = Process::start_with(
         &binary,
         &temp_dir("cors"),
         port,
@@ -176,7 +182,7 @@ async fn listed_origins_get_cors_and_a_preflight_needs_no_key() {
             "https://chat.example, http://localhost:3210",
         )],
     );
-    let server = TestServer::at(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = TestServer::at(process.addr);
 
     let answer = server
         .send(preflight(&server, "https://chat.example"))
@@ -230,9 +236,9 @@ async fn listed_origins_get_cors_and_a_preflight_needs_no_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_is_off_by_default() {
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
-    let port = free_port();
-    let _process = Process::start_with(&binary, &temp_dir("no-cors"), port, &[]);
-    let server = TestServer::at(format!("127.0.0.1:{port}").parse().unwrap());
+    let port = 0;
+    let process = Process::start_with(&binary, &temp_dir("no-cors"), port, &[]);
+    let server = TestServer::at(process.addr);
     let answer = server
         .send(preflight(&server, "https://chat.example"))
         .await;

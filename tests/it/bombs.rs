@@ -110,8 +110,7 @@ async fn decoder_bombs_are_answered_within_the_memory_bound() {
     .await
     .unwrap();
     let data = temp_dir("bombs");
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let port = 0;
     let server = Process::start_with(
         &binary,
         &data,
@@ -121,6 +120,7 @@ async fn decoder_bombs_are_answered_within_the_memory_bound() {
             ("GATEWAY_PRICE_PER_IMAGE", "0"),
         ],
     );
+    let addr = server.addr;
     let at_rest = server.peak_rss();
 
     for (name, image, status) in &corpus {
@@ -164,8 +164,7 @@ async fn sixteen_abandoned_large_renders_are_bounded_and_charged() {
         .await
         .unwrap();
     let data = temp_dir("abandoned-renders");
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let port = 0;
     // Demo balance 100, price 10 per image: sixteen one-image edits cost 160 if all ran.
     let server = Process::start_with(
         &binary,
@@ -176,6 +175,7 @@ async fn sixteen_abandoned_large_renders_are_bounded_and_charged() {
             ("GATEWAY_DEMO_BALANCE", "1000"),
         ],
     );
+    let addr = server.addr;
     let (content_type, body) = edit_of(&source).finish();
     for _ in 0..16 {
         let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -245,14 +245,14 @@ async fn named_sources_are_not_read_before_the_caller_could_pay() {
     const ADMIN: &str = "adm_named_sources_0123456789";
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("named-sources");
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let port = 0;
     let server = Process::start_with(
         &binary,
         &data,
         port,
         &[("GATEWAY_DEMO_BALANCE", "0"), ("GATEWAY_ADMIN_KEY", ADMIN)],
     );
+    let addr = server.addr;
     let client = TestServer::at(addr);
     // Sixteen distinct 10 MB uploads: uploading is free, and each is a valid PNG's head
     // followed by padding.

@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use common::binary::{gateway_binary, Process};
@@ -52,7 +51,7 @@ fn edit_of(quality: &str, size: &str, side: u32) -> Form {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_from_one_file_with_the_environment_on_top() {
     let dir = temp_dir("config-run");
-    let port = free_port();
+    let port = 0;
     let file = write(
         &dir,
         &format!(
@@ -75,7 +74,7 @@ prices = [
 "#
         ),
     );
-    let _gateway = Process::start_args(
+    let gateway = Process::start_args(
         &gateway_binary(),
         &dir,
         port,
@@ -84,7 +83,7 @@ prices = [
         // environment too: the environment wins over the file's 1000.
         &[],
     );
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let server = TestServer::at(gateway.addr);
     let balance = || async {
         server
             .call(Method::GET, "/api/v1/balance", ALICE_KEY)

@@ -179,10 +179,10 @@ async fn slow_uploads_from_five_addresses_do_not_lock_out_a_client_or_health_che
     use common::binary::{gateway_binary, Process};
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("slow-uploads");
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port = 0;
     // The binary's defaults: 1,024 connections, 256 per address.
-    let _gateway = Process::start_with(&binary, &data, port, &[]);
+    let gateway = Process::start_with(&binary, &data, port, &[]);
+    let addr = gateway.addr;
     let mut open = Vec::new();
     for peer in 2..=6u8 {
         let ip = format!("127.0.0.{peer}");
@@ -225,9 +225,9 @@ async fn silent_sockets_of_an_address_never_keep_its_answering_client_out() {
     use common::binary::{gateway_binary, Process};
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("silent-own-address");
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let _gateway = Process::start_with(&binary, &data, port, &[]);
+    let port = 0;
+    let gateway = Process::start_with(&binary, &data, port, &[]);
+    let addr = gateway.addr;
     // The client's own address holds its whole share (256) in silent sockets.
     let mut silent = Vec::new();
     for _ in 0..256 {
@@ -251,9 +251,8 @@ async fn a_trusted_proxys_forwarded_address_is_what_an_allow_list_checks() {
     const ADMIN: &str = "adm_trusted_proxy_0123456789";
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("trusted-proxy");
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let _gateway = Process::start_with(
+    let port = 0;
+    let gateway = Process::start_with(
         &binary,
         &data,
         port,
@@ -262,6 +261,7 @@ async fn a_trusted_proxys_forwarded_address_is_what_an_allow_list_checks() {
             ("GATEWAY_ADMIN_KEY", ADMIN),
         ],
     );
+    let addr = gateway.addr;
     let made = send(
         addr,
         http::Request::post("/admin/v1/users/alice/keys")

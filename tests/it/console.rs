@@ -60,18 +60,17 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
     std::fs::write(dir.join("source.png"), png(320, 240)).unwrap();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
 
-    let port = free_port();
-    let _gateway = Process::start_with(
+    let gateway = Process::start_with(
         &gateway_binary(),
         &dir,
-        port,
+        0,
         &[
             ("GATEWAY_ADMIN_KEY", ADMIN_KEY),
             // Long enough for the partial images to arrive one by one.
             ("GATEWAY_REFERENCE_LATENCY_MS", "900"),
         ],
     );
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://{}", gateway.addr);
     let out = tokio::task::spawn_blocking({
         let (url, dir, shots) = (url.clone(), dir.clone(), shots.clone());
         move || {

@@ -33,12 +33,12 @@ fn edit(n: u32) -> Form {
 async fn sigkill_while_holding_then_restart_makes_the_balance_whole() {
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("crash");
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let client = TestServer::at(addr);
-
     // First life: the opening balance, one paid edit.
-    let first = Process::start(&binary, &data, port, 0);
+    let first = Process::start(&binary, &data, 0, 0);
+    let addr = first.addr;
+    let client = TestServer::at(addr);
+    // Restarts listen where the first did, so clients keep their address.
+    let port = addr.port();
     assert_eq!(balance(addr).await, (100, 0));
     assert_eq!(client.edit_form(ALICE_KEY, edit(1)).await.images().len(), 1);
     assert_eq!(balance(addr).await, (90, 0));
@@ -85,10 +85,12 @@ async fn sigkill_while_holding_then_restart_makes_the_balance_whole() {
 async fn sigterm_mid_edit_lets_it_finish_and_leaves_the_ledger_whole() {
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let data = temp_dir("sigterm");
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let port = 0;
 
     let server = Process::start(&binary, &data, port, 1500);
+    let addr = server.addr;
+    // The restart listens where the first did, so clients keep their address.
+    let port = addr.port();
     let edit =
         tokio::spawn(async move { TestServer::at(addr).edit_form(ALICE_KEY, edit(2)).await });
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -108,14 +108,14 @@ async fn checks_need_no_key_and_follow_the_store_and_the_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_drains_on_sigterm_for_its_shutdown_delay_then_exits_cleanly() {
     let dir = temp_dir("drain");
-    let port = free_port();
+    let port = 0;
     let gateway = Process::start_with(
         &gateway_binary(),
         &dir,
         port,
         &[("GATEWAY_SHUTDOWN_DELAY_SECS", "2")],
     );
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = gateway.addr;
     assert_eq!(send(addr, get("/readyz")).await.status, StatusCode::OK);
     let pid = gateway.child.id().to_string();
     assert!(std::process::Command::new("kill")

@@ -17,9 +17,9 @@ use tokio::net::TcpStream;
 /// The binary's test settings: 100 for alice, 10 a image.
 fn start(env: &[(&str, &str)]) -> (Process, TestServer, std::path::PathBuf) {
     let dir = temp_dir("jobs");
-    let port = free_port();
+    let port = 0;
     let process = Process::start_with(&gateway_binary(), &dir, port, env);
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let server = TestServer::at(process.addr);
     (process, server, dir)
 }
 

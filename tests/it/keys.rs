@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -77,9 +76,10 @@ fn edit(n: u32, model: &str) -> Form {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_made_listed_revoked_and_kept_across_a_restart() {
     let dir = temp_dir("keys-lifecycle");
-    let port = free_port();
-    let gateway = start(&dir, port);
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let gateway = start(&dir, 0);
+    let server = TestServer::at(gateway.addr);
+    // The restart below listens where this start did.
+    let port = gateway.addr.port();
 
     // Only the admin key opens the key routes.
     let as_user = server
@@ -227,9 +227,9 @@ async fn keys_are_made_listed_revoked_and_kept_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_the_old_key_for_its_grace_and_expiry_ends_a_key() {
     let dir = temp_dir("keys-rotate");
-    let port = free_port();
-    let _gateway = start(&dir, port);
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let port = 0;
+    let gateway = start(&dir, port);
+    let server = TestServer::at(gateway.addr);
 
     let limits = json!({"name": "ci", "daily_limit": 500, "models": ["gpt-image-2"]});
     let (old, old_id) = create(&server, "alice", limits).await;
@@ -299,9 +299,9 @@ async fn rotation_keeps_the_old_key_for_its_grace_and_expiry_ends_a_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
     let dir = temp_dir("keys-limits");
-    let port = free_port();
-    let _gateway = start(&dir, port);
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let port = 0;
+    let gateway = start(&dir, port);
+    let server = TestServer::at(gateway.addr);
     let balance = || async {
         server
             .call(Method::GET, "/api/v1/balance", ALICE_KEY)
@@ -422,9 +422,9 @@ async fn each_key_keeps_to_its_daily_limit_models_and_networks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_log_filters_by_key_model_and_time_and_the_admin_reads_any_user() {
     let dir = temp_dir("keys-usage");
-    let port = free_port();
-    let _gateway = start(&dir, port);
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let port = 0;
+    let gateway = start(&dir, port);
+    let server = TestServer::at(gateway.addr);
     let started = now();
     let (first, first_id) = create(&server, "alice", json!({"name": "first"})).await;
     let (second, _) = create(&server, "alice", json!({"name": "second"})).await;
@@ -555,8 +555,8 @@ async fn the_usage_log_filters_by_key_model_and_time_and_the_admin_reads_any_use
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_edit_whose_client_leaves_after_the_hold_is_charged_to_the_day() {
     let dir = temp_dir("keys-leave");
-    let port = free_port();
-    let _gateway = Process::start_with(
+    let port = 0;
+    let gateway = Process::start_with(
         &gateway_binary(),
         &dir,
         port,
@@ -565,7 +565,7 @@ async fn a_streamed_edit_whose_client_leaves_after_the_hold_is_charged_to_the_da
             ("GATEWAY_REFERENCE_LATENCY_MS", "1500"),
         ],
     );
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let server = TestServer::at(gateway.addr);
     let balance = || async {
         let reply = server.call(Method::GET, "/api/v1/balance", ALICE_KEY).await;
         let json = reply.json();
@@ -622,11 +622,11 @@ async fn a_rotated_key_and_its_predecessor_share_one_days_spend_on_postgres() {
 /// A chain of rotated keys spends one day's limit, on the binary's key store (`env` picks it).
 async fn rotated_keys_share_a_day(env: &[(&str, &str)]) {
     let dir = temp_dir("keys-rotated-spend");
-    let port = free_port();
+    let port = 0;
     let mut all = vec![("GATEWAY_ADMIN_KEY", ADMIN_KEY)];
     all.extend_from_slice(env);
-    let _gateway = Process::start_with(&gateway_binary(), &dir, port, &all);
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let gateway = Process::start_with(&gateway_binary(), &dir, port, &all);
+    let server = TestServer::at(gateway.addr);
     // Price 10: a limit of 30 is three images a day, whichever keys of the chain ask.
     let (old, old_id) = create(&server, "alice", json!({"daily_limit": 30})).await;
     let first = server.edit_form(&old, edit(1, "gpt-image-2")).await;
@@ -680,8 +680,7 @@ async fn configured_keys_on_postgres_are_listed_revocable_and_end_when_removed()
     const BOB: &str = "pk_live_bob_configured_0123456789";
     const CAROL: &str = "pk_live_carol_configured_012345678";
     let dir = temp_dir("keys-configured-pg");
-    let port = free_port();
-    let start = |keys: String| {
+    let start = |keys: String, port: u16| {
         Process::start_with(
             &gateway_binary(),
             &dir,
@@ -694,8 +693,10 @@ async fn configured_keys_on_postgres_are_listed_revocable_and_end_when_removed()
         )
     };
     let all = format!("alice:{ALICE_KEY},bob:{BOB},carol:{CAROL}");
-    let gateway = start(all.clone());
-    let server = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let gateway = start(all.clone(), 0);
+    let server = TestServer::at(gateway.addr);
+    // The restart below listens where this start did.
+    let port = gateway.addr.port();
     // Listed like any managed key, with an id and a prefix, never the key.
     let listed = admin(
         &server,
@@ -727,7 +728,7 @@ async fn configured_keys_on_postgres_are_listed_revocable_and_end_when_removed()
     assert_eq!(balance_status(&server, BOB).await, StatusCode::UNAUTHORIZED);
     drop(gateway);
     // Carol taken out of the configuration: her key ends at this start.
-    let gateway = start(format!("alice:{ALICE_KEY},bob:{BOB}"));
+    let gateway = start(format!("alice:{ALICE_KEY},bob:{BOB}"), port);
     assert_eq!(balance_status(&server, BOB).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
         balance_status(&server, CAROL).await,

@@ -94,10 +94,10 @@ const RETURNED: &str = r#"image_gateway_images_returned_total{model="gpt-image-2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_counts_known_traffic_exactly_and_never_shows_a_key() {
     let dir = temp_dir("metrics-binary");
-    let port = free_port();
+    let port = 0;
     let scrape_port = free_port();
     let scrape_at = format!("127.0.0.1:{scrape_port}");
-    let _gateway = Process::start_with(
+    let gateway = Process::start_with(
         &gateway_binary(),
         &dir,
         port,
@@ -106,7 +106,7 @@ async fn the_binary_counts_known_traffic_exactly_and_never_shows_a_key() {
             ("GATEWAY_METRICS_ADDR", &scrape_at),
         ],
     );
-    let public = TestServer::at(SocketAddr::from(([127, 0, 0, 1], port)));
+    let public = TestServer::at(gateway.addr);
     let scraper = SocketAddr::from(([127, 0, 0, 1], scrape_port));
 
     // The public listener: the admin key only; a user key is not enough.

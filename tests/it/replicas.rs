@@ -16,11 +16,11 @@ use http::Method;
 /// Replica `i` on `url`, with the test settings (alice, a balance of 100, 10 per image, holds
 /// of 2 s) and `env` over them.
 fn replica(url: &str, env: &[(&str, &str)]) -> (Process, TestServer) {
-    let port = free_port();
+    let port = 0;
     let mut all = vec![("GATEWAY_DATABASE_URL", url)];
     all.extend_from_slice(env);
     let process = Process::start_with(&gateway_binary(), &temp_dir("replica"), port, &all);
-    let server = TestServer::at(format!("127.0.0.1:{port}").parse().unwrap());
+    let server = TestServer::at(process.addr);
     (process, server)
 }
 

@@ -318,11 +318,11 @@ async fn a_job_with_no_room_is_refused_before_its_work_and_work_that_ran_is_kept
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let source = png(640, 480);
     let data = temp_dir("quota-before-work");
-    let port = free_port();
+    let port = 0;
     // Room for the source and a few bytes: the first edit's output does not fit the bytes
     // left, but its one file does.
     let quota = (source.len() + 64).to_string();
-    let _gateway = Process::start_with(
+    let gateway = Process::start_with(
         &binary,
         &data,
         port,
@@ -331,7 +331,7 @@ async fn a_job_with_no_room_is_refused_before_its_work_and_work_that_ran_is_kept
             ("GATEWAY_ADMIN_KEY", ADMIN),
         ],
     );
-    let server = TestServer::at(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let server = TestServer::at(gateway.addr);
     let key = server
         .upload(ALICE_KEY, &[("big.png", &source)])
         .await

@@ -131,8 +131,8 @@ async fn an_ssrf_corpus_is_refused_before_any_connection_is_made() {
     let (listener, accepted) = counting_listener().await;
     let p = listener.port();
     let dir = temp_dir("ssrf");
-    let port = free_port();
-    let _gateway = Process::start_with(&gateway_binary(), &dir, port, &[]);
+    let gateway = Process::start_with(&gateway_binary(), &dir, 0, &[]);
+    let port = gateway.addr.port();
     let corpus = [
         format!("https://127.0.0.1:{p}/a.png"),
         format!("https://127.1:{p}/a.png"),
@@ -187,21 +187,24 @@ async fn a_loopback_tls_server_is_fetched_only_under_the_test_root_and_redirects
     let binary = gateway_binary();
 
     // Without the setting, `localhost` resolves to a refused address: no connection.
-    let port = free_port();
-    let plain = Process::start_with(&binary, &dir.join("plain"), port, &[]);
-    let reply = compose(port, &format!("https://localhost:{tls_port}/a.png")).await;
+    let plain = Process::start_with(&binary, &dir.join("plain"), 0, &[]);
+    let reply = compose(
+        plain.addr.port(),
+        &format!("https://localhost:{tls_port}/a.png"),
+    )
+    .await;
     assert_eq!(reply.error().0, 400);
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
     drop(plain);
 
-    let port = free_port();
     let ca_setting = ca.to_str().unwrap();
-    let _trusting = Process::start_with(
+    let trusting = Process::start_with(
         &binary,
         &dir.join("trusting"),
-        port,
+        0,
         &[("GATEWAY_URL_FETCH_TEST_CA", ca_setting)],
     );
+    let port = trusting.addr.port();
     let reply = compose(port, &format!("https://localhost:{tls_port}/a.png")).await;
     assert_eq!(reply.images().len(), 1);
     let reply = compose(port, &format!("https://localhost:{tls_port}/to-self")).await;
@@ -230,7 +233,7 @@ async fn a_loopback_tls_server_is_fetched_only_under_the_test_root_and_redirects
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
-    let reply = send(SocketAddr::from(([127, 0, 0, 1], port)), req).await;
+    let reply = send(trusting.addr, req).await;
     assert_eq!(reply.images().len(), 1);
     assert_eq!(balance(port).await, 70);
 }

@@ -8,19 +8,11 @@
 //! Every setting is an environment variable or a key of `--config gateway.toml`;
 //! [`table::SETTINGS`] lists them, and `--help` prints that list. `GET /openapi.json` (no key needed) describes every endpoint.
 
-// Paths spelled out: `examples/gateway.rs` includes this file as a module, and from there
-// the module files are found only by an explicit path (relative to this file).
-#[path = "file.rs"]
 mod file;
-#[path = "keys.rs"]
 mod keys;
-#[path = "openapi.rs"]
 mod openapi;
-#[path = "settings.rs"]
 mod settings;
-#[path = "stores.rs"]
 mod stores;
-#[path = "table.rs"]
 mod table;
 
 use std::error::Error;
@@ -57,7 +49,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The largest `n` the binary's model accepts.
 const MAX_IMAGES: u32 = 10;
 
-pub fn main() {
+fn main() {
     let mut config_path = None;
     let mut print_config = false;
     let mut args = std::env::args().skip(1);

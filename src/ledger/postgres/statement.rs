@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 
 use super::super::{hold_refusal, Amount, EntryKind, HoldId, LedgerError, Memo};
 use super::units;
-use crate::postgres::{Account, Operation};
+use crate::postgres::{Account, Statement};
 
 /// Reserves the amount if the account's available balance covers it, and records the hold
 /// and its journal entry. The account's row is locked (`FOR UPDATE`) before the check, and
@@ -143,7 +143,7 @@ impl Op {
     }
 }
 
-impl Operation for Op {
+impl Statement for Op {
     fn account(&self) -> Account<'_> {
         match self {
             Op::Hold { account, .. } => Account::Named(account),

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::table::SETTINGS;
+use super::table::{Kind, SETTINGS};
 
 /// One model of the `[models]` table. Every check is made while it is read, so an error
 /// carries the place of the value that caused it.
@@ -131,16 +131,6 @@ pub fn key_of(name: &str) -> String {
     }
 }
 
-/// Whether a setting takes a non-negative integer (its default is one).
-fn integer_setting(default: &str) -> bool {
-    !default.is_empty() && default.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Whether a setting is an on/off switch.
-fn switch_setting(default: &str) -> bool {
-    matches!(default, "on" | "off")
-}
-
 impl FileSettings {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<FileSettings, Box<dyn Error>> {
@@ -180,7 +170,7 @@ impl FileSettings {
             let Some(setting) = SETTINGS.iter().find(|s| key_of(s.name) == key) else {
                 return Err(at(offset, format!("unknown setting `{key}`")));
             };
-            let text = scalar(value.get_ref(), setting.default)
+            let text = scalar(value.get_ref(), setting.kind)
                 .map_err(|reason| at(offset, format!("`{key}` {reason}")))?;
             file.values.insert(setting.name, (text, line_of(offset)));
         }
@@ -200,7 +190,7 @@ impl FileSettings {
 }
 
 /// A setting's value as the text its environment variable would hold.
-fn scalar(value: &Value, default: &str) -> Result<String, String> {
+fn scalar(value: &Value, kind: Kind) -> Result<String, String> {
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Integer(i) if *i >= 0 => i.to_string(),
@@ -218,14 +208,14 @@ fn scalar(value: &Value, default: &str) -> Result<String, String> {
         }
         _ => return Err("must be a string, an integer, a boolean or a list of strings".into()),
     };
-    if integer_setting(default) {
+    if kind == Kind::Integer {
         // Normalised ("007" is 7), so what `--print-config` writes back is a TOML integer.
         let value: u64 = text
             .parse()
             .map_err(|_| "must be a non-negative integer".to_owned())?;
         return Ok(value.to_string());
     }
-    if switch_setting(default) && !matches!(text.as_str(), "on" | "off") {
+    if kind == Kind::Switch && !matches!(text.as_str(), "on" | "off") {
         return Err("must be true or false (or \"on\" / \"off\")".into());
     }
     Ok(text)
@@ -269,12 +259,12 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
             None => (setting.default.to_owned(), "default".to_owned()),
         };
         let value = mask(setting.name, &value);
-        let rendered =
-            if integer_setting(setting.default) && value.bytes().all(|b| b.is_ascii_digit()) {
-                value
-            } else {
-                toml_string(&value)
-            };
+        let rendered = if setting.kind == Kind::Integer && value.bytes().all(|b| b.is_ascii_digit())
+        {
+            value
+        } else {
+            toml_string(&value)
+        };
         out.push_str(&format!("{key} = {rendered}  # {from}\n"));
     }
     for (name, model) in &file.models {
@@ -369,7 +359,7 @@ mod tests {
         let mut text = String::new();
         for setting in SETTINGS {
             if !setting.default.is_empty() {
-                let value = if integer_setting(setting.default) {
+                let value = if setting.kind == Kind::Integer {
                     setting.default.to_owned()
                 } else {
                     toml_string(setting.default)

@@ -82,6 +82,8 @@ pub struct QuotaStore {
     inner: Arc<dyn FileStore>,
     quota: Quota,
     owners: Arc<Mutex<HashMap<UserId, Owner>>>,
+    /// The view of [`owed`](Self::owed): writes counted, never refused for the quota.
+    owed: bool,
 }
 
 /// One owner's writes as this process sees them, kept while any is in flight or checked.
@@ -116,6 +118,7 @@ impl QuotaStore {
             inner,
             quota,
             owners: Arc::default(),
+            owed: false,
         }
     }
 
@@ -124,27 +127,29 @@ impl QuotaStore {
     /// flight, so other writes' checks see them, but never refused for the quota; only the
     /// inner store can refuse them (a full volume).
     pub fn owed(&self) -> Arc<dyn FileStore> {
-        Arc::new(Owed(self.clone()))
-    }
-
-    /// Counts `adding` as being written for `owner`, whatever the quota says.
-    fn count(&self, owner: &UserId, adding: Usage) -> Reserved<'_> {
-        let mut owners = self.owners();
-        let entry = owners.entry(owner.clone()).or_default();
-        entry.in_flight = entry.in_flight.plus(adding);
-        Reserved {
-            store: self,
-            owner: owner.clone(),
-            adding,
-        }
+        Arc::new(QuotaStore {
+            owed: true,
+            ..self.clone()
+        })
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Owner>> {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `adding` as being written for `owner`, or refuses it.
+    /// Counts `adding` as being written for `owner`, or refuses it (never, for the
+    /// [`owed`](Self::owed) view).
     async fn reserve(&self, owner: &UserId, adding: Usage) -> Result<Reserved<'_>, StoreError> {
+        if self.owed {
+            let mut owners = self.owners();
+            let entry = owners.entry(owner.clone()).or_default();
+            entry.in_flight = entry.in_flight.plus(adding);
+            return Ok(Reserved {
+                store: self,
+                owner: owner.clone(),
+                adding,
+            });
+        }
         let mut rechecks = 0;
         loop {
             let check = Checking::start(self, owner);
@@ -257,6 +262,9 @@ impl FileStore for QuotaStore {
     async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
         let adding = Usage::new(bytes.len() as u64, 1);
         let _reserved = self.reserve(key.owner(), adding).await?;
+        if self.owed {
+            return self.inner.put(key, bytes).await;
+        }
         // The inner store checks again where it is shared: this process's count cannot see
         // another's writes in flight.
         self.inner.put_within(key, bytes, self.quota).await
@@ -289,49 +297,6 @@ impl FileStore for QuotaStore {
     }
 }
 
-/// [`QuotaStore::owed`]: counted, never refused for the quota.
-#[derive(Clone)]
-struct Owed(QuotaStore);
-
-impl fmt::Debug for Owed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Owed").field(&self.0).finish()
-    }
-}
-
-#[async_trait]
-impl FileStore for Owed {
-    async fn put(&self, key: &FileKey, bytes: Bytes) -> Result<(), StoreError> {
-        let _counted = self.0.count(key.owner(), Usage::new(bytes.len() as u64, 1));
-        self.0.inner.put(key, bytes).await
-    }
-
-    async fn get(&self, key: &FileKey) -> Result<Option<Bytes>, StoreError> {
-        self.0.inner.get(key).await
-    }
-
-    async fn delete(&self, key: &FileKey) -> Result<bool, StoreError> {
-        self.0.inner.delete(key).await
-    }
-
-    async fn list(
-        &self,
-        owner: &UserId,
-        after: Option<&FileCursor>,
-        limit: usize,
-    ) -> Result<FilePage, StoreError> {
-        self.0.inner.list(owner, after, limit).await
-    }
-
-    async fn usage(&self, owner: &UserId) -> Result<Usage, StoreError> {
-        self.0.inner.usage(owner).await
-    }
-
-    async fn admits(&self, owner: &UserId, adding: Usage) -> Result<(), StoreError> {
-        self.0.inner.admits(owner, adding).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -340,6 +305,21 @@ mod tests {
 
     use super::*;
     use crate::store::MemoryFileStore;
+
+    #[tokio::test]
+    async fn owed_writes_pass_the_quota_and_count_against_the_next() {
+        let store = QuotaStore::new(Arc::new(MemoryFileStore::new()), Quota::new(10, 0));
+        let alice = UserId::new("alice").unwrap();
+        let key = |name: &str| FileKey::new(&alice, uuid::Uuid::new_v4(), name);
+        let owed = store.owed();
+        owed.admits(&alice, Usage::new(100, 1)).await.unwrap();
+        owed.put(&key("out"), Bytes::from_static(b"0123456789abc"))
+            .await
+            .unwrap();
+        assert_eq!(store.usage(&alice).await.unwrap(), Usage::new(13, 1));
+        let refused = store.put(&key("up"), Bytes::from_static(b"1")).await;
+        assert!(refused.unwrap_err().to_string().contains("quota"));
+    }
 
     #[tokio::test]
     async fn writes_past_the_quota_are_refused_and_deletes_make_room() {

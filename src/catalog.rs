@@ -86,6 +86,10 @@ impl ModelSpec {
     /// names); a quality any of the model's [`Self::qualities`].
     pub fn price_bounds(&self, size: &str, quality: &str) -> (u64, u64) {
         const AUTO: &str = "auto";
+        if size != AUTO && quality != AUTO {
+            let price = self.rule_price(size, quality);
+            return (price, price);
+        }
         // "" stands for a size no rule names, which pays what a rule of quality alone says.
         let sizes: Vec<&str> = if size == AUTO {
             let named = self.prices.iter().filter_map(|r| r.size.as_deref());

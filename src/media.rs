@@ -100,17 +100,17 @@ impl ImageKind {
         (width > 0 && height > 0).then_some((width, height))
     }
 
-    /// Whether an image's header declares an alpha channel: a PNG of colour type 4 or 6 (or
-    /// with a `tRNS` chunk before its first `IDAT`, checked within the first 64 KiB), a WebP
-    /// whose extended header flags alpha or whose lossless header hints it.
+    /// Whether an image's header declares an alpha channel: a PNG of colour type 4 or 6, or
+    /// with a `tRNS` chunk before its image data; a WebP whose extended header flags alpha or
+    /// whose lossless header hints it.
     pub fn has_alpha(bytes: &[u8]) -> bool {
         match ImageKind::sniff(bytes) {
             Some(ImageKind::Png) => {
-                let head = &bytes[..bytes.len().min(64 << 10)];
                 matches!(bytes.get(25), Some(4 | 6))
-                    || memchr::memmem::find(head, b"tRNS").is_some_and(|at| {
-                        memchr::memmem::find(head, b"IDAT").is_none_or(|data| at < data)
-                    })
+                    || png_chunks(bytes)
+                        .map_while(Result::ok)
+                        .take_while(|(kind, _)| kind != b"IDAT")
+                        .any(|(kind, _)| &kind == b"tRNS")
             }
             Some(ImageKind::Webp) => match bytes.get(12..16) {
                 Some(b"VP8X") => bytes.get(20).is_some_and(|flags| flags & 0x10 != 0),
@@ -130,6 +130,38 @@ impl ImageKind {
             ImageKind::Webp => "webp",
         }
     }
+}
+
+/// The eight bytes every PNG starts with.
+pub(crate) const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+
+/// The chunks of a PNG, each as its four-letter kind and its whole bytes (length, kind,
+/// data, CRC), walked by their lengths without inflating anything, up to `IEND`; an `Err`
+/// (then nothing more) when the list is cut short. Nothing for a file that is not a PNG.
+pub(crate) fn png_chunks(
+    file: &[u8],
+) -> impl Iterator<Item = Result<([u8; 4], &[u8]), &'static str>> {
+    let mut rest = file
+        .strip_prefix(PNG_SIGNATURE.as_slice())
+        .unwrap_or_default();
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(header) = rest.get(..8) else {
+            rest = &[];
+            return Some(Err("the PNG's chunk list is cut short"));
+        };
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = [header[4], header[5], header[6], header[7]];
+        let Some(whole) = length.checked_add(12).filter(|whole| *whole <= rest.len()) else {
+            rest = &[];
+            return Some(Err("a PNG chunk runs past the end of the file"));
+        };
+        let (chunk, tail) = rest.split_at(whole);
+        rest = if &kind == b"IEND" { &[] } else { tail };
+        Some(Ok((kind, chunk)))
+    })
 }
 
 #[cfg(test)]
@@ -155,6 +187,37 @@ mod tests {
         assert_eq!(ImageKind::sniff(b"hello, I am text.png"), None);
         assert_eq!(ImageKind::sniff(b"\x89PN"), None);
         assert_eq!(ImageKind::sniff(b""), None);
+    }
+
+    #[test]
+    fn alpha_from_colour_type_or_a_trns_chunk_before_the_data() {
+        let chunk = |kind: &[u8; 4], data: &[u8]| {
+            let mut out = (data.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&[0; 4]);
+            out
+        };
+        // IHDR: 1x1, depth 8, colour type `ty`.
+        let png = |ty: u8, middle: &[Vec<u8>]| {
+            let mut out = PNG_SIGNATURE.to_vec();
+            out.extend(chunk(b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, ty, 0, 0, 0]));
+            for c in middle {
+                out.extend_from_slice(c);
+            }
+            out.extend(chunk(b"IDAT", b"x"));
+            out.extend(chunk(b"tRNS", b"late"));
+            out.extend(chunk(b"IEND", b""));
+            out
+        };
+        assert!(ImageKind::has_alpha(&png(6, &[])));
+        assert!(
+            !ImageKind::has_alpha(&png(2, &[])),
+            "a tRNS after IDAT is not read"
+        );
+        assert!(ImageKind::has_alpha(&png(2, &[chunk(b"tRNS", b"\0")])));
+        // The word inside another chunk's data is not a chunk.
+        assert!(!ImageKind::has_alpha(&png(2, &[chunk(b"tEXt", b"tRNS")])));
     }
 
     #[test]

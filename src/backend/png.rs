@@ -5,42 +5,31 @@
 //! backend needs none of them, so it drops them all, walking the chunk list without
 //! inflating anything. Critical chunks and `tRNS` (transparency) are kept.
 
-/// The eight bytes every PNG starts with.
-const SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+use crate::media::{png_chunks, PNG_SIGNATURE};
 
 /// `Ok(None)` when `file` is not a PNG or has nothing to drop; `Ok(Some(copy))` without
 /// its ancillary chunks; `Err` when its chunk list is cut short.
 pub(crate) fn strip_ancillary(file: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
-    let Some(mut rest) = file.strip_prefix(SIGNATURE) else {
+    if !file.starts_with(PNG_SIGNATURE) {
         return Ok(None);
-    };
+    }
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut dropped = false;
-    while !rest.is_empty() {
-        let header = rest.get(..8).ok_or("the PNG's chunk list is cut short")?;
-        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let kind = &header[4..8];
-        let whole = length
-            .checked_add(12)
-            .filter(|whole| *whole <= rest.len())
-            .ok_or("a PNG chunk runs past the end of the file")?;
-        let (chunk, tail) = rest.split_at(whole);
+    for chunk in png_chunks(file) {
+        let (kind, bytes) = chunk?;
         // Bit 5 of the first letter: lowercase marks an ancillary chunk.
-        if kind[0].is_ascii_lowercase() && kind != b"tRNS" {
+        if kind[0].is_ascii_lowercase() && &kind != b"tRNS" {
             dropped = true;
         } else {
-            kept.push(chunk);
-        }
-        rest = tail;
-        if kind == b"IEND" {
-            break;
+            kept.push(bytes);
         }
     }
     if !dropped {
         return Ok(None);
     }
-    let mut out = Vec::with_capacity(SIGNATURE.len() + kept.iter().map(|c| c.len()).sum::<usize>());
-    out.extend_from_slice(SIGNATURE);
+    let mut out =
+        Vec::with_capacity(PNG_SIGNATURE.len() + kept.iter().map(|c| c.len()).sum::<usize>());
+    out.extend_from_slice(PNG_SIGNATURE);
     for chunk in kept {
         out.extend_from_slice(chunk);
     }
@@ -60,7 +49,7 @@ mod tests {
     }
 
     fn file(chunks: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = SIGNATURE.to_vec();
+        let mut out = PNG_SIGNATURE.to_vec();
         for c in chunks {
             out.extend_from_slice(c);
         }
@@ -100,7 +89,7 @@ mod tests {
         input.extend_from_slice(&u32::MAX.to_be_bytes());
         input.extend_from_slice(b"iCCP");
         assert!(strip_ancillary(&input).is_err());
-        assert!(strip_ancillary(&SIGNATURE[..]).unwrap().is_none());
-        assert!(strip_ancillary(&[SIGNATURE.as_slice(), &[0, 0]].concat()).is_err());
+        assert!(strip_ancillary(&PNG_SIGNATURE[..]).unwrap().is_none());
+        assert!(strip_ancillary(&[PNG_SIGNATURE.as_slice(), &[0, 0]].concat()).is_err());
     }
 }

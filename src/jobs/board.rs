@@ -302,8 +302,8 @@ impl JobBoard {
 
     /// The generation `id` once its bytes are stored or failed to be: an answer may come
     /// before its images are stored (a store that waits stores on a task of its own), so a
-    /// read right after waits a moment, up to about ten seconds, then answers `409
-    /// generation_not_ready`.
+    /// read right after waits a moment (5 ms, doubling, about five seconds in all), then
+    /// answers `409 generation_not_ready`.
     async fn stored(&self, id: GenerationId) -> Result<crate::store::Generation, GatewayError> {
         let mut wait = Duration::from_millis(5);
         loop {

@@ -171,6 +171,48 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A body whose client sends `chunk` bytes every second, `chunks` times, read through a
+    /// `TimedBody` with a minimum rate of 1000 B/s: `Ok(bytes read)`, or `Err(seconds)` when
+    /// it was cut, on the paused clock.
+    async fn read_paced(chunk: usize, chunks: usize) -> Result<usize, u64> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        tokio::spawn(async move {
+            for _ in 0..chunks {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if tx.send(Bytes::from(vec![0u8; chunk])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let data = rx.recv().await?;
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(data)), rx))
+        });
+        let started = Instant::now();
+        let body = TimedBody::new(StreamBody::new(frames), Duration::from_secs(120)).min_rate(1000);
+        let mut body = std::pin::pin!(body);
+        let mut read = 0;
+        while let Some(frame) = body.as_mut().frame().await {
+            match frame {
+                Ok(frame) => read += frame.into_data().map_or(0, |d| d.len()),
+                Err(error) => {
+                    assert!(error.is::<BodyTimeout>(), "{error}");
+                    return Err(started.elapsed().as_secs());
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_just_over_the_minimum_rate_is_read_and_one_just_under_is_cut() {
+        assert_eq!(read_paced(1200, 30).await, Ok(36_000));
+        let cut = read_paced(800, 30).await.unwrap_err();
+        assert!((10..=16).contains(&cut), "cut after {cut} s");
+    }
 
     #[test]
     fn a_client_is_judged_on_the_time_it_was_waited_for() {

@@ -10,6 +10,31 @@ use std::sync::OnceLock;
 
 const PACKAGES: [&str; 2] = ["openai>=1.60", "requests"];
 
+/// Runs `script` (`python -c`) with `GATEWAY_URL` set to `url`, `GATEWAY_KEY` to alice's key
+/// and `env`, off the async runtime; its standard output, trimmed, and its standard error.
+pub async fn run(
+    script: &'static str,
+    url: String,
+    env: Vec<(&'static str, std::ffi::OsString)>,
+) -> (String, String) {
+    let python = python();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", script])
+            .env("GATEWAY_URL", url)
+            .env("GATEWAY_KEY", super::ALICE_KEY)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(provision).clone()

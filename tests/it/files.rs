@@ -136,7 +136,7 @@ async fn spec_two_step_examples_run_unchanged() {
     std::fs::write(dir.join("anchor.jpg"), jpeg(40, 30)).unwrap();
     let url = format!("http://{}", server.addr);
     let root = env!("CARGO_MANIFEST_DIR");
-    let python = common_python();
+    let python = common::python::python();
     let clients: [(&str, Vec<String>); 3] = [
         (
             python.to_str().unwrap(),
@@ -181,10 +181,6 @@ async fn spec_two_step_examples_run_unchanged() {
         let (_, w, h) = inspect(&bytes);
         assert!(w > 0 && h > 0);
     }
-}
-
-fn common_python() -> std::path::PathBuf {
-    common::python::python()
 }
 
 #[tokio::test]

@@ -624,23 +624,8 @@ listed = client.get("/images/jobs", cast_to=object)
 assert listed["data"][0]["id"] == job["id"], listed
 print("ok", len(job["result"]["picklyone_generation_ids"]))
 "#;
-    let (python, url) = (python::python(), format!("http://{}", server.addr));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(["-c", script])
-            .env("GATEWAY_URL", url)
-            .env("GATEWAY_KEY", ALICE_KEY)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "ok 1",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, err) = python::run(script, format!("http://{}", server.addr), vec![]).await;
+    assert_eq!(out, "ok 1", "{err}");
     assert_eq!(settled_money(&server).await, (90, 0, 10));
 }
 

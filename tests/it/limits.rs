@@ -238,3 +238,43 @@ async fn a_part_header_over_8_kib_is_400() {
     assert_eq!(reply.error(), (400, "invalid_request".into(), None));
     assert!(String::from_utf8_lossy(&reply.body).contains("longer than 8192"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_sources_are_read_up_to_64_mib_and_refused_one_byte_over() {
+    use image_gateway::source::MAX_NAMED_SOURCE_BYTES;
+    use image_gateway::store::{FileKey, FileStore, MemoryFileStore};
+    let store = std::sync::Arc::new(MemoryFileStore::new());
+    let alice = UserId::new("alice").unwrap();
+    // A valid PNG's head, padded: the reference backend decodes the first source.
+    let stored = |len: usize| {
+        let (store, alice) = (store.clone(), alice.clone());
+        async move {
+            let mut bytes = png(8, 8);
+            bytes.resize(len, 0);
+            let key = FileKey::new(&alice, uuid::Uuid::new_v4(), "big.png");
+            store.put(&key, Bytes::from(bytes)).await.unwrap();
+            key.as_str().to_owned()
+        }
+    };
+    let half = MAX_NAMED_SOURCE_BYTES / 2;
+    let (a, b, over) = (
+        stored(half).await,
+        stored(half).await,
+        stored(half + 1).await,
+    );
+    let server =
+        TestServer::start(Gateway::builder().keys(keys()).store(store.clone()).build()).await;
+    let edit = |first: &str, second: &str| {
+        format!(
+            r#"{{"model":"gpt-image-2","prompt":"p","images":[{{"file_id":"{first}"}},{{"file_id":"{second}"}}]}}"#
+        )
+    };
+    let at = server.edit_json(ALICE_KEY, &edit(&a, &b)).await;
+    assert_eq!(at.status, 200, "exactly 64 MiB named: {:?}", at.error());
+    let past = server.edit_json(ALICE_KEY, &edit(&a, &over)).await;
+    assert_eq!(
+        past.error(),
+        (400, "invalid_request".into(), Some("images".into())),
+        "one byte over"
+    );
+}

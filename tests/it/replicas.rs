@@ -24,6 +24,18 @@ fn replica(url: &str, env: &[(&str, &str)]) -> (Process, TestServer) {
     (process, server)
 }
 
+/// The settings that put the binary's files in a fresh bucket of the test S3 server;
+/// `None` (said loudly) when there is none and CI does not require one.
+async fn bucket_settings(label: &str) -> Option<Vec<(&'static str, String)>> {
+    let (endpoint, bucket) = common::services::fresh_bucket(label).await?;
+    Some(vec![
+        ("GATEWAY_S3_BUCKET", bucket),
+        ("GATEWAY_S3_ENDPOINT", endpoint),
+        ("GATEWAY_S3_ACCESS_KEY_ID", "test".to_owned()),
+        ("GATEWAY_S3_SECRET_ACCESS_KEY", "test".to_owned()),
+    ])
+}
+
 /// Two replicas on `url`, both with `env` over the test settings.
 async fn two_replicas(
     url: &str,
@@ -290,16 +302,10 @@ async fn files_generations_and_retries_follow_the_client_across_replicas() {
     let Some(url) = fresh_postgres("shared files").await else {
         return;
     };
-    let Some((endpoint, bucket)) = common::services::fresh_bucket("shared files").await else {
+    let Some(env) = bucket_settings("shared files").await else {
         return;
     };
-    let env = [
-        ("GATEWAY_S3_BUCKET", bucket),
-        ("GATEWAY_S3_ENDPOINT", endpoint),
-        ("GATEWAY_S3_ACCESS_KEY_ID", "test".to_owned()),
-        ("GATEWAY_S3_SECRET_ACCESS_KEY", "test".to_owned()),
-    ];
-    let ((_a, a), (_b, b)) = two_replicas(&url, env.to_vec()).await;
+    let ((_a, a), (_b, b)) = two_replicas(&url, env).await;
     // Uploaded on A, edited by key on B.
     let uploaded = a.upload(ALICE_KEY, &[("anchor.png", &png(16, 16))]).await;
     let key = uploaded.uploaded_keys().remove(0);
@@ -451,17 +457,11 @@ async fn two_replicas_uploading_for_one_user_at_once_keep_to_one_shared_quota() 
     let Some(url) = fresh_postgres("shared quota").await else {
         return;
     };
-    let Some((endpoint, bucket)) = common::services::fresh_bucket("shared quota").await else {
+    let Some(mut env) = bucket_settings("shared quota").await else {
         return;
     };
-    let env = [
-        ("GATEWAY_S3_BUCKET", bucket),
-        ("GATEWAY_S3_ENDPOINT", endpoint),
-        ("GATEWAY_S3_ACCESS_KEY_ID", "test".to_owned()),
-        ("GATEWAY_S3_SECRET_ACCESS_KEY", "test".to_owned()),
-        ("GATEWAY_QUOTA_FILES", "5".to_owned()),
-    ];
-    let ((_a, a), (_b, b)) = two_replicas(&url, env.to_vec()).await;
+    env.push(("GATEWAY_QUOTA_FILES", "5".to_owned()));
+    let ((_a, a), (_b, b)) = two_replicas(&url, env).await;
     let file = png(16, 16);
     // Twenty uploads at once, alternating replicas: each process's own count sees only its
     // half; the shared index's count sees all.

@@ -738,24 +738,10 @@ assert len(r.data) == 2, r
 assert base64.b64decode(r.data[0].b64_json)[:8] == b"\x89PNG\r\n\x1a\n"
 print("ok", len(r.model_dump()["picklyone_generation_ids"]))
 "#;
-    let (python, url) = (python::python(), format!("http://{}", s.server.addr));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(["-c", script])
-            .env("GATEWAY_URL", url)
-            .env("GATEWAY_KEY", ALICE_KEY)
-            .env("PNG_PATH", dir.join("photo.png"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "ok 2",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://{}", s.server.addr);
+    let png_path = ("PNG_PATH", dir.join("photo.png").into_os_string());
+    let (out, err) = python::run(script, url, vec![png_path]).await;
+    assert_eq!(out, "ok 2", "{err}");
     assert_eq!(s.available().await, (80, 0));
     assert_eq!(s.mock.received.lock().unwrap()[0].files[0].1, png(16, 16));
 }

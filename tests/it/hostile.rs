@@ -151,6 +151,19 @@ async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged() {
     timed_disconnects_leave_no_image_uncharged(builder, ledger).await;
 }
 
+/// The same attack on a caller the attack takes to her storage quota: jobs that began with
+/// room store their outputs past it (and are charged), later ones are refused before their
+/// work; whatever the moment each client leaves, every reachable output was charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_timed_across_the_billed_window_at_the_quota_leave_no_image_uncharged() {
+    let dir = temp_dir("settle-window-quota");
+    let backend = ReferenceBackend::new().latency(Duration::from_millis(15));
+    let (builder, ledger) = durable(&dir, backend);
+    // The upload and the timing batch (13 files) fit; the attack's 120 edits do not.
+    let builder = builder.quota(image_gateway::store::Quota::new(0, 40));
+    timed_disconnects_leave_no_image_uncharged(builder, ledger).await;
+}
+
 /// The same attack on the stores replicas share: the PostgreSQL ledger and generation
 /// records, files in an S3 bucket indexed in PostgreSQL.
 #[cfg(all(feature = "postgres", feature = "redis", feature = "s3"))]

@@ -94,7 +94,16 @@ impl HoldGuard {
             return Ok(());
         };
         match self.ledger.settle(hold, charge, units).await? {
-            Settlement::Settled | Settlement::AlreadyEnded => {}
+            Settlement::Settled => {}
+            // Ended elsewhere: by another run of the same job (a replica that took it over
+            // while this one still ran). Its images are that run's to charge, not these.
+            Settlement::AlreadyEnded => {
+                self.open = None;
+                if let Some(tally) = self.tally.take() {
+                    tally.ended(Amount::new(0), 0);
+                }
+                return Err(LedgerError::HoldEnded);
+            }
             Settlement::AfterExpiry => {
                 // Charged all the same; the TTL or its renewal was too short for this edit.
                 tracing::error!(%hold, %charge, "settled a hold after it expired; charged from the available balance");

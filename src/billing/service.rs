@@ -13,7 +13,7 @@ use crate::clock::unix_now;
 
 use crate::catalog::Catalog;
 use crate::future::{run_to_end, ResponseFuture};
-use crate::job::{EditJob, EditOutcome, Progress, Rendered, Stage};
+use crate::job::{EditJob, EditOutcome, Progress, Rendered, Stage, Ticket};
 
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};
@@ -87,27 +87,17 @@ where
         let price = Amount::new(spec.price_for(&size, job.params.quality.as_str()));
         let n = job.params.n;
         let amount = total(price, n)?;
-        let key = job.principal.key.as_ref().map(|grant| grant.id.to_string());
-        let memo = Memo::new(job.request_id.as_str(), job.params.model.clone(), n).with_key(key);
-        let spend = reserve(self.registry.clone(), &job.principal, amount).await?;
-        let hold = match self
-            .ledger
-            .hold(job.principal.user_id(), amount, self.hold_ttl, memo)
-            .await
-        {
-            Ok(hold) => hold,
-            Err(error) => {
-                if let Some(spend) = spend {
-                    spend.give_back(Amount::new(0)).await;
-                }
-                return Err(error.into());
-            }
+        let (ledger, ttl) = (self.ledger.clone(), self.hold_ttl);
+        let (hold, spend) = match job.resume {
+            Some(hold) => (take_over(&ledger, hold, ttl).await?, None),
+            None => hold(&ledger, self.registry.clone(), &job, amount, ttl).await?,
         };
-        let mut guard = HoldGuard::new(self.ledger.clone(), hold.id).spending(spend);
+        let mut guard = HoldGuard::new(self.ledger.clone(), hold).spending(spend);
         if let Some(metrics) = &self.metrics {
             guard = guard.counted(metrics.clone(), &job.params.model, n, amount);
         }
-        job.progress.held();
+        let (sources, mask) = job.keys.clone();
+        job.progress.held(Ticket::new(hold, sources, mask));
         let client = job.client.clone();
         let progress = job.progress.clone();
         // Kept until the job ends, whatever the backend does with the job itself (an
@@ -115,7 +105,7 @@ where
         // the job's work, not the request.
         let _leases = std::mem::take(&mut job.leases);
         let work = self.inner.clone().oneshot(job);
-        let rendered = match self.watch(hold.id, work, client, &progress).await {
+        let rendered = match self.watch(hold, work, client, &progress).await {
             Ok(rendered) => rendered,
             Err(error) => {
                 guard.release().await;
@@ -173,6 +163,54 @@ where
                     watching = false;
                 }
             }
+        }
+    }
+}
+
+/// Takes `amount` on hold for the job's caller, within its key's daily limit.
+async fn hold(
+    ledger: &Arc<dyn Ledger>,
+    registry: Option<Arc<dyn KeyRegistry>>,
+    job: &EditJob,
+    amount: Amount,
+    ttl: Duration,
+) -> Result<(HoldId, Option<Spend>), GatewayError> {
+    let key = job.principal.key.as_ref().map(|grant| grant.id.to_string());
+    let memo = Memo::new(
+        job.request_id.as_str(),
+        job.params.model.clone(),
+        job.params.n,
+    )
+    .with_key(key);
+    let spend = reserve(registry, &job.principal, amount).await?;
+    match ledger
+        .hold(job.principal.user_id(), amount, ttl, memo)
+        .await
+    {
+        Ok(hold) => Ok((hold.id, spend)),
+        Err(error) => {
+            if let Some(spend) = spend {
+                spend.give_back(Amount::new(0)).await;
+            }
+            Err(error.into())
+        }
+    }
+}
+
+/// Takes over the hold of an earlier run of the job (its process died): still open, it
+/// is renewed and this run ends it. An ended one (expired, so its money is back, or
+/// settled) is not run on: the job fails, interrupted, and nothing more is charged.
+/// The earlier run's daily-limit reservation stays counted (the safe side).
+async fn take_over(
+    ledger: &Arc<dyn Ledger>,
+    hold: HoldId,
+    ttl: Duration,
+) -> Result<HoldId, GatewayError> {
+    match ledger.renew(hold, ttl).await? {
+        true => Ok(hold),
+        false => {
+            tracing::warn!(%hold, "a job run again found its hold ended; it is not run");
+            Err(GatewayError::Upstream)
         }
     }
 }

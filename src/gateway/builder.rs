@@ -67,6 +67,10 @@ pub struct JobLimits {
     pub timeout: Option<Duration>,
     /// How long an ended job's record stays readable. Default one day.
     pub retention: Duration,
+    /// How long an async job stays its process's without the process renewing the claim
+    /// ([`Gateway::job_runner`] renews it); past it another process runs the job again.
+    /// Default 30 s.
+    pub lease: Duration,
 }
 
 impl Default for JobLimits {
@@ -76,6 +80,7 @@ impl Default for JobLimits {
             max_running: None,
             timeout: None,
             retention: crate::jobs::DEFAULT_JOB_RETENTION,
+            lease: crate::jobs::DEFAULT_JOB_LEASE,
         }
     }
 }
@@ -351,7 +356,13 @@ impl GatewayBuilder {
             .bounds(limits.max_queued, limits.retention, self.stream_keepalive)
             .metrics(self.metrics.clone())
             .webhooks(self.webhooks)
-            .job_timeout(limits.timeout);
+            .job_timeout(limits.timeout)
+            .lease(limits.lease);
+        let runner = crate::request::JobRunner::new(
+            board.clone(),
+            crate::request::JobStack::new(jobs.clone()),
+            ledger.clone(),
+        );
         let normalize = NormalizeLayer::new(catalog.clone())
             .limits(self.multipart)
             .stream_keepalive(self.stream_keepalive)
@@ -376,6 +387,7 @@ impl GatewayBuilder {
             .service(routes);
         Gateway {
             jobs: board,
+            runner,
             health: Health {
                 ledger: ledger.clone(),
                 store: health_store,

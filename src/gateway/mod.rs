@@ -78,6 +78,7 @@ use routes::Routes;
 pub struct Gateway {
     health: Health,
     jobs: JobBoard,
+    runner: crate::request::JobRunner,
     admin: Option<AdminApi>,
     sweep: ExpirySweep,
     metrics: Option<Metrics>,
@@ -97,11 +98,18 @@ impl Gateway {
         self.sweep.clone()
     }
 
-    /// The gateway's jobs: for the embedder to end, at start, the jobs a process that died
-    /// left open ([`JobBoard::interrupted`]), and to sweep ended records past their
-    /// retention ([`JobBoard::sweep`]).
+    /// The gateway's jobs: for the embedder to sweep ended records past their retention
+    /// ([`JobBoard::sweep`]).
     pub fn jobs(&self) -> JobBoard {
         self.jobs.clone()
+    }
+
+    /// What renews this process's async jobs' leases and runs again those of a process
+    /// that died, for the embedder to spawn once: `tokio::spawn(runner.run())` (after
+    /// [`JobRunner::take_all`](crate::request::JobRunner::take_all), when this process is
+    /// the only one on its records).
+    pub fn job_runner(&self) -> crate::request::JobRunner {
+        self.runner.clone()
     }
 
     /// The sender of webhooks, when the gateway has them

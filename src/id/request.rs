@@ -26,6 +26,11 @@ impl RequestId {
         }
     }
 
+    /// The id a record kept, as [`as_str`](Self::as_str) wrote it.
+    pub(crate) fn kept(text: &str) -> Self {
+        RequestId(Arc::from(text))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -35,7 +35,7 @@ pub use params::{
     parse_n, parse_prompt, AspectRatio, Background, OutputFormat, Quality, ResponseFormat, Size,
     MAX_PARTIAL_IMAGES, MAX_PROMPT_CHARS,
 };
-pub use progress::{Progress, Step};
+pub use progress::{Progress, Step, Ticket};
 pub use remote::{RemoteUrl, MAX_URL_LEN};
 pub(crate) use rendered::Outputs;
 pub use rendered::Rendered;
@@ -66,6 +66,7 @@ where
 use crate::auth::Principal;
 use crate::id::RequestId;
 use crate::lease::{ClientWatch, Leases};
+use crate::ledger::HoldId;
 use crate::store::FileKey;
 use crate::GatewayError;
 
@@ -135,6 +136,9 @@ pub struct EditRequest {
     pub client: ClientWatch,
     /// Where a streamed request's steps go.
     pub progress: Progress,
+    /// The hold of an earlier run of this job, which a run again (its process died) takes
+    /// over instead of holding anew.
+    pub(crate) resume: Option<HoldId>,
 }
 
 impl EditRequest {
@@ -164,15 +168,23 @@ impl EditRequest {
             leases,
             client,
             progress,
+            resume: None,
         }
     }
 
-    /// The job of this request over its resolved `sources` and `mask`; `uploads` are the
-    /// inline images to store as the caller's files once the hold is taken.
+    /// The same request run again under `hold`, taken by an earlier run of it.
+    pub(crate) fn resuming(mut self, hold: HoldId) -> Self {
+        self.resume = Some(hold);
+        self
+    }
+
+    /// The job of this request over its resolved `sources` and `mask`, stored under `keys`;
+    /// `uploads` are the inline images to store as the caller's files once the hold is
+    /// taken.
     pub(crate) fn into_job(
         self,
-        sources: Vec<SourceImage>,
-        mask: Option<SourceImage>,
+        (sources, mask): (Vec<SourceImage>, Option<SourceImage>),
+        keys: (Vec<FileKey>, Option<FileKey>),
         uploads: Vec<(FileKey, Bytes)>,
     ) -> EditJob {
         EditJob {
@@ -186,6 +198,8 @@ impl EditRequest {
             client: self.client,
             progress: self.progress,
             uploads,
+            keys,
+            resume: self.resume,
         }
     }
 
@@ -310,6 +324,10 @@ pub struct EditJob {
     /// Inline images (multipart files, data URIs) to store as the caller's uploads before
     /// the backend runs, once the hold is taken; empty when every source is stored already.
     pub(crate) uploads: Vec<(FileKey, Bytes)>,
+    /// The keys its sources and mask are (or, for uploads, will be) stored under.
+    pub(crate) keys: (Vec<FileKey>, Option<FileKey>),
+    /// The hold of an earlier run, taken over by this one.
+    pub(crate) resume: Option<HoldId>,
 }
 
 impl EditJob {
@@ -317,8 +335,8 @@ impl EditJob {
     /// tests, a batch run): a fresh request id, nothing leased, nothing to store.
     pub fn new(principal: Principal, sources: Vec<SourceImage>, params: EditParams) -> Self {
         EditRequest::new(principal.into(), Operation::Edit, Vec::new(), params).into_job(
-            sources,
-            None,
+            (sources, None),
+            (Vec::new(), None),
             Vec::new(),
         )
     }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Image;
+use crate::ledger::HoldId;
+use crate::store::FileKey;
 
 /// One step of a streamed job, in the order they happen.
 #[derive(Clone, Debug)]
@@ -14,7 +16,7 @@ use super::Image;
 pub enum Step {
     /// The hold is taken: the stream may start (an error before this is a plain JSON
     /// answer with its own status).
-    Held,
+    Held(Ticket),
     /// The backend has begun the job's work: from here on it is owed, whoever still waits.
     Started,
     /// A preview of the first image, `index` counting from 0.
@@ -24,6 +26,32 @@ pub enum Step {
         /// The preview, encoded like the final image.
         image: Image,
     },
+}
+
+/// What a job is once its hold is taken, besides its parameters: the hold, and its images
+/// as the keys they are stored under (a request's inline and fetched images are stored as
+/// the caller's uploads). With the request's parameters it is enough to run the job again,
+/// under the same hold, in a process that did not receive the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ticket {
+    /// The job's hold.
+    pub hold: HoldId,
+    /// Its source images, in the request's order.
+    pub sources: Vec<FileKey>,
+    /// Its mask.
+    pub mask: Option<FileKey>,
+}
+
+impl Ticket {
+    /// The ticket of a job holding `hold` over the images stored under `sources` and `mask`.
+    pub fn new(hold: HoldId, sources: Vec<FileKey>, mask: Option<FileKey>) -> Self {
+        Ticket {
+            hold,
+            sources,
+            mask,
+        }
+    }
 }
 
 /// Where a job reports its [`Step`]s. A job that nobody streams (no `stream: true`, a test,
@@ -78,9 +106,9 @@ impl Progress {
         }
     }
 
-    /// Tells the stream that the hold is taken.
-    pub(crate) fn held(&self) {
-        self.send(Step::Held);
+    /// Tells the stream that the hold is taken, with what the job then is.
+    pub(crate) fn held(&self, ticket: Ticket) {
+        self.send(Step::Held(ticket));
     }
 
     /// Marks the job's work begun: called right before the backend is given the job. From

@@ -27,6 +27,10 @@ pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(86_400);
 /// taken for one whose process died.
 const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(86_400);
 
+/// The default time an async job's process holds it without renewing: past it, another
+/// process (a replica, or this one restarted) takes the job over and runs it again.
+pub const DEFAULT_JOB_LEASE: Duration = Duration::from_secs(30);
+
 /// How long a caller over its queue bound is told to wait.
 const QUEUE_RETRY: Duration = Duration::from_secs(5);
 
@@ -50,6 +54,10 @@ struct Inner {
     /// How long an open job may go without ending before it is taken for one whose process
     /// died (another replica's, or an earlier run's): the job timeout and a minute.
     stale_after: Duration,
+    /// This process among the runners of async jobs: a random id per board.
+    runner: String,
+    /// How long a claim of an async job lasts unless renewed.
+    lease: Duration,
 }
 
 /// A job running in this process.
@@ -97,6 +105,8 @@ impl JobBoard {
                 metrics: None,
                 webhooks: None,
                 stale_after: DEFAULT_STALE_AFTER,
+                runner: uuid::Uuid::new_v4().to_string(),
+                lease: DEFAULT_JOB_LEASE,
             }),
         }
     }
@@ -116,6 +126,24 @@ impl JobBoard {
     pub(crate) fn job_timeout(self, timeout: Option<Duration>) -> Self {
         let stale_after = timeout.map_or(DEFAULT_STALE_AFTER, |t| t + Duration::from_secs(60));
         self.with(|inner| inner.stale_after = stale_after)
+    }
+
+    /// The same board holding its async jobs for `lease` at a time (renewed while they run).
+    pub(crate) fn lease(self, lease: Duration) -> Self {
+        self.with(|inner| inner.lease = lease)
+    }
+
+    /// How long a claim lasts unless renewed.
+    pub(crate) fn lease_period(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// This process's lease from now.
+    fn lease_now(&self) -> super::Lease {
+        super::Lease {
+            runner: self.inner.runner.clone(),
+            until: unix_now().saturating_add(self.inner.lease.as_secs()),
+        }
     }
 
     /// The same board counting its jobs in `metrics`.
@@ -142,6 +170,8 @@ impl JobBoard {
             metrics: old.metrics.clone(),
             webhooks: old.webhooks.clone(),
             stale_after: old.stale_after,
+            runner: old.runner.clone(),
+            lease: old.lease,
         };
         change(&mut inner);
         JobBoard {
@@ -209,30 +239,69 @@ impl JobBoard {
 
     /// Takes `record` on (queued, its hold taken) and keeps what its job needs while it
     /// runs here. An async job (`cancel` is its handle) is written now, before its `202`,
-    /// so it can be read back from anywhere; a synchronous or streamed job, whose client
-    /// waits for it, is written once, at its end (one write per job on the answer's path),
-    /// and read from this process until then.
+    /// leased to this process, so it can be read back from anywhere and run again if this
+    /// process dies; a synchronous or streamed job, whose client waits for it, is written
+    /// once, at its end (one write per job on the answer's path), and read from this
+    /// process until then.
     pub(crate) async fn accept(
         &self,
         record: &JobRecord,
         cancel: Option<ClientHandle>,
         progress: Progress,
     ) -> Result<Arc<Live>, GatewayError> {
+        let mut record = record.clone();
         if cancel.is_some() {
-            self.inner.records.insert(record).await?;
+            record.lease = Some(self.lease_now());
+            record.attempts = 1;
+            self.inner.records.insert(&record).await?;
         }
+        Ok(self.adopt(record, cancel, progress))
+    }
+
+    /// Runs here the job of `record`, already written (claimed from a process that died).
+    pub(crate) fn adopt(
+        &self,
+        record: JobRecord,
+        cancel: Option<ClientHandle>,
+        progress: Progress,
+    ) -> Arc<Live> {
+        let id = record.id;
         let live = Arc::new(Live {
-            record: record.clone(),
             deferred: cancel.is_some(),
+            record,
             cancel: Mutex::new(cancel),
             started_at: std::sync::atomic::AtomicU64::new(0),
             progress,
             log: EventLog::default(),
             status: watch::channel(JobStatus::Queued).0,
         });
-        self.live().insert(record.id, live.clone());
+        self.live().insert(id, live.clone());
         self.moved(None, JobStatus::Queued);
-        Ok(live)
+        live
+    }
+
+    /// Moves the leases of the async jobs this process runs forward by a lease period.
+    pub(crate) async fn renew_leases(&self) -> Result<(), GatewayError> {
+        Ok(self.inner.records.renew(&self.lease_now()).await?)
+    }
+
+    /// Takes over up to `limit` open async jobs whose lease ended before `before`: their
+    /// process died (or, with `u64::MAX`, every open one: a sole runner starting).
+    pub(crate) async fn claim(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, GatewayError> {
+        let claimed = self
+            .inner
+            .records
+            .claim(&self.lease_now(), before, limit)
+            .await?;
+        // A job still running here (a lease renewal came late) is not taken twice.
+        Ok(claimed
+            .into_iter()
+            .filter(|r| self.live_job(r.id).is_none())
+            .collect())
     }
 
     /// Marks the job running (its backend has begun). Only this process knows it: the
@@ -359,7 +428,9 @@ impl JobBoard {
             }
             return;
         }
-        let stale = record.created_at + self.inner.stale_after.as_secs() < unix_now();
+        // Open, not here, and its lease long lapsed: no runner took it over.
+        let lapsed = record.lease.as_ref().map_or(record.created_at, |l| l.until);
+        let stale = lapsed.saturating_add(self.inner.stale_after.as_secs()) < unix_now();
         if stale {
             if let Err(error) = self.interrupt(record).await {
                 tracing::error!(%error, job = %record.id, "ending a job left open failed");
@@ -368,7 +439,7 @@ impl JobBoard {
     }
 
     /// Ends `record`, left open by a process that died, `failed`.
-    async fn interrupt(&self, record: &mut JobRecord) -> Result<(), GatewayError> {
+    pub(crate) async fn interrupt(&self, record: &mut JobRecord) -> Result<(), GatewayError> {
         record.fail(&GatewayError::Upstream);
         record.finished_at = Some(unix_now());
         self.inner.records.update(record).await?;
@@ -539,20 +610,6 @@ impl JobBoard {
                 return;
             }
         }
-    }
-
-    /// Ends the jobs a process that died left open. Their hold is released by the ledger's
-    /// expiry (or was settled, when the process died after the charge: the images are then
-    /// in the caller's files), so each is recorded failed with a `502 upstream_error`
-    /// telling the caller it was interrupted. Call it once, at start, before serving.
-    pub async fn interrupted(&self) -> Result<usize, GatewayError> {
-        let open = self.inner.records.unfinished().await?;
-        for mut record in open.iter().cloned() {
-            if self.live_job(record.id).is_none() {
-                self.interrupt(&mut record).await?;
-            }
-        }
-        Ok(open.len())
     }
 
     /// Removes the ended records past their retention; how many.

@@ -27,6 +27,7 @@ mod events;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod record;
+mod rerun;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod webhook;
@@ -34,13 +35,14 @@ mod webhook;
 pub(crate) use api::job_json;
 pub use api::{JobApi, JOBS_PATH};
 pub(crate) use board::Live;
-pub use board::{JobBoard, DEFAULT_JOB_RETENTION, DEFAULT_MAX_QUEUED_JOBS};
+pub use board::{JobBoard, DEFAULT_JOB_LEASE, DEFAULT_JOB_RETENTION, DEFAULT_MAX_QUEUED_JOBS};
 #[cfg(feature = "fetch")]
 pub use deliver::WebhookDeliverer;
 pub(crate) use events::{error_frame, event_stream, EventId, Names};
 #[cfg(feature = "postgres")]
 pub use postgres::PgJobs;
 pub use record::{Delivery, Echo, JobOutput, JobRecord, JobRecords, JobStatus, MemoryJobs};
+pub use rerun::{Lease, Rerun};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteJobs;
 pub use webhook::{WebhookConfig, WebhookSecretError};

@@ -45,40 +45,52 @@ impl PgJobs {
         rows.iter().map(record_of).collect()
     }
 
-    async fn write(&self, sql: &str, job: &JobRecord) -> Result<(), StoreError> {
+    /// Writes `job`'s columns with `sql`; with `claim`, its rerun, lease and attempts too
+    /// ($18 to $21).
+    async fn write(&self, sql: &str, job: &JobRecord, claim: bool) -> Result<(), StoreError> {
         let (created, generations) = output_columns(job);
         let n = i32::try_from(job.n).unwrap_or(i32::MAX);
         let at = |t: Option<u64>| t.map(seconds);
-        self.execute(
-            sql,
-            &[
-                &job.id.as_uuid(),
-                &job.owner.as_str(),
-                &job.operation.as_str(),
-                &job.model,
-                &n,
-                &job.status.as_str(),
-                &seconds(job.created_at),
-                &at(job.started_at),
-                &at(job.finished_at),
-                &job.echo.size,
-                &job.echo.quality,
-                &job.echo.background,
-                &job.echo.output_format,
-                &created,
-                &generations,
-                &job.error,
-                &job.webhook,
-            ],
-        )
-        .await
-        .map(drop)
+        let rerun = job.rerun.as_ref().map(super::Rerun::to_column);
+        let runner = job.lease.as_ref().map(|l| l.runner.clone());
+        let until = seconds(job.lease.as_ref().map_or(0, |l| l.until));
+        let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
+        let claimed: [&(dyn ToSql + Sync); 4] = [&rerun, &runner, &until, &attempts];
+        let fixed: [&(dyn ToSql + Sync); 17] = [
+            &job.id.as_uuid(),
+            &job.owner.as_str(),
+            &job.operation.as_str(),
+            &job.model,
+            &n,
+            &job.status.as_str(),
+            &seconds(job.created_at),
+            &at(job.started_at),
+            &at(job.finished_at),
+            &job.echo.size,
+            &job.echo.quality,
+            &job.echo.background,
+            &job.echo.output_format,
+            &created,
+            &generations,
+            &job.error,
+            &job.webhook,
+        ];
+        let values: Vec<&(dyn ToSql + Sync)> = match claim {
+            true => fixed.iter().chain(&claimed).copied().collect(),
+            false => fixed.to_vec(),
+        };
+        self.execute(sql, &values).await.map(drop)
     }
 }
 
 const SELECT: &str = "SELECT id, owner, operation, model, n, status, created_at, started_at, \
                       finished_at, size, quality, background, output_format, output_created, \
-                      generations, error, webhook FROM jobs";
+                      generations, error, webhook, rerun, runner, lease_until, attempts FROM jobs";
+
+/// The columns [`record_of`] reads, for `RETURNING`.
+const RETURNED: &str = "id, owner, operation, model, n, status, created_at, started_at, \
+                        finished_at, size, quality, background, output_format, output_created, \
+                        generations, error, webhook, rerun, runner, lease_until, attempts";
 
 /// The output's columns: its `created` and its generation ids.
 fn output_columns(job: &JobRecord) -> (Option<i64>, Option<String>) {
@@ -102,6 +114,10 @@ fn record_of(row: &Row) -> Result<JobRecord, StoreError> {
     let n: i32 = row.try_get(4).map_err(StoreError::new)?;
     let generations: Option<String> = row.try_get(14).map_err(StoreError::new)?;
     let output = JobOutput::from_columns(time(13)?, generations)?;
+    let rerun: Option<String> = row.try_get(17).map_err(StoreError::new)?;
+    let runner: Option<String> = row.try_get(18).map_err(StoreError::new)?;
+    let lease_until: i64 = row.try_get(19).map_err(StoreError::new)?;
+    let attempts: i32 = row.try_get(20).map_err(StoreError::new)?;
     Ok(JobRecord {
         id: JobId::from(id),
         owner: UserId::new(&get(1)?).map_err(|_| corrupt("owner"))?,
@@ -121,6 +137,15 @@ fn record_of(row: &Row) -> Result<JobRecord, StoreError> {
         output,
         error: row.try_get(15).map_err(StoreError::new)?,
         webhook: row.try_get(16).map_err(StoreError::new)?,
+        rerun: rerun
+            .as_deref()
+            .map(super::Rerun::from_column)
+            .transpose()?,
+        lease: runner.map(|runner| super::Lease {
+            runner,
+            until: lease_until.max(0) as u64,
+        }),
+        attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
     })
 }
 
@@ -130,10 +155,12 @@ impl JobRecords for PgJobs {
         self.write(
             "INSERT INTO jobs (id, owner, operation, model, n, status, created_at, started_at,
                                finished_at, size, quality, background, output_format,
-                               output_created, generations, error, webhook)
+                               output_created, generations, error, webhook, rerun,
+                               runner, lease_until, attempts)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     $17)",
+                     $17, $18, $19, $20, $21)",
             job,
+            true,
         )
         .await
     }
@@ -146,6 +173,7 @@ impl JobRecords for PgJobs {
                              generations = $15, error = $16, webhook = $17
              WHERE id = $1 AND owner = $2",
             job,
+            false,
         )
         .await
     }
@@ -187,9 +215,37 @@ impl JobRecords for PgJobs {
         Ok(count.max(0) as u64)
     }
 
-    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!("{SELECT} WHERE status IN ('queued', 'running')");
-        self.select(&sql, &[]).await
+    async fn claim(
+        &self,
+        lease: &super::Lease,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // SKIP LOCKED: replicas claiming at once each take other jobs, none waits.
+        let sql = format!(
+            "UPDATE jobs SET runner = $1, lease_until = $2, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM jobs WHERE status IN ('queued', 'running')
+                          AND lease_until < $3 AND runner IS DISTINCT FROM $1
+                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING {RETURNED}"
+        );
+        let values: [&(dyn ToSql + Sync); 4] = [
+            &lease.runner,
+            &seconds(lease.until),
+            &seconds(before),
+            &limit,
+        ];
+        self.select(&sql, &values).await
+    }
+
+    async fn renew(&self, lease: &super::Lease) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE jobs SET lease_until = $2 WHERE runner = $1 AND status IN ('queued', 'running')",
+            &[&lease.runner, &seconds(lease.until)],
+        )
+        .await
+        .map(drop)
     }
 
     async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::rerun::{Lease, Rerun};
 use crate::auth::UserId;
 use crate::id::{GenerationId, JobId};
 use crate::job::{EditParams, Operation};
@@ -160,6 +161,12 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Where its end is announced (an async job's `Webhook-Url`, checked at submit).
     pub webhook: Option<String>,
+    /// An async job's request, kept so another process can run it again.
+    pub rerun: Option<Rerun>,
+    /// Who runs an open async job, until when.
+    pub lease: Option<Lease>,
+    /// How many times a process took the job on (1 for its first run).
+    pub attempts: u32,
 }
 
 impl JobRecord {
@@ -188,6 +195,9 @@ impl JobRecord {
             output: None,
             error: None,
             webhook: None,
+            rerun: None,
+            lease: None,
+            attempts: 0,
         }
     }
 }
@@ -216,8 +226,13 @@ impl JobRecord {
 ///   an unknown one is.
 /// - `list` is newest first (ids are time-ordered), `after` excluded, at most `limit`.
 /// - `open` counts the owner's queued and running jobs created at or after `since`.
-/// - `unfinished` lists every open job, whoever owns it (a process that starts finds those
-///   of a process that died); `forget` removes ended jobs that ended before `before`.
+/// - `insert` keeps the record's `rerun`, `lease` and `attempts`; `update` leaves them as
+///   they are (only `claim` and `renew` move them).
+/// - `claim` takes open jobs, whoever owns them, whose lease ended before `before` (or that
+///   have none) and is not the claiming runner's own: each is leased to the runner and counts one more attempt, and no two
+///   concurrent claims, from any process, take the same job. `renew` moves the leases of
+///   the runner's open jobs.
+/// - `forget` removes ended jobs that ended before `before`.
 #[async_trait]
 pub trait JobRecords: Send + Sync + 'static {
     /// Adds a record.
@@ -235,8 +250,16 @@ pub trait JobRecords: Send + Sync + 'static {
     ) -> Result<Vec<JobRecord>, StoreError>;
     /// How many of the owner's jobs created at or after `since` are queued or running.
     async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError>;
-    /// Every queued or running job.
-    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
+    /// Takes up to `limit` open jobs whose lease ended before `before` for `lease`'s runner,
+    /// leased until its `until`, one more attempt each; answers them as they now are.
+    async fn claim(
+        &self,
+        lease: &Lease,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// Moves the lease of every open job of `lease`'s runner to its `until`.
+    async fn renew(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Removes the jobs that ended before `before` (Unix seconds); how many.
     async fn forget(&self, before: u64) -> Result<usize, StoreError>;
 
@@ -299,6 +322,9 @@ impl JobRecords for MemoryJobs {
         if let Some(kept) = self.jobs().get_mut(&job.id) {
             *kept = JobRecord {
                 owner: kept.owner.clone(),
+                rerun: kept.rerun.take(),
+                lease: kept.lease.take(),
+                attempts: kept.attempts,
                 ..job.clone()
             };
         }
@@ -336,10 +362,36 @@ impl JobRecords for MemoryJobs {
         Ok(open.count() as u64)
     }
 
-    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let jobs = self.jobs();
-        let open = jobs.values().filter(|j| !j.status.is_ended());
-        Ok(open.cloned().collect())
+    async fn claim(
+        &self,
+        lease: &Lease,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let mut jobs = self.jobs();
+        let lapsed = |j: &JobRecord| {
+            (j.lease.as_ref()).is_none_or(|l| l.until < before && l.runner != lease.runner)
+        };
+        let taken = jobs
+            .values_mut()
+            .filter(|j| !j.status.is_ended() && lapsed(j))
+            .take(limit)
+            .map(|j| {
+                j.lease = Some(lease.clone());
+                j.attempts = j.attempts.saturating_add(1);
+                j.clone()
+            });
+        Ok(taken.collect())
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut jobs = self.jobs();
+        for job in jobs.values_mut().filter(|j| !j.status.is_ended()) {
+            if let Some(kept) = job.lease.as_mut().filter(|l| l.runner == lease.runner) {
+                kept.until = lease.until;
+            }
+        }
+        Ok(())
     }
 
     async fn forget(&self, before: u64) -> Result<usize, StoreError> {
@@ -405,8 +457,16 @@ impl<T: JobRecords + ?Sized> JobRecords for std::sync::Arc<T> {
     async fn open(&self, owner: &UserId, since: u64) -> Result<u64, StoreError> {
         (**self).open(owner, since).await
     }
-    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        (**self).unfinished().await
+    async fn claim(
+        &self,
+        lease: &Lease,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).claim(lease, before, limit).await
+    }
+    async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
+        (**self).renew(lease).await
     }
     async fn forget(&self, before: u64) -> Result<usize, StoreError> {
         (**self).forget(before).await

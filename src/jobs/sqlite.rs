@@ -21,7 +21,7 @@ pub struct SqliteJobs {
 
 const COLUMNS: &str = "id, owner, operation, model, n, status, created_at, started_at, \
                        finished_at, size, quality, background, output_format, output_created, \
-                       generations, error, webhook";
+                       generations, error, webhook, rerun, runner, lease_until, attempts";
 
 /// Creates the tables, where they are not yet.
 fn create(db: &Connection) -> Result<(), StoreError> {
@@ -60,7 +60,19 @@ fn create(db: &Connection) -> Result<(), StoreError> {
          );
          CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at);",
     )
-    .map_err(StoreError::new)
+    .map_err(StoreError::new)?;
+    // Added after the table's first version: an async job's request, kept so another run
+    // can take it over, and who runs it until when.
+    if db.prepare("SELECT rerun FROM jobs LIMIT 0").is_err() {
+        db.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN rerun TEXT;
+             ALTER TABLE jobs ADD COLUMN runner TEXT;
+             ALTER TABLE jobs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;",
+        )
+        .map_err(StoreError::new)?;
+    }
+    Ok(())
 }
 
 impl SqliteJobs {
@@ -85,33 +97,57 @@ impl SqliteJobs {
         Ok(SqliteJobs { writer, reader })
     }
 
-    async fn write(&self, sql: &'static str, job: &JobRecord) -> Result<(), StoreError> {
+    /// Writes `job`'s columns with `sql`; with `claim`, its rerun, lease and attempts too
+    /// (?18 to ?21).
+    async fn write(
+        &self,
+        sql: &'static str,
+        job: &JobRecord,
+        claim: bool,
+    ) -> Result<(), StoreError> {
+        use rusqlite::types::Value;
         let job = job.clone();
         self.writer
             .submit(false, move |tx| {
                 let mut statement = tx.prepare_cached(sql).map_err(StoreError::new)?;
                 let created = job.output.as_ref().map(|o| o.created as i64);
                 let generations = job.output.as_ref().map(JobOutput::ids_column);
+                let mut values: Vec<Value> = Vec::new();
+                if claim {
+                    let rerun = job.rerun.as_ref().map(super::Rerun::to_column);
+                    let lease = job.lease.as_ref();
+                    values.extend([
+                        rerun.map_or(Value::Null, Value::Text),
+                        lease.map_or(Value::Null, |l| Value::Text(l.runner.clone())),
+                        Value::Integer(lease.map_or(0, |l| l.until as i64)),
+                        Value::Integer(i64::from(job.attempts)),
+                    ]);
+                }
+                let fixed = params![
+                    job.id.to_string(),
+                    job.owner.as_str(),
+                    job.operation.as_str(),
+                    job.model,
+                    job.n,
+                    job.status.as_str(),
+                    job.created_at as i64,
+                    job.started_at.map(|t| t as i64),
+                    job.finished_at.map(|t| t as i64),
+                    job.echo.size,
+                    job.echo.quality,
+                    job.echo.background,
+                    job.echo.output_format,
+                    created,
+                    generations,
+                    job.error,
+                    job.webhook,
+                ];
+                let all = fixed
+                    .iter()
+                    .copied()
+                    .chain(values.iter().map(|v| v as &dyn rusqlite::ToSql));
                 statement
-                    .execute(params![
-                        job.id.to_string(),
-                        job.owner.as_str(),
-                        job.operation.as_str(),
-                        job.model,
-                        job.n,
-                        job.status.as_str(),
-                        job.created_at as i64,
-                        job.started_at.map(|t| t as i64),
-                        job.finished_at.map(|t| t as i64),
-                        job.echo.size,
-                        job.echo.quality,
-                        job.echo.background,
-                        job.echo.output_format,
-                        created,
-                        generations,
-                        job.error,
-                        job.webhook,
-                    ])
+                    .execute(rusqlite::params_from_iter(all))
                     .map(drop)
                     .map_err(StoreError::new)
             })
@@ -151,6 +187,10 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
     let (id, owner, operation, status) = (text(0)?, text(1)?, text(2)?, text(5)?);
     let generations: Option<String> = row.get(14)?;
     let output_created = time(13)?;
+    let rerun: Option<String> = row.get(17)?;
+    let runner: Option<String> = row.get(18)?;
+    let lease_until: i64 = row.get(19)?;
+    let attempts: i64 = row.get(20)?;
     let record = (|| {
         let output = JobOutput::from_columns(output_created, generations)?;
         Ok(JobRecord {
@@ -172,6 +212,15 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
             output,
             error: row.get(15).map_err(StoreError::new)?,
             webhook: row.get(16).map_err(StoreError::new)?,
+            rerun: rerun
+                .as_deref()
+                .map(super::Rerun::from_column)
+                .transpose()?,
+            lease: runner.map(|runner| super::Lease {
+                runner,
+                until: lease_until.max(0) as u64,
+            }),
+            attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
         })
     })();
     Ok(record)
@@ -183,10 +232,12 @@ impl JobRecords for SqliteJobs {
         self.write(
             "INSERT INTO jobs (id, owner, operation, model, n, status, created_at, started_at,
                                finished_at, size, quality, background, output_format,
-                               output_created, generations, error, webhook)
+                               output_created, generations, error, webhook, rerun,
+                               runner, lease_until, attempts)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17)",
+                     ?17, ?18, ?19, ?20, ?21)",
             job,
+            true,
         )
         .await
     }
@@ -200,6 +251,7 @@ impl JobRecords for SqliteJobs {
                              generations = ?15, error = ?16, webhook = ?17
              WHERE id = ?1 AND owner = ?2",
             job,
+            false,
         )
         .await
     }
@@ -230,7 +282,7 @@ impl JobRecords for SqliteJobs {
         self.select(
             "SELECT id, owner, operation, model, n, status, created_at, started_at, finished_at,
                     size, quality, background, output_format, output_created, generations, error,
-                    webhook
+                    webhook, rerun, runner, lease_until, attempts
              FROM jobs WHERE owner = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
             vec![
                 Value::Text(owner.as_str().to_owned()),
@@ -260,15 +312,57 @@ impl JobRecords for SqliteJobs {
             .await
     }
 
-    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.select(
-            "SELECT id, owner, operation, model, n, status, created_at, started_at, finished_at,
-                    size, quality, background, output_format, output_created, generations, error,
-                    webhook
-             FROM jobs WHERE status IN ('queued', 'running')",
-            Vec::new(),
-        )
-        .await
+    async fn claim(
+        &self,
+        lease: &super::Lease,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let lease = lease.clone();
+        // One writer: no two claims run at once, so none takes a job another took.
+        self.writer
+            .submit(true, move |tx| {
+                let sql = format!(
+                    "UPDATE jobs SET runner = ?1, lease_until = ?2, attempts = attempts + 1
+                     WHERE id IN (SELECT id FROM jobs WHERE status IN ('queued', 'running')
+                                  AND lease_until < ?3 AND runner IS NOT ?1
+                                  ORDER BY id LIMIT ?4)
+                     RETURNING {COLUMNS}"
+                );
+                let mut statement = tx.prepare_cached(&sql).map_err(StoreError::new)?;
+                let rows = statement
+                    .query_map(
+                        params![
+                            lease.runner,
+                            i64::try_from(lease.until).unwrap_or(i64::MAX),
+                            i64::try_from(before).unwrap_or(i64::MAX),
+                            i64::try_from(limit).unwrap_or(i64::MAX)
+                        ],
+                        record_of,
+                    )
+                    .map_err(StoreError::new)?;
+                let mut jobs = Vec::new();
+                for row in rows {
+                    jobs.push(row.map_err(StoreError::new)??);
+                }
+                Ok(jobs)
+            })
+            .await
+    }
+
+    async fn renew(&self, lease: &super::Lease) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.writer
+            .submit(false, move |tx| {
+                tx.execute(
+                    "UPDATE jobs SET lease_until = ?2
+                     WHERE runner = ?1 AND status IN ('queued', 'running')",
+                    params![lease.runner, lease.until as i64],
+                )
+                .map(drop)
+                .map_err(StoreError::new)
+            })
+            .await
     }
 
     async fn enqueue(&self, delivery: &Delivery) -> Result<(), StoreError> {

@@ -122,6 +122,11 @@ impl HoldId {
         HoldId(id)
     }
 
+    /// The id [`Display`](fmt::Display) wrote.
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok().map(HoldId)
+    }
+
     #[cfg(feature = "postgres")]
     pub(crate) fn as_uuid(self) -> Uuid {
         self.0
@@ -306,6 +311,8 @@ pub enum LedgerError {
     ChargeExceedsHold,
     /// The hold id was never issued by this ledger.
     UnknownHold,
+    /// A settle found the hold ended already (settled or released by someone else).
+    HoldEnded,
     /// A deposit would take the balance beyond what an `i64` holds.
     Overflow,
     /// The ledger's storage failed.
@@ -324,6 +331,7 @@ impl fmt::Display for LedgerError {
             LedgerError::OutstandingDebt => f.write_str("outstanding debt"),
             LedgerError::ChargeExceedsHold => f.write_str("charge exceeds the hold"),
             LedgerError::UnknownHold => f.write_str("no such hold"),
+            LedgerError::HoldEnded => f.write_str("the hold was ended already"),
             LedgerError::Overflow => f.write_str("the amount would overflow the balance"),
             LedgerError::Storage(e) => write!(f, "ledger storage failed: {e}"),
         }

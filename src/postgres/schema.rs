@@ -185,6 +185,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX files_pending ON files (created) WHERE pending;
     ",
     ),
+    (
+        7,
+        "
+    -- An async job's request, kept so another replica can run it again under the same
+    -- hold when its own died; who runs it until when, and how many runs it has had.
+    ALTER TABLE jobs
+        ADD COLUMN rerun       TEXT,
+        ADD COLUMN runner      TEXT,
+        ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN attempts    INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_runner ON jobs (runner) WHERE status IN ('queued', 'running');
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

@@ -20,9 +20,9 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::clock::unix_now;
-use crate::id::JobId;
-use crate::job::{EditOutcome, EditRequest, Progress, Stage, Step};
-use crate::jobs::{job_json, Echo, EventId, JobBoard, JobRecord, Live, Names};
+use crate::id::{JobId, RequestId};
+use crate::job::{EditOutcome, EditParams, EditRequest, Progress, Stage, Step};
+use crate::jobs::{job_json, Echo, EventId, JobBoard, JobRecord, Live, Names, Rerun};
 use crate::lease::{ClientHandle, ClientWatch};
 use crate::{GatewayError, ResponseBody};
 
@@ -46,6 +46,9 @@ pub(crate) struct Track {
     names: Names,
     progress: Progress,
     live: Option<Arc<Live>>,
+    /// An async job's request, which its record keeps (with its ticket, once held) so
+    /// another process can run it again.
+    request: Option<(RequestId, EditParams)>,
 }
 
 impl Track {
@@ -66,6 +69,27 @@ impl Track {
             record,
             progress,
             live: None,
+            request: None,
+        }
+    }
+
+    /// The job of a claimed `record` (its process died), run again here as `edit`; its
+    /// record is written already.
+    pub(crate) fn resumed(
+        board: JobBoard,
+        record: JobRecord,
+        edit: &EditRequest,
+        progress: Progress,
+        cancel: ClientHandle,
+    ) -> Track {
+        let live = board.adopt(record.clone(), Some(cancel), progress.clone());
+        Track {
+            board,
+            names: Names::of(edit.operation, &edit.params),
+            record,
+            progress,
+            live: Some(live),
+            request: None,
         }
     }
 
@@ -99,7 +123,7 @@ impl Track {
             Step::Partial { index, image } => {
                 self.partial(*index, self.names.partial(*index, &image.bytes));
             }
-            Step::Held => {}
+            Step::Held(_) => {}
         }
     }
 
@@ -153,6 +177,7 @@ where
     edit.progress = progress.clone();
     let mut track = Track::new(board, &edit, progress);
     track.record.webhook = webhook;
+    track.request = Some((edit.request_id.clone(), edit.params.clone()));
     let (accepted, answer) = oneshot::channel();
     let waiter = Waiter::Accepted(Some((accepted, cancel)));
     // In the request's span: the job's logs (billing's among them) keep its id.
@@ -219,7 +244,7 @@ fn accepted_response(record: &JobRecord) -> Response<ResponseBody> {
 }
 
 /// Who waits on a job driven by [`drive`].
-enum Waiter {
+pub(crate) enum Waiter {
     /// An async submission: answered once the job is recorded, or with its refusal. Holds
     /// the job's cancel handle until then.
     Accepted(
@@ -233,7 +258,7 @@ enum Waiter {
 }
 
 /// Drives one job to its end, recording its steps on the board and telling its waiter.
-async fn drive(
+pub(crate) async fn drive(
     job: impl std::future::Future<Output = Result<EditOutcome, GatewayError>>,
     mut steps: mpsc::UnboundedReceiver<Step>,
     mut track: Track,
@@ -272,8 +297,11 @@ async fn drive(
 
 async fn on_step(track: &mut Track, waiter: &mut Waiter, step: Step) {
     match (&step, waiter) {
-        (Step::Held, Waiter::Accepted(pending)) => {
+        (Step::Held(ticket), Waiter::Accepted(pending)) => {
             if let Some((accepted, cancel)) = pending.take() {
+                if let Some((request_id, params)) = track.request.take() {
+                    track.record.rerun = Some(Rerun::new(ticket.clone(), request_id, params));
+                }
                 // Without a record the job runs on (its hold ends with it; its images are
                 // charged and listed in the caller's files), and the client is told.
                 let recorded = track.accept(Some(cancel)).await;
@@ -283,7 +311,7 @@ async fn on_step(track: &mut Track, waiter: &mut Waiter, step: Step) {
                 let _ = accepted.send(recorded);
             }
         }
-        (Step::Held, Waiter::Ended(_)) => {
+        (Step::Held(_), Waiter::Ended(_)) => {
             if let Err(error) = track.accept(None).await {
                 tracing::error!(%error, "recording a job failed; it is answered without an id");
             }

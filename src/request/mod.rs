@@ -38,6 +38,7 @@ mod form;
 mod json;
 mod layer;
 mod multipart;
+mod rerun;
 mod service;
 mod stream;
 
@@ -46,4 +47,6 @@ pub use form::Rules;
 pub use json::parse_json;
 pub use layer::NormalizeLayer;
 pub use multipart::parse_multipart;
+pub(crate) use rerun::JobStack;
+pub use rerun::{JobRunner, MAX_JOB_ATTEMPTS};
 pub use service::Normalize;

@@ -118,7 +118,7 @@ impl Relay {
     /// Relays one step of the job: its hold starts the stream; a partial is an event.
     async fn step(&mut self, step: Step) -> Result<(), Gone> {
         match step {
-            Step::Held => self.start(Ok(())),
+            Step::Held(_) => self.start(Ok(())),
             // A partial is framed once by `Run::step`, for this stream and the job's log.
             Step::Started | Step::Partial { .. } => Ok(()),
         }
@@ -226,7 +226,7 @@ impl Run {
         }
         if let Some(track) = &mut self.track {
             match &step {
-                Step::Held => {
+                Step::Held(_) => {
                     if let Err(error) = track.accept(None).await {
                         tracing::error!(%error, "recording a streamed job failed");
                     }

@@ -78,7 +78,8 @@ where
         let inner = self.inner.clone();
         let sources = self.sources.clone();
         ResponseFuture::new(async move {
-            if let Some(admission) = &sources.admission {
+            // A job run again holds its money already.
+            if let (Some(admission), None) = (&sources.admission, req.resume) {
                 admission.check(&req).await?;
             }
             let mut uploads = Uploads::new();
@@ -103,11 +104,14 @@ where
             if req.operation == Operation::Compose {
                 distinct(&keys)?;
             }
-            let mask = match &req.mask {
-                Some(mask) => Some(sources.resolve(&req.principal, mask, &mut uploads).await?.0),
-                None => None,
+            let (mask, mask_key) = match &req.mask {
+                Some(mask) => {
+                    let (image, key) = sources.resolve(&req.principal, mask, &mut uploads).await?;
+                    (Some(image), Some(key))
+                }
+                None => (None, None),
             };
-            let job = req.into_job(images, mask, uploads);
+            let job = req.into_job((images, mask), (keys.clone(), mask_key), uploads);
             let mut outcome = inner.oneshot(job).await?;
             outcome.source_keys = keys;
             Ok(outcome)

@@ -240,7 +240,8 @@ async fn submit(server: &TestServer, key: &str, json: &str) -> Reply {
 /// Reads the job at `id` until it has ended; returns it.
 async fn ended(server: &TestServer, key: &str, id: &str) -> serde_json::Value {
     let path = format!("/v1/images/jobs/{id}");
-    for _ in 0..1000 {
+    // Up to about a minute: a job waits for a running slot, or for a restart.
+    for _ in 0..6000 {
         let reply = server.call(Method::GET, &path, key).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let job = reply.json();
@@ -576,27 +577,79 @@ async fn a_job_past_its_timeout_fails_and_is_refunded() {
     assert_eq!(events, [("error".to_owned(), "error".to_owned())]);
 }
 
+/// Alice's `(available, held)`.
+async fn balance(server: &TestServer) -> (i64, i64) {
+    let json = server
+        .call(Method::GET, "/api/v1/balance", ALICE_KEY)
+        .await
+        .json();
+    (
+        json["available"].as_i64().unwrap(),
+        json["held"].as_i64().unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_open_when_the_process_was_killed_end_refunded_or_charged_once() {
-    let (process, server, dir) = start(&[("GATEWAY_REFERENCE_LATENCY_MS", "3000")]);
+async fn a_hundred_async_jobs_killed_mid_render_run_again_after_restart_charged_once() {
+    // 1,000 deposited, 10 a job; renders of 5 s, half of them waiting for a running slot;
+    // holds outlive the restart.
+    let env = [
+        ("GATEWAY_DEMO_BALANCE", "1000"),
+        ("GATEWAY_REFERENCE_LATENCY_MS", "5000"),
+        ("GATEWAY_MAX_RUNNING_JOBS", "50"),
+        ("GATEWAY_HOLD_TTL_SECS", "120"),
+    ];
+    let (process, server, dir) = start(&env);
     let body = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        let job = submit(&server, ALICE_KEY, body).await.json();
-        ids.push(job["id"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(money(&server).await.1, 50);
+    let submitted = futures_util::future::join_all((0..4).map(|_| async {
+        let mut ids = Vec::new();
+        for _ in 0..25 {
+            let job = submit(&server, ALICE_KEY, body).await;
+            assert_eq!(job.status, StatusCode::ACCEPTED, "{:?}", job.body);
+            ids.push(job.json()["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    }))
+    .await;
+    let ids: Vec<String> = submitted.into_iter().flatten().collect();
+    // Every job held, none settled: each is mid-render or queued when the process dies.
+    assert_eq!(balance(&server).await, (0, 1000));
     process.kill();
+
     let port = server.addr.port();
-    let _again = Process::start_with(&gateway_binary(), &dir, port, &[]);
-    // Every job has ended; the holds expire (2 s in tests) back to alice.
+    let _again = Process::start_with(&gateway_binary(), &dir, port, &env);
+    let mut generations = std::collections::HashSet::new();
     for id in &ids {
         let job = ended(&server, ALICE_KEY, id).await;
-        assert_eq!(job["status"], "failed", "{job}");
-        assert_eq!(job["error"]["code"], "upstream_error");
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let made = job["result"]["picklyone_generation_ids"]
+            .as_array()
+            .unwrap();
+        assert_eq!(made.len(), 1, "{job}");
+        assert_eq!(job["result"]["data"].as_array().unwrap().len(), 1);
+        assert!(generations.insert(made[0].as_str().unwrap().to_owned()));
     }
-    assert_eq!(settled_money(&server).await, (100, 0, 0));
-    assert!(files(&server, 0).await.is_empty());
+    // Charged once per job, nothing held: 1,000 = available + held + charged.
+    assert_eq!(balance(&server).await, (0, 0));
+    let usage = server
+        .call(Method::GET, "/api/v1/usage?limit=100", ALICE_KEY)
+        .await
+        .json();
+    let charges = usage["data"].as_array().unwrap();
+    assert_eq!(charges.len(), 100, "one charge per job");
+    assert!(charges
+        .iter()
+        .all(|e| e["amount"] == 10 && e["status"] == "charged"));
+    let requests: std::collections::HashSet<&str> = charges
+        .iter()
+        .map(|e| e["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(requests.len(), 100, "each job's own request charged");
+    let next = format!("/api/v1/usage?limit=100&after={}", usage["next_after"]);
+    let rest = server.call(Method::GET, &next, ALICE_KEY).await.json();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 0, "{rest}");
+    // Each output stored once: one file per job.
+    assert_eq!(files(&server, 100).await.len(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

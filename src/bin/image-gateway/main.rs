@@ -205,12 +205,15 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
         });
     }
     let jobs = gateway.jobs();
+    let runner = gateway.job_runner();
     if stores.sole_runner {
-        let ended = jobs.interrupted().await?;
-        if ended > 0 {
-            println!("jobs: {ended} left open by an earlier run recorded failed");
+        // Nobody else runs these records' jobs: an earlier run's open ones are taken now.
+        let taken = runner.take_all().await?;
+        if taken > 0 {
+            println!("jobs: {taken} left open by an earlier run taken over");
         }
     }
+    tokio::spawn(runner.run());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
         loop {

@@ -180,6 +180,7 @@ impl Config {
                     integer("GATEWAY_JOB_TIMEOUT_SECS")?.max(1),
                 ));
                 limits.retention = Duration::from_secs(integer("GATEWAY_JOB_RETENTION_SECS")?);
+                limits.lease = Duration::from_secs(integer("GATEWAY_JOB_LEASE_SECS")?.max(1));
                 limits
             },
             metrics_addr: text("GATEWAY_METRICS_ADDR"),

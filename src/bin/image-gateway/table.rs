@@ -104,6 +104,8 @@ settings! {
         "a job whose backend has not answered by then fails 502 upstream_error and is refunded";
     "GATEWAY_JOB_RETENTION_SECS", Integer, "86400",
         "how long an ended job's record stays readable (its images are files and follow the files' rules)";
+    "GATEWAY_JOB_LEASE_SECS", Integer, "30",
+        "an async job is its process's while the process renews this lease; past it (the process died) another process, or this one restarted, runs the job again under the same hold";
     "GATEWAY_WEBHOOK_SECRET", Text, "",
         "whsec_<base64 of 24-64 bytes>: async jobs may name a Webhook-Url, called signed (Standard Webhooks) when they end; unset: Webhook-Url is refused";
     "GATEWAY_WEBHOOK_ALLOW_HTTP_LOOPBACK", Switch, "off",
@@ -147,7 +149,7 @@ mod tests {
         use image_gateway::store::Quota;
         let serve = ServeOptions::default();
         let quota = Quota::default();
-        let expected: [(&str, String); 12] = [
+        let expected: [(&str, String); 13] = [
             (
                 "GATEWAY_HOLD_TTL_SECS",
                 image_gateway::billing::DEFAULT_HOLD_TTL
@@ -163,6 +165,10 @@ mod tests {
                 image_gateway::jobs::DEFAULT_JOB_RETENTION
                     .as_secs()
                     .to_string(),
+            ),
+            (
+                "GATEWAY_JOB_LEASE_SECS",
+                image_gateway::jobs::DEFAULT_JOB_LEASE.as_secs().to_string(),
             ),
             (
                 "GATEWAY_STREAM_KEEPALIVE_SECS",

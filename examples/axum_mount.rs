@@ -23,6 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::builder().keys(keys).build();
     // Releases holds left by a run that was killed; the gateway starts nothing by itself.
     tokio::spawn(gateway.expiry_sweep().run());
+    tokio::spawn(gateway.job_runner().run());
 
     // The gateway brings its own auth and body limit; the app's routes are untouched.
     let app = Router::new()

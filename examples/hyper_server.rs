@@ -19,6 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::builder().keys(keys).build();
     // Releases holds left by a run that was killed; the gateway starts nothing by itself.
     tokio::spawn(gateway.expiry_sweep().run());
+    tokio::spawn(gateway.job_runner().run());
 
     let listener = TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);

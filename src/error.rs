@@ -140,6 +140,10 @@ pub enum GatewayError {
     BodyCutOff,
     /// 500 `internal_error`: a fault of the gateway itself (storage, ledger).
     Internal,
+    /// 409 `job_taken_over`: a run of an async job found its hold ended by another run of
+    /// the same job (a process that took the job over while this one still ran); that run's
+    /// outcome is the job's. Never a client's answer: the run that gets it writes nothing.
+    JobTakenOver,
     /// 503 `limits_unavailable`: the shared store of rate limits (Redis) cannot be reached;
     /// nothing was run or charged.
     LimitsUnavailable,
@@ -198,6 +202,7 @@ impl GatewayError {
             GenerationNotReady { retry_after } => Row::new(409, "generation_not_ready", Request, Some("generation_id"), "the generation is still being stored; retry shortly").retry_after(*retry_after),
             IdempotencyKeyInUse { retry_after } => Row::new(409, "idempotency_key_in_use", Request, None, "a request with this Idempotency-Key is still running; retry shortly").retry_after(*retry_after),
             IdempotencyKeyReused => Row::new(409, "idempotency_key_reused", Request, None, "this Idempotency-Key was already used for a different request; use a new key for a new request"),
+            JobTakenOver => Row::new(409, "job_taken_over", Server, Some("job_id"), "another run of this job ended it; read the job again"),
             JobNotCancellable => Row::new(409, "job_not_cancellable", Request, Some("job_id"), "the job has begun or ended; only a queued job can be cancelled"),
             PayloadTooLarge => Row::new(413, "request_too_large", Request, None, "the request body exceeds the size limit"),
             StorageQuotaExceeded { message } => Row::new(413, "storage_quota_exceeded", Request, None, message.clone()),

@@ -293,4 +293,25 @@ mod tests {
         let balance = ledger.balance(&user).await.unwrap();
         assert_eq!((balance.available, balance.held), (100, 0));
     }
+
+    #[tokio::test]
+    async fn a_second_run_settling_a_hold_the_first_charged_charges_nothing() {
+        let (ledger, user, hold) = ledger_with_hold(20).await;
+        let mut first = HoldGuard::new(ledger.clone(), hold);
+        let mut second = HoldGuard::new(ledger.clone(), hold);
+        ledger.gate.notify_one();
+        first.settle(Amount::new(10), 1).await.unwrap();
+        ledger.gate.notify_one();
+        assert!(matches!(
+            second.settle(Amount::new(10), 1).await,
+            Err(LedgerError::HoldEnded)
+        ));
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let balance = ledger.balance(&user).await.unwrap();
+        assert_eq!(
+            (balance.available, balance.held, balance.charged),
+            (90, 0, 10)
+        );
+    }
 }

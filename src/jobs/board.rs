@@ -326,6 +326,14 @@ impl JobBoard {
         names: &super::events::Names,
     ) {
         let before = record.status;
+        if let Err(GatewayError::JobTakenOver) = outcome {
+            // Another run of this job charged (or ended) its hold, and writes its record;
+            // this run's images were discarded.
+            tracing::warn!(job = %record.id, "a job run twice: the other run's outcome stands");
+            live.log.end();
+            self.live().remove(&record.id);
+            return;
+        }
         match outcome {
             Ok(outcome) => {
                 // Framed (base64 of every image) only for readers attached now; a reader

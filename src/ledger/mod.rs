@@ -350,6 +350,7 @@ impl From<LedgerError> for crate::GatewayError {
                 }
             }
             LedgerError::OutstandingDebt => crate::GatewayError::OutstandingDebt,
+            LedgerError::HoldEnded => crate::GatewayError::JobTakenOver,
             LedgerError::Overflow => crate::GatewayError::invalid_request(
                 "the deposit would take the balance beyond 9223372036854775807 units",
                 Some("amount"),

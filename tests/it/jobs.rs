@@ -963,3 +963,103 @@ async fn webhooks_are_signed_retried_until_taken_and_survive_a_restart() {
     assert_eq!(event["data"]["id"], id.as_str());
     verify(&hooks[0]);
 }
+
+/// A record of alice's async generation holding `hold`, left by a process that died after
+/// `attempts` runs.
+fn orphan(hold: image_gateway::ledger::HoldId, attempts: u32) -> image_gateway::jobs::JobRecord {
+    use image_gateway::jobs::{Echo, JobRecord, Lease, Rerun};
+    let params = image_gateway::job::EditParams::new("gpt-image-2", "p");
+    let mut record = JobRecord::queued(
+        image_gateway::id::JobId::new(),
+        image_gateway::auth::UserId::new("alice").unwrap(),
+        image_gateway::job::Operation::Generate,
+        "gpt-image-2".into(),
+        1,
+        image_gateway::clock::unix_now(),
+        Echo {
+            size: "auto".into(),
+            quality: "auto".into(),
+            background: "auto".into(),
+            output_format: "png".into(),
+        },
+    );
+    record.rerun = Some(Rerun::new(
+        image_gateway::job::Ticket::new(hold, Vec::new(), None),
+        image_gateway::id::RequestId::new(),
+        params,
+    ));
+    record.lease = Some(Lease {
+        runner: "a process that died".into(),
+        until: 0,
+    });
+    record.attempts = attempts;
+    record
+}
+
+#[tokio::test]
+async fn a_job_out_of_runs_or_whose_hold_ended_is_failed_and_charges_nothing() {
+    use image_gateway::jobs::{JobRecords, JobStatus, MemoryJobs};
+    use image_gateway::ledger::{Amount, Ledger, Memo, MemoryLedger};
+    use std::sync::Arc;
+    let alice = image_gateway::auth::UserId::new("alice").unwrap();
+    let ledger = Arc::new(MemoryLedger::new());
+    ledger.deposit(&alice, 100, "opening").await.unwrap();
+    let hold = |memo: &str| {
+        let ledger = ledger.clone();
+        let (alice, memo) = (alice.clone(), Memo::new(memo, "gpt-image-2", 1));
+        async move {
+            let ttl = Duration::from_secs(600);
+            ledger
+                .hold(&alice, Amount::new(10), ttl, memo)
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    // Three runs already: given up, its hold released.
+    let spent = orphan(
+        hold("spent").await,
+        image_gateway::request::MAX_JOB_ATTEMPTS,
+    );
+    // Its hold ended (released) while its process was gone: not run, nothing charged.
+    let ended = orphan(hold("ended").await, 1);
+    ledger
+        .release(ended.rerun.as_ref().unwrap().ticket.hold)
+        .await
+        .unwrap();
+    // A live hold and a run left: run again and charged.
+    let owed = orphan(hold("owed").await, 1);
+    let records = Arc::new(MemoryJobs::new());
+    for record in [&spent, &ended, &owed] {
+        records.insert(record).await.unwrap();
+    }
+    let gateway = image_gateway::Gateway::builder()
+        .ledger(ledger.clone())
+        .model("gpt-image-2", image_gateway::catalog::ModelSpec::new(4, 10))
+        .jobs(records.clone())
+        .build();
+    assert_eq!(gateway.job_runner().take_all().await.unwrap(), 3);
+    let status = |id| {
+        let (records, alice) = (records.clone(), alice.clone());
+        async move {
+            for _ in 0..500 {
+                let record = records.get(&alice, id).await.unwrap().unwrap();
+                if record.status.is_ended() {
+                    return record;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("job {id} never ended");
+        }
+    };
+    let given_up = status(spent.id).await;
+    assert_eq!(given_up.status, JobStatus::Failed);
+    assert_eq!(given_up.attempts, 4);
+    assert_eq!(status(ended.id).await.status, JobStatus::Failed);
+    let ran = status(owed.id).await;
+    assert_eq!(ran.status, JobStatus::Succeeded, "{ran:?}");
+    assert_eq!(ran.output.unwrap().generations.len(), 1);
+    // 100 = 90 available + 10 charged (the job that ran); nothing held.
+    let balance = ledger.balance(&alice).await.unwrap();
+    assert_eq!((balance.available, balance.held), (90, 0));
+}

@@ -39,7 +39,7 @@ async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schem
     }
     Postgres::connect(&url).await.expect("a restart");
     let rows = query(&url, "SELECT version FROM schema_migrations").await;
-    assert_eq!(rows.len(), 6, "each migration applied once");
+    assert_eq!(rows.len(), 7, "each migration applied once");
     let tables = query(
         &url,
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",

@@ -147,6 +147,68 @@ async fn a_killed_replicas_hold_is_released_by_the_others_sweep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_with_async_jobs_running_has_them_finished_by_the_other() {
+    let Some(url) = fresh_postgres("job takeover").await else {
+        return;
+    };
+    let Some(mut env) = bucket_settings("takeover").await else {
+        return;
+    };
+    // Renders of 3 s; leases of 2 s (renewed every 0.67 s while a replica lives); holds
+    // that outlive the takeover.
+    env.extend([
+        ("GATEWAY_REFERENCE_LATENCY_MS", "3000".to_owned()),
+        ("GATEWAY_JOB_LEASE_SECS", "2".to_owned()),
+        ("GATEWAY_HOLD_TTL_SECS", "60".to_owned()),
+    ]);
+    let ((a_process, a), (_b_process, b)) = two_replicas(&url, env).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let req = http::Request::post("/v1/images/generations")
+            .header("x-api-key", ALICE_KEY)
+            .header("content-type", "application/json")
+            .header("prefer", "respond-async")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
+            )))
+            .unwrap();
+        let reply = send(a.addr, req).await;
+        assert_eq!(reply.status, 202, "{:?}", reply.body);
+        ids.push(reply.json()["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(balance(&b).await, (50, 50), "replica A holds five jobs");
+    a_process.kill();
+    // Replica B takes the jobs over once A's leases lapse, and runs them under A's holds.
+    let started = Instant::now();
+    for id in &ids {
+        let path = format!("/v1/images/jobs/{id}");
+        let job = loop {
+            let job = b.call(Method::GET, &path, ALICE_KEY).await.json();
+            if job["status"] == "succeeded" || job["status"] == "failed" {
+                break job;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let data = job["result"]["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1);
+        assert!(!data[0]["b64_json"].as_str().unwrap().is_empty());
+    }
+    // Charged once per job, under the holds A took: 100 = 50 available + 50 charged.
+    assert_eq!(balance(&b).await, (50, 0));
+    let usage = b
+        .call(Method::GET, "/api/v1/usage?status=all", ALICE_KEY)
+        .await
+        .json();
+    let ends = usage["data"].as_array().unwrap();
+    assert_eq!(ends.len(), 5, "one end per hold: {usage}");
+    assert!(ends
+        .iter()
+        .all(|e| e["status"] == "charged" && e["amount"] == 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_across_replicas() {
     let Some(url) = fresh_postgres("shared rate limit").await else {
         return;

@@ -189,6 +189,26 @@ const wide = await page.evaluate(() => document.documentElement.scrollWidth);
 check("fits a phone", wide <= 390, String(wide));
 await shot("10-phone");
 
+// Jobs outlive the page: History lists a running job, and after a reload its card comes
+// back on Images and completes there.
+await page.setViewportSize({ width: 1200, height: 900 });
+await page.getByLabel("Generate", { exact: true }).check({ force: true });
+await prompt.fill("a lighthouse at night");
+await prompt.press("Enter");
+await page.waitForFunction(() => JSON.parse(sessionStorage.getItem("ig.jobs") || "[]").length === 1);
+const jobId = await page.evaluate(() => JSON.parse(sessionStorage.getItem("ig.jobs"))[0].id);
+await page.getByRole("link", { name: "History" }).click();
+await page.locator(`#history .card[data-job-id="${jobId}"]`).waitFor();
+check("History lists the running job", true);
+await page.reload();
+await page.getByRole("link", { name: "Images" }).click();
+const again = page.locator(`#results .card[data-job-id="${jobId}"]`);
+await again.getByRole("button", { name: "Edit this" }).waitFor();
+check("after a reload the job's card came back and completed", (await again.count()) === 1);
+await page.waitForFunction(() => JSON.parse(sessionStorage.getItem("ig.jobs") || "[]").length === 0);
+check("the ended job is forgotten", true);
+await shot("11-reattached");
+
 check("no script errors, CSP violations or outside requests", problems.length === 0, JSON.stringify(problems));
 await browser.close();
-console.log(`CHARGED ${3 * price}`);
+console.log(`CHARGED ${4 * price}`);

@@ -67,7 +67,8 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         &[
             ("GATEWAY_ADMIN_KEY", ADMIN_KEY),
             // Long enough for the partial images to arrive one by one.
-            ("GATEWAY_REFERENCE_LATENCY_MS", "900"),
+            // (and for a job to be seen running, then reattached after a reload).
+            ("GATEWAY_REFERENCE_LATENCY_MS", "1500"),
         ],
     );
     let url = format!("http://{}", gateway.addr);
@@ -95,7 +96,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         "the browser run failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("CHARGED 30"), "{stdout}");
+    assert!(stdout.contains("CHARGED 40"), "{stdout}");
 
     // What the browser did is what the gateway holds.
     let server = TestServer::at(
@@ -109,7 +110,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         .json();
     assert_eq!(
         (balance["available"].as_i64(), balance["held"].as_i64()),
-        (Some(70), Some(0))
+        (Some(60), Some(0))
     );
     let files = server
         .call(Method::GET, "/api/v1/files", ALICE_KEY)
@@ -123,7 +124,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         .collect();
     assert_eq!(
         keys.len(),
-        3,
+        4,
         "the uploads deleted, the outputs kept: {keys:?}"
     );
     assert!(keys.iter().all(|k| k.contains("_generation.")));
@@ -134,6 +135,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
         "07-history",
         "08-files",
         "09-keys",
+        "11-reattached",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

@@ -168,7 +168,10 @@ async function show() {
   }
   document.title = `${page[0].toUpperCase()}${page.slice(1)} - image-gateway console`;
   try {
-    if (page === "images") await loadModels();
+    if (page === "images") {
+      await loadModels();
+      resumeJobs();
+    }
     if (page === "history") await loadHistory(true);
     if (page === "files") await loadFiles();
     if (page === "account") await loadAccount(true);
@@ -374,29 +377,91 @@ function picture(frame, src, alt, partial) {
   frame.replaceChildren(button);
 }
 
+/** The jobs this tab submitted and has not seen end: a reload follows them on. */
+function pendingJobs() {
+  try {
+    return JSON.parse(store.getItem("ig.jobs") || "[]");
+  } catch {
+    return [];
+  }
+}
+
+function rememberJob(job) {
+  store.setItem("ig.jobs", JSON.stringify([...pendingJobs().filter((j) => j.id !== job.id), job]));
+}
+
+function forgetJob(id) {
+  store.setItem("ig.jobs", JSON.stringify(pendingJobs().filter((j) => j.id !== id)));
+}
+
+/** Submits the request as an async job (it runs on whatever this page does), then follows
+ * its events into result cards. */
 async function make(path, request) {
   const send = $("#send");
   send.disabled = true;
   say("Sending...");
   const cards = cardsFor(request.n, request.prompt);
-  const started = performance.now();
   let before = null;
   try {
     before = (await api("/api/v1/balance")).available;
   } catch {
     before = null;
   }
+  try {
+    const response = await fetch(path, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${state.key}`,
+        "content-type": "application/json",
+        prefer: "respond-async",
+      },
+      body: JSON.stringify(request),
+    });
+    const accepted = await answerOf(response);
+    const job = { id: accepted.id, prompt: request.prompt, n: request.n, output_format: request.output_format, started: Date.now() };
+    rememberJob(job);
+    await follow(job, cards, before);
+  } catch (error) {
+    fail(cards, 0, error);
+  } finally {
+    send.disabled = false;
+  }
+}
+
+/** Cards of the jobs a reload interrupted, followed on to their end. */
+let resumed = false;
+function resumeJobs() {
+  if (resumed || !state.key) return;
+  resumed = true;
+  for (const job of pendingJobs()) {
+    const cards = cardsFor(job.n, job.prompt);
+    for (const slot of cards) slot.card.dataset.jobId = job.id;
+    follow(job, cards, null).catch((error) => fail(cards, 0, error));
+  }
+}
+
+function fail(cards, done, error) {
+  for (const slot of cards.slice(done)) {
+    slot.card.classList.add("failed");
+    slot.card.removeAttribute("aria-busy");
+    slot.frame.replaceChildren(element("p", { class: "pending", text: "Failed" }));
+  }
+  failed(error);
+}
+
+/** Reads the job's events (from its start) into `cards` until it ends. */
+async function follow(job, cards, before) {
   let done = 0;
-  const mime = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" }[request.output_format];
+  const mime = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" }[job.output_format];
   const finish = (slot, event) => {
     const src = `data:${mime};base64,${event.b64_json}`;
     const id = event.picklyone_generation_id;
-    picture(slot.frame, src, `Generated: ${request.prompt}`, false);
+    picture(slot.frame, src, `Generated: ${job.prompt}`, false);
     slot.card.removeAttribute("aria-busy");
     slot.card.dataset.generationId = id || "";
     slot.meta.textContent = `id ${id || "-"}`;
     slot.actions.replaceChildren(
-      element("button", { type: "button", text: "Download", onclick: () => download(src, `generation-${id}.${request.output_format}`) }),
+      element("button", { type: "button", text: "Download", onclick: () => download(src, `generation-${id}.${job.output_format}`) }),
       element("button", {
         type: "button",
         text: "Edit this",
@@ -405,18 +470,19 @@ async function make(path, request) {
     );
   };
   try {
-    const response = await fetch(path, {
-      method: "POST",
-      headers: { authorization: `Bearer ${state.key}`, "content-type": "application/json" },
-      body: JSON.stringify(request),
+    const response = await fetch(`/v1/images/jobs/${encodeURIComponent(job.id)}/events`, {
+      headers: { authorization: `Bearer ${state.key}` },
     });
     const streamed = (response.headers.get("content-type") || "").startsWith("text/event-stream");
     if (!response.ok || !streamed) {
       await answerOf(response);
-      throw new ApiError(502, "not_streamed", "the gateway did not stream the answer");
+      throw new ApiError(502, "not_streamed", "the gateway did not stream the job's events");
     }
     for await (const event of events(response)) {
-      if (event.error) throw new ApiError(0, event.error.code, event.error.message);
+      if (event.error) {
+        forgetJob(job.id);
+        throw new ApiError(0, event.error.code, event.error.message);
+      }
       if (event.type && event.type.endsWith(".partial_image")) {
         const slot = cards[Math.min(done, cards.length - 1)];
         picture(slot.frame, `data:${mime};base64,${event.b64_json}`, `Preview ${event.partial_image_index + 1}`, true);
@@ -427,28 +493,23 @@ async function make(path, request) {
         done += 1;
       }
     }
-    for (const slot of cards.slice(done)) slot.card.remove();
-    const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    let cost = "";
-    if (before !== null) {
-      const after = await settledBalance();
-      cost = `, cost ${before - after}`;
-    }
-    for (const slot of cards.slice(0, done)) {
-      slot.meta.textContent = `${seconds} s${cost} · id ${slot.card.dataset.generationId}`;
-      slot.meta.dataset.elapsed = seconds;
-    }
-    say(`Done: ${done} image(s) in ${seconds} s${cost}.`);
   } catch (error) {
-    for (const slot of cards.slice(done)) {
-      slot.card.classList.add("failed");
-      slot.card.removeAttribute("aria-busy");
-      slot.frame.replaceChildren(element("p", { class: "pending", text: "Failed" }));
-    }
-    failed(error);
-  } finally {
-    send.disabled = false;
+    fail(cards, done, error);
+    return;
   }
+  forgetJob(job.id);
+  for (const slot of cards.slice(done)) slot.card.remove();
+  const seconds = ((Date.now() - job.started) / 1000).toFixed(1);
+  let cost = "";
+  if (before !== null) {
+    const after = await settledBalance();
+    cost = `, cost ${before - after}`;
+  }
+  for (const slot of cards.slice(0, done)) {
+    slot.meta.textContent = `${seconds} s${cost} · id ${slot.card.dataset.generationId}`;
+    slot.meta.dataset.elapsed = seconds;
+  }
+  say(`Done: ${done} image(s) in ${seconds} s${cost}.`);
 }
 
 /** The available balance once no hold is open (a settle lands just after the last event). */
@@ -502,6 +563,7 @@ async function loadHistory(fresh) {
     $("#history").replaceChildren();
   }
   say("Loading your generations...");
+  if (fresh) await loadRunning();
   let added = 0;
   let more = true;
   // Files mix uploads and outputs: read pages until one of outputs is full or none are left.
@@ -519,6 +581,21 @@ async function loadHistory(fresh) {
   }
   $("#history-more").hidden = !more;
   say($("#history").children.length ? "" : "No generations yet.");
+}
+
+/** The caller's jobs still queued or running, as cards above the finished generations. */
+async function loadRunning() {
+  const jobs = await api("/v1/images/jobs?limit=20");
+  for (const job of jobs.data.filter((j) => j.status === "queued" || j.status === "running")) {
+    const card = element(
+      "article",
+      { class: "card", "aria-label": `Job ${job.id}`, "aria-busy": "true" },
+      element("div", { class: "frame" }, element("p", { class: "pending", text: job.status === "queued" ? "Queued..." : "Working..." })),
+      element("p", { class: "meta", text: `${when(job.created_at)} · ${job.model} · ${job.n} image(s) · job ${job.id}` }),
+    );
+    card.dataset.jobId = job.id;
+    $("#history").append(card);
+  }
 }
 
 function historyCard(file, id) {

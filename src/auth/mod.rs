@@ -51,7 +51,8 @@ mod service;
 mod sqlite;
 mod store;
 
-pub use key::{ApiKey, InvalidUserId, Principal, UserId};
+pub use crate::id::{InvalidUserId, UserId};
+pub use key::{ApiKey, Principal};
 pub use layer::AuthLayer;
 pub use managed::{
     utc_day, Cidr, IssuedKey, KeyGrant, KeyId, KeyLimits, KeyRecord, KeyRegistry, NewKey,

@@ -49,7 +49,9 @@ use async_trait::async_trait;
 #[cfg(feature = "reference-backend")]
 pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_PIXELS};
 #[cfg(feature = "upstream")]
-pub use upstream::{sse, StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
+#[cfg(fuzzing)]
+pub use upstream::sse;
+pub use upstream::{StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
 pub use service::EditService;
 

@@ -2,7 +2,12 @@
 
 mod answer;
 mod form;
+// Public to the fuzz targets only (`--cfg fuzzing`, as cargo-fuzz builds): an upstream's
+// event stream is untrusted input, but its reader is no part of the crate's API.
+#[cfg(fuzzing)]
 pub mod sse;
+#[cfg(not(fuzzing))]
+pub(crate) mod sse;
 
 pub use answer::StreamEvent;
 

@@ -1,3 +1,6 @@
+// Its items are `pub` for the fuzz targets, which see the module only under `--cfg fuzzing`.
+#![cfg_attr(not(fuzzing), allow(unreachable_pub))]
+
 //! Reading an upstream's `text/event-stream` answer: bytes in, events out, within a bound.
 
 use bytes::{Buf, BytesMut};

@@ -60,7 +60,9 @@
 //! # Panics
 //! No code path reachable from a request panics; parsers are property-tested and fuzzed.
 
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, unsafe_code)]
+// docs.rs (`--cfg docsrs`) marks each feature-gated item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod address;

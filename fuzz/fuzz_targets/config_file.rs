@@ -3,11 +3,11 @@
 //! same settings (secrets aside: they print masked).
 #![no_main]
 
-#[path = "../../src/bin/image-gateway/table.rs"]
+#[path = "../../server/src/table.rs"]
 #[allow(dead_code)]
 mod table;
 
-#[path = "../../src/bin/image-gateway/file.rs"]
+#[path = "../../server/src/file.rs"]
 #[allow(dead_code)]
 mod file;
 

@@ -48,9 +48,9 @@ use async_trait::async_trait;
 
 #[cfg(feature = "reference-backend")]
 pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_PIXELS};
-#[cfg(feature = "upstream")]
-#[cfg(fuzzing)]
+#[cfg(all(feature = "upstream", fuzzing))]
 pub use upstream::sse;
+#[cfg(feature = "upstream")]
 pub use upstream::{StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
 pub use service::EditService;

@@ -27,6 +27,7 @@ impl RequestId {
     }
 
     /// The id a record kept, as [`as_str`](Self::as_str) wrote it.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn kept(text: &str) -> Self {
         RequestId(Arc::from(text))
     }

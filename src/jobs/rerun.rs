@@ -1,12 +1,14 @@
 //! What an async job's record keeps so that another process can run it again: its ticket
 //! (hold and stored images) and its request's parameters, as one JSON text column.
 
-use serde::{Deserialize, Serialize};
-
 use crate::id::RequestId;
 use crate::job::{EditParams, Ticket};
-use crate::ledger::HoldId;
-use crate::store::{FileKey, StoreError};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use {
+    crate::ledger::HoldId,
+    crate::store::{FileKey, StoreError},
+    serde::{Deserialize, Serialize},
+};
 
 /// An async job's request, as a process that did not receive it runs it again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,7 @@ pub struct Lease {
 
 /// The column's shape. Fields are text as the request's parsers read them, so a record
 /// written by one version is read by the next.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[derive(Serialize, Deserialize)]
 struct Kept {
     hold: String,
@@ -64,6 +67,7 @@ impl Rerun {
     }
 
     /// The column's text.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn to_column(&self) -> String {
         let p = &self.params;
         let kept = Kept {
@@ -90,6 +94,7 @@ impl Rerun {
     }
 
     /// The rerun a column holds; text that does not parse is corruption.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_column(text: &str) -> Result<Self, StoreError> {
         let corrupt = |what: &str| StoreError::new(format!("corrupt job record: rerun {what}"));
         let kept: Kept = serde_json::from_str(text).map_err(|_| corrupt("json"))?;
@@ -124,7 +129,7 @@ impl Rerun {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 mod tests {
     use super::*;
     use crate::auth::UserId;

@@ -11,7 +11,7 @@ use image_gateway::{Gateway, ResponseBody, ResponseFuture};
 
 /// `openapi.yaml`, as JSON: converted once at start, so a broken document stops the start.
 pub fn document() -> Result<Bytes, Box<dyn Error>> {
-    let document: serde_json::Value = serde_yaml::from_str(include_str!("../../../openapi.yaml"))?;
+    let document: serde_json::Value = serde_yaml::from_str(include_str!("../../openapi.yaml"))?;
     Ok(Bytes::from(serde_json::to_vec(&document)?))
 }
 

@@ -44,7 +44,7 @@ fn provision() -> PathBuf {
     if let Ok(path) = std::env::var("IMAGE_GATEWAY_PYTHON") {
         return PathBuf::from(path);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv");
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sdk-venv");
     let python = venv.join("bin/python");
     let ready = venv.join(".ready");
     if ready.exists() {

@@ -236,7 +236,6 @@ proptest! {
     }
 }
 
-#[cfg(all(feature = "postgres", feature = "redis"))]
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
@@ -298,7 +297,6 @@ fn a_settle_after_expiry_charges_on_every_ledger() {
     }
 }
 
-#[cfg(all(feature = "postgres", feature = "redis"))]
 #[test]
 fn a_settle_after_expiry_charges_on_postgres() {
     use image_gateway::ledger::PgLedger;

@@ -2,7 +2,6 @@
 //! Redis (`GATEWAY_REDIS_URL`): the money rules and the per-key limits hold across them, a
 //! replica killed while it holds money has the hold released by the other's sweep, and
 //! limits fail closed while Redis is unreachable.
-#![cfg(all(feature = "postgres", feature = "redis"))]
 
 use crate::common;
 

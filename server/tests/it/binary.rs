@@ -29,7 +29,7 @@ fn help_lists_every_setting_the_configuration_page_documents() {
     assert!(help.starts_with("image-gateway "), "{help}");
     let page = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/docs/configuration.md"
+        "/../docs/configuration.md"
     ))
     .unwrap();
     let documented: Vec<&str> = page

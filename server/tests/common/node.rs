@@ -30,7 +30,9 @@ pub fn playwright_modules() -> PathBuf {
 }
 
 fn provision(dir: &str, package: &str) -> PathBuf {
-    let prefix = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let prefix = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(dir);
     let ready = prefix.join(".ready");
     if !ready.exists() {
         std::fs::create_dir_all(&prefix).unwrap();

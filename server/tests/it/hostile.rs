@@ -166,7 +166,6 @@ async fn disconnects_timed_across_the_billed_window_at_the_quota_leave_no_image_
 
 /// The same attack on the stores replicas share: the PostgreSQL ledger and generation
 /// records, files in an S3 bucket indexed in PostgreSQL.
-#[cfg(all(feature = "postgres", feature = "redis", feature = "s3"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged_on_shared_stores() {
     use image_gateway::ledger::PgLedger;

@@ -1,7 +1,6 @@
 //! The PostgreSQL parts as two replicas use them: two pools (two processes' worth of
 //! connections) on one database. Money, generation, idempotency and key rules hold across
 //! them, and the schema migrates once however many replicas start at once.
-#![cfg(all(feature = "postgres", feature = "redis"))]
 
 use crate::common;
 

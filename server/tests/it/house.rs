@@ -24,7 +24,7 @@ fn sources(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
 /// The top-level modules each top-level module names (`crate::name`), outside comments and
 /// unit tests.
 fn edges() -> BTreeMap<String, BTreeSet<String>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src");
     let mut files = Vec::new();
     sources(&root, &root, &mut files);
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -4,7 +4,6 @@
 pub mod binary;
 pub mod node;
 pub mod python;
-#[cfg(all(feature = "postgres", feature = "redis"))]
 pub mod services;
 
 use std::io::Cursor;

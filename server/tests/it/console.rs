@@ -1,7 +1,6 @@
 //! The console in a real browser: Debian's chromium driven by playwright-core
 //! (`tests/console/console.mjs`) against the binary on loopback. Screenshots of each page are
 //! written to `target/console-screenshots/`.
-#![cfg(feature = "console")]
 
 use crate::common;
 use crate::common::node;
@@ -58,7 +57,7 @@ async fn a_newcomer_makes_chains_downloads_and_cleans_up_images_in_the_browser()
     .unwrap();
     let dir = temp_dir("console");
     std::fs::write(dir.join("source.png"), png(320, 240)).unwrap();
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
 
     let gateway = Process::start_with(
         &gateway_binary(),

@@ -38,6 +38,7 @@
 mod png;
 #[cfg(feature = "reference-backend")]
 mod reference;
+mod route;
 mod service;
 #[cfg(feature = "upstream")]
 mod upstream;
@@ -53,6 +54,7 @@ pub use upstream::sse;
 #[cfg(feature = "upstream")]
 pub use upstream::{StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
+pub use route::{Cooldown, Deployment, RoutedBackend};
 pub use service::EditService;
 
 use crate::job::{EditJob, Image, Size};
@@ -142,6 +144,9 @@ pub enum BackendError {
 pub enum Failure {
     /// The model's API answered an error status.
     Status,
+    /// The model's API answered that it did not take the work (`429`, `500`, `502`, `503`,
+    /// `504`), or could not be reached: another deployment may be asked instead.
+    Busy,
     /// No answer in time.
     Timeout,
     /// No connection to the model's API.
@@ -178,6 +183,7 @@ impl BackendError {
                 Failure::Status => "upstream_status",
                 Failure::Timeout => "upstream_timeout",
                 Failure::Connect => "upstream_connect",
+                Failure::Busy => "upstream_busy",
                 Failure::Malformed => "upstream_malformed",
                 Failure::TooLarge => "upstream_too_large",
                 Failure::Other => "other",

@@ -121,6 +121,11 @@ impl Progress {
         }
     }
 
+    /// How many partial images were shown so far (by every clone of this handle).
+    pub fn partials_shown(&self) -> u8 {
+        self.sent.load(Ordering::Acquire)
+    }
+
     /// Whether the backend has been given the job.
     pub fn has_started(&self) -> bool {
         self.started.load(Ordering::Acquire)

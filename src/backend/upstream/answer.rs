@@ -112,8 +112,10 @@ fn refusal(job: &EditJob, status: reqwest::StatusCode, e: ErrorBody) -> BackendE
             };
         }
     }
+    // These say the request was not taken: nothing rendered, nothing billed.
+    let busy = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
     BackendError::failed(
-        Failure::Status,
+        if busy { Failure::Busy } else { Failure::Status },
         format!("upstream answered {status} (code {code:?})"),
     )
 }

@@ -31,6 +31,57 @@ pub struct ModelConfig {
     /// Prices for a size, a quality, or both.
     #[serde(default)]
     pub prices: Vec<PriceConfig>,
+    /// The upstream deployments that serve the model (`[[models."NAME".upstreams]]`);
+    /// none: the model goes where `GATEWAY_UPSTREAM_URL` (or the reference backend) sends it.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Deployments tried per job at most (default 3).
+    pub attempts: Option<usize>,
+    /// Falls back after a timeout too, though the first deployment may still bill (default
+    /// false).
+    pub retry_after_timeout: Option<bool>,
+    /// Failures within `cooldown_window_secs` that rest a deployment (default 3).
+    pub cooldown_failures: Option<u32>,
+    /// Default 60.
+    pub cooldown_window_secs: Option<u64>,
+    /// How long a deployment rests (default 30).
+    pub cooldown_secs: Option<u64>,
+}
+
+/// One upstream deployment of a model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its base URL (`https://api.openai.com`, with or without `/v1`).
+    pub url: String,
+    /// Its API key.
+    pub key: Option<String>,
+    /// The environment variable that holds its API key (instead of `key`).
+    pub key_env: Option<String>,
+    /// The upstream's name for the model (default: the model's `upstream_model`, or its
+    /// name).
+    pub model: Option<String>,
+    /// Its share of its priority group (default 1).
+    pub weight: Option<u32>,
+    /// Its group; higher first (default 0).
+    pub priority: Option<i32>,
+    /// Jobs at once (default unbounded).
+    pub max_in_flight: Option<usize>,
+    /// One call's bound, connect to last byte (default 300).
+    pub timeout_secs: Option<u64>,
+    /// The API's shape: `openai` (the default; the only one this version speaks).
+    #[serde(default, deserialize_with = "provider")]
+    pub provider: Option<String>,
+}
+
+fn provider<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = String::deserialize(d)?;
+    if name != "openai" {
+        return Err(serde::de::Error::custom(format!(
+            "provider `{name}` is not supported; this version speaks `openai`"
+        )));
+    }
+    Ok(Some(name))
 }
 
 /// A price rule of a model: `{ size = "1536x1024", quality = "high", price = 12 }`.
@@ -239,6 +290,13 @@ fn models(
         let model: ModelConfig = entry
             .try_into()
             .map_err(|e: toml::de::Error| at(format!("models.{name}: {}", e.message().trim())))?;
+        for upstream in &model.upstreams {
+            if upstream.key.is_some() && upstream.key_env.is_some() {
+                return Err(at(format!(
+                    "models.{name}.upstreams: give `key` or `key_env`, not both"
+                )));
+            }
+        }
         models.insert(name, model);
     }
     Ok(models)
@@ -282,6 +340,17 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
         if let Some(upstream) = &model.upstream_model {
             out.push_str(&format!("upstream_model = {}\n", toml_string(upstream)));
         }
+        for (key, value) in [
+            ("attempts", model.attempts.map(|v| v.to_string())),
+            ("retry_after_timeout", model.retry_after_timeout.map(|v| v.to_string())),
+            ("cooldown_failures", model.cooldown_failures.map(|v| v.to_string())),
+            ("cooldown_window_secs", model.cooldown_window_secs.map(|v| v.to_string())),
+            ("cooldown_secs", model.cooldown_secs.map(|v| v.to_string())),
+        ] {
+            if let Some(value) = value {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         for rule in &model.prices {
             let mut parts = Vec::new();
             if let Some(size) = &rule.size {
@@ -296,6 +365,34 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
                 toml_string(name),
                 parts.join("\n")
             ));
+        }
+        for upstream in &model.upstreams {
+            out.push_str(&format!("[[models.{}.upstreams]]\n", toml_string(name)));
+            out.push_str(&format!("url = {}\n", toml_string(&mask_url_password(&upstream.url))));
+            if upstream.key.is_some() {
+                out.push_str("key = \"****\"\n");
+            }
+            let texts = [
+                ("key_env", upstream.key_env.clone()),
+                ("model", upstream.model.clone()),
+                ("provider", upstream.provider.clone()),
+            ];
+            for (key, value) in texts {
+                if let Some(value) = value {
+                    out.push_str(&format!("{key} = {}\n", toml_string(&value)));
+                }
+            }
+            let numbers = [
+                ("weight", upstream.weight.map(|v| v.to_string())),
+                ("priority", upstream.priority.map(|v| v.to_string())),
+                ("max_in_flight", upstream.max_in_flight.map(|v| v.to_string())),
+                ("timeout_secs", upstream.timeout_secs.map(|v| v.to_string())),
+            ];
+            for (key, value) in numbers {
+                if let Some(value) = value {
+                    out.push_str(&format!("{key} = {value}\n"));
+                }
+            }
         }
     }
     out
@@ -408,6 +505,18 @@ mod tests {
                 "[models.m]\nmax_images = 2\nprices = [\n  { size = \"8x8\", price = 1 },\n  { price = 3 },\n]\n",
                 "t.toml:5: models.m: the price rule 3 names neither a size nor a quality",
             ),
+            (
+                "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nprovider = \"gemini\"\n",
+                "provider `gemini` is not supported",
+            ),
+            (
+                "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nweight = -1\n",
+                "models.m",
+            ),
+            (
+                "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nkey = \"k\"\nkey_env = \"K\"\n",
+                "give `key` or `key_env`, not both",
+            ),
         ];
         for (text, expected) in cases {
             let error = FileSettings::parse("t.toml", text)
@@ -433,5 +542,15 @@ mod tests {
             mask("GATEWAY_REDIS_URL", "redis://h:6379"),
             "redis://h:6379"
         );
+        // An upstream deployment's key, and a password in its URL.
+        let file = FileSettings::parse(
+            "t.toml",
+            "[models.m]\n[[models.m.upstreams]]\nurl = \"https://u:pw@a\"\nkey = \"sk-secret\"\nweight = 3\n",
+        )
+        .unwrap();
+        let printed = print(|_| None, &file);
+        assert!(printed.contains("[[models.\"m\".upstreams]]"), "{printed}");
+        assert!(printed.contains("key = \"****\"") && printed.contains("weight = 3"));
+        assert!(!printed.contains("sk-secret") && !printed.contains(":pw@"), "{printed}");
     }
 }

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use image_gateway::backend::{ImageBackend, ReferenceBackend, UpstreamBackend};
+use image_gateway::backend::{
+    Cooldown, Deployment, ImageBackend, PerModel, ReferenceBackend, RoutedBackend, UpstreamBackend,
+};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::console::ConsoleLayer;
 use image_gateway::fetch::UrlFetcher;
@@ -402,8 +404,75 @@ fn models(config: &Config, file: &FileSettings) -> Vec<(String, ModelSpec, Strin
         .collect()
 }
 
-/// The upstream model API when one is configured, else the model-free reference backend.
+/// The backend: each model with `upstreams` in the config file routed over them, the
+/// others served by [`default_backend`].
 fn backend(config: &Config, file: &FileSettings) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
+    let otherwise = default_backend(config, file)?;
+    if file.models.values().all(|m| m.upstreams.is_empty()) {
+        return Ok(otherwise);
+    }
+    let mut backends = PerModel::new(otherwise);
+    for (name, model) in &file.models {
+        if model.upstreams.is_empty() {
+            continue;
+        }
+        let upstream_name = model.upstream_model.clone().unwrap_or_else(|| name.clone());
+        let mut deployments = Vec::new();
+        for (i, upstream) in model.upstreams.iter().enumerate() {
+            let mut builder = UpstreamBackend::builder(upstream.url.clone()).model(
+                name.clone(),
+                upstream.model.clone().unwrap_or_else(|| upstream_name.clone()),
+            );
+            let key = match (&upstream.key, &upstream.key_env) {
+                (Some(key), _) => Some(key.clone()),
+                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                    format!("models.{name}.upstreams[{i}]: the environment variable {var} (key_env) is not set")
+                })?),
+                (None, None) => None,
+            };
+            if let Some(key) = key {
+                builder = builder.api_key(key);
+            }
+            if let Some(secs) = upstream.timeout_secs {
+                builder = builder.timeout(Duration::from_secs(secs.max(1)));
+            }
+            let backend = builder
+                .build()
+                .map_err(|e| format!("models.{name}.upstreams[{i}]: {e}"))?;
+            let mut deployment = Deployment::new(format!("{name}#{i}"), backend)
+                .weight(upstream.weight.unwrap_or(1))
+                .priority(upstream.priority.unwrap_or(0));
+            if let Some(bound) = upstream.max_in_flight {
+                deployment = deployment.max_in_flight(bound);
+            }
+            deployments.push(deployment);
+        }
+        let mut cooldown = Cooldown::default();
+        cooldown.failures = model.cooldown_failures.unwrap_or(cooldown.failures).max(1);
+        if let Some(secs) = model.cooldown_window_secs {
+            cooldown.window = Duration::from_secs(secs);
+        }
+        if let Some(secs) = model.cooldown_secs {
+            cooldown.rest = Duration::from_secs(secs);
+        }
+        let routed = RoutedBackend::new(deployments)
+            .attempts(model.attempts.unwrap_or(3))
+            .retry_after_timeout(model.retry_after_timeout.unwrap_or(false))
+            .cooldown(cooldown);
+        println!(
+            "backend: {name} routed over {} upstream deployment(s)",
+            model.upstreams.len()
+        );
+        backends = backends.model(name.clone(), Arc::new(routed));
+    }
+    Ok(Arc::new(backends))
+}
+
+/// The upstream model API when one is configured, else the model-free reference backend.
+fn default_backend(
+    config: &Config,
+    file: &FileSettings,
+) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
     let Some(upstream) = &config.upstream else {
         let mut reference = ReferenceBackend::new()
             .latency(config.latency)

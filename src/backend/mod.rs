@@ -54,7 +54,7 @@ pub use upstream::sse;
 #[cfg(feature = "upstream")]
 pub use upstream::{StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
 
-pub use route::{Cooldown, Deployment, RoutedBackend};
+pub use route::{Cooldown, Deployment, PerModel, RoutedBackend};
 pub use service::EditService;
 
 use crate::job::{EditJob, Image, Size};

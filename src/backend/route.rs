@@ -356,6 +356,58 @@ impl ImageBackend for RoutedBackend {
     }
 }
 
+/// A backend per model, and one for the models without their own: a gateway whose models
+/// are served by different deployments (a [`RoutedBackend`] each) or none.
+pub struct PerModel {
+    models: std::collections::HashMap<String, Arc<dyn ImageBackend>>,
+    otherwise: Arc<dyn ImageBackend>,
+}
+
+impl std::fmt::Debug for PerModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self.models.keys().collect();
+        f.debug_struct("PerModel")
+            .field("models", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PerModel {
+    /// Every model served by `otherwise` until [`model`](Self::model) names its own.
+    pub fn new(otherwise: Arc<dyn ImageBackend>) -> Self {
+        PerModel {
+            models: std::collections::HashMap::new(),
+            otherwise,
+        }
+    }
+
+    /// Jobs of `model` go to `backend`.
+    pub fn model(mut self, model: impl Into<String>, backend: Arc<dyn ImageBackend>) -> Self {
+        self.models.insert(model.into(), backend);
+        self
+    }
+
+    fn of(&self, job: &EditJob) -> &Arc<dyn ImageBackend> {
+        self.models.get(&job.params.model).unwrap_or(&self.otherwise)
+    }
+}
+
+#[async_trait]
+impl ImageBackend for PerModel {
+    async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        self.of(job).edit(job).await
+    }
+
+    async fn edit_owned(&self, job: EditJob) -> Result<Vec<Image>, BackendError> {
+        self.of(&job).clone().edit_owned(job).await
+    }
+
+    /// Cancellable only when every backend is.
+    fn cancellable(&self) -> bool {
+        self.otherwise.cancellable() && self.models.values().all(|b| b.cancellable())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -900,3 +900,77 @@ async fn a_streamed_upstream_job_left_after_a_partial_is_read_to_its_end_and_cha
     assert_eq!((b.available, b.held, b.charged), (90, 0, 10));
     assert!(!s.mock.cancelled.load(Ordering::SeqCst));
 }
+
+/// The binary with `[models."gpt-image-2"]` served by `deployments` (TOML of its
+/// `[[upstreams]]` tables); alice holds 100, 10 a image.
+fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
+    let dir = temp_dir("routed");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!("[models.\"gpt-image-2\"]\nprice_per_image = 10\n{deployments}"),
+    )
+    .unwrap();
+    let process = common::binary::Process::start_args(
+        &common::binary::gateway_binary(),
+        &dir,
+        0,
+        &["--config", config.to_str().unwrap()],
+        &[("UPSTREAM_TEST_KEY", UPSTREAM_KEY)],
+    );
+    let server = TestServer::at(process.addr);
+    (process, server)
+}
+
+async fn alice_money(server: &TestServer) -> (i64, i64) {
+    let json = server
+        .call(http::Method::GET, "/api/v1/balance", ALICE_KEY)
+        .await
+        .json();
+    (
+        json["available"].as_i64().unwrap(),
+        json["held"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
+    let failing = start_mock(Script::ServerError).await;
+    let working = start_mock(Script::Images(1)).await;
+    let (_process, server) = routed_binary(&format!(
+        "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nkey_env = \"UPSTREAM_TEST_KEY\"\npriority = 1\n\
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nkey_env = \"UPSTREAM_TEST_KEY\"\nmodel = \"gpt-image-1.5\"\n",
+        failing.addr, working.addr
+    ));
+    for _ in 0..5 {
+        let reply = server.edit_form(ALICE_KEY, edit(1)).await;
+        assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    }
+    // The first deployment answered 500 three times, then rested; the second served all
+    // five, under its own name for the model, with the key from the environment.
+    assert_eq!(failing.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(working.calls.load(Ordering::SeqCst), 5);
+    let received = working.received.lock().unwrap().clone();
+    assert!(received.iter().all(|r| r.text("model") == Some("gpt-image-1.5")));
+    assert!(received
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")[..])));
+    // Charged once per image: 100 = 50 available + 50 charged.
+    assert_eq!(alice_money(&server).await, (50, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_refused_does_not_fall_back() {
+    let refusing = start_mock(Script::BadSize).await;
+    let working = start_mock(Script::Images(1)).await;
+    let (_process, server) = routed_binary(&format!(
+        "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\npriority = 1\n\
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+        refusing.addr, working.addr
+    ));
+    let reply = server.edit_form(ALICE_KEY, edit(1)).await;
+    assert_eq!(reply.status, 400, "{:?}", reply.body);
+    assert_eq!(reply.error().2.as_deref(), Some("size"));
+    assert_eq!(working.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(alice_money(&server).await, (100, 0));
+}

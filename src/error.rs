@@ -118,6 +118,12 @@ pub enum GatewayError {
     },
     /// 502 `upstream_error`: the image backend failed. The message is generic on purpose.
     Upstream,
+    /// 503 `upstream_unavailable`: no deployment of the model can take a job now (each is
+    /// at its bound or resting); nothing was run or charged.
+    UpstreamUnavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// 404 `not_found`: no such route.
     RouteNotFound,
     /// 404 `account_not_found`: an admin deposit names a user that holds no key.
@@ -211,6 +217,7 @@ impl GatewayError {
             TooManyQueuedJobs { retry_after } => Row::new(429, "too_many_queued_jobs", RateLimit, None, "too many unfinished async jobs; wait for one to end").retry_after(*retry_after),
             Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
             Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
+            UpstreamUnavailable { retry_after } => Row::new(503, "upstream_unavailable", Server, None, "no upstream of this model can take the job now; nothing was charged; retry shortly").retry_after(*retry_after),
             LimitsUnavailable => Row::new(503, "limits_unavailable", Server, None, "the gateway cannot check rate limits right now; nothing was run or charged; retry shortly").retry_after(Duration::from_secs(1)),
             InsufficientStorage => Row::new(507, "insufficient_storage", Server, None, "the gateway's file storage is full; nothing was stored or charged"),
         }

@@ -342,9 +342,18 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
         }
         for (key, value) in [
             ("attempts", model.attempts.map(|v| v.to_string())),
-            ("retry_after_timeout", model.retry_after_timeout.map(|v| v.to_string())),
-            ("cooldown_failures", model.cooldown_failures.map(|v| v.to_string())),
-            ("cooldown_window_secs", model.cooldown_window_secs.map(|v| v.to_string())),
+            (
+                "retry_after_timeout",
+                model.retry_after_timeout.map(|v| v.to_string()),
+            ),
+            (
+                "cooldown_failures",
+                model.cooldown_failures.map(|v| v.to_string()),
+            ),
+            (
+                "cooldown_window_secs",
+                model.cooldown_window_secs.map(|v| v.to_string()),
+            ),
             ("cooldown_secs", model.cooldown_secs.map(|v| v.to_string())),
         ] {
             if let Some(value) = value {
@@ -368,7 +377,10 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
         }
         for upstream in &model.upstreams {
             out.push_str(&format!("[[models.{}.upstreams]]\n", toml_string(name)));
-            out.push_str(&format!("url = {}\n", toml_string(&mask_url_password(&upstream.url))));
+            out.push_str(&format!(
+                "url = {}\n",
+                toml_string(&mask_url_password(&upstream.url))
+            ));
             if upstream.key.is_some() {
                 out.push_str("key = \"****\"\n");
             }
@@ -385,7 +397,10 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
             let numbers = [
                 ("weight", upstream.weight.map(|v| v.to_string())),
                 ("priority", upstream.priority.map(|v| v.to_string())),
-                ("max_in_flight", upstream.max_in_flight.map(|v| v.to_string())),
+                (
+                    "max_in_flight",
+                    upstream.max_in_flight.map(|v| v.to_string()),
+                ),
                 ("timeout_secs", upstream.timeout_secs.map(|v| v.to_string())),
             ];
             for (key, value) in numbers {
@@ -551,6 +566,9 @@ mod tests {
         let printed = print(|_| None, &file);
         assert!(printed.contains("[[models.\"m\".upstreams]]"), "{printed}");
         assert!(printed.contains("key = \"****\"") && printed.contains("weight = 3"));
-        assert!(!printed.contains("sk-secret") && !printed.contains(":pw@"), "{printed}");
+        assert!(
+            !printed.contains("sk-secret") && !printed.contains(":pw@"),
+            "{printed}"
+        );
     }
 }

@@ -421,7 +421,10 @@ fn backend(config: &Config, file: &FileSettings) -> Result<Arc<dyn ImageBackend>
         for (i, upstream) in model.upstreams.iter().enumerate() {
             let mut builder = UpstreamBackend::builder(upstream.url.clone()).model(
                 name.clone(),
-                upstream.model.clone().unwrap_or_else(|| upstream_name.clone()),
+                upstream
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| upstream_name.clone()),
             );
             let key = match (&upstream.key, &upstream.key_env) {
                 (Some(key), _) => Some(key.clone()),

@@ -151,6 +151,9 @@ pub enum Failure {
     Timeout,
     /// No connection to the model's API.
     Connect,
+    /// No deployment of the model could take the job now (each at its bound or resting):
+    /// answered `503 upstream_unavailable` with `Retry-After`.
+    Unavailable,
     /// An answer that is not what the API promises (bad JSON, bad base64, no image).
     Malformed,
     /// An answer over the size the gateway reads.
@@ -184,6 +187,7 @@ impl BackendError {
                 Failure::Timeout => "upstream_timeout",
                 Failure::Connect => "upstream_connect",
                 Failure::Busy => "upstream_busy",
+                Failure::Unavailable => "upstream_unavailable",
                 Failure::Malformed => "upstream_malformed",
                 Failure::TooLarge => "upstream_too_large",
                 Failure::Other => "other",
@@ -206,6 +210,12 @@ impl From<BackendError> for GatewayError {
                 format!("the source image could not be decoded: {message}"),
                 Some("image"),
             ),
+            BackendError::Upstream {
+                failure: Failure::Unavailable,
+                ..
+            } => GatewayError::UpstreamUnavailable {
+                retry_after: std::time::Duration::from_secs(1),
+            },
             BackendError::Upstream { detail, .. } => {
                 tracing::warn!(%detail, "image backend failed");
                 GatewayError::Upstream

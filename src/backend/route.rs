@@ -293,6 +293,14 @@ impl RoutedBackend {
     }
 }
 
+/// No deployment could take the job: each at its bound or resting.
+fn unavailable() -> BackendError {
+    BackendError::failed(
+        Failure::Unavailable,
+        "no deployment of this model is available",
+    )
+}
+
 /// An index into `group` drawn by weight (uniform when every weight is 0).
 fn weighted(group: &[(usize, bool)], weight: impl Fn(usize) -> u32) -> usize {
     let total: u64 = group.iter().map(|(i, _)| u64::from(weight(*i))).sum();
@@ -334,19 +342,14 @@ impl ImageBackend for RoutedBackend {
                 done => return done,
             }
         }
-        Err(last.unwrap_or_else(|| {
-            BackendError::failed(Failure::Busy, "no deployment of this model is available")
-        }))
+        Err(last.unwrap_or_else(unavailable))
     }
 
     async fn edit_owned(&self, job: EditJob) -> Result<Vec<Image>, BackendError> {
         // A single deployment takes the job as its own (and may drop its sources early).
         if self.slots.len() == 1 || self.attempts == 1 {
             let Some(taken) = self.take(&[]) else {
-                return Err(BackendError::failed(
-                    Failure::Busy,
-                    "no deployment of this model is available",
-                ));
+                return Err(unavailable());
             };
             let outcome = taken.slot.deployment.backend.edit_owned(job).await;
             self.record(&taken, &outcome);
@@ -388,7 +391,9 @@ impl PerModel {
     }
 
     fn of(&self, job: &EditJob) -> &Arc<dyn ImageBackend> {
-        self.models.get(&job.params.model).unwrap_or(&self.otherwise)
+        self.models
+            .get(&job.params.model)
+            .unwrap_or(&self.otherwise)
     }
 }
 
@@ -620,7 +625,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_deployment_available_is_a_busy_failure() {
+    async fn no_deployment_available_is_503_with_retry_after() {
         let (a, _) = scripted([Ok(())]);
         let routed = RoutedBackend::new([Deployment::new("a", a).max_in_flight(1)]);
         let _held = routed.slots[0]
@@ -631,6 +636,11 @@ mod tests {
             .try_acquire_owned()
             .unwrap();
         let error = routed.edit_owned(job()).await.unwrap_err();
-        assert_eq!(error.kind(), "upstream_busy");
+        assert_eq!(error.kind(), "upstream_unavailable");
+        let answer = crate::GatewayError::from(error);
+        assert_eq!(
+            (answer.status().as_u16(), answer.code()),
+            (503, "upstream_unavailable")
+        );
     }
 }

@@ -951,7 +951,9 @@ async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
     assert_eq!(failing.calls.load(Ordering::SeqCst), 3);
     assert_eq!(working.calls.load(Ordering::SeqCst), 5);
     let received = working.received.lock().unwrap().clone();
-    assert!(received.iter().all(|r| r.text("model") == Some("gpt-image-1.5")));
+    assert!(received
+        .iter()
+        .all(|r| r.text("model") == Some("gpt-image-1.5")));
     assert!(received
         .iter()
         .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")[..])));

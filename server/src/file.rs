@@ -69,16 +69,19 @@ pub struct UpstreamConfig {
     pub max_in_flight: Option<usize>,
     /// One call's bound, connect to last byte (default 300).
     pub timeout_secs: Option<u64>,
-    /// The API's shape: `openai` (the default; the only one this version speaks).
+    /// The API's shape: `openai` (the default) or `azure` (Azure OpenAI's deployment API:
+    /// `url` is the deployment's URL).
     #[serde(default, deserialize_with = "provider")]
     pub provider: Option<String>,
+    /// Azure's `api-version` (default `2025-04-01-preview`).
+    pub api_version: Option<String>,
 }
 
 fn provider<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
-    if name != "openai" {
+    if name != "openai" && name != "azure" {
         return Err(serde::de::Error::custom(format!(
-            "provider `{name}` is not supported; this version speaks `openai`"
+            "provider `{name}` is not supported; this version speaks `openai` and `azure`"
         )));
     }
     Ok(Some(name))
@@ -388,6 +391,7 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
                 ("key_env", upstream.key_env.clone()),
                 ("model", upstream.model.clone()),
                 ("provider", upstream.provider.clone()),
+                ("api_version", upstream.api_version.clone()),
             ];
             for (key, value) in texts {
                 if let Some(value) = value {

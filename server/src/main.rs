@@ -23,6 +23,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use image_gateway::backend::{
     Cooldown, Deployment, ImageBackend, PerModel, ReferenceBackend, RoutedBackend, UpstreamBackend,
+    DEFAULT_AZURE_API_VERSION,
 };
 use image_gateway::catalog::ModelSpec;
 use image_gateway::console::ConsoleLayer;
@@ -438,6 +439,10 @@ fn backend(config: &Config, file: &FileSettings) -> Result<Arc<dyn ImageBackend>
             }
             if let Some(secs) = upstream.timeout_secs {
                 builder = builder.timeout(Duration::from_secs(secs.max(1)));
+            }
+            if upstream.provider.as_deref() == Some("azure") {
+                let version = upstream.api_version.as_deref();
+                builder = builder.azure(version.unwrap_or(DEFAULT_AZURE_API_VERSION));
             }
             let backend = builder
                 .build()

@@ -52,7 +52,9 @@ pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_
 #[cfg(all(feature = "upstream", fuzzing))]
 pub use upstream::sse;
 #[cfg(feature = "upstream")]
-pub use upstream::{StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError};
+pub use upstream::{
+    StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError, DEFAULT_AZURE_API_VERSION,
+};
 
 pub use route::{Cooldown, Deployment, PerModel, RoutedBackend};
 pub use service::EditService;
@@ -122,6 +124,14 @@ pub enum BackendError {
         /// The size asked for.
         size: Size,
     },
+    /// A value of the request this backend (or its provider) does not take: answered
+    /// `400 invalid_request` naming `param`, nothing charged, never dropped silently.
+    Unsupported {
+        /// The request field.
+        param: &'static str,
+        /// Why, shown to the client.
+        message: String,
+    },
     /// The source image could not be decoded (its magic number was right, its body not).
     InvalidImage {
         /// The reason, shown to the client.
@@ -182,6 +192,7 @@ impl BackendError {
             BackendError::ContentPolicy { .. } => "content_policy",
             BackendError::UnsupportedSize { .. } => "unsupported_size",
             BackendError::InvalidImage { .. } => "invalid_image",
+            BackendError::Unsupported { .. } => "unsupported",
             BackendError::Upstream { failure, .. } => match failure {
                 Failure::Status => "upstream_status",
                 Failure::Timeout => "upstream_timeout",
@@ -205,6 +216,10 @@ impl From<BackendError> for GatewayError {
             BackendError::UnsupportedSize { size } => GatewayError::invalid_request(
                 format!("size {size} is not supported by this model; nothing was charged"),
                 Some("size"),
+            ),
+            BackendError::Unsupported { param, message } => GatewayError::invalid_request(
+                format!("{message}; nothing was charged"),
+                Some(param),
             ),
             BackendError::InvalidImage { message } => GatewayError::invalid_request(
                 format!("the source image could not be decoded: {message}"),

@@ -56,7 +56,9 @@ enum Script {
 #[derive(Debug, Default, Clone)]
 struct Received {
     path: String,
+    query: Option<String>,
     authorization: Option<String>,
+    api_key: Option<String>,
     texts: Vec<(String, String)>,
     files: Vec<(String, Vec<u8>)>,
     /// The `Content-Length` sent, if any, and the body's length as read.
@@ -110,9 +112,14 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
     let mut guard = CancelFlag(mock.clone(), false);
     let mut received = Received {
         path: req.uri().path().to_owned(),
+        query: req.uri().query().map(str::to_owned),
         authorization: req
             .headers()
             .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        api_key: req
+            .headers()
+            .get("api-key")
             .map(|v| v.to_str().unwrap().to_owned()),
         ..Received::default()
     };
@@ -975,4 +982,73 @@ async fn a_request_the_upstream_refused_does_not_fall_back() {
     assert_eq!(reply.error().2.as_deref(), Some("size"));
     assert_eq!(working.calls.load(Ordering::SeqCst), 0);
     assert_eq!(alice_money(&server).await, (100, 0));
+}
+
+#[tokio::test]
+async fn azure_deployments_get_azure_s_shape_and_its_unsupported_values_are_refused() {
+    let mock = start_mock(Script::Images(1)).await;
+    let upstream =
+        UpstreamBackend::builder(format!("http://{}/openai/deployments/image-dep", mock.addr))
+            .azure(image_gateway::backend::DEFAULT_AZURE_API_VERSION)
+            .api_key(UPSTREAM_KEY)
+            .build()
+            .unwrap();
+    let (server, ledger) = billed(upstream).await;
+    let form = |size: &str, format: &str| {
+        Form::new()
+            .text("model", "gpt-image-2")
+            .text("prompt", "make it blue")
+            .text("size", size)
+            .text("output_format", format)
+            .text("quality", "high")
+            .text("moderation", "low")
+            .text("input_fidelity", "high")
+            .text("user", "u-7")
+            .file("image", "a.png", "image/png", &png(10, 10))
+    };
+    let reply = server.edit_form(ALICE_KEY, form("1024x1536", "jpeg")).await;
+    assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    let received = mock.received.lock().unwrap()[0].clone();
+    assert_eq!(received.path, "/openai/deployments/image-dep/images/edits");
+    assert_eq!(
+        received.query.as_deref(),
+        Some("api-version=2025-04-01-preview")
+    );
+    assert_eq!(received.api_key.as_deref(), Some(UPSTREAM_KEY));
+    assert_eq!(received.authorization, None);
+    // Each field's fate: sent as asked, or (the model, `response_format`) not sent.
+    for (field, value) in [
+        ("prompt", "make it blue"),
+        ("size", "1024x1536"),
+        ("output_format", "jpeg"),
+        ("quality", "high"),
+        ("moderation", "low"),
+        ("input_fidelity", "high"),
+        ("user", "u-7"),
+        ("n", "1"),
+    ] {
+        assert_eq!(received.text(field), Some(value), "{field}");
+    }
+    assert_eq!(
+        received.text("model"),
+        None,
+        "the deployment names the model"
+    );
+    assert_eq!(received.text("response_format"), None);
+    assert_eq!(received.files.len(), 1);
+    // Refused before anything is sent, nothing charged.
+    for (size, format, param) in [
+        ("1024x1024", "webp", "output_format"),
+        ("1792x1024", "png", "size"),
+    ] {
+        let reply = server.edit_form(ALICE_KEY, form(size, format)).await;
+        assert_eq!(reply.status, 400, "{:?}", reply.body);
+        assert_eq!(reply.error().2.as_deref(), Some(param));
+    }
+    assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+    let balance = ledger
+        .balance(&UserId::new("alice").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((balance.available, balance.held), (90, 0));
 }

@@ -39,10 +39,12 @@ struct ErrorBody {
 }
 
 /// Codes by which OpenAI-compatible upstreams report moderation.
-const MODERATION_CODES: [&str; 3] = [
+const MODERATION_CODES: [&str; 4] = [
     "moderation_blocked",
     "content_policy_violation",
     "content_filter",
+    // Azure OpenAI's content filter.
+    "contentFilter",
 ];
 
 pub(super) async fn images(

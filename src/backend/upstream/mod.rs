@@ -69,7 +69,26 @@ pub struct UpstreamBackend {
     generations: Url,
     api_key: Option<String>,
     models: HashMap<String, String>,
+    provider: Provider,
 }
+
+/// The shape of the upstream's API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Provider {
+    /// OpenAI's: `{base}/v1/images/...`, `Authorization: Bearer`, `model` in the body.
+    OpenAi,
+    /// Azure OpenAI's deployment API: `{deployment URL}/images/...?api-version=`, an
+    /// `api-key` header, the model named by the deployment. What differs for the GPT image
+    /// models (Microsoft's "dall-e" how-to, api-version `2025-04-01-preview`): no
+    /// `response_format`, no WebP, three sizes.
+    Azure,
+}
+
+/// The sizes Azure OpenAI's GPT image models take (besides `auto`).
+const AZURE_SIZES: [&str; 3] = ["1024x1024", "1024x1536", "1536x1024"];
+
+/// The api-version used with Azure when none is set: the first with GPT image models.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2025-04-01-preview";
 
 impl fmt::Debug for UpstreamBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,6 +107,7 @@ pub struct UpstreamBuilder {
     models: HashMap<String, String>,
     connect_timeout: Duration,
     timeout: Duration,
+    azure: Option<String>,
 }
 
 /// Why an [`UpstreamBackend`] could not be built.
@@ -128,11 +148,30 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Speaks Azure OpenAI's deployment API: the base is the deployment's URL
+    /// (`https://{resource}.openai.azure.com/openai/deployments/{deployment}`), calls go to
+    /// `{base}/images/edits` and `/images/generations` with `?api-version={api_version}`,
+    /// the key as the `api-key` header, and the deployment names the model.
+    pub fn azure(mut self, api_version: impl Into<String>) -> Self {
+        self.azure = Some(api_version.into());
+        self
+    }
+
     /// Builds the backend: a pooled HTTP/1.1 + HTTP/2 client with rustls and the Mozilla
     /// root certificates.
     pub fn build(self) -> Result<UpstreamBackend, UpstreamConfigError> {
-        let endpoint = endpoint(&self.base, "edits")?;
-        let generations = endpoint_of(&endpoint, "generations")?;
+        let (endpoint, generations, provider) = match &self.azure {
+            None => {
+                let endpoint = endpoint(&self.base, "edits")?;
+                let generations = endpoint_of(&endpoint, "generations")?;
+                (endpoint, generations, Provider::OpenAi)
+            }
+            Some(version) => (
+                azure_endpoint(&self.base, "edits", version)?,
+                azure_endpoint(&self.base, "generations", version)?,
+                Provider::Azure,
+            ),
+        };
         let client = Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
@@ -145,8 +184,22 @@ impl UpstreamBuilder {
             generations,
             api_key: self.api_key,
             models: self.models,
+            provider,
         })
     }
+}
+
+/// `{deployment}/images/{name}?api-version={version}`.
+fn azure_endpoint(base: &str, name: &str, version: &str) -> Result<Url, UpstreamConfigError> {
+    let mut url = Url::parse(&format!("{}/images/{name}", base.trim_end_matches('/')))
+        .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(UpstreamConfigError(
+            "upstream URL must be http or https".into(),
+        ));
+    }
+    url.query_pairs_mut().append_pair("api-version", version);
+    Ok(url)
 }
 
 /// `{base}/v1/images/{name}`, for a base given with or without its `/v1` (the OpenAI SDKs'
@@ -185,7 +238,32 @@ impl UpstreamBackend {
             models: HashMap::new(),
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(300),
+            azure: None,
         }
+    }
+
+    /// The request's values this upstream does not take, refused before anything is sent.
+    fn refusal(&self, job: &EditJob) -> Option<BackendError> {
+        if self.provider != Provider::Azure {
+            return None;
+        }
+        let p = &job.params;
+        if p.output_format == crate::job::OutputFormat::Webp {
+            return Some(BackendError::Unsupported {
+                param: "output_format",
+                message: "this model's upstream (Azure OpenAI) makes PNG or JPEG, not WebP".into(),
+            });
+        }
+        let size = p.size.to_string();
+        if size != "auto" && !AZURE_SIZES.contains(&size.as_str()) {
+            return Some(BackendError::Unsupported {
+                param: "size",
+                message: format!(
+                    "this model's upstream (Azure OpenAI) makes 1024x1024, 1024x1536 or 1536x1024, not {size}"
+                ),
+            });
+        }
+        None
     }
 
     /// The upstream's name of the job's model.
@@ -208,7 +286,8 @@ impl UpstreamBackend {
             ("background", p.background.as_str().to_owned()),
             ("output_format", p.output_format.as_str().to_owned()),
         ];
-        if !model.starts_with("gpt-image") {
+        // Azure's GPT image models answer base64 and take no `response_format`.
+        if !model.starts_with("gpt-image") && self.provider == Provider::OpenAi {
             fields.push(("response_format", "b64_json".to_owned()));
         }
         let optional = [
@@ -229,7 +308,10 @@ impl UpstreamBackend {
             fields.push(("stream", "true".to_owned()));
             fields.push(("partial_images", p.partial_images.to_string()));
         }
-        fields.push(("model", model));
+        // On Azure the deployment in the URL names the model.
+        if self.provider == Provider::OpenAi {
+            fields.push(("model", model));
+        }
         fields
     }
 
@@ -289,9 +371,10 @@ impl UpstreamBackend {
                     .body(reqwest::Body::wrap(form.finish(sent)))
             }
         };
-        match &self.api_key {
-            Some(key) => request.bearer_auth(key),
-            None => request,
+        match (&self.api_key, &self.provider) {
+            (Some(key), Provider::OpenAi) => request.bearer_auth(key),
+            (Some(key), Provider::Azure) => request.header("api-key", key),
+            (None, _) => request,
         }
     }
 
@@ -382,6 +465,9 @@ impl ImageBackend for UpstreamBackend {
     /// Takes the sources out of the job: after the body is sent and the retry window has
     /// passed, the request no longer holds them.
     async fn edit_owned(&self, mut job: EditJob) -> Result<Vec<Image>, BackendError> {
+        if let Some(refusal) = self.refusal(&job) {
+            return Err(refusal);
+        }
         let sources = Sources {
             images: std::mem::take(&mut job.sources),
             mask: job.mask.take(),

@@ -153,6 +153,12 @@ pub enum GatewayError {
     /// 503 `limits_unavailable`: the shared store of rate limits (Redis) cannot be reached;
     /// nothing was run or charged.
     LimitsUnavailable,
+    /// 503 `moderation_unavailable`: the moderation service failed and the gateway fails
+    /// closed; nothing was held or run.
+    ModerationUnavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
 }
 
 /// The `code` of an error answer, kept in the response's extensions so access logs can say
@@ -218,6 +224,7 @@ impl GatewayError {
             Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
             Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
             UpstreamUnavailable { retry_after } => Row::new(503, "upstream_unavailable", Server, None, "no upstream of this model can take the job now; nothing was charged; retry shortly").retry_after(*retry_after),
+            ModerationUnavailable { retry_after } => Row::new(503, "moderation_unavailable", Server, None, "the gateway cannot check prompts right now; nothing was held or run; retry shortly").retry_after(*retry_after),
             LimitsUnavailable => Row::new(503, "limits_unavailable", Server, None, "the gateway cannot check rate limits right now; nothing was run or charged; retry shortly").retry_after(Duration::from_secs(1)),
             InsufficientStorage => Row::new(507, "insufficient_storage", Server, None, "the gateway's file storage is full; nothing was stored or charged"),
         }

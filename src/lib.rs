@@ -29,6 +29,7 @@
 //! | [`jobs`] | jobs that outlive their connections: records ([`JobRecords`](jobs::JobRecords): memory, SQLite), `Prefer: respond-async`, the job API (`/v1/images/jobs`), event logs for reattaching |
 //! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
 //! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory, SQLite and PostgreSQL (`PgLedger`, feature `postgres`) |
+//! | [`moderation`] | prompts checked before the hold ([`moderation::WordList`], an OpenAI-compatible `/v1/moderations`, your own): `400 content_policy_violation`, or `503` when the check fails (fail closed) |
 //! | [`metrics`] | Prometheus counters and histograms of requests, money, backends, jobs and connections, served at `GET /metrics` |
 //! | [`multipart`] | the streaming `multipart/form-data` reader behind edits and uploads: bounded parts, headers and fields, never a panic |
 //! | `console` | the browser console at `/console/`: static files built in (feature `console`) |
@@ -89,6 +90,7 @@ pub mod ledger;
 pub mod limit;
 pub mod media;
 pub mod metrics;
+pub mod moderation;
 pub mod multipart;
 mod page;
 #[cfg(feature = "postgres")]

@@ -436,9 +436,10 @@ fn toml_string(text: &str) -> String {
 /// A setting's value with its secrets replaced by `****`.
 fn mask(name: &str, value: &str) -> String {
     match name {
-        "GATEWAY_ADMIN_KEY" | "GATEWAY_UPSTREAM_KEY" | "GATEWAY_S3_SECRET_ACCESS_KEY" => {
-            "****".to_owned()
-        }
+        "GATEWAY_ADMIN_KEY"
+        | "GATEWAY_UPSTREAM_KEY"
+        | "GATEWAY_S3_SECRET_ACCESS_KEY"
+        | "GATEWAY_MODERATION_KEY" => "****".to_owned(),
         "GATEWAY_API_KEYS" => value
             .split(',')
             .map(|entry| match entry.split_once(':') {

@@ -30,6 +30,7 @@ use image_gateway::console::ConsoleLayer;
 use image_gateway::fetch::UrlFetcher;
 use image_gateway::gateway::DEFAULT_MODEL;
 use image_gateway::metrics::{Metrics, MetricsService};
+use image_gateway::moderation::{OpenAiModeration, WordList};
 use image_gateway::ratelimit::RedisLimits;
 use image_gateway::server::{serve, ServeOptions};
 use image_gateway::Gateway;
@@ -181,6 +182,26 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     }
     if let Some(webhooks) = &config.webhooks {
         builder = builder.webhooks(webhooks.clone());
+    }
+    match &config.moderation {
+        None => {}
+        Some(settings::ModerationSettings::Words(words, fail_open)) => {
+            println!("moderation: a word list of {}", words.len());
+            builder = builder.moderation(WordList::new(words), *fail_open);
+        }
+        Some(settings::ModerationSettings::OpenAi {
+            url,
+            key,
+            model,
+            fail_open,
+        }) => {
+            let mut moderation = OpenAiModeration::new(url)?.model(model.clone());
+            if let Some(key) = key {
+                moderation = moderation.api_key(key.clone());
+            }
+            println!("moderation: an OpenAI-compatible /v1/moderations");
+            builder = builder.moderation(moderation, *fail_open);
+        }
     }
     let gateway = builder.build();
     if let Some(deliverer) = gateway.webhook_deliverer() {

@@ -37,6 +37,7 @@ pub struct Config {
     pub min_free_bytes: u64,
     pub cors_origins: Vec<String>,
     pub upstream: Option<Upstream>,
+    pub moderation: Option<ModerationSettings>,
     pub url_fetch: Option<FetchConfig>,
     pub stream_keepalive: Duration,
     pub shutdown_delay: Duration,
@@ -49,6 +50,17 @@ pub struct Config {
     pub metrics_user_labels: bool,
     pub rate_limit: RateLimitLayer,
     pub log_filter: String,
+}
+
+/// How prompts are checked before the hold.
+pub enum ModerationSettings {
+    Words(Vec<String>, bool),
+    OpenAi {
+        url: String,
+        key: Option<String>,
+        model: String,
+        fail_open: bool,
+    },
 }
 
 /// Where edits go when a model API is configured.
@@ -126,6 +138,39 @@ impl Config {
                 key: text("GATEWAY_UPSTREAM_KEY"),
                 model: text("GATEWAY_UPSTREAM_MODEL").unwrap_or_default(),
             }),
+            moderation: {
+                let fail_open = switch("GATEWAY_MODERATION_FAIL_OPEN", text)?;
+                match text("GATEWAY_MODERATION").as_deref() {
+                    None | Some("none") => None,
+                    Some("words") => {
+                        let words = text("GATEWAY_MODERATION_WORDS").unwrap_or_default();
+                        let words: Vec<String> = words
+                            .split(',')
+                            .map(|w| w.trim().to_owned())
+                            .filter(|w| !w.is_empty())
+                            .collect();
+                        if words.is_empty() {
+                            return Err(
+                                "GATEWAY_MODERATION=words needs GATEWAY_MODERATION_WORDS".into()
+                            );
+                        }
+                        Some(ModerationSettings::Words(words, fail_open))
+                    }
+                    Some("openai") => Some(ModerationSettings::OpenAi {
+                        url: text("GATEWAY_MODERATION_URL")
+                            .ok_or("GATEWAY_MODERATION=openai needs GATEWAY_MODERATION_URL")?,
+                        key: text("GATEWAY_MODERATION_KEY"),
+                        model: text("GATEWAY_MODERATION_MODEL").unwrap_or_default(),
+                        fail_open,
+                    }),
+                    Some(other) => {
+                        return Err(format!(
+                            "GATEWAY_MODERATION must be none, words or openai, not {other}"
+                        )
+                        .into())
+                    }
+                }
+            },
             url_fetch: url_fetch(
                 switch("GATEWAY_URL_FETCH", text)?,
                 text("GATEWAY_URL_FETCH_TEST_CA"),

@@ -90,6 +90,18 @@ settings! {
         "that API's key";
     "GATEWAY_UPSTREAM_MODEL", Text, "gpt-image-2",
         "the upstream model that serves gpt-image-2";
+    "GATEWAY_MODERATION", Text, "",
+        "prompts checked before the hold: words (GATEWAY_MODERATION_WORDS) or openai (an OpenAI-compatible /v1/moderations at GATEWAY_MODERATION_URL); unset: none";
+    "GATEWAY_MODERATION_WORDS", Text, "",
+        "words and phrases a prompt may not hold (comma-separated; whole words, any case)";
+    "GATEWAY_MODERATION_URL", Text, "",
+        "the moderation API's base URL (https://api.openai.com, with or without /v1)";
+    "GATEWAY_MODERATION_KEY", Text, "",
+        "that API's key";
+    "GATEWAY_MODERATION_MODEL", Text, "omni-moderation-latest",
+        "the moderation model asked for";
+    "GATEWAY_MODERATION_FAIL_OPEN", Switch, "off",
+        "on: a moderation service that fails lets requests through (logged); off: 503 moderation_unavailable";
     "GATEWAY_URL_FETCH", Switch, "on",
         "on: compose's image_urls and OpenAI's image_url may be https:// URLs, fetched under SSRF rules (public addresses only); off: refused";
     "GATEWAY_URL_FETCH_TEST_CA", Text, "",

@@ -49,6 +49,7 @@ pub struct GatewayBuilder {
     jobs: Option<Arc<dyn JobRecords>>,
     job_limits: JobLimits,
     webhooks: Option<WebhookConfig>,
+    moderation: crate::moderation::ModerationLayer,
     #[cfg(feature = "fetch")]
     fetcher: Option<crate::fetch::UrlFetcher>,
 }
@@ -103,6 +104,7 @@ impl Default for GatewayBuilder {
             multipart: MultipartLimits::default(),
             quota: Quota::default(),
             stream_keepalive: crate::jobs::DEFAULT_KEEPALIVE,
+            moderation: crate::moderation::ModerationLayer::none(),
             upload_max_file: crate::files::DEFAULT_MAX_FILE_BYTES,
             metrics: None,
             jobs: None,
@@ -269,6 +271,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Checks every prompt with `moderation` before the hold (and before any image the
+    /// request names is read): flagged, `400 content_policy_violation`; the check failing,
+    /// `503 moderation_unavailable` unless `fail_open`. Default: no check.
+    pub fn moderation(
+        mut self,
+        moderation: impl crate::moderation::Moderation,
+        fail_open: bool,
+    ) -> Self {
+        self.moderation =
+            crate::moderation::ModerationLayer::new(Arc::new(moderation)).fail_open(fail_open);
+        self
+    }
+
     /// Announces async jobs' ends to the `Webhook-Url` they were submitted with, signed
     /// with `webhooks`' secret; spawn [`Gateway::webhook_deliverer`] to send them. Default:
     /// none, and a `Webhook-Url` is refused (`400`, `param: webhook_url`).
@@ -348,6 +363,7 @@ impl GatewayBuilder {
                 store.clone(),
                 generations.clone(),
             ))
+            .layer(self.moderation)
             .layer(sources)
             .layer(billing)
             .service(edits);

@@ -11,6 +11,7 @@ use crate::files::FileApi;
 use crate::future::ResponseFuture;
 use crate::idempotency::Idempotency;
 use crate::jobs::JobApi;
+use crate::moderation::Moderated;
 use crate::request::Normalize;
 use crate::source::ResolveSource;
 use crate::{GatewayError, RequestBody, ResponseBody};
@@ -25,7 +26,7 @@ pub const COMPOSE_PATH: &str = "/v1/images/compose";
 pub const MODELS_PATH: &str = "/v1/models";
 
 /// The image endpoints' shared stack, below each one's normalization.
-pub(crate) type Pipeline = Idempotency<ResolveSource<Billing<EditService>>>;
+pub(crate) type Pipeline = Idempotency<Moderated<ResolveSource<Billing<EditService>>>>;
 
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]

@@ -26,6 +26,7 @@ mod late_bytes;
 mod ledger_props;
 mod limits;
 mod metrics;
+mod moderation;
 mod mounts;
 mod openai_sdk;
 mod parse_props;

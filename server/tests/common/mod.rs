@@ -84,6 +84,19 @@ impl TestServer {
         self.send(req).await
     }
 
+    /// The `(available, held)` balance of `key`'s account.
+    pub async fn balance(&self, key: &str) -> (i64, i64) {
+        let req = Request::get("/api/v1/balance")
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let json = self.send(req).await.json();
+        (
+            json["available"].as_i64().unwrap(),
+            json["held"].as_i64().unwrap(),
+        )
+    }
+
     /// POSTs a JSON body to the edits endpoint as `key`.
     pub async fn edit_json(&self, key: &str, json: &str) -> Reply {
         let req = Request::post(EDITS)

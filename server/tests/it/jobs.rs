@@ -577,18 +577,6 @@ async fn a_job_past_its_timeout_fails_and_is_refunded() {
     assert_eq!(events, [("error".to_owned(), "error".to_owned())]);
 }
 
-/// Alice's `(available, held)`.
-async fn balance(server: &TestServer) -> (i64, i64) {
-    let json = server
-        .call(Method::GET, "/api/v1/balance", ALICE_KEY)
-        .await
-        .json();
-    (
-        json["available"].as_i64().unwrap(),
-        json["held"].as_i64().unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_async_jobs_killed_mid_render_run_again_after_restart_charged_once() {
     // 1,000 deposited, 10 a job; renders of 5 s, half of them waiting for a running slot;
@@ -613,7 +601,7 @@ async fn a_hundred_async_jobs_killed_mid_render_run_again_after_restart_charged_
     .await;
     let ids: Vec<String> = submitted.into_iter().flatten().collect();
     // Every job held, none settled: each is mid-render or queued when the process dies.
-    assert_eq!(balance(&server).await, (0, 1000));
+    assert_eq!(server.balance(ALICE_KEY).await, (0, 1000));
     process.kill();
 
     let port = server.addr.port();
@@ -630,7 +618,7 @@ async fn a_hundred_async_jobs_killed_mid_render_run_again_after_restart_charged_
         assert!(generations.insert(made[0].as_str().unwrap().to_owned()));
     }
     // Charged once per job, nothing held: 1,000 = available + held + charged.
-    assert_eq!(balance(&server).await, (0, 0));
+    assert_eq!(server.balance(ALICE_KEY).await, (0, 0));
     let usage = server
         .call(Method::GET, "/api/v1/usage?limit=100", ALICE_KEY)
         .await

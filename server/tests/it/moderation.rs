@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use common::binary::{gateway_binary, Process};
 use common::*;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
@@ -28,17 +28,6 @@ async fn generate(server: &TestServer, prompt: &str, headers: &[(&str, &str)]) -
     server
         .send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
         .await
-}
-
-async fn money(server: &TestServer) -> (i64, i64) {
-    let json = server
-        .call(Method::GET, "/api/v1/balance", ALICE_KEY)
-        .await
-        .json();
-    (
-        json["available"].as_i64().unwrap(),
-        json["held"].as_i64().unwrap(),
-    )
 }
 
 fn start(env: &[(&str, &str)]) -> (Process, TestServer) {
@@ -69,10 +58,10 @@ async fn a_word_list_refuses_before_the_hold() {
         assert_eq!(submitted.status, 400);
         assert!(submitted.headers.get("x-job-id").is_none());
     }
-    assert_eq!(money(&server).await, (100, 0));
+    assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
     let reply = generate(&server, "a gorilla at a wedding", &[]).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    assert_eq!(money(&server).await, (90, 0));
+    assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
 }
 
 /// A loopback `/v1/moderations`: flags prompts holding "flag-me", answers 500 to those
@@ -150,10 +139,14 @@ async fn an_openai_moderation_endpoint_refuses_flagged_prompts_and_fails_closed(
     assert_eq!(failing.status, 503, "{:?}", failing.body);
     assert_eq!(failing.error().1, "moderation_unavailable");
     assert!(failing.headers.get("retry-after").is_some());
-    assert_eq!(money(&server).await, (100, 0), "nothing held or charged");
+    assert_eq!(
+        server.balance(ALICE_KEY).await,
+        (100, 0),
+        "nothing held or charged"
+    );
     let clean = generate(&server, "a calm lake", &[]).await;
     assert_eq!(clean.status, 200, "{:?}", clean.body);
-    assert_eq!(money(&server).await, (90, 0));
+    assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
     {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3);

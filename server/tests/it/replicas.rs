@@ -49,17 +49,6 @@ async fn two_replicas(
     .unwrap()
 }
 
-async fn balance(server: &TestServer) -> (i64, i64) {
-    let reply = server
-        .call(Method::GET, "/api/v1/balance", ALICE_KEY)
-        .await
-        .json();
-    (
-        reply["available"].as_i64().unwrap(),
-        reply["held"].as_i64().unwrap(),
-    )
-}
-
 fn edit() -> Form {
     Form::new()
         .file("image", "a.png", "image/png", &png(8, 8))
@@ -86,8 +75,8 @@ async fn fifty_edits_over_two_replicas_are_charged_exactly_the_balance() {
         })
     );
     let ((_a, a), (_b, b)) = (a.unwrap(), b.unwrap());
-    assert_eq!(balance(&a).await, (100, 0));
-    assert_eq!(balance(&b).await, (100, 0));
+    assert_eq!(a.balance(ALICE_KEY).await, (100, 0));
+    assert_eq!(b.balance(ALICE_KEY).await, (100, 0));
 
     let edits = (0..50).map(|i| {
         let server = TestServer::at(if i % 2 == 0 { a.addr } else { b.addr });
@@ -100,8 +89,8 @@ async fn fifty_edits_over_two_replicas_are_charged_exactly_the_balance() {
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let refused = statuses.iter().filter(|s| **s == 402).count();
     assert_eq!((ok, refused), (10, 40), "{statuses:?}");
-    assert_eq!(balance(&a).await, (0, 0));
-    assert_eq!(balance(&b).await, (0, 0));
+    assert_eq!(a.balance(ALICE_KEY).await, (0, 0));
+    assert_eq!(b.balance(ALICE_KEY).await, (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +108,7 @@ async fn a_killed_replicas_hold_is_released_by_the_others_sweep() {
     let (a_process, a) = slow;
     let pending = tokio::spawn(async move { a.edit_form(ALICE_KEY, edit()).await });
     let started = Instant::now();
-    while balance(&b).await.1 == 0 {
+    while b.balance(ALICE_KEY).await.1 == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "no hold was taken"
@@ -127,7 +116,7 @@ async fn a_killed_replicas_hold_is_released_by_the_others_sweep() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        balance(&b).await,
+        b.balance(ALICE_KEY).await,
         (90, 10),
         "replica A holds the price of one image"
     );
@@ -135,11 +124,11 @@ async fn a_killed_replicas_hold_is_released_by_the_others_sweep() {
     let _ = pending.await;
     // Holds live 2 s and replica B sweeps every second: the money is back within seconds.
     let started = Instant::now();
-    while balance(&b).await != (100, 0) {
+    while b.balance(ALICE_KEY).await != (100, 0) {
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "the dead replica's hold was never released: {:?}",
-            balance(&b).await
+            b.balance(ALICE_KEY).await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -175,7 +164,11 @@ async fn a_replica_killed_with_async_jobs_running_has_them_finished_by_the_other
         assert_eq!(reply.status, 202, "{:?}", reply.body);
         ids.push(reply.json()["id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(balance(&b).await, (50, 50), "replica A holds five jobs");
+    assert_eq!(
+        b.balance(ALICE_KEY).await,
+        (50, 50),
+        "replica A holds five jobs"
+    );
     a_process.kill();
     // Replica B takes the jobs over once A's leases lapse, and runs them under A's holds.
     let started = Instant::now();
@@ -195,7 +188,7 @@ async fn a_replica_killed_with_async_jobs_running_has_them_finished_by_the_other
         assert!(!data[0]["b64_json"].as_str().unwrap().is_empty());
     }
     // Charged once per job, under the holds A took: 100 = 50 available + 50 charged.
-    assert_eq!(balance(&b).await, (50, 0));
+    assert_eq!(b.balance(ALICE_KEY).await, (50, 0));
     let usage = b
         .call(Method::GET, "/api/v1/usage?status=all", ALICE_KEY)
         .await
@@ -422,7 +415,7 @@ async fn files_generations_and_retries_follow_the_client_across_replicas() {
         let server = TestServer::at(server.addr);
         async move { server.send(request).await }
     };
-    let before = balance(&a).await;
+    let before = a.balance(ALICE_KEY).await;
     let first = retried(&a).await;
     // The first request's record and outputs are finished just after its answer; until
     // then the retry is told to wait (409 with Retry-After), as a client would be.
@@ -440,7 +433,7 @@ async fn files_generations_and_retries_follow_the_client_across_replicas() {
     };
     assert_eq!((first.status.as_u16(), second.status.as_u16()), (200, 200));
     assert_eq!(first.generation_ids(), second.generation_ids());
-    assert_eq!(balance(&b).await.0, before.0 - 10, "charged once");
+    assert_eq!(b.balance(ALICE_KEY).await.0, before.0 - 10, "charged once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +479,7 @@ async fn a_key_made_on_one_replica_is_limited_and_revoked_on_both() {
     }
     statuses.sort();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429]);
-    assert_eq!(balance(&a).await, (50, 0));
+    assert_eq!(a.balance(ALICE_KEY).await, (50, 0));
 
     // Listed on the other replica; revoked there, refused here from the next request.
     let listed = admin(&b, Method::GET, "/admin/v1/users/alice/keys".into(), "")

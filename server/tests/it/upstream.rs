@@ -929,17 +929,6 @@ fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
     (process, server)
 }
 
-async fn alice_money(server: &TestServer) -> (i64, i64) {
-    let json = server
-        .call(http::Method::GET, "/api/v1/balance", ALICE_KEY)
-        .await
-        .json();
-    (
-        json["available"].as_i64().unwrap(),
-        json["held"].as_i64().unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
     let failing = start_mock(Script::ServerError).await;
@@ -965,7 +954,7 @@ async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
         .iter()
         .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")[..])));
     // Charged once per image: 100 = 50 available + 50 charged.
-    assert_eq!(alice_money(&server).await, (50, 0));
+    assert_eq!(server.balance(ALICE_KEY).await, (50, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,7 +970,7 @@ async fn a_request_the_upstream_refused_does_not_fall_back() {
     assert_eq!(reply.status, 400, "{:?}", reply.body);
     assert_eq!(reply.error().2.as_deref(), Some("size"));
     assert_eq!(working.calls.load(Ordering::SeqCst), 0);
-    assert_eq!(alice_money(&server).await, (100, 0));
+    assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
 }
 
 #[tokio::test]

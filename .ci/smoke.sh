@@ -55,7 +55,7 @@ echo "smoke: the gateway binary served the spec's curl example"
 
 # The spec's two-step cURL example (upload, then edit by key) against the same server.
 GATEWAY_URL="http://127.0.0.1:$port" GATEWAY_KEY="$key" ANCHOR_PATH="$work/anchor.png" \
-  EDITED_PATH="$work/edited2.png" bash tests/sdk/two_step_curl.sh >"$work/key.txt"
+  EDITED_PATH="$work/edited2.png" bash server/tests/sdk/two_step_curl.sh >"$work/key.txt"
 grep -q '^files/demo/' "$work/key.txt"
 head -c 8 "$work/edited2.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'
 [ -f "$work/data/$(cat "$work/key.txt")" ]

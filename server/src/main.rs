@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use image_gateway::backend::{
-    Cooldown, Deployment, ImageBackend, PerModel, ReferenceBackend, RoutedBackend, UpstreamBackend,
-    DEFAULT_AZURE_API_VERSION,
+    Cooldown, Deployment, ImageBackend, PerModel, RedisRests, ReferenceBackend, Rests,
+    RoutedBackend, UpstreamBackend, DEFAULT_AZURE_API_VERSION,
 };
 use image_gateway::catalog::ModelSpec;
 use image_gateway::console::ConsoleLayer;
@@ -145,13 +145,22 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
             .map_err(|e| format!("cannot use Redis (GATEWAY_REDIS_URL): {e}"))?;
         rate_limit = rate_limit.redis(shared);
     }
+    // With Redis, a deployment resting on one replica rests on all.
+    let rests: Option<Arc<dyn Rests>> = match &config.redis {
+        Some((url, prefix)) => {
+            Some(Arc::new(RedisRests::connect(url, prefix).await.map_err(
+                |e| format!("cannot use Redis (GATEWAY_REDIS_URL): {e}"),
+            )?))
+        }
+        None => None,
+    };
     let mut builder = Gateway::builder();
     builder = match stores.registry {
         Some(registry) => builder.managed_keys(registry),
         None => builder.keys(stores.keys),
     };
     builder = builder
-        .backend(backend(&config, &file)?)
+        .backend(backend(&config, &file, rests)?)
         .store(stores.files)
         .generations(stores.generations)
         .idempotency(stores.idempotency)
@@ -428,7 +437,11 @@ fn models(config: &Config, file: &FileSettings) -> Vec<(String, ModelSpec, Strin
 
 /// The backend: each model with `upstreams` in the config file routed over them, the
 /// others served by [`default_backend`].
-fn backend(config: &Config, file: &FileSettings) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
+fn backend(
+    config: &Config,
+    file: &FileSettings,
+    rests: Option<Arc<dyn Rests>>,
+) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
     let otherwise = default_backend(config, file)?;
     if file.models.values().all(|m| m.upstreams.is_empty()) {
         return Ok(otherwise);
@@ -484,10 +497,13 @@ fn backend(config: &Config, file: &FileSettings) -> Result<Arc<dyn ImageBackend>
         if let Some(secs) = model.cooldown_secs {
             cooldown.rest = Duration::from_secs(secs);
         }
-        let routed = RoutedBackend::new(deployments)
+        let mut routed = RoutedBackend::new(deployments)
             .attempts(model.attempts.unwrap_or(3))
             .retry_after_timeout(model.retry_after_timeout.unwrap_or(false))
             .cooldown(cooldown);
+        if let Some(rests) = &rests {
+            routed = routed.shared_rests(rests.clone());
+        }
         println!(
             "backend: {name} routed over {} upstream deployment(s)",
             model.upstreams.len()

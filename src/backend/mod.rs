@@ -56,7 +56,9 @@ pub use upstream::{
     StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError, DEFAULT_AZURE_API_VERSION,
 };
 
-pub use route::{Cooldown, Deployment, PerModel, RoutedBackend};
+#[cfg(feature = "redis")]
+pub use route::RedisRests;
+pub use route::{Cooldown, Deployment, PerModel, Rests, RoutedBackend};
 pub use service::EditService;
 
 use crate::job::{EditJob, Image, Size};

@@ -113,6 +113,23 @@ pub struct RoutedBackend {
     attempts: usize,
     retry_after_timeout: bool,
     cooldown: Cooldown,
+    rests: Option<Arc<dyn Rests>>,
+}
+
+/// Where rests are shared between the processes that route over the same deployments (by
+/// their names): a deployment resting on one rests on all.
+///
+/// # Contract
+/// - `rest` records that `name` rests until `until_ms` (Unix milliseconds); a later call
+///   may move it.
+/// - `resting` answers, for each of `names` in order, until when it rests, or `None`.
+/// - An error leaves routing to this process's own counts (logged).
+#[async_trait]
+pub trait Rests: Send + Sync + 'static {
+    /// Until when each of `names` rests.
+    async fn resting(&self, names: &[&str]) -> Result<Vec<Option<u64>>, crate::BoxError>;
+    /// `name` rests until `until_ms`.
+    async fn rest(&self, name: &str, until_ms: u64) -> Result<(), crate::BoxError>;
 }
 
 impl std::fmt::Debug for RoutedBackend {
@@ -166,6 +183,55 @@ impl RoutedBackend {
             attempts: 3,
             retry_after_timeout: false,
             cooldown: Cooldown::default(),
+            rests: None,
+        }
+    }
+
+    /// Shares rests through `rests` (Redis, for replicas): a deployment resting on one
+    /// process rests on all. Default: each process keeps its own.
+    pub fn shared_rests(mut self, rests: Arc<dyn Rests>) -> Self {
+        self.rests = Some(rests);
+        self
+    }
+
+    /// Takes in the rests other processes shared.
+    async fn learn_rests(&self) {
+        let Some(rests) = &self.rests else {
+            return;
+        };
+        let names: Vec<&str> = self
+            .slots
+            .iter()
+            .map(|s| s.deployment.name.as_str())
+            .collect();
+        let until = match rests.resting(&names).await {
+            Ok(until) => until,
+            Err(error) => {
+                tracing::warn!(%error, "reading shared rests failed; this process's own counts decide");
+                return;
+            }
+        };
+        let now_ms = unix_ms();
+        let now = Instant::now();
+        for (slot, until) in self.slots.iter().zip(until) {
+            let Some(until) = until.filter(|until| *until > now_ms) else {
+                continue;
+            };
+            let at = now + Duration::from_millis(until - now_ms);
+            let mut health = lock(&slot.health);
+            if health.resting_until.is_none_or(|mine| mine < at) {
+                health.resting_until = Some(at);
+            }
+        }
+    }
+
+    /// Shares that `slot` rests for the cooldown's rest from now.
+    async fn share_rest(&self, slot: &Slot) {
+        if let Some(rests) = &self.rests {
+            let until = unix_ms().saturating_add(self.cooldown.rest.as_millis() as u64);
+            if let Err(error) = rests.rest(&slot.deployment.name, until).await {
+                tracing::warn!(%error, "sharing a deployment's rest failed");
+            }
         }
     }
 
@@ -244,8 +310,8 @@ impl RoutedBackend {
         None
     }
 
-    /// Counts how a job on `taken` ended.
-    fn record(&self, taken: &Taken<'_>, outcome: &Result<Vec<Image>, BackendError>) {
+    /// Counts how a job on `taken` ended; whether the deployment now rests.
+    fn record(&self, taken: &Taken<'_>, outcome: &Result<Vec<Image>, BackendError>) -> bool {
         let mut health = lock(&taken.slot.health);
         if taken.probe {
             health.probing = false;
@@ -254,13 +320,13 @@ impl RoutedBackend {
         if !failed {
             health.failures.clear();
             health.resting_until = None;
-            return;
+            return false;
         }
         let now = Instant::now();
         if taken.probe {
             // The probe failed: rest again.
             health.resting_until = Some(now + self.cooldown.rest);
-            return;
+            return true;
         }
         health.failures.push_back(now);
         while health
@@ -274,7 +340,9 @@ impl RoutedBackend {
             health.failures.clear();
             health.resting_until = Some(now + self.cooldown.rest);
             tracing::warn!(deployment = %taken.slot.deployment.name, "deployment resting after repeated failures");
+            return true;
         }
+        false
     }
 
     /// Whether a failure leaves the work untaken, so another deployment may be asked.
@@ -291,6 +359,13 @@ impl RoutedBackend {
             _ => false,
         }
     }
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// No deployment could take the job: each at its bound or resting.
@@ -325,6 +400,7 @@ fn lock(health: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
 #[async_trait]
 impl ImageBackend for RoutedBackend {
     async fn edit(&self, job: &EditJob) -> Result<Vec<Image>, BackendError> {
+        self.learn_rests().await;
         let mut tried = Vec::new();
         let mut last = None;
         while tried.len() < self.attempts {
@@ -333,7 +409,9 @@ impl ImageBackend for RoutedBackend {
             };
             tried.push(taken.index);
             let outcome = taken.slot.deployment.backend.edit(job).await;
-            self.record(&taken, &outcome);
+            if self.record(&taken, &outcome) {
+                self.share_rest(taken.slot).await;
+            }
             match outcome {
                 Err(error) if self.may_fall_back(job, &error) => {
                     tracing::warn!(deployment = %taken.slot.deployment.name, kind = error.kind(), "falling back to another deployment");
@@ -348,14 +426,82 @@ impl ImageBackend for RoutedBackend {
     async fn edit_owned(&self, job: EditJob) -> Result<Vec<Image>, BackendError> {
         // A single deployment takes the job as its own (and may drop its sources early).
         if self.slots.len() == 1 || self.attempts == 1 {
+            self.learn_rests().await;
             let Some(taken) = self.take(&[]) else {
                 return Err(unavailable());
             };
             let outcome = taken.slot.deployment.backend.edit_owned(job).await;
-            self.record(&taken, &outcome);
+            if self.record(&taken, &outcome) {
+                self.share_rest(taken.slot).await;
+            }
             return outcome;
         }
         self.edit(&job).await
+    }
+}
+
+/// Rests shared through Redis: `{prefix}rest:{name}` holds until when `name` rests, and
+/// expires then.
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+pub struct RedisRests {
+    connection: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisRests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRests")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisRests {
+    /// Connects to `url`; keys start with `prefix`. Reconnects by itself after a failure.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, crate::BoxError> {
+        let client = redis::Client::open(url)?;
+        let connection = redis::aio::ConnectionManager::new(client).await?;
+        Ok(RedisRests {
+            connection,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}rest:{name}", self.prefix)
+    }
+}
+
+#[cfg(feature = "redis")]
+#[async_trait]
+impl Rests for RedisRests {
+    async fn resting(&self, names: &[&str]) -> Result<Vec<Option<u64>>, crate::BoxError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+        let mut connection = self.connection.clone();
+        let values: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await?;
+        Ok(values)
+    }
+
+    async fn rest(&self, name: &str, until_ms: u64) -> Result<(), crate::BoxError> {
+        let ttl = until_ms.saturating_sub(unix_ms()).max(1);
+        let mut connection = self.connection.clone();
+        redis::cmd("SET")
+            .arg(self.key(name))
+            .arg(until_ms)
+            .arg("PX")
+            .arg(ttl)
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::{gateway_binary, Process};
@@ -695,4 +696,91 @@ async fn a_write_to_the_bucket_cut_at_any_step_leaves_no_object_unaccounted() {
     assert_eq!(store.sweep_pending(Duration::ZERO).await.unwrap(), 0);
     assert_eq!(store.list(&alice, None, 10).await.unwrap().files.len(), 1);
     assert_eq!(objects().await, 1);
+}
+
+/// A deployment that always answers `result`, counting its calls.
+struct Counted {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    fails: bool,
+}
+
+#[image_gateway::async_trait]
+impl image_gateway::backend::ImageBackend for Counted {
+    async fn edit(
+        &self,
+        job: &image_gateway::job::EditJob,
+    ) -> Result<Vec<image_gateway::job::Image>, image_gateway::backend::BackendError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.fails {
+            return Err(image_gateway::backend::BackendError::failed(
+                image_gateway::backend::Failure::Busy,
+                "503",
+            ));
+        }
+        let image = image_gateway::job::Image::new(
+            bytes::Bytes::from_static(b"img"),
+            job.params.output_format,
+        );
+        Ok(vec![image])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_resting_on_one_replica_rests_on_the_other_through_redis() {
+    use image_gateway::backend::{Deployment, ImageBackend, RedisRests, RoutedBackend};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some((url, prefix)) = fresh_redis("shared rests").await else {
+        return;
+    };
+    // Two replicas route over the same two deployments (same names); the preferred one
+    // answers 503.
+    let flaky = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let steady = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let rests = RedisRests::connect(&url, &prefix).await.unwrap();
+        let routed = RoutedBackend::new([
+            Deployment::new(
+                "m#0",
+                Counted {
+                    calls: flaky[i].clone(),
+                    fails: true,
+                },
+            )
+            .priority(1),
+            Deployment::new(
+                "m#1",
+                Counted {
+                    calls: steady[i].clone(),
+                    fails: false,
+                },
+            ),
+        ])
+        .shared_rests(Arc::new(rests));
+        replicas.push(routed);
+    }
+    let job = || {
+        let principal =
+            image_gateway::auth::Principal::new(image_gateway::auth::UserId::new("alice").unwrap());
+        image_gateway::job::EditJob::new(
+            principal,
+            Vec::new(),
+            image_gateway::job::EditParams::new("m", "p"),
+        )
+    };
+    // Three failures on replica 0 rest the deployment (each job falls back and succeeds).
+    for _ in 0..3 {
+        assert_eq!(replicas[0].edit(&job()).await.unwrap().len(), 1);
+    }
+    assert_eq!(flaky[0].load(Ordering::SeqCst), 3);
+    // Replica 1 never saw it fail, and skips it.
+    for _ in 0..5 {
+        assert_eq!(replicas[1].edit(&job()).await.unwrap().len(), 1);
+    }
+    assert_eq!(
+        flaky[1].load(Ordering::SeqCst),
+        0,
+        "rested on both replicas"
+    );
+    assert_eq!(steady[1].load(Ordering::SeqCst), 5);
 }

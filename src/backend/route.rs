@@ -225,6 +225,13 @@ impl RoutedBackend {
         }
     }
 
+    /// Counts how a job on `taken` ended, and shares a rest it opened.
+    async fn ended(&self, taken: &Taken<'_>, outcome: &Result<Vec<Image>, BackendError>) {
+        if self.record(taken, outcome) {
+            self.share_rest(taken.slot).await;
+        }
+    }
+
     /// Shares that `slot` rests for the cooldown's rest from now.
     async fn share_rest(&self, slot: &Slot) {
         if let Some(rests) = &self.rests {
@@ -409,9 +416,7 @@ impl ImageBackend for RoutedBackend {
             };
             tried.push(taken.index);
             let outcome = taken.slot.deployment.backend.edit(job).await;
-            if self.record(&taken, &outcome) {
-                self.share_rest(taken.slot).await;
-            }
+            self.ended(&taken, &outcome).await;
             match outcome {
                 Err(error) if self.may_fall_back(job, &error) => {
                     tracing::warn!(deployment = %taken.slot.deployment.name, kind = error.kind(), "falling back to another deployment");
@@ -431,9 +436,7 @@ impl ImageBackend for RoutedBackend {
                 return Err(unavailable());
             };
             let outcome = taken.slot.deployment.backend.edit_owned(job).await;
-            if self.record(&taken, &outcome) {
-                self.share_rest(taken.slot).await;
-            }
+            self.ended(&taken, &outcome).await;
             return outcome;
         }
         self.edit(&job).await

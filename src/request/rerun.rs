@@ -107,7 +107,7 @@ impl JobRunner {
                 async {
                     tracing::warn!("a job left by a process that died is given up");
                     if let Some(rerun) = rerun {
-                        self.release(rerun.ticket.hold).await;
+                        release(&*self.ledger, rerun.ticket.hold).await;
                     }
                     if let Err(error) = self.board.interrupt(&mut record).await {
                         tracing::error!(%error, "ending a job that is given up failed");
@@ -141,19 +141,18 @@ impl JobRunner {
             if outcome.is_err() {
                 // Billing ends a hold it took over; one refused before billing (an image
                 // gone) is ended here. Releasing an ended hold changes nothing.
-                if let Err(error) = ledger.release(hold).await {
-                    tracing::error!(%error, %hold, "releasing a job's hold failed; it will expire");
-                }
+                release(&*ledger, hold).await;
             }
             outcome
         };
         tracing::info!(parent: &span, "running again a job whose process died");
         tokio::spawn(drive(job, steps, track, Waiter::Accepted(None)).instrument(span));
     }
+}
 
-    async fn release(&self, hold: crate::ledger::HoldId) {
-        if let Err(error) = self.ledger.release(hold).await {
-            tracing::error!(%error, %hold, "releasing a job's hold failed; it will expire");
-        }
+/// Ends `hold` charging nothing; an ended hold is left as it is.
+async fn release(ledger: &dyn Ledger, hold: crate::ledger::HoldId) {
+    if let Err(error) = ledger.release(hold).await {
+        tracing::error!(%error, %hold, "releasing a job's hold failed; it will expire");
     }
 }

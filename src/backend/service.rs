@@ -13,6 +13,7 @@ use crate::future::ResponseFuture;
 use crate::id::GenerationId;
 use crate::job::Outputs;
 use crate::job::{Background, EditJob, Image, Rendered};
+use crate::ledger::HoldId;
 use crate::metrics::Metrics;
 use crate::store::{
     write_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage,
@@ -77,6 +78,11 @@ impl EditService {
         self
     }
 
+    /// Where its outputs go.
+    pub(crate) fn outputs(&self) -> Outputs {
+        self.outputs.clone()
+    }
+
     /// Records each backend call's time and failure in `metrics`.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
@@ -103,6 +109,7 @@ impl Service<EditJob> for EditService {
         let this = self.clone();
         ResponseFuture::new(async move {
             let (principal, operation, n) = (job.principal.clone(), job.operation, job.params.n);
+            let hold = job.hold;
             let asked = (job.params.quality.clone(), job.params.background);
             let owner = principal.user_id();
             // Uploads are refused before the backend runs (no model time for an edit whose
@@ -151,8 +158,8 @@ impl Service<EditJob> for EditService {
                     let kind = answer.as_ref().err().map(BackendError::kind);
                     metrics.backend(operation, started.elapsed(), kind);
                 }
-                this.record(&principal, n, (asked.0.as_str(), asked.1), answer?)
-                    .await
+                let asked = (asked.0.as_str(), asked.1);
+                this.record(&principal, hold, n, asked, answer?).await
             };
             let (stored, rendered) = tokio::join!(stored, ran);
             // Sources that could not be kept fail the edit, as before the backend ran.
@@ -168,10 +175,12 @@ impl Service<EditJob> for EditService {
 }
 
 impl EditService {
-    /// The backend's `images` (cut to `n`), each recorded as a pending generation.
+    /// The backend's `images` (cut to `n`), each recorded as a pending generation charged
+    /// under `hold`.
     async fn record(
         &self,
         principal: &Principal,
+        hold: Option<HoldId>,
         n: u32,
         asked: (&str, Background),
         mut images: Vec<Image>,
@@ -192,10 +201,12 @@ impl EditService {
             .await?;
         let created = unix_now();
         let mut rendered = Rendered::new(created, asked, self.outputs.clone());
+        rendered.hold = hold;
         for image in images {
             let id = GenerationId::new();
             let key = output_key(principal, id, &image);
-            let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created);
+            let record = Generation::new(id, key.clone(), GenerationStatus::Pending, created)
+                .charged_under(hold);
             if let Err(error) = self.outputs.generations.insert(&record).await {
                 rendered.discard().await;
                 return Err(error.into());

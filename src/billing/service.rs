@@ -104,6 +104,7 @@ where
         // upstream drops it once its request is sent): the caller's in-flight slot counts
         // the job's work, not the request.
         let _leases = std::mem::take(&mut job.leases);
+        job.hold = Some(hold);
         let work = self.inner.clone().oneshot(job);
         let rendered = match self.watch(hold, work, client, &progress).await {
             Ok(rendered) => rendered,
@@ -121,7 +122,7 @@ where
             return Err(error.into());
         }
         tracing::info!(held = %amount, charged = %charge, returned, "edit billed");
-        Ok(rendered.publish().await)
+        rendered.publish(&*self.ledger).await
     }
 
     /// Runs the inner service, renewing the hold while it works so the expiry sweep never

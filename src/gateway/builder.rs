@@ -357,6 +357,7 @@ impl GatewayBuilder {
             billing = billing.metrics(metrics.clone());
             edits = edits.metrics(metrics.clone());
         }
+        let edits_outputs = edits.outputs();
         let jobs = ServiceBuilder::new()
             .layer(IdempotencyLayer::new(
                 records,
@@ -378,6 +379,7 @@ impl GatewayBuilder {
             board.clone(),
             crate::request::JobStack::new(jobs.clone()),
             ledger.clone(),
+            edits_outputs,
         );
         let normalize = NormalizeLayer::new(catalog.clone())
             .limits(self.multipart)

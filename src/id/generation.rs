@@ -26,6 +26,12 @@ impl GenerationId {
         }
     }
 
+    /// The id a stored row keeps.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_uuid(id: Uuid) -> Self {
+        GenerationId(id)
+    }
+
     /// The UUID.
     pub fn as_uuid(&self) -> Uuid {
         self.0

@@ -37,8 +37,8 @@ pub use params::{
 };
 pub use progress::{Progress, Step, Ticket};
 pub use remote::{RemoteUrl, MAX_URL_LEN};
-pub(crate) use rendered::Outputs;
 pub use rendered::Rendered;
+pub(crate) use rendered::{Outputs, PENDING_TIMEOUT};
 pub use source::{Operation, Reference, SourceImage};
 
 /// A service of the edit pipeline: takes `Req` (an [`EditRequest`] or an [`EditJob`]),
@@ -200,6 +200,7 @@ impl EditRequest {
             uploads,
             keys,
             resume: self.resume,
+            hold: None,
         }
     }
 
@@ -328,6 +329,8 @@ pub struct EditJob {
     pub(crate) keys: (Vec<FileKey>, Option<FileKey>),
     /// The hold of an earlier run, taken over by this one.
     pub(crate) resume: Option<HoldId>,
+    /// The hold this job runs under, once billing took it: each image's record names it.
+    pub(crate) hold: Option<HoldId>,
 }
 
 impl EditJob {

@@ -1,8 +1,16 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Background, EditOutcome, GeneratedImage, Image};
+use crate::auth::UserId;
 use crate::id::GenerationId;
-use crate::store::{FileKey, FileStore, GenerationStatus, Generations};
+use crate::ledger::{HoldId, Ledger};
+use crate::store::{FileKey, FileStore, Generation, GenerationStatus, Generations};
+use crate::GatewayError;
+
+/// How long a generation may stay pending before it is taken for one whose process died
+/// while storing it: a read past it settles it by the store, and the sweep ends it.
+pub(crate) const PENDING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where outputs go; shared by every [`Rendered`] of one service.
 #[derive(Clone)]
@@ -26,6 +34,8 @@ pub struct Rendered {
     images: Vec<GeneratedImage>,
     keys: Vec<FileKey>,
     outputs: Outputs,
+    /// The hold they are charged under.
+    pub(crate) hold: Option<HoldId>,
 }
 
 impl std::fmt::Debug for Rendered {
@@ -51,6 +61,7 @@ impl Rendered {
             images: Vec::new(),
             keys: Vec::new(),
             outputs,
+            hold: None,
         }
     }
 
@@ -71,18 +82,36 @@ impl Rendered {
     }
 
     /// Makes the images reachable: stores each one's bytes and marks its generation ready.
-    /// Call it only once the charge for them is committed.
+    /// Call it only once the charge for them is committed (`ledger` is where it was).
     ///
-    /// A store that finishes at once (in memory) finishes here; one that waits (a disk, a
-    /// network) goes on on a task of its own, so the answer never waits for it and a chained
-    /// edit that comes too early is answered `409 generation_not_ready`.
-    pub async fn publish(self) -> EditOutcome {
-        for (generated, key) in self.images.iter().zip(self.keys) {
-            self.outputs
-                .store(generated.id, key, generated.image.clone())
-                .await;
+    /// The answer waits for the store: an image is delivered (in the answer, a job's
+    /// result, the files list) only once its bytes are kept, so an image whose bytes never
+    /// got there (the store failed, or the process died first) was never delivered, and its
+    /// share of the charge is refunded (here, or by [`Outputs::sweep`] after a restart).
+    /// The answer holds the images that were stored; none is the store's error.
+    pub async fn publish(self, ledger: &dyn Ledger) -> Result<EditOutcome, GatewayError> {
+        let outputs = &self.outputs;
+        let stored = futures_util::future::join_all(
+            self.images
+                .iter()
+                .zip(&self.keys)
+                .map(|(generated, key)| outputs.store(generated, key, self.hold, ledger)),
+        )
+        .await;
+        let mut images = Vec::with_capacity(self.images.len());
+        let mut failure = None;
+        for (generated, stored) in self.images.into_iter().zip(stored) {
+            match stored {
+                Ok(()) => images.push(generated),
+                Err(error) => failure = Some(error),
+            }
         }
-        EditOutcome::new(self.created, self.images).described(&self.quality, self.background)
+        match failure {
+            Some(error) if images.is_empty() => Err(error),
+            _ => Ok(
+                EditOutcome::new(self.created, images).described(&self.quality, self.background)
+            ),
+        }
     }
 
     /// Marks the generations failed: none of the images ever becomes reachable.
@@ -102,24 +131,122 @@ impl Rendered {
 }
 
 impl Outputs {
-    /// Stores one output and marks its generation; on a task of its own once it would wait.
-    async fn store(&self, id: GenerationId, key: FileKey, image: Image) {
-        let (store, generations) = (self.store.clone(), self.generations.clone());
-        let mut storing = Box::pin(async move {
-            let status = match store.put(&key, image.bytes).await {
-                Ok(()) => GenerationStatus::Ready,
-                Err(error) => {
-                    tracing::error!(%error, generation = %id, "storing a generation failed");
-                    GenerationStatus::Failed
+    /// Stores one output and marks its generation ready; when the store fails, the
+    /// generation is refunded its share of `hold`'s charge and marked failed.
+    async fn store(
+        &self,
+        generated: &GeneratedImage,
+        key: &FileKey,
+        hold: Option<HoldId>,
+        ledger: &dyn Ledger,
+    ) -> Result<(), GatewayError> {
+        let id = generated.id;
+        if let Err(error) = self.store.put(key, generated.image.bytes.clone()).await {
+            tracing::error!(%error, generation = %id, "storing a generation failed; it is refunded");
+            self.lose(key.owner(), id, hold, ledger).await;
+            return Err(error.into());
+        }
+        if let Err(error) = self
+            .generations
+            .set_status(id, GenerationStatus::Ready)
+            .await
+        {
+            // Left pending with its bytes stored: the next read past the pending timeout,
+            // or the sweep, marks it ready.
+            tracing::error!(%error, generation = %id, "recording a generation's status failed");
+        }
+        Ok(())
+    }
+
+    /// Ends a generation whose bytes will never be stored: refunded its share of its
+    /// hold's charge (once: the deposit's reference is its id), then marked failed. Left
+    /// pending when the refund could not be made, for the sweep to try again.
+    async fn lose(
+        &self,
+        owner: &UserId,
+        id: GenerationId,
+        hold: Option<HoldId>,
+        ledger: &dyn Ledger,
+    ) {
+        if refund(ledger, owner, id, hold).await.is_err() {
+            return;
+        }
+        if let Err(error) = self
+            .generations
+            .set_status(id, GenerationStatus::Failed)
+            .await
+        {
+            tracing::error!(%error, generation = %id, "marking a lost generation failed");
+        }
+    }
+
+    /// Ends up to `limit` generations left pending since `before` (Unix seconds) by a
+    /// process that died: ready when their bytes are in the store (stored after their
+    /// charge), otherwise lost (refunded, failed). Answers how many it ended.
+    pub(crate) async fn sweep(
+        &self,
+        ledger: &dyn Ledger,
+        before: u64,
+        limit: usize,
+    ) -> Result<usize, GatewayError> {
+        let pending = self.generations.pending(before, limit).await?;
+        let mut ended = 0;
+        for generation in pending {
+            let Generation {
+                id, file_key, hold, ..
+            } = &generation;
+            match self.store.get(file_key).await {
+                Ok(Some(_)) => {
+                    self.generations
+                        .set_status(*id, GenerationStatus::Ready)
+                        .await?;
                 }
-            };
-            if let Err(error) = generations.set_status(id, status).await {
-                // Left pending; the next use after the pending timeout settles it by the store.
-                tracing::error!(%error, generation = %id, "recording a generation's status failed");
+                Ok(None) => {
+                    tracing::warn!(generation = %id, "a charged generation's bytes were never stored; it is refunded");
+                    self.lose(&generation.owner, *id, *hold, ledger).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, generation = %id, "reading a pending generation's bytes failed");
+                    continue;
+                }
             }
-        });
-        if futures_util::poll!(storing.as_mut()).is_pending() {
-            tokio::spawn(storing);
+            ended += 1;
+        }
+        Ok(ended)
+    }
+}
+
+/// Gives `owner` back one image's share of what `hold` charged, once per generation `id`.
+/// Nothing when the hold charged nothing (released, expired) or the ledger cannot say;
+/// `Err` when the ledger failed (to be tried again).
+async fn refund(
+    ledger: &dyn Ledger,
+    owner: &UserId,
+    id: GenerationId,
+    hold: Option<HoldId>,
+) -> Result<(), ()> {
+    let Some(hold) = hold else {
+        return Ok(());
+    };
+    let share = match ledger.charged(hold).await {
+        Ok(charge) => charge.and_then(|c| c.per_unit()),
+        Err(error) => {
+            tracing::error!(%error, generation = %id, %hold, "reading a lost generation's charge failed");
+            return Err(());
+        }
+    };
+    let Some(share) = share
+        .and_then(|s| i64::try_from(s.get()).ok())
+        .filter(|s| *s > 0)
+    else {
+        tracing::warn!(generation = %id, %hold, "a lost generation has no charge to refund");
+        return Ok(());
+    };
+    match ledger.deposit(owner, share, &format!("refund:{id}")).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::error!(%error, generation = %id, "refunding a lost generation failed");
+            Err(())
         }
     }
 }

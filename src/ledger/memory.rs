@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    deadline, hold_refusal, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger,
+    deadline, hold_refusal, Amount, Balance, Charge, EntryKind, Hold, HoldId, JournalEntry, Ledger,
     LedgerError, Memo, Settlement,
 };
 use crate::auth::UserId;
@@ -25,6 +25,8 @@ struct State {
     ended: HashMap<HoldId, Option<OpenHold>>,
     references: HashSet<(UserId, String)>,
     journal: Vec<JournalEntry>,
+    /// What each settled hold charged.
+    charges: HashMap<HoldId, Charge>,
 }
 
 #[derive(Debug)]
@@ -99,6 +101,9 @@ impl State {
         entry.held = Some(hold.amount.get());
         let kept = (kind == EntryKind::Expire).then_some(hold);
         self.ended.insert(id, kept);
+        if let (EntryKind::Settle, Some(units)) = (kind, units) {
+            self.charges.insert(id, Charge::new(charge, units));
+        }
         Ok(true)
     }
 
@@ -133,6 +138,7 @@ impl State {
         entry.held = Some(hold.amount.get());
         entry.memo = Some(hold.memo);
         entry.units_returned = Some(units);
+        self.charges.insert(id, Charge::new(charge, units));
         Ok(Settlement::AfterExpiry)
     }
 }
@@ -280,5 +286,9 @@ impl Ledger for MemoryLedger {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn charged(&self, hold: HoldId) -> Result<Option<Charge>, LedgerError> {
+        Ok(self.state().charges.get(&hold).copied())
     }
 }

@@ -376,6 +376,32 @@ pub enum Settlement {
     AfterExpiry,
 }
 
+/// What a settled hold charged, as [`Ledger::charged`] reads it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Charge {
+    /// The amount charged.
+    pub amount: Amount,
+    /// The images it was charged for.
+    pub units: u32,
+}
+
+impl Charge {
+    /// `amount` charged for `units` images.
+    pub fn new(amount: Amount, units: u32) -> Self {
+        Charge { amount, units }
+    }
+
+    /// What one of its images cost: the charge is a whole price per image, so this is that
+    /// price (`None` for a charge of no images).
+    pub fn per_unit(self) -> Option<Amount> {
+        self.amount
+            .get()
+            .checked_div(u64::from(self.units))
+            .map(Amount::new)
+    }
+}
+
 /// Holds, settles and releases money per account. See the module docs for the contract.
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
@@ -430,6 +456,18 @@ pub trait Ledger: Send + Sync + 'static {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<JournalEntry>, LedgerError>;
+
+    /// What `hold` was charged when it was settled (in time or late); `None` while it is
+    /// open, when it ended without a charge (released, expired), or was never issued.
+    ///
+    /// The gateway asks it of a settled job whose images never reached the store (its
+    /// process died between the settle and their storage, or the store failed), to refund
+    /// each lost image's share. The default answers `None`: such charges then stand, and
+    /// each one is logged.
+    async fn charged(&self, hold: HoldId) -> Result<Option<Charge>, LedgerError> {
+        let _ = hold;
+        Ok(None)
+    }
 }
 
 /// A shared ledger is a ledger: keep an `Arc` to credit accounts and hand the builder a clone.
@@ -486,5 +524,9 @@ impl<L: Ledger + ?Sized> Ledger for Arc<L> {
         limit: usize,
     ) -> Result<Vec<JournalEntry>, LedgerError> {
         (**self).journal(account, after_seq, limit).await
+    }
+
+    async fn charged(&self, hold: HoldId) -> Result<Option<Charge>, LedgerError> {
+        (**self).charged(hold).await
     }
 }

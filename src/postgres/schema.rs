@@ -198,6 +198,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX jobs_runner ON jobs (runner) WHERE status IN ('queued', 'running');
     ",
     ),
+    (
+        8,
+        "
+    -- What a settle charged, and for how many images: a settled job whose images were
+    -- lost before their storage is refunded each one's share.
+    ALTER TABLE ended_holds ADD COLUMN charged BIGINT, ADD COLUMN units_returned INTEGER;
+    -- The hold each generation was charged under; pending ones are found by the sweep.
+    ALTER TABLE generations ADD COLUMN hold UUID;
+    CREATE INDEX generations_pending ON generations (created) WHERE status = 'pending';
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

@@ -19,7 +19,9 @@ use tracing::Instrument;
 use super::deferred::{drive, Track, Waiter};
 use crate::auth::Principal;
 use crate::clock::unix_now;
-use crate::job::{EditOutcome, EditRequest, Progress, Reference, RequestContext};
+use crate::job::{
+    EditOutcome, EditRequest, Outputs, Progress, Reference, RequestContext, PENDING_TIMEOUT,
+};
 use crate::jobs::{JobBoard, JobRecord};
 use crate::lease::ClientWatch;
 use crate::ledger::Ledger;
@@ -30,6 +32,9 @@ pub const MAX_JOB_ATTEMPTS: u32 = 3;
 
 /// How many lapsed jobs one pass takes over.
 const CLAIM_BATCH: usize = 16;
+
+/// How many pending generations one pass of the sweep ends.
+const SWEEP_BATCH: usize = 64;
 
 /// The service a job runs through: source resolution, billing and the backend.
 pub(crate) type JobStack = BoxCloneSyncService<EditRequest, EditOutcome, GatewayError>;
@@ -43,6 +48,9 @@ pub struct JobRunner {
     board: JobBoard,
     stack: JobStack,
     ledger: Arc<dyn Ledger>,
+    /// Where jobs' images go: the generations a process that died left pending are ended
+    /// here too (ready, or refunded).
+    outputs: Outputs,
 }
 
 impl std::fmt::Debug for JobRunner {
@@ -52,23 +60,38 @@ impl std::fmt::Debug for JobRunner {
 }
 
 impl JobRunner {
-    pub(crate) fn new(board: JobBoard, stack: JobStack, ledger: Arc<dyn Ledger>) -> Self {
+    pub(crate) fn new(
+        board: JobBoard,
+        stack: JobStack,
+        ledger: Arc<dyn Ledger>,
+        outputs: Outputs,
+    ) -> Self {
         JobRunner {
             board,
             stack,
             ledger,
+            outputs,
         }
     }
 
-    /// Takes over every open async job at once, whatever its lease: for a process that is
-    /// the only one using its records (SQLite), started after one that died. Answers how
-    /// many it took.
+    /// Takes over every open async job at once, whatever its lease, after ending every
+    /// pending generation: for a process that is the only one using its records (SQLite),
+    /// started after one that died, before it serves. Answers how many jobs it took.
     pub async fn take_all(&self) -> Result<usize, GatewayError> {
+        // First, while no job of this process stores anything: every pending generation
+        // is an earlier run's.
+        while self
+            .outputs
+            .sweep(&*self.ledger, u64::MAX, SWEEP_BATCH)
+            .await?
+            == SWEEP_BATCH
+        {}
         self.take(u64::MAX).await
     }
 
-    /// Forever: renews this process's leases three times per lease period, and takes over
-    /// the jobs whose lease lapsed.
+    /// Forever: renews this process's leases three times per lease period, takes over
+    /// the jobs whose lease lapsed, and ends generations pending for longer than any
+    /// store takes.
     pub async fn run(self) {
         let every = (self.board.lease_period() / 3).max(Duration::from_millis(200));
         let mut ticks = tokio::time::interval(every);
@@ -79,6 +102,10 @@ impl JobRunner {
             }
             if let Err(error) = self.take(unix_now()).await {
                 tracing::warn!(%error, "taking over lapsed jobs failed");
+            }
+            let before = unix_now().saturating_sub(PENDING_TIMEOUT.as_secs());
+            if let Err(error) = self.outputs.sweep(&*self.ledger, before, SWEEP_BATCH).await {
+                tracing::warn!(%error, "ending generations left pending failed");
             }
         }
     }

@@ -23,7 +23,7 @@ impl ResolveSourceLayer {
             sources: Sources {
                 store,
                 generations,
-                pending_timeout: Duration::from_secs(300),
+                pending_timeout: crate::job::PENDING_TIMEOUT,
                 #[cfg(feature = "fetch")]
                 fetcher: None,
                 admission: None,

@@ -193,16 +193,17 @@ impl Sources {
                         retry_after: RETRY_PENDING,
                     });
                 }
-                // The process that was storing it is gone: settle the record by the store,
-                // and use what that read found.
-                let stored = self.store.get(&key).await?;
-                let status = if stored.is_some() {
-                    GenerationStatus::Ready
-                } else {
-                    GenerationStatus::Failed
-                };
-                self.generations.set_status(id, status).await?;
-                let bytes = stored.ok_or(GatewayError::GenerationNotFound)?;
+                // The process that was storing it is gone. Bytes in the store were stored
+                // after their charge: the generation is ready. Without them it is lost,
+                // and left for the job runner's sweep, which refunds it.
+                let bytes = self
+                    .store
+                    .get(&key)
+                    .await?
+                    .ok_or(GatewayError::GenerationNotFound)?;
+                self.generations
+                    .set_status(id, GenerationStatus::Ready)
+                    .await?;
                 Ok((source_image(bytes, "generation_id")?, key))
             }
         }
@@ -264,7 +265,7 @@ mod tests {
         let sources = Sources {
             store: Arc::new(store),
             generations: Arc::new(generations),
-            pending_timeout: Duration::from_secs(300),
+            pending_timeout: crate::job::PENDING_TIMEOUT,
             #[cfg(feature = "fetch")]
             fetcher: None,
             admission: None,
@@ -289,7 +290,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stale_pending_generation_without_its_file_is_not_found_and_failed() {
+    async fn a_stale_pending_generation_without_its_file_is_not_found_and_left_to_the_sweep() {
         let (sources, alice, id) = stale(false).await;
         let error = sources
             .resolve(&alice, &Reference::Generation(id), &mut Uploads::new())
@@ -299,7 +300,8 @@ mod tests {
             matches!(error, GatewayError::GenerationNotFound),
             "{error:?}"
         );
+        // Still pending: the job runner's sweep ends it, refunding its charge.
         let record = sources.generations.get(id).await.unwrap().unwrap();
-        assert_eq!(record.status, GenerationStatus::Failed);
+        assert_eq!(record.status, GenerationStatus::Pending);
     }
 }

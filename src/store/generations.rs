@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use super::{FileKey, StoreError};
 use crate::auth::UserId;
 use crate::id::GenerationId;
+use crate::ledger::HoldId;
 
 /// Whether a generation's bytes are durable yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,9 @@ pub struct Generation {
     pub status: GenerationStatus,
     /// Unix seconds at which it was recorded.
     pub created: u64,
+    /// The hold it was charged under: a pending generation whose bytes never reached the
+    /// store is refunded its share of that hold's charge.
+    pub hold: Option<HoldId>,
 }
 
 impl Generation {
@@ -69,7 +73,14 @@ impl Generation {
             file_key,
             status,
             created,
+            hold: None,
         }
+    }
+
+    /// The same record, charged under `hold`.
+    pub fn charged_under(mut self, hold: Option<HoldId>) -> Self {
+        self.hold = hold;
+        self
     }
 }
 
@@ -89,6 +100,15 @@ pub trait Generations: Send + Sync + 'static {
 
     /// The record, or `None` if there is none.
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError>;
+
+    /// Up to `limit` pending generations recorded at or before `before` (Unix seconds),
+    /// oldest first: those whose storage a process that died cut short (or, the newest,
+    /// still under way). The gateway's sweep ends them. The default finds none: such
+    /// records then stay pending, and their charges stand.
+    async fn pending(&self, before: u64, limit: usize) -> Result<Vec<Generation>, StoreError> {
+        let _ = (before, limit);
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]
@@ -107,6 +127,10 @@ impl<G: Generations + ?Sized> Generations for Arc<G> {
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
         (**self).get(id).await
+    }
+
+    async fn pending(&self, before: u64, limit: usize) -> Result<Vec<Generation>, StoreError> {
+        (**self).pending(before, limit).await
     }
 }
 
@@ -147,5 +171,17 @@ impl Generations for MemoryGenerations {
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
         Ok(self.records().get(&id).cloned())
+    }
+
+    async fn pending(&self, before: u64, limit: usize) -> Result<Vec<Generation>, StoreError> {
+        let mut pending: Vec<Generation> = self
+            .records()
+            .values()
+            .filter(|g| g.status == GenerationStatus::Pending && g.created <= before)
+            .cloned()
+            .collect();
+        pending.sort_by_key(|g| g.created);
+        pending.truncate(limit);
+        Ok(pending)
     }
 }

@@ -3,6 +3,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
 use crate::id::GenerationId;
+use crate::ledger::HoldId;
 use crate::postgres::{seconds, Postgres, Statement};
 
 /// Generation records in PostgreSQL, shared by every replica: an output recorded by one is
@@ -28,6 +29,7 @@ enum Record {
         file_key: String,
         status: &'static str,
         created: i64,
+        hold: Option<uuid::Uuid>,
     },
     Status {
         id: uuid::Uuid,
@@ -39,8 +41,8 @@ impl Statement for Record {
     fn sql(&self) -> &'static str {
         match self {
             Record::Insert { .. } => {
-                "INSERT INTO generations (id, owner, file_key, status, created)
-                 VALUES ($1, $2, $3, $4, $5)"
+                "INSERT INTO generations (id, owner, file_key, status, created, hold)
+                 VALUES ($1, $2, $3, $4, $5, $6)"
             }
             Record::Status { .. } => "UPDATE generations SET status = $2 WHERE id = $1",
         }
@@ -54,7 +56,8 @@ impl Statement for Record {
                 file_key,
                 status,
                 created,
-            } => vec![id, owner, file_key, status, created],
+                hold,
+            } => vec![id, owner, file_key, status, created, hold],
             Record::Status { id, status } => vec![id, status],
         }
     }
@@ -69,6 +72,7 @@ impl Generations for PgGenerations {
             file_key: generation.file_key.as_str().to_owned(),
             status: generation.status.as_str(),
             created: seconds(generation.created),
+            hold: generation.hold.map(HoldId::as_uuid),
         };
         self.db.commit(record).await.map_err(StoreError::new)?;
         Ok(())
@@ -88,28 +92,51 @@ impl Generations for PgGenerations {
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        let rows = self
+            .select(&format!("{SELECT} WHERE id = $1"), &[&id.as_uuid()])
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn pending(&self, before: u64, limit: usize) -> Result<Vec<Generation>, StoreError> {
+        let sql = format!(
+            "{SELECT} WHERE status = 'pending' AND created <= $1 ORDER BY created LIMIT $2"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.select(&sql, &[&seconds(before), &limit]).await
+    }
+}
+
+/// The columns a [`Generation`] is read from.
+const SELECT: &str = "SELECT id, file_key, status, created, hold FROM generations";
+
+impl PgGenerations {
+    /// The generations `sql` (from [`SELECT`]) finds. Rows are only written by `insert`,
+    /// so a row that fails to parse is corruption.
+    async fn select(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Generation>, StoreError> {
         let client = self.db.client().await.map_err(StoreError::new)?;
-        let select = client
-            .prepare_cached("SELECT file_key, status, created FROM generations WHERE id = $1")
+        let statement = client.prepare_cached(sql).await.map_err(StoreError::new)?;
+        let rows = client
+            .query(&statement, params)
             .await
             .map_err(StoreError::new)?;
-        let Some(row) = client
-            .query_opt(&select, &[&id.as_uuid()])
-            .await
-            .map_err(StoreError::new)?
-        else {
-            return Ok(None);
-        };
-        // Rows are only written by `insert`, so a row that fails to parse is corruption.
-        let key = FileKey::parse(row.get(0)).ok_or_else(|| StoreError::new("corrupt file key"))?;
-        let status =
-            GenerationStatus::parse(row.get(1)).ok_or_else(|| StoreError::new("corrupt status"))?;
-        let created: i64 = row.get(2);
-        Ok(Some(Generation::new(
-            id,
-            key,
-            status,
-            created.max(0) as u64,
-        )))
+        let corrupt = |what: &str| StoreError::new(format!("corrupt generation {what}"));
+        let mut generations = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = GenerationId::from_uuid(row.get(0));
+            let key = FileKey::parse(row.get(1)).ok_or_else(|| corrupt("file key"))?;
+            let status = GenerationStatus::parse(row.get(2)).ok_or_else(|| corrupt("status"))?;
+            let created: i64 = row.get(3);
+            let hold: Option<uuid::Uuid> = row.get(4);
+            generations.push(
+                Generation::new(id, key, status, created.max(0) as u64)
+                    .charged_under(hold.map(HoldId::from_uuid)),
+            );
+        }
+        Ok(generations)
     }
 }

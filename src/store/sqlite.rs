@@ -1,10 +1,11 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
 use crate::id::GenerationId;
+use crate::ledger::HoldId;
 use crate::sqlite::{DbFailed, Reader, Writer};
 
 /// Generations in a SQLite file (WAL mode), so chains survive a restart.
@@ -46,6 +47,21 @@ impl SqliteGenerations {
              );",
         )
         .map_err(StoreError::new)?;
+        // Added after the first schema: the hold each generation was charged under, and
+        // the pending ones by age, for the sweep.
+        let present = db
+            .prepare("SELECT 1 FROM pragma_table_info('generations') WHERE name = 'hold'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(StoreError::new)?;
+        if !present {
+            db.execute_batch("ALTER TABLE generations ADD COLUMN hold TEXT")
+                .map_err(StoreError::new)?;
+        }
+        db.execute_batch(
+            "CREATE INDEX IF NOT EXISTS generations_pending ON generations (created)
+             WHERE status = 'pending'",
+        )
+        .map_err(StoreError::new)?;
         let reader = Reader::open(path).map_err(StoreError::new)?;
         Ok(SqliteGenerations {
             writer: Writer::start(db, "sqlite-generations-writer").map_err(StoreError::new)?,
@@ -85,10 +101,11 @@ impl Generations for SqliteGenerations {
             g.file_key.as_str().to_owned(),
             g.status.as_str(),
             g.created as i64,
+            g.hold.map(|h| h.to_string()),
         );
         self.write(
-            "INSERT INTO generations (id, owner, file_key, status, created)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO generations (id, owner, file_key, status, created, hold)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             values,
         )
         .await
@@ -107,38 +124,65 @@ impl Generations for SqliteGenerations {
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
-        let row = self
+        let rows = self
             .reader
             .read(move |db| {
-                let mut statement = db
-                    .prepare_cached(
-                        "SELECT file_key, status, created FROM generations WHERE id = ?1",
-                    )
-                    .map_err(StoreError::new)?;
-                statement
-                    .query_row(params![id.to_string()], |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, i64>(2)?,
-                        ))
-                    })
-                    .optional()
-                    .map_err(StoreError::new)
+                select(
+                    db,
+                    "SELECT id, file_key, status, created, hold FROM generations WHERE id = ?1",
+                    params![id.to_string()],
+                )
             })
             .await?;
-        let Some((key, status, created)) = row else {
-            return Ok(None);
-        };
-        // Rows are only written by `insert`, so a row that fails to parse is corruption.
-        let key = FileKey::parse(&key).ok_or_else(|| StoreError::new("corrupt file key"))?;
-        let status =
-            GenerationStatus::parse(&status).ok_or_else(|| StoreError::new("corrupt status"))?;
-        Ok(Some(Generation::new(
-            id,
-            key,
-            status,
-            created.max(0) as u64,
-        )))
+        Ok(rows.into_iter().next())
     }
+
+    async fn pending(&self, before: u64, limit: usize) -> Result<Vec<Generation>, StoreError> {
+        self.reader
+            .read(move |db| {
+                select(
+                    db,
+                    "SELECT id, file_key, status, created, hold FROM generations
+                     WHERE status = 'pending' AND created <= ?1 ORDER BY created LIMIT ?2",
+                    params![before.min(i64::MAX as u64) as i64, limit as i64],
+                )
+            })
+            .await
+    }
+}
+
+/// The generations `sql` selects (`id, file_key, status, created, hold`). Rows are only
+/// written by `insert`, so a row that fails to parse is corruption.
+fn select(
+    db: &Connection,
+    sql: &str,
+    values: impl rusqlite::Params,
+) -> Result<Vec<Generation>, StoreError> {
+    let mut statement = db.prepare_cached(sql).map_err(StoreError::new)?;
+    let rows = statement
+        .query_map(values, |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(StoreError::new)?;
+    let corrupt = |what: &str| StoreError::new(format!("corrupt generation {what}"));
+    let mut generations = Vec::new();
+    for row in rows {
+        let (id, key, status, created, hold) = row.map_err(StoreError::new)?;
+        let id = GenerationId::parse(&id).map_err(|_| corrupt("id"))?;
+        let key = FileKey::parse(&key).ok_or_else(|| corrupt("file key"))?;
+        let status = GenerationStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
+        let hold = match hold {
+            Some(hold) => Some(HoldId::parse(&hold).ok_or_else(|| corrupt("hold"))?),
+            None => None,
+        };
+        generations
+            .push(Generation::new(id, key, status, created.max(0) as u64).charged_under(hold));
+    }
+    Ok(generations)
 }

@@ -672,3 +672,167 @@ async fn a_backend_that_panics_answers_500_and_releases_the_hold() {
     assert_eq!(reply.status, 200);
     assert_eq!(b.balance().await, (90, 0));
 }
+
+/// A local file store whose writes of generated images fail (`Fail`) or never end (`Hang`,
+/// like a process that dies before its store answered); uploads and reads pass through.
+struct Outputs {
+    inner: LocalFileStore,
+    hang: bool,
+}
+
+#[async_trait]
+impl image_gateway::store::FileStore for Outputs {
+    async fn put(
+        &self,
+        key: &image_gateway::store::FileKey,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        if !key.as_str().contains("_generation.") {
+            return self.inner.put(key, bytes).await;
+        }
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        Err(StoreError::new("the volume went away"))
+    }
+    async fn get(&self, key: &image_gateway::store::FileKey) -> Result<Option<Bytes>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &image_gateway::store::FileKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        owner: &UserId,
+        after: Option<&image_gateway::store::FileCursor>,
+        limit: usize,
+    ) -> Result<image_gateway::store::FilePage, StoreError> {
+        self.inner.list(owner, after, limit).await
+    }
+}
+
+/// A gateway on SQLite files in `dir` (ledger, generation records) over `store`.
+fn on_disk(
+    dir: &std::path::Path,
+    store: impl image_gateway::store::FileStore,
+) -> (Gateway, Arc<dyn Ledger>) {
+    use image_gateway::store::SqliteGenerations;
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .store(store)
+        .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
+        .ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE))
+        .build();
+    (gateway, ledger)
+}
+
+/// Alice's JSON generation request.
+fn generation(json: &'static str) -> Request<Full<Bytes>> {
+    Request::post("/v1/images/generations")
+        .header("x-api-key", ALICE_KEY)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(json.as_bytes())))
+        .unwrap()
+}
+
+/// The refunds the journal shows: deposits whose reference starts `refund:`.
+async fn refunds(ledger: &dyn Ledger) -> Vec<(i64, String)> {
+    let journal = ledger.journal(&alice(), None, 100).await.unwrap();
+    journal
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Deposit)
+        .filter_map(|e| Some((e.amount, e.reference?)))
+        .filter(|(_, r)| r.starts_with("refund:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn images_charged_that_the_store_refused_are_refunded_and_never_answered() {
+    let dir = temp_dir("lost-outputs-live");
+    let store = Outputs {
+        inner: LocalFileStore::open(&dir).unwrap(),
+        hang: false,
+    };
+    let (gateway, ledger) = on_disk(&dir, store);
+    let server = TestServer::start(gateway).await;
+    ledger.deposit(&alice(), 100, "opening").await.unwrap();
+    let reply = server
+        .send(generation(
+            r#"{"model":"gpt-image-2","prompt":"p","n":2,"size":"16x16"}"#,
+        ))
+        .await;
+    // The images were charged (the settle came first), never stored, so never delivered.
+    assert_eq!(reply.error().0, 500);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("b64_json"));
+    let refunded = refunds(&*ledger).await;
+    assert_eq!(refunded.len(), 2, "one refund per lost image: {refunded:?}");
+    assert!(refunded.iter().all(|(amount, _)| *amount == PRICE as i64));
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.available, b.held), (100, 0), "charged 20, refunded 20");
+    // Nothing of it is listed.
+    let files = server
+        .call(Method::GET, "/api/v1/files", ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(files["data"].as_array().unwrap().len(), 0, "{files}");
+}
+
+#[tokio::test]
+async fn a_process_that_dies_between_the_charge_and_the_storage_refunds_at_its_restart() {
+    use image_gateway::store::SqliteGenerations;
+    let dir = temp_dir("lost-outputs-crash");
+    // First life: the settle commits, then the store never answers (the process dies
+    // there); the answer, which waits for the store, never comes.
+    let store = Outputs {
+        inner: LocalFileStore::open(&dir).unwrap(),
+        hang: true,
+    };
+    let (gateway, ledger) = on_disk(&dir, store);
+    let server = TestServer::start(gateway).await;
+    ledger.deposit(&alice(), 100, "opening").await.unwrap();
+    let addr = server.addr;
+    let waiting = tokio::spawn(async move {
+        TestServer::at(addr)
+            .send(generation(
+                r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
+            ))
+            .await
+    });
+    let mut balance = ledger.balance(&alice()).await.unwrap();
+    for _ in 0..500 {
+        if balance.charged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        balance = ledger.balance(&alice()).await.unwrap();
+    }
+    assert_eq!((balance.available, balance.charged), (90, 10), "settled");
+    assert!(
+        !waiting.is_finished(),
+        "no answer before the image is stored"
+    );
+    waiting.abort();
+    drop(server);
+    drop(ledger);
+
+    // Second life on the same files: the image left pending is lost, and refunded.
+    let (gateway, ledger) = on_disk(&dir, LocalFileStore::open(&dir).unwrap());
+    assert_eq!(gateway.job_runner().take_all().await.unwrap(), 0);
+    let refunded = refunds(&*ledger).await;
+    assert_eq!(refunded.len(), 1, "{refunded:?}");
+    assert_eq!(refunded[0].0, PRICE as i64);
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.available, b.held), (100, 0));
+    let id = GenerationId::parse(refunded[0].1.trim_start_matches("refund:")).unwrap();
+    let records = SqliteGenerations::open(dir.join("generations.db")).unwrap();
+    let record = records.get(id).await.unwrap().unwrap();
+    assert_eq!(record.status, GenerationStatus::Failed);
+    // A second start refunds nothing more (the record is ended; the refund's reference is
+    // the generation's id).
+    let (gateway, ledger) = on_disk(&dir, LocalFileStore::open(&dir).unwrap());
+    gateway.job_runner().take_all().await.unwrap();
+    assert_eq!(refunds(&*ledger).await.len(), 1);
+    assert_eq!(ledger.balance(&alice()).await.unwrap().available, 100);
+}

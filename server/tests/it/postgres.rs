@@ -38,7 +38,7 @@ async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schem
     }
     Postgres::connect(&url).await.expect("a restart");
     let rows = query(&url, "SELECT version FROM schema_migrations").await;
-    assert_eq!(rows.len(), 7, "each migration applied once");
+    assert_eq!(rows.len(), 8, "each migration applied once");
     let tables = query(
         &url,
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
@@ -648,4 +648,62 @@ async fn files_in_one_bucket_are_shared_listed_newest_first_and_counted_by_quota
     assert!(!store_a.delete(&first).await.unwrap());
     assert!(store_a.get(&first).await.unwrap().is_none());
     assert_eq!(store_a.usage(&alice()).await.unwrap(), Usage::new(30, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_holds_charge_and_the_pending_generations_are_read_back_from_either_replica() {
+    use image_gateway::ledger::Charge;
+    let Some((_, a, b)) = replicas("charged").await else {
+        return;
+    };
+    let (settler, reader) = (PgLedger::new(a.clone()), PgLedger::new(b.clone()));
+    settler.deposit(&alice(), 100, "opening").await.unwrap();
+    let ttl = Duration::from_secs(600);
+    let hold = |memo: &'static str| {
+        let settler = &settler;
+        async move {
+            let memo = Memo::new(memo, "gpt-image-2", 3);
+            settler
+                .hold(&alice(), Amount::new(30), ttl, memo)
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let settled = hold("settled").await;
+    settler.settle(settled, Amount::new(20), 2).await.unwrap();
+    let released = hold("released").await;
+    settler.release(released).await.unwrap();
+    let open = hold("open").await;
+    assert_eq!(
+        reader.charged(settled).await.unwrap(),
+        Some(Charge::new(Amount::new(20), 2))
+    );
+    assert_eq!(reader.charged(released).await.unwrap(), None);
+    assert_eq!(reader.charged(open).await.unwrap(), None);
+    // A hold that expired and was then settled late: its late charge.
+    settler.expire(u64::MAX).await.unwrap();
+    settler.settle(open, Amount::new(10), 1).await.unwrap();
+    assert_eq!(
+        reader.charged(open).await.unwrap(),
+        Some(Charge::new(Amount::new(10), 1))
+    );
+
+    let (writer, records) = (PgGenerations::new(a), PgGenerations::new(b));
+    let id = GenerationId::new();
+    let key = FileKey::new(&alice(), id.as_uuid(), "generation.png");
+    let record =
+        Generation::new(id, key, GenerationStatus::Pending, 1_000).charged_under(Some(settled));
+    writer.insert(&record).await.unwrap();
+    assert_eq!(records.pending(999, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        records.pending(1_000, 10).await.unwrap(),
+        vec![record.clone()]
+    );
+    assert_eq!(records.get(id).await.unwrap(), Some(record));
+    writer
+        .set_status(id, GenerationStatus::Ready)
+        .await
+        .unwrap();
+    assert_eq!(records.pending(u64::MAX, 10).await.unwrap(), vec![]);
 }

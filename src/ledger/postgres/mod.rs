@@ -30,8 +30,8 @@ use deadpool_postgres::Transaction;
 
 use self::statement::Op;
 use super::{
-    deadline, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError, Memo,
-    Settlement,
+    deadline, Amount, Balance, Charge, EntryKind, Hold, HoldId, JournalEntry, Ledger, LedgerError,
+    Memo, Settlement,
 };
 use crate::auth::UserId;
 use crate::clock::unix_now;
@@ -205,6 +205,25 @@ impl Ledger for PgLedger {
     async fn expire(&self, now: u64) -> Result<usize, LedgerError> {
         self.transaction(|tx| Box::pin(transaction::expire(tx, now)))
             .await
+    }
+
+    async fn charged(&self, hold: HoldId) -> Result<Option<Charge>, LedgerError> {
+        let client = self.db.client().await.map_err(LedgerError::Storage)?;
+        let row = client
+            .query_opt(
+                "SELECT charged, units_returned FROM ended_holds
+                 WHERE id = $1 AND charged IS NOT NULL AND units_returned IS NOT NULL",
+                &[&hold.as_uuid()],
+            )
+            .await
+            .map_err(storage)?;
+        Ok(row.and_then(|row| {
+            let amount = Amount::new(u64::try_from(row.get::<_, i64>(0)).ok()?);
+            Some(Charge::new(
+                amount,
+                u32::try_from(row.get::<_, i32>(1)).ok()?,
+            ))
+        }))
     }
 
     async fn journal(

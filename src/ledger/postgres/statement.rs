@@ -49,8 +49,11 @@ WITH ended AS (
     DELETE FROM holds WHERE id = $1 AND amount >= $2
     RETURNING id, account, amount, request_id, model, units, key_id
 ), kept AS (
-    INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id)
-    SELECT id, account, amount, request_id, model, units, false, key_id FROM ended
+    INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id,
+                             charged, units_returned)
+    SELECT id, account, amount, request_id, model, units, false, key_id,
+           CASE WHEN $4::integer IS NULL THEN NULL ELSE $2::bigint END, $4::integer
+    FROM ended
 ), paid AS (
     UPDATE accounts SET held = accounts.held - ended.amount,
                         charged = accounts.charged + $2,

@@ -77,8 +77,9 @@ pub(super) async fn end_hold(
         return Err(LedgerError::ChargeExceedsHold);
     }
     tx.execute(
-        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id,
+                                  charged, units_returned)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &uuid,
             &hold.account,
@@ -88,6 +89,8 @@ pub(super) async fn end_hold(
             &hold.units,
             &(kind == EntryKind::Expire),
             &hold.key_id,
+            &units_returned.map(|_| charge.signed()),
+            &units_returned.map(units),
         ],
     )
     .await
@@ -157,10 +160,11 @@ pub(super) async fn settle_ended(
     let claimed = tx
         .query_opt(
             &format!(
-                "UPDATE ended_holds SET expired = false WHERE id = $1 AND expired
+                "UPDATE ended_holds SET expired = false, charged = $2, units_returned = $3
+                 WHERE id = $1 AND expired
                  RETURNING {HOLD_COLUMNS}"
             ),
-            &[&id.as_uuid()],
+            &[&id.as_uuid(), &charge.signed(), &units(units_returned)],
         )
         .await
         .map_err(storage)?;

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{
-    deadline, hold_refusal, Amount, Balance, EntryKind, Hold, HoldId, JournalEntry, Ledger,
+    deadline, hold_refusal, Amount, Balance, Charge, EntryKind, Hold, HoldId, JournalEntry, Ledger,
     LedgerError, Memo, Settlement,
 };
 use crate::auth::UserId;
@@ -141,8 +141,9 @@ fn end_hold(
     .map_err(storage)?;
     exec(
         tx,
-        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO ended_holds (id, account, amount, request_id, model, units, expired, key_id,
+                                  charged, units_returned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             id.to_string(),
             account,
@@ -151,7 +152,9 @@ fn end_hold(
             hold.model,
             hold.units,
             kind == EntryKind::Expire,
-            hold.key_id
+            hold.key_id,
+            units_returned.map(|_| charge.signed()),
+            units_returned
         ],
     )
     .map_err(storage)?;
@@ -255,8 +258,8 @@ fn settle_ended(
     }
     exec(
         tx,
-        "UPDATE ended_holds SET expired = 0 WHERE id = ?1",
-        params![id.to_string()],
+        "UPDATE ended_holds SET expired = 0, charged = ?2, units_returned = ?3 WHERE id = ?1",
+        params![id.to_string(), charge.signed(), units_returned],
     )
     .map_err(storage)?;
     exec(
@@ -507,6 +510,25 @@ impl Ledger for SqliteLedger {
                 }
             }
             Ok(ended)
+        })
+        .await
+    }
+
+    async fn charged(&self, hold: HoldId) -> Result<Option<Charge>, LedgerError> {
+        self.read(move |tx| {
+            let row = query_row(
+                tx,
+                "SELECT charged, units_returned FROM ended_holds
+                 WHERE id = ?1 AND charged IS NOT NULL AND units_returned IS NOT NULL",
+                params![hold.to_string()],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(storage)?;
+            Ok(row.and_then(|(amount, units)| {
+                let amount = Amount::new(u64::try_from(amount).ok()?);
+                Some(Charge::new(amount, u32::try_from(units).ok()?))
+            }))
         })
         .await
     }

@@ -65,7 +65,10 @@ CREATE TABLE IF NOT EXISTS ended_holds (
     request_id TEXT NOT NULL,
     model      TEXT NOT NULL,
     units      INTEGER NOT NULL,
-    expired    INTEGER NOT NULL
+    expired    INTEGER NOT NULL,
+    -- What a settle (in time or late) charged, and for how many images.
+    charged        INTEGER,
+    units_returned INTEGER
 );
 CREATE INDEX IF NOT EXISTS journal_account ON journal (account, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, reference)
@@ -73,14 +76,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, referen
 ";
 
 /// Columns added after the first schema, added to a database made before them: the key a
-/// hold was taken with (for the usage log's `key` filter), and on a hold's end entry the
-/// amount it held.
+/// hold was taken with (for the usage log's `key` filter), on a hold's end entry the
+/// amount it held, and on an ended hold what its settle charged.
 pub(super) fn add_columns(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     for (table, column, kind) in [
         ("holds", "key_id", "TEXT"),
         ("ended_holds", "key_id", "TEXT"),
         ("journal", "key_id", "TEXT"),
         ("journal", "held", "INTEGER"),
+        ("ended_holds", "charged", "INTEGER"),
+        ("ended_holds", "units_returned", "INTEGER"),
     ] {
         let present = db
             .prepare(&format!(

@@ -66,6 +66,11 @@ impl ClientWatch {
         )
     }
 
+    /// Whether the client is gone already (never, for a watch made by `default`).
+    pub fn is_gone(&self) -> bool {
+        matches!(&self.0, Some(receiver) if receiver.has_changed().is_err())
+    }
+
     /// Resolves once the client is gone; never for a watch made by `default` (work that no
     /// client waits on, as in tests that build jobs by hand).
     pub async fn gone(&mut self) {

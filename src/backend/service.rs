@@ -109,7 +109,9 @@ impl Service<EditJob> for EditService {
         let this = self.clone();
         ResponseFuture::new(async move {
             let (principal, operation, n) = (job.principal.clone(), job.operation, job.params.n);
-            let hold = job.hold;
+            // Whether, once the images are back, they reach their owner only through the
+            // store (then their records name the hold, so a loss is refunded).
+            let (hold, by_store, client) = (job.hold, job.by_store, job.client.clone());
             let asked = (job.params.quality.clone(), job.params.background);
             let owner = principal.user_id();
             // Uploads are refused before the backend runs (no model time for an edit whose
@@ -158,8 +160,14 @@ impl Service<EditJob> for EditService {
                     let kind = answer.as_ref().err().map(BackendError::kind);
                     metrics.backend(operation, started.elapsed(), kind);
                 }
+                let images = answer?;
+                let refundable = hold.filter(|_| by_store || client.is_gone());
                 let asked = (asked.0.as_str(), asked.1);
-                this.record(&principal, hold, n, asked, answer?).await
+                let mut rendered = this
+                    .record(&principal, refundable, n, asked, images)
+                    .await?;
+                rendered.hold = hold;
+                Ok(rendered)
             };
             let (stored, rendered) = tokio::join!(stored, ran);
             // Sources that could not be kept fail the edit, as before the backend ran.
@@ -175,8 +183,8 @@ impl Service<EditJob> for EditService {
 }
 
 impl EditService {
-    /// The backend's `images` (cut to `n`), each recorded as a pending generation charged
-    /// under `hold`.
+    /// The backend's `images` (cut to `n`), each recorded as a pending generation; `hold`
+    /// is named on the records of images delivered only through the store.
     async fn record(
         &self,
         principal: &Principal,
@@ -201,7 +209,6 @@ impl EditService {
             .await?;
         let created = unix_now();
         let mut rendered = Rendered::new(created, asked, self.outputs.clone());
-        rendered.hold = hold;
         for image in images {
             let id = GenerationId::new();
             let key = output_key(principal, id, &image);

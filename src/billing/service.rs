@@ -99,6 +99,7 @@ where
         let (sources, mask) = job.keys.clone();
         job.progress.held(Ticket::new(hold, sources, mask));
         let client = job.client.clone();
+        let (by_store, leaving) = (job.by_store, job.client.clone());
         let progress = job.progress.clone();
         // Kept until the job ends, whatever the backend does with the job itself (an
         // upstream drops it once its request is sent): the caller's in-flight slot counts
@@ -122,7 +123,8 @@ where
             return Err(error.into());
         }
         tracing::info!(held = %amount, charged = %charge, returned, "edit billed");
-        rendered.publish(&*self.ledger).await
+        let by_store = by_store || leaving.is_gone();
+        rendered.publish(&*self.ledger, by_store).await
     }
 
     /// Runs the inner service, renewing the hold while it works so the expiry sweep never

@@ -132,15 +132,21 @@ async fn replay(
             .await?
             .filter(|g| &g.owner == user)
             .ok_or(GatewayError::GenerationNotFound)?;
-        if generation.status == GenerationStatus::Pending {
-            return Err(GatewayError::GenerationNotReady {
-                retry_after: Duration::from_secs(1),
-            });
-        }
-        let bytes = store
-            .get(&generation.file_key)
-            .await?
-            .ok_or(GatewayError::ImageNotFound)?;
+        // Bytes in the store were stored after their charge: a pending record with them is
+        // ready (marked so a moment after its answer).
+        let stored = match generation.status {
+            GenerationStatus::Failed => return Err(GatewayError::GenerationNotFound),
+            _ => store.get(&generation.file_key).await?,
+        };
+        let bytes = match (stored, generation.status) {
+            (Some(bytes), _) => bytes,
+            (None, GenerationStatus::Pending) => {
+                return Err(GatewayError::GenerationNotReady {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+            (None, _) => return Err(GatewayError::ImageNotFound),
+        };
         images.push(GeneratedImage::new(*id, Image::stored(bytes)));
     }
     Ok(EditOutcome::new(created, images))

@@ -139,6 +139,10 @@ pub struct EditRequest {
     /// The hold of an earlier run of this job, which a run again (its process died) takes
     /// over instead of holding anew.
     pub(crate) resume: Option<HoldId>,
+    /// Whether its images reach their owner only through the store (an async job, read
+    /// back through the job API), not in an answer: they are then stored before the job
+    /// ends, and refunded if they never are.
+    pub(crate) by_store: bool,
 }
 
 impl EditRequest {
@@ -169,12 +173,15 @@ impl EditRequest {
             client,
             progress,
             resume: None,
+            by_store: false,
         }
     }
 
-    /// The same request run again under `hold`, taken by an earlier run of it.
+    /// The same request run again under `hold`, taken by an earlier run of it (an async
+    /// job's).
     pub(crate) fn resuming(mut self, hold: HoldId) -> Self {
         self.resume = Some(hold);
+        self.by_store = true;
         self
     }
 
@@ -201,6 +208,7 @@ impl EditRequest {
             keys,
             resume: self.resume,
             hold: None,
+            by_store: self.by_store,
         }
     }
 
@@ -329,8 +337,10 @@ pub struct EditJob {
     pub(crate) keys: (Vec<FileKey>, Option<FileKey>),
     /// The hold of an earlier run, taken over by this one.
     pub(crate) resume: Option<HoldId>,
-    /// The hold this job runs under, once billing took it: each image's record names it.
+    /// The hold this job runs under, once billing took it.
     pub(crate) hold: Option<HoldId>,
+    /// See [`EditRequest`]'s field of the name.
+    pub(crate) by_store: bool,
 }
 
 impl EditJob {

@@ -84,12 +84,26 @@ impl Rendered {
     /// Makes the images reachable: stores each one's bytes and marks its generation ready.
     /// Call it only once the charge for them is committed (`ledger` is where it was).
     ///
-    /// The answer waits for the store: an image is delivered (in the answer, a job's
-    /// result, the files list) only once its bytes are kept, so an image whose bytes never
-    /// got there (the store failed, or the process died first) was never delivered, and its
-    /// share of the charge is refunded (here, or by [`Outputs::sweep`] after a restart).
-    /// The answer holds the images that were stored; none is the store's error.
-    pub async fn publish(self, ledger: &dyn Ledger) -> Result<EditOutcome, GatewayError> {
+    /// When they reach their owner only through the store (`by_store`: an async job, a
+    /// client gone), the outcome waits for the store: the job ends with the images that
+    /// were stored, and one whose bytes never got there (the store failed, or the process
+    /// died first) was never delivered, so its share of the charge is refunded (here, or by
+    /// [`Outputs::sweep`] after a restart); none stored is the store's error. Otherwise the
+    /// answer carries the images, and does not wait for a store that waits (a disk, a
+    /// network: it stores on a task of its own; a chained edit that comes too early is
+    /// answered `409 generation_not_ready`).
+    pub async fn publish(
+        self,
+        ledger: &dyn Ledger,
+        by_store: bool,
+    ) -> Result<EditOutcome, GatewayError> {
+        if !by_store {
+            for (generated, key) in self.images.iter().zip(self.keys) {
+                self.outputs.store_beside(generated, key).await;
+            }
+            return Ok(EditOutcome::new(self.created, self.images)
+                .described(&self.quality, self.background));
+        }
         let outputs = &self.outputs;
         let stored = futures_util::future::join_all(
             self.images
@@ -131,6 +145,30 @@ impl Rendered {
 }
 
 impl Outputs {
+    /// Stores one output delivered in its answer, and marks its generation; on a task of
+    /// its own once it would wait. A failed store leaves the generation failed and its
+    /// charge standing: the answer carried the image.
+    async fn store_beside(&self, generated: &GeneratedImage, key: FileKey) {
+        let (store, generations) = (self.store.clone(), self.generations.clone());
+        let (id, bytes) = (generated.id, generated.image.bytes.clone());
+        let mut storing = Box::pin(async move {
+            let status = match store.put(&key, bytes).await {
+                Ok(()) => GenerationStatus::Ready,
+                Err(error) => {
+                    tracing::error!(%error, generation = %id, "storing an answered generation failed");
+                    GenerationStatus::Failed
+                }
+            };
+            if let Err(error) = generations.set_status(id, status).await {
+                // Left pending; a read finds its bytes (ready), or the sweep ends it.
+                tracing::error!(%error, generation = %id, "recording a generation's status failed");
+            }
+        });
+        if futures_util::poll!(storing.as_mut()).is_pending() {
+            tokio::spawn(storing);
+        }
+    }
+
     /// Stores one output and marks its generation ready; when the store fails, the
     /// generation is refunded its share of `hold`'s charge and marked failed.
     async fn store(
@@ -146,14 +184,17 @@ impl Outputs {
             self.lose(key.owner(), id, hold, ledger).await;
             return Err(error.into());
         }
-        if let Err(error) = self
-            .generations
-            .set_status(id, GenerationStatus::Ready)
-            .await
-        {
-            // Left pending with its bytes stored: the next read past the pending timeout,
-            // or the sweep, marks it ready.
-            tracing::error!(%error, generation = %id, "recording a generation's status failed");
+        // Marked ready after the answer, not before it: a record still pending whose bytes
+        // are stored reads as ready (they were stored after the charge), and the sweep
+        // marks one whose process died.
+        let generations = self.generations.clone();
+        let mut marking = Box::pin(async move {
+            if let Err(error) = generations.set_status(id, GenerationStatus::Ready).await {
+                tracing::error!(%error, generation = %id, "recording a generation's status failed");
+            }
+        });
+        if futures_util::poll!(marking.as_mut()).is_pending() {
+            tokio::spawn(marking);
         }
         Ok(())
     }

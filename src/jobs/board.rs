@@ -377,11 +377,12 @@ impl JobBoard {
         self.live().remove(&record.id);
     }
 
-    /// The generation `id` once its bytes are stored or failed to be: an answer may come
-    /// before its images are stored (a store that waits stores on a task of its own), so a
-    /// read right after waits a moment (5 ms, doubling, about five seconds in all), then
-    /// answers `409 generation_not_ready`.
-    async fn stored(&self, id: GenerationId) -> Result<crate::store::Generation, GatewayError> {
+    /// The bytes of generation `id`. A synchronous job's answer comes before its images
+    /// are stored when the store waits (a disk, a network: they are stored on a task of
+    /// their own), so a read right after waits a moment (5 ms, doubling, about five seconds
+    /// in all), then answers `409 generation_not_ready`. Bytes in the store were stored
+    /// after their charge: a record still pending with them is ready.
+    async fn stored(&self, id: GenerationId) -> Result<Bytes, GatewayError> {
         let mut wait = Duration::from_millis(5);
         loop {
             let generation = self
@@ -389,9 +390,13 @@ impl JobBoard {
                 .generations
                 .get(id)
                 .await?
+                .filter(|g| g.status != GenerationStatus::Failed)
                 .ok_or(GatewayError::GenerationNotFound)?;
-            if generation.status != GenerationStatus::Pending {
-                return Ok(generation);
+            if let Some(bytes) = self.inner.store.get(&generation.file_key).await? {
+                return Ok(bytes);
+            }
+            if generation.status == GenerationStatus::Ready {
+                return Err(GatewayError::ImageNotFound);
             }
             if wait > Duration::from_secs(5) {
                 return Err(GatewayError::GenerationNotReady {
@@ -522,14 +527,7 @@ impl JobBoard {
     ) -> Result<Vec<(GenerationId, Bytes)>, GatewayError> {
         let mut images = Vec::with_capacity(output.generations.len());
         for id in &output.generations {
-            let generation = self.stored(*id).await?;
-            let bytes = self
-                .inner
-                .store
-                .get(&generation.file_key)
-                .await?
-                .ok_or(GatewayError::ImageNotFound)?;
-            images.push((*id, bytes));
+            images.push((*id, self.stored(*id).await?));
         }
         Ok(images)
     }

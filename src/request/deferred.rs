@@ -173,6 +173,7 @@ where
     }
     let (cancel, watch) = ClientWatch::new();
     edit.client = watch;
+    edit.by_store = true;
     let (progress, steps) = Progress::channel(edit.params.partial_images);
     edit.progress = progress.clone();
     let mut track = Track::new(board, &edit, progress);

@@ -187,23 +187,19 @@ impl Sources {
             GenerationStatus::Ready => Ok((self.fetch(&key, "generation_id").await?, key)),
             GenerationStatus::Failed => Err(GatewayError::GenerationNotFound),
             GenerationStatus::Pending => {
-                let age = unix_now().saturating_sub(generation.created);
-                if age < self.pending_timeout.as_secs() {
-                    return Err(GatewayError::GenerationNotReady {
-                        retry_after: RETRY_PENDING,
-                    });
-                }
-                // The process that was storing it is gone. Bytes in the store were stored
-                // after their charge: the generation is ready. Without them it is lost,
-                // and left for the job runner's sweep, which refunds it.
-                let bytes = self
-                    .store
-                    .get(&key)
-                    .await?
-                    .ok_or(GatewayError::GenerationNotFound)?;
-                self.generations
-                    .set_status(id, GenerationStatus::Ready)
-                    .await?;
+                // Bytes in the store were stored after their charge: the generation is
+                // ready (its record is marked a moment after its answer, or was not, its
+                // process gone). Without them it is still being stored, or, past the
+                // pending timeout, lost: left for the job runner's sweep, which refunds it.
+                let Some(bytes) = self.store.get(&key).await? else {
+                    let age = unix_now().saturating_sub(generation.created);
+                    if age < self.pending_timeout.as_secs() {
+                        return Err(GatewayError::GenerationNotReady {
+                            retry_after: RETRY_PENDING,
+                        });
+                    }
+                    return Err(GatewayError::GenerationNotFound);
+                };
                 Ok((source_image(bytes, "generation_id")?, key))
             }
         }
@@ -285,8 +281,6 @@ mod tests {
             key.as_str(),
             format!("files/alice/{}_generation.png", id.as_uuid())
         );
-        let record = sources.generations.get(id).await.unwrap().unwrap();
-        assert_eq!(record.status, GenerationStatus::Ready);
     }
 
     #[tokio::test]

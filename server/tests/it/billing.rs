@@ -711,30 +711,52 @@ impl image_gateway::store::FileStore for Outputs {
     }
 }
 
-/// A gateway on SQLite files in `dir` (ledger, generation records) over `store`.
+/// A gateway on SQLite files in `dir` (ledger, generation and job records) over `store`.
 fn on_disk(
     dir: &std::path::Path,
     store: impl image_gateway::store::FileStore,
 ) -> (Gateway, Arc<dyn Ledger>) {
     use image_gateway::store::SqliteGenerations;
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
+    let generations = SqliteGenerations::open(dir.join("generations.db")).unwrap();
+    let jobs = image_gateway::jobs::SqliteJobs::beside(&generations).unwrap();
     let gateway = Gateway::builder()
         .keys(keys())
         .store(store)
-        .generations(SqliteGenerations::open(dir.join("generations.db")).unwrap())
+        .generations(generations)
+        .jobs(jobs)
         .ledger(ledger.clone())
         .model("gpt-image-2", ModelSpec::new(10, PRICE))
         .build();
     (gateway, ledger)
 }
 
-/// Alice's JSON generation request.
-fn generation(json: &'static str) -> Request<Full<Bytes>> {
-    Request::post("/v1/images/generations")
+/// Alice's JSON generation request; with `async_`, as an async job.
+fn generation(json: &'static str, async_: bool) -> Request<Full<Bytes>> {
+    let mut request = Request::post("/v1/images/generations")
         .header("x-api-key", ALICE_KEY)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if async_ {
+        request = request.header("prefer", "respond-async");
+    }
+    request
         .body(Full::new(Bytes::from_static(json.as_bytes())))
         .unwrap()
+}
+
+/// The job `id` once it ended.
+async fn ended_job(server: &TestServer, id: &str) -> serde_json::Value {
+    for _ in 0..500 {
+        let job = server
+            .call(Method::GET, &format!("/v1/images/jobs/{id}"), ALICE_KEY)
+            .await
+            .json();
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never ended");
 }
 
 /// The refunds the journal shows: deposits whose reference starts `refund:`.
@@ -749,7 +771,7 @@ async fn refunds(ledger: &dyn Ledger) -> Vec<(i64, String)> {
 }
 
 #[tokio::test]
-async fn images_charged_that_the_store_refused_are_refunded_and_never_answered() {
+async fn an_async_jobs_images_the_store_refused_are_refunded_an_answers_images_are_charged() {
     let dir = temp_dir("lost-outputs-live");
     let store = Outputs {
         inner: LocalFileStore::open(&dir).unwrap(),
@@ -758,33 +780,42 @@ async fn images_charged_that_the_store_refused_are_refunded_and_never_answered()
     let (gateway, ledger) = on_disk(&dir, store);
     let server = TestServer::start(gateway).await;
     ledger.deposit(&alice(), 100, "opening").await.unwrap();
-    let reply = server
-        .send(generation(
-            r#"{"model":"gpt-image-2","prompt":"p","n":2,"size":"16x16"}"#,
-        ))
-        .await;
-    // The images were charged (the settle came first), never stored, so never delivered.
-    assert_eq!(reply.error().0, 500);
-    assert!(!String::from_utf8_lossy(&reply.body).contains("b64_json"));
+    let json = r#"{"model":"gpt-image-2","prompt":"p","n":2,"size":"16x16"}"#;
+    let accepted = server.send(generation(json, true)).await;
+    assert_eq!(accepted.status.as_u16(), 202);
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    // Charged (the settle comes first), never stored, so never delivered: refunded.
+    let job = ended_job(&server, &id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "internal_error", "{job}");
     let refunded = refunds(&*ledger).await;
     assert_eq!(refunded.len(), 2, "one refund per lost image: {refunded:?}");
     assert!(refunded.iter().all(|(amount, _)| *amount == PRICE as i64));
     let b = ledger.balance(&alice()).await.unwrap();
-    assert_eq!((b.available, b.held), (100, 0), "charged 20, refunded 20");
-    // Nothing of it is listed.
+    assert_eq!(
+        (b.available, b.held, b.charged),
+        (100, 0, 20),
+        "charged 20, refunded 20"
+    );
     let files = server
         .call(Method::GET, "/api/v1/files", ALICE_KEY)
         .await
         .json();
     assert_eq!(files["data"].as_array().unwrap().len(), 0, "{files}");
+
+    // A synchronous answer carries its image: delivered, so charged, stored or not.
+    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    assert_eq!(server.send(generation(json, false)).await.images().len(), 1);
+    assert_eq!(ledger.balance(&alice()).await.unwrap().available, 90);
+    assert_eq!(refunds(&*ledger).await.len(), 2);
 }
 
 #[tokio::test]
-async fn a_process_that_dies_between_the_charge_and_the_storage_refunds_at_its_restart() {
+async fn a_process_that_dies_between_an_async_jobs_charge_and_its_storage_refunds_at_restart() {
     use image_gateway::store::SqliteGenerations;
     let dir = temp_dir("lost-outputs-crash");
     // First life: the settle commits, then the store never answers (the process dies
-    // there); the answer, which waits for the store, never comes.
+    // there); the job, which waits for the store, never ends.
     let store = Outputs {
         inner: LocalFileStore::open(&dir).unwrap(),
         hang: true,
@@ -792,14 +823,9 @@ async fn a_process_that_dies_between_the_charge_and_the_storage_refunds_at_its_r
     let (gateway, ledger) = on_disk(&dir, store);
     let server = TestServer::start(gateway).await;
     ledger.deposit(&alice(), 100, "opening").await.unwrap();
-    let addr = server.addr;
-    let waiting = tokio::spawn(async move {
-        TestServer::at(addr)
-            .send(generation(
-                r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#,
-            ))
-            .await
-    });
+    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let accepted = server.send(generation(json, true)).await;
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
     let mut balance = ledger.balance(&alice()).await.unwrap();
     for _ in 0..500 {
         if balance.charged > 0 {
@@ -809,26 +835,34 @@ async fn a_process_that_dies_between_the_charge_and_the_storage_refunds_at_its_r
         balance = ledger.balance(&alice()).await.unwrap();
     }
     assert_eq!((balance.available, balance.charged), (90, 10), "settled");
-    assert!(
-        !waiting.is_finished(),
-        "no answer before the image is stored"
+    let job = server
+        .call(Method::GET, &format!("/v1/images/jobs/{id}"), ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(
+        job["status"], "running",
+        "not ended before its image is stored"
     );
-    waiting.abort();
     drop(server);
     drop(ledger);
 
-    // Second life on the same files: the image left pending is lost, and refunded.
+    // Second life on the same files: the image left pending is lost, and refunded; the
+    // job, taken over, finds its hold ended and fails.
     let (gateway, ledger) = on_disk(&dir, LocalFileStore::open(&dir).unwrap());
-    assert_eq!(gateway.job_runner().take_all().await.unwrap(), 0);
+    assert_eq!(gateway.job_runner().take_all().await.unwrap(), 1);
+    let server = TestServer::start(gateway).await;
+    let job = ended_job(&server, &id).await;
+    assert_eq!(job["status"], "failed", "{job}");
     let refunded = refunds(&*ledger).await;
     assert_eq!(refunded.len(), 1, "{refunded:?}");
     assert_eq!(refunded[0].0, PRICE as i64);
     let b = ledger.balance(&alice()).await.unwrap();
     assert_eq!((b.available, b.held), (100, 0));
-    let id = GenerationId::parse(refunded[0].1.trim_start_matches("refund:")).unwrap();
+    let generation = GenerationId::parse(refunded[0].1.trim_start_matches("refund:")).unwrap();
     let records = SqliteGenerations::open(dir.join("generations.db")).unwrap();
-    let record = records.get(id).await.unwrap().unwrap();
+    let record = records.get(generation).await.unwrap().unwrap();
     assert_eq!(record.status, GenerationStatus::Failed);
+    drop(server);
     // A second start refunds nothing more (the record is ended; the refund's reference is
     // the generation's id).
     let (gateway, ledger) = on_disk(&dir, LocalFileStore::open(&dir).unwrap());

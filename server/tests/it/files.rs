@@ -692,19 +692,12 @@ impl FileStore for SlowStore {
 }
 
 #[tokio::test]
-async fn an_answer_waits_for_its_images_store_and_a_pending_generation_is_409() {
-    use image_gateway::store::{Generation, GenerationStatus, Generations, MemoryGenerations};
+async fn a_generation_still_being_stored_is_409_with_retry_after() {
     let store = SlowStore {
         inner: MemoryFileStore::new(),
-        delay: Duration::from_millis(300),
+        delay: Duration::from_millis(800),
     };
-    let records = std::sync::Arc::new(MemoryGenerations::new());
-    let gateway = Gateway::builder()
-        .keys(keys())
-        .store(store)
-        .generations(records.clone())
-        .build();
-    let server = TestServer::start(gateway).await;
+    let server = TestServer::start(Gateway::builder().keys(keys()).store(store).build()).await;
     let form = Form::new()
         .text("model", "gpt-image-2")
         .text("prompt", "p")
@@ -714,24 +707,7 @@ async fn an_answer_waits_for_its_images_store_and_a_pending_generation_is_409() 
         .await
         .generation_ids()
         .remove(0);
-    // The answer came once the slow store had the image: chaining from it at once works.
     let body = format!(r#"{{"model":"gpt-image-2","prompt":"p","generation_id":"{id}"}}"#);
-    assert_eq!(server.edit_json(ALICE_KEY, &body).await.images().len(), 1);
-
-    // A generation whose bytes are still being stored (recorded, not yet ready).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let pending = image_gateway::id::GenerationId::new();
-    let key = FileKey::new(
-        &UserId::new("alice").unwrap(),
-        pending.as_uuid(),
-        "generation.png",
-    );
-    let record = Generation::new(pending, key, GenerationStatus::Pending, now);
-    records.insert(&record).await.unwrap();
-    let body = format!(r#"{{"model":"gpt-image-2","prompt":"p","generation_id":"{pending}"}}"#);
     let reply = server.edit_json(ALICE_KEY, &body).await;
     assert_eq!(
         reply.error(),
@@ -742,4 +718,6 @@ async fn an_answer_waits_for_its_images_store_and_a_pending_generation_is_409() 
         )
     );
     assert_eq!(reply.headers["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(server.edit_json(ALICE_KEY, &body).await.images().len(), 1);
 }

@@ -45,6 +45,9 @@ pub(crate) type JobStack = BoxCloneSyncService<EditRequest, EditOutcome, Gateway
 /// ended `failed` when read, once its lease and the job timeout have passed).
 #[derive(Clone)]
 pub struct JobRunner {
+    /// Whether this process is its records' only runner ([`take_all`](Self::take_all)
+    /// was called): nobody else then leaves generations pending after its start.
+    sole: Arc<std::sync::atomic::AtomicBool>,
     board: JobBoard,
     stack: JobStack,
     ledger: Arc<dyn Ledger>,
@@ -67,6 +70,7 @@ impl JobRunner {
         outputs: Outputs,
     ) -> Self {
         JobRunner {
+            sole: Arc::default(),
             board,
             stack,
             ledger,
@@ -80,6 +84,7 @@ impl JobRunner {
     pub async fn take_all(&self) -> Result<usize, GatewayError> {
         // First, while no job of this process stores anything: every pending generation
         // is an earlier run's.
+        self.sole.store(true, std::sync::atomic::Ordering::Release);
         while self
             .outputs
             .sweep(&*self.ledger, u64::MAX, SWEEP_BATCH)
@@ -90,8 +95,8 @@ impl JobRunner {
     }
 
     /// Forever: renews this process's leases three times per lease period, takes over
-    /// the jobs whose lease lapsed, and ends generations pending for longer than any
-    /// store takes.
+    /// the jobs whose lease lapsed, and (unless it is the sole runner, which ended them at
+    /// its start) ends generations pending for longer than any store takes.
     pub async fn run(self) {
         let every = (self.board.lease_period() / 3).max(Duration::from_millis(200));
         let mut ticks = tokio::time::interval(every);
@@ -102,6 +107,9 @@ impl JobRunner {
             }
             if let Err(error) = self.take(unix_now()).await {
                 tracing::warn!(%error, "taking over lapsed jobs failed");
+            }
+            if self.sole.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
             }
             let before = unix_now().saturating_sub(PENDING_TIMEOUT.as_secs());
             if let Err(error) = self.outputs.sweep(&*self.ledger, before, SWEEP_BATCH).await {

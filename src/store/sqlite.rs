@@ -47,8 +47,9 @@ impl SqliteGenerations {
              );",
         )
         .map_err(StoreError::new)?;
-        // Added after the first schema: the hold each generation was charged under, and
-        // the pending ones by age, for the sweep.
+        // Added after the first schema: the hold each generation was charged under. The
+        // pending ones are found without an index (the sweep of a sole runner reads them
+        // once, at its start): none costs each edit an index entry.
         let present = db
             .prepare("SELECT 1 FROM pragma_table_info('generations') WHERE name = 'hold'")
             .and_then(|mut s| s.exists([]))
@@ -57,11 +58,7 @@ impl SqliteGenerations {
             db.execute_batch("ALTER TABLE generations ADD COLUMN hold TEXT")
                 .map_err(StoreError::new)?;
         }
-        db.execute_batch(
-            "CREATE INDEX IF NOT EXISTS generations_pending ON generations (created)
-             WHERE status = 'pending'",
-        )
-        .map_err(StoreError::new)?;
+
         let reader = Reader::open(path).map_err(StoreError::new)?;
         Ok(SqliteGenerations {
             writer: Writer::start(db, "sqlite-generations-writer").map_err(StoreError::new)?,

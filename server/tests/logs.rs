@@ -67,7 +67,7 @@ async fn a_full_run_logs_no_secret_and_no_image_bytes() {
     );
 
     // An upstream that cannot be reached, with its own key.
-    let port = free_port();
+    let (_refusing, port) = closed_port();
     let upstream = UpstreamBackend::builder(format!("http://127.0.0.1:{port}"))
         .api_key(UPSTREAM_KEY)
         .build()

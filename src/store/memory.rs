@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, StoreError, Usage};
 use crate::auth::UserId;
-use crate::clock::unix_now;
+use crate::clock::Clock;
 
 /// The files of each owner: bytes and creation time by key.
 type Owners = HashMap<UserId, HashMap<FileKey, (Bytes, u64)>>;
@@ -19,12 +19,19 @@ type Owners = HashMap<UserId, HashMap<FileKey, (Bytes, u64)>>;
 #[derive(Debug, Default)]
 pub struct MemoryFileStore {
     owners: Mutex<Owners>,
+    clock: Clock,
 }
 
 impl MemoryFileStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store dating its files by `clock` (default: the system's).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
@@ -40,7 +47,7 @@ impl FileStore for MemoryFileStore {
         self.owners()
             .entry(key.owner().clone())
             .or_default()
-            .insert(key.clone(), (bytes, unix_now()));
+            .insert(key.clone(), (bytes, self.clock.now()));
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{FileCursor, FileKey, FileMeta, FilePage, FileStore, Quota, StoreError, Usage};
 use crate::auth::UserId;
-use crate::clock::unix_now;
+use crate::clock::{unix_now, Clock};
 use crate::postgres::{seconds, Postgres, Statement};
 use crate::BoxError;
 
@@ -60,6 +60,7 @@ impl S3Config {
 pub struct S3FileStore {
     objects: Arc<dyn ObjectStore>,
     db: Postgres,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for S3FileStore {
@@ -73,7 +74,17 @@ impl std::fmt::Debug for S3FileStore {
 impl S3FileStore {
     /// A store over `objects` (any `object_store` backend), indexed in `db`.
     pub fn new(objects: Arc<dyn ObjectStore>, db: Postgres) -> Self {
-        S3FileStore { objects, db }
+        S3FileStore {
+            objects,
+            db,
+            clock: Clock::system(),
+        }
+    }
+
+    /// The same store dating its files by `clock` (default: the system's).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// A store over the bucket `config` names, indexed in `db`.
@@ -190,7 +201,7 @@ impl S3FileStore {
                 &key.as_str(),
                 &owner,
                 &i64::try_from(size).unwrap_or(i64::MAX),
-                &seconds(unix_now()),
+                &seconds(self.clock.now()),
             ],
         )
         .await

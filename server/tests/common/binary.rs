@@ -38,6 +38,8 @@ pub struct Process {
     /// Where it listens: the address it printed (port `0` asks for a free one, so no test
     /// races another for a port).
     pub addr: std::net::SocketAddr,
+    /// What it printed after its address.
+    printed: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Process {
@@ -89,9 +91,32 @@ impl Process {
                 break addr.trim().parse().expect("a socket address");
             }
         };
-        // Keep draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Process { child, addr }
+        // Keep draining so the child never blocks on a full pipe; the lines go to
+        // `printed`.
+        let (sender, printed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        Process {
+            child,
+            addr,
+            printed: std::sync::Mutex::new(printed),
+        }
+    }
+
+    /// The next line the binary printed (after its address) that contains `needle`.
+    pub fn printed(&self, needle: &str) -> String {
+        let printed = self.printed.lock().unwrap();
+        loop {
+            let line = printed
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("the binary never printed {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.

@@ -116,13 +116,14 @@ impl Drop for TestServer {
     }
 }
 
-/// A loopback port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port that refuses connections and stays this test's: a socket bound to it
+/// that does not listen (a connection gets a reset, as from a closed port), so no other
+/// test can take the port meanwhile. `listen` on it opens the port later.
+pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 /// One HTTP/1.1 exchange on a fresh connection.

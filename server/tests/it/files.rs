@@ -612,12 +612,16 @@ async fn a_batch_stores_its_good_files_and_lists_the_bad_ones_in_errors() {
 
 #[tokio::test]
 async fn listing_runs_newest_first_and_pages_through_every_file_once() {
-    let server = reference_server().await;
+    // Times are whole seconds: the store's clock, moved by the test, dates the next
+    // upload a second after the batch.
+    let time = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let store =
+        MemoryFileStore::new().with_clock(image_gateway::clock::Clock::manual(time.clone()));
+    let server = TestServer::start(Gateway::builder().keys(keys()).store(store).build()).await;
     let image = png(4, 4);
     let files: Vec<(&str, &[u8])> = (0..5).map(|_| ("p.png", &image[..])).collect();
     let mut expected = server.upload(ALICE_KEY, &files).await.uploaded_keys();
-    // Times are whole seconds: the next upload is a second newer than the batch.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    time.store(1_001, std::sync::atomic::Ordering::Release);
     let newest = server
         .upload(ALICE_KEY, &[("new.png", &image)])
         .await

@@ -935,15 +935,13 @@ async fn webhooks_are_signed_retried_until_taken_and_survive_a_restart() {
     }
 
     // A receiver down across a restart still gets its event.
-    let down = free_port();
-    let url = format!("http://127.0.0.1:{down}/hook");
+    let (down, port) = closed_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
     let job = submit_with_hook(&server, &url).await.json();
     let id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(ended(&server, ALICE_KEY, &id).await["status"], "succeeded");
     process.kill();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", down))
-        .await
-        .unwrap();
+    let listener = down.listen(64).unwrap();
     let late = Receiver::start_on(listener, false).await;
     let _again = Process::start_with(&gateway_binary(), &dir, server.addr.port(), &env);
     let hooks = late.hooks(1).await;

@@ -95,19 +95,24 @@ const RETURNED: &str = r#"image_gateway_images_returned_total{model="gpt-image-2
 async fn the_binary_counts_known_traffic_exactly_and_never_shows_a_key() {
     let dir = temp_dir("metrics-binary");
     let port = 0;
-    let scrape_port = free_port();
-    let scrape_at = format!("127.0.0.1:{scrape_port}");
     let gateway = Process::start_with(
         &gateway_binary(),
         &dir,
         port,
         &[
             ("GATEWAY_ADMIN_KEY", ADMIN_KEY),
-            ("GATEWAY_METRICS_ADDR", &scrape_at),
+            ("GATEWAY_METRICS_ADDR", "127.0.0.1:0"),
         ],
     );
     let public = TestServer::at(gateway.addr);
-    let scraper = SocketAddr::from(([127, 0, 0, 1], scrape_port));
+    // The scrape listener's port, as the binary printed it.
+    let line = gateway.printed("metrics: GET http://");
+    let scraper: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no scrape address in {line:?}"));
 
     // The public listener: the admin key only; a user key is not enough.
     let anonymous = public

@@ -579,9 +579,15 @@ async fn files_in_one_bucket_are_shared_listed_newest_first_and_counted_by_quota
     config.endpoint = Some(endpoint);
     config.access_key_id = Some("test".into());
     config.secret_access_key = Some("test".into());
+    // Times are whole seconds: the stores' clock, moved by the test, dates later files a
+    // second newer.
+    let time = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let clock = image_gateway::clock::Clock::manual(time.clone());
     let (store_a, store_b) = (
-        S3FileStore::s3(&config, a).unwrap(),
-        S3FileStore::s3(&config, b).unwrap(),
+        S3FileStore::s3(&config, a)
+            .unwrap()
+            .with_clock(clock.clone()),
+        S3FileStore::s3(&config, b).unwrap().with_clock(clock),
     );
     let key = |name: &str| FileKey::new(&alice(), uuid::Uuid::new_v4(), name);
     let first = key("first.png");
@@ -595,8 +601,7 @@ async fn files_in_one_bucket_are_shared_listed_newest_first_and_counted_by_quota
         "stored on A, read on B"
     );
     assert!(store_b.get(&key("missing.png")).await.unwrap().is_none());
-    // Times are whole seconds: the next files are a second newer.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    time.store(1_001, std::sync::atomic::Ordering::Release);
     let mut newer = Vec::new();
     for i in 0..3 {
         let k = key(&format!("{i}.png"));

@@ -58,11 +58,10 @@ fn an_address_in_use_is_one_line_with_its_cause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_name_address_is_resolved() {
-    let port = free_port();
     let data = temp_dir("localhost");
     let binary = tokio::task::spawn_blocking(gateway_binary).await.unwrap();
     let mut child = Command::new(binary)
-        .env("GATEWAY_ADDR", format!("localhost:{port}"))
+        .env("GATEWAY_ADDR", "localhost:0")
         .env("GATEWAY_DATA_DIR", &data)
         .env("GATEWAY_API_KEYS", format!("alice:{ALICE_KEY}"))
         .env("RUST_LOG", "warn")
@@ -87,7 +86,7 @@ async fn a_host_name_address_is_resolved() {
         .trim()
         .parse()
         .expect("a socket address");
-    assert!(addr.ip().is_loopback() && addr.port() == port, "{line}");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{line}");
     let reply = TestServer::at(addr)
         .call(http::Method::GET, "/api/v1/balance", ALICE_KEY)
         .await;

@@ -18,7 +18,8 @@
 //! | [`request`] | JSON or multipart in, one validated [`EditRequest`](job::EditRequest) of the endpoint's operation or a spec error out, never a panic; part order free; type by magic bytes; each image cut off at 25 MiB; `stream: true` answered as server-sent events once the hold is taken |
 //! | [`idempotency`] | a retried `Idempotency-Key` request is answered with its first result and charged once |
 //! | [`source`] | keys, generation ids and URLs resolved to source bytes (and a mask), owner checked; `409 generation_not_ready` while outputs are stored; inline images stored as uploads once the hold is taken, while the backend runs |
-//! | [`billing`] | hold `n x price` before the backend, settle what came back before any of it is reachable, release on any failure; balance, usage and admin endpoints |
+//! | [`billing`] | hold `n x price` before the backend, settle what came back before any of it is reachable, release on any failure; balance and usage endpoints |
+//! | [`admin`] | the admin API, every route of it, behind its own key (compared by digest in constant time): deposits, any user's usage, managed keys, routed deployments' state |
 //! | [`backend`] | the [`ImageBackend`](backend::ImageBackend) seam, the innermost [`EditService`](backend::EditService), the model-free reference backend (renders bounded in number and memory) and the upstream backend |
 //! | [`files`] | upload (up to 5 files, bad ones refused alone and listed), the files list (newest first, stable paging), download and delete |
 //!
@@ -67,6 +68,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod address;
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod billing;

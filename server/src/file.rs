@@ -75,6 +75,11 @@ pub struct UpstreamConfig {
     pub provider: Option<String>,
     /// Azure's `api-version` (default `2025-04-01-preview`).
     pub api_version: Option<String>,
+    /// What one image from it costs the operator (metrics only).
+    pub cost_per_image: Option<u64>,
+    /// Optional fields never sent to this upstream (one that rejects them).
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
 }
 
 fn provider<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -406,11 +411,23 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
                     upstream.max_in_flight.map(|v| v.to_string()),
                 ),
                 ("timeout_secs", upstream.timeout_secs.map(|v| v.to_string())),
+                (
+                    "cost_per_image",
+                    upstream.cost_per_image.map(|v| v.to_string()),
+                ),
             ];
             for (key, value) in numbers {
                 if let Some(value) = value {
                     out.push_str(&format!("{key} = {value}\n"));
                 }
+            }
+            if !upstream.drop_fields.is_empty() {
+                let names: Vec<String> = upstream
+                    .drop_fields
+                    .iter()
+                    .map(|f| toml_string(f))
+                    .collect();
+                out.push_str(&format!("drop_fields = [{}]\n", names.join(", ")));
             }
         }
     }
@@ -531,6 +548,10 @@ mod tests {
             ),
             (
                 "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nweight = -1\n",
+                "models.m",
+            ),
+            (
+                "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\ndrop_fields = \"user\"\n",
                 "models.m",
             ),
             (

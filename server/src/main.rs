@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use image_gateway::admin::Upstreams;
 use image_gateway::backend::{
     Cooldown, Deployment, ImageBackend, PerModel, RedisRests, ReferenceBackend, Rests,
     RoutedBackend, UpstreamBackend, DEFAULT_AZURE_API_VERSION,
@@ -154,13 +155,20 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
         }
         None => None,
     };
+    let metrics = if config.metrics_user_labels {
+        Metrics::with_user_labels()
+    } else {
+        Metrics::new()
+    };
+    let (routed, upstreams) = backend(&config, &file, rests, &metrics)?;
     let mut builder = Gateway::builder();
     builder = match stores.registry {
         Some(registry) => builder.managed_keys(registry),
         None => builder.keys(stores.keys),
     };
     builder = builder
-        .backend(backend(&config, &file, rests)?)
+        .backend(routed)
+        .upstreams(upstreams)
         .store(stores.files)
         .generations(stores.generations)
         .idempotency(stores.idempotency)
@@ -180,11 +188,6 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
     if let Some(admin_key) = &config.admin_key {
         builder = builder.admin_key(admin_key.clone());
     }
-    let metrics = if config.metrics_user_labels {
-        Metrics::with_user_labels()
-    } else {
-        Metrics::new()
-    };
     builder = builder.metrics(metrics.clone());
     for (name, spec, _) in models(&config, &file) {
         builder = builder.model(name, spec);
@@ -441,12 +444,14 @@ fn backend(
     config: &Config,
     file: &FileSettings,
     rests: Option<Arc<dyn Rests>>,
-) -> Result<Arc<dyn ImageBackend>, Box<dyn Error>> {
+    metrics: &Metrics,
+) -> Result<(Arc<dyn ImageBackend>, Upstreams), Box<dyn Error>> {
     let otherwise = default_backend(config, file)?;
     if file.models.values().all(|m| m.upstreams.is_empty()) {
-        return Ok(otherwise);
+        return Ok((otherwise, Upstreams::default()));
     }
     let mut backends = PerModel::new(otherwise);
+    let mut shown: Vec<(String, Arc<dyn Fn() -> serde_json::Value + Send + Sync>)> = Vec::new();
     for (name, model) in &file.models {
         if model.upstreams.is_empty() {
             continue;
@@ -478,12 +483,14 @@ fn backend(
                 let version = upstream.api_version.as_deref();
                 builder = builder.azure(version.unwrap_or(DEFAULT_AZURE_API_VERSION));
             }
+            builder = builder.drop_fields(upstream.drop_fields.iter().cloned());
             let backend = builder
                 .build()
                 .map_err(|e| format!("models.{name}.upstreams[{i}]: {e}"))?;
             let mut deployment = Deployment::new(format!("{name}#{i}"), backend)
                 .weight(upstream.weight.unwrap_or(1))
-                .priority(upstream.priority.unwrap_or(0));
+                .priority(upstream.priority.unwrap_or(0))
+                .cost_per_image(upstream.cost_per_image.unwrap_or(0));
             if let Some(bound) = upstream.max_in_flight {
                 deployment = deployment.max_in_flight(bound);
             }
@@ -500,7 +507,8 @@ fn backend(
         let mut routed = RoutedBackend::new(deployments)
             .attempts(model.attempts.unwrap_or(3))
             .retry_after_timeout(model.retry_after_timeout.unwrap_or(false))
-            .cooldown(cooldown);
+            .cooldown(cooldown)
+            .metrics(metrics.clone());
         if let Some(rests) = &rests {
             routed = routed.shared_rests(rests.clone());
         }
@@ -508,9 +516,12 @@ fn backend(
             "backend: {name} routed over {} upstream deployment(s)",
             model.upstreams.len()
         );
-        backends = backends.model(name.clone(), Arc::new(routed));
+        let routed = Arc::new(routed);
+        let states = routed.clone();
+        shown.push((name.clone(), Arc::new(move || states.states())));
+        backends = backends.model(name.clone(), routed);
     }
-    Ok(Arc::new(backends))
+    Ok((Arc::new(backends), Arc::new(shown)))
 }
 
 /// The upstream model API when one is configured, else the model-free reference backend.

@@ -1,5 +1,4 @@
-//! The key routes of the admin API (served behind the admin key by
-//! [`AdminApi`](crate::billing::AdminApi)).
+//! The key routes of the admin API (served behind the admin key by [`AdminApi`](super::AdminApi)).
 
 use std::sync::Arc;
 
@@ -7,7 +6,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde::Deserialize;
 
-use super::{Cidr, KeyId, KeyLimits, KeyRegistry, NewKey, UserId};
+use crate::auth::{Cidr, KeyId, KeyLimits, KeyRegistry, NewKey, UserId};
 use crate::clock::unix_now;
 use crate::{GatewayError, ResponseBody};
 

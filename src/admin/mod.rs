@@ -1,3 +1,20 @@
+//! The operators' door: the admin API, every route of it in this module.
+//!
+//! # Guarantee
+//! Only the admin key opens it. The key is checked against its own SHA-256 digest in
+//! constant time, user API keys never pass, and the user key store is not consulted for
+//! it: a request without the admin key is `401 invalid_api_key` before any route is read.
+//!
+//! # Routes
+//! | route | what |
+//! |---|---|
+//! | `POST /admin/v1/accounts/{user_id}/deposits` | credits an account once per reference |
+//! | `GET /admin/v1/users/{user_id}/usage` | a user's usage log (the query of `GET /api/v1/usage`) |
+//! | `POST\|GET /admin/v1/users/{user_id}/keys`, `GET\|PATCH\|DELETE /admin/v1/keys/{id}`, `POST /admin/v1/keys/{id}/rotate` | managed keys ([`keys`]), with a [registry](AdminApi::registry) |
+//! | `GET /admin/v1/upstreams` | routed models' deployments, as [`Upstreams`] shows them |
+
+mod keys;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,12 +25,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_service::Service;
 
-use crate::auth::admin::answer_keys;
 use crate::auth::{ApiKey, KeyRegistry, KeyStore, UserId};
 use crate::future::ResponseFuture;
 use crate::ledger::Ledger;
 use crate::limit::body_error;
 use crate::{GatewayError, RequestBody, ResponseBody};
+use keys::answer_keys;
 
 /// The operators' door: `POST /admin/v1/accounts/{user_id}/deposits` with
 /// `{"amount": <integer>, "reference": "<unique per account>"}`, any user's usage at
@@ -33,7 +50,13 @@ pub struct AdminApi {
     ledger: Arc<dyn Ledger>,
     keys: Arc<dyn KeyStore>,
     registry: Option<Arc<dyn KeyRegistry>>,
+    upstreams: Upstreams,
 }
+
+/// The routed models whose deployments `GET /admin/v1/upstreams` shows: each model's name
+/// and its deployments' state (a [`RoutedBackend`](crate::backend::RoutedBackend)'s
+/// `states`).
+pub type Upstreams = Arc<Vec<(String, Arc<dyn Fn() -> serde_json::Value + Send + Sync>)>>;
 
 impl AdminApi {
     /// An admin API accepting `admin_key`, crediting `ledger` accounts of the users `keys`
@@ -44,7 +67,15 @@ impl AdminApi {
             ledger,
             keys,
             registry: None,
+            upstreams: Arc::default(),
         }
+    }
+
+    /// Also serves `GET /admin/v1/upstreams`: each routed model's deployments, as
+    /// `upstreams` shows them.
+    pub fn upstreams(mut self, upstreams: Upstreams) -> Self {
+        self.upstreams = upstreams;
+        self
     }
 
     /// Also serves the key routes over `registry`: `POST|GET /admin/v1/users/{user_id}/keys`,
@@ -85,9 +116,22 @@ where
         let ledger = self.ledger.clone();
         let keys = self.keys.clone();
         let registry = self.registry.clone();
+        let upstreams = self.upstreams.clone();
         ResponseFuture::answer(async move {
             if !authorised {
                 return Err(GatewayError::InvalidApiKey);
+            }
+            if req.uri().path() == "/admin/v1/upstreams" {
+                if req.method() != Method::GET {
+                    return Err(GatewayError::MethodNotAllowed);
+                }
+                let models: Vec<serde_json::Value> = upstreams
+                    .iter()
+                    .map(|(model, states)| {
+                        serde_json::json!({"model": model, "deployments": states()})
+                    })
+                    .collect();
+                return Ok(crate::body::json_ok(&serde_json::json!({ "data": models })));
             }
             if let Some(user) = req
                 .uri()
@@ -101,10 +145,10 @@ where
                 let user = UserId::new(user).map_err(|_| {
                     GatewayError::invalid_request("user id is not valid", Some("user_id"))
                 })?;
-                let body = super::api::usage(&*ledger, &user, req.uri().query()).await?;
+                let body = crate::billing::usage(&*ledger, &user, req.uri().query()).await?;
                 return Ok(crate::body::json_ok(&body));
             }
-            if crate::auth::admin::serves(req.uri().path()) {
+            if keys::serves(req.uri().path()) {
                 let registry = registry.ok_or(GatewayError::RouteNotFound)?;
                 let (head, body) = req.into_parts();
                 let body = read_body(body).await?;

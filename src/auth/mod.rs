@@ -40,7 +40,6 @@
 //! # }
 //! ```
 
-pub(crate) mod admin;
 mod key;
 mod layer;
 mod managed;

@@ -54,6 +54,7 @@ pub use upstream::sse;
 #[cfg(feature = "upstream")]
 pub use upstream::{
     StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError, DEFAULT_AZURE_API_VERSION,
+    DROPPABLE_FIELDS,
 };
 
 #[cfg(feature = "redis")]

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::{BackendError, Failure, ImageBackend};
 use crate::job::{EditJob, Image};
+use crate::metrics::Metrics;
 
 /// One upstream deployment of a model: a backend with its weight, priority and bound.
 pub struct Deployment {
@@ -41,6 +42,10 @@ pub struct Deployment {
     weight: u32,
     priority: i32,
     max_in_flight: Option<Arc<Semaphore>>,
+    /// That bound, as given.
+    bound: Option<usize>,
+    /// What one image it returns costs the operator (for metrics only).
+    cost_per_image: u64,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -62,7 +67,16 @@ impl Deployment {
             weight: 1,
             priority: 0,
             max_in_flight: None,
+            bound: None,
+            cost_per_image: 0,
         }
+    }
+
+    /// What one image it returns costs the operator, counted in
+    /// `image_gateway_upstream_cost_total` (metrics only: the caller pays the model's price).
+    pub fn cost_per_image(mut self, cost: u64) -> Self {
+        self.cost_per_image = cost;
+        self
     }
 
     /// Its share within its priority group, against the others' weights (0: used only
@@ -81,6 +95,7 @@ impl Deployment {
     /// At most `jobs` at once; past it the deployment is skipped.
     pub fn max_in_flight(mut self, jobs: usize) -> Self {
         self.max_in_flight = Some(Arc::new(Semaphore::new(jobs)));
+        self.bound = Some(jobs);
         self
     }
 }
@@ -114,6 +129,7 @@ pub struct RoutedBackend {
     retry_after_timeout: bool,
     cooldown: Cooldown,
     rests: Option<Arc<dyn Rests>>,
+    metrics: Option<Metrics>,
 }
 
 /// Where rests are shared between the processes that route over the same deployments (by
@@ -148,6 +164,8 @@ impl std::fmt::Debug for RoutedBackend {
 struct Slot {
     deployment: Deployment,
     health: Mutex<Health>,
+    /// Calls to it under way.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -178,13 +196,49 @@ impl RoutedBackend {
                 .map(|deployment| Slot {
                     deployment,
                     health: Mutex::default(),
+                    in_flight: Default::default(),
                 })
                 .collect(),
             attempts: 3,
             retry_after_timeout: false,
             cooldown: Cooldown::default(),
             rests: None,
+            metrics: None,
         }
+    }
+
+    /// Counts each deployment's calls, time, fallbacks, rests and cost in `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs `call` on `taken`'s deployment, counted; then counts how it ended (and shares
+    /// a rest it opened).
+    async fn call(
+        &self,
+        taken: &Taken<'_>,
+        call: impl std::future::Future<Output = Result<Vec<Image>, BackendError>>,
+    ) -> Result<Vec<Image>, BackendError> {
+        let deployment = &taken.slot.deployment;
+        if let Some(metrics) = &self.metrics {
+            metrics.upstream_began(&deployment.name);
+        }
+        let in_flight = &taken.slot.in_flight;
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = call.await;
+        in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            let (kind, images) = match &outcome {
+                Ok(images) => ("ok", images.len() as u64),
+                Err(error) => (error.kind(), 0),
+            };
+            let cost = deployment.cost_per_image.saturating_mul(images);
+            metrics.upstream_ended(&deployment.name, kind, started.elapsed(), cost);
+        }
+        self.ended(taken, &outcome).await;
+        outcome
     }
 
     /// Shares rests through `rests` (Redis, for replicas): a deployment resting on one
@@ -228,6 +282,9 @@ impl RoutedBackend {
     /// Counts how a job on `taken` ended, and shares a rest it opened.
     async fn ended(&self, taken: &Taken<'_>, outcome: &Result<Vec<Image>, BackendError>) {
         if self.record(taken, outcome) {
+            if let Some(metrics) = &self.metrics {
+                metrics.upstream_rested(&taken.slot.deployment.name);
+            }
             self.share_rest(taken.slot).await;
         }
     }
@@ -240,6 +297,44 @@ impl RoutedBackend {
                 tracing::warn!(%error, "sharing a deployment's rest failed");
             }
         }
+    }
+
+    /// Each deployment's state now, in the order given: its name, priority, weight, calls
+    /// under way (and its bound), until when it rests (Unix milliseconds), and its failures
+    /// within the cooldown's window.
+    pub fn states(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let deployments: Vec<serde_json::Value> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let d = &slot.deployment;
+                let health = lock(&slot.health);
+                let resting_until = health
+                    .resting_until
+                    .filter(|until| *until > now)
+                    .map(|until| now_ms.saturating_add((until - now).as_millis() as u64));
+                let recent = health
+                    .failures
+                    .iter()
+                    .filter(|at| now.duration_since(**at) <= self.cooldown.window)
+                    .count();
+                serde_json::json!({
+                    "name": d.name,
+                    "priority": d.priority,
+                    "weight": d.weight,
+                    "in_flight": slot.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    "max_in_flight": d.bound,
+                    "available": resting_until.is_none()
+                        && d.bound.is_none_or(|bound| slot.in_flight.load(std::sync::atomic::Ordering::Relaxed) < bound),
+                    "resting_until_ms": resting_until,
+                    "probing": health.probing,
+                    "recent_failures": recent,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(deployments)
     }
 
     /// At most `attempts` deployments per job (at least 1).
@@ -415,11 +510,15 @@ impl ImageBackend for RoutedBackend {
                 break;
             };
             tried.push(taken.index);
-            let outcome = taken.slot.deployment.backend.edit(job).await;
-            self.ended(&taken, &outcome).await;
+            let outcome = self
+                .call(&taken, taken.slot.deployment.backend.edit(job))
+                .await;
             match outcome {
                 Err(error) if self.may_fall_back(job, &error) => {
                     tracing::warn!(deployment = %taken.slot.deployment.name, kind = error.kind(), "falling back to another deployment");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.upstream_fell_back(&taken.slot.deployment.name);
+                    }
                     last = Some(error);
                 }
                 done => return done,
@@ -435,9 +534,8 @@ impl ImageBackend for RoutedBackend {
             let Some(taken) = self.take(&[]) else {
                 return Err(unavailable());
             };
-            let outcome = taken.slot.deployment.backend.edit_owned(job).await;
-            self.ended(&taken, &outcome).await;
-            return outcome;
+            let backend = taken.slot.deployment.backend.clone();
+            return self.call(&taken, backend.edit_owned(job)).await;
         }
         self.edit(&job).await
     }

@@ -33,10 +33,9 @@
 //! the available balance, and logs an error. A hold guard releases on drop (a
 //! panic); a release after a committed settle changes nothing.
 //!
-//! [`AccountApi`] serves `GET /api/v1/balance` and `GET /api/v1/usage`; [`AdminApi`] serves
-//! `POST /admin/v1/accounts/{user_id}/deposits` to holders of a separate admin key.
+//! [`AccountApi`] serves `GET /api/v1/balance` and `GET /api/v1/usage`; the admin API
+//! ([`crate::admin`]) deposits and reads any user's usage.
 
-mod admin;
 mod api;
 mod guard;
 mod layer;
@@ -46,7 +45,7 @@ mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use admin::AdminApi;
+pub(crate) use api::usage;
 pub use api::{AccountApi, BALANCE_PATH, USAGE_PATH};
 pub use layer::BillingLayer;
 pub use service::Billing;

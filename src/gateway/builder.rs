@@ -6,9 +6,10 @@ use tower::ServiceBuilder;
 use super::{Gateway, Routes};
 use tower_layer::Layer;
 
+use crate::admin::AdminApi;
 use crate::auth::{AuthLayer, KeyRegistry, KeyStore, StaticKeys};
 use crate::backend::{EditService, ImageBackend};
-use crate::billing::{AccountApi, AdminApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
+use crate::billing::{AccountApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
 use crate::health::{Health, Readiness};
@@ -38,6 +39,7 @@ pub struct GatewayBuilder {
     idempotency: Option<Arc<dyn IdempotencyRecords>>,
     hold_ttl: Duration,
     admin_key: Option<String>,
+    upstreams: crate::admin::Upstreams,
     rate_limit: RateLimitLayer,
     models: Vec<(String, ModelSpec)>,
     body_limit: u64,
@@ -98,6 +100,7 @@ impl Default for GatewayBuilder {
             idempotency: None,
             hold_ttl: DEFAULT_HOLD_TTL,
             admin_key: None,
+            upstreams: Default::default(),
             rate_limit: RateLimitLayer::new(),
             models: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
@@ -192,6 +195,13 @@ impl GatewayBuilder {
     /// Default: disabled (`/admin/` paths answer 404).
     pub fn admin_key(mut self, key: impl Into<String>) -> Self {
         self.admin_key = Some(key.into());
+        self
+    }
+
+    /// Shows `upstreams` (each routed model's deployments) at `GET /admin/v1/upstreams`,
+    /// behind the [admin key](Self::admin_key). Default: none listed.
+    pub fn upstreams(mut self, upstreams: crate::admin::Upstreams) -> Self {
+        self.upstreams = upstreams;
         self
     }
 
@@ -412,7 +422,7 @@ impl GatewayBuilder {
                 readiness: Readiness::default(),
             },
             admin: self.admin_key.map(|key| {
-                let admin = AdminApi::new(&key, ledger.clone(), keys);
+                let admin = AdminApi::new(&key, ledger.clone(), keys).upstreams(self.upstreams);
                 match self.registry {
                     Some(registry) => admin.registry(registry),
                     None => admin,

@@ -61,8 +61,9 @@ use tracing::Instrument;
 pub use builder::{GatewayBuilder, JobLimits, DEFAULT_MODEL};
 pub use routes::{COMPOSE_PATH, EDITS_PATH, GENERATIONS_PATH, MODELS_PATH};
 
+use crate::admin::AdminApi;
 use crate::auth::{ApiKey, Auth, UserId};
-use crate::billing::{AdminApi, ExpirySweep};
+use crate::billing::ExpirySweep;
 use crate::future::ResponseFuture;
 use crate::health::{Health, Readiness};
 use crate::id::RequestId;

@@ -28,6 +28,12 @@
 //! | `image_gateway_jobs` | state | async jobs of this process `queued` or `running` now |
 //! | `image_gateway_jobs_ended_total` | state | async jobs ended: `succeeded`, `failed`, `cancelled` |
 //! | `image_gateway_webhook_deliveries_total` | outcome | webhook attempts: `delivered`, `retried`, `given_up` |
+//! | `image_gateway_upstream_requests_total` | deployment, outcome | calls to a routed deployment: `ok` or the failure's kind |
+//! | `image_gateway_upstream_duration_seconds` | deployment | one call to a routed deployment |
+//! | `image_gateway_upstream_in_flight` | deployment | calls to a routed deployment under way |
+//! | `image_gateway_upstream_fallbacks_total` | deployment | jobs that fell back from it to another |
+//! | `image_gateway_upstream_cooldowns_total` | deployment | rests it was sent to |
+//! | `image_gateway_upstream_cost_total` | deployment | images it returned x its `cost_per_image` (what it bills the operator; beside `money_charged`) |
 //! | `image_gateway_user_requests_total` | user | only with [`Metrics::with_user_labels`] |
 //!
 //! A streamed answer's duration ends when its head is sent, and its body's size is not known
@@ -89,6 +95,18 @@ struct OperationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model: String,
+}
+
+/// A routed deployment, by the name its operator gave it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentOutcomeLabels {
+    deployment: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,7 +171,64 @@ struct Inner {
     jobs: Family<StateLabels, Gauge>,
     jobs_ended: Family<StateLabels, Counter>,
     webhooks: Family<OutcomeLabels, Counter>,
+    upstream: Upstreams,
     user_requests: Option<Family<UserLabels, Counter>>,
+}
+
+/// The routed deployments' metrics.
+struct Upstreams {
+    requests: Family<DeploymentOutcomeLabels, Counter>,
+    duration: Histograms<DeploymentLabels>,
+    in_flight: Family<DeploymentLabels, Gauge>,
+    fallbacks: Family<DeploymentLabels, Counter>,
+    cooldowns: Family<DeploymentLabels, Counter>,
+    cost: Family<DeploymentLabels, Counter>,
+}
+
+impl Upstreams {
+    fn register(registry: &mut Registry) -> Self {
+        let upstreams = Upstreams {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            fallbacks: Family::default(),
+            cooldowns: Family::default(),
+            cost: Family::default(),
+        };
+        let u = &upstreams;
+        registry.register(
+            "upstream_requests",
+            "Calls to routed deployments by outcome",
+            u.requests.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "One call to a routed deployment",
+            Unit::Seconds,
+            u.duration.clone(),
+        );
+        registry.register(
+            "upstream_in_flight",
+            "Calls to a routed deployment under way",
+            u.in_flight.clone(),
+        );
+        registry.register(
+            "upstream_fallbacks",
+            "Jobs that fell back from a deployment to another",
+            u.fallbacks.clone(),
+        );
+        registry.register(
+            "upstream_cooldowns",
+            "Rests a deployment was sent to",
+            u.cooldowns.clone(),
+        );
+        registry.register(
+            "upstream_cost",
+            "What routed deployments bill the operator: images x cost_per_image",
+            u.cost.clone(),
+        );
+        upstreams
+    }
 }
 
 impl Default for Metrics {
@@ -282,6 +357,7 @@ impl Metrics {
             "Webhook attempts by outcome",
             webhooks.clone(),
         );
+        let upstream = Upstreams::register(&mut registry);
         let user_requests = user_labels.then(|| {
             let family = Family::default();
             registry.register("user_requests", "Requests by user id", family.clone());
@@ -307,6 +383,7 @@ impl Metrics {
                 jobs,
                 jobs_ended,
                 webhooks,
+                upstream,
                 user_requests,
             }),
         }
@@ -341,6 +418,59 @@ impl Metrics {
                 .get_or_create(&StateLabels { state: to })
                 .inc();
         }
+    }
+
+    /// A call to the routed deployment `deployment` began.
+    pub(crate) fn upstream_began(&self, deployment: &str) {
+        let labels = DeploymentLabels {
+            deployment: deployment.to_owned(),
+        };
+        self.inner.upstream.in_flight.get_or_create(&labels).inc();
+    }
+
+    /// A call to `deployment` ended with `outcome` (`ok` or a failure's kind) after `took`,
+    /// billing the operator `cost`.
+    pub(crate) fn upstream_ended(
+        &self,
+        deployment: &str,
+        outcome: &'static str,
+        took: Duration,
+        cost: u64,
+    ) {
+        let u = &self.inner.upstream;
+        let labels = DeploymentLabels {
+            deployment: deployment.to_owned(),
+        };
+        u.in_flight.get_or_create(&labels).dec();
+        u.duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if cost > 0 {
+            u.cost.get_or_create(&labels).inc_by(cost);
+        }
+        let deployment = labels.deployment;
+        u.requests
+            .get_or_create(&DeploymentOutcomeLabels {
+                deployment,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A job fell back from `deployment` to another.
+    pub(crate) fn upstream_fell_back(&self, deployment: &str) {
+        let labels = DeploymentLabels {
+            deployment: deployment.to_owned(),
+        };
+        self.inner.upstream.fallbacks.get_or_create(&labels).inc();
+    }
+
+    /// `deployment` was sent to rest.
+    pub(crate) fn upstream_rested(&self, deployment: &str) {
+        let labels = DeploymentLabels {
+            deployment: deployment.to_owned(),
+        };
+        self.inner.upstream.cooldowns.get_or_create(&labels).inc();
     }
 
     /// Counts one webhook attempt: `delivered`, `retried` or `given_up`.

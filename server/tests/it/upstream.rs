@@ -567,7 +567,7 @@ async fn the_sources_are_dropped_while_the_model_works_and_a_late_503_is_not_ret
 
 #[tokio::test]
 async fn connection_refused_is_502_and_nothing_is_charged() {
-    let port = free_port();
+    let (_refusing, port) = closed_port();
     let upstream = UpstreamBackend::builder(format!("http://127.0.0.1:{port}"))
         .build()
         .unwrap();
@@ -908,6 +908,9 @@ async fn a_streamed_upstream_job_left_after_a_partial_is_read_to_its_end_and_cha
     assert!(!s.mock.cancelled.load(Ordering::SeqCst));
 }
 
+/// The admin key of [`routed_binary`]: its metrics are read with it.
+const ROUTED_ADMIN_KEY: &str = "admin_routed_0123456789";
+
 /// The binary with `[models."gpt-image-2"]` served by `deployments` (TOML of its
 /// `[[upstreams]]` tables); alice holds 100, 10 a image.
 fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
@@ -923,7 +926,10 @@ fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
         &dir,
         0,
         &["--config", config.to_str().unwrap()],
-        &[("UPSTREAM_TEST_KEY", UPSTREAM_KEY)],
+        &[
+            ("UPSTREAM_TEST_KEY", UPSTREAM_KEY),
+            ("GATEWAY_ADMIN_KEY", ROUTED_ADMIN_KEY),
+        ],
     );
     let server = TestServer::at(process.addr);
     (process, server)
@@ -935,7 +941,7 @@ async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
     let working = start_mock(Script::Images(1)).await;
     let (_process, server) = routed_binary(&format!(
         "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nkey_env = \"UPSTREAM_TEST_KEY\"\npriority = 1\n\
-         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nkey_env = \"UPSTREAM_TEST_KEY\"\nmodel = \"gpt-image-1.5\"\n",
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nkey_env = \"UPSTREAM_TEST_KEY\"\nmodel = \"gpt-image-1.5\"\ncost_per_image = 2\n",
         failing.addr, working.addr
     ));
     for _ in 0..5 {
@@ -955,6 +961,47 @@ async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
         .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {UPSTREAM_KEY}")[..])));
     // Charged once per image: 100 = 50 available + 50 charged.
     assert_eq!(server.balance(ALICE_KEY).await, (50, 0));
+    // Each deployment seen by the operator: calls by outcome, fallbacks, the rest, and what
+    // the second bills (5 images x 2) beside the 50 charged.
+    let metrics = server
+        .call(http::Method::GET, "/metrics", ROUTED_ADMIN_KEY)
+        .await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for line in [
+        r#"image_gateway_upstream_requests_total{deployment="gpt-image-2#0",outcome="upstream_busy"} 3"#,
+        r#"image_gateway_upstream_requests_total{deployment="gpt-image-2#1",outcome="ok"} 5"#,
+        r#"image_gateway_upstream_fallbacks_total{deployment="gpt-image-2#0"} 3"#,
+        r#"image_gateway_upstream_cooldowns_total{deployment="gpt-image-2#0"} 1"#,
+        r#"image_gateway_upstream_cost_total{deployment="gpt-image-2#1"} 10"#,
+        r#"image_gateway_upstream_in_flight{deployment="gpt-image-2#1"} 0"#,
+        r#"image_gateway_upstream_duration_seconds_count{deployment="gpt-image-2#1"} 5"#,
+        r#"image_gateway_money_charged_total{model="gpt-image-2"} 50"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    // And their state now: the first rests, the second takes jobs.
+    let states = server
+        .call(http::Method::GET, "/admin/v1/upstreams", ROUTED_ADMIN_KEY)
+        .await
+        .json();
+    let model = &states["data"][0];
+    assert_eq!(model["model"], "gpt-image-2", "{states}");
+    let (first, second) = (&model["deployments"][0], &model["deployments"][1]);
+    assert_eq!(first["name"], "gpt-image-2#0");
+    assert_eq!(
+        (first["priority"].as_i64(), second["priority"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(first["available"], false, "{states}");
+    assert!(first["resting_until_ms"].as_u64().unwrap() > 0, "{states}");
+    assert_eq!(second["available"], true, "{states}");
+    assert!(second["resting_until_ms"].is_null());
+    assert_eq!(second["in_flight"], 0);
+    // Not for a user's key.
+    let refused = server
+        .call(http::Method::GET, "/admin/v1/upstreams", ALICE_KEY)
+        .await;
+    assert_eq!(refused.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1040,4 +1087,36 @@ async fn azure_deployments_get_azure_s_shape_and_its_unsupported_values_are_refu
         .await
         .unwrap();
     assert_eq!((balance.available, balance.held), (90, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_drop_fields_are_never_sent_and_the_rest_are() {
+    let mock = start_mock(Script::Images(1)).await;
+    let (_process, server) = routed_binary(&format!(
+        "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\ndrop_fields = [\"input_fidelity\", \"user\"]\n",
+        mock.addr
+    ));
+    let form = Form::new()
+        .text("model", "gpt-image-2")
+        .text("prompt", "make it blue")
+        .text("quality", "high")
+        .text("input_fidelity", "high")
+        .text("user", "u-7")
+        .file("image", "a.png", "image/png", &png(10, 10));
+    let reply = server.edit_form(ALICE_KEY, form).await;
+    assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    let received = mock.received.lock().unwrap()[0].clone();
+    assert_eq!(received.text("input_fidelity"), None);
+    assert_eq!(received.text("user"), None);
+    for (field, value) in [("prompt", "make it blue"), ("quality", "high"), ("n", "1")] {
+        assert_eq!(received.text(field), Some(value), "{field}");
+    }
+    assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
+    // The request itself cannot be dropped.
+    let refused = UpstreamBackend::builder(format!("http://{}", mock.addr))
+        .drop_fields(["prompt"])
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("`prompt` cannot be dropped"), "{refused}");
 }

@@ -70,7 +70,24 @@ pub struct UpstreamBackend {
     api_key: Option<String>,
     models: HashMap<String, String>,
     provider: Provider,
+    /// Fields never sent to this upstream (its operator's `drop_fields`).
+    dropped: Vec<&'static str>,
 }
+
+/// The fields an operator may keep from an upstream that rejects them
+/// ([`UpstreamBuilder::drop_fields`]): the optional ones. The prompt, `n`, the images, the
+/// model and the stream fields are the request itself and are always sent.
+pub const DROPPABLE_FIELDS: [&str; 9] = [
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "user",
+    "input_fidelity",
+    "response_format",
+];
 
 /// The shape of the upstream's API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +125,7 @@ pub struct UpstreamBuilder {
     connect_timeout: Duration,
     timeout: Duration,
     azure: Option<String>,
+    drop_fields: Vec<String>,
 }
 
 /// Why an [`UpstreamBackend`] could not be built.
@@ -157,9 +175,34 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Never sends `names` to this upstream, whatever the request asks: for an upstream
+    /// that rejects a field the gateway accepts (OpenAI's newer models reject
+    /// `input_fidelity`; GPT image models reject `response_format` on edits). Each name
+    /// must be one of [`DROPPABLE_FIELDS`]; [`build`](Self::build) refuses any other.
+    /// The request is then rendered without them: the operator chose that, so it is not
+    /// refused.
+    pub fn drop_fields<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.drop_fields.extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// Builds the backend: a pooled HTTP/1.1 + HTTP/2 client with rustls and the Mozilla
     /// root certificates.
     pub fn build(self) -> Result<UpstreamBackend, UpstreamConfigError> {
+        let mut dropped = Vec::with_capacity(self.drop_fields.len());
+        for name in &self.drop_fields {
+            let Some(field) = DROPPABLE_FIELDS.iter().find(|f| **f == name.as_str()) else {
+                return Err(UpstreamConfigError(format!(
+                    "drop_fields: `{name}` cannot be dropped; these can: {}",
+                    DROPPABLE_FIELDS.join(", ")
+                )));
+            };
+            dropped.push(*field);
+        }
         let (endpoint, generations, provider) = match &self.azure {
             None => {
                 let endpoint = endpoint(&self.base, "edits")?;
@@ -185,6 +228,7 @@ impl UpstreamBuilder {
             api_key: self.api_key,
             models: self.models,
             provider,
+            dropped,
         })
     }
 }
@@ -239,6 +283,7 @@ impl UpstreamBackend {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(300),
             azure: None,
+            drop_fields: Vec::new(),
         }
     }
 
@@ -312,6 +357,7 @@ impl UpstreamBackend {
         if self.provider == Provider::OpenAi {
             fields.push(("model", model));
         }
+        fields.retain(|(name, _)| !self.dropped.contains(name));
         fields
     }
 

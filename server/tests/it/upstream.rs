@@ -914,6 +914,14 @@ const ROUTED_ADMIN_KEY: &str = "admin_routed_0123456789";
 /// The binary with `[models."gpt-image-2"]` served by `deployments` (TOML of its
 /// `[[upstreams]]` tables); alice holds 100, 10 a image.
 fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
+    routed_binary_with(deployments, &[])
+}
+
+/// [`routed_binary`] with `env` over its settings.
+fn routed_binary_with(
+    deployments: &str,
+    env: &[(&str, &str)],
+) -> (common::binary::Process, TestServer) {
     let dir = temp_dir("routed");
     let config = dir.join("gateway.toml");
     std::fs::write(
@@ -927,9 +935,13 @@ fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
         0,
         &["--config", config.to_str().unwrap()],
         &[
-            ("UPSTREAM_TEST_KEY", UPSTREAM_KEY),
-            ("GATEWAY_ADMIN_KEY", ROUTED_ADMIN_KEY),
-        ],
+            &[
+                ("UPSTREAM_TEST_KEY", UPSTREAM_KEY),
+                ("GATEWAY_ADMIN_KEY", ROUTED_ADMIN_KEY),
+            ],
+            env,
+        ]
+        .concat(),
     );
     let server = TestServer::at(process.addr);
     (process, server)
@@ -1119,4 +1131,40 @@ async fn a_deployments_drop_fields_are_never_sent_and_the_rest_are() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("`prompt` cannot be dropped"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_max_in_flight_holds_under_fifty_concurrent_jobs() {
+    // The first deployment takes four seconds and then answers 503 (the work was not
+    // taken): while its five slots are busy, the other 45 jobs go to the second, and the
+    // five fall back to it after the 503.
+    let bounded = start_mock(Script::Late503).await;
+    let open = start_mock(Script::Images(1)).await;
+    let (_process, server) = routed_binary_with(
+        &format!(
+            "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\npriority = 1\nmax_in_flight = 5\n\
+             [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+            bounded.addr, open.addr
+        ),
+        &[("GATEWAY_DEMO_BALANCE", "500")],
+    );
+    let server = std::sync::Arc::new(server);
+    let jobs: Vec<_> = (0..50)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(1)).await })
+        })
+        .collect();
+    for job in jobs {
+        let reply = job.await.unwrap();
+        assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    }
+    assert_eq!(
+        bounded.calls.load(Ordering::SeqCst),
+        5,
+        "never more than its bound"
+    );
+    assert_eq!(open.calls.load(Ordering::SeqCst), 50);
+    // 50 images charged once each: 500 = 0 available + 500 charged.
+    assert_eq!(server.balance(ALICE_KEY).await, (0, 0));
 }

@@ -41,7 +41,7 @@ mod reference;
 mod route;
 mod service;
 #[cfg(feature = "upstream")]
-mod upstream;
+pub(crate) mod upstream;
 
 use std::sync::Arc;
 

@@ -32,15 +32,8 @@ impl OpenAiModeration {
     /// The endpoint at `base` (with or without its `/v1`), model `omni-moderation-latest`,
     /// no key, a 10 s bound per check.
     pub fn new(base: &str) -> Result<Self, ModerationError> {
-        let trimmed = base.trim_end_matches('/');
-        let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-        let url = Url::parse(&format!("{trimmed}/v1/moderations"))
-            .map_err(|e| ModerationError(format!("moderation URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ModerationError(
-                "moderation URL must be http or https".into(),
-            ));
-        }
+        let url = crate::backend::upstream::openai_url(base, "moderations")
+            .map_err(|e| ModerationError(format!("moderation URL {e}")))?;
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))

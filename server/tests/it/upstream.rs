@@ -1168,3 +1168,33 @@ async fn a_deployments_max_in_flight_holds_under_fifty_concurrent_jobs() {
     // 50 images charged once each: 500 = 0 available + 500 charged.
     assert_eq!(server.balance(ALICE_KEY).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_deployment_free_is_503_upstream_unavailable_with_retry_after_and_charges_nothing() {
+    // One deployment, one job at a time: while it works, a second job finds none free.
+    let busy = start_mock(Script::Slow).await;
+    let (_process, server) = routed_binary(&format!(
+        "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nmax_in_flight = 1\n",
+        busy.addr
+    ));
+    let server = std::sync::Arc::new(server);
+    let first = {
+        let server = server.clone();
+        tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(1)).await })
+    };
+    while busy.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = server.edit_form(ALICE_KEY, edit(1)).await;
+    assert_eq!(
+        refused.error(),
+        (503, "upstream_unavailable".into(), None),
+        "{:?}",
+        refused.body
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(first.await.unwrap().images().len(), 1);
+    assert_eq!(busy.calls.load(Ordering::SeqCst), 1);
+    // The first charged, the second held and released: 100 = 90 + 10.
+    assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
+}

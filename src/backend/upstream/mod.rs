@@ -246,23 +246,27 @@ fn azure_endpoint(base: &str, name: &str, version: &str) -> Result<Url, Upstream
     Ok(url)
 }
 
-/// `{base}/v1/images/{name}`, for a base given with or without its `/v1` (the OpenAI SDKs'
-/// `base_url` has it, `https://api.openai.com/v1`; many settings pages leave it off).
+/// `{base}/v1/images/{name}`.
 fn endpoint(base: &str, name: &str) -> Result<Url, UpstreamConfigError> {
+    openai_url(base, &format!("images/{name}"))
+        .map_err(|e| UpstreamConfigError(format!("upstream URL {e}")))
+}
+
+/// `{base}/v1/{path}` of an OpenAI-compatible API, for a base given with or without its
+/// `/v1` (the OpenAI SDKs' `base_url` has it, `https://api.openai.com/v1`; many settings
+/// pages leave it off); `http` or `https` only. The error completes "... URL ".
+pub(crate) fn openai_url(base: &str, path: &str) -> Result<Url, String> {
     let trimmed = base.trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-    let parsed = Url::parse(trimmed)
-        .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
+    let parsed = Url::parse(trimmed).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(UpstreamConfigError(
-            "upstream URL must be http or https".into(),
-        ));
+        return Err("must be http or https".into());
     }
     Url::parse(&format!(
-        "{}/v1/images/{name}",
+        "{}/v1/{path}",
         parsed.as_str().trim_end_matches('/')
     ))
-    .map_err(|e| UpstreamConfigError(format!("upstream URL: {e}")))
+    .map_err(|e| format!("is not a URL: {e}"))
 }
 
 /// The sibling endpoint `name` of `edits` (`.../v1/images/edits` -> `.../v1/images/{name}`).

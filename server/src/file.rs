@@ -69,8 +69,9 @@ pub struct UpstreamConfig {
     pub max_in_flight: Option<usize>,
     /// One call's bound, connect to last byte (default 300).
     pub timeout_secs: Option<u64>,
-    /// The API's shape: `openai` (the default) or `azure` (Azure OpenAI's deployment API:
-    /// `url` is the deployment's URL).
+    /// The API's shape: `openai` (the default), `azure` (Azure OpenAI's deployment API:
+    /// `url` is the deployment's URL) or `gemini` (Gemini's `generateContent`: `url` is the
+    /// API's root).
     #[serde(default, deserialize_with = "provider")]
     pub provider: Option<String>,
     /// Azure's `api-version` (default `2025-04-01-preview`).
@@ -84,9 +85,9 @@ pub struct UpstreamConfig {
 
 fn provider<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
-    if name != "openai" && name != "azure" {
+    if !matches!(name.as_str(), "openai" | "azure" | "gemini") {
         return Err(serde::de::Error::custom(format!(
-            "provider `{name}` is not supported; this version speaks `openai` and `azure`"
+            "provider `{name}` is not supported; this version speaks `openai`, `azure` and `gemini`"
         )));
     }
     Ok(Some(name))
@@ -543,8 +544,8 @@ mod tests {
                 "t.toml:5: models.m: the price rule 3 names neither a size nor a quality",
             ),
             (
-                "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nprovider = \"gemini\"\n",
-                "provider `gemini` is not supported",
+                "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nprovider = \"vertex\"\n",
+                "provider `vertex` is not supported",
             ),
             (
                 "[models.m]\n[[models.m.upstreams]]\nurl = \"https://a\"\nweight = -1\n",

@@ -479,9 +479,13 @@ fn backend(
             if let Some(secs) = upstream.timeout_secs {
                 builder = builder.timeout(Duration::from_secs(secs.max(1)));
             }
-            if upstream.provider.as_deref() == Some("azure") {
-                let version = upstream.api_version.as_deref();
-                builder = builder.azure(version.unwrap_or(DEFAULT_AZURE_API_VERSION));
+            match upstream.provider.as_deref() {
+                Some("azure") => {
+                    let version = upstream.api_version.as_deref();
+                    builder = builder.azure(version.unwrap_or(DEFAULT_AZURE_API_VERSION));
+                }
+                Some("gemini") => builder = builder.gemini(),
+                _ => {}
             }
             builder = builder.drop_fields(upstream.drop_fields.iter().cloned());
             let backend = builder

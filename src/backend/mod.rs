@@ -50,7 +50,7 @@ use async_trait::async_trait;
 #[cfg(feature = "reference-backend")]
 pub use reference::{ReferenceBackend, DEFAULT_DECODE_BUDGET, DEFAULT_MAX_OUTPUT_PIXELS};
 #[cfg(all(feature = "upstream", fuzzing))]
-pub use upstream::sse;
+pub use upstream::{gemini, sse};
 #[cfg(feature = "upstream")]
 pub use upstream::{
     StreamEvent, UpstreamBackend, UpstreamBuilder, UpstreamConfigError, DEFAULT_AZURE_API_VERSION,

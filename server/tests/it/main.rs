@@ -16,6 +16,7 @@ mod console;
 mod crash;
 mod edits;
 mod files;
+mod gemini;
 mod health;
 mod hostile;
 mod house;

@@ -28,10 +28,10 @@ use image_gateway::media::ImageKind;
 use image_gateway::store::{FileStore, LocalFileStore, Quota};
 use image_gateway::Gateway;
 
-const UPSTREAM_KEY: &str = "sk-upstream-secret-4242";
+pub(crate) const UPSTREAM_KEY: &str = "sk-upstream-secret-4242";
 
 #[derive(Clone, Copy, Debug)]
-enum Script {
+pub(crate) enum Script {
     Images(usize),
     Moderation,
     BadSize,
@@ -66,10 +66,10 @@ struct Received {
     length: usize,
 }
 
-struct Mock {
-    addr: SocketAddr,
+pub(crate) struct Mock {
+    pub(crate) addr: SocketAddr,
     script: Mutex<Script>,
-    calls: AtomicUsize,
+    pub(crate) calls: AtomicUsize,
     received: Mutex<Vec<Received>>,
     cancelled: AtomicBool,
     /// Images the model answered in all: what the provider would bill.
@@ -294,7 +294,7 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
     Ok(answer)
 }
 
-async fn start_mock(script: Script) -> Arc<Mock> {
+pub(crate) async fn start_mock(script: Script) -> Arc<Mock> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = Arc::new(Mock {
         addr: listener.local_addr().unwrap(),
@@ -918,7 +918,7 @@ fn routed_binary(deployments: &str) -> (common::binary::Process, TestServer) {
 }
 
 /// [`routed_binary`] with `env` over its settings.
-fn routed_binary_with(
+pub(crate) fn routed_binary_with(
     deployments: &str,
     env: &[(&str, &str)],
 ) -> (common::binary::Process, TestServer) {

@@ -90,6 +90,23 @@ pub(super) async fn images(
     Err(refusal(job, status, error.error))
 }
 
+/// The images of one Gemini `generateContent` answer, reading at most `cap` bytes.
+pub(super) async fn gemini(
+    job: &EditJob,
+    response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<Image>, BackendError> {
+    let status = response.status().as_u16();
+    let body = read_capped(response, cap).await?;
+    super::gemini::parse(status, &body)?
+        .into_iter()
+        .map(|bytes| {
+            let format = format_of(&bytes, job.params.output_format)?;
+            Ok(Image::new(bytes, format))
+        })
+        .collect()
+}
+
 /// What an upstream's error says, as a [`BackendError`]: moderation and size refusals
 /// (a 400, or an error event mid-stream) are the client's; anything else is the upstream's.
 fn refusal(job: &EditJob, status: reqwest::StatusCode, e: ErrorBody) -> BackendError {

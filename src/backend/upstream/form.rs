@@ -76,6 +76,16 @@ impl Form {
     }
 }
 
+impl FormBody {
+    /// A body of one chunk, `bytes`; `read` is told once it has been taken.
+    pub(super) fn whole(bytes: Bytes, read: oneshot::Sender<()>) -> FormBody {
+        FormBody {
+            chunks: VecDeque::from([bytes]),
+            read: Some(read),
+        }
+    }
+}
+
 /// A finished form: its chunks in order, of a length known up front.
 pub(super) struct FormBody {
     /// What is left to send: at most two chunks per image and one more.

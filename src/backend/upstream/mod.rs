@@ -2,6 +2,11 @@
 
 mod answer;
 mod form;
+// Public to the fuzz targets only, as `sse` is.
+#[cfg(fuzzing)]
+pub mod gemini;
+#[cfg(not(fuzzing))]
+pub(crate) mod gemini;
 // Public to the fuzz targets only (`--cfg fuzzing`, as cargo-fuzz builds): an upstream's
 // event stream is untrusted input, but its reader is no part of the crate's API.
 #[cfg(fuzzing)]
@@ -99,6 +104,17 @@ enum Provider {
     /// models (Microsoft's "dall-e" how-to, api-version `2025-04-01-preview`): no
     /// `response_format`, no WebP, three sizes.
     Azure,
+    /// Gemini's `generateContent` (API `v1beta`): `{base}/v1beta/models/{model}:generateContent`,
+    /// an `x-goog-api-key` header, one image per call; see [`gemini`] for each field's fate.
+    Gemini,
+}
+
+/// The API shape an [`UpstreamBuilder`] was told to speak.
+#[derive(Debug)]
+enum Shape {
+    OpenAi,
+    Azure { api_version: String },
+    Gemini,
 }
 
 /// The sizes Azure OpenAI's GPT image models take (besides `auto`).
@@ -124,7 +140,7 @@ pub struct UpstreamBuilder {
     models: HashMap<String, String>,
     connect_timeout: Duration,
     timeout: Duration,
-    azure: Option<String>,
+    shape: Shape,
     drop_fields: Vec<String>,
 }
 
@@ -171,7 +187,19 @@ impl UpstreamBuilder {
     /// `{base}/images/edits` and `/images/generations` with `?api-version={api_version}`,
     /// the key as the `api-key` header, and the deployment names the model.
     pub fn azure(mut self, api_version: impl Into<String>) -> Self {
-        self.azure = Some(api_version.into());
+        self.shape = Shape::Azure {
+            api_version: api_version.into(),
+        };
+        self
+    }
+
+    /// Speaks the Gemini API's `generateContent` (`v1beta`): the base is the API's root
+    /// (`https://generativelanguage.googleapis.com`, with or without `/v1beta`), each call
+    /// goes to `{base}/v1beta/models/{model}:generateContent` with the key as the
+    /// `x-goog-api-key` header, and a job of `n` images is `n` calls. What each OpenAI field
+    /// becomes, or why it is refused, is in the `gemini` module's table.
+    pub fn gemini(mut self) -> Self {
+        self.shape = Shape::Gemini;
         self
     }
 
@@ -203,17 +231,21 @@ impl UpstreamBuilder {
             };
             dropped.push(*field);
         }
-        let (endpoint, generations, provider) = match &self.azure {
-            None => {
+        let (endpoint, generations, provider) = match &self.shape {
+            Shape::OpenAi => {
                 let endpoint = endpoint(&self.base, "edits")?;
                 let generations = endpoint_of(&endpoint, "generations")?;
                 (endpoint, generations, Provider::OpenAi)
             }
-            Some(version) => (
-                azure_endpoint(&self.base, "edits", version)?,
-                azure_endpoint(&self.base, "generations", version)?,
+            Shape::Azure { api_version } => (
+                azure_endpoint(&self.base, "edits", api_version)?,
+                azure_endpoint(&self.base, "generations", api_version)?,
                 Provider::Azure,
             ),
+            Shape::Gemini => {
+                let models = gemini_models(&self.base)?;
+                (models.clone(), models, Provider::Gemini)
+            }
         };
         let client = Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -243,6 +275,20 @@ fn azure_endpoint(base: &str, name: &str, version: &str) -> Result<Url, Upstream
         ));
     }
     url.query_pairs_mut().append_pair("api-version", version);
+    Ok(url)
+}
+
+/// `{base}/v1beta/models/`, under which each model's `{model}:generateContent` lives.
+fn gemini_models(base: &str) -> Result<Url, UpstreamConfigError> {
+    let trimmed = base.trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix("/v1beta").unwrap_or(trimmed);
+    let url = Url::parse(&format!("{trimmed}/v1beta/models/"))
+        .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(UpstreamConfigError(
+            "upstream URL must be http or https".into(),
+        ));
+    }
     Ok(url)
 }
 
@@ -286,15 +332,17 @@ impl UpstreamBackend {
             models: HashMap::new(),
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(300),
-            azure: None,
+            shape: Shape::OpenAi,
             drop_fields: Vec::new(),
         }
     }
 
     /// The request's values this upstream does not take, refused before anything is sent.
     fn refusal(&self, job: &EditJob) -> Option<BackendError> {
-        if self.provider != Provider::Azure {
-            return None;
+        match self.provider {
+            Provider::OpenAi => return None,
+            Provider::Gemini => return gemini::refusal(job, &self.dropped),
+            Provider::Azure => {}
         }
         let p = &job.params;
         if p.output_format == crate::job::OutputFormat::Webp {
@@ -408,6 +456,18 @@ impl UpstreamBackend {
         sources: &Sources,
         sent: oneshot::Sender<()>,
     ) -> reqwest::RequestBuilder {
+        if self.provider == Provider::Gemini {
+            let body = sources.body.clone().unwrap_or_default();
+            let request = self
+                .client
+                .post(self.gemini_url(job))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(reqwest::Body::wrap(form::FormBody::whole(body, sent)));
+            return match &self.api_key {
+                Some(key) => request.header("x-goog-api-key", key),
+                None => request,
+            };
+        }
         let request = match job.operation {
             Operation::Generate => self
                 .client
@@ -422,9 +482,57 @@ impl UpstreamBackend {
             }
         };
         match (&self.api_key, &self.provider) {
-            (Some(key), Provider::OpenAi) => request.bearer_auth(key),
             (Some(key), Provider::Azure) => request.header("api-key", key),
+            (Some(key), _) => request.bearer_auth(key),
             (None, _) => request,
+        }
+    }
+
+    /// `{base}/v1beta/models/{model}:generateContent` for the job's model.
+    fn gemini_url(&self, job: &EditJob) -> Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .push(&format!("{}:generateContent", self.model(&job.params)));
+        }
+        url
+    }
+
+    /// A Gemini job: its body made once, then one call per image, all at once. The images
+    /// that came are returned (a job is charged for what came); none is the first error.
+    async fn gemini(&self, job: &EditJob, sources: Sources) -> Result<Vec<Image>, BackendError> {
+        let body = gemini::body(job, &sources.images, &self.dropped);
+        drop(sources);
+        let n = job.params.n.max(1) as usize;
+        // The calls' answers share the one bound on what an answer may hold.
+        let cap = MAX_ANSWER_BYTES / n;
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let sources = Sources {
+                    images: Vec::new(),
+                    mask: None,
+                    body: Some(body.clone()),
+                };
+                async move {
+                    let response = self.send(job, sources).await?;
+                    answer::gemini(job, response, cap).await
+                }
+            })
+            .collect();
+        drop(body);
+        let mut images = Vec::with_capacity(n);
+        let mut first_error = None;
+        for outcome in futures_util::future::join_all(calls).await {
+            match outcome {
+                Ok(more) => images.extend(more),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if images.is_empty() => Err(e),
+            _ => Ok(images),
         }
     }
 
@@ -462,7 +570,7 @@ impl UpstreamBackend {
         sources: Sources,
     ) -> Result<(reqwest::Result<reqwest::Response>, Option<Sources>), BackendError> {
         // Only images are worth dropping; a generation keeps its retry.
-        let images = !sources.images.is_empty() || sources.mask.is_some();
+        let images = job.operation != Operation::Generate;
         let (sent, body_read) = oneshot::channel();
         let attempt = self.request(job, &sources, sent).send();
         tokio::pin!(attempt);
@@ -489,6 +597,8 @@ impl UpstreamBackend {
 struct Sources {
     images: Vec<SourceImage>,
     mask: Option<SourceImage>,
+    /// The whole body, when one was made for several calls (Gemini's).
+    body: Option<bytes::Bytes>,
 }
 
 /// Whether the job is sent as a stream: its client streams and wants partial images (a
@@ -521,7 +631,11 @@ impl ImageBackend for UpstreamBackend {
         let sources = Sources {
             images: std::mem::take(&mut job.sources),
             mask: job.mask.take(),
+            body: None,
         };
+        if self.provider == Provider::Gemini {
+            return self.gemini(&job, sources).await;
+        }
         let response = self.send(&job, sources).await?;
         let event_stream = response
             .headers()

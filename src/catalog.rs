@@ -22,6 +22,7 @@ pub struct ModelSpec {
     price_per_image: u64,
     qualities: Arc<[String]>,
     prices: Arc<[PriceRule]>,
+    violation_fee: u64,
 }
 
 /// A price of one image for requests of one size, one quality, or both.
@@ -56,7 +57,21 @@ impl ModelSpec {
             price_per_image,
             qualities: DEFAULT_QUALITIES.iter().map(|q| (*q).to_owned()).collect(),
             prices: Arc::new([]),
+            violation_fee: 0,
         }
+    }
+
+    /// The same model charging `fee` (at most what the request held) when its upstream
+    /// refuses a request on content policy, for upstreams that bill their refusals. Default
+    /// 0: a refusal releases the hold and charges nothing.
+    pub fn with_violation_fee(mut self, fee: u64) -> Self {
+        self.violation_fee = fee;
+        self
+    }
+
+    /// What an upstream's content-policy refusal charges (see [`Self::with_violation_fee`]).
+    pub fn violation_fee(&self) -> u64 {
+        self.violation_fee
     }
 
     /// The same model priced `price` per image for requests of `size` (`1024x1536`), of

@@ -46,6 +46,9 @@ pub struct ModelConfig {
     pub cooldown_window_secs: Option<u64>,
     /// How long a deployment rests (default 30).
     pub cooldown_secs: Option<u64>,
+    /// Charged (at most what the request held) when an upstream refuses a request on
+    /// content policy, for upstreams that bill their refusals (default 0: released).
+    pub violation_fee: Option<u64>,
 }
 
 /// One upstream deployment of a model.
@@ -341,6 +344,9 @@ pub fn print(lookup: impl Fn(&str) -> Option<(String, String)>, file: &FileSetti
         }
         if let Some(price) = model.price_per_image {
             out.push_str(&format!("price_per_image = {price}\n"));
+        }
+        if let Some(fee) = model.violation_fee {
+            out.push_str(&format!("violation_fee = {fee}\n"));
         }
         if let Some(qualities) = &model.qualities {
             let list: Vec<String> = qualities.iter().map(|q| toml_string(q)).collect();

@@ -425,6 +425,9 @@ fn models(config: &Config, file: &FileSettings) -> Vec<(String, ModelSpec, Strin
             if let Some(qualities) = &model.qualities {
                 spec = spec.with_qualities(qualities.iter().cloned());
             }
+            if let Some(fee) = model.violation_fee {
+                spec = spec.with_violation_fee(fee);
+            }
             for rule in &model.prices {
                 spec = spec.with_price(rule.size.as_deref(), rule.quality.as_deref(), rule.price);
             }

@@ -187,6 +187,8 @@ pub(crate) async fn usage(
             let status = match entry.kind {
                 EntryKind::Release => "released",
                 EntryKind::Expire => "expired",
+                // Only a refusal's fee charges for no image.
+                _ if charged > 0 && entry.units_returned == Some(0) => "violation_fee",
                 _ => "charged",
             };
             data.push(serde_json::json!({

@@ -87,6 +87,7 @@ where
         let price = Amount::new(spec.price_for(&size, job.params.quality.as_str()));
         let n = job.params.n;
         let amount = total(price, n)?;
+        let fee = Amount::new(spec.violation_fee()).min(amount);
         let (ledger, ttl) = (self.ledger.clone(), self.hold_ttl);
         let (hold, spend) = match job.resume {
             Some(hold) => (take_over(&ledger, hold, ttl).await?, None),
@@ -109,6 +110,20 @@ where
         let work = self.inner.clone().oneshot(job);
         let rendered = match self.watch(hold, work, client, &progress).await {
             Ok(rendered) => rendered,
+            Err(GatewayError::ContentPolicyViolation { message }) if fee.get() > 0 => {
+                // The upstream refused, and bills its refusals: the operator's fee, for no
+                // image (the usage log's `violation_fee`).
+                if let Err(error) = guard.settle(fee, 0).await {
+                    guard.release().await;
+                    return Err(error.into());
+                }
+                tracing::info!(held = %amount, charged = %fee, "refused by the upstream; its fee charged");
+                return Err(GatewayError::ContentPolicyViolation {
+                    message: format!(
+                        "{message}; this model's fee for a refused request, {fee}, was charged"
+                    ),
+                });
+            }
             Err(error) => {
                 guard.release().await;
                 return Err(error);

@@ -1032,6 +1032,56 @@ async fn a_request_the_upstream_refused_does_not_fall_back() {
     assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_charges_the_models_violation_fee_once_and_never_falls_back() {
+    let refusing = start_mock(Script::Moderation).await;
+    let working = start_mock(Script::Images(2)).await;
+    let (_process, server) = routed_binary(&format!(
+        "violation_fee = 3\n[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\npriority = 1\n\
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+        refusing.addr, working.addr
+    ));
+    let reply = server.edit_form(ALICE_KEY, edit(2)).await;
+    assert_eq!(
+        (reply.error().0, reply.error().1.as_str()),
+        (400, "content_policy_violation"),
+        "{:?}",
+        reply.body
+    );
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("fee for a refused request, 3, was charged"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("10.1.2.3"),
+        "the upstream's words stay out: {message}"
+    );
+    assert_eq!(working.calls.load(Ordering::SeqCst), 0, "no fallback");
+    // 20 held, 3 charged, 17 back: 100 = 97 available + 3 charged.
+    assert_eq!(server.balance(ALICE_KEY).await, (97, 0));
+    let usage = server
+        .call(http::Method::GET, "/api/v1/usage", ALICE_KEY)
+        .await
+        .json();
+    let entry = &usage["data"][0];
+    assert_eq!(entry["status"], "violation_fee", "{usage}");
+    assert_eq!(
+        (
+            entry["held"].as_u64(),
+            entry["charged"].as_u64(),
+            entry["released"].as_u64(),
+            entry["n_returned"].as_u64()
+        ),
+        (Some(20), Some(3), Some(17), Some(0)),
+        "{usage}"
+    );
+    assert_eq!(usage["data"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn azure_deployments_get_azure_s_shape_and_its_unsupported_values_are_refused() {
     let mock = start_mock(Script::Images(1)).await;

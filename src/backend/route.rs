@@ -32,12 +32,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{BackendError, Failure, ImageBackend};
-use crate::job::{EditJob, Image};
+use crate::job::{EditJob, Image, ServedBy};
 use crate::metrics::Metrics;
 
 /// One upstream deployment of a model: a backend with its weight, priority and bound.
 pub struct Deployment {
-    name: String,
+    name: Arc<str>,
     backend: Arc<dyn ImageBackend>,
     weight: u32,
     priority: i32,
@@ -62,7 +62,7 @@ impl Deployment {
     /// `backend`, known as `name` in logs; weight 1, priority 0, no bound.
     pub fn new(name: impl Into<String>, backend: impl ImageBackend) -> Self {
         Deployment {
-            name: name.into(),
+            name: Arc::from(name.into()),
             backend: Arc::new(backend),
             weight: 1,
             priority: 0,
@@ -150,11 +150,7 @@ pub trait Rests: Send + Sync + 'static {
 
 impl std::fmt::Debug for RoutedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self
-            .slots
-            .iter()
-            .map(|s| s.deployment.name.as_str())
-            .collect();
+        let names: Vec<&str> = self.slots.iter().map(|s| &*s.deployment.name).collect();
         f.debug_struct("RoutedBackend")
             .field("deployments", &names)
             .finish_non_exhaustive()
@@ -218,9 +214,11 @@ impl RoutedBackend {
     async fn call(
         &self,
         taken: &Taken<'_>,
+        served_by: &ServedBy,
         call: impl std::future::Future<Output = Result<Vec<Image>, BackendError>>,
     ) -> Result<Vec<Image>, BackendError> {
         let deployment = &taken.slot.deployment;
+        served_by.set(deployment.name.clone());
         if let Some(metrics) = &self.metrics {
             metrics.upstream_began(&deployment.name);
         }
@@ -253,11 +251,7 @@ impl RoutedBackend {
         let Some(rests) = &self.rests else {
             return;
         };
-        let names: Vec<&str> = self
-            .slots
-            .iter()
-            .map(|s| s.deployment.name.as_str())
-            .collect();
+        let names: Vec<&str> = self.slots.iter().map(|s| &*s.deployment.name).collect();
         let until = match rests.resting(&names).await {
             Ok(until) => until,
             Err(error) => {
@@ -321,7 +315,7 @@ impl RoutedBackend {
                     .filter(|at| now.duration_since(**at) <= self.cooldown.window)
                     .count();
                 serde_json::json!({
-                    "name": d.name,
+                    "name": &*d.name,
                     "priority": d.priority,
                     "weight": d.weight,
                     "in_flight": slot.in_flight.load(std::sync::atomic::Ordering::Relaxed),
@@ -510,9 +504,8 @@ impl ImageBackend for RoutedBackend {
                 break;
             };
             tried.push(taken.index);
-            let outcome = self
-                .call(&taken, taken.slot.deployment.backend.edit(job))
-                .await;
+            let backend = &taken.slot.deployment.backend;
+            let outcome = self.call(&taken, &job.served_by, backend.edit(job)).await;
             match outcome {
                 Err(error) if self.may_fall_back(job, &error) => {
                     tracing::warn!(deployment = %taken.slot.deployment.name, kind = error.kind(), "falling back to another deployment");
@@ -535,7 +528,8 @@ impl ImageBackend for RoutedBackend {
                 return Err(unavailable());
             };
             let backend = taken.slot.deployment.backend.clone();
-            return self.call(&taken, backend.edit_owned(job)).await;
+            let served_by = job.served_by.clone();
+            return self.call(&taken, &served_by, backend.edit_owned(job)).await;
         }
         self.edit(&job).await
     }

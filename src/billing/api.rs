@@ -203,6 +203,7 @@ pub(crate) async fn usage(
                 // A late settle charges an expired hold, whose release was listed already.
                 "released": if entry.kind == EntryKind::LateSettle { 0 } else { held.saturating_sub(charged) },
                 "amount": charged,
+                "upstream": entry.upstream,
                 "time": entry.at,
             }));
         }

@@ -89,11 +89,21 @@ impl HoldGuard {
 
     /// Charges `charge` for `units` images. On a ledger failure the hold stays owed a
     /// release, which the caller (or `Drop`) gives it.
-    pub(crate) async fn settle(&mut self, charge: Amount, units: u32) -> Result<(), LedgerError> {
+    /// Settles for `charge` and `units` images, rendered by `upstream` if a backend named it.
+    pub(crate) async fn settle(
+        &mut self,
+        charge: Amount,
+        units: u32,
+        upstream: Option<&str>,
+    ) -> Result<(), LedgerError> {
         let Some(hold) = self.open else {
             return Ok(());
         };
-        match self.ledger.settle(hold, charge, units).await? {
+        match self
+            .ledger
+            .settle_from(hold, charge, units, upstream)
+            .await?
+        {
             Settlement::Settled => {}
             // Ended elsewhere: by another run of the same job (a replica that took it over
             // while this one still ran). Its images are that run's to charge, not these.
@@ -250,7 +260,7 @@ mod tests {
         let (ledger, user, hold) = ledger_with_hold(20).await;
         let mut guard = HoldGuard::new(ledger.clone(), hold);
         ledger.gate.notify_one();
-        guard.settle(Amount::new(10), 1).await.unwrap();
+        guard.settle(Amount::new(10), 1, None).await.unwrap();
         drop(guard);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let balance = ledger.balance(&user).await.unwrap();
@@ -267,7 +277,7 @@ mod tests {
         assert_eq!(ledger.balance(&user).await.unwrap().available, 100);
         let mut guard = HoldGuard::new(ledger.clone(), hold);
         ledger.gate.notify_one();
-        guard.settle(Amount::new(10), 1).await.unwrap();
+        guard.settle(Amount::new(10), 1, None).await.unwrap();
         ledger.gate.notify_one();
         assert_eq!(
             ledger.settle(hold, Amount::new(10), 1).await.unwrap(),
@@ -300,10 +310,10 @@ mod tests {
         let mut first = HoldGuard::new(ledger.clone(), hold);
         let mut second = HoldGuard::new(ledger.clone(), hold);
         ledger.gate.notify_one();
-        first.settle(Amount::new(10), 1).await.unwrap();
+        first.settle(Amount::new(10), 1, None).await.unwrap();
         ledger.gate.notify_one();
         assert!(matches!(
-            second.settle(Amount::new(10), 1).await,
+            second.settle(Amount::new(10), 1, None).await,
             Err(LedgerError::HoldEnded)
         ));
         drop(second);

@@ -102,6 +102,7 @@ where
         let client = job.client.clone();
         let (by_store, leaving) = (job.by_store, job.client.clone());
         let progress = job.progress.clone();
+        let served_by = job.served_by.clone();
         // Kept until the job ends, whatever the backend does with the job itself (an
         // upstream drops it once its request is sent): the caller's in-flight slot counts
         // the job's work, not the request.
@@ -113,7 +114,8 @@ where
             Err(GatewayError::ContentPolicyViolation { message }) if fee.get() > 0 => {
                 // The upstream refused, and bills its refusals: the operator's fee, for no
                 // image (the usage log's `violation_fee`).
-                if let Err(error) = guard.settle(fee, 0).await {
+                let upstream = served_by.get();
+                if let Err(error) = guard.settle(fee, 0, upstream.as_deref()).await {
                     guard.release().await;
                     return Err(error.into());
                 }
@@ -131,7 +133,8 @@ where
         };
         let returned = rendered.len().min(n as usize) as u32;
         let charge = price.times(returned).unwrap_or(amount).min(amount);
-        if let Err(error) = guard.settle(charge, returned).await {
+        let upstream = served_by.get();
+        if let Err(error) = guard.settle(charge, returned, upstream.as_deref()).await {
             // Not charged, so never reachable.
             rendered.discard().await;
             guard.release().await;

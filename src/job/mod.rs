@@ -24,6 +24,7 @@ mod rendered;
 mod source;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tower_service::Service;
@@ -209,6 +210,7 @@ impl EditRequest {
             resume: self.resume,
             hold: None,
             by_store: self.by_store,
+            served_by: ServedBy::default(),
         }
     }
 
@@ -341,6 +343,27 @@ pub struct EditJob {
     pub(crate) hold: Option<HoldId>,
     /// See [`EditRequest`]'s field of the name.
     pub(crate) by_store: bool,
+    /// Which upstream deployment rendered the job, when a routing backend named it.
+    pub served_by: ServedBy,
+}
+
+/// The name of the upstream deployment that rendered a job: set by a backend that routes
+/// over several ([`RoutedBackend`](crate::backend::RoutedBackend) sets it on each attempt,
+/// so it names the last), read by billing into the settle's journal entry (the usage log's
+/// `upstream`). Clones share it, as clones of a job are the same job.
+#[derive(Clone, Debug, Default)]
+pub struct ServedBy(Arc<std::sync::Mutex<Option<Arc<str>>>>);
+
+impl ServedBy {
+    /// Names `deployment` as the one rendering.
+    pub fn set(&self, deployment: Arc<str>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(deployment);
+    }
+
+    /// The deployment named last, if any.
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl EditJob {

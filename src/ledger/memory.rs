@@ -68,6 +68,7 @@ impl State {
             memo: None,
             units_returned: None,
             held: None,
+            upstream: None,
             at: unix_now(),
         });
         let last = self.journal.len() - 1;
@@ -184,11 +185,28 @@ impl Ledger for MemoryLedger {
         charge: Amount,
         units_returned: u32,
     ) -> Result<Settlement, LedgerError> {
+        self.settle_from(hold, charge, units_returned, None).await
+    }
+
+    async fn settle_from(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+        upstream: Option<&str>,
+    ) -> Result<Settlement, LedgerError> {
         let mut state = self.state();
-        if state.end(hold, charge, Some(units_returned), EntryKind::Settle)? {
-            return Ok(Settlement::Settled);
+        let settlement = if state.end(hold, charge, Some(units_returned), EntryKind::Settle)? {
+            Settlement::Settled
+        } else {
+            state.settle_late(hold, charge, units_returned)?
+        };
+        if settlement != Settlement::AlreadyEnded {
+            if let Some(entry) = state.journal.last_mut() {
+                entry.upstream = upstream.map(str::to_owned);
+            }
         }
-        state.settle_late(hold, charge, units_returned)
+        Ok(settlement)
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
@@ -290,5 +308,29 @@ impl Ledger for MemoryLedger {
 
     async fn charged(&self, hold: HoldId) -> Result<Option<Charge>, LedgerError> {
         Ok(self.state().charges.get(&hold).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_settle_names_its_upstream_in_the_journal_and_a_repeat_changes_nothing() {
+        let ledger = MemoryLedger::new();
+        let alice = UserId::new("alice").unwrap();
+        ledger.deposit(&alice, 50, "opening").await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let memo = Memo::new("r1", "m", 2);
+        let hold = ledger.hold(&alice, Amount::new(20), ttl, memo).await;
+        let hold = hold.unwrap().id;
+        let settled = ledger.settle_from(hold, Amount::new(10), 1, Some("m#1"));
+        assert_eq!(settled.await.unwrap(), Settlement::Settled);
+        let again = ledger.settle_from(hold, Amount::new(10), 1, Some("m#0"));
+        assert_eq!(again.await.unwrap(), Settlement::AlreadyEnded);
+        let journal = ledger.journal(&alice, None, 10).await.unwrap();
+        let settle = journal.iter().find(|e| e.kind == EntryKind::Settle);
+        assert_eq!(settle.unwrap().upstream.as_deref(), Some("m#1"));
+        assert_eq!(journal.len(), 3, "deposit, hold, settle");
     }
 }

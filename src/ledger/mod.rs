@@ -290,6 +290,9 @@ pub struct JournalEntry {
     pub units_returned: Option<u32>,
     /// On the end of a hold (settle, release, expiry, late settle): what it held.
     pub held: Option<u64>,
+    /// On a settle: the upstream deployment that rendered the job, when its backend named
+    /// one ([`Ledger::settle_from`]).
+    pub upstream: Option<String>,
     /// Unix seconds.
     pub at: u64,
 }
@@ -424,6 +427,20 @@ pub trait Ledger: Send + Sync + 'static {
         units_returned: u32,
     ) -> Result<Settlement, LedgerError>;
 
+    /// [`settle`](Self::settle), naming `upstream`, the deployment that rendered the job, in
+    /// the settle's journal entry (the usage log's `upstream`). The gateway settles through
+    /// this. The default forgets the name and settles.
+    async fn settle_from(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+        upstream: Option<&str>,
+    ) -> Result<Settlement, LedgerError> {
+        let _ = upstream;
+        self.settle(hold, charge, units_returned).await
+    }
+
     /// Ends an open hold charging nothing. On an ended hold: nothing changes, `Ok`.
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError>;
 
@@ -490,6 +507,18 @@ impl<L: Ledger + ?Sized> Ledger for Arc<L> {
         units_returned: u32,
     ) -> Result<Settlement, LedgerError> {
         (**self).settle(hold, charge, units_returned).await
+    }
+
+    async fn settle_from(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+        upstream: Option<&str>,
+    ) -> Result<Settlement, LedgerError> {
+        (**self)
+            .settle_from(hold, charge, units_returned, upstream)
+            .await
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {

@@ -209,6 +209,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX generations_pending ON generations (created) WHERE status = 'pending';
     ",
     ),
+    (
+        9,
+        "
+    -- On a settle: the upstream deployment that rendered the job (the usage log's upstream).
+    ALTER TABLE journal ADD COLUMN upstream TEXT;
+    ",
+    ),
 ];
 
 /// Applies every migration the database has not seen, in one transaction.

@@ -38,7 +38,7 @@ async fn replicas_starting_together_migrate_once_and_restart_on_a_migrated_schem
     }
     Postgres::connect(&url).await.expect("a restart");
     let rows = query(&url, "SELECT version FROM schema_migrations").await;
-    assert_eq!(rows.len(), 8, "each migration applied once");
+    assert_eq!(rows.len(), 9, "each migration applied once");
     let tables = query(
         &url,
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
@@ -676,7 +676,10 @@ async fn a_settled_holds_charge_and_the_pending_generations_are_read_back_from_e
         }
     };
     let settled = hold("settled").await;
-    settler.settle(settled, Amount::new(20), 2).await.unwrap();
+    settler
+        .settle_from(settled, Amount::new(20), 2, Some("gpt-image-2#1"))
+        .await
+        .unwrap();
     let released = hold("released").await;
     settler.release(released).await.unwrap();
     let open = hold("open").await;
@@ -688,10 +691,30 @@ async fn a_settled_holds_charge_and_the_pending_generations_are_read_back_from_e
     assert_eq!(reader.charged(open).await.unwrap(), None);
     // A hold that expired and was then settled late: its late charge.
     settler.expire(u64::MAX).await.unwrap();
-    settler.settle(open, Amount::new(10), 1).await.unwrap();
+    settler
+        .settle_from(open, Amount::new(10), 1, Some("gpt-image-2#0"))
+        .await
+        .unwrap();
     assert_eq!(
         reader.charged(open).await.unwrap(),
         Some(Charge::new(Amount::new(10), 1))
+    );
+    // Each settle names the deployment that rendered, in time (the batched statement) or
+    // late (the transaction); a release names none.
+    let journal = reader.journal(&alice(), None, 100).await.unwrap();
+    let upstreams: Vec<(EntryKind, Option<&str>)> = journal
+        .iter()
+        .filter(|e| e.kind != EntryKind::Deposit && e.kind != EntryKind::Hold)
+        .map(|e| (e.kind, e.upstream.as_deref()))
+        .collect();
+    assert_eq!(
+        upstreams,
+        vec![
+            (EntryKind::Settle, Some("gpt-image-2#1")),
+            (EntryKind::Release, None),
+            (EntryKind::Expire, None),
+            (EntryKind::LateSettle, Some("gpt-image-2#0")),
+        ]
     );
 
     let (writer, records) = (PgGenerations::new(a), PgGenerations::new(b));

@@ -991,6 +991,18 @@ async fn a_model_over_two_deployments_falls_back_when_the_work_was_not_taken() {
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
+    // The usage log names the deployment that rendered each charge.
+    let usage = server
+        .call(http::Method::GET, "/api/v1/usage", ALICE_KEY)
+        .await
+        .json();
+    let upstreams: Vec<_> = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["upstream"].as_str().unwrap_or("none").to_owned())
+        .collect();
+    assert_eq!(upstreams, vec!["gpt-image-2#1"; 5], "{usage}");
     // And their state now: the first rests, the second takes jobs.
     let states = server
         .call(http::Method::GET, "/admin/v1/upstreams", ROUTED_ADMIN_KEY)
@@ -1069,6 +1081,10 @@ async fn a_refusal_charges_the_models_violation_fee_once_and_never_falls_back() 
         .json();
     let entry = &usage["data"][0];
     assert_eq!(entry["status"], "violation_fee", "{usage}");
+    assert_eq!(
+        entry["upstream"], "gpt-image-2#0",
+        "the deployment that refused"
+    );
     assert_eq!(
         (
             entry["held"].as_u64(),

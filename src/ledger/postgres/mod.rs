@@ -133,18 +133,35 @@ impl Ledger for PgLedger {
         charge: Amount,
         units_returned: u32,
     ) -> Result<Settlement, LedgerError> {
+        self.settle_from(hold, charge, units_returned, None).await
+    }
+
+    async fn settle_from(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+        upstream: Option<&str>,
+    ) -> Result<Settlement, LedgerError> {
         let op = Op::end(
             hold,
             charge,
             EntryKind::Settle,
             Some(units_returned),
             seconds(unix_now()),
+            upstream,
         );
         if statement::changed(&self.run(op).await?) {
             return Ok(Settlement::Settled);
         }
-        self.transaction(|tx| Box::pin(transaction::settle(tx, hold, charge, units_returned)))
-            .await
+        let upstream = upstream.map(str::to_owned);
+        self.transaction(move |tx| {
+            let upstream = upstream.clone();
+            Box::pin(async move {
+                transaction::settle(tx, hold, charge, units_returned, upstream.as_deref()).await
+            })
+        })
+        .await
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
@@ -154,6 +171,7 @@ impl Ledger for PgLedger {
             EntryKind::Release,
             None,
             seconds(unix_now()),
+            None,
         );
         if statement::changed(&self.run(op).await?) {
             return Ok(());
@@ -238,7 +256,7 @@ impl Ledger for PgLedger {
         let rows = client
             .query(
                 "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
-                        units_returned, at, key_id, held
+                        units_returned, at, key_id, held, upstream
                  FROM journal WHERE account = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&account.as_str(), &after, &limit],
             )
@@ -265,6 +283,7 @@ impl Ledger for PgLedger {
                     held: r
                         .get::<_, Option<i64>>(11)
                         .and_then(|h| u64::try_from(h).ok()),
+                    upstream: r.get(12),
                     at: r.get::<_, i64>(9).max(0) as u64,
                 })
             })

@@ -61,9 +61,9 @@ WITH ended AS (
     FROM ended WHERE accounts.account = ended.account
 ), entry AS (
     INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
-                         units_returned, at, key_id, held)
+                         units_returned, at, key_id, held, upstream)
     SELECT account, $3::text, $2::bigint, id, request_id, model, units, $4::integer,
-           $5::bigint, key_id, amount
+           $5::bigint, key_id, amount, $6::text
     FROM ended
 )
 SELECT count(*) FROM ended";
@@ -91,6 +91,7 @@ pub(super) enum Op {
         kind: &'static str,
         units_returned: Option<i32>,
         at: i64,
+        upstream: Option<String>,
     },
     Renew {
         id: uuid::Uuid,
@@ -120,13 +121,15 @@ impl Op {
         }
     }
 
-    /// The end of the open hold `id` (a settle or a release) charging `charge`.
+    /// The end of the open hold `id` (a settle or a release) charging `charge`; a settle
+    /// names the `upstream` that rendered, if known.
     pub(super) fn end(
         id: HoldId,
         charge: Amount,
         kind: EntryKind,
         units_returned: Option<u32>,
         at: i64,
+        upstream: Option<&str>,
     ) -> Op {
         Op::End {
             id: id.as_uuid(),
@@ -134,6 +137,7 @@ impl Op {
             kind: kind.as_str(),
             units_returned: units_returned.map(units),
             at,
+            upstream: upstream.map(str::to_owned),
         }
     }
 
@@ -190,7 +194,8 @@ impl Statement for Op {
                 kind,
                 units_returned,
                 at,
-            } => vec![id, charge, kind, units_returned, at],
+                upstream,
+            } => vec![id, charge, kind, units_returned, at, upstream],
             Op::Renew { id, expires_at } => vec![id, expires_at],
         }
     }

@@ -60,6 +60,7 @@ pub(super) async fn end_hold(
     charge: Amount,
     units_returned: Option<u32>,
     kind: EntryKind,
+    upstream: Option<&str>,
 ) -> Result<bool, LedgerError> {
     let uuid = id.as_uuid();
     let Some(row) = tx
@@ -102,7 +103,7 @@ pub(super) async fn end_hold(
     )
     .await
     .map_err(storage)?;
-    journal_end(tx, &hold, kind, charge, id, units_returned).await?;
+    journal_end(tx, &hold, (kind, charge, id), units_returned, upstream).await?;
     Ok(true)
 }
 
@@ -110,16 +111,15 @@ pub(super) async fn end_hold(
 async fn journal_end(
     tx: &Transaction<'_>,
     hold: &HoldRow,
-    kind: EntryKind,
-    charge: Amount,
-    id: HoldId,
+    (kind, charge, id): (EntryKind, Amount, HoldId),
     units_returned: Option<u32>,
+    upstream: Option<&str>,
 ) -> Result<(), LedgerError> {
     let returned = units_returned.map(units);
     tx.execute(
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
-                              units_returned, at, key_id, held)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                              units_returned, at, key_id, held, upstream)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
             &hold.account,
             &kind.as_str(),
@@ -132,6 +132,7 @@ async fn journal_end(
             &seconds(unix_now()),
             &hold.key_id,
             &hold.amount,
+            &upstream,
         ],
     )
     .await
@@ -156,6 +157,7 @@ pub(super) async fn settle_ended(
     id: HoldId,
     charge: Amount,
     units_returned: u32,
+    upstream: Option<&str>,
 ) -> Result<Settlement, LedgerError> {
     let claimed = tx
         .query_opt(
@@ -187,7 +189,14 @@ pub(super) async fn settle_ended(
     .await
     .map_err(storage)?;
     let kind = EntryKind::LateSettle;
-    journal_end(tx, &hold, kind, charge, id, Some(units_returned)).await?;
+    journal_end(
+        tx,
+        &hold,
+        (kind, charge, id),
+        Some(units_returned),
+        upstream,
+    )
+    .await?;
     Ok(Settlement::AfterExpiry)
 }
 
@@ -261,16 +270,18 @@ pub(super) async fn settle(
     id: HoldId,
     charge: Amount,
     units_returned: u32,
+    upstream: Option<&str>,
 ) -> Result<Settlement, LedgerError> {
-    if end_hold(tx, id, charge, Some(units_returned), EntryKind::Settle).await? {
+    let settled = Some(units_returned);
+    if end_hold(tx, id, charge, settled, EntryKind::Settle, upstream).await? {
         return Ok(Settlement::Settled);
     }
-    settle_ended(tx, id, charge, units_returned).await
+    settle_ended(tx, id, charge, units_returned, upstream).await
 }
 
 /// The release of `id`: of the open hold, or the closing of an expired one.
 pub(super) async fn release(tx: &Transaction<'_>, id: HoldId) -> Result<(), LedgerError> {
-    if end_hold(tx, id, Amount::ZERO, None, EntryKind::Release).await? {
+    if end_hold(tx, id, Amount::ZERO, None, EntryKind::Release, None).await? {
         return Ok(());
     }
     // An expired hold released: nothing was delivered, so no late settle may charge it.
@@ -361,7 +372,7 @@ pub(super) async fn expire(tx: &Transaction<'_>, now: u64) -> Result<usize, Ledg
     let mut ended = 0;
     for row in due {
         let id = HoldId::from_uuid(row.get(0));
-        if end_hold(tx, id, Amount::ZERO, None, EntryKind::Expire).await? {
+        if end_hold(tx, id, Amount::ZERO, None, EntryKind::Expire, None).await? {
             ended += 1;
         }
     }

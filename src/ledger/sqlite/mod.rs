@@ -123,6 +123,7 @@ fn end_hold(
     charge: Amount,
     units_returned: Option<u32>,
     kind: EntryKind,
+    upstream: Option<&str>,
 ) -> Result<bool, LedgerError> {
     let Some(hold) = hold_row(tx, OPEN_HOLD, id)? else {
         return Ok(false);
@@ -165,7 +166,7 @@ fn end_hold(
         params![account, amount, charge.signed()],
     )
     .map_err(storage)?;
-    journal_end(tx, &hold, kind, charge, id, units_returned)?;
+    journal_end(tx, &hold, (kind, charge, id), units_returned, upstream)?;
     Ok(true)
 }
 
@@ -211,16 +212,15 @@ fn hold_row(
 fn journal_end(
     tx: &rusqlite::Connection,
     hold: &HoldRow,
-    kind: EntryKind,
-    charge: Amount,
-    id: HoldId,
+    (kind, charge, id): (EntryKind, Amount, HoldId),
     units_returned: Option<u32>,
+    upstream: Option<&str>,
 ) -> Result<(), LedgerError> {
     exec(
         tx,
         "INSERT INTO journal (account, kind, amount, hold_id, request_id, model, units,
-                              units_returned, at, key_id, held)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                              units_returned, at, key_id, held, upstream)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             hold.account,
             kind.as_str(),
@@ -232,7 +232,8 @@ fn journal_end(
             units_returned,
             unix_now() as i64,
             hold.key_id,
-            hold.amount
+            hold.amount,
+            upstream
         ],
     )
     .map_err(storage)?;
@@ -246,6 +247,7 @@ fn settle_ended(
     id: HoldId,
     charge: Amount,
     units_returned: u32,
+    upstream: Option<&str>,
 ) -> Result<Settlement, LedgerError> {
     let Some(hold) = hold_row(tx, ENDED_HOLD, id)? else {
         return Err(LedgerError::UnknownHold);
@@ -272,10 +274,9 @@ fn settle_ended(
     journal_end(
         tx,
         &hold,
-        EntryKind::LateSettle,
-        charge,
-        id,
+        (EntryKind::LateSettle, charge, id),
         Some(units_returned),
+        upstream,
     )?;
     Ok(Settlement::AfterExpiry)
 }
@@ -372,18 +373,31 @@ impl Ledger for SqliteLedger {
         charge: Amount,
         units_returned: u32,
     ) -> Result<Settlement, LedgerError> {
+        self.settle_from(hold, charge, units_returned, None).await
+    }
+
+    async fn settle_from(
+        &self,
+        hold: HoldId,
+        charge: Amount,
+        units_returned: u32,
+        upstream: Option<&str>,
+    ) -> Result<Settlement, LedgerError> {
+        let upstream = upstream.map(str::to_owned);
         self.transaction(self.durability == Durability::PowerLoss, move |tx| {
-            if end_hold(tx, hold, charge, Some(units_returned), EntryKind::Settle)? {
+            let upstream = upstream.as_deref();
+            let settled = Some(units_returned);
+            if end_hold(tx, hold, charge, settled, EntryKind::Settle, upstream)? {
                 return Ok(Settlement::Settled);
             }
-            settle_ended(tx, hold, charge, units_returned)
+            settle_ended(tx, hold, charge, units_returned, upstream)
         })
         .await
     }
 
     async fn release(&self, hold: HoldId) -> Result<(), LedgerError> {
         self.transaction(false, move |tx| {
-            if end_hold(tx, hold, Amount::ZERO, None, EntryKind::Release)? {
+            if end_hold(tx, hold, Amount::ZERO, None, EntryKind::Release, None)? {
                 return Ok(());
             }
             // An expired hold released: nothing was delivered, so no late settle may charge it.
@@ -505,6 +519,7 @@ impl Ledger for SqliteLedger {
                     Amount::ZERO,
                     None,
                     EntryKind::Expire,
+                    None,
                 )? {
                     ended += 1;
                 }
@@ -544,7 +559,7 @@ impl Ledger for SqliteLedger {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT seq, kind, amount, hold_id, reference, request_id, model, units,
-                            units_returned, at, key_id, held
+                            units_returned, at, key_id, held, upstream
                      FROM journal WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(storage)?;
@@ -565,6 +580,7 @@ impl Ledger for SqliteLedger {
                             r.get::<_, i64>(9)?,
                             r.get::<_, Option<String>>(10)?,
                             r.get::<_, Option<i64>>(11)?,
+                            r.get::<_, Option<String>>(12)?,
                         ))
                     },
                 )
@@ -584,6 +600,7 @@ impl Ledger for SqliteLedger {
                     at,
                     key,
                     held,
+                    upstream,
                 ) = row.map_err(storage)?;
                 let corrupt = || LedgerError::Storage("corrupt journal row".into());
                 let memo = Memo::from_columns(request_id, model, units)?.map(|m| m.with_key(key));
@@ -600,6 +617,7 @@ impl Ledger for SqliteLedger {
                     memo,
                     units_returned: returned.and_then(|u| u32::try_from(u).ok()),
                     held: held.and_then(|h| u64::try_from(h).ok()),
+                    upstream,
                     at: at.max(0) as u64,
                 });
             }

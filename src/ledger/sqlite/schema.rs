@@ -77,7 +77,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS deposit_reference ON journal (account, referen
 
 /// Columns added after the first schema, added to a database made before them: the key a
 /// hold was taken with (for the usage log's `key` filter), on a hold's end entry the
-/// amount it held, and on an ended hold what its settle charged.
+/// amount it held and on a settle the upstream that rendered, and on an ended hold what
+/// its settle charged.
 pub(super) fn add_columns(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     for (table, column, kind) in [
         ("holds", "key_id", "TEXT"),
@@ -86,6 +87,7 @@ pub(super) fn add_columns(db: &rusqlite::Connection) -> rusqlite::Result<()> {
         ("journal", "held", "INTEGER"),
         ("ended_holds", "charged", "INTEGER"),
         ("ended_holds", "units_returned", "INTEGER"),
+        ("journal", "upstream", "TEXT"),
     ] {
         let present = db
             .prepare(&format!(

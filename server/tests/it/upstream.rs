@@ -51,6 +51,8 @@ pub(crate) enum Script {
     /// The same with a second and a half between the partials and the completed images;
     /// each completed image is counted rendered once it is sent.
     SlowStream,
+    /// An event stream of one partial image, then a server error event.
+    StreamThenError,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -239,6 +241,22 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
                 event("partial_image", ",\"partial_image_index\":1"),
             ];
             frames.extend((0..n).map(|_| event("completed", "")));
+            let mut res =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            res.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            res
+        }
+        Script::StreamThenError => {
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from(format!(
+                    "event: image_edit.partial_image\ndata: {{\"type\":\"image_edit.partial_image\",\"b64_json\":\"{}\",\"partial_image_index\":0}}\n\n",
+                    b64_png()
+                )))),
+                Ok(Frame::data(Bytes::from_static(
+                    b"event: error\ndata: {\"error\":{\"code\":\"server_error\",\"message\":\"overloaded\"}}\n\n",
+                ))),
+            ];
             let mut res =
                 Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
             res.headers_mut()
@@ -1263,4 +1281,114 @@ async fn no_deployment_free_is_503_upstream_unavailable_with_retry_after_and_cha
     assert_eq!(busy.calls.load(Ordering::SeqCst), 1);
     // The first charged, the second held and released: 100 = 90 + 10.
     assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
+}
+
+/// A generation of one image as `key`, through `server`.
+async fn generate(server: &TestServer, key: &str) -> Reply {
+    let req = Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-image-2","prompt":"a lighthouse"}"#,
+        )))
+        .unwrap();
+    server.send(req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_over_deployments_weighted_three_to_one_land_within_five_points() {
+    let heavy = start_mock(Script::Images(1)).await;
+    let light = start_mock(Script::Images(1)).await;
+    let (_process, server) = routed_binary_with(
+        &format!(
+            "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nweight = 3\n\
+             [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\nweight = 1\n",
+            heavy.addr, light.addr
+        ),
+        &[("GATEWAY_DEMO_BALANCE", "10000")],
+    );
+    let server = Arc::new(server);
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (server, next) = (server.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::SeqCst) < 1000 {
+                    let reply = generate(&server, ALICE_KEY).await;
+                    assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (a, b) = (
+        heavy.calls.load(Ordering::SeqCst),
+        light.calls.load(Ordering::SeqCst),
+    );
+    assert_eq!(a + b, 1000);
+    assert!(
+        (700..=800).contains(&a),
+        "75% within five points: {a} and {b}"
+    );
+    // Each job charged once: 10,000 = 0 available + 10,000 charged.
+    assert_eq!(server.balance(ALICE_KEY).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_partial_came_from_one_deployment_never_switches() {
+    let failing = start_mock(Script::StreamThenError).await;
+    let other = start_mock(Script::Stream).await;
+    let (_process, server) = routed_binary(&format!(
+        "[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\npriority = 1\n\
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+        failing.addr, other.addr
+    ));
+    let form = edit(1).text("stream", "true").text("partial_images", "1");
+    let reply = server.edit_form(ALICE_KEY, form).await;
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    let partials = text.matches(r#""type":"image_edit.partial_image""#).count();
+    assert_eq!(partials, 1, "{text}");
+    assert!(text.contains(r#""code":"upstream_error""#), "{text}");
+    assert!(!text.contains("image_edit.completed"), "{text}");
+    // The first deployment's partial was shown: its failure is the job's, not a reason
+    // to render again elsewhere; no image came, nothing is charged.
+    assert_eq!(failing.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(other.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_resting_on_one_replica_rests_on_the_other_through_redis() {
+    let Some((url, prefix)) = common::services::fresh_redis("shared rests").await else {
+        return;
+    };
+    let failing = start_mock(Script::ServerError).await;
+    let working = start_mock(Script::Images(1)).await;
+    let deployments = format!(
+        "cooldown_failures = 1\ncooldown_secs = 600\n\
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\npriority = 1\n\
+         [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+        failing.addr, working.addr
+    );
+    let env = [
+        ("GATEWAY_REDIS_URL", url.as_str()),
+        ("GATEWAY_REDIS_PREFIX", prefix.as_str()),
+    ];
+    let (_first, one) = routed_binary_with(&deployments, &env);
+    let (_second, other) = routed_binary_with(&deployments, &env);
+    // On the first replica the deployment fails once, falls back, and rests.
+    assert_eq!(one.edit_form(ALICE_KEY, edit(1)).await.images().len(), 1);
+    assert_eq!(failing.calls.load(Ordering::SeqCst), 1);
+    // The second replica never saw it fail, and skips it all the same.
+    for _ in 0..3 {
+        let reply = other.edit_form(ALICE_KEY, edit(1)).await;
+        assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    }
+    assert_eq!(failing.calls.load(Ordering::SeqCst), 1, "it rests on both");
+    assert_eq!(working.calls.load(Ordering::SeqCst), 4);
+    // Each replica's own ledger: one image and three, each charged once.
+    assert_eq!(one.balance(ALICE_KEY).await, (90, 0));
+    assert_eq!(other.balance(ALICE_KEY).await, (70, 0));
 }

@@ -205,13 +205,19 @@ async fn run(config: Config, file: FileSettings) -> Result<(), Box<dyn Error>> {
             url,
             key,
             model,
+            images,
             fail_open,
         }) => {
-            let mut moderation = OpenAiModeration::new(url)?.model(model.clone());
+            let mut moderation = OpenAiModeration::new(url)?
+                .model(model.clone())
+                .images(*images);
             if let Some(key) = key {
                 moderation = moderation.api_key(key.clone());
             }
-            println!("moderation: an OpenAI-compatible /v1/moderations");
+            println!(
+                "moderation: an OpenAI-compatible /v1/moderations (source images {})",
+                if *images { "too" } else { "not checked" }
+            );
             builder = builder.moderation(moderation, *fail_open);
         }
     }

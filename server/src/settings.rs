@@ -59,6 +59,7 @@ pub enum ModerationSettings {
         url: String,
         key: Option<String>,
         model: String,
+        images: bool,
         fail_open: bool,
     },
 }
@@ -161,6 +162,7 @@ impl Config {
                             .ok_or("GATEWAY_MODERATION=openai needs GATEWAY_MODERATION_URL")?,
                         key: text("GATEWAY_MODERATION_KEY"),
                         model: text("GATEWAY_MODERATION_MODEL").unwrap_or_default(),
+                        images: switch("GATEWAY_MODERATION_IMAGES", text)?,
                         fail_open,
                     }),
                     Some(other) => {

@@ -100,6 +100,8 @@ settings! {
         "that API's key";
     "GATEWAY_MODERATION_MODEL", Text, "omni-moderation-latest",
         "the moderation model asked for";
+    "GATEWAY_MODERATION_IMAGES", Switch, "off",
+        "on (with openai): each request's source images are checked too, after they are read and before the hold (sent as data: URLs)";
     "GATEWAY_MODERATION_FAIL_OPEN", Switch, "off",
         "on: a moderation service that fails lets requests through (logged); off: 503 moderation_unavailable";
     "GATEWAY_URL_FETCH", Switch, "on",

@@ -282,8 +282,10 @@ impl GatewayBuilder {
     }
 
     /// Checks every prompt with `moderation` before the hold (and before any image the
-    /// request names is read): flagged, `400 content_policy_violation`; the check failing,
-    /// `503 moderation_unavailable` unless `fail_open`. Default: no check.
+    /// request names is read), and the source images once read, still before the hold
+    /// ([`Moderation::check_images`](crate::moderation::Moderation::check_images)): flagged,
+    /// `400 content_policy_violation`; the check failing, `503 moderation_unavailable`
+    /// unless `fail_open`. Default: no check.
     pub fn moderation(
         mut self,
         moderation: impl crate::moderation::Moderation,
@@ -374,8 +376,9 @@ impl GatewayBuilder {
                 store.clone(),
                 generations.clone(),
             ))
-            .layer(self.moderation)
+            .layer(self.moderation.clone())
             .layer(sources)
+            .layer(self.moderation)
             .layer(billing)
             .service(edits);
         let records = self.jobs.unwrap_or_else(|| Arc::new(MemoryJobs::new()));

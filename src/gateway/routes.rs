@@ -26,7 +26,7 @@ pub const COMPOSE_PATH: &str = "/v1/images/compose";
 pub const MODELS_PATH: &str = "/v1/models";
 
 /// The image endpoints' shared stack, below each one's normalization.
-pub(crate) type Pipeline = Idempotency<Moderated<ResolveSource<Billing<EditService>>>>;
+pub(crate) type Pipeline = Idempotency<Moderated<ResolveSource<Moderated<Billing<EditService>>>>>;
 
 /// Dispatches by path to the endpoint stacks; anything else is answered 404 or 405.
 #[derive(Clone, Debug)]

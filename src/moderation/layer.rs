@@ -4,7 +4,9 @@ use tower_layer::Layer;
 
 use super::{Moderated, Moderation};
 
-/// Applies [`Moderated`] to a service of [`EditRequest`](crate::job::EditRequest)s.
+/// Applies [`Moderated`]: before source resolution (a service of
+/// [`EditRequest`](crate::job::EditRequest)s) it checks prompts; between source resolution
+/// and billing (a service of [`EditJob`](crate::job::EditJob)s) it checks source images.
 #[derive(Clone)]
 pub struct ModerationLayer {
     moderation: Option<Arc<dyn Moderation>>,

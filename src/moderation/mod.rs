@@ -1,9 +1,11 @@
 //! Moderation before money: a request's prompt is checked before its hold is taken (and
-//! before any image it names is read), so a refused request costs nothing and holds nothing.
+//! before any image it names is read), and its source images, where the [`Moderation`]
+//! looks at images, once they are read and still before the hold; so a refused request
+//! costs nothing and holds nothing.
 //!
 //! # Guarantees
 //! - A flagged prompt is `400 content_policy_violation` (`param: prompt`); nothing is read,
-//!   held or run.
+//!   held or run. Flagged source images are the same, nothing held or run.
 //! - A moderation service that fails is `503 moderation_unavailable` with `Retry-After`
 //!   (fail closed), unless the gateway is set to fail open, which lets the request through
 //!   and logs the failure.
@@ -20,6 +22,8 @@ mod openai;
 mod service;
 
 use async_trait::async_trait;
+
+use crate::job::SourceImage;
 
 pub use layer::ModerationLayer;
 #[cfg(feature = "upstream")]
@@ -39,16 +43,25 @@ pub enum Verdict {
     },
 }
 
-/// Checks prompts before money moves.
+/// Checks prompts, and where it can source images, before money moves.
 ///
 /// # Contract
 /// - `check` answers [`Verdict::Allowed`] or [`Verdict::Flagged`]; an `Err` means the check
 ///   itself failed (the gateway then refuses, or lets through when set to fail open).
 /// - It is called once per request, before the hold, and must not keep the prompt.
+/// - `check_images` is called once per request that has source images, after they were
+///   read and before the hold, under the same rules; it must not keep the images. Its
+///   default allows them: a moderation that reads text only keeps it.
 #[async_trait]
 pub trait Moderation: Send + Sync + 'static {
     /// The verdict on `prompt`.
     async fn check(&self, prompt: &str) -> Result<Verdict, ModerationError>;
+
+    /// The verdict on a request's source `images` (a mask is not content and is not sent).
+    async fn check_images(&self, images: &[SourceImage]) -> Result<Verdict, ModerationError> {
+        let _ = images;
+        Ok(Verdict::Allowed)
+    }
 }
 
 /// A moderation check that could not be made.
@@ -114,6 +127,10 @@ impl Moderation for WordList {
 impl<T: Moderation + ?Sized> Moderation for std::sync::Arc<T> {
     async fn check(&self, prompt: &str) -> Result<Verdict, ModerationError> {
         (**self).check(prompt).await
+    }
+
+    async fn check_images(&self, images: &[SourceImage]) -> Result<Verdict, ModerationError> {
+        (**self).check_images(images).await
     }
 }
 

@@ -3,20 +3,27 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::{Client, Url};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
 use super::{Moderation, ModerationError, Verdict};
+use crate::job::SourceImage;
 
 /// The largest moderation answer read: a verdict is a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// An OpenAI-compatible moderation endpoint: `POST {base}/v1/moderations` with
 /// `{"model", "input"}`; a result with `"flagged": true` refuses the prompt, naming the
-/// categories that were flagged.
+/// categories that were flagged. With [`images`](Self::images), a request's source images
+/// are checked too, as `image_url` inputs of `data:` URLs (omni-moderation's multimodal
+/// input), one call for all of them.
 #[derive(Clone)]
 pub struct OpenAiModeration {
     client: Client,
     url: Url,
     key: Option<String>,
     model: String,
+    images: bool,
 }
 
 impl std::fmt::Debug for OpenAiModeration {
@@ -44,26 +51,21 @@ impl OpenAiModeration {
             url,
             key: None,
             model: "omni-moderation-latest".into(),
+            images: false,
         })
     }
 
-    /// Sent as `Authorization: Bearer`.
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
+    /// Checks source images too (default: prompts only). Each image is sent whole, base64
+    /// in a `data:` URL: worth it where the moderation model reads images
+    /// (`omni-moderation-*`), at the cost of sending every source once more.
+    pub fn images(mut self, on: bool) -> Self {
+        self.images = on;
         self
     }
 
-    /// The moderation model asked for.
-    pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = model.into();
-        self
-    }
-}
-
-#[async_trait]
-impl Moderation for OpenAiModeration {
-    async fn check(&self, prompt: &str) -> Result<Verdict, ModerationError> {
-        let body = serde_json::json!({"model": self.model, "input": prompt});
+    /// Posts `input` and reads the verdict, naming `what` was flagged.
+    async fn ask(&self, input: serde_json::Value, what: &str) -> Result<Verdict, ModerationError> {
+        let body = serde_json::json!({"model": self.model, "input": input});
         let mut request = self.client.post(self.url.clone()).json(&body);
         if let Some(key) = &self.key {
             request = request.bearer_auth(key);
@@ -84,7 +86,46 @@ impl Moderation for OpenAiModeration {
             }
             answer.extend_from_slice(&chunk);
         }
-        parse_verdict(&answer)
+        verdict_of(&answer, what)
+    }
+
+    /// Sent as `Authorization: Bearer`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The moderation model asked for.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+}
+
+#[async_trait]
+impl Moderation for OpenAiModeration {
+    async fn check(&self, prompt: &str) -> Result<Verdict, ModerationError> {
+        self.ask(serde_json::Value::from(prompt), "the prompt")
+            .await
+    }
+
+    async fn check_images(&self, images: &[SourceImage]) -> Result<Verdict, ModerationError> {
+        if !self.images || images.is_empty() {
+            return Ok(Verdict::Allowed);
+        }
+        let input: Vec<serde_json::Value> = images
+            .iter()
+            .map(|image| {
+                let url = format!(
+                    "data:{};base64,{}",
+                    image.kind.mime(),
+                    STANDARD.encode(&image.bytes)
+                );
+                serde_json::json!({"type": "image_url", "image_url": {"url": url}})
+            })
+            .collect();
+        self.ask(serde_json::Value::from(input), "a source image")
+            .await
     }
 }
 
@@ -92,6 +133,11 @@ impl Moderation for OpenAiModeration {
 /// when any result is, with the flagged categories' names (at most eight, each at most 64
 /// characters of `a-z 0-9 / _ -`). Anything else is an error, never a panic.
 pub fn parse_verdict(answer: &[u8]) -> Result<Verdict, ModerationError> {
+    verdict_of(answer, "the prompt")
+}
+
+/// [`parse_verdict`], naming `what` was flagged.
+fn verdict_of(answer: &[u8], what: &str) -> Result<Verdict, ModerationError> {
     #[derive(serde::Deserialize)]
     struct Answer {
         results: Vec<Result_>,
@@ -126,9 +172,9 @@ pub fn parse_verdict(answer: &[u8]) -> Result<Verdict, ModerationError> {
     categories.dedup();
     categories.truncate(8);
     let reason = match categories.is_empty() {
-        true => "the prompt was flagged by moderation".to_owned(),
+        true => format!("{what} was flagged by moderation"),
         false => format!(
-            "the prompt was flagged by moderation ({})",
+            "{what} was flagged by moderation ({})",
             categories.join(", ")
         ),
     };

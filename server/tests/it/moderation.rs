@@ -64,8 +64,29 @@ async fn a_word_list_refuses_before_the_hold() {
     assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
 }
 
-/// A loopback `/v1/moderations`: flags prompts holding "flag-me", answers 500 to those
-/// holding "break-me"; records each request body and its authorization.
+/// Whether a moderation request's input holds an image 13 pixels wide (the images tests
+/// mean to be flagged), read from its `data:` URL's PNG header.
+fn flags_an_image(body: &str) -> bool {
+    use base64::Engine;
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    let Some(inputs) = json["input"].as_array() else {
+        return false;
+    };
+    inputs.iter().any(|input| {
+        let url = input["image_url"]["url"].as_str().unwrap_or_default();
+        let data = url.split_once(";base64,").map_or("", |(_, d)| d);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap_or_default();
+        png.len() > 20 && png[16..20] == 13u32.to_be_bytes()
+    })
+}
+
+/// A loopback `/v1/moderations`: flags prompts holding "flag-me" and images 13 pixels wide,
+/// answers 500 to those holding "break-me"; records each request body and its
+/// authorization.
 async fn moderation_api() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -91,6 +112,11 @@ async fn moderation_api() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Strin
                             recorded.lock().unwrap().push((text.clone(), auth));
                             let (status, answer) = if text.contains("break-me") {
                                 (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":{}}"#)
+                            } else if flags_an_image(&text) {
+                                (
+                                    StatusCode::OK,
+                                    r#"{"id":"m","results":[{"flagged":true,"categories":{"sexual":true}}]}"#,
+                                )
                             } else if text.contains("flag-me") {
                                 (
                                     StatusCode::OK,
@@ -164,4 +190,53 @@ async fn an_openai_moderation_endpoint_refuses_flagged_prompts_and_fails_closed(
     let (_open, server) = start(&open);
     let through = generate(&server, "break-me", &[]).await;
     assert_eq!(through.status, 200, "{:?}", through.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_images_are_checked_after_they_are_read_and_before_the_hold() {
+    let (addr, seen) = moderation_api().await;
+    let url = format!("http://{addr}");
+    let (_process, server) = start(&[
+        ("GATEWAY_MODERATION", "openai"),
+        ("GATEWAY_MODERATION_URL", url.as_str()),
+        ("GATEWAY_MODERATION_IMAGES", "on"),
+    ]);
+    let edit = |image: Vec<u8>| {
+        Form::new()
+            .text("model", "gpt-image-2")
+            .text("prompt", "a calm lake")
+            .file("image", "a.png", "image/png", &image)
+    };
+    let flagged = server.edit_form(ALICE_KEY, edit(png(13, 13))).await;
+    assert_eq!(flagged.status, 400, "{:?}", flagged.body);
+    assert_eq!(flagged.error().1, "content_policy_violation");
+    let message = flagged.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("a source image was flagged"), "{message}");
+    assert!(message.contains("sexual"), "{message}");
+    // Nothing held, charged, or kept: the flagged upload is not among alice's files.
+    assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
+    let files = server
+        .call(http::Method::GET, "/api/v1/files", ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(files["data"].as_array().map(Vec::len), Some(0), "{files}");
+    let clean = server.edit_form(ALICE_KEY, edit(png(10, 10))).await;
+    assert_eq!(clean.status, 200, "{:?}", clean.body);
+    assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
+    // Each request: its prompt, then its image as a data: URL.
+    let seen = seen.lock().unwrap();
+    let inputs: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|(body, _)| serde_json::from_str::<serde_json::Value>(body).unwrap()["input"].clone())
+        .collect();
+    assert_eq!(inputs.len(), 4, "{inputs:?}");
+    for pair in inputs.chunks(2) {
+        assert_eq!(pair[0], "a calm lake");
+        let url = pair[1][0]["image_url"]["url"].as_str().unwrap();
+        assert!(url.starts_with("data:image/png;base64,"), "{url}");
+        assert_eq!(pair[1][0]["type"], "image_url");
+    }
 }

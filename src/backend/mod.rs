@@ -44,6 +44,7 @@ mod service;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -146,6 +147,9 @@ pub enum BackendError {
         detail: String,
         /// What went wrong, for the operator's metrics.
         failure: Failure,
+        /// How long the upstream asked not to be called again (its `Retry-After`), when it
+        /// said: a deployment's rest lasts at least that long.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -186,7 +190,17 @@ impl BackendError {
         BackendError::Upstream {
             detail: detail.into(),
             failure,
+            retry_after: None,
         }
+    }
+
+    /// The same error with the upstream's `Retry-After`, for an [`Upstream`](Self::Upstream)
+    /// one (any other is returned as it is).
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        if let BackendError::Upstream { retry_after, .. } = &mut self {
+            *retry_after = Some(after);
+        }
+        self
     }
 
     /// The `kind` label of this error in `image_gateway_backend_errors_total`.

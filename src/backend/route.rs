@@ -412,16 +412,20 @@ impl RoutedBackend {
         if taken.probe {
             health.probing = false;
         }
-        let failed = matches!(outcome, Err(BackendError::Upstream { .. }));
-        if !failed {
-            health.failures.clear();
-            health.resting_until = None;
-            return false;
-        }
+        let asked = match outcome {
+            Err(BackendError::Upstream { retry_after, .. }) => *retry_after,
+            _ => {
+                health.failures.clear();
+                health.resting_until = None;
+                return false;
+            }
+        };
+        // The upstream's own Retry-After wins when it is longer.
+        let rest = asked.map_or(self.cooldown.rest, |asked| asked.max(self.cooldown.rest));
         let now = Instant::now();
         if taken.probe {
             // The probe failed: rest again.
-            health.resting_until = Some(now + self.cooldown.rest);
+            health.resting_until = Some(now + rest);
             return true;
         }
         health.failures.push_back(now);
@@ -434,7 +438,7 @@ impl RoutedBackend {
         }
         if health.failures.len() as u32 >= self.cooldown.failures {
             health.failures.clear();
-            health.resting_until = Some(now + self.cooldown.rest);
+            health.resting_until = Some(now + rest);
             tracing::warn!(deployment = %taken.slot.deployment.name, "deployment resting after repeated failures");
             return true;
         }

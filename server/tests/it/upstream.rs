@@ -53,6 +53,10 @@ pub(crate) enum Script {
     SlowStream,
     /// An event stream of one partial image, then a server error event.
     StreamThenError,
+    /// `429` with `Retry-After: 120`.
+    TooMany,
+    /// `503`, every time.
+    Unavailable,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -247,6 +251,16 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
                 .insert("content-type", "text/event-stream".parse().unwrap());
             res
         }
+        Script::TooMany => {
+            let mut res = full(
+                StatusCode::TOO_MANY_REQUESTS,
+                r#"{"error":{"code":"rate_limit_exceeded","message":"slow down"}}"#,
+            );
+            res.headers_mut()
+                .insert("retry-after", "120".parse().unwrap());
+            res
+        }
+        Script::Unavailable => full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
         Script::StreamThenError => {
             let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
                 Ok(Frame::data(Bytes::from(format!(
@@ -345,13 +359,13 @@ struct Setup {
 }
 
 /// A gateway billing 10 a image in front of `upstream`; alice holds 100.
-async fn billed(upstream: UpstreamBackend) -> (TestServer, Arc<dyn Ledger>) {
+async fn billed(upstream: impl ImageBackend) -> (TestServer, Arc<dyn Ledger>) {
     billed_with(upstream, |builder| builder).await
 }
 
 /// As [`billed`], the gateway's builder given to `extra` last.
 async fn billed_with(
-    upstream: UpstreamBackend,
+    upstream: impl ImageBackend,
     extra: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
 ) -> (TestServer, Arc<dyn Ledger>) {
     let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
@@ -1391,4 +1405,130 @@ async fn a_deployment_resting_on_one_replica_rests_on_the_other_through_redis() 
     // Each replica's own ledger: one image and three, each charged once.
     assert_eq!(one.balance(ALICE_KEY).await, (90, 0));
     assert_eq!(other.balance(ALICE_KEY).await, (70, 0));
+}
+
+/// A server that resets every connection as soon as it is accepted, before reading a byte.
+async fn start_resetting() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            // A zero linger turns the close into a reset (and drops at once: no data is
+            // left to send, so nothing blocks).
+            #[allow(deprecated)]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            drop(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_the_upstream_never_took_falls_back_and_is_charged_once() {
+    let (closed, port) = closed_port();
+    let reset = start_resetting().await;
+    let (too_many, server_error, unavailable) = (
+        start_mock(Script::TooMany).await,
+        start_mock(Script::ServerError).await,
+        start_mock(Script::Unavailable).await,
+    );
+    // An edit of a large image (noise, which PNG cannot shrink): a reset comes while its
+    // body is still being written.
+    let mut seed = 0x2545_f491_u32;
+    let noise = image::RgbaImage::from_fn(1100, 1100, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        image::Rgba(seed.to_le_bytes())
+    });
+    let mut large = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut large, image::ImageFormat::Png).unwrap();
+    let large = large.into_inner();
+    assert!(large.len() > 4_000_000, "{}", large.len());
+    let faults = [
+        ("connection refused", format!("http://127.0.0.1:{port}")),
+        (
+            "reset before the request was sent",
+            format!("http://{reset}"),
+        ),
+        ("429", format!("http://{}", too_many.addr)),
+        ("500", format!("http://{}", server_error.addr)),
+        ("503", format!("http://{}", unavailable.addr)),
+    ];
+    for (fault, url) in faults {
+        let working = start_mock(Script::Images(1)).await;
+        let (_process, server) = routed_binary(&format!(
+            "cooldown_failures = 1\ncooldown_secs = 30\n\
+             [[models.\"gpt-image-2\".upstreams]]\nurl = \"{url}\"\npriority = 1\n\
+             [[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+            working.addr
+        ));
+        let form = Form::new()
+            .text("model", "gpt-image-2")
+            .text("prompt", "make it blue")
+            .file("image", "a.png", "image/png", &large);
+        let reply = server.edit_form(ALICE_KEY, form).await;
+        assert_eq!(reply.status, 200, "{fault}: {:?}", reply.body);
+        assert_eq!(reply.images().len(), 1, "{fault}");
+        assert_eq!(working.calls.load(Ordering::SeqCst), 1, "{fault}");
+        // Charged once: 100 = 90 available + 10 charged.
+        assert_eq!(server.balance(ALICE_KEY).await, (90, 0), "{fault}");
+        if fault == "429" {
+            // Its Retry-After (120 s) outlasts the model's 30 s rest, and wins.
+            let states = server
+                .call(http::Method::GET, "/admin/v1/upstreams", ROUTED_ADMIN_KEY)
+                .await
+                .json();
+            let until = states["data"][0]["deployments"][0]["resting_until_ms"]
+                .as_u64()
+                .unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            assert!(until > now + 100_000, "rests past 100 s: {states}");
+        }
+    }
+    drop(closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_past_the_timeout_falls_back_only_where_the_operator_allows_it() {
+    use image_gateway::backend::{Deployment, RoutedBackend};
+    for allowed in [false, true] {
+        let hanging = start_mock(Script::Hang).await;
+        let working = start_mock(Script::Images(1)).await;
+        let deployment = |mock: &Mock, name: &str, priority: i32| {
+            let backend = UpstreamBackend::builder(format!("http://{}", mock.addr))
+                .timeout(Duration::from_millis(300))
+                .build()
+                .unwrap();
+            Deployment::new(name, backend).priority(priority)
+        };
+        let routed = RoutedBackend::new([
+            deployment(&hanging, "hangs", 1),
+            deployment(&working, "works", 0),
+        ])
+        .retry_after_timeout(allowed);
+        let (server, ledger) = billed(routed).await;
+        let reply = server.edit_form(ALICE_KEY, edit(1)).await;
+        let alice = UserId::new("alice").unwrap();
+        let b = ledger.balance(&alice).await.unwrap();
+        // What the upstreams rendered (and would bill) is what was charged, each once.
+        let rendered =
+            hanging.rendered.load(Ordering::SeqCst) + working.rendered.load(Ordering::SeqCst);
+        assert_eq!(b.charged as usize, rendered * 10, "allowed: {allowed}");
+        assert_eq!(b.available + b.held as i64 + b.charged as i64, 100);
+        if allowed {
+            assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+            assert_eq!(working.calls.load(Ordering::SeqCst), 1);
+            assert_eq!((b.available, b.held), (90, 0));
+        } else {
+            // The first may still render and bill: the job fails rather than pay twice.
+            assert_eq!(reply.status, 502, "{:?}", reply.body);
+            assert_eq!(working.calls.load(Ordering::SeqCst), 0);
+            assert_eq!((b.available, b.held), (100, 0));
+        }
+    }
 }

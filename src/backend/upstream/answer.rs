@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::sse::SseReader;
-use super::{transport, UpstreamBackend, MAX_ANSWER_BYTES};
+use super::{after_sent, UpstreamBackend, MAX_ANSWER_BYTES};
 use crate::backend::{BackendError, Failure};
 use crate::fetch::capped::{self, CappedError};
 use crate::job::{EditJob, Image, OutputFormat};
@@ -53,6 +53,7 @@ pub(super) async fn images(
     response: reqwest::Response,
 ) -> Result<Vec<Image>, BackendError> {
     let status = response.status();
+    let retry_after = retry_after(&response);
     let body = read_capped(response, MAX_ANSWER_BYTES).await?;
     if status.is_success() {
         let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
@@ -87,7 +88,28 @@ pub(super) async fn images(
         return Ok(images);
     }
     let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-    Err(refusal(job, status, error.error))
+    let refused = refusal(job, status, error.error);
+    Err(match retry_after {
+        Some(after) => refused.retry_after(after),
+        None => refused,
+    })
+}
+
+/// The longest `Retry-After` taken from an upstream: past it the deployment's own rest
+/// decides, so a hostile or broken upstream cannot bench itself for days.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// An answer's `Retry-After` in seconds (a date is not read), at most [`MAX_RETRY_AFTER`].
+pub(super) fn retry_after(response: &reqwest::Response) -> Option<std::time::Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// The images of one Gemini `generateContent` answer, reading at most `cap` bytes.
@@ -97,8 +119,13 @@ pub(super) async fn gemini(
     cap: usize,
 ) -> Result<Vec<Image>, BackendError> {
     let status = response.status().as_u16();
+    let retry_after = retry_after(&response);
     let body = read_capped(response, cap).await?;
-    super::gemini::parse(status, &body)?
+    super::gemini::parse(status, &body)
+        .map_err(|e| match retry_after {
+            Some(after) => e.retry_after(after),
+            None => e,
+        })?
         .into_iter()
         .map(|bytes| {
             let format = format_of(&bytes, job.params.output_format)?;
@@ -231,7 +258,7 @@ pub(super) async fn streamed(
     let mut reader = SseReader::new(MAX_ANSWER_BYTES);
     let mut images = Vec::new();
     let mut read = 0usize;
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+    while let Some(chunk) = response.chunk().await.map_err(after_sent)? {
         read += chunk.len();
         if read > MAX_ANSWER_BYTES {
             return Err(BackendError::failed(
@@ -301,7 +328,7 @@ async fn fetch(
             "upstream image URL is not http(s)",
         ));
     }
-    let response = backend.client.get(url).send().await.map_err(transport)?;
+    let response = backend.client.get(url).send().await.map_err(after_sent)?;
     if !response.status().is_success() {
         return Err(BackendError::failed(
             Failure::Status,
@@ -321,6 +348,6 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, B
             CappedError::TooLarge => {
                 BackendError::failed(Failure::TooLarge, "upstream answer is too large")
             }
-            CappedError::Transport(e) => transport(e),
+            CappedError::Transport(e) => after_sent(e),
         })
 }

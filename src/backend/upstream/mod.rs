@@ -18,6 +18,7 @@ pub use answer::StreamEvent;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -469,10 +470,17 @@ impl UpstreamBackend {
             };
         }
         let request = match job.operation {
-            Operation::Generate => self
-                .client
-                .post(self.generations.clone())
-                .json(&self.generation_body(job)),
+            Operation::Generate => {
+                // Serialising strings and numbers into a Vec cannot fail.
+                let body = serde_json::to_vec(&self.generation_body(job)).unwrap_or_default();
+                self.client
+                    .post(self.generations.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(reqwest::Body::wrap(form::FormBody::whole(
+                        bytes::Bytes::from(body),
+                        sent,
+                    )))
+            }
             Operation::Edit | Operation::Compose => {
                 let form = self.form(job, sources);
                 self.client
@@ -543,52 +551,71 @@ impl UpstreamBackend {
         job: &EditJob,
         sources: Sources,
     ) -> Result<reqwest::Response, BackendError> {
-        let (outcome, kept) = self.attempt(job, sources).await?;
+        let (outcome, kept, sent) = self.attempt(job, sources).await?;
         let never_reached_the_model = match &outcome {
             Ok(r) => matches!(
                 r.status(),
                 StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
             ),
-            // A failed connect never reached the model: safe to send again.
-            Err(e) => e.is_connect(),
+            // A failed connect, or a connection lost before the whole body was taken,
+            // never reached the model: safe to send again.
+            Err(e) => e.is_connect() || !sent,
         };
-        let outcome = match kept {
+        let (outcome, sent) = match kept {
             Some(sources) if never_reached_the_model => {
                 tokio::time::sleep(RETRY_BACKOFF).await;
-                self.attempt(job, sources).await?.0
+                let (outcome, _, sent) = self.attempt(job, sources).await?;
+                (outcome, sent)
             }
-            _ => outcome,
+            _ => (outcome, sent),
         };
-        outcome.map_err(transport)
+        outcome.map_err(|e| transport(e, sent))
     }
 
     /// One request with `sources`, and the sources again while a retry may still use them:
-    /// they are dropped [`RETRY_WINDOW`] after the body was sent.
+    /// they are dropped [`RETRY_WINDOW`] after the body was sent. Also whether the whole
+    /// body was taken for sending: a request whose body was not cannot have reached the
+    /// model.
     async fn attempt(
         &self,
         job: &EditJob,
         sources: Sources,
-    ) -> Result<(reqwest::Result<reqwest::Response>, Option<Sources>), BackendError> {
+    ) -> Result<(reqwest::Result<reqwest::Response>, Option<Sources>, bool), BackendError> {
         // Only images are worth dropping; a generation keeps its retry.
         let images = job.operation != Operation::Generate;
-        let (sent, body_read) = oneshot::channel();
-        let attempt = self.request(job, &sources, sent).send();
+        let (taken, body_read) = oneshot::channel();
+        let attempt = self.request(job, &sources, taken).send();
         tokio::pin!(attempt);
+        let sent = AtomicBool::new(false);
         let window = async {
             // Also resolves when the body is dropped unsent; the attempt ends first then.
-            let _ = body_read.await;
+            if body_read.await.is_ok() {
+                sent.store(true, Ordering::Relaxed);
+            }
             tokio::time::sleep(RETRY_WINDOW).await;
         };
         tokio::pin!(window);
         let mut kept = Some(sources);
+        let mut window_over = false;
         let outcome = loop {
             tokio::select! {
                 biased;
                 outcome = &mut attempt => break outcome,
-                () = &mut window, if images && kept.is_some() => kept = None,
+                () = &mut window, if !window_over => {
+                    window_over = true;
+                    if images {
+                        kept = None;
+                    }
+                }
             }
         };
-        Ok((outcome, kept))
+        if !window_over {
+            // The body may have been taken in the poll that ended the attempt: one more
+            // poll of the window reads that.
+            let _ = futures_util::poll!(window.as_mut());
+        }
+        let sent = sent.load(Ordering::Relaxed);
+        Ok((outcome, kept, sent))
     }
 }
 
@@ -649,12 +676,33 @@ impl ImageBackend for UpstreamBackend {
     }
 }
 
-/// A transport error, in words without the URL (it may carry credentials).
-fn transport(error: reqwest::Error) -> BackendError {
-    let (failure, what) = if error.is_timeout() {
-        (Failure::Timeout, "timed out")
-    } else if error.is_connect() {
+/// A transport error met after the upstream took the request (reading its answer, fetching
+/// an image it answered by URL): the work was done, so it is never a failure to connect,
+/// whatever the socket said.
+fn after_sent(error: reqwest::Error) -> BackendError {
+    match transport(error, true) {
+        BackendError::Upstream {
+            failure: Failure::Connect,
+            detail,
+            ..
+        } => BackendError::failed(Failure::Other, detail),
+        other => other,
+    }
+}
+
+/// A transport error, in words without the URL (it may carry credentials). `sent`: whether
+/// the request's whole body was taken for sending; a request that failed before that never
+/// reached the model, like one that could not connect.
+fn transport(error: reqwest::Error, sent: bool) -> BackendError {
+    let (failure, what) = if error.is_connect() {
         (Failure::Connect, "could not connect")
+    } else if !sent && error.is_request() {
+        (
+            Failure::Connect,
+            "lost the connection before the request was sent",
+        )
+    } else if error.is_timeout() {
+        (Failure::Timeout, "timed out")
     } else if error.is_body() || error.is_decode() {
         (Failure::Malformed, "broken body")
     } else {

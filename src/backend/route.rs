@@ -314,14 +314,15 @@ impl RoutedBackend {
                     .iter()
                     .filter(|at| now.duration_since(**at) <= self.cooldown.window)
                     .count();
+                let in_flight = slot.in_flight.load(std::sync::atomic::Ordering::Relaxed);
                 serde_json::json!({
                     "name": &*d.name,
                     "priority": d.priority,
                     "weight": d.weight,
-                    "in_flight": slot.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    "in_flight": in_flight,
                     "max_in_flight": d.bound,
                     "available": resting_until.is_none()
-                        && d.bound.is_none_or(|bound| slot.in_flight.load(std::sync::atomic::Ordering::Relaxed) < bound),
+                        && d.bound.is_none_or(|bound| in_flight < bound),
                     "resting_until_ms": resting_until,
                     "probing": health.probing,
                     "recent_failures": recent,

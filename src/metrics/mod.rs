@@ -100,12 +100,26 @@ struct ModelLabels {
 /// A routed deployment, by the name its operator gave it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentLabels {
-    deployment: String,
+    deployment: SharedLabel,
+}
+
+/// A label value shared with what it names (a deployment's name): labelling a call costs no
+/// allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct SharedLabel(Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for SharedLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        prometheus_client::encoding::EncodeLabelValue::encode(&&*self.0, encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentOutcomeLabels {
-    deployment: String,
+    deployment: SharedLabel,
     outcome: &'static str,
 }
 
@@ -421,9 +435,9 @@ impl Metrics {
     }
 
     /// A call to the routed deployment `deployment` began.
-    pub(crate) fn upstream_began(&self, deployment: &str) {
+    pub(crate) fn upstream_began(&self, deployment: &Arc<str>) {
         let labels = DeploymentLabels {
-            deployment: deployment.to_owned(),
+            deployment: SharedLabel(deployment.clone()),
         };
         self.inner.upstream.in_flight.get_or_create(&labels).inc();
     }
@@ -432,14 +446,14 @@ impl Metrics {
     /// billing the operator `cost`.
     pub(crate) fn upstream_ended(
         &self,
-        deployment: &str,
+        deployment: &Arc<str>,
         outcome: &'static str,
         took: Duration,
         cost: u64,
     ) {
         let u = &self.inner.upstream;
         let labels = DeploymentLabels {
-            deployment: deployment.to_owned(),
+            deployment: SharedLabel(deployment.clone()),
         };
         u.in_flight.get_or_create(&labels).dec();
         u.duration
@@ -458,17 +472,17 @@ impl Metrics {
     }
 
     /// A job fell back from `deployment` to another.
-    pub(crate) fn upstream_fell_back(&self, deployment: &str) {
+    pub(crate) fn upstream_fell_back(&self, deployment: &Arc<str>) {
         let labels = DeploymentLabels {
-            deployment: deployment.to_owned(),
+            deployment: SharedLabel(deployment.clone()),
         };
         self.inner.upstream.fallbacks.get_or_create(&labels).inc();
     }
 
     /// `deployment` was sent to rest.
-    pub(crate) fn upstream_rested(&self, deployment: &str) {
+    pub(crate) fn upstream_rested(&self, deployment: &Arc<str>) {
         let labels = DeploymentLabels {
-            deployment: deployment.to_owned(),
+            deployment: SharedLabel(deployment.clone()),
         };
         self.inner.upstream.cooldowns.get_or_create(&labels).inc();
     }

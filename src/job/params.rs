@@ -275,6 +275,16 @@ impl OutputFormat {
             OutputFormat::Webp => "image/webp",
         }
     }
+
+    /// The encoding `bytes` show; `None` for a GIF or anything else not an output.
+    pub fn of(bytes: &[u8]) -> Option<OutputFormat> {
+        match crate::media::ImageKind::sniff(bytes)? {
+            crate::media::ImageKind::Png => Some(OutputFormat::Png),
+            crate::media::ImageKind::Jpeg => Some(OutputFormat::Jpeg),
+            crate::media::ImageKind::Webp => Some(OutputFormat::Webp),
+            crate::media::ImageKind::Gif => None,
+        }
+    }
 }
 
 /// Checks that a prompt is not empty (after trimming) and at most 32,000 characters.

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Background, EditOutcome, GeneratedImage, Image};
+use super::{Background, EditOutcome, GeneratedImage, Image, OutputFormat};
 use crate::auth::UserId;
 use crate::id::GenerationId;
 use crate::ledger::{HoldId, Ledger};
@@ -233,28 +233,91 @@ impl Outputs {
         let pending = self.generations.pending(before, limit).await?;
         let mut ended = 0;
         for generation in pending {
-            let Generation {
-                id, file_key, hold, ..
-            } = &generation;
-            match self.store.get(file_key).await {
-                Ok(Some(_)) => {
-                    self.generations
-                        .set_status(*id, GenerationStatus::Ready)
-                        .await?;
-                }
-                Ok(None) => {
-                    tracing::warn!(generation = %id, "a charged generation's bytes were never stored; it is refunded");
-                    self.lose(&generation.owner, *id, *hold, ledger).await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, generation = %id, "reading a pending generation's bytes failed");
-                    continue;
-                }
+            if self.end_pending(&generation, ledger).await? != Ended::Unread {
+                ended += 1;
             }
-            ended += 1;
         }
         Ok(ended)
     }
+
+    /// Ends one generation left pending by a process that died: ready when its bytes are in
+    /// the store (stored after its charge), otherwise lost. Left pending when the store
+    /// could not be read, to be tried again.
+    async fn end_pending(
+        &self,
+        generation: &Generation,
+        ledger: &dyn Ledger,
+    ) -> Result<Ended, GatewayError> {
+        let Generation {
+            id, file_key, hold, ..
+        } = generation;
+        match self.store.get(file_key).await {
+            Ok(Some(bytes)) => {
+                self.generations
+                    .set_status(*id, GenerationStatus::Ready)
+                    .await?;
+                Ok(Ended::Ready(bytes))
+            }
+            Ok(None) => {
+                tracing::warn!(generation = %id, "a charged generation's bytes were never stored; it is refunded");
+                self.lose(&generation.owner, *id, *hold, ledger).await;
+                Ok(Ended::Lost)
+            }
+            Err(error) => {
+                tracing::error!(%error, generation = %id, "reading a pending generation's bytes failed");
+                Ok(Ended::Unread)
+            }
+        }
+    }
+
+    /// The images of the generations charged under `hold` that reached the store, in the
+    /// order they were made: what an async job whose process died after its settle
+    /// delivered. One still pending is ended first, as the sweep would, when it was
+    /// recorded at or before `before` (Unix seconds); a younger one may still be being
+    /// stored by a live process, and is left to the sweep.
+    pub(crate) async fn delivered(
+        &self,
+        ledger: &dyn Ledger,
+        hold: HoldId,
+        before: u64,
+    ) -> Result<Vec<GeneratedImage>, GatewayError> {
+        let mut generations = self.generations.under_hold(hold).await?;
+        // Generation ids are time-ordered (UUIDv7): the job's own order.
+        generations.sort_by_key(|g| g.id.as_uuid());
+        let mut images = Vec::with_capacity(generations.len());
+        for generation in generations {
+            let bytes = match generation.status {
+                GenerationStatus::Ready => self.store.get(&generation.file_key).await?,
+                GenerationStatus::Pending if generation.created <= before => {
+                    match self.end_pending(&generation, ledger).await? {
+                        Ended::Ready(bytes) => Some(bytes),
+                        Ended::Lost | Ended::Unread => None,
+                    }
+                }
+                _ => None,
+            };
+            let Some((bytes, format)) = bytes.and_then(|b| OutputFormat::of(&b).map(|f| (b, f)))
+            else {
+                continue;
+            };
+            images.push(GeneratedImage::new(
+                generation.id,
+                Image::new(bytes, format),
+            ));
+        }
+        Ok(images)
+    }
+}
+
+/// How [`Outputs::end_pending`] ended a generation.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Its bytes are stored: ready.
+    Ready(bytes::Bytes),
+    /// Never stored: refunded, failed.
+    Lost,
+    /// The store could not be read: still pending.
+    Unread,
 }
 
 /// Gives `owner` back one image's share of what `hold` charged, once per generation `id`.

@@ -214,6 +214,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "
     -- On a settle: the upstream deployment that rendered the job (the usage log's upstream).
     ALTER TABLE journal ADD COLUMN upstream TEXT;
+    -- A job taken over after its settle is finished with the generations of its hold.
+    CREATE INDEX generations_hold ON generations (hold) WHERE hold IS NOT NULL;
     ",
     ),
 ];

@@ -5,9 +5,10 @@
 //! while it lives. A [`JobRunner`] (one per process, spawned beside the gateway) renews
 //! this process's leases and takes over the jobs whose lease lapsed: each is run again
 //! through the same layers, under the hold its first run took, so it is charged once (a
-//! settle on a hold another run ended charges nothing and publishes nothing). A job that
-//! cannot run again (its hold ended, its images gone, or too many runs) ends `failed` and
-//! its hold, if still open, is released.
+//! settle on a hold another run ended charges nothing and publishes nothing). A job whose
+//! earlier run was charged and stored its images ends `succeeded` with them, without
+//! running again. A job that cannot run again (its hold ended, its images gone, or too
+//! many runs) ends `failed` and its hold, if still open, is released.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use super::deferred::{drive, Track, Waiter};
 use crate::auth::Principal;
 use crate::clock::unix_now;
 use crate::job::{
-    EditOutcome, EditRequest, Outputs, Progress, Reference, RequestContext, PENDING_TIMEOUT,
+    EditOutcome, EditRequest, GeneratedImage, Outputs, Progress, Reference, RequestContext,
+    PENDING_TIMEOUT,
 };
 use crate::jobs::{JobBoard, JobRecord};
 use crate::lease::ClientWatch;
@@ -168,8 +170,18 @@ impl JobRunner {
         edit.client = watch;
         let (progress, steps) = Progress::channel(edit.params.partial_images);
         edit.progress = progress.clone();
-        let track = Track::resumed(self.board.clone(), record, &edit, progress, cancel);
         let (ledger, hold) = (self.ledger.clone(), rerun.ticket.hold);
+        let delivered = self.delivered(hold).instrument(span.clone()).await;
+        let track = Track::resumed(self.board.clone(), record, &edit, progress, cancel);
+        if !delivered.is_empty() {
+            // Its first run was charged and stored these: the job ends with them.
+            tracing::info!(parent: &span, images = delivered.len(), "a job whose process died after its charge ends with the images it stored");
+            let mut outcome = EditOutcome::new(unix_now(), delivered);
+            outcome.source_keys = rerun.ticket.sources.clone();
+            let job = async move { Ok(outcome) };
+            tokio::spawn(drive(job, steps, track, Waiter::Accepted(None)).instrument(span));
+            return;
+        }
         let work = self.stack.clone().oneshot(edit);
         let job = async move {
             let outcome = work.await;
@@ -182,6 +194,34 @@ impl JobRunner {
         };
         tracing::info!(parent: &span, "running again a job whose process died");
         tokio::spawn(drive(job, steps, track, Waiter::Accepted(None)).instrument(span));
+    }
+
+    /// The images a job's earlier run delivered through the store, when its hold was
+    /// settled (its process died after the charge); none otherwise, or when they cannot be
+    /// read now (the job then runs again, and finds its hold ended).
+    async fn delivered(&self, hold: crate::ledger::HoldId) -> Vec<GeneratedImage> {
+        match self.ledger.charged(hold).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, %hold, "reading a taken-over job's charge failed");
+                return Vec::new();
+            }
+        }
+        // The sole runner knows every pending generation is an earlier run's; otherwise
+        // only those older than any storage may be ended.
+        let before = if self.sole.load(std::sync::atomic::Ordering::Acquire) {
+            u64::MAX
+        } else {
+            unix_now().saturating_sub(PENDING_TIMEOUT.as_secs())
+        };
+        match self.outputs.delivered(&*self.ledger, hold, before).await {
+            Ok(images) => images,
+            Err(error) => {
+                tracing::warn!(%error, %hold, "reading a taken-over job's images failed");
+                Vec::new()
+            }
+        }
     }
 }
 

@@ -109,6 +109,15 @@ pub trait Generations: Send + Sync + 'static {
         let _ = (before, limit);
         Ok(Vec::new())
     }
+
+    /// The generations charged under `hold` (those of a job delivered only through the
+    /// store), whatever their status. The gateway asks it of an async job whose process
+    /// died after its settle, to finish the job with the images that were stored. The
+    /// default finds none: such a job then ends failed, its images listed and charged.
+    async fn under_hold(&self, hold: HoldId) -> Result<Vec<Generation>, StoreError> {
+        let _ = hold;
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]
@@ -131,6 +140,10 @@ impl<G: Generations + ?Sized> Generations for Arc<G> {
 
     async fn pending(&self, before: u64, limit: usize) -> Result<Vec<Generation>, StoreError> {
         (**self).pending(before, limit).await
+    }
+
+    async fn under_hold(&self, hold: HoldId) -> Result<Vec<Generation>, StoreError> {
+        (**self).under_hold(hold).await
     }
 }
 
@@ -183,5 +196,11 @@ impl Generations for MemoryGenerations {
         pending.sort_by_key(|g| g.created);
         pending.truncate(limit);
         Ok(pending)
+    }
+
+    async fn under_hold(&self, hold: HoldId) -> Result<Vec<Generation>, StoreError> {
+        let records = self.records();
+        let under = records.values().filter(|g| g.hold == Some(hold));
+        Ok(under.cloned().collect())
     }
 }

@@ -105,6 +105,11 @@ impl Generations for PgGenerations {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.select(&sql, &[&seconds(before), &limit]).await
     }
+
+    async fn under_hold(&self, hold: HoldId) -> Result<Vec<Generation>, StoreError> {
+        let sql = format!("{SELECT} WHERE hold = $1");
+        self.select(&sql, &[&hold.as_uuid()]).await
+    }
 }
 
 /// The columns a [`Generation`] is read from.

@@ -146,6 +146,20 @@ impl Generations for SqliteGenerations {
             })
             .await
     }
+
+    /// Without an index (one more per edit would cost every edit's write for a question
+    /// asked once per job taken over after its settle): a scan.
+    async fn under_hold(&self, hold: HoldId) -> Result<Vec<Generation>, StoreError> {
+        self.reader
+            .read(move |db| {
+                select(
+                    db,
+                    "SELECT id, file_key, status, created, hold FROM generations WHERE hold = ?1",
+                    params![hold.to_string()],
+                )
+            })
+            .await
+    }
 }
 
 /// The generations `sql` selects (`id, file_key, status, created, hold`). Rows are only

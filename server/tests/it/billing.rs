@@ -678,6 +678,9 @@ async fn a_backend_that_panics_answers_500_and_releases_the_hold() {
 struct Outputs {
     inner: LocalFileStore,
     hang: bool,
+    /// Writes a generated image's bytes before hanging (the process dies after they
+    /// reached the volume, before its record was marked ready).
+    store_first: bool,
 }
 
 #[async_trait]
@@ -689,6 +692,9 @@ impl image_gateway::store::FileStore for Outputs {
     ) -> Result<(), StoreError> {
         if !key.as_str().contains("_generation.") {
             return self.inner.put(key, bytes).await;
+        }
+        if self.store_first {
+            self.inner.put(key, bytes).await?;
         }
         if self.hang {
             std::future::pending::<()>().await;
@@ -776,6 +782,7 @@ async fn an_async_jobs_images_the_store_refused_are_refunded_an_answers_images_a
     let store = Outputs {
         inner: LocalFileStore::open(&dir).unwrap(),
         hang: false,
+        store_first: false,
     };
     let (gateway, ledger) = on_disk(&dir, store);
     let server = TestServer::start(gateway).await;
@@ -819,6 +826,7 @@ async fn a_process_that_dies_between_an_async_jobs_charge_and_its_storage_refund
     let store = Outputs {
         inner: LocalFileStore::open(&dir).unwrap(),
         hang: true,
+        store_first: false,
     };
     let (gateway, ledger) = on_disk(&dir, store);
     let server = TestServer::start(gateway).await;
@@ -869,4 +877,86 @@ async fn a_process_that_dies_between_an_async_jobs_charge_and_its_storage_refund
     gateway.job_runner().take_all().await.unwrap();
     assert_eq!(refunds(&*ledger).await.len(), 1);
     assert_eq!(ledger.balance(&alice()).await.unwrap().available, 100);
+}
+
+#[tokio::test]
+async fn a_process_that_dies_after_an_async_jobs_image_reached_the_store_keeps_it_charged() {
+    use image_gateway::store::SqliteGenerations;
+    let dir = temp_dir("stored-outputs-crash");
+    // First life: the settle commits, the image's bytes reach the volume, then the process
+    // dies before the generation's record says so.
+    let store = Outputs {
+        inner: LocalFileStore::open(&dir).unwrap(),
+        hang: true,
+        store_first: true,
+    };
+    let (gateway, ledger) = on_disk(&dir, store);
+    let server = TestServer::start(gateway).await;
+    ledger.deposit(&alice(), 100, "opening").await.unwrap();
+    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let accepted = server.send(generation(json, true)).await;
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    // The bytes are on the volume once alice's directory holds a generated image.
+    let stored = || {
+        walk(&dir.join("files"))
+            .iter()
+            .any(|p| p.to_string_lossy().contains("_generation."))
+    };
+    for _ in 0..500 {
+        if stored() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stored(), "the image reached the volume");
+    let balance = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((balance.available, balance.charged), (90, 10), "settled");
+    drop(server);
+    drop(ledger);
+
+    // Second life: the sweep finds the bytes, so the image was delivered to the store: it
+    // stays charged, is marked ready and is listed; nothing is refunded.
+    let (gateway, ledger) = on_disk(&dir, LocalFileStore::open(&dir).unwrap());
+    assert_eq!(gateway.job_runner().take_all().await.unwrap(), 1);
+    let server = TestServer::start(gateway).await;
+    let job = ended_job(&server, &id).await;
+    assert_eq!(refunds(&*ledger).await, vec![], "{job}");
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.available, b.held, b.charged), (90, 0, 10));
+    let files = server
+        .call(Method::GET, "/api/v1/files", ALICE_KEY)
+        .await
+        .json();
+    let listed = files["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{files}");
+    let pending = SqliteGenerations::open(dir.join("generations.db"))
+        .unwrap()
+        .pending(u64::MAX, 10)
+        .await
+        .unwrap();
+    assert_eq!(pending, vec![], "marked ready");
+    // The job ends with the image its first run charged and stored, not run again.
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let ids = job["result"]["picklyone_generation_ids"]
+        .as_array()
+        .unwrap();
+    assert_eq!(ids.len(), 1, "{job}");
+    let records = SqliteGenerations::open(dir.join("generations.db")).unwrap();
+    let generation = GenerationId::parse(ids[0].as_str().unwrap()).unwrap();
+    let record = records.get(generation).await.unwrap().unwrap();
+    assert_eq!(record.status, GenerationStatus::Ready);
+}
+
+/// Every file under `dir`, at any depth.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -728,7 +728,9 @@ async fn a_settled_holds_charge_and_the_pending_generations_are_read_back_from_e
         records.pending(1_000, 10).await.unwrap(),
         vec![record.clone()]
     );
-    assert_eq!(records.get(id).await.unwrap(), Some(record));
+    assert_eq!(records.get(id).await.unwrap(), Some(record.clone()));
+    assert_eq!(records.under_hold(settled).await.unwrap(), vec![record]);
+    assert_eq!(records.under_hold(released).await.unwrap(), vec![]);
     writer
         .set_status(id, GenerationStatus::Ready)
         .await

@@ -10,7 +10,6 @@ use super::{after_sent, UpstreamBackend, MAX_ANSWER_BYTES};
 use crate::backend::{BackendError, Failure};
 use crate::fetch::capped::{self, CappedError};
 use crate::job::{EditJob, Image, OutputFormat};
-use crate::media::ImageKind;
 
 #[derive(Deserialize)]
 struct Answer {
@@ -303,15 +302,12 @@ pub(super) async fn streamed(
 
 /// The encoding the bytes show; GIF or anything unknown is not an output.
 fn format_of(bytes: &[u8], asked: OutputFormat) -> Result<OutputFormat, BackendError> {
-    match ImageKind::sniff(bytes) {
-        Some(ImageKind::Png) => Ok(OutputFormat::Png),
-        Some(ImageKind::Jpeg) => Ok(OutputFormat::Jpeg),
-        Some(ImageKind::Webp) => Ok(OutputFormat::Webp),
-        _ => Err(BackendError::failed(
+    OutputFormat::of(bytes).ok_or_else(|| {
+        BackendError::failed(
             Failure::Malformed,
             format!("upstream returned bytes that are not a {asked} image"),
-        )),
-    }
+        )
+    })
 }
 
 /// Fetches an image the upstream answered by URL, charging its size to `budget`.

@@ -30,6 +30,8 @@ enum Answer {
     Unsafe,
     /// `429 RESOURCE_EXHAUSTED`.
     Exhausted,
+    /// `429` to the first call, `400 INVALID_ARGUMENT` to the others.
+    ExhaustedThenInvalid,
 }
 
 /// One call as received.
@@ -67,7 +69,11 @@ async fn handle(
         authorization,
         body: serde_json::from_slice(&body).unwrap(),
     });
-    let answer = *gemini.answer.lock().unwrap();
+    let call = gemini.calls.lock().unwrap().len() - 1;
+    let answer = match *gemini.answer.lock().unwrap() {
+        Answer::ExhaustedThenInvalid if call == 0 => Answer::Exhausted,
+        answer => answer,
+    };
     let (status, json) = match answer {
         Answer::Image => {
             gemini.rendered.fetch_add(1, Ordering::SeqCst);
@@ -98,6 +104,10 @@ async fn handle(
         Answer::Exhausted => (
             StatusCode::TOO_MANY_REQUESTS,
             serde_json::json!({"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}),
+        ),
+        Answer::ExhaustedThenInvalid => (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": {"code": 400, "message": "Request contains an invalid argument.", "status": "INVALID_ARGUMENT"}}),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
@@ -333,4 +343,27 @@ async fn gemini_refusals_are_content_policy_violations_that_never_fall_back_and_
     assert_eq!(openai.calls.load(Ordering::SeqCst), 1);
     assert_eq!(gemini.rendered.load(Ordering::SeqCst), 0);
     assert_eq!(server.balance(ALICE_KEY).await, (90, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_several_calls_falls_back_only_when_no_call_was_taken() {
+    // n = 2 is two calls: one answered 429 (not taken), one 400 (taken and refused). The
+    // job's error is the refusal's, so no other deployment renders it.
+    let gemini = start_gemini(Answer::ExhaustedThenInvalid).await;
+    let openai = start_mock(Script::Images(2)).await;
+    let (_process, server) = routed_binary_with(
+        &format!(
+            "{}priority = 1\n[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+            deployment(gemini.addr, ""),
+            openai.addr
+        ),
+        &[],
+    );
+    let reply = server
+        .edit_form(ALICE_KEY, form(&[("n", "2"), ("size", "1024x1024")]))
+        .await;
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    assert_eq!(gemini.calls.lock().unwrap().len(), 2);
+    assert_eq!(openai.calls.load(Ordering::SeqCst), 0, "no fallback");
+    assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
 }

@@ -529,19 +529,30 @@ impl UpstreamBackend {
             .collect();
         drop(body);
         let mut images = Vec::with_capacity(n);
-        let mut first_error = None;
+        let mut errors = Vec::new();
         for outcome in futures_util::future::join_all(calls).await {
             match outcome {
                 Ok(more) => images.extend(more),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => errors.push(e),
             }
         }
-        match first_error {
-            Some(e) if images.is_empty() => Err(e),
-            _ => Ok(images),
+        if !images.is_empty() || errors.is_empty() {
+            return Ok(images);
         }
+        // The job's error is one that says the work may have been taken (a timeout, a
+        // refusal) over one that says it was not: a router falls back only when no call
+        // may still render and bill.
+        let untaken = |e: &BackendError| {
+            matches!(
+                e,
+                BackendError::Upstream {
+                    failure: Failure::Busy | Failure::Connect,
+                    ..
+                }
+            )
+        };
+        let pick = errors.iter().position(|e| !untaken(e)).unwrap_or(0);
+        Err(errors.swap_remove(pick))
     }
 
     /// Sends `job` once, or twice when the first attempt never reached the model (see the

@@ -29,8 +29,9 @@
 //! |---|---|
 //! | [`jobs`] | jobs that outlive their connections: records ([`JobRecords`](jobs::JobRecords): memory, SQLite), `Prefer: respond-async`, the job API (`/v1/images/jobs`), event logs for reattaching |
 //! | [`job`] | one job's types, from [`EditRequest`](job::EditRequest) to [`EditOutcome`](job::EditOutcome); every layer imports them and they import no layer |
+//! | `answer` | how an [`EditOutcome`](job::EditOutcome) is answered: OpenAI's JSON, each image base64-encoded as it is sent, for the synchronous answer and the job API alike |
 //! | [`ledger`] | the [`Ledger`](ledger::Ledger) contract (atomic holds, settle or release exactly once, expiry, conservation), in memory, SQLite and PostgreSQL (`PgLedger`, feature `postgres`) |
-//! | [`moderation`] | prompts checked before the hold ([`moderation::WordList`], an OpenAI-compatible `/v1/moderations`, your own): `400 content_policy_violation`, or `503` when the check fails (fail closed) |
+//! | [`moderation`] | prompts checked before the hold ([`moderation::WordList`], an OpenAI-compatible `/v1/moderations`, your own), and source images once read, still before the hold: `400 content_policy_violation`, or `503` when the check fails (fail closed) |
 //! | [`metrics`] | Prometheus counters and histograms of requests, money, backends, jobs and connections, served at `GET /metrics` |
 //! | [`multipart`] | the streaming `multipart/form-data` reader behind edits and uploads: bounded parts, headers and fields, never a panic |
 //! | `console` | the browser console at `/console/`: static files built in (feature `console`) |
@@ -69,6 +70,7 @@
 
 pub mod address;
 pub mod admin;
+mod answer;
 pub mod auth;
 pub mod backend;
 pub mod billing;

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tower_service::Service;
 
-pub(crate) use outcome::usage;
 pub use outcome::{EditOutcome, GeneratedImage};
 pub(crate) use params::{parse_flag, parse_integer, parse_token};
 pub use params::{

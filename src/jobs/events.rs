@@ -8,8 +8,9 @@ use http::{header, HeaderValue, Response};
 use tokio::sync::watch;
 
 use super::record::{Echo, JobRecord};
+use crate::answer::usage;
 use crate::clock::unix_now;
-use crate::job::{usage, EditParams, Operation};
+use crate::job::{EditParams, Operation};
 use crate::{GatewayError, ResponseBody};
 
 /// A `text/event-stream` answer with `body`, which proxies are asked not to buffer.

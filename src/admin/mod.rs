@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `POST /admin/v1/accounts/{user_id}/deposits` | credits an account once per reference |
 //! | `GET /admin/v1/users/{user_id}/usage` | a user's usage log (the query of `GET /api/v1/usage`) |
-//! | `POST\|GET /admin/v1/users/{user_id}/keys`, `GET\|PATCH\|DELETE /admin/v1/keys/{id}`, `POST /admin/v1/keys/{id}/rotate` | managed keys ([`keys`]), with a [registry](AdminApi::registry) |
+//! | `POST\|GET /admin/v1/users/{user_id}/keys`, `GET\|PATCH\|DELETE /admin/v1/keys/{id}`, `POST /admin/v1/keys/{id}/rotate` | managed keys (the `keys` module), with a [registry](AdminApi::registry) |
 //! | `GET /admin/v1/upstreams` | routed models' deployments, as [`Upstreams`] shows them |
 
 mod keys;

@@ -88,7 +88,7 @@ impl Rendered {
     /// client gone), the outcome waits for the store: the job ends with the images that
     /// were stored, and one whose bytes never got there (the store failed, or the process
     /// died first) was never delivered, so its share of the charge is refunded (here, or by
-    /// [`Outputs::sweep`] after a restart); none stored is the store's error. Otherwise the
+    /// `Outputs::sweep` after a restart); none stored is the store's error. Otherwise the
     /// answer carries the images, and does not wait for a store that waits (a disk, a
     /// network: it stores on a task of its own; a chained edit that comes too early is
     /// answered `409 generation_not_ready`).

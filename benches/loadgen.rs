@@ -44,9 +44,8 @@ use image_gateway::catalog::ModelSpec;
 use image_gateway::id::GenerationId;
 use image_gateway::ledger::{Durability, Ledger, MemoryLedger, SqliteLedger};
 
-use image_gateway::store::{
-    FileCursor, FileKey, FilePage, FileStore, LocalFileStore, SqliteGenerations, StoreError,
-};
+use image_gateway::generations::SqliteGenerations;
+use image_gateway::store::{FileCursor, FileKey, FilePage, FileStore, LocalFileStore, StoreError};
 use image_gateway::Gateway;
 
 const KEY: &str = "pk_live_loadgen_0123456789abcdef";

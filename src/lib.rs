@@ -35,7 +35,8 @@
 //! | [`metrics`] | Prometheus counters and histograms of requests, money, backends, jobs and connections, served at `GET /metrics` |
 //! | [`multipart`] | the streaming `multipart/form-data` reader behind edits and uploads: bounded parts, headers and fields, never a panic |
 //! | `console` | the browser console at `/console/`: static files built in (feature `console`) |
-//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic, durable writes batched through one writer thread, and an index; S3 with an index in PostgreSQL; memory), quotas, generation records |
+//! | [`store`] | [`FileKey`](store::FileKey) (a key that cannot leave its owner's folder), [`FileStore`](store::FileStore) (local dir with atomic, durable writes batched through one writer thread, and an index; S3 with an index in PostgreSQL; memory), quotas |
+//! | [`generations`] | the record of each produced image ([`Generations`](generations::Generations): memory, SQLite, PostgreSQL): pending until its bytes are stored, the hold it was charged under |
 //! | [`lease`] | what a request's work keeps taken (its in-flight slot) for as long as the work runs, not as long as the socket |
 //! | [`catalog`] | models, their maximum `n` and price; `GET /v1/models` |
 //! | [`fetch`] | image URLs from requests: `data:` URIs decoded within a cap; `https://` URLs whose every address is public, checked after one resolution and on each redirect (the fetcher: feature `fetch`) |
@@ -84,6 +85,7 @@ pub mod fetch;
 pub mod files;
 mod future;
 pub mod gateway;
+pub mod generations;
 pub mod health;
 pub mod id;
 pub mod idempotency;

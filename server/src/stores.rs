@@ -5,13 +5,12 @@ use std::error::Error;
 use std::sync::Arc;
 
 use image_gateway::auth::{KeyRegistry, KeyStore, PgKeys, SqliteKeys, WithFixedKeys};
+use image_gateway::generations::{Generations, PgGenerations, SqliteGenerations};
 use image_gateway::idempotency::{IdempotencyRecords, PgIdempotency, SqliteIdempotency};
 use image_gateway::jobs::{JobRecords, PgJobs, SqliteJobs};
 use image_gateway::ledger::{Durability, Ledger, PgLedger, SqliteLedger};
 use image_gateway::postgres::Postgres;
-use image_gateway::store::{
-    FileStore, Generations, LocalFileStore, PgGenerations, S3FileStore, SqliteGenerations,
-};
+use image_gateway::store::{FileStore, LocalFileStore, S3FileStore};
 
 use super::keys::Keys;
 use super::settings::Config;

@@ -10,14 +10,13 @@ use super::{BackendError, Failure, ImageBackend};
 use crate::auth::Principal;
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
+use crate::generations::{Generation, GenerationStatus, Generations};
 use crate::id::GenerationId;
 use crate::job::Outputs;
 use crate::job::{Background, EditJob, Image, Rendered};
 use crate::ledger::HoldId;
 use crate::metrics::Metrics;
-use crate::store::{
-    write_all, FileKey, FileStore, Generation, GenerationStatus, Generations, Usage,
-};
+use crate::store::{write_all, FileKey, FileStore, Usage};
 use crate::GatewayError;
 
 /// The innermost service: runs the backend and records each returned image as a pending

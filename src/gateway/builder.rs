@@ -12,6 +12,7 @@ use crate::backend::{EditService, ImageBackend};
 use crate::billing::{AccountApi, BillingLayer, ExpirySweep, DEFAULT_HOLD_TTL};
 use crate::catalog::{Catalog, ModelSpec};
 use crate::files::FileApi;
+use crate::generations::{Generations, MemoryGenerations};
 use crate::health::{Health, Readiness};
 use crate::idempotency::{IdempotencyLayer, IdempotencyRecords, MemoryIdempotency};
 use crate::job::Operation;
@@ -23,7 +24,7 @@ use crate::multipart::MultipartLimits;
 use crate::ratelimit::RateLimitLayer;
 use crate::request::NormalizeLayer;
 use crate::source::ResolveSourceLayer;
-use crate::store::{FileStore, Generations, MemoryFileStore, MemoryGenerations, Quota, QuotaStore};
+use crate::store::{FileStore, MemoryFileStore, Quota, QuotaStore};
 
 /// The model served when the builder is given none.
 pub const DEFAULT_MODEL: &str = "gpt-image-2";

@@ -3,7 +3,8 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::{Idempotency, IdempotencyRecords};
-use crate::store::{FileStore, Generations};
+use crate::generations::Generations;
+use crate::store::FileStore;
 
 /// Applies [`Idempotency`] to a service of [`EditRequest`](crate::job::EditRequest)s.
 #[derive(Clone)]

@@ -15,7 +15,8 @@ use crate::future::{run_to_end, ResponseFuture};
 
 use crate::id::GenerationId;
 
-use crate::store::{FileStore, GenerationStatus, Generations};
+use crate::generations::{GenerationStatus, Generations};
+use crate::store::FileStore;
 use crate::GatewayError;
 
 /// Answers a retried request with its first result; see the module docs.

@@ -3,9 +3,10 @@ use std::time::Duration;
 
 use super::{Background, EditOutcome, GeneratedImage, Image, OutputFormat};
 use crate::auth::UserId;
+use crate::generations::{Generation, GenerationStatus, Generations};
 use crate::id::GenerationId;
 use crate::ledger::{HoldId, Ledger};
-use crate::store::{FileKey, FileStore, Generation, GenerationStatus, Generations};
+use crate::store::{FileKey, FileStore};
 use crate::GatewayError;
 
 /// How long a generation may stay pending before it is taken for one whose process died

@@ -10,11 +10,12 @@ use super::record::{Echo, JobOutput, JobRecord, JobRecords, JobStatus};
 use super::webhook::{delivery_of, WebhookConfig};
 use crate::auth::UserId;
 use crate::clock::unix_now;
+use crate::generations::{GenerationStatus, Generations};
 use crate::id::{GenerationId, JobId};
 use crate::job::{EditOutcome, GeneratedImage, Image, Progress};
 use crate::lease::ClientHandle;
 use crate::metrics::Metrics;
-use crate::store::{FileStore, GenerationStatus, Generations};
+use crate::store::FileStore;
 use crate::GatewayError;
 
 /// The default bound on one caller's unfinished async jobs.
@@ -628,9 +629,10 @@ impl JobBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generations::MemoryGenerations;
     use crate::job::{EditParams, Operation};
     use crate::jobs::{Echo, MemoryJobs};
-    use crate::store::{MemoryFileStore, MemoryGenerations};
+    use crate::store::MemoryFileStore;
 
     /// A board over memory records, with a one-minute retention and jobs that time out
     /// after ten seconds (so they are stale after seventy).

@@ -91,7 +91,7 @@ impl SqliteJobs {
     /// Job records in the database of `generations`, written through its writer: a job's
     /// record joins the batch of the generation records written beside it, one commit for
     /// both, instead of a commit and a thread of its own.
-    pub fn beside(generations: &crate::store::SqliteGenerations) -> Result<Self, StoreError> {
+    pub fn beside(generations: &crate::generations::SqliteGenerations) -> Result<Self, StoreError> {
         let (path, writer, reader) = generations.shared();
         create(&Connection::open(path).map_err(StoreError::new)?)?;
         Ok(SqliteJobs { writer, reader })

@@ -15,7 +15,7 @@
 //! that commits every such statement waiting at one moment in one transaction.
 //!
 //! Its parts are [`PgLedger`](crate::ledger::PgLedger),
-//! [`PgGenerations`](crate::store::PgGenerations),
+//! [`PgGenerations`](crate::generations::PgGenerations),
 //! [`PgIdempotency`](crate::idempotency::PgIdempotency) and [`PgKeys`](crate::auth::PgKeys),
 //! each made from one shared [`Postgres`].
 

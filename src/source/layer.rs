@@ -7,8 +7,9 @@ use super::service::Sources;
 use super::ResolveSource;
 use crate::billing::Admission;
 use crate::catalog::Catalog;
+use crate::generations::Generations;
 use crate::ledger::Ledger;
-use crate::store::{FileStore, Generations};
+use crate::store::FileStore;
 
 /// Applies [`ResolveSource`] to a service of [`EditJob`](crate::job::EditJob)s.
 #[derive(Clone)]

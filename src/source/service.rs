@@ -15,7 +15,8 @@ use crate::future::ResponseFuture;
 use crate::id::GenerationId;
 use crate::media::ImageKind;
 
-use crate::store::{FileKey, FileStore, GenerationStatus, Generations};
+use crate::generations::{GenerationStatus, Generations};
+use crate::store::{FileKey, FileStore};
 use crate::GatewayError;
 
 /// How long a client is asked to wait for a pending generation.
@@ -239,7 +240,8 @@ fn source_image(bytes: Bytes, param: &'static str) -> Result<SourceImage, Gatewa
 mod tests {
     use super::*;
     use crate::auth::UserId;
-    use crate::store::{Generation, MemoryFileStore, MemoryGenerations};
+    use crate::generations::{Generation, MemoryGenerations};
+    use crate::store::MemoryFileStore;
 
     const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
 

@@ -1,4 +1,5 @@
-//! Storage of source images and outputs, by [`FileKey`], and the records of generations.
+//! Storage of source images and outputs, by [`FileKey`]. The records of what each output is
+//! (its generation) are `crate::generations`'.
 //!
 //! Every key that comes from a request is parsed into a [`FileKey`] before it reaches a store,
 //! so a store only ever sees keys of the shape `files/{user_id}/{uuid}_{name}`. The shipped
@@ -9,22 +10,13 @@
 //!   half file behind a key.
 //! - `list` returns one owner's files only, newest first, a page at a time; a page continues
 //!   after a [`FileCursor`], so paging is stable while files come and go.
-//!
-//! # Generations
-//! [`Generations`] records each produced image: its id, owner, file key and whether its bytes
-//! are durable yet ([`GenerationStatus::Pending`] until the store has them).
 
-mod generations;
 mod key;
 mod local;
 mod memory;
-#[cfg(feature = "postgres")]
-mod postgres;
 mod quota;
 #[cfg(feature = "s3")]
 mod s3;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use std::cmp::Reverse;
 use std::fmt;
@@ -33,18 +25,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use generations::{Generation, GenerationStatus, Generations, MemoryGenerations};
 pub use key::{sanitize_name, FileKey};
 pub use local::LocalFileStore;
 pub(crate) use local::DIRECT_ALIGN;
 pub use memory::MemoryFileStore;
-#[cfg(feature = "postgres")]
-pub use postgres::PgGenerations;
 pub use quota::{Quota, QuotaStore};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3FileStore};
-#[cfg(feature = "sqlite")]
-pub use sqlite::SqliteGenerations;
 
 use crate::auth::UserId;
 use crate::media::ImageKind;

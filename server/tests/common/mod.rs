@@ -323,7 +323,8 @@ pub fn persistent_gateway(dir: &std::path::Path) -> Gateway {
         .keys(keys())
         .store(image_gateway::store::LocalFileStore::open(dir).unwrap())
         .generations(
-            image_gateway::store::SqliteGenerations::open(dir.join("generations.db")).unwrap(),
+            image_gateway::generations::SqliteGenerations::open(dir.join("generations.db"))
+                .unwrap(),
         )
         .build()
 }

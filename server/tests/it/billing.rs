@@ -15,11 +15,10 @@ use image_gateway::auth::UserId;
 use image_gateway::backend::{BackendError, ImageBackend};
 use image_gateway::catalog::ModelSpec;
 use image_gateway::gateway::GatewayBuilder;
+use image_gateway::generations::{Generation, GenerationStatus, Generations, MemoryGenerations};
 use image_gateway::id::GenerationId;
 use image_gateway::ledger::{EntryKind, Ledger, MemoryLedger, SqliteLedger};
-use image_gateway::store::{
-    Generation, GenerationStatus, Generations, LocalFileStore, MemoryGenerations, StoreError,
-};
+use image_gateway::store::{LocalFileStore, StoreError};
 use image_gateway::Gateway;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
@@ -476,8 +475,9 @@ async fn concurrent_requests_with_one_key_run_once() {
 
 #[tokio::test]
 async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
+    use image_gateway::generations::{GenerationStatus, Generations, SqliteGenerations};
     use image_gateway::idempotency::SqliteIdempotency;
-    use image_gateway::store::{GenerationStatus, Generations, LocalFileStore, SqliteGenerations};
+    use image_gateway::store::LocalFileStore;
     let dir = temp_dir("idempotency-restart");
     let start = |dir: std::path::PathBuf| async move {
         let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
@@ -540,24 +540,25 @@ async fn an_idempotent_retry_after_a_restart_is_still_answered_once() {
 struct BrokenGenerations;
 
 #[async_trait]
-impl image_gateway::store::Generations for BrokenGenerations {
+impl image_gateway::generations::Generations for BrokenGenerations {
     async fn insert(
         &self,
-        _: &image_gateway::store::Generation,
+        _: &image_gateway::generations::Generation,
     ) -> Result<(), image_gateway::store::StoreError> {
         Err(image_gateway::store::StoreError::new("disk full"))
     }
     async fn set_status(
         &self,
         _: image_gateway::id::GenerationId,
-        _: image_gateway::store::GenerationStatus,
+        _: image_gateway::generations::GenerationStatus,
     ) -> Result<(), image_gateway::store::StoreError> {
         Err(image_gateway::store::StoreError::new("disk full"))
     }
     async fn get(
         &self,
         _: image_gateway::id::GenerationId,
-    ) -> Result<Option<image_gateway::store::Generation>, image_gateway::store::StoreError> {
+    ) -> Result<Option<image_gateway::generations::Generation>, image_gateway::store::StoreError>
+    {
         Ok(None)
     }
 }
@@ -722,7 +723,7 @@ fn on_disk(
     dir: &std::path::Path,
     store: impl image_gateway::store::FileStore,
 ) -> (Gateway, Arc<dyn Ledger>) {
-    use image_gateway::store::SqliteGenerations;
+    use image_gateway::generations::SqliteGenerations;
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::open(dir.join("ledger.db")).unwrap());
     let generations = SqliteGenerations::open(dir.join("generations.db")).unwrap();
     let jobs = image_gateway::jobs::SqliteJobs::beside(&generations).unwrap();
@@ -819,7 +820,7 @@ async fn an_async_jobs_images_the_store_refused_are_refunded_an_answers_images_a
 
 #[tokio::test]
 async fn a_process_that_dies_between_an_async_jobs_charge_and_its_storage_refunds_at_restart() {
-    use image_gateway::store::SqliteGenerations;
+    use image_gateway::generations::SqliteGenerations;
     let dir = temp_dir("lost-outputs-crash");
     // First life: the settle commits, then the store never answers (the process dies
     // there); the job, which waits for the store, never ends.
@@ -881,7 +882,7 @@ async fn a_process_that_dies_between_an_async_jobs_charge_and_its_storage_refund
 
 #[tokio::test]
 async fn a_process_that_dies_after_an_async_jobs_image_reached_the_store_keeps_it_charged() {
-    use image_gateway::store::SqliteGenerations;
+    use image_gateway::generations::SqliteGenerations;
     let dir = temp_dir("stored-outputs-crash");
     // First life: the settle commits, the image's bytes reach the volume, then the process
     // dies before the generation's record says so.

@@ -13,9 +13,10 @@ use common::*;
 use http::Method;
 use image_gateway::backend::ReferenceBackend;
 use image_gateway::catalog::ModelSpec;
+use image_gateway::generations::SqliteGenerations;
 use image_gateway::ledger::{EntryKind, Ledger, SqliteLedger};
 use image_gateway::ratelimit::RateLimitLayer;
-use image_gateway::store::{LocalFileStore, SqliteGenerations};
+use image_gateway::store::LocalFileStore;
 use image_gateway::Gateway;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -168,9 +169,10 @@ async fn disconnects_timed_across_the_billed_window_at_the_quota_leave_no_image_
 /// records, files in an S3 bucket indexed in PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnects_timed_across_the_billed_window_leave_no_image_uncharged_on_shared_stores() {
+    use image_gateway::generations::PgGenerations;
     use image_gateway::ledger::PgLedger;
     use image_gateway::postgres::Postgres;
-    use image_gateway::store::{PgGenerations, S3Config, S3FileStore};
+    use image_gateway::store::{S3Config, S3FileStore};
     let Some(url) = common::services::fresh_postgres("shared settle window").await else {
         return;
     };

@@ -10,11 +10,12 @@ use std::time::Duration;
 use common::services::{fresh_postgres, query};
 use futures_util::future::join_all;
 use image_gateway::auth::{ApiKey, KeyStore, PgKeys, UserId};
+use image_gateway::generations::{Generation, GenerationStatus, Generations, PgGenerations};
 use image_gateway::id::GenerationId;
 use image_gateway::idempotency::{Begin, IdempotencyRecords, PgIdempotency};
 use image_gateway::ledger::{Amount, EntryKind, Ledger, LedgerError, Memo, PgLedger, Settlement};
 use image_gateway::postgres::Postgres;
-use image_gateway::store::{FileKey, Generation, GenerationStatus, Generations, PgGenerations};
+use image_gateway::store::FileKey;
 
 /// Two replicas' databases: one schema, two pools.
 async fn replicas(label: &str) -> Option<(String, Postgres, Postgres)> {

@@ -11,8 +11,9 @@ use common::*;
 use http::{Method, Request};
 use http_body_util::Full;
 use image_gateway::catalog::ModelSpec;
+use image_gateway::generations::SqliteGenerations;
 use image_gateway::ledger::{Ledger, SqliteLedger};
-use image_gateway::store::{LocalFileStore, Quota, SqliteGenerations};
+use image_gateway::store::{LocalFileStore, Quota};
 use image_gateway::Gateway;
 
 const ADMIN: &str = "admin_secret_key_0123";

@@ -3,10 +3,11 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
-use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
+use super::{Generation, GenerationStatus, Generations};
 use crate::id::GenerationId;
 use crate::ledger::HoldId;
 use crate::sqlite::{DbFailed, Reader, Writer};
+use crate::store::{FileKey, StoreError};
 
 /// Generations in a SQLite file (WAL mode), so chains survive a restart.
 ///

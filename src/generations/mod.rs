@@ -1,12 +1,29 @@
+//! The records of generations: each produced image's id, owner, file key, whether its bytes
+//! are durable yet ([`GenerationStatus::Pending`] until the store has them) and the hold it
+//! was charged under when it reaches its owner only through the store.
+//!
+//! Shipped: [`MemoryGenerations`], and with features [`SqliteGenerations`] (`sqlite`) and
+//! [`PgGenerations`] (`postgres`). Your own: implement [`Generations`].
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{FileKey, StoreError};
+#[cfg(feature = "postgres")]
+pub use postgres::PgGenerations;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteGenerations;
+
 use crate::auth::UserId;
 use crate::id::GenerationId;
 use crate::ledger::HoldId;
+use crate::store::{FileKey, StoreError};
 
 /// Whether a generation's bytes are durable yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

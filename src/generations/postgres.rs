@@ -1,10 +1,11 @@
 use async_trait::async_trait;
 use tokio_postgres::types::ToSql;
 
-use super::{FileKey, Generation, GenerationStatus, Generations, StoreError};
+use super::{Generation, GenerationStatus, Generations};
 use crate::id::GenerationId;
 use crate::ledger::HoldId;
 use crate::postgres::{seconds, Postgres, Statement};
+use crate::store::{FileKey, StoreError};
 
 /// Generation records in PostgreSQL, shared by every replica: an output recorded by one is
 /// found (and chained) by another.

@@ -38,6 +38,7 @@
 mod png;
 #[cfg(feature = "reference-backend")]
 mod reference;
+mod rendered;
 mod route;
 mod service;
 #[cfg(feature = "upstream")]
@@ -58,6 +59,8 @@ pub use upstream::{
     DROPPABLE_FIELDS,
 };
 
+pub use rendered::Rendered;
+pub(crate) use rendered::{Outputs, PENDING_TIMEOUT};
 #[cfg(feature = "redis")]
 pub use route::RedisRests;
 pub use route::{Cooldown, Deployment, PerModel, Rests, RoutedBackend};

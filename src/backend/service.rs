@@ -6,14 +6,13 @@ use tokio::sync::Semaphore;
 
 use tower_service::Service;
 
-use super::{BackendError, Failure, ImageBackend};
+use super::{BackendError, Failure, ImageBackend, Outputs, Rendered};
 use crate::auth::Principal;
 use crate::clock::unix_now;
 use crate::future::ResponseFuture;
 use crate::generations::{Generation, GenerationStatus, Generations};
 use crate::id::GenerationId;
-use crate::job::Outputs;
-use crate::job::{Background, EditJob, Image, Rendered};
+use crate::job::{Background, EditJob, Image};
 use crate::ledger::HoldId;
 use crate::metrics::Metrics;
 use crate::store::{write_all, FileKey, FileStore, Usage};

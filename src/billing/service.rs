@@ -11,9 +11,10 @@ use super::price::{priced_size, total};
 use crate::auth::{utc_day, KeyRegistry, Principal};
 use crate::clock::unix_now;
 
+use crate::backend::Rendered;
 use crate::catalog::Catalog;
 use crate::future::{run_to_end, ResponseFuture};
-use crate::job::{EditJob, EditOutcome, Progress, Rendered, Stage, Ticket};
+use crate::job::{EditJob, EditOutcome, Progress, Stage, Ticket};
 
 use crate::lease::ClientWatch;
 use crate::ledger::{Amount, HoldId, Ledger, Memo};

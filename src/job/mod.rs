@@ -9,8 +9,10 @@
 //!   which [`EditParams`]; what normalization hands inward.
 //! - [`EditJob`]: the same edit with its sources fetched: what an
 //!   [`ImageBackend`](crate::backend::ImageBackend) sees.
-//! - [`Rendered`]: the images a backend returned, recorded but not reachable until billing
-//!   has charged for them; [`Rendered::publish`] makes them an [`EditOutcome`].
+//! - [`Rendered`](crate::backend::Rendered): the images a backend returned, recorded but not
+//!   reachable until billing has charged for them; its `publish` (beside the
+//!   [`EditService`](crate::backend::EditService) that records them) makes them an
+//!   [`EditOutcome`].
 //!
 //! A job's [`Operation`] says which endpoint asked for it, and its [`Reference`]s where its
 //! images come from: an edit has one or more (and perhaps a mask), a generation none, a
@@ -20,7 +22,6 @@ mod outcome;
 mod params;
 mod progress;
 mod remote;
-mod rendered;
 mod source;
 
 use std::future::Future;
@@ -37,8 +38,6 @@ pub use params::{
 };
 pub use progress::{Progress, Step, Ticket};
 pub use remote::{RemoteUrl, MAX_URL_LEN};
-pub use rendered::Rendered;
-pub(crate) use rendered::{Outputs, PENDING_TIMEOUT};
 pub use source::{Operation, Reference, SourceImage};
 
 /// A service of the edit pipeline: takes `Req` (an [`EditRequest`] or an [`EditJob`]),

@@ -19,11 +19,9 @@ use tracing::Instrument;
 
 use super::deferred::{drive, Track, Waiter};
 use crate::auth::Principal;
+use crate::backend::{Outputs, PENDING_TIMEOUT};
 use crate::clock::unix_now;
-use crate::job::{
-    EditOutcome, EditRequest, GeneratedImage, Outputs, Progress, Reference, RequestContext,
-    PENDING_TIMEOUT,
-};
+use crate::job::{EditOutcome, EditRequest, GeneratedImage, Progress, Reference, RequestContext};
 use crate::jobs::{JobBoard, JobRecord};
 use crate::lease::ClientWatch;
 use crate::ledger::Ledger;

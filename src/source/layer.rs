@@ -24,7 +24,7 @@ impl ResolveSourceLayer {
             sources: Sources {
                 store,
                 generations,
-                pending_timeout: crate::job::PENDING_TIMEOUT,
+                pending_timeout: crate::backend::PENDING_TIMEOUT,
                 #[cfg(feature = "fetch")]
                 fetcher: None,
                 admission: None,

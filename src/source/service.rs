@@ -263,7 +263,7 @@ mod tests {
         let sources = Sources {
             store: Arc::new(store),
             generations: Arc::new(generations),
-            pending_timeout: crate::job::PENDING_TIMEOUT,
+            pending_timeout: crate::backend::PENDING_TIMEOUT,
             #[cfg(feature = "fetch")]
             fetcher: None,
             admission: None,

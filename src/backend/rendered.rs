@@ -1,10 +1,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Background, EditOutcome, GeneratedImage, Image, OutputFormat};
 use crate::auth::UserId;
 use crate::generations::{Generation, GenerationStatus, Generations};
 use crate::id::GenerationId;
+use crate::job::{Background, EditOutcome, GeneratedImage, Image, OutputFormat};
 use crate::ledger::{HoldId, Ledger};
 use crate::store::{FileKey, FileStore};
 use crate::GatewayError;
@@ -77,7 +77,7 @@ impl Rendered {
         self.images.len()
     }
 
-    /// Whether there are none (never, for one that [`EditService`](crate::backend::EditService) returned).
+    /// Whether there are none (never, for one that [`EditService`](super::EditService) returned).
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }

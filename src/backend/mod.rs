@@ -251,10 +251,7 @@ impl From<BackendError> for GatewayError {
             } => GatewayError::UpstreamUnavailable {
                 retry_after: std::time::Duration::from_secs(1),
             },
-            BackendError::Upstream { detail, .. } => {
-                tracing::warn!(%detail, "image backend failed");
-                GatewayError::Upstream
-            }
+            BackendError::Upstream { .. } => GatewayError::Upstream,
         }
     }
 }

@@ -158,7 +158,14 @@ impl Service<EditJob> for EditService {
                     let kind = answer.as_ref().err().map(BackendError::kind);
                     metrics.backend(operation, started.elapsed(), kind);
                 }
-                let images = answer?;
+                let images = answer.map_err(|error| {
+                    // The one place a backend's failure becomes the job's: its detail (an
+                    // upstream's words, never shown to the client) goes to the log here.
+                    if let BackendError::Upstream { detail, .. } = &error {
+                        tracing::warn!(%detail, kind = error.kind(), "image backend failed");
+                    }
+                    GatewayError::from(error)
+                })?;
                 let refundable = hold.filter(|_| by_store || client.is_gone());
                 let asked = (asked.0.as_str(), asked.1);
                 let mut rendered = this

@@ -784,3 +784,65 @@ async fn a_deployment_resting_on_one_replica_rests_on_the_other_through_redis() 
     );
     assert_eq!(steady[1].load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refunds_a_charged_generation_a_dead_process_left_pending_and_only_an_old_one() {
+    use image_gateway::generations::{Generation, GenerationStatus, Generations, PgGenerations};
+    use image_gateway::id::{GenerationId, UserId};
+    use image_gateway::ledger::{Amount, Ledger, Memo, PgLedger};
+    use image_gateway::postgres::Postgres;
+    use image_gateway::store::FileKey;
+    let Some(url) = fresh_postgres("pending sweep").await else {
+        return;
+    };
+    // The replica's runner ticks every few hundred milliseconds with a one-second lease.
+    let (_process, server) = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || replica(&url, &[("GATEWAY_JOB_LEASE_SECS", "1")]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(server.balance(ALICE_KEY).await, (100, 0));
+    // What a process that died between a settle and its storage leaves: a hold settled for
+    // two images, and their records pending, one recorded long ago, one just now.
+    let db = Postgres::connect(&url).await.unwrap();
+    let (ledger, records) = (PgLedger::new(db.clone()), PgGenerations::new(db));
+    let alice = UserId::new("alice").unwrap();
+    let memo = Memo::new("died", "gpt-image-2", 2);
+    let hold = ledger
+        .hold(&alice, Amount::new(20), Duration::from_secs(600), memo)
+        .await
+        .unwrap()
+        .id;
+    ledger.settle(hold, Amount::new(20), 2).await.unwrap();
+    let pending = |created: u64| {
+        let id = GenerationId::new();
+        let key = FileKey::new(&alice, id.as_uuid(), "generation.png");
+        Generation::new(id, key, GenerationStatus::Pending, created).charged_under(Some(hold))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (old, young) = (pending(1_000), pending(now));
+    records.insert(&old).await.unwrap();
+    records.insert(&young).await.unwrap();
+    assert_eq!(server.balance(ALICE_KEY).await, (80, 0));
+    // The old one's bytes never reached the store: refunded its share (10) and failed. The
+    // young one may still be being stored by a live process: left as it is.
+    let started = Instant::now();
+    while server.balance(ALICE_KEY).await != (90, 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never refunded: {:?}",
+            server.balance(ALICE_KEY).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = |id| {
+        let records = &records;
+        async move { records.get(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(old.id).await, GenerationStatus::Failed);
+    assert_eq!(status(young.id).await, GenerationStatus::Pending);
+}

@@ -961,3 +961,88 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Generation records in memory that are never marked ready: each stays pending with its
+/// bytes stored, as when a process dies between the storage and the record's update.
+#[derive(Clone, Default)]
+struct NeverReady(Arc<MemoryGenerations>);
+
+#[async_trait]
+impl Generations for NeverReady {
+    async fn insert(&self, generation: &Generation) -> Result<(), StoreError> {
+        self.0.insert(generation).await
+    }
+    async fn set_status(
+        &self,
+        id: GenerationId,
+        status: GenerationStatus,
+    ) -> Result<(), StoreError> {
+        if status == GenerationStatus::Ready {
+            return Ok(());
+        }
+        self.0.set_status(id, status).await
+    }
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        self.0.get(id).await
+    }
+}
+
+/// A pending generation whose bytes are stored was stored after its charge: a retried
+/// idempotent request replays it, a job's result reads it, a chained edit uses it.
+#[tokio::test]
+async fn a_pending_generation_whose_bytes_are_stored_reads_as_ready_everywhere() {
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    ledger.deposit(&alice(), 100, "c").await.unwrap();
+    let records = NeverReady::default();
+    let gateway = Gateway::builder()
+        .keys(keys())
+        .generations(records.clone())
+        .ledger(ledger.clone())
+        .model("gpt-image-2", ModelSpec::new(10, PRICE))
+        .build();
+    let server = TestServer::start(gateway).await;
+    let pending = |id: &str| {
+        let records = records.clone();
+        let id = GenerationId::parse(id).unwrap();
+        async move { records.0.get(id).await.unwrap().unwrap().status }
+    };
+
+    // Idempotency: the retry replays the first answer, charged once.
+    let first = server.send(keyed("pending-1", form("ok", 1))).await;
+    let ids = first.generation_ids();
+    assert_eq!(pending(&ids[0]).await, GenerationStatus::Pending);
+    let mut again = server.send(keyed("pending-1", form("ok", 1))).await;
+    for _ in 0..50 {
+        if again.status.as_u16() != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        again = server.send(keyed("pending-1", form("ok", 1))).await;
+    }
+    assert_eq!(again.generation_ids(), ids, "{:?}", again.body);
+    assert_eq!(again.images(), first.images());
+
+    // A chained edit from it.
+    let chained = server.edit_generation(ALICE_KEY, &ids[0]).await;
+    assert_eq!(chained.images().len(), 1, "{:?}", chained.body);
+
+    // An async job's result, read back while its record is still pending.
+    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let accepted = server.send(generation(json, true)).await;
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let job = ended_job(&server, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let generation_id = job["result"]["picklyone_generation_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(pending(&generation_id).await, GenerationStatus::Pending);
+    // The job's read carries the image, read from the store by its generation id.
+    let b64 = job["result"]["data"][0]["b64_json"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(b64.starts_with("iVBOR"), "a PNG: {job}");
+    // Three images charged once each.
+    let b = ledger.balance(&alice()).await.unwrap();
+    assert_eq!((b.available, b.held, b.charged), (70, 0, 30));
+}

@@ -688,6 +688,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_whose_job_another_run_ended_writes_nothing() {
+        let (board, records) = board();
+        let alice = UserId::new("alice").unwrap();
+        let queued = record(unix_now());
+        let (handle, _watch) = crate::lease::ClientWatch::new();
+        let live = board
+            .accept(&queued, Some(handle), Progress::default())
+            .await
+            .unwrap();
+        // The run of a process that took the job over settled its hold and wrote its end.
+        let mut theirs = records.get(&alice, queued.id).await.unwrap().unwrap();
+        theirs.status = JobStatus::Succeeded;
+        theirs.finished_at = Some(unix_now());
+        records.update(&theirs).await.unwrap();
+        // This run's settle found the hold ended: its outcome is not the job's.
+        let mut mine = live.record.clone();
+        let names = super::super::events::Names::of_record(&mine);
+        let outcome = Err(GatewayError::JobTakenOver);
+        board.finish(&mut mine, &live, &outcome, &names).await;
+        let kept = records.get(&alice, queued.id).await.unwrap().unwrap();
+        assert_eq!(
+            kept.status,
+            JobStatus::Succeeded,
+            "the other run's end stands"
+        );
+        assert_eq!(kept.error, None);
+        assert!(board.live_job(queued.id).is_none(), "no longer run here");
+    }
+
+    #[tokio::test]
     async fn a_job_left_open_past_its_timeout_reads_failed_and_frees_the_queue() {
         let (board, records) = board();
         let alice = UserId::new("alice").unwrap();

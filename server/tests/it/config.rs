@@ -261,3 +261,65 @@ fn print_config_shows_the_effective_settings_with_secrets_masked() {
     );
     assert!(ok, "{stderr}");
 }
+
+/// The routing example of `docs/configuration.md` is a config file the binary takes: it
+/// prints it back and starts on it, every deployment built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_routing_example_starts_the_binary() {
+    let doc = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ));
+    let example = doc
+        .split("```toml\n")
+        .map(|block| block.split("```").next().unwrap_or_default())
+        .find(|block| block.contains("[[models.\"gpt-image-2\".upstreams]]"))
+        .expect("the routing example");
+    let dir = temp_dir("config-routing-example");
+    let path = write(&dir, example);
+    let (ok, stdout, stderr) = run(&["--print-config", "--config", path.to_str().unwrap()], &[]);
+    assert!(ok, "{stderr}");
+    for line in [
+        "provider = \"gemini\"",
+        "violation_fee = 1",
+        "provider = \"azure\"",
+    ] {
+        assert!(stdout.contains(line), "{line} in:\n{stdout}");
+    }
+    let admin = "admin_example_0123456789";
+    let env = [
+        ("OPENAI_KEY", "sk-a"),
+        ("AZURE_KEY", "az-b"),
+        ("GEMINI_KEY", "gm-c"),
+        ("SECOND_KEY", "sk-d"),
+        ("GATEWAY_ADMIN_KEY", admin),
+    ];
+    let process = common::binary::Process::start_args(
+        &common::binary::gateway_binary(),
+        &dir,
+        0,
+        &["--config", path.to_str().unwrap()],
+        &env,
+    );
+    let server = TestServer::at(process.addr);
+    let states = server
+        .call(http::Method::GET, "/admin/v1/upstreams", admin)
+        .await
+        .json();
+    let names: Vec<&str> = states["data"][0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "gpt-image-2#0",
+            "gpt-image-2#1",
+            "gpt-image-2#2",
+            "gpt-image-2#3"
+        ],
+        "{states}"
+    );
+}

@@ -197,11 +197,11 @@ impl BackendError {
         }
     }
 
-    /// The same error with the upstream's `Retry-After`, for an [`Upstream`](Self::Upstream)
-    /// one (any other is returned as it is).
-    pub fn retry_after(mut self, after: Duration) -> Self {
+    /// The same error with the upstream's `Retry-After`, when it sent one, for an
+    /// [`Upstream`](Self::Upstream) one (any other is returned as it is).
+    pub fn retry_after(mut self, after: Option<Duration>) -> Self {
         if let BackendError::Upstream { retry_after, .. } = &mut self {
-            *retry_after = Some(after);
+            *retry_after = after.or(*retry_after);
         }
         self
     }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::sse::SseReader;
-use super::{after_sent, UpstreamBackend, MAX_ANSWER_BYTES};
+use super::{transport, Reached, UpstreamBackend, MAX_ANSWER_BYTES};
 use crate::backend::{BackendError, Failure};
 use crate::fetch::capped::{self, CappedError};
 use crate::job::{EditJob, Image, OutputFormat};
@@ -87,11 +87,7 @@ pub(super) async fn images(
         return Ok(images);
     }
     let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-    let refused = refusal(job, status, error.error);
-    Err(match retry_after {
-        Some(after) => refused.retry_after(after),
-        None => refused,
-    })
+    Err(refusal(job, status, error.error).retry_after(retry_after))
 }
 
 /// The longest `Retry-After` taken from an upstream: past it the deployment's own rest
@@ -121,10 +117,7 @@ pub(super) async fn gemini(
     let retry_after = retry_after(&response);
     let body = read_capped(response, cap).await?;
     super::gemini::parse(status, &body)
-        .map_err(|e| match retry_after {
-            Some(after) => e.retry_after(after),
-            None => e,
-        })?
+        .map_err(|e| e.retry_after(retry_after))?
         .into_iter()
         .map(|bytes| {
             let format = format_of(&bytes, job.params.output_format)?;
@@ -257,7 +250,11 @@ pub(super) async fn streamed(
     let mut reader = SseReader::new(MAX_ANSWER_BYTES);
     let mut images = Vec::new();
     let mut read = 0usize;
-    while let Some(chunk) = response.chunk().await.map_err(after_sent)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport(e, Reached::Answered))?
+    {
         read += chunk.len();
         if read > MAX_ANSWER_BYTES {
             return Err(BackendError::failed(
@@ -324,7 +321,12 @@ async fn fetch(
             "upstream image URL is not http(s)",
         ));
     }
-    let response = backend.client.get(url).send().await.map_err(after_sent)?;
+    let response = backend
+        .client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| transport(e, Reached::Answered))?;
     if !response.status().is_success() {
         return Err(BackendError::failed(
             Failure::Status,
@@ -344,6 +346,6 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, B
             CappedError::TooLarge => {
                 BackendError::failed(Failure::TooLarge, "upstream answer is too large")
             }
-            CappedError::Transport(e) => after_sent(e),
+            CappedError::Transport(e) => transport(e, Reached::Answered),
         })
 }

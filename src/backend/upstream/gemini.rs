@@ -56,48 +56,58 @@ const REFUSALS: [&str; 8] = [
 /// The first value of `job` Gemini cannot take, unless its field is in `dropped`.
 pub(super) fn refusal(job: &EditJob, dropped: &[&'static str]) -> Option<BackendError> {
     let p = &job.params;
-    let refuse = |param: &'static str, what: String| {
-        (!dropped.contains(&param)).then(|| BackendError::Unsupported {
+    // Each field Gemini has no place for: whether the request set it, and why it is refused.
+    let fields: [(&'static str, bool, &str); 9] = [
+        (
+            "mask",
+            job.mask.is_some(),
+            "edits by the prompt alone and takes no mask",
+        ),
+        (
+            "quality",
+            p.quality.as_str() != "auto",
+            "takes no quality; send auto",
+        ),
+        (
+            "background",
+            p.background != Background::Auto,
+            "takes no background; send auto",
+        ),
+        (
+            "output_format",
+            p.output_format != OutputFormat::Png,
+            "answers PNG; send png",
+        ),
+        (
+            "output_compression",
+            p.output_compression.is_some(),
+            "takes no output_compression",
+        ),
+        (
+            "moderation",
+            p.moderation.as_deref().is_some_and(|m| m != "auto"),
+            "takes no moderation level; send auto",
+        ),
+        (
+            "input_fidelity",
+            p.input_fidelity.is_some(),
+            "takes no input_fidelity",
+        ),
+        ("user", p.user.is_some(), "takes no user"),
+        (
+            "partial_images",
+            p.partial_images > 0 && p.stream,
+            "sends no partial images; stream with partial_images 0",
+        ),
+    ];
+    let refused = fields
+        .into_iter()
+        .find(|(param, set, _)| *set && !dropped.contains(param));
+    if let Some((param, _, what)) = refused {
+        return Some(BackendError::Unsupported {
             param,
             message: format!("this model's upstream (Gemini) {what}"),
-        })
-    };
-    let refused = [
-        job.mask
-            .as_ref()
-            .and_then(|_| refuse("mask", "edits by the prompt alone and takes no mask".into())),
-        (p.quality.as_str() != "auto")
-            .then(|| refuse("quality", "takes no quality; send auto".into()))
-            .flatten(),
-        (p.background != Background::Auto)
-            .then(|| refuse("background", "takes no background; send auto".into()))
-            .flatten(),
-        (p.output_format != OutputFormat::Png)
-            .then(|| refuse("output_format", "answers PNG; send png".into()))
-            .flatten(),
-        p.output_compression
-            .and_then(|_| refuse("output_compression", "takes no output_compression".into())),
-        p.moderation
-            .as_deref()
-            .filter(|m| *m != "auto")
-            .and_then(|_| refuse("moderation", "takes no moderation level; send auto".into())),
-        p.input_fidelity
-            .as_ref()
-            .and_then(|_| refuse("input_fidelity", "takes no input_fidelity".into())),
-        p.user
-            .as_ref()
-            .and_then(|_| refuse("user", "takes no user".into())),
-        (p.partial_images > 0 && p.stream)
-            .then(|| {
-                refuse(
-                    "partial_images",
-                    "sends no partial images; stream with partial_images 0".into(),
-                )
-            })
-            .flatten(),
-    ];
-    if let Some(refused) = refused.into_iter().flatten().next() {
-        return Some(refused);
+        });
     }
     if dropped.contains(&"size") {
         return None;

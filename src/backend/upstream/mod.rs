@@ -281,16 +281,8 @@ fn azure_endpoint(base: &str, name: &str, version: &str) -> Result<Url, Upstream
 
 /// `{base}/v1beta/models/`, under which each model's `{model}:generateContent` lives.
 fn gemini_models(base: &str) -> Result<Url, UpstreamConfigError> {
-    let trimmed = base.trim_end_matches('/');
-    let trimmed = trimmed.strip_suffix("/v1beta").unwrap_or(trimmed);
-    let url = Url::parse(&format!("{trimmed}/v1beta/models/"))
-        .map_err(|e| UpstreamConfigError(format!("upstream URL is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(UpstreamConfigError(
-            "upstream URL must be http or https".into(),
-        ));
-    }
-    Ok(url)
+    versioned_url(base, "v1beta", "models/")
+        .map_err(|e| UpstreamConfigError(format!("upstream URL {e}")))
 }
 
 /// `{base}/v1/images/{name}`.
@@ -303,14 +295,23 @@ fn endpoint(base: &str, name: &str) -> Result<Url, UpstreamConfigError> {
 /// `/v1` (the OpenAI SDKs' `base_url` has it, `https://api.openai.com/v1`; many settings
 /// pages leave it off); `http` or `https` only. The error completes "... URL ".
 pub(crate) fn openai_url(base: &str, path: &str) -> Result<Url, String> {
+    versioned_url(base, "v1", path)
+}
+
+/// `{base}/{version}/{path}` of an API whose base may be given with or without its
+/// `/{version}`; `http` or `https` only. The error completes "... URL ".
+fn versioned_url(base: &str, version: &str, path: &str) -> Result<Url, String> {
     let trimmed = base.trim_end_matches('/');
-    let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
+    let trimmed = trimmed
+        .strip_suffix(version)
+        .and_then(|t| t.strip_suffix('/'))
+        .unwrap_or(trimmed);
     let parsed = Url::parse(trimmed).map_err(|e| format!("is not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
         return Err("must be http or https".into());
     }
     Url::parse(&format!(
-        "{}/v1/{path}",
+        "{}/{version}/{path}",
         parsed.as_str().trim_end_matches('/')
     ))
     .map_err(|e| format!("is not a URL: {e}"))
@@ -580,7 +581,12 @@ impl UpstreamBackend {
             }
             _ => (outcome, sent),
         };
-        outcome.map_err(|e| transport(e, sent))
+        let reached = if sent {
+            Reached::Sent
+        } else {
+            Reached::Nothing
+        };
+        outcome.map_err(|e| transport(e, reached))
     }
 
     /// One request with `sources`, and the sources again while a retry may still use them:
@@ -687,27 +693,26 @@ impl ImageBackend for UpstreamBackend {
     }
 }
 
-/// A transport error met after the upstream took the request (reading its answer, fetching
-/// an image it answered by URL): the work was done, so it is never a failure to connect,
-/// whatever the socket said.
-fn after_sent(error: reqwest::Error) -> BackendError {
-    match transport(error, true) {
-        BackendError::Upstream {
-            failure: Failure::Connect,
-            detail,
-            ..
-        } => BackendError::failed(Failure::Other, detail),
-        other => other,
-    }
+/// How far a request had gone when its transport failed: what decides whether the model
+/// can have taken the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reached {
+    /// Its body was not all taken for sending: the model cannot have the request.
+    Nothing,
+    /// Sent whole: the model may be at work.
+    Sent,
+    /// Answered (its answer was being read, or an image it answered by URL fetched): the
+    /// work was done, whatever the socket says.
+    Answered,
 }
 
-/// A transport error, in words without the URL (it may carry credentials). `sent`: whether
-/// the request's whole body was taken for sending; a request that failed before that never
-/// reached the model, like one that could not connect.
-fn transport(error: reqwest::Error, sent: bool) -> BackendError {
-    let (failure, what) = if error.is_connect() {
+/// A transport error, in words without the URL (it may carry credentials), as
+/// [`Failure::Connect`] (safe to send elsewhere) only while the request had not reached
+/// the model.
+pub(super) fn transport(error: reqwest::Error, reached: Reached) -> BackendError {
+    let (failure, what) = if reached != Reached::Answered && error.is_connect() {
         (Failure::Connect, "could not connect")
-    } else if !sent && error.is_request() {
+    } else if reached == Reached::Nothing && error.is_request() {
         (
             Failure::Connect,
             "lost the connection before the request was sent",
@@ -724,7 +729,7 @@ fn transport(error: reqwest::Error, sent: bool) -> BackendError {
 
 #[cfg(test)]
 mod tests {
-    use super::{endpoint, endpoint_of};
+    use super::{endpoint, endpoint_of, gemini_models};
 
     #[test]
     fn the_base_url_may_end_in_v1_or_not() {
@@ -751,6 +756,16 @@ mod tests {
             endpoint_of(&edits, "generations").unwrap().as_str(),
             "https://api.openai.com/v1/images/generations"
         );
+        for base in [
+            "https://generativelanguage.googleapis.com",
+            "https://generativelanguage.googleapis.com/v1beta/",
+        ] {
+            assert_eq!(
+                gemini_models(base).unwrap().as_str(),
+                "https://generativelanguage.googleapis.com/v1beta/models/",
+                "{base}"
+            );
+        }
         assert!(endpoint("ftp://example.com", "edits").is_err());
         assert!(endpoint("not a url", "edits").is_err());
     }

@@ -718,6 +718,28 @@ impl image_gateway::store::FileStore for Outputs {
     }
 }
 
+/// The first life of a process that dies while storing an async job's image: a gateway on
+/// `dir` whose store never answers for generated images (after writing their bytes, with
+/// `store_first`); alice holds 100 and has submitted one async generation, whose id comes
+/// back.
+async fn first_life(
+    dir: &std::path::Path,
+    store_first: bool,
+) -> (TestServer, Arc<dyn Ledger>, String) {
+    let store = Outputs {
+        inner: LocalFileStore::open(dir).unwrap(),
+        hang: true,
+        store_first,
+    };
+    let (gateway, ledger) = on_disk(dir, store);
+    let server = TestServer::start(gateway).await;
+    ledger.deposit(&alice(), 100, "opening").await.unwrap();
+    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
+    let accepted = server.send(generation(json, true)).await;
+    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    (server, ledger, id)
+}
+
 /// A gateway on SQLite files in `dir` (ledger, generation and job records) over `store`.
 fn on_disk(
     dir: &std::path::Path,
@@ -824,17 +846,7 @@ async fn a_process_that_dies_between_an_async_jobs_charge_and_its_storage_refund
     let dir = temp_dir("lost-outputs-crash");
     // First life: the settle commits, then the store never answers (the process dies
     // there); the job, which waits for the store, never ends.
-    let store = Outputs {
-        inner: LocalFileStore::open(&dir).unwrap(),
-        hang: true,
-        store_first: false,
-    };
-    let (gateway, ledger) = on_disk(&dir, store);
-    let server = TestServer::start(gateway).await;
-    ledger.deposit(&alice(), 100, "opening").await.unwrap();
-    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
-    let accepted = server.send(generation(json, true)).await;
-    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let (server, ledger, id) = first_life(&dir, false).await;
     let mut balance = ledger.balance(&alice()).await.unwrap();
     for _ in 0..500 {
         if balance.charged > 0 {
@@ -886,17 +898,7 @@ async fn a_process_that_dies_after_an_async_jobs_image_reached_the_store_keeps_i
     let dir = temp_dir("stored-outputs-crash");
     // First life: the settle commits, the image's bytes reach the volume, then the process
     // dies before the generation's record says so.
-    let store = Outputs {
-        inner: LocalFileStore::open(&dir).unwrap(),
-        hang: true,
-        store_first: true,
-    };
-    let (gateway, ledger) = on_disk(&dir, store);
-    let server = TestServer::start(gateway).await;
-    ledger.deposit(&alice(), 100, "opening").await.unwrap();
-    let json = r#"{"model":"gpt-image-2","prompt":"p","size":"16x16"}"#;
-    let accepted = server.send(generation(json, true)).await;
-    let id = accepted.json()["id"].as_str().unwrap().to_owned();
+    let (server, ledger, id) = first_life(&dir, true).await;
     // The bytes are on the volume once alice's directory holds a generated image.
     let stored = || {
         walk(&dir.join("files"))

@@ -150,6 +150,21 @@ fn deployment(addr: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// The binary with `gemini` first (priority 1) and an OpenAI-compatible deployment at
+/// `openai` behind it.
+fn gemini_then_openai(
+    gemini: &Gemini,
+    openai: SocketAddr,
+) -> (common::binary::Process, TestServer) {
+    routed_binary_with(
+        &format!(
+            "{}priority = 1\n[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{openai}\"\n",
+            deployment(gemini.addr, ""),
+        ),
+        &[],
+    )
+}
+
 fn form(fields: &[(&str, &str)]) -> Form {
     let mut form = Form::new()
         .text("model", "gpt-image-2")
@@ -308,14 +323,7 @@ async fn a_field_in_drop_fields_is_rendered_without_instead_of_refused() {
 async fn gemini_refusals_are_content_policy_violations_that_never_fall_back_and_429_does() {
     let gemini = start_gemini(Answer::Blocked).await;
     let openai = start_mock(Script::Images(1)).await;
-    let (_process, server) = routed_binary_with(
-        &format!(
-            "{}priority = 1\n[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
-            deployment(gemini.addr, ""),
-            openai.addr
-        ),
-        &[],
-    );
+    let (_process, server) = gemini_then_openai(&gemini, openai.addr);
     for answer in [Answer::Blocked, Answer::Unsafe] {
         *gemini.answer.lock().unwrap() = answer;
         let reply = server
@@ -351,14 +359,7 @@ async fn a_job_of_several_calls_falls_back_only_when_no_call_was_taken() {
     // job's error is the refusal's, so no other deployment renders it.
     let gemini = start_gemini(Answer::ExhaustedThenInvalid).await;
     let openai = start_mock(Script::Images(2)).await;
-    let (_process, server) = routed_binary_with(
-        &format!(
-            "{}priority = 1\n[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
-            deployment(gemini.addr, ""),
-            openai.addr
-        ),
-        &[],
-    );
+    let (_process, server) = gemini_then_openai(&gemini, openai.addr);
     let reply = server
         .edit_form(ALICE_KEY, form(&[("n", "2"), ("size", "1024x1024")]))
         .await;

@@ -349,3 +349,33 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, B
             CappedError::Transport(e) => transport(e, Reached::Answered),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(retry_after: &str) -> reqwest::Response {
+        let response = http::Response::builder()
+            .status(429)
+            .header("retry-after", retry_after)
+            .body(Vec::<u8>::new())
+            .unwrap();
+        reqwest::Response::from(response)
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_and_at_most_an_hour() {
+        use std::time::Duration;
+        assert_eq!(
+            retry_after(&answered("120")),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(retry_after(&answered(" 7 ")), Some(Duration::from_secs(7)));
+        // At the cap and past it: an upstream cannot bench itself for longer.
+        assert_eq!(retry_after(&answered("3600")), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&answered("99999999")), Some(MAX_RETRY_AFTER));
+        for unread in ["Wed, 21 Oct 2026 07:28:00 GMT", "-5", "1.5", ""] {
+            assert_eq!(retry_after(&answered(unread)), None, "{unread:?}");
+        }
+    }
+}

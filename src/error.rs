@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -144,8 +146,12 @@ pub enum GatewayError {
     /// closed connection). Hardly anyone reads it; the answer carries [`ClientAborted`] so
     /// it is logged quietly rather than once per request.
     BodyCutOff,
-    /// 500 `internal_error`: a fault of the gateway itself (storage, ledger).
-    Internal,
+    /// 500 `internal_error`: a fault of the gateway itself (storage, ledger). What failed is
+    /// in the [`Fault`], for the operator's log; the answer never says.
+    Internal {
+        /// What failed.
+        fault: Fault,
+    },
     /// 409 `job_taken_over`: a run of an async job found its hold ended by another run of
     /// the same job (a process that took the job over while this one still ran); that run's
     /// outcome is the job's. Never a client's answer: the run that gets it writes nothing.
@@ -160,6 +166,55 @@ pub enum GatewayError {
         retry_after: Duration,
     },
 }
+
+/// What failed behind a `500 internal_error`, in words for the operator's log.
+///
+/// Conversions into [`GatewayError`] (a ledger's or a store's failure through `?`) do not
+/// log: the error may yet be handled. A fault is logged where it is rendered (an answer, a
+/// job's record, a stream's last frame), and once only: its clones share one flag, so a job
+/// whose failure is both recorded and streamed logs one line.
+#[derive(Clone)]
+pub struct Fault(Arc<FaultInner>);
+
+struct FaultInner {
+    cause: Cow<'static, str>,
+    reported: AtomicBool,
+}
+
+impl Fault {
+    /// A fault described by `cause`. Name what failed; the text never reaches a client.
+    pub fn new(cause: impl Into<Cow<'static, str>>) -> Fault {
+        Fault(Arc::new(FaultInner {
+            cause: cause.into(),
+            reported: AtomicBool::new(false),
+        }))
+    }
+
+    /// What failed.
+    pub fn cause(&self) -> &str {
+        &self.0.cause
+    }
+
+    fn report(&self) {
+        if !self.0.reported.swap(true, Ordering::Relaxed) {
+            tracing::error!(cause = %self.cause(), "internal error");
+        }
+    }
+}
+
+impl fmt::Debug for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Fault").field(&self.cause()).finish()
+    }
+}
+
+impl PartialEq for Fault {
+    fn eq(&self, other: &Fault) -> bool {
+        self.cause() == other.cause()
+    }
+}
+
+impl Eq for Fault {}
 
 /// The `code` of an error answer, kept in the response's extensions so access logs can say
 /// why a request was refused.
@@ -178,6 +233,22 @@ impl GatewayError {
         GatewayError::InvalidRequest {
             message: message.into(),
             param,
+        }
+    }
+
+    /// Shorthand for [`GatewayError::Internal`] with a [`Fault`] of `cause`.
+    pub fn internal(cause: impl Into<Cow<'static, str>>) -> Self {
+        GatewayError::Internal {
+            fault: Fault::new(cause),
+        }
+    }
+
+    /// Logs the fault behind an internal error, the first time any clone of it is rendered.
+    /// Called directly where such an error may never be rendered (a panic in work whose
+    /// client has gone).
+    pub(crate) fn report(&self) {
+        if let GatewayError::Internal { fault } = self {
+            fault.report();
         }
     }
 
@@ -221,7 +292,7 @@ impl GatewayError {
             RateLimitExceeded { retry_after } => Row::new(429, "rate_limit_exceeded", RateLimit, None, "rate limit exceeded; retry later").retry_after(*retry_after),
             DailyLimitExceeded { retry_after } => Row::new(429, "daily_limit_exceeded", RateLimit, None, "this API key's daily spend limit is reached (open holds count); it resets at 00:00 UTC").retry_after(*retry_after),
             TooManyQueuedJobs { retry_after } => Row::new(429, "too_many_queued_jobs", RateLimit, None, "too many unfinished async jobs; wait for one to end").retry_after(*retry_after),
-            Internal => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
+            Internal { .. } => Row::new(500, "internal_error", Server, None, "internal error; nothing was charged"),
             Upstream => Row::new(502, "upstream_error", Server, None, "the image service failed; the hold was released"),
             UpstreamUnavailable { retry_after } => Row::new(503, "upstream_unavailable", Server, None, "no upstream of this model can take the job now; nothing was charged; retry shortly").retry_after(*retry_after),
             ModerationUnavailable { retry_after } => Row::new(503, "moderation_unavailable", Server, None, "the gateway cannot check prompts right now; nothing was held or run; retry shortly").retry_after(*retry_after),
@@ -252,12 +323,14 @@ impl GatewayError {
 
     /// The envelope as JSON bytes.
     pub fn to_json(&self) -> Bytes {
+        self.report();
         self.row().to_json()
     }
 
     /// Renders the error as a complete HTTP response: status, envelope, and `Retry-After`
     /// where the error has one.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        self.report();
         let row = self.row();
         let mut response = crate::body::json(row.status, row.to_json());
         let headers = response.headers_mut();
@@ -275,9 +348,14 @@ impl GatewayError {
     }
 }
 
+/// The answer's message; an internal error's names its fault too, for the logs that show
+/// it (a client is answered from the row, never from this).
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.row().message)
+        match self {
+            GatewayError::Internal { fault } => write!(f, "internal error: {}", fault.cause()),
+            other => f.write_str(&other.row().message),
+        }
     }
 }
 
@@ -378,5 +456,50 @@ mod tests {
         let response: Response<Full<Bytes>> = err.into_response();
         assert_eq!(response.status(), StatusCode::CONFLICT);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// A log sink for one test: what the subscriber writes, kept.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_fault_is_logged_once_where_it_is_rendered_and_never_answered() {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let err = GatewayError::internal("ledger: disk I/O error at /var/secret");
+            let copy = err.clone();
+            assert!(lines.0.lock().unwrap().is_empty(), "made, not yet rendered");
+            let json = err.to_json();
+            let response: Response<Full<Bytes>> = copy.into_response();
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let body: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(body["error"]["code"], "internal_error");
+            assert!(
+                !json.windows(6).any(|w| w == b"secret"),
+                "the cause is not answered"
+            );
+            assert_eq!(
+                err.to_string(),
+                "internal error: ledger: disk I/O error at /var/secret"
+            );
+        });
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(logged.matches("internal error").count(), 1, "{logged}");
+        assert!(logged.contains("disk I/O error"), "{logged}");
     }
 }

@@ -80,8 +80,9 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(work) = self.work.as_mut() else {
-            tracing::error!("work that ran to its end was polled again");
-            return Poll::Ready(Err(crate::GatewayError::Internal));
+            let error = crate::GatewayError::internal("work that ran to its end was polled again");
+            error.report();
+            return Poll::Ready(Err(error));
         };
         let polled =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)));
@@ -89,8 +90,10 @@ where
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(done)) => done,
             Err(_) => {
-                tracing::error!("work that must run to its end panicked");
-                Err(crate::GatewayError::Internal)
+                // Logged here: the work's client may have gone, and nothing then renders its end.
+                let error = crate::GatewayError::internal("work that must run to its end panicked");
+                error.report();
+                Err(error)
             }
         };
         self.work = None;
@@ -218,7 +221,7 @@ mod tests {
             }
             Ok(())
         });
-        assert!(matches!(work.await, Err(GatewayError::Internal)));
+        assert!(matches!(work.await, Err(GatewayError::Internal { .. })));
     }
 
     #[tokio::test]
@@ -233,6 +236,6 @@ mod tests {
         }));
         assert!(futures_util::poll!(work.as_mut()).is_pending());
         open.send(()).unwrap();
-        assert!(matches!(work.await, Err(GatewayError::Internal)));
+        assert!(matches!(work.await, Err(GatewayError::Internal { .. })));
     }
 }

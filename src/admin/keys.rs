@@ -96,13 +96,12 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, GatewayError> {
 fn answer(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
     match serde_json::to_vec(value) {
         Ok(json) => crate::body::json(status, Bytes::from(json)),
-        Err(_) => GatewayError::Internal.into_response(),
+        Err(error) => GatewayError::internal(format!("an admin answer: {error}")).into_response(),
     }
 }
 
 fn store_failed(error: crate::BoxError) -> GatewayError {
-    tracing::error!(%error, "key store failed");
-    GatewayError::Internal
+    GatewayError::internal(format!("key store: {error}"))
 }
 
 /// Whether `path` is one of the key routes.
@@ -187,7 +186,8 @@ pub(crate) async fn answer_keys(
                 .ok_or(GatewayError::KeyNotFound)?;
             let old = registry.get(id).await.map_err(store_failed)?;
             tracing::info!(old = %id, new = %issued.record.id, "API key rotated");
-            let mut value = serde_json::to_value(&issued).map_err(|_| GatewayError::Internal)?;
+            let mut value = serde_json::to_value(&issued)
+                .map_err(|e| GatewayError::internal(format!("a rotated key: {e}")))?;
             value["replaces"] = serde_json::json!({
                 "id": id,
                 "expires_at": old.and_then(|o| o.expires_at),

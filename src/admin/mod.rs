@@ -188,10 +188,10 @@ where
                         Some("reference"),
                     )
                 })?;
-            let known = keys.knows_user(&account).await.map_err(|error| {
-                tracing::error!(%error, "key store failed");
-                GatewayError::Internal
-            })?;
+            let known = keys
+                .knows_user(&account)
+                .await
+                .map_err(|error| GatewayError::internal(format!("key store: {error}")))?;
             if !known {
                 return Err(GatewayError::AccountNotFound);
             }

@@ -145,8 +145,7 @@ where
                 }
                 Ok(None) => Ok(GatewayError::InvalidApiKey.into_response()),
                 Err(error) => {
-                    tracing::error!(%error, "key store failed");
-                    Ok(GatewayError::Internal.into_response())
+                    Ok(GatewayError::internal(format!("key store: {error}")).into_response())
                 }
             }
         })

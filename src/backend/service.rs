@@ -131,7 +131,7 @@ impl Service<EditJob> for EditService {
                         .clone()
                         .acquire_owned()
                         .await
-                        .map_err(|_| GatewayError::Internal)?,
+                        .map_err(|_| GatewayError::internal("the render bound was closed"))?,
                 ),
                 None => None,
             };

@@ -256,8 +256,7 @@ async fn reserve(
         .reserve(grant.id, day, amount.get(), limit)
         .await
         .map_err(|error| {
-            tracing::error!(%error, "the key store failed to count a daily limit");
-            GatewayError::Internal
+            GatewayError::internal(format!("key store, counting a daily limit: {error}"))
         })?;
     if !reserved {
         let to_midnight = 86_400 - now % 86_400;

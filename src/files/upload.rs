@@ -119,7 +119,8 @@ where
     let mut answer = serde_json::json!({ "success": true, "uploaded": uploaded });
     if !refused.is_empty() {
         let errors: Vec<Refused> = refused.into_iter().map(|(entry, _)| entry).collect();
-        answer["errors"] = serde_json::to_value(errors).map_err(|_| GatewayError::Internal)?;
+        answer["errors"] = serde_json::to_value(errors)
+            .map_err(|e| GatewayError::internal(format!("an upload's answer: {e}")))?;
     }
     Ok(crate::body::json_ok(&answer))
 }

@@ -358,10 +358,7 @@ impl From<LedgerError> for crate::GatewayError {
                 "the deposit would take the balance beyond 9223372036854775807 units",
                 Some("amount"),
             ),
-            other => {
-                tracing::error!(error = %other, "ledger failed");
-                crate::GatewayError::Internal
-            }
+            other => crate::GatewayError::internal(format!("ledger: {other}")),
         }
     }
 }

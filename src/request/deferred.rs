@@ -187,7 +187,7 @@ where
         Ok(Ok(record)) => accepted_response(&record),
         Ok(Err(error)) => error.into_response(),
         // The task ended without a word: it only does so when its runtime shuts down.
-        Err(_) => GatewayError::Internal.into_response(),
+        Err(_) => GatewayError::internal("an async job's task ended unanswered").into_response(),
     }
 }
 
@@ -211,7 +211,7 @@ where
     let (ended, answer) = oneshot::channel();
     tokio::spawn(drive(inner.oneshot(edit), steps, track, Waiter::Ended(ended)).in_current_span());
     let Ok((id, outcome)) = answer.await else {
-        return GatewayError::Internal.into_response();
+        return GatewayError::internal("a job's task ended unanswered").into_response();
     };
     let mut response = match outcome {
         Ok(outcome) => outcome.into_response(),

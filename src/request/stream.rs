@@ -80,7 +80,7 @@ where
         }
         Ok(Err(error)) => error.into_response(),
         // The task ended without a word: it only does so when its runtime shuts down.
-        Err(_) => GatewayError::Internal.into_response(),
+        Err(_) => GatewayError::internal("a streamed job's task ended unanswered").into_response(),
     }
 }
 

@@ -211,14 +211,8 @@ impl From<StoreError> for crate::GatewayError {
                     "{error}; delete files with DELETE /api/v1/files/{{key}} to make room"
                 ),
             },
-            StoreErrorKind::NoSpace => {
-                tracing::error!("the file volume is under its free-space floor; writes refused");
-                crate::GatewayError::InsufficientStorage
-            }
-            StoreErrorKind::Failed(_) => {
-                tracing::error!(%error, "file store failed");
-                crate::GatewayError::Internal
-            }
+            StoreErrorKind::NoSpace => crate::GatewayError::InsufficientStorage,
+            StoreErrorKind::Failed(_) => crate::GatewayError::internal(format!("file {error}")),
         }
     }
 }

@@ -144,6 +144,12 @@ impl LocalFileStore {
         };
         if bytes < self.min_free.saturating_add(adding) {
             *free = Some((read, bytes));
+            tracing::error!(
+                free = bytes,
+                floor = self.min_free,
+                adding,
+                "the file volume is under its free-space floor; writes refused"
+            );
             return Err(StoreError::no_space());
         }
         // An admitted write's bytes are taken from the figure (one that then fails makes the

@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log="$work/gateway.log"
 
 cargo build --release
-GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_DATA_DIR="$work/data" \
+# Port 0: the binary binds a free port and prints the address it listens on.
+GATEWAY_ADDR="127.0.0.1:0" GATEWAY_DATA_DIR="$work/data" \
   cargo run --release >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
@@ -21,6 +21,8 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 key=$(grep -o 'pk_live_[A-Za-z0-9]*' "$log" | head -n1)
+addr=$(sed -n 's|^image-gateway listening on http://||p' "$log" | head -n1)
+[ -n "$addr" ] || { cat "$log"; echo "no address printed"; exit 1; }
 [ -n "$key" ] || { cat "$log"; echo "no demo key printed"; exit 1; }
 
 # A real PNG to edit.
@@ -34,7 +36,7 @@ open(sys.argv[1], "wb").write(png)
 PY
 
 # The spec's "Method 2" curl example, unchanged but for host and key.
-curl -sS "http://127.0.0.1:$port/v1/images/edits" \
+curl -sS "http://$addr/v1/images/edits" \
   -H "Authorization: Bearer $key" \
   -F "image=@$work/anchor.png" \
   -F "model=gpt-image-2" \
@@ -47,14 +49,14 @@ jq -r '.data[0].b64_json' "$work/answer.json" | base64 -d >"$work/edited.png"
 head -c 8 "$work/edited.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'
 
 # Without a key: the spec's 401.
-status=$(curl -s -o "$work/err.json" -w '%{http_code}' "http://127.0.0.1:$port/v1/images/edits" \
+status=$(curl -s -o "$work/err.json" -w '%{http_code}' "http://$addr/v1/images/edits" \
   -F "image=@$work/anchor.png" -F "model=gpt-image-2" -F "prompt=p")
 [ "$status" = 401 ] && jq -e '.error.code == "invalid_api_key"' "$work/err.json" >/dev/null
 
 echo "smoke: the gateway binary served the spec's curl example"
 
 # The spec's two-step cURL example (upload, then edit by key) against the same server.
-GATEWAY_URL="http://127.0.0.1:$port" GATEWAY_KEY="$key" ANCHOR_PATH="$work/anchor.png" \
+GATEWAY_URL="http://$addr" GATEWAY_KEY="$key" ANCHOR_PATH="$work/anchor.png" \
   EDITED_PATH="$work/edited2.png" bash server/tests/sdk/two_step_curl.sh >"$work/key.txt"
 grep -q '^files/demo/' "$work/key.txt"
 head -c 8 "$work/edited2.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'
@@ -62,16 +64,16 @@ head -c 8 "$work/edited2.png" | od -An -tx1 | grep -q '89 50 4e 47 0d 0a 1a 0a'
 echo "smoke: upload + edit by key worked; the upload is in GATEWAY_DATA_DIR"
 
 # The README's generation and streamed examples against the same server.
-curl -sS "http://127.0.0.1:$port/v1/images/generations" -H "Authorization: Bearer $key" \
+curl -sS "http://$addr/v1/images/generations" -H "Authorization: Bearer $key" \
   -H "Content-Type: application/json" \
   -d '{"model":"gpt-image-2","prompt":"a lighthouse at dusk","aspect_ratio":"16:9"}' >"$work/generated.json"
 jq -e '.picklyone_generation_ids | length == 1' "$work/generated.json" >/dev/null
 generation=$(jq -r '.picklyone_generation_ids[0]' "$work/generated.json")
-curl -sSN "http://127.0.0.1:$port/v1/images/edits" -H "Authorization: Bearer $key" \
+curl -sSN "http://$addr/v1/images/edits" -H "Authorization: Bearer $key" \
   -F "image=@$work/anchor.png" -F "model=gpt-image-2" -F "prompt=a red door" \
   -F "stream=true" -F "partial_images=2" >"$work/stream.txt"
 [ "$(grep -c '^event: image_edit.partial_image' "$work/stream.txt")" = 2 ]
 grep -q '^event: image_edit.completed' "$work/stream.txt"
-curl -sS "http://127.0.0.1:$port/v1/models" -H "Authorization: Bearer $key" \
+curl -sS "http://$addr/v1/models" -H "Authorization: Bearer $key" \
   | jq -e '.data[0].id == "gpt-image-2"' >/dev/null
 echo "smoke: a generation ($generation), a streamed edit and the model list"

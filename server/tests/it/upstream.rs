@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -38,18 +38,20 @@ pub(crate) enum Script {
     ServerError,
     Unauthorized,
     Hang,
-    /// Images after the model worked for a second and a half.
+    /// Images once the test lets the model finish ([`Mock::finish`]).
     Slow,
     Truncated,
     InvalidJson,
     Url,
     Flaky503ThenImages,
-    /// A 503 after the model worked for four seconds.
+    /// A 503 once the test lets the model finish ([`Mock::finish`]).
     Late503,
+    /// A 429 (the work was not taken) once the test lets the model finish.
+    Late429,
     /// An event stream: two partial images, then one completed image per `n`.
     Stream,
-    /// The same with a second and a half between the partials and the completed images;
-    /// each completed image is counted rendered once it is sent.
+    /// The same, the completed images sent once the test lets the model finish; each is
+    /// counted rendered once it is sent.
     SlowStream,
     /// An event stream of one partial image, then a server error event.
     StreamThenError,
@@ -80,6 +82,21 @@ pub(crate) struct Mock {
     cancelled: AtomicBool,
     /// Images the model answered in all: what the provider would bill.
     rendered: AtomicUsize,
+    /// Set by [`Mock::finish`]: the `Slow`, `SlowStream` and late models' work is done.
+    finished: tokio::sync::watch::Sender<bool>,
+}
+
+impl Mock {
+    /// Lets every `Slow`, `SlowStream`, `Late503` and `Late429` call, waiting or to come,
+    /// answer.
+    pub(crate) fn finish(&self) {
+        self.finished.send_replace(true);
+    }
+
+    /// Waits for [`Mock::finish`].
+    async fn model_works(&self) {
+        let _ = self.finished.subscribe().wait_for(|done| *done).await;
+    }
 }
 
 struct CancelFlag(Arc<Mock>, bool);
@@ -204,7 +221,7 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
             images(1)
         }
         Script::Slow => {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            mock.model_works().await;
             images(n)
         }
         Script::Truncated => {
@@ -229,8 +246,12 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
         Script::Flaky503ThenImages if call == 0 => full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
         Script::Flaky503ThenImages => images(n),
         Script::Late503 => {
-            tokio::time::sleep(Duration::from_secs(4)).await;
+            mock.model_works().await;
             full(StatusCode::SERVICE_UNAVAILABLE, "{}")
+        }
+        Script::Late429 => {
+            mock.model_works().await;
+            full(StatusCode::TOO_MANY_REQUESTS, "{}")
         }
         Script::Stream => {
             let event = |kind: &str, extra: &str| {
@@ -284,33 +305,19 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
                     b64_png()
                 ))
             };
+            // (frame, a completed image): the completed ones wait for the model to finish.
             let mut frames = vec![
-                (
-                    Duration::ZERO,
-                    event("partial_image", ",\"partial_image_index\":0"),
-                    false,
-                ),
-                (
-                    Duration::ZERO,
-                    event("partial_image", ",\"partial_image_index\":1"),
-                    false,
-                ),
+                (event("partial_image", ",\"partial_image_index\":0"), false),
+                (event("partial_image", ",\"partial_image_index\":1"), false),
             ];
-            frames.extend((0..n).map(|i| {
-                let wait = if i == 0 {
-                    Duration::from_millis(1500)
-                } else {
-                    Duration::ZERO
-                };
-                (wait, event("completed", ""), true)
-            }));
+            frames.extend((0..n).map(|_| (event("completed", ""), true)));
             let counted = mock.clone();
             let body = futures_util::stream::unfold(frames.into_iter(), move |mut frames| {
                 let counted = counted.clone();
                 async move {
-                    let (wait, frame, completed) = frames.next()?;
-                    tokio::time::sleep(wait).await;
+                    let (frame, completed) = frames.next()?;
                     if completed {
+                        counted.model_works().await;
                         counted.rendered.fetch_add(1, Ordering::SeqCst);
                     }
                     Some((Ok::<_, std::io::Error>(Frame::data(frame)), frames))
@@ -335,6 +342,7 @@ pub(crate) async fn start_mock(script: Script) -> Arc<Mock> {
         received: Mutex::new(Vec::new()),
         cancelled: AtomicBool::new(false),
         rendered: AtomicUsize::new(0),
+        finished: tokio::sync::watch::channel(false).0,
     });
     let served = mock.clone();
     tokio::spawn(async move {
@@ -576,17 +584,18 @@ async fn the_sources_are_dropped_while_the_model_works_and_a_late_503_is_not_ret
         EditParams::new("gpt-image-2", "make it blue"),
     );
     let edit = tokio::spawn(async move { upstream.edit_owned(job).await });
-    // The mock has the body within milliseconds and answers after four seconds; two seconds
-    // after the body was sent the backend holds no reference to the image.
-    let mut unique_while_waiting = false;
-    while !edit.is_finished() {
-        unique_while_waiting |= source.is_unique();
+    // The mock has the body within milliseconds and answers only when told: while it works,
+    // the backend holds no reference to the image (ten seconds is a hang, not a pace).
+    let waiting = Instant::now();
+    while !(mock.calls.load(Ordering::SeqCst) == 1 && source.is_unique()) {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the backend kept the source while the model worked"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        unique_while_waiting,
-        "the backend kept the source while the model worked"
-    );
+    assert!(!edit.is_finished(), "the model has not answered yet");
+    mock.finish();
     let error = edit.await.unwrap().unwrap_err();
     assert!(matches!(error, BackendError::Upstream { .. }), "{error:?}");
     assert_eq!(
@@ -625,6 +634,7 @@ async fn clients_that_leave_upstream_jobs_are_charged_for_every_image_the_model_
     for _ in 0..5 {
         leave_while_the_model_works(&s).await;
     }
+    s.mock.finish();
     let b = wait_for_no_hold(&s.ledger, &alice).await;
     assert!(
         !s.mock.cancelled.load(Ordering::SeqCst),
@@ -709,6 +719,7 @@ async fn a_client_leaving_while_the_model_works_keeps_its_upload_listed_and_coun
     .await;
     let (server, alice, source) = (&s.server, UserId::new("alice").unwrap(), png(10, 10));
     leave_while_the_model_works(&s).await;
+    s.mock.finish();
     let b = wait_for_no_hold(&s.ledger, &alice).await;
     assert_eq!(
         (b.available, b.held, b.charged),
@@ -929,6 +940,7 @@ async fn a_streamed_upstream_job_left_after_a_partial_is_read_to_its_end_and_cha
         read.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     drop(socket);
+    s.mock.finish();
     let alice = UserId::new("alice").unwrap();
     let b = wait_for_no_hold(&s.ledger, &alice).await;
     assert_eq!(
@@ -1233,10 +1245,10 @@ async fn a_deployments_drop_fields_are_never_sent_and_the_rest_are() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployments_max_in_flight_holds_under_fifty_concurrent_jobs() {
-    // The first deployment takes four seconds and then answers 503 (the work was not
-    // taken): while its five slots are busy, the other 45 jobs go to the second, and the
-    // five fall back to it after the 503.
-    let bounded = start_mock(Script::Late503).await;
+    // The first deployment works until told, then answers 429 (the work was not taken):
+    // while its five slots are busy, the other 45 jobs go to the second, and the five fall
+    // back to it after the 429.
+    let bounded = start_mock(Script::Late429).await;
     let open = start_mock(Script::Images(1)).await;
     let (_process, server) = routed_binary_with(
         &format!(
@@ -1253,15 +1265,25 @@ async fn a_deployments_max_in_flight_holds_under_fifty_concurrent_jobs() {
             tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(1)).await })
         })
         .collect();
-    for job in jobs {
-        let reply = job.await.unwrap();
-        assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    let waiting = Instant::now();
+    while open.calls.load(Ordering::SeqCst) < 45 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "the 45 were not routed on"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
         bounded.calls.load(Ordering::SeqCst),
         5,
         "never more than its bound"
     );
+    bounded.finish();
+    for job in jobs {
+        let reply = job.await.unwrap();
+        assert_eq!(reply.images().len(), 1, "{:?}", reply.body);
+    }
+    assert_eq!(bounded.calls.load(Ordering::SeqCst), 5);
     assert_eq!(open.calls.load(Ordering::SeqCst), 50);
     // 50 images charged once each: 500 = 0 available + 500 charged.
     assert_eq!(server.balance(ALICE_KEY).await, (0, 0));
@@ -1291,6 +1313,7 @@ async fn no_deployment_free_is_503_upstream_unavailable_with_retry_after_and_cha
         refused.body
     );
     assert!(refused.headers.contains_key("retry-after"));
+    busy.finish();
     assert_eq!(first.await.unwrap().images().len(), 1);
     assert_eq!(busy.calls.load(Ordering::SeqCst), 1);
     // The first charged, the second held and released: 100 = 90 + 10.

@@ -49,9 +49,12 @@
 //! | `server` | `serve`: an HTTP/1 + HTTP/2 accept loop with connection caps, deadlines and graceful shutdown (feature `server`) |
 //!
 //! # Cargo features
-//! - `binary` (default): the `image-gateway` server binary and everything below.
-//! - `reference-backend`: `backend::ReferenceBackend`, which decodes, resizes and re-encodes
-//!   the source without a model, so everything runs on a fresh machine.
+//! The defaults are light: the layers, the in-memory stores and the reference backend. Each
+//! heavy concern is a feature of its own; the server binary (the workspace's `server/`
+//! crate) turns them all on.
+//! - `reference-backend` (default): `backend::ReferenceBackend`, which decodes, resizes and
+//!   re-encodes the source without a model, so everything runs on a fresh machine.
+//! - `console`: `console::ConsoleLayer`, the browser console at `/console/`.
 //! - `server`: `server::serve`, an HTTP/1 + HTTP/2 accept loop over hyper-util.
 //! - `sqlite`: the SQLite ledger, generation records and idempotency records.
 //! - `upstream`: `backend::UpstreamBackend`, for an OpenAI-compatible images API.

@@ -48,6 +48,8 @@ pub(crate) enum Script {
     Late503,
     /// A 429 (the work was not taken) once the test lets the model finish.
     Late429,
+    /// The `Moderation` refusal once the test lets the model finish.
+    LateModeration,
     /// An event stream: two partial images, then one completed image per `n`.
     Stream,
     /// The same, the completed images sent once the test lets the model finish; each is
@@ -87,8 +89,7 @@ pub(crate) struct Mock {
 }
 
 impl Mock {
-    /// Lets every `Slow`, `SlowStream`, `Late503` and `Late429` call, waiting or to come,
-    /// answer.
+    /// Lets every `Slow`, `SlowStream` and `Late*` call, waiting or to come, answer.
     pub(crate) fn finish(&self) {
         self.finished.send_replace(true);
     }
@@ -198,12 +199,19 @@ async fn handle(mock: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Mock
             serde_json::json!({"created": 1, "data": data}).to_string(),
         )
     };
-    let answer = match script {
-        Script::Images(k) => images(k.min(n)),
-        Script::Moderation => full(
+    let refusal = || {
+        full(
             StatusCode::BAD_REQUEST,
             r#"{"error":{"code":"moderation_blocked","message":"Your request was rejected by the safety system at 10.1.2.3","type":"image_generation_user_error"}}"#,
-        ),
+        )
+    };
+    let answer = match script {
+        Script::Images(k) => images(k.min(n)),
+        Script::Moderation => refusal(),
+        Script::LateModeration => {
+            mock.model_works().await;
+            refusal()
+        }
         Script::BadSize => full(
             StatusCode::BAD_REQUEST,
             r#"{"error":{"code":"invalid_value","param":"size","message":"Invalid value: '333x777'"}}"#,
@@ -1140,6 +1148,76 @@ async fn a_refusal_charges_the_models_violation_fee_once_and_never_falls_back() 
         "{usage}"
     );
     assert_eq!(usage["data"].as_array().unwrap().len(), 1);
+}
+
+/// The provider bills a refusal it reached after its client left: the fee is charged once,
+/// the rest of the hold released, and nothing is rendered or listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_refusal_is_charged_the_violation_fee_once() {
+    let refusing = start_mock(Script::LateModeration).await;
+    let (_process, server) = routed_binary(&format!(
+        "violation_fee = 3\n[[models.\"gpt-image-2\".upstreams]]\nurl = \"http://{}\"\n",
+        refusing.addr
+    ));
+    let server = Arc::new(server);
+    let client = {
+        let server = server.clone();
+        tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(2)).await })
+    };
+    let waiting = Instant::now();
+    while refusing.calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "the model never got the job"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.balance(ALICE_KEY).await, (80, 20), "n x 10 held");
+    client.abort();
+    let _ = client.await;
+    refusing.finish();
+    let waiting = Instant::now();
+    while server.balance(ALICE_KEY).await.1 != 0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "the hold never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 20 held, 3 charged, 17 back: 100 = 97 available + 3 charged.
+    assert_eq!(server.balance(ALICE_KEY).await, (97, 0));
+    assert_eq!(refusing.calls.load(Ordering::SeqCst), 1, "sent once");
+    assert!(
+        !refusing.cancelled.load(Ordering::SeqCst),
+        "the call was read to its answer"
+    );
+    let usage = server
+        .call(http::Method::GET, "/api/v1/usage", ALICE_KEY)
+        .await
+        .json();
+    assert_eq!(usage["data"].as_array().unwrap().len(), 1, "{usage}");
+    let entry = &usage["data"][0];
+    assert_eq!(entry["status"], "violation_fee", "{usage}");
+    assert_eq!(
+        (
+            entry["charged"].as_u64(),
+            entry["released"].as_u64(),
+            entry["n_returned"].as_u64()
+        ),
+        (Some(3), Some(17), Some(0)),
+        "{usage}"
+    );
+    let files = server
+        .call(http::Method::GET, "/api/v1/files", ALICE_KEY)
+        .await
+        .json();
+    let outputs = files["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["key"].as_str().unwrap().ends_with("_generation.png"))
+        .count();
+    assert_eq!(outputs, 0, "no image was made: {files}");
 }
 
 #[tokio::test]

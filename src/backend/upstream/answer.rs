@@ -378,4 +378,29 @@ mod tests {
             assert_eq!(retry_after(&answered(unread)), None, "{unread:?}");
         }
     }
+
+    /// Each of a Gemini job's `n` calls may read its share of the answer bound: an answer
+    /// of exactly the share is read, one byte more is `TooLarge` (and never buffered whole).
+    #[tokio::test]
+    async fn a_gemini_answer_past_its_share_of_the_bound_is_too_large() {
+        use crate::auth::{Principal, UserId};
+        use crate::job::EditParams;
+        let job = EditJob::new(
+            Principal::new(UserId::new("alice").unwrap()),
+            Vec::new(),
+            EditParams::new("gemini-image", "a cat"),
+        );
+        let body = r#"{"candidates":[{"content":{"parts":[{"inlineData":{"mimeType":"image/png","data":"iVBORw0KGgo="}}]}}]}"#;
+        let answer = || {
+            let response = http::Response::builder()
+                .status(200)
+                .body(body.as_bytes().to_vec())
+                .unwrap();
+            reqwest::Response::from(response)
+        };
+        let read = gemini(&job, answer(), body.len()).await.unwrap();
+        assert_eq!(read.len(), 1);
+        let refused = gemini(&job, answer(), body.len() - 1).await.unwrap_err();
+        assert_eq!(refused.kind(), "upstream_too_large");
+    }
 }

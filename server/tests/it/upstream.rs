@@ -94,6 +94,19 @@ impl Mock {
         self.finished.send_replace(true);
     }
 
+    /// Waits until the mock has taken `n` calls in all (thirty seconds is a hang, not a
+    /// pace).
+    pub(crate) async fn calls_reach(&self, n: usize) {
+        let waiting = Instant::now();
+        while self.calls.load(Ordering::SeqCst) < n {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(30),
+                "{n} calls never came"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits for [`Mock::finish`].
     async fn model_works(&self) {
         let _ = self.finished.subscribe().wait_for(|done| *done).await;
@@ -705,9 +718,7 @@ async fn leave_while_the_model_works(s: &Setup) {
             .unwrap();
         send(addr, req).await
     });
-    while s.mock.calls.load(Ordering::SeqCst) == calls {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    s.mock.calls_reach(calls + 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.available().await.1 % 10, 0);
     assert!(s.available().await.1 >= 10, "the edit's 10 is held");
@@ -1164,14 +1175,7 @@ async fn a_client_that_leaves_before_the_refusal_is_charged_the_violation_fee_on
         let server = server.clone();
         tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(2)).await })
     };
-    let waiting = Instant::now();
-    while refusing.calls.load(Ordering::SeqCst) == 0 {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(30),
-            "the model never got the job"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    refusing.calls_reach(1).await;
     assert_eq!(server.balance(ALICE_KEY).await, (80, 20), "n x 10 held");
     client.abort();
     let _ = client.await;
@@ -1343,14 +1347,7 @@ async fn a_deployments_max_in_flight_holds_under_fifty_concurrent_jobs() {
             tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(1)).await })
         })
         .collect();
-    let waiting = Instant::now();
-    while open.calls.load(Ordering::SeqCst) < 45 {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(30),
-            "the 45 were not routed on"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    open.calls_reach(45).await;
     assert_eq!(
         bounded.calls.load(Ordering::SeqCst),
         5,
@@ -1380,9 +1377,7 @@ async fn no_deployment_free_is_503_upstream_unavailable_with_retry_after_and_cha
         let server = server.clone();
         tokio::spawn(async move { server.edit_form(ALICE_KEY, edit(1)).await })
     };
-    while busy.calls.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    busy.calls_reach(1).await;
     let refused = server.edit_form(ALICE_KEY, edit(1)).await;
     assert_eq!(
         refused.error(),

@@ -9,20 +9,12 @@ venv=$(ci_venv schemathesis "schemathesis>=4,<5")
 
 work=$(mktemp -d)
 key=pk_live_schemathesis_0123456789
-# Port 0: the binary binds a free port and prints the address it listens on.
-GATEWAY_ADDR="127.0.0.1:0" GATEWAY_DATA_DIR="$work/data" GATEWAY_API_KEYS="demo:$key" \
-  GATEWAY_DEMO_BALANCE=1000000 GATEWAY_PRICE_PER_IMAGE=1 RUST_LOG=warn \
-  cargo run --release >"$work/gateway.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+source .ci/gateway.sh
+cleanup() { ci_gateway_stop; rm -rf "$work"; }
 trap cleanup EXIT
-addr=
-for _ in $(seq 1 300); do
-  addr=$(sed -n 's|^image-gateway listening on http://||p' "$work/gateway.log" | head -n1)
-  [ -n "$addr" ] && curl -sf "http://$addr/openapi.json" >/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/gateway.log"; exit 1; }
-  sleep 0.2
-done
+ci_gateway "$work/gateway.log" GATEWAY_DATA_DIR="$work/data" GATEWAY_API_KEYS="demo:$key" \
+  GATEWAY_DEMO_BALANCE=1000000 GATEWAY_PRICE_PER_IMAGE=1 RUST_LOG=warn
+addr=$gateway_addr
 
 "$venv/bin/schemathesis" run "http://$addr/openapi.json" \
   --url "http://$addr" \

@@ -8,21 +8,12 @@ work=$(mktemp -d)
 log="$work/gateway.log"
 
 cargo build --release
-# Port 0: the binary binds a free port and prints the address it listens on.
-GATEWAY_ADDR="127.0.0.1:0" GATEWAY_DATA_DIR="$work/data" \
-  cargo run --release >"$log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+source .ci/gateway.sh
+cleanup() { ci_gateway_stop; rm -rf "$work"; }
 trap cleanup EXIT
-
-for _ in $(seq 1 100); do
-  grep -q 'demo API key' "$log" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
-  sleep 0.2
-done
+ci_gateway "$log" GATEWAY_DATA_DIR="$work/data"
+addr=$gateway_addr
 key=$(grep -o 'pk_live_[A-Za-z0-9]*' "$log" | head -n1)
-addr=$(sed -n 's|^image-gateway listening on http://||p' "$log" | head -n1)
-[ -n "$addr" ] || { cat "$log"; echo "no address printed"; exit 1; }
 [ -n "$key" ] || { cat "$log"; echo "no demo key printed"; exit 1; }
 
 # A real PNG to edit.

@@ -358,7 +358,7 @@ impl From<LedgerError> for crate::GatewayError {
                 "the deposit would take the balance beyond 9223372036854775807 units",
                 Some("amount"),
             ),
-            // Its words say what failed: the ledger's storage, or a hold it does not know.
+            // Its words say what failed: the ledger's storage, or a hold.
             other => crate::GatewayError::internal(other.to_string()),
         }
     }
